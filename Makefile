@@ -1,0 +1,66 @@
+# The two commands that matter: `make demo` and `make test`. Everything else is a building block.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+LS_VENV := .venv-ls
+PY := $(VENV)/bin/python
+WORK := $(CURDIR)/.work
+
+# Nothing may write to ~: ultralytics, matplotlib and Label Studio get folders inside the repo.
+export YOLO_CONFIG_DIR := $(WORK)/yolo-config
+export MPLCONFIGDIR := $(WORK)/mpl
+export XDG_CONFIG_HOME := $(WORK)/xdg-config
+export XDG_CACHE_HOME := $(WORK)/xdg-cache
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup setup-ls test test-fast lint demo calibrate simulate bench-speed clean help
+
+help:
+	@echo "make demo   - set up, generate synthetic data, train, start Label Studio + backend"
+	@echo "make test   - set up and run the whole test suite (with a real Label Studio)"
+	@echo "make lint   - ruff + mypy"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt -r requirements-dev.txt
+	@mkdir -p $(YOLO_CONFIG_DIR) $(MPLCONFIGDIR) $(XDG_CONFIG_HOME) $(XDG_CACHE_HOME)
+	touch $@
+
+# Label Studio lives in its own venv: its pins (Django, pydantic, numpy) must not meet torch's.
+setup-ls: $(LS_VENV)/.installed
+
+$(LS_VENV)/.installed: requirements-labelstudio.txt
+	@test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q --upgrade pip
+	$(LS_VENV)/bin/pip install -q -r requirements-labelstudio.txt
+	touch $@
+
+test: setup setup-ls
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not e2e and not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy selection
+
+demo: setup setup-ls
+	$(PY) -m demo
+
+calibrate: setup
+	$(PY) -m bench.calibrate --preset quick --out $(WORK)/calibrate
+
+simulate: setup
+	$(PY) -m bench.simulate --preset quick --seeds 3 --budget 0.25 --out $(WORK)/simulate
+
+bench-speed: setup
+	$(PY) -m bench.speed
+
+clean:
+	rm -rf $(WORK)

@@ -1,0 +1,209 @@
+"""Label Studio regions and crowd-label records <-> Detections (pure functions, no HTTP).
+
+Label Studio rectangles are in percent of the image (0-100), top-left origin; Detections are pixel xyxy.
+
+Crowd labels travel inside each task as ``task["data"]["crowd_labels"]``: a list of records
+``{"x", "y", "width", "height", "label", "annotator"?, ...}`` in the same percent units as Label Studio
+rectangles, so a user can export any Label Studio annotation's ``value`` and import it as crowd labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from selection.detections import Detections
+
+CROWD_FIELD = "crowd_labels"
+
+
+def _check_size(width: float, height: float) -> None:
+    if not (np.isfinite(width) and np.isfinite(height)) or width <= 0 or height <= 0:
+        raise ValueError(f"image size: expected positive width and height, got {width} x {height}")
+
+
+def percent_to_xyxy(values: np.ndarray, width: float, height: float) -> np.ndarray:
+    """(N, 4) ``[x, y, w, h]`` in percent -> float32 (N, 4) xyxy pixels."""
+    _check_size(width, height)
+    v = np.asarray(values, dtype=np.float64).reshape(-1, 4)
+    x1 = v[:, 0] / 100.0 * width
+    y1 = v[:, 1] / 100.0 * height
+    x2 = x1 + v[:, 2] / 100.0 * width
+    y2 = y1 + v[:, 3] / 100.0 * height
+    return np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
+
+
+def xyxy_to_percent(xyxy: np.ndarray, width: float, height: float) -> np.ndarray:
+    """float (N, 4) xyxy pixels -> float64 (N, 4) ``[x, y, w, h]`` in percent."""
+    _check_size(width, height)
+    b = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4)
+    return np.stack(
+        [
+            b[:, 0] / width * 100.0,
+            b[:, 1] / height * 100.0,
+            (b[:, 2] - b[:, 0]) / width * 100.0,
+            (b[:, 3] - b[:, 1]) / height * 100.0,
+        ],
+        axis=1,
+    )
+
+
+def _label_index(label: str, label_to_id: Mapping[str, int]) -> int:
+    if label not in label_to_id:
+        raise ValueError(f"label {label!r}: not in the labelling config's labels {sorted(label_to_id)}")
+    return int(label_to_id[label])
+
+
+def regions_to_detections(
+    regions: Sequence[Mapping[str, Any]],
+    *,
+    label_to_id: Mapping[str, int],
+    width: float | None = None,
+    height: float | None = None,
+    from_name: str | None = None,
+) -> Detections:
+    """Rectangle regions of one task -> pixel Detections (scores kept when every region has one).
+
+    Args:
+        regions: Label Studio result items; non-rectangle items (and, if ``from_name`` is given, items of
+            other controls) are skipped.
+        label_to_id: label name -> class index.
+        width, height: image size in pixels; defaults to each region's ``original_width/height``.
+        from_name: only read regions of this control.
+    """
+    boxes: list[list[float]] = []
+    classes: list[int] = []
+    scores: list[float | None] = []
+    for i, region in enumerate(regions):
+        if region.get("type") not in ("rectanglelabels", "rectangle"):
+            continue
+        if from_name is not None and region.get("from_name") != from_name:
+            continue
+        value = region.get("value") or {}
+        labels = value.get("rectanglelabels") or value.get("labels") or []
+        if not labels:
+            raise ValueError(f"region {i}: a rectangle without a label")
+        w = width if width is not None else region.get("original_width")
+        h = height if height is not None else region.get("original_height")
+        if w is None or h is None:
+            raise ValueError(f"region {i}: image size unknown (no original_width/original_height)")
+        try:
+            pct = [float(value[k]) for k in ("x", "y", "width", "height")]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"region {i}: value needs numeric x, y, width, height ({exc})") from exc
+        if float(value.get("rotation", 0) or 0) != 0:
+            raise ValueError(f"region {i}: rotated rectangles are not supported")
+        boxes.append(percent_to_xyxy(np.array(pct), float(w), float(h))[0].tolist())
+        classes.append(_label_index(str(labels[0]), label_to_id))
+        s = region.get("score")
+        scores.append(None if s is None else float(s))
+    if not boxes:
+        return Detections.empty()
+    xyxy = np.array(boxes, np.float32)
+    if width is not None and height is not None:
+        xyxy = np.clip(xyxy, 0, np.array([width, height, width, height], np.float32))
+    has_scores = all(s is not None for s in scores)
+    return Detections(
+        xyxy=xyxy,
+        class_id=np.array(classes, np.int64),
+        score=np.clip(np.array(scores, np.float32), 0, 1) if has_scores else None,
+    )
+
+
+def detections_to_regions(
+    detections: Detections,
+    *,
+    width: float,
+    height: float,
+    labels: Sequence[str],
+    from_name: str,
+    to_name: str,
+    id_prefix: str = "r",
+) -> list[dict[str, Any]]:
+    """Pixel Detections -> Label Studio rectangle regions (``score`` set when the detections have one)."""
+    pct = xyxy_to_percent(detections.xyxy, width, height)
+    out: list[dict[str, Any]] = []
+    for i in range(len(detections)):
+        cls = int(detections.class_id[i])
+        if cls >= len(labels):
+            raise ValueError(f"class_id {cls}: no label for it among {list(labels)}")
+        region: dict[str, Any] = {
+            "id": f"{id_prefix}{i}",
+            "from_name": from_name,
+            "to_name": to_name,
+            "type": "rectanglelabels",
+            "original_width": int(round(width)),
+            "original_height": int(round(height)),
+            "image_rotation": 0,
+            "value": {
+                "x": float(pct[i, 0]),
+                "y": float(pct[i, 1]),
+                "width": float(pct[i, 2]),
+                "height": float(pct[i, 3]),
+                "rotation": 0,
+                "rectanglelabels": [labels[cls]],
+            },
+        }
+        if detections.score is not None:
+            region["score"] = float(detections.score[i])
+        out.append(region)
+    return out
+
+
+def crowd_labels_to_detections(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    width: float,
+    height: float,
+    label_to_id: Mapping[str, int],
+) -> Detections:
+    """``task.data.crowd_labels`` records (percent units) -> pixel Detections of one image."""
+    if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
+        raise ValueError(f"{CROWD_FIELD}: expected a list of boxes, got {type(records).__name__}")
+    if not records:
+        return Detections.empty()
+    pct = []
+    classes = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, Mapping):
+            raise ValueError(f"{CROWD_FIELD}[{i}]: expected an object, got {type(rec).__name__}")
+        try:
+            pct.append([float(rec[k]) for k in ("x", "y", "width", "height")])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{CROWD_FIELD}[{i}]: needs numeric x, y, width, height ({exc})") from exc
+        label = rec.get("label")
+        if label is None:
+            if len(label_to_id) != 1:
+                raise ValueError(f"{CROWD_FIELD}[{i}]: no label, and the config has several")
+            label = next(iter(label_to_id))
+        classes.append(_label_index(str(label), label_to_id))
+    xyxy = percent_to_xyxy(np.array(pct), width, height)
+    xyxy = np.clip(xyxy, 0, np.array([width, height, width, height], np.float32))
+    return Detections(xyxy=xyxy, class_id=np.array(classes, np.int64))
+
+
+def detections_to_crowd_labels(
+    detections: Detections,
+    *,
+    width: float,
+    height: float,
+    labels: Sequence[str],
+    extra: Sequence[Mapping[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Pixel Detections -> ``crowd_labels`` records; ``extra[i]`` fields are merged into record ``i``."""
+    pct = xyxy_to_percent(detections.xyxy, width, height)
+    out = []
+    for i in range(len(detections)):
+        rec: dict[str, Any] = {
+            "x": round(float(pct[i, 0]), 4),
+            "y": round(float(pct[i, 1]), 4),
+            "width": round(float(pct[i, 2]), 4),
+            "height": round(float(pct[i, 3]), 4),
+            "label": labels[int(detections.class_id[i])],
+        }
+        if extra is not None:
+            rec.update(extra[i])
+        out.append(rec)
+    return out
