@@ -1,0 +1,1 @@
+"""Evaluation metrics: COCO-style average precision and label F1 between two box sets."""

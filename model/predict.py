@@ -1,0 +1,144 @@
+"""Batched YOLO inference, converted at the edge to ``selection.detections.Detections``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.device import configure_threads, import_ultralytics, resolve_device
+from selection.detections import Detections
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Path | str | np.ndarray
+
+
+def _as_source(image: ImageInput, index: int) -> str | np.ndarray:
+    """A path string, or an HxWx3 uint8 BGR array as ultralytics expects."""
+    if isinstance(image, str | Path):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"images[{index}]: no image file at {path}")
+        return str(path)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(f"images[{index}]: expected a uint8 array, got dtype {image.dtype}")
+        if image.ndim == 2:
+            return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
+        if image.ndim == 3 and image.shape[2] == 3:
+            return np.ascontiguousarray(image[:, :, ::-1])  # RGB in, BGR for ultralytics
+        raise ValueError(f"images[{index}]: expected an HxW or HxWx3 array, got shape {image.shape}")
+    raise TypeError(f"images[{index}]: expected a path or a numpy array, got {type(image).__name__}")
+
+
+def _to_detections(result: Any) -> Detections:
+    boxes = result.boxes
+    if boxes is None or len(boxes) == 0:
+        return Detections.empty(with_score=True)
+    height, width = result.orig_shape[:2]
+    xyxy = boxes.xyxy.detach().cpu().numpy().astype(np.float32)
+    return Detections(
+        xyxy=np.clip(xyxy, 0, np.array([width, height, width, height], np.float32)),
+        class_id=boxes.cls.detach().cpu().numpy().astype(np.int64),
+        score=np.clip(boxes.conf.detach().cpu().numpy().astype(np.float32), 0.0, 1.0),
+    )
+
+
+class Detector:
+    """A loaded YOLO model. Load once per process; ``predict`` is serialised by a lock.
+
+    Attributes:
+        weights: the checkpoint file.
+        device: torch device string (``"cpu"`` or ``"cuda:N"``).
+        names: class names, index = class id.
+        version: model version label, set by the caller (e.g. from ``ModelRegistry``); ``""`` if unknown.
+    """
+
+    def __init__(self, model: Any, *, weights: Path, device: str, threads: int | None, version: str) -> None:
+        self._model = model
+        self._lock = threading.Lock()
+        self._threads = threads
+        self.weights = weights
+        self.device = device
+        self.version = version
+        raw = model.names
+        self.names: list[str] = [str(raw[i]) for i in sorted(raw)] if isinstance(raw, dict) else list(raw)
+
+    @classmethod
+    def load(
+        cls, weights: Path | str, device: str = "auto", *, threads: int | None = None, version: str = ""
+    ) -> Detector:
+        """Load a checkpoint.
+
+        Args:
+            weights: a ``.pt`` file written by ultralytics (e.g. ``TrainResult.weights``).
+            device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+            threads: torch CPU threads for inference (default ``os.cpu_count()``).
+            version: label stored as ``.version``.
+
+        Raises:
+            FileNotFoundError: no file at ``weights`` (nothing is downloaded).
+        """
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights: no checkpoint file at {path}")
+        torch_device = resolve_device(device)
+        import_ultralytics()
+        from ultralytics import YOLO
+
+        model = YOLO(str(path.resolve()), task="detect")
+        model.to(torch_device)
+
+        def _threads(_predictor: Any) -> None:
+            configure_threads(threads)  # ultralytics' select_device resets threads in predictor setup
+
+        model.add_callback("on_predict_start", _threads)
+        logger.info("loaded detector %s on %s", path, torch_device)
+        return cls(model, weights=path, device=torch_device, threads=threads, version=version)
+
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        conf: float = 0.01,
+        iou: float = 0.6,
+        imgsz: int | None = None,
+        batch: int = 16,
+    ) -> list[Detections]:
+        """Detect boxes in images.
+
+        Args:
+            images: image paths, or uint8 arrays HxW (grayscale) or HxWx3 (RGB).
+            conf: minimum confidence kept, in [0, 1]; low by default so that callers threshold themselves.
+            iou: NMS IoU threshold in [0, 1].
+            imgsz: inference size in pixels; ``None`` uses the size the model was trained at.
+            batch: images per forward pass.
+
+        Returns:
+            One scored ``Detections`` per image, in pixels of that image (boxes clipped to it), scores float32
+            in [0, 1].
+        """
+        if not 0.0 <= conf <= 1.0:
+            raise ValueError(f"conf: expected a value in [0, 1], got {conf}")
+        if not 0.0 <= iou <= 1.0:
+            raise ValueError(f"iou: expected a value in [0, 1], got {iou}")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch: expected a positive integer, got {batch!r}")
+        if isinstance(images, str | Path | np.ndarray):
+            raise TypeError("images: expected a sequence of images; wrap a single image in a list")
+        sources = [_as_source(image, i) for i, image in enumerate(images)]
+        options: dict[str, Any] = {"conf": conf, "iou": iou, "device": self.device, "verbose": False}
+        if imgsz is not None:
+            options["imgsz"] = imgsz
+        out: list[Detections] = []
+        with self._lock:
+            for start in range(0, len(sources), batch):
+                chunk = sources[start : start + batch]
+                results = self._model.predict(chunk, stream=False, batch=len(chunk), **options)
+                out.extend(_to_detections(r) for r in results)
+        return out
