@@ -1,0 +1,262 @@
+"""AP (faster-coco-eval, numpy reference, pycocotools) and label F1 on hand-checkable cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import make_detections, random_boxes
+
+from metrics.ap import APResult, ap_reference, evaluate_ap
+from metrics.f1 import count_matches, label_f1, per_image_f1
+from selection.detections import Detections
+
+BOX = [0, 0, 10, 10]
+FAR = [50, 50, 60, 60]
+
+
+def scored(boxes, scores, classes=None) -> Detections:
+    return make_detections(boxes, classes=classes, scores=np.asarray(scores, np.float32))
+
+
+# ---------------------------------------------------------------- AP, hand-computed
+# 101-point interpolation: AP = (number of recall points r in 0:0.01:1 reached) * precision / 101.
+AP_CASES = [
+    # (name, gt boxes per image, pred boxes per image, scores, expected ap50)
+    ("one perfect box", [[BOX]], [[BOX]], [[0.9]], 1.0),
+    # FP ranked above the only TP: precision 1/2 at recall 1 -> envelope 0.5 everywhere.
+    ("FP above TP", [[BOX]], [[FAR, BOX]], [[0.9, 0.8]], 0.5),
+    # TP ranked above FP: precision 1 at recall 1.
+    ("TP above FP", [[BOX]], [[FAR, BOX]], [[0.8, 0.9]], 1.0),
+    # Two GT, one found: recall reaches 0.5 -> 51 of 101 points at precision 1.
+    ("missed GT", [[BOX, FAR]], [[BOX]], [[0.9]], 51 / 101),
+    # FP above TP and a missed GT: precision 0.5 on 51 points.
+    ("FP above TP, missed GT", [[BOX, [20, 20, 30, 30]]], [[FAR, BOX]], [[0.9, 0.8]], 0.5 * 51 / 101),
+    # Second image: one GT, no prediction -> recall 1/2.
+    ("image without predictions", [[BOX], [BOX]], [[BOX], []], [[0.7], []], 51 / 101),
+]
+
+
+@pytest.mark.parametrize(("name", "gt", "pred", "scores", "expected"), AP_CASES, ids=[c[0] for c in AP_CASES])
+def test_ap_hand_cases(name, gt, pred, scores, expected):
+    gt_d = [make_detections(g) for g in gt]
+    pred_d = [scored(p, s) for p, s in zip(pred, scores, strict=True)]
+    result = evaluate_ap(gt_d, pred_d)
+    assert result.ap50 == pytest.approx(expected, abs=1e-9)
+    assert ap_reference(gt_d, pred_d) == pytest.approx(expected, abs=1e-9)
+
+
+def test_ap50_95_of_a_shifted_box():
+    # Box shifted by 1 px horizontally: IoU = 90/110 = 0.818 -> matches at thresholds 0.50..0.80 (7 of 10).
+    gt = [make_detections([BOX])]
+    pred = [scored([[1, 0, 11, 10]], [0.9])]
+    result = evaluate_ap(gt, pred)
+    assert result.ap50 == pytest.approx(1.0)
+    assert result.ap50_95 == pytest.approx(0.7)
+    assert result == APResult(ap50=result.ap50, ap50_95=result.ap50_95, n_images=1, n_gt=1, n_pred=1)
+
+
+def test_ap_empty_cases():
+    no_gt = evaluate_ap([Detections.empty()], [scored([BOX], [0.5])])
+    assert math.isnan(no_gt.ap50) and math.isnan(no_gt.ap50_95)
+    assert (no_gt.n_gt, no_gt.n_pred) == (0, 1)
+    no_pred = evaluate_ap([make_detections([BOX])], [Detections.empty(with_score=True)])
+    assert (no_pred.ap50, no_pred.ap50_95) == (0.0, 0.0)
+    nothing = evaluate_ap([], [])
+    assert math.isnan(nothing.ap50) and nothing.n_images == 0
+    assert math.isnan(ap_reference([Detections.empty()], [Detections.empty(with_score=True)]))
+    assert ap_reference([make_detections([BOX])], [Detections.empty(with_score=True)]) == 0.0
+
+
+def test_ap_averages_over_classes_with_gt():
+    # Class 0 perfect, class 1 missed entirely, class 2 has no GT (ignored): mean of 1 and 0.
+    gt = [make_detections([BOX, FAR], classes=[0, 1])]
+    pred = [scored([BOX, [100, 100, 110, 110]], [0.9, 0.9], classes=[0, 2])]
+    assert evaluate_ap(gt, pred, num_classes=3).ap50 == pytest.approx(0.5)
+    assert ap_reference(gt, pred, num_classes=3) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("gt", "pred", "kwargs", "error"),
+    [
+        ([make_detections([BOX])], [], {}, ValueError),  # length mismatch
+        ([make_detections([BOX])], [make_detections([BOX])], {}, ValueError),  # unscored prediction
+        (
+            [make_detections([BOX], classes=[1])],
+            [scored([BOX], [0.5])],
+            {},
+            ValueError,
+        ),  # class >= num_classes
+        ([make_detections([BOX])], [scored([BOX], [0.5])], {"num_classes": 0}, ValueError),
+        (["not detections"], [scored([BOX], [0.5])], {}, TypeError),
+    ],
+)
+def test_ap_rejects_bad_input(gt, pred, kwargs, error):
+    with pytest.raises(error):
+        evaluate_ap(gt, pred, **kwargs)
+    with pytest.raises(error):
+        ap_reference(gt, pred, **kwargs)
+
+
+def _noisy_predictions(rng: np.random.Generator, n_images: int, num_classes: int):
+    gt, pred = [], []
+    for _ in range(n_images):
+        n = int(rng.integers(0, 7))
+        boxes = random_boxes(n, rng)
+        classes = rng.integers(0, num_classes, n)
+        gt.append(make_detections(boxes, classes=classes))
+        jitter = boxes + rng.normal(0, 3, boxes.shape)
+        extra = random_boxes(int(rng.integers(0, 4)), rng)
+        both = np.concatenate([jitter, extra])
+        both = np.concatenate([np.minimum(both[:, :2], both[:, 2:]), np.maximum(both[:, :2], both[:, 2:])], 1)
+        keep = rng.random(len(both)) > 0.2  # some GT missed
+        cls = np.concatenate([classes, rng.integers(0, num_classes, len(extra))])
+        pred.append(scored(both[keep], rng.random(len(both)).astype(np.float32)[keep], classes=cls[keep]))
+    return gt, pred
+
+
+@pytest.mark.parametrize(("seed", "num_classes"), [(0, 1), (1, 1), (2, 3)])
+def test_evaluate_ap_matches_numpy_reference(seed, num_classes):
+    gt, pred = _noisy_predictions(np.random.default_rng(seed), 40, num_classes)
+    result = evaluate_ap(gt, pred, num_classes=num_classes)
+    assert 0.0 < result.ap50 < 1.0  # a non-trivial case
+    assert result.ap50 == pytest.approx(ap_reference(gt, pred, num_classes=num_classes), abs=1e-3)
+    mean_over_thresholds = np.mean(
+        [ap_reference(gt, pred, iou_threshold=t, num_classes=num_classes) for t in np.linspace(0.5, 0.95, 10)]
+    )
+    assert result.ap50_95 == pytest.approx(mean_over_thresholds, abs=1e-3)
+
+
+def test_evaluate_ap_matches_pycocotools():
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt, pred = _noisy_predictions(np.random.default_rng(7), 25, 1)
+    images = [{"id": i + 1, "width": 200, "height": 200} for i in range(len(gt))]
+    anns, dets = [], []
+    for i, (g, p) in enumerate(zip(gt, pred, strict=True)):
+        for box in g.xyxy.tolist():
+            w, h = box[2] - box[0], box[3] - box[1]
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "bbox": [box[0], box[1], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+        for box, s in zip(p.xyxy.tolist(), p.score.tolist(), strict=True):
+            dets.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "score": s,
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                }
+            )
+    coco_gt = COCO()
+    coco_gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "deposit"}]}
+    coco_gt.createIndex()
+    evaluator = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    result = evaluate_ap(gt, pred)
+    assert result.ap50_95 == pytest.approx(evaluator.stats[0], abs=1e-4)
+    assert result.ap50 == pytest.approx(evaluator.stats[1], abs=1e-4)
+
+
+def test_ap_keeps_only_top_100_per_image():
+    # 100 far-away FPs scored above the one TP push it out of maxDets=100: AP 0.
+    gt = [make_detections([BOX])]
+    fps = [[200 + i, 200, 205 + i, 205] for i in range(100)]
+    pred = [scored([*fps, BOX], [0.9] * 100 + [0.1])]
+    assert evaluate_ap(gt, pred).ap50 == 0.0
+    assert ap_reference(gt, pred) == 0.0
+
+
+# ---------------------------------------------------------------- F1
+F1_CASES = [
+    # (name, reference, labels, expected (tp, fp, fn))
+    ("identical", [[BOX, FAR]], [[BOX, FAR]], (2, 0, 0)),
+    ("one extra label", [[BOX]], [[BOX, FAR]], (1, 1, 0)),
+    ("one missed", [[BOX, FAR]], [[BOX]], (1, 0, 1)),
+    # Two unit boxes offset by half: IoU 1/3 < 0.5, no match.
+    ("offset by half", [[[0, 0, 10, 10]]], [[[5, 0, 15, 10]]], (0, 1, 1)),
+    ("duplicate label counts once", [[BOX]], [[BOX, BOX]], (1, 1, 0)),
+    ("both empty", [[]], [[]], (0, 0, 0)),
+    ("over two images", [[BOX], [FAR]], [[BOX], []], (1, 0, 1)),
+]
+
+
+@pytest.mark.parametrize(("name", "reference", "labels", "counts"), F1_CASES, ids=[c[0] for c in F1_CASES])
+def test_label_f1_counts(name, reference, labels, counts):
+    result = label_f1([make_detections(r) for r in reference], [make_detections(lab) for lab in labels])
+    tp, fp, fn = counts
+    assert (result.tp, result.fp, result.fn) == counts
+    if tp + fp + fn:
+        assert result.f1 == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    else:
+        assert (result.precision, result.recall, result.f1) == (1.0, 1.0, 1.0)
+
+
+def test_label_f1_rates_hand_case():
+    # 3 reference, 4 labels, 2 matches: P = 2/4, R = 2/3, F1 = 4/7.
+    reference = [make_detections([BOX, FAR, [100, 100, 120, 120]])]
+    labels = [make_detections([BOX, FAR, [300, 300, 310, 310], [400, 400, 410, 410]])]
+    result = label_f1(reference, labels)
+    assert (result.precision, result.recall, result.f1) == pytest.approx((0.5, 2 / 3, 4 / 7))
+
+
+def test_matching_maximises_the_number_of_pairs():
+    # ref 1 = label A exactly (IoU 1); ref 1 ~ label B and ref 2 ~ label A at IoU 1/3; ref 2 vs B: 0.
+    # Best-IoU-first (or the largest IoU sum, 1 > 2/3) keeps one pair; the most pairs is two.
+    ref = make_detections([[0, 0, 10, 10], [5, 0, 15, 10]])
+    lab = make_detections([[0, 0, 10, 10], [-5, 0, 5, 10]])
+    assert count_matches(ref, lab, iou=0.3) == 2
+    assert count_matches(ref, lab, iou=0.5) == 1
+    assert count_matches(ref, lab, iou=1.0) == 1
+
+
+def test_matching_respects_classes():
+    ref = make_detections([BOX], classes=[0])
+    assert count_matches(ref, make_detections([BOX], classes=[1])) == 0
+    assert count_matches(ref, make_detections([BOX], classes=[0])) == 1
+
+
+def test_label_f1_one_side_empty():
+    only_labels = label_f1([Detections.empty()], [make_detections([BOX])])
+    assert (only_labels.precision, only_labels.recall, only_labels.f1) == (0.0, 0.0, 0.0)
+    only_reference = label_f1([make_detections([BOX])], [Detections.empty()])
+    assert (only_reference.precision, only_reference.recall, only_reference.f1) == (0.0, 0.0, 0.0)
+    assert label_f1([], []).f1 == 1.0
+
+
+def test_per_image_f1():
+    reference = [
+        make_detections([BOX]),
+        Detections.empty(),
+        make_detections([BOX, FAR]),
+        make_detections([BOX]),
+    ]
+    labels = [make_detections([BOX]), Detections.empty(), make_detections([BOX]), Detections.empty()]
+    np.testing.assert_allclose(per_image_f1(reference, labels), [1.0, 1.0, 2 / 3, 0.0])
+    assert per_image_f1([], []).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("reference", "labels", "iou", "error"),
+    [
+        ([make_detections([BOX])], [], 0.5, ValueError),
+        ([make_detections([BOX])], [make_detections([BOX])], 0.0, ValueError),
+        ([make_detections([BOX])], [make_detections([BOX])], 1.5, ValueError),
+    ],
+)
+def test_f1_rejects_bad_input(reference, labels, iou, error):
+    with pytest.raises(error):
+        label_f1(reference, labels, iou=iou)
+    with pytest.raises(error):
+        per_image_f1(reference, labels, iou=iou)
