@@ -1,6 +1,43 @@
 """The Label Selection Module: matching, discrepancy, grading, selection and correction (numpy only)."""
 
 from selection.boxes import box_ioa, box_iou
+from selection.correction import Correction, correct_labels
 from selection.detections import Detections
+from selection.lsm import (
+    Action,
+    Aggregation,
+    Grade,
+    ImageScore,
+    InstanceFindings,
+    LSMConfig,
+    NoiseType,
+    aggregate,
+    score_image,
+    score_images,
+)
+from selection.matching import Match, match_boxes
+from selection.strategies import Strategy, image_features, model_uncertainty, select
 
-__all__ = ["Detections", "box_ioa", "box_iou"]
+__all__ = [
+    "Action",
+    "Aggregation",
+    "Correction",
+    "Detections",
+    "Grade",
+    "ImageScore",
+    "InstanceFindings",
+    "LSMConfig",
+    "Match",
+    "NoiseType",
+    "Strategy",
+    "aggregate",
+    "box_ioa",
+    "box_iou",
+    "correct_labels",
+    "image_features",
+    "match_boxes",
+    "model_uncertainty",
+    "score_image",
+    "score_images",
+    "select",
+]
