@@ -1,0 +1,489 @@
+"""A real Label Studio 1.23 server and the ML backend as managed child processes, plus project helpers.
+
+Used by ``python -m demo`` and the end-to-end tests. Each child runs in its own process group so that
+stopping it (SIGTERM to the group, then SIGKILL after a grace period) also ends the workers it spawned.
+
+Label Studio facts these helpers rely on (checked against 1.23.2):
+
+* the first start creates the user and its legacy API token from ``LABEL_STUDIO_USERNAME/PASSWORD/
+  USER_TOKEN``; later starts ignore them, so the credentials are kept in ``<data_dir>/credentials.json``;
+* connecting an ML backend makes Label Studio register a webhook ``<backend>/webhook`` for *all* actions,
+  so ``ANNOTATION_CREATED`` reaches the backend without a separate ``POST /api/webhooks``;
+* ``PATCH /api/tasks/{id} {"data": ...}`` replaces the whole ``data`` dict (it does not merge);
+* the Data Manager orders by a task data field with ``query={"ordering": ["-tasks:data.discrepancy"]}``;
+* the "Prediction score" column averages only predictions whose ``model_version`` equals the project's
+  ``model_version``, which Label Studio sets to the ML backend's *title* on connection: it stays empty for
+  backend predictions, so the ``discrepancy`` data column is what sorts "most suspicious first".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import requests
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+LS_BIN = REPO / ".venv-ls" / "bin" / "label-studio"
+BACKEND_PYTHON = REPO / ".venv" / "bin" / "python"
+DEFAULT_USERNAME = "admin@example.com"
+DISCREPANCY_ORDERING = ("-tasks:data.discrepancy",)
+VIEW_TITLE = "Most suspicious first"
+
+
+class ProcessStartError(RuntimeError):
+    """A managed child process exited or did not become healthy in time (message has its log tail)."""
+
+
+def free_port(preferred: int | None = None, *, host: str = "127.0.0.1", tries: int = 50) -> int:
+    """A TCP port free on ``host``: ``preferred`` or the next free one after it, else any free port.
+
+    Args:
+        preferred: first port to try (e.g. 8080); None asks the OS for an ephemeral port.
+        host: interface to test.
+        tries: how many consecutive ports after ``preferred`` to try.
+    """
+    candidates = [] if preferred is None else list(range(preferred, preferred + tries))
+    for port in [*candidates, 0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError(f"preferred={preferred}: no free port found on {host}")
+
+
+def _log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class ManagedProcess:
+    """A child process in its own process group with a health URL; a context manager.
+
+    Args:
+        argv: command line.
+        env: full environment of the child.
+        health_url: GET URL that answers 200 with ``{"status": "UP"}`` once the child is ready.
+        log_path: stdout and stderr of the child go here (appended).
+        name: for messages.
+        startup_timeout: seconds to wait for health.
+        grace: seconds between SIGTERM and SIGKILL when stopping.
+        cwd: working directory of the child.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        health_url: str,
+        log_path: Path,
+        name: str,
+        startup_timeout: float = 120.0,
+        grace: float = 10.0,
+        cwd: Path = REPO,
+    ) -> None:
+        if startup_timeout <= 0:
+            raise ValueError(f"startup_timeout: expected > 0 seconds, got {startup_timeout}")
+        self.argv = list(argv)
+        self.env = dict(env)
+        self.health_url = health_url
+        self.log_path = Path(log_path)
+        self.name = name
+        self.startup_timeout = startup_timeout
+        self.grace = grace
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the child and wait until its health URL answers UP."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        logger.info("%s: started pid %d, log %s", self.name, self.proc.pid, self.log_path)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ProcessStartError(
+                    f"{self.name} exited with code {self.proc.returncode} before becoming healthy; "
+                    f"log {self.log_path}:\n{_log_tail(self.log_path)}"
+                )
+            if self.healthy():
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise ProcessStartError(
+            f"{self.name}: {self.health_url} not UP after {self.startup_timeout:.0f} s; "
+            f"log {self.log_path}:\n{_log_tail(self.log_path)}"
+        )
+
+    def healthy(self) -> bool:
+        """True when the health URL answers 200 with status UP."""
+        try:
+            resp = requests.get(self.health_url, timeout=3)
+            return resp.status_code == 200 and resp.json().get("status") == "UP"
+        except (requests.RequestException, ValueError):
+            return False
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM the child's process group, SIGKILL it after ``grace`` seconds; idempotent."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.grace)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s: no exit %.0f s after SIGTERM, sending SIGKILL", self.name, self.grace)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        # Workers that outlived the leader (same group) get the same treatment.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        logger.info("%s: stopped", self.name)
+
+    def __enter__(self) -> ManagedProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class LabelStudioServer(ManagedProcess):
+    """Label Studio 1.23 (SQLite, bound to 127.0.0.1) with its data in ``data_dir``.
+
+    The first start creates ``username`` with ``password`` and the legacy API token ``token``; these are
+    stored in ``data_dir/credentials.json`` and reused by later starts on the same ``data_dir``.
+
+    Args:
+        data_dir: Label Studio's data folder (database, media, config, log ``label-studio.log``).
+        port: TCP port; None picks a free one.
+        username: login e-mail (needs a top-level domain of 2+ letters to log in through the web form).
+        password: login password; None generates one (or reuses the stored one).
+        token: 40-hex legacy API token; None generates one (or reuses the stored one).
+        document_root: ``LOCAL_FILES_DOCUMENT_ROOT``: images under it are served at
+            ``/data/local-files/?d=<relative path>`` once a Local Files storage covers them.
+        ls_bin: the ``label-studio`` executable.
+        startup_timeout: seconds (first start takes ~35 s for the database setup).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        username: str = DEFAULT_USERNAME,
+        password: str | None = None,
+        token: str | None = None,
+        document_root: Path,
+        ls_bin: Path = LS_BIN,
+        startup_timeout: float = 180.0,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.document_root = Path(document_root).resolve()
+        if not Path(ls_bin).exists():
+            raise FileNotFoundError(f"ls_bin: {ls_bin} does not exist (run `make setup-ls`)")
+        if token is not None and (len(token) != 40 or any(c not in "0123456789abcdef" for c in token)):
+            raise ValueError("token: expected 40 lowercase hex characters")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        creds = self._credentials(username=username, password=password, token=token)
+        self.username, self.password, self.token = creds["username"], creds["password"], creds["token"]
+        self.port = free_port() if port is None else port
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
+            "XDG_CONFIG_HOME": str(self.data_dir / "xdg-config"),
+            "XDG_CACHE_HOME": str(self.data_dir / "xdg-cache"),
+            "LABEL_STUDIO_USERNAME": self.username,
+            "LABEL_STUDIO_PASSWORD": self.password,
+            "LABEL_STUDIO_USER_TOKEN": self.token,
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            "SSRF_PROTECTION_ENABLED": "false",
+            "ML_BLOCK_LOCAL_IP": "false",
+            "LOCAL_FILES_SERVING_ENABLED": "true",
+            "LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
+            "DJANGO_DB": "sqlite",
+            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+            "COLLECT_ANALYTICS": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+        super().__init__(
+            [str(ls_bin), "start", "--no-browser", "--port", str(self.port), "--internal-host", "127.0.0.1"],
+            env=env,
+            health_url=f"{self.url}/health",
+            log_path=self.data_dir / "label-studio.log",
+            name=f"Label Studio :{self.port}",
+            startup_timeout=startup_timeout,
+            grace=15.0,
+        )
+
+    def _credentials(self, *, username: str, password: str | None, token: str | None) -> dict[str, str]:
+        path = self.data_dir / "credentials.json"
+        if path.exists():
+            stored = json.loads(path.read_text())
+            if stored.get("username") == username:
+                return stored
+        creds = {
+            "username": username,
+            "password": password or secrets.token_urlsafe(12),
+            "token": token or secrets.token_hex(20),
+        }
+        path.write_text(json.dumps(creds))
+        path.chmod(0o600)
+        return creds
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that authenticate with the legacy token."""
+        return {"Authorization": f"Token {self.token}"}
+
+    def client(self) -> Any:
+        """A ``label_studio_sdk.LabelStudio`` client for this server."""
+        from label_studio_sdk import LabelStudio
+
+        return LabelStudio(base_url=self.url, api_key=self.token)
+
+    def __enter__(self) -> LabelStudioServer:
+        self.start()
+        return self
+
+
+class BackendProcess(ManagedProcess):
+    """The ML backend (``python -m backend``) on 127.0.0.1.
+
+    Args:
+        port: TCP port; None picks a free one.
+        env: extra environment (``LABEL_STUDIO_URL``, ``MODEL_DIR``, ...), on top of this process's own.
+        log_path: where its output goes.
+        python: interpreter that has the backend's dependencies.
+        startup_timeout: seconds.
+    """
+
+    def __init__(
+        self,
+        port: int | None,
+        env: Mapping[str, str],
+        *,
+        log_path: Path,
+        python: Path = BACKEND_PYTHON,
+        startup_timeout: float = 120.0,
+    ) -> None:
+        self.port = free_port() if port is None else port
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            [str(python), "-m", "backend", "--host", "127.0.0.1", "--port", str(self.port)],
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            health_url=f"{self.url}/health",
+            log_path=log_path,
+            name=f"backend :{self.port}",
+            startup_timeout=startup_timeout,
+            grace=10.0,
+        )
+
+    def __enter__(self) -> BackendProcess:
+        self.start()
+        return self
+
+
+# ---------------------------------------------------------------- project helpers (Label Studio API)
+
+
+def find_project(client: Any, title: str) -> int | None:
+    """Id of the first project named ``title``, or None."""
+    for project in client.projects.list():
+        if project.title == title:
+            return int(project.id)
+    return None
+
+
+def create_project(client: Any, title: str, label_config: str, *, description: str = "") -> int:
+    """Create a project; returns its id. ``title`` needs 3+ characters (Label Studio's rule)."""
+    if len(title) < 3:
+        raise ValueError(f"title: Label Studio needs at least 3 characters, got {title!r}")
+    project = client.projects.create(title=title, label_config=label_config, description=description)
+    return int(project.id)
+
+
+def add_local_storage(client: Any, project: int, path: Path, *, title: str = "images") -> int:
+    """Attach a Local Files import storage (no sync: tasks are imported with their URLs already).
+
+    ``path`` must be a folder strictly under ``LOCAL_FILES_DOCUMENT_ROOT``; the storage only authorises
+    serving ``/data/local-files/?d=...`` URLs under it, which works with ``use_blob_urls=False``.
+    """
+    for storage in client.import_storage.local.list(project=project):
+        if Path(storage.path or "") == Path(path):
+            return int(storage.id)
+    storage = client.import_storage.local.create(
+        project=project, path=str(path), use_blob_urls=False, recursive_scan=True, title=title
+    )
+    return int(storage.id)
+
+
+def import_tasks(client: Any, project: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Import tasks (``{"data": ..., "predictions": [...]}``); returns the new task ids."""
+    if not tasks:
+        raise ValueError("tasks: expected at least one task")
+    resp = client.projects.import_tasks(project, request=list(tasks), return_task_ids=True)
+    return [int(i) for i in (resp.task_ids or [])]
+
+
+def connect_backend(client: Any, project: int, url: str, *, title: str = "active-label-cleaning") -> int:
+    """Connect the ML backend (reused when one with this URL exists); returns the ML backend id.
+
+    Label Studio checks ``/health`` and ``/setup`` while connecting and registers ``<url>/webhook`` for
+    all actions on the project.
+    """
+    for ml in client.ml.list(project=project):
+        if (ml.url or "").rstrip("/") == url.rstrip("/"):
+            return int(ml.id)
+    ml = client.ml.create(url=url, project=project, title=title, is_interactive=False, auth_method="NONE")
+    return int(ml.id)
+
+
+def backend_state(ls: LabelStudioServer, project: int) -> list[dict[str, Any]]:
+    """``GET /api/ml?project=N``: each backend's ``state`` (``CO`` connected, ``ER`` error, ...)."""
+    resp = requests.get(f"{ls.url}/api/ml", params={"project": project}, headers=ls.headers, timeout=30)
+    resp.raise_for_status()
+    return list(resp.json())
+
+
+def retrieve_predictions(
+    ls: LabelStudioServer, project: int, task_ids: Sequence[int] | None = None, *, timeout: float = 600
+) -> dict[str, Any]:
+    """The Data Manager action "Retrieve predictions" (synchronous: LS calls the backend's /predict).
+
+    Args:
+        task_ids: tasks to predict; None means all tasks of the project.
+        timeout: seconds for the whole HTTP call.
+    """
+    selected: dict[str, Any] = (
+        {"all": True, "excluded": []} if task_ids is None else {"all": False, "included": list(task_ids)}
+    )
+    resp = requests.post(
+        f"{ls.url}/api/dm/actions",
+        params={"id": "retrieve_tasks_predictions", "project": project},
+        json={"selectedItems": selected},
+        headers=ls.headers,
+        timeout=timeout,
+    )
+    if resp.status_code != 200:
+        raise RuntimeError(f"retrieve predictions: HTTP {resp.status_code}: {resp.text[:500]}")
+    return dict(resp.json())
+
+
+def list_tasks(
+    ls: LabelStudioServer,
+    project: int,
+    *,
+    ordering: Sequence[str] = DISCREPANCY_ORDERING,
+    page_size: int = 100,
+) -> list[dict[str, Any]]:
+    """All tasks of a project in Data Manager order (e.g. ``-tasks:data.discrepancy``), with predictions."""
+    query = urllib.parse.quote(json.dumps({"ordering": list(ordering)}))
+    tasks: list[dict[str, Any]] = []
+    page = 1
+    while True:
+        resp = requests.get(
+            f"{ls.url}/api/tasks?project={project}&fields=all&page={page}&page_size={page_size}&query={query}",
+            headers=ls.headers,
+            timeout=60,
+        )
+        if resp.status_code == 404 and page > 1:  # past the last page
+            break
+        resp.raise_for_status()
+        batch = resp.json().get("tasks", [])
+        tasks.extend(batch)
+        if len(batch) < page_size:
+            break
+        page += 1
+    return tasks
+
+
+def task_predictions(ls: LabelStudioServer, task_id: int) -> list[dict[str, Any]]:
+    """All stored predictions of a task (every model version)."""
+    resp = requests.get(f"{ls.url}/api/predictions", params={"task": task_id}, headers=ls.headers, timeout=30)
+    resp.raise_for_status()
+    return list(resp.json())
+
+
+def ensure_suspicious_view(ls: LabelStudioServer, project: int, *, title: str = VIEW_TITLE) -> int:
+    """A Data Manager tab sorted by ``discrepancy`` (descending) with its noise columns shown as numbers.
+
+    This is what a manager would click together by hand: the tab is created once and reused.
+    """
+    resp = requests.get(f"{ls.url}/api/dm/views", params={"project": project}, headers=ls.headers, timeout=30)
+    resp.raise_for_status()
+    for view in resp.json():
+        if view.get("data", {}).get("title") == title:
+            return int(view["id"])
+    data = {
+        "title": title,
+        "ordering": list(DISCREPANCY_ORDERING),
+        "type": "list",
+        "target": "tasks",
+        "filters": {"conjunction": "and", "items": []},
+        "hiddenColumns": {
+            "explore": [
+                "tasks:data.crowd_labels",
+                "tasks:data.image_id",
+                "tasks:data.width",
+                "tasks:data.height",
+            ],
+            "labeling": ["tasks:data.crowd_labels"],
+        },
+        "columnsDisplayType": {"tasks:data.discrepancy": "Number"},
+    }
+    resp = requests.post(
+        f"{ls.url}/api/dm/views",
+        json={"project": project, "data": data},
+        headers=ls.headers,
+        timeout=30,
+    )
+    if resp.status_code not in (200, 201):
+        raise RuntimeError(f"create Data Manager view: HTTP {resp.status_code}: {resp.text[:300]}")
+    return int(resp.json()["id"])
+
+
+def create_annotation(client: Any, task_id: int, result: Sequence[Mapping[str, Any]]) -> int:
+    """Submit an annotation (as the token's user); returns its id."""
+    annotation = client.annotations.create(id=task_id, result=list(result))
+    return int(annotation.id)

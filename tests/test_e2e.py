@@ -1,0 +1,177 @@
+"""End to end: a real Label Studio 1.23.2, the real backend process, real HTTP, real files.
+
+The tests run in file order and share one session (see tests/e2e_fixtures.py): connect, predict and rank,
+then annotate (which retrains through Label Studio's webhook), then bad input straight to the backend.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import requests
+from e2e_fixtures import E2EEnv, backend_versions, e2e, wait_for_new_version
+
+from demo import labelstudio as lsh
+from formats.labelstudio import detections_to_regions
+
+__all__ = ["e2e"]  # the fixture, re-exported for pytest
+
+pytestmark = pytest.mark.e2e
+GRADES = ("clean", "minor", "major", "uncertain")
+
+
+def _health(env: E2EEnv) -> dict:
+    resp = requests.get(f"{env.backend.url}/health", timeout=10)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def test_backend_is_connected_in_label_studio(e2e: E2EEnv) -> None:
+    states = lsh.backend_state(e2e.ls, e2e.project)
+    assert [s["id"] for s in states] == [e2e.ml_id]
+    assert states[0]["state"] == "CO", states[0]
+    assert states[0]["model_version"] == _health(e2e)["model_version"]
+    # Label Studio registered <backend>/webhook for the project when the backend was connected.
+    hooks = e2e.client.webhooks.list(project=str(e2e.project))
+    assert any(h.url == f"{e2e.backend.url}/webhook" for h in hooks), [h.url for h in hooks]
+
+
+def test_retrieve_predictions_scores_every_task(e2e: E2EEnv) -> None:
+    version = _health(e2e)["model_version"]
+    reply = lsh.retrieve_predictions(e2e.ls, e2e.project)
+    tasks = lsh.list_tasks(e2e.ls, e2e.project, ordering=("tasks:id",))
+    assert reply["processed_items"] == len(tasks) == sum(r.split == "train" for r in e2e.dataset.images)
+    texts: list[str] = []
+    for task in tasks:
+        ours = [p for p in lsh.task_predictions(e2e.ls, task["id"]) if p["model_version"] == version]
+        assert len(ours) == 1, (
+            task["id"],
+            [p["model_version"] for p in lsh.task_predictions(e2e.ls, task["id"])],
+        )
+        pred = ours[0]
+        assert 0.0 <= pred["score"] <= 1.0
+        data = task["data"]
+        # The backend wrote its findings into the task and kept the crowd labels.
+        assert 0.0 <= data["discrepancy"] <= 1.0
+        assert pred["score"] == pytest.approx(data["discrepancy"], abs=1e-3)
+        assert data["noise_grade"] in GRADES
+        assert isinstance(data["noise_types"], str)
+        assert data["model_version"] == version
+        assert "crowd_labels" in data and "image" in data
+        for region in pred["result"]:
+            assert region["type"] == "rectanglelabels"
+            assert region["value"]["rectanglelabels"] == ["deposit"]
+            texts += region.get("meta", {}).get("text", [])
+    # Regions carry their noise type and grade as text the editor shows.
+    assert texts, "no region carried meta text"
+    assert all(any(g in t for g in GRADES) for t in texts), texts[:5]
+
+
+def test_ordering_by_discrepancy_puts_most_suspicious_first(e2e: E2EEnv) -> None:
+    ranked = lsh.list_tasks(e2e.ls, e2e.project)  # -tasks:data.discrepancy
+    values = [t["data"]["discrepancy"] for t in ranked]
+    assert values == sorted(values, reverse=True)
+    assert values[0] > values[-1], "every task got the same discrepancy"
+    # The Data Manager tab the demo creates gives the same order.
+    view = lsh.ensure_suspicious_view(e2e.ls, e2e.project)
+    resp = requests.get(
+        f"{e2e.ls.url}/api/tasks",
+        params={"project": e2e.project, "view": view, "page_size": 100},
+        headers=e2e.ls.headers,
+        timeout=30,
+    )
+    assert [t["id"] for t in resp.json()["tasks"]] == [t["id"] for t in ranked]
+    # Ground truth of the simulator: the noisier half of the ranking holds at least as much true noise.
+    truth = {r.key: int(np.sum(r.crowd_noise != "clean")) + len(r.missed) for r in e2e.dataset.images}
+    noise = [truth[t["data"]["image_id"]] for t in ranked]
+    print(f"true noise per task, most suspicious first: {noise}")
+    assert noise[0] > 0 or max(noise) == 0, noise
+
+
+def test_expert_annotations_trigger_training_and_new_version_serves(e2e: E2EEnv) -> None:
+    before = backend_versions(e2e.backend)
+    old_version = _health(e2e)["model_version"]
+    records = {r.key: r for r in e2e.dataset.images}
+    ranked = lsh.list_tasks(e2e.ls, e2e.project)
+    for task in ranked[:2]:  # the expert reviews the most suspicious tasks
+        record = records[task["data"]["image_id"]]
+        result = detections_to_regions(
+            record.expert,
+            width=record.width,
+            height=record.height,
+            labels=["deposit"],
+            from_name="label",
+            to_name="image",
+        )
+        lsh.create_annotation(e2e.client, task["id"], result)
+    new_version = wait_for_new_version(e2e.backend, before)
+    assert new_version != old_version
+    health = _health(e2e)
+    assert health["model_version"] == new_version, health
+    task_id = ranked[-1]["id"]
+    lsh.retrieve_predictions(e2e.ls, e2e.project, [task_id])
+    versions = {p["model_version"] for p in lsh.task_predictions(e2e.ls, task_id)}
+    assert new_version in versions, versions
+    task = e2e.client.tasks.get(id=task_id)
+    assert task.data["model_version"] == new_version
+
+
+def test_train_button_starts_training(e2e: E2EEnv) -> None:
+    before = backend_versions(e2e.backend)
+    resp = requests.post(
+        f"{e2e.ls.url}/api/ml/{e2e.ml_id}/train", json={}, headers=e2e.ls.headers, timeout=60
+    )
+    assert resp.status_code == 200, resp.text
+    wait_for_new_version(e2e.backend, before)
+    assert lsh.backend_state(e2e.ls, e2e.project)[0]["state"] in ("CO", "TR"), lsh.backend_state(
+        e2e.ls, e2e.project
+    )
+
+
+def _predict_body(e2e: E2EEnv, image: str, *, label_config: str | None = None) -> dict:
+    return {
+        "tasks": [{"id": 999999, "data": {"image": image, "crowd_labels": []}}],
+        "label_config": e2e.label_config if label_config is None else label_config,
+        "project": f"{e2e.project}.0",
+        "params": {},
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "expected_status"),
+    [
+        ("malformed_json", range(400, 500)),
+        ("no_tasks", range(400, 500)),
+        ("no_rectanglelabels", range(400, 500)),
+        ("unreachable_image", range(400, 500)),
+        ("corrupt_image", range(400, 500)),
+    ],
+)
+def test_bad_input_gets_4xx_and_server_keeps_serving(e2e: E2EEnv, case: str, expected_status: range) -> None:
+    url = f"{e2e.backend.url}/predict"
+    headers = {"Content-Type": "application/json"}
+    if case == "malformed_json":
+        resp = requests.post(url, data=b'{"tasks": [', headers=headers, timeout=30)
+    elif case == "no_tasks":
+        body = _predict_body(e2e, "/data/local-files/?d=x.png")
+        body["tasks"] = []
+        resp = requests.post(url, json=body, timeout=30)
+    elif case == "no_rectanglelabels":
+        config = (
+            '<View><Image name="image" value="$image"/><Choices name="c" toName="image">'
+            '<Choice value="a"/></Choices></View>'
+        )
+        resp = requests.post(url, json=_predict_body(e2e, "/data/local-files/?d=x.png", label_config=config))
+    elif case == "unreachable_image":
+        resp = requests.post(url, json=_predict_body(e2e, "http://127.0.0.1:9/nothing.png"), timeout=60)
+    else:
+        corrupt = e2e.data_dir / "corrupt.png"
+        corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+        rel = corrupt.relative_to(e2e.document_root)
+        resp = requests.post(url, json=_predict_body(e2e, f"/data/local-files/?d={rel}"), timeout=60)
+    assert resp.status_code in expected_status, (resp.status_code, resp.text)
+    detail = resp.json()
+    assert json.dumps(detail).strip("{}\"' ") != "", detail  # a message, not an empty body
+    assert _health(e2e)["status"] == "UP"
