@@ -1,0 +1,120 @@
+"""Speed of the LSM scorer against cleanlab's object-detection label-quality scorer, same inputs, one run.
+
+    python -m bench.speed [--images 10000] [--boxes 10] [--cleanlab-images 1000] [--seed 0]
+
+Random images of ``--boxes`` crowd boxes each; the predictions are the crowd boxes jittered, with some
+dropped, some moved far away and some extra boxes, scored at random. Our ``score_images`` runs on every image;
+cleanlab's ``get_label_quality_scores`` runs on the first ``--cleanlab-images`` images (it is slower) and its
+time is scaled per image to the full count; the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+
+from selection import LSMConfig, score_images
+from selection.detections import Detections
+
+_SIZE = 512.0  # image side in pixels
+
+
+def make_images(
+    n_images: int, n_boxes: int, rng: np.random.Generator
+) -> tuple[list[Detections], list[Detections]]:
+    """Random crowd/prediction pairs: ``n_boxes`` crowd boxes and about as many predictions per image."""
+    crowds, preds = [], []
+    zeros = np.zeros(n_boxes, np.int64)
+    for _ in range(n_images):
+        xy = rng.uniform(0, _SIZE - 60, (n_boxes, 2))
+        wh = rng.uniform(8, 60, (n_boxes, 2))
+        crowd = np.concatenate([xy, xy + wh], axis=1)
+        pred = crowd + rng.normal(0, 3, crowd.shape)
+        pred[:, 2:] = np.maximum(pred[:, 2:], pred[:, :2] + 1)
+        far = rng.random(n_boxes) < 0.2  # background crowd box + missed object
+        pred[far] = np.roll(pred[far], 1, axis=0) + rng.uniform(-100, 100, (int(far.sum()), 1))
+        keep = rng.random(n_boxes) >= 0.1
+        n_extra = int(rng.integers(0, 3))
+        exy = rng.uniform(0, _SIZE - 60, (n_extra, 2))
+        extra = np.concatenate([exy, exy + rng.uniform(8, 60, (n_extra, 2))], axis=1)
+        pred = np.concatenate([pred[keep], extra])
+        crowds.append(Detections(crowd.astype(np.float32), zeros))
+        preds.append(
+            Detections(
+                pred.astype(np.float32),
+                np.zeros(len(pred), np.int64),
+                rng.uniform(0.05, 1.0, len(pred)).astype(np.float32),
+            )
+        )
+    return crowds, preds
+
+
+def to_cleanlab(
+    crowds: list[Detections], preds: list[Detections]
+) -> tuple[list[dict[str, np.ndarray]], list[list[np.ndarray]]]:
+    """cleanlab's object-detection format: label dicts; per image, one (K, 5) xyxy+score array per class."""
+    labels = [{"bboxes": c.xyxy.astype(np.float64), "labels": c.class_id} for c in crowds]
+    predictions = [
+        [np.concatenate([p.xyxy, p.score[:, None]], axis=1).astype(np.float32)]  # type: ignore[index]
+        for p in preds
+    ]
+    return labels, predictions
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Time both scorers and print the figures side by side."""
+    parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=10_000, help="images scored by score_images")
+    parser.add_argument("--boxes", type=int, default=10, help="crowd boxes per image")
+    parser.add_argument("--cleanlab-images", type=int, default=1_000, help="images timed for cleanlab")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.images < 1 or args.boxes < 1 or args.cleanlab_images < 0:
+        parser.error("--images and --boxes must be >= 1, --cleanlab-images >= 0")
+
+    rng = np.random.default_rng(args.seed)
+    crowds, preds = make_images(args.images, args.boxes, rng)
+    n_pred = sum(len(p) for p in preds) / len(preds)
+    print(f"data: {args.images} images, {args.boxes} crowd boxes and {n_pred:.1f} predictions per image")
+
+    score_images(crowds[:50], preds[:50])  # warm-up (imports, first calls)
+    t0 = time.perf_counter()
+    scores = score_images(crowds, preds, config=LSMConfig())
+    ours = time.perf_counter() - t0
+    ours_ms = 1000 * ours / args.images
+    print(f"LSM score_images : {ours:8.3f} s for {args.images} images = {ours_ms:.3f} ms/image")
+    assert len(scores) == args.images
+
+    n_cl = min(args.cleanlab_images, args.images)
+    if n_cl == 0:
+        return
+    try:
+        from cleanlab.object_detection.rank import get_label_quality_scores
+    except ImportError as err:
+        print(f"cleanlab unavailable ({err}); no comparison")
+        return
+    labels, predictions = to_cleanlab(crowds[:n_cl], preds[:n_cl])
+    weights = {"overlooked": 0.5, "badloc": 0.5, "swap": 0.0}  # one class: no swap issues
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        quality = get_label_quality_scores(labels, predictions, aggregation_weights=weights, verbose=False)
+        theirs = time.perf_counter() - t0
+    assert quality.shape == (n_cl,)
+    cl_ms = 1000 * theirs / n_cl
+    scaled = "" if n_cl == args.images else f" (timed on the first {n_cl} images, scaled per image)"
+    total = cl_ms * args.images / 1000
+    print(f"cleanlab scorer  : {total:8.3f} s for {args.images} images = {cl_ms:.3f} ms/image{scaled}")
+    print(f"ratio            : cleanlab / LSM = {cl_ms / ours_ms:.1f}x per image")
+    ours_sub = np.array([s.discrepancy for s in scores[:n_cl]])
+    corr = np.corrcoef(ours_sub, 1.0 - quality)[0, 1]
+    print(
+        f"agreement        : Pearson r(LSM discrepancy, 1 - cleanlab quality) = {corr:.3f} on {n_cl} images"
+    )
+
+
+if __name__ == "__main__":
+    main()
