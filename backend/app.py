@@ -1,0 +1,177 @@
+"""The HTTP layer: FastAPI app factory for the Label Studio ML backend (parse, delegate, answer).
+
+Errors are JSON ``{"detail": "..."}``: 400 for a bad labelling config or task (naming the task), 422 for a
+body that is not the expected JSON (the message names the field, never echoes the input: it may hold
+passwords), 503 while no model version is published (Label Studio logs it and stores no prediction, so the
+tasks are predicted again once a model exists), 401 without valid basic auth when it is configured.
+Basic auth guards every endpoint, /health included: Label Studio sends the credentials on all calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from backend.images import ImageLoader, ImageLoadError
+from backend.labelconfig import LabelConfigError, parse_label_config
+from backend.lsclient import LabelStudioAuth, TaskWriteBack, make_sdk_client
+from backend.protocol import PredictRequest, SetupRequest, WebhookRequest
+from backend.service import ModelService, NoModelError, TaskInputError
+from backend.settings import Settings
+from backend.training import TaskSource, TrainingManager
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["create_app"]
+
+UNTRAINED = "untrained"
+"""``model_version`` reported by /setup before any version is published."""
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+        kind = err.get("type", "")
+        if kind == "json_invalid":
+            parts.append("body: not valid JSON")
+        else:
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    service: ModelService | None = None,
+    trainer: TrainingManager | None = None,
+    source: TaskSource | None = None,
+) -> FastAPI:
+    """Build the app.
+
+    Args:
+        settings: validated settings.
+        service: the model holder (default: built from ``settings``).
+        trainer: the training manager (default: built from ``settings``; ``source`` feeds it).
+        source: training data source (default: Label Studio through the SDK, built on first training).
+    """
+    auth = (
+        LabelStudioAuth(str(settings.label_studio_url), str(settings.label_studio_api_key))
+        if settings.label_studio_enabled
+        else None
+    )
+    if service is None:
+        loader = ImageLoader(
+            label_studio_url=settings.label_studio_url,
+            auth=auth,
+            document_root=settings.local_files_document_root,
+        )
+        service = ModelService(settings, loader=loader)
+        service.publish_initial()
+    if trainer is None:
+        trainer = TrainingManager(settings, service, source=source)
+    writeback: TaskWriteBack | None = None
+    if settings.label_studio_enabled:
+        url, key = str(settings.label_studio_url), str(settings.label_studio_api_key)
+        writeback = TaskWriteBack(lambda: make_sdk_client(url, key))
+
+    app = FastAPI(title="Active label cleaning: Label Studio ML backend", version="1.0")
+    app.state.settings = settings
+    app.state.service = service
+    app.state.trainer = trainer
+    app.state.writeback = writeback
+
+    @app.middleware("http")
+    async def basic_auth(request: Request, call_next: Any) -> Any:
+        if settings.basic_auth_enabled and not _authorized(request.headers.get("authorization"), settings):
+            return JSONResponse(
+                {"detail": "authentication required"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Basic realm="ml-backend"'},
+            )
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {
+            "status": "UP",
+            "model_class": "ActiveLabelCleaning",
+            "model_version": service.loaded_version or service.latest_version(),
+            "latest_version": service.latest_version(),
+            "training": trainer.status(),
+        }
+
+    @app.post("/setup")
+    def setup(body: SetupRequest) -> Any:
+        if body.label_schema:
+            try:
+                parse_label_config(body.label_schema)
+            except LabelConfigError as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=400)
+            trainer.last_schema_xml = body.label_schema
+        return {"model_version": service.latest_version() or UNTRAINED}
+
+    @app.get("/versions")
+    def versions() -> dict[str, Any]:
+        return {"versions": service.versions(), "latest": service.latest_version()}
+
+    @app.post("/predict")
+    def predict(body: PredictRequest) -> Any:
+        try:
+            schema = parse_label_config(body.label_config or trainer.last_schema_xml)
+            scored = service.score_tasks(body.tasks, schema)
+        except NoModelError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=503)
+        except (LabelConfigError, TaskInputError) as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+        except ImageLoadError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=422)
+        if writeback is not None:
+            for item in scored:
+                if item.task_id is not None:
+                    writeback.submit(item.task_id, item.fields.as_data())
+        return {"results": [item.prediction for item in scored]}
+
+    @app.post("/webhook")
+    def webhook(body: WebhookRequest) -> dict[str, Any]:
+        try:
+            status = trainer.on_event(
+                body.action, project=body.project_id, annotation=body.annotation, task=body.task
+            )
+        except Exception as exc:  # a webhook must never crash the server: report and carry on
+            logger.exception("webhook %s failed", body.action)
+            return {"status": "error", "action": body.action, "detail": str(exc)[:500]}
+        return {"status": status, "action": body.action}
+
+    @app.post("/train")
+    def train(request: Request) -> dict[str, Any]:
+        project = request.query_params.get("project")
+        pid = int(project) if project and project.isdigit() else None
+        return {"status": trainer.request(pid), "action": "START_TRAINING"}
+
+    return app
+
+
+def _authorized(header: str | None, settings: Settings) -> bool:
+    if not header or not header.lower().startswith("basic "):
+        return False
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    user, sep, password = decoded.partition(":")
+    ok_user = hmac.compare_digest(user.encode(), str(settings.basic_auth_user).encode())
+    ok_pass = hmac.compare_digest(password.encode(), str(settings.basic_auth_pass).encode())
+    return bool(sep) and ok_user and ok_pass

@@ -1,0 +1,267 @@
+"""Backend configuration: one frozen dataclass read from the environment once, in the entry point.
+
+Every value is validated in :meth:`Settings.from_env`; a bad value raises :class:`SettingsError` whose message
+names the variable, what was expected and how to fix it. Secrets (the API key, the basic-auth password) are
+kept out of ``repr`` so they never reach a log line or a traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ExpertMode", "ExpertPolicy", "Settings", "SettingsError"]
+
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid; the message says which and how to fix it."""
+
+
+class ExpertMode(enum.Enum):
+    """Which Label Studio annotations count as expert labels."""
+
+    ALL = "all"
+    """Every submitted annotation (the Label Studio project is the experts' workspace)."""
+    EMAILS = "emails"
+    """Only annotations completed by the listed users."""
+    GROUND_TRUTH = "ground_truth"
+    """Only annotations marked ground truth. Label Studio does not send a webhook when an annotation is
+    saved as ground truth, so training then starts from the "Start training" button (START_TRAINING) or
+    from the next ordinary annotation event."""
+
+
+@dataclass(frozen=True)
+class ExpertPolicy:
+    """Parsed ``EXPERT_MODE``: ``all`` | ``emails:a@x.org,b@y.org`` | ``ground_truth``."""
+
+    mode: ExpertMode = ExpertMode.ALL
+    emails: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, text: str) -> ExpertPolicy:
+        """Parse the ``EXPERT_MODE`` text (case-insensitive; emails compared lower-case)."""
+        raw = text.strip()
+        head, _, tail = raw.partition(":")
+        head = head.strip().lower()
+        if head == ExpertMode.ALL.value and not tail:
+            return cls(ExpertMode.ALL)
+        if head == ExpertMode.GROUND_TRUTH.value and not tail:
+            return cls(ExpertMode.GROUND_TRUTH)
+        if head == ExpertMode.EMAILS.value:
+            emails = frozenset(e.strip().lower() for e in tail.split(",") if e.strip())
+            bad = sorted(e for e in emails if "@" not in e)
+            if not emails or bad:
+                raise SettingsError(
+                    f"EXPERT_MODE: expected 'emails:' then comma-separated e-mail addresses, got {raw!r}"
+                )
+            return cls(ExpertMode.EMAILS, emails)
+        raise SettingsError(
+            f"EXPERT_MODE: expected 'all', 'ground_truth' or 'emails:a@x.org,b@y.org', got {raw!r}"
+        )
+
+    def is_expert(self, annotation: Mapping[str, object], *, user_email: str | None = None) -> bool:
+        """Whether one Label Studio annotation counts as an expert annotation.
+
+        Args:
+            annotation: the annotation JSON (``was_cancelled``, ``ground_truth``, ``completed_by`` ...).
+            user_email: the author's e-mail when ``completed_by`` is only a user id.
+        """
+        if annotation.get("was_cancelled"):
+            return False
+        if self.mode is ExpertMode.ALL:
+            return True
+        if self.mode is ExpertMode.GROUND_TRUTH:
+            return bool(annotation.get("ground_truth"))
+        email = user_email
+        author = annotation.get("completed_by")
+        if email is None and isinstance(author, Mapping):
+            email = author.get("email")  # type: ignore[assignment]
+        if email is None and isinstance(annotation.get("created_username"), str):
+            # Label Studio writes "<email>, <id>" there.
+            email = str(annotation["created_username"]).split(",")[0]
+        return email is not None and str(email).strip().lower() in self.emails
+
+    def describe(self) -> str:
+        """The policy as ``EXPERT_MODE`` text."""
+        if self.mode is ExpertMode.EMAILS:
+            return "emails:" + ",".join(sorted(self.emails))
+        return self.mode.value
+
+
+def _get(environ: Mapping[str, str], name: str, default: str) -> str:
+    value = environ.get(name)
+    return default if value is None or value.strip() == "" else value.strip()
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    text = _get(environ, name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingsError(f"{name}: expected an integer >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def _float(environ: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    text = _get(environ, name, str(default))
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a number in [{low}, {high}], got {text!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}: expected a number in [{low}, {high}], got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    t = text.strip().lower()
+    if t in ("auto", "cpu", "cuda", "mps") or (t.startswith("cuda:") and t[5:].isdigit()):
+        return t
+    raise SettingsError(f"DEVICE: expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the backend reads from its environment (see docs/CONTRACTS.md, "Backend").
+
+    Attributes:
+        model_dir: the versioned model registry folder (``MODEL_DIR``, required).
+        model_weights: initial weights published as the first version when the registry is empty.
+        label_studio_url: base URL of Label Studio, without a trailing slash; ``None`` disables write-back
+            and training data collection.
+        label_studio_api_key: legacy token or personal access token (kept out of ``repr``).
+        device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
+        score_threshold: minimum model confidence for a prediction to take part in scoring and display.
+        local_files_document_root: read ``/data/local-files/?d=...`` straight from this folder.
+        expert: which annotations are expert labels.
+        train_min_annotations: new expert-annotated tasks needed before an annotation event retrains.
+        train_epochs, train_imgsz (0 = the images' size), train_batch, train_init: training options.
+        basic_auth_user, basic_auth_pass: when both set, every endpoint requires HTTP basic auth.
+        log_level: logging level name.
+        work_dir: scratch folder for training datasets (default ``model_dir/work``).
+        predict_batch: images per forward pass in ``/predict``.
+    """
+
+    model_dir: Path
+    model_weights: Path | None = None
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = field(default=None, repr=False)
+    device: str = "auto"
+    score_threshold: float = 0.25
+    local_files_document_root: Path | None = None
+    expert: ExpertPolicy = ExpertPolicy()
+    train_min_annotations: int = 5
+    train_epochs: int = 20
+    train_imgsz: int = 0
+    train_batch: int = 8
+    train_init: str = "yolov8n.yaml"
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = field(default=None, repr=False)
+    log_level: str = "INFO"
+    work_dir: Path | None = None
+    predict_batch: int = 16
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Where training datasets and job files go."""
+        return self.work_dir if self.work_dir is not None else self.model_dir / "work"
+
+    @property
+    def label_studio_enabled(self) -> bool:
+        """Whether the backend may call Label Studio (URL and API key both configured)."""
+        return bool(self.label_studio_url and self.label_studio_api_key)
+
+    @property
+    def basic_auth_enabled(self) -> bool:
+        return self.basic_auth_user is not None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and validate the settings.
+
+        Raises:
+            SettingsError: naming the variable and the expected form.
+        """
+        model_dir_text = _get(environ, "MODEL_DIR", "")
+        if not model_dir_text:
+            raise SettingsError("MODEL_DIR: required (the folder of the versioned model registry), not set")
+        model_dir = Path(model_dir_text).expanduser()
+        if model_dir.exists() and not model_dir.is_dir():
+            raise SettingsError(f"MODEL_DIR: expected a folder, got a file {model_dir}")
+
+        weights_text = _get(environ, "MODEL_WEIGHTS", "")
+        weights = Path(weights_text).expanduser() if weights_text else None
+        if weights is not None and not weights.is_file():
+            raise SettingsError(f"MODEL_WEIGHTS: no such file {weights}")
+
+        url = _get(environ, "LABEL_STUDIO_URL", "") or None
+        if url is not None:
+            if not url.startswith(("http://", "https://")):
+                raise SettingsError(f"LABEL_STUDIO_URL: expected http(s)://host:port, got {url!r}")
+            url = url.rstrip("/")
+        key = _get(environ, "LABEL_STUDIO_API_KEY", "") or None
+
+        root_text = _get(environ, "LOCAL_FILES_DOCUMENT_ROOT", "")
+        root = Path(root_text).expanduser() if root_text else None
+        if root is not None and not root.is_dir():
+            raise SettingsError(f"LOCAL_FILES_DOCUMENT_ROOT: no such folder {root}")
+
+        user = _get(environ, "BASIC_AUTH_USER", "") or None
+        password = environ.get("BASIC_AUTH_PASS") or None
+        if (user is None) != (password is None):
+            raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS: set both or neither")
+
+        level = _get(environ, "LOG_LEVEL", "INFO").upper()
+        if level not in _LOG_LEVELS:
+            raise SettingsError(f"LOG_LEVEL: expected one of {', '.join(_LOG_LEVELS)}, got {level!r}")
+
+        work_text = _get(environ, "WORK_DIR", "")
+        init = _get(environ, "TRAIN_INIT", "yolov8n.yaml")
+        if not (init.endswith((".yaml", ".yml")) or Path(init).expanduser().is_file()):
+            raise SettingsError(
+                f"TRAIN_INIT: expected a model yaml (yolov8n.yaml) or a weights file, got {init!r}"
+            )
+
+        return cls(
+            model_dir=model_dir,
+            model_weights=weights,
+            label_studio_url=url,
+            label_studio_api_key=key,
+            device=_device(_get(environ, "DEVICE", "auto")),
+            score_threshold=_float(environ, "SCORE_THRESHOLD", 0.25, low=0.0, high=1.0),
+            local_files_document_root=root,
+            expert=ExpertPolicy.parse(_get(environ, "EXPERT_MODE", "all")),
+            train_min_annotations=_int(environ, "TRAIN_MIN_ANNOTATIONS", 5, minimum=1),
+            train_epochs=_int(environ, "TRAIN_EPOCHS", 20, minimum=1),
+            train_imgsz=_int(environ, "TRAIN_IMGSZ", 0, minimum=0),
+            train_batch=_int(environ, "TRAIN_BATCH", 8, minimum=1),
+            train_init=init,
+            basic_auth_user=user,
+            basic_auth_pass=password,
+            log_level=level,
+            work_dir=Path(work_text).expanduser() if work_text else None,
+            predict_batch=_int(environ, "PREDICT_BATCH", 16, minimum=1),
+        )
+
+    def log_summary(self, logger: logging.Logger) -> None:
+        """Log the configuration without secrets."""
+        logger.info(
+            "settings: model_dir=%s device=%s label_studio=%s api_key=%s expert=%s train_min=%d epochs=%d "
+            "basic_auth=%s local_files_root=%s",
+            self.model_dir,
+            self.device,
+            self.label_studio_url or "-",
+            "set" if self.label_studio_api_key else "unset",
+            self.expert.describe(),
+            self.train_min_annotations,
+            self.train_epochs,
+            "on" if self.basic_auth_enabled else "off",
+            self.local_files_document_root or "-",
+        )

@@ -1,0 +1,90 @@
+"""The training job, run in its own process: ``python -m backend.train_job JOB.json``.
+
+The server writes ``JOB.json`` (dataset items, class names, options) and waits; this process writes the YOLO
+dataset, trains, publishes the weights to the registry and writes ``result.json`` next to the job file
+(``{"version": ...}`` or ``{"error": ...}``). A separate process keeps the server responsive (training holds
+the GIL and the CPU) and lets a crash or out-of-memory kill only the job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def run_job(job: dict[str, Any]) -> str:
+    """Train and publish; returns the published version name."""
+    from model.dataset import LabeledImage, write_yolo_dataset
+    from model.registry import ModelRegistry
+    from model.train import train_detector
+    from selection.detections import Detections
+
+    def items(key: str) -> list[LabeledImage]:
+        out = []
+        for it in job[key]:
+            boxes = np.asarray(it["xyxy"], np.float32).reshape(-1, 4)
+            labels = Detections(xyxy=boxes, class_id=np.asarray(it["class_id"], np.int64).reshape(-1))
+            out.append(LabeledImage(Path(it["path"]), labels, int(it["width"]), int(it["height"])))
+        return out
+
+    work = Path(job["work_dir"])
+    data_yaml = write_yolo_dataset(
+        work / "dataset", train=items("train"), val=items("val"), names=job["names"]
+    )
+    start = time.monotonic()
+    result = train_detector(
+        data_yaml=data_yaml,
+        init=job["init"],
+        out_dir=work / "runs",
+        epochs=int(job["epochs"]),
+        imgsz=int(job["imgsz"]),
+        batch=int(job["batch"]),
+        seed=int(job.get("seed", 0)),
+        device=job.get("device", "auto"),
+    )
+    meta = {
+        "source": "expert annotations",
+        "n_train": len(job["train"]),
+        "n_val": len(job["val"]),
+        "epochs": int(job["epochs"]),
+        "imgsz": int(job["imgsz"]),
+        "init": str(job["init"]),
+        "seconds": round(time.monotonic() - start, 1),
+        "metrics": {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)},
+        "names": list(job["names"]),
+    }
+    version = ModelRegistry(Path(job["model_dir"])).publish(result.weights, meta)
+    return version.version
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m backend.train_job JOB.json", file=sys.stderr)
+        return 2
+    job_path = Path(argv[0])
+    job = json.loads(job_path.read_text())
+    logging.basicConfig(
+        level=job.get("log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    result_path = job_path.with_name("result.json")
+    try:
+        version = run_job(job)
+    except Exception as exc:
+        logger.exception("training failed")
+        result_path.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+    result_path.write_text(json.dumps({"version": version}))
+    logger.info("published %s", version)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

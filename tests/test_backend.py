@@ -1,0 +1,397 @@
+"""Backend: settings, label config, LS JSON builders, and the HTTP app in-process (FastAPI TestClient)."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+sys.path.insert(0, str(Path(__file__).parent))
+from backend_helpers import LABEL_CONFIG, data_uri, disc_image, make_task, png_bytes, tiny_weights
+from conftest import make_detections
+
+from backend.app import create_app
+from backend.labelconfig import LabelConfigError, LabelSchema, parse_label_config
+from backend.protocol import (
+    RegionProposal,
+    build_regions,
+    noise_types_text,
+    proposals_from_score,
+)
+from backend.settings import ExpertMode, ExpertPolicy, Settings, SettingsError
+from selection.lsm import score_image
+
+SCHEMA = LabelSchema(from_name="label", to_name="image", image_key="image", labels=("deposit",))
+
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+def test_settings_defaults_and_secrets_hidden(tmp_path):
+    s = Settings.from_env(
+        {
+            "MODEL_DIR": str(tmp_path),
+            "LABEL_STUDIO_URL": "http://127.0.0.1:8080/",
+            "LABEL_STUDIO_API_KEY": "secret-key-123",
+            "BASIC_AUTH_USER": "u",
+            "BASIC_AUTH_PASS": "hunter2",
+        }
+    )
+    assert s.label_studio_url == "http://127.0.0.1:8080"
+    assert s.score_threshold == 0.25 and s.train_min_annotations == 5 and s.train_epochs == 20
+    assert s.expert.mode is ExpertMode.ALL
+    assert s.scratch_dir == tmp_path / "work"
+    assert s.label_studio_enabled and s.basic_auth_enabled
+    assert "secret-key-123" not in repr(s) and "hunter2" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "MODEL_DIR: required"),
+        ({"DEVICE": "gpu"}, "DEVICE: expected auto"),
+        ({"SCORE_THRESHOLD": "1.5"}, r"SCORE_THRESHOLD: expected a number in \[0.0, 1.0\], got 1.5"),
+        ({"SCORE_THRESHOLD": "abc"}, "SCORE_THRESHOLD"),
+        ({"TRAIN_MIN_ANNOTATIONS": "0"}, "TRAIN_MIN_ANNOTATIONS: expected an integer >= 1, got 0"),
+        ({"TRAIN_EPOCHS": "x"}, "TRAIN_EPOCHS"),
+        ({"EXPERT_MODE": "some"}, "EXPERT_MODE: expected 'all'"),
+        ({"EXPERT_MODE": "emails:"}, "EXPERT_MODE: expected 'emails:'"),
+        ({"EXPERT_MODE": "emails:bob"}, "EXPERT_MODE"),
+        ({"LABEL_STUDIO_URL": "localhost:8080"}, "LABEL_STUDIO_URL: expected http"),
+        ({"BASIC_AUTH_USER": "u"}, "BASIC_AUTH_USER and BASIC_AUTH_PASS"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"MODEL_WEIGHTS": "/nonexistent/w.pt"}, "MODEL_WEIGHTS: no such file"),
+        ({"LOCAL_FILES_DOCUMENT_ROOT": "/nonexistent/root"}, "LOCAL_FILES_DOCUMENT_ROOT: no such folder"),
+        ({"TRAIN_INIT": "resnet"}, "TRAIN_INIT"),
+    ],
+)
+def test_settings_errors_name_the_variable(tmp_path, env, message):
+    full = {"MODEL_DIR": str(tmp_path), **env} if env else {}
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(full)
+
+
+@pytest.mark.parametrize(
+    ("mode", "annotation", "email", "expected"),
+    [
+        ("all", {"result": []}, None, True),
+        ("all", {"was_cancelled": True}, None, False),
+        ("ground_truth", {"ground_truth": True}, None, True),
+        ("ground_truth", {"ground_truth": False}, None, False),
+        ("emails:A@x.org,b@y.org", {"completed_by": 3}, "a@X.org", True),
+        ("emails:a@x.org", {"completed_by": 3}, "c@x.org", False),
+        ("emails:a@x.org", {"completed_by": {"id": 1, "email": "a@x.org"}}, None, True),
+        ("emails:a@x.org", {"created_username": "a@x.org, 1"}, None, True),
+        ("emails:a@x.org", {"completed_by": 3}, None, False),
+    ],
+)
+def test_expert_policy(mode, annotation, email, expected):
+    assert ExpertPolicy.parse(mode).is_expert(annotation, user_email=email) is expected
+
+
+# ---------------------------------------------------------------------------------------- label config
+
+
+def test_parse_label_config():
+    schema = parse_label_config(LABEL_CONFIG)
+    assert schema == SCHEMA
+    assert schema.class_map(["deposit"]) == {0: 0}
+    assert schema.class_map(["DEPOSIT"]) == {0: 0}
+    assert schema.class_map(["edd"]) == {0: 0}  # single class on both sides: mapped despite the name
+    two = LabelSchema("label", "image", "image", ("cat", "Deposit"))
+    assert two.class_map(["deposit", "dog"]) == {0: 1}
+    assert two.class_map(["dog"]) == {}
+
+
+@pytest.mark.parametrize(
+    ("xml", "message"),
+    [
+        (None, "label_config: required"),
+        ("   ", "label_config: required"),
+        ("<View><Image", "not a valid labelling config"),
+        (
+            '<View><Text name="t" value="$text"/>'
+            '<Labels name="l" toName="t"><Label value="a"/></Labels></View>',
+            "expected a <RectangleLabels>",
+        ),
+        ('<View><Image name="i" value="$image"/></View>', "expected a <RectangleLabels>"),
+    ],
+)
+def test_parse_label_config_errors(xml, message):
+    with pytest.raises(LabelConfigError, match=message):
+        parse_label_config(xml)
+
+
+# ------------------------------------------------------------------------------------------ protocol
+
+
+def test_noise_types_text():
+    assert noise_types_text([]) == "clean"
+    assert noise_types_text(["clean", "clean"]) == "clean"
+    assert noise_types_text(["missed", "background", "missed", "clean"]) == "background:1 missed:2"
+
+
+def test_build_regions_percent_and_meta():
+    p = RegionProposal((10, 20, 30, 60), 0, 0.87654, "localization", "minor", "auto_fix", "crowd", 3)
+    drop = RegionProposal((0, 0, 50, 100), 0, 0.02, "background", "major", "auto_fix", "crowd", 4, drop=True)
+    regions = build_regions([p, drop], schema=SCHEMA, width=100, height=200)
+    r = regions[0]
+    assert r["value"] == {
+        "x": 10.0,
+        "y": 10.0,
+        "width": 20.0,
+        "height": 20.0,
+        "rotation": 0,
+        "rectanglelabels": ["deposit"],
+    }
+    assert (r["from_name"], r["to_name"], r["type"]) == ("label", "image", "rectanglelabels")
+    assert (r["original_width"], r["original_height"], r["score"]) == (100, 200, 0.8765)
+    assert r["id"] == "crowd3-localization"
+    assert r["meta"] == {"text": ["localization · minor · auto_fix"]}
+    assert regions[1]["id"] == "drop-crowd4"
+    assert regions[1]["meta"]["text"] == ["background · major · drop — delete this box"]
+    # A config with a deletion label: the dropped box carries it.
+    with_bg = LabelSchema("label", "image", "image", ("deposit", "Background"))
+    assert build_regions([drop], schema=with_bg, width=100, height=200)[0]["value"]["rectanglelabels"] == [
+        "Background"
+    ]
+    with pytest.raises(ValueError, match="class_id: 2"):
+        build_regions([RegionProposal((0, 0, 1, 1), 2, 1, "missed", "major", "auto_fix", "model", 0)],
+                      schema=SCHEMA, width=10, height=10)  # fmt: skip
+
+
+def test_proposals_from_score_hand_case():
+    # crowd 0 = exact match (clean); crowd 1 = far from any prediction (background, dropped);
+    # crowd 2 = shifted copy of pred 1 (localization, fixed to pred 1); pred 2 has no crowd box (missed);
+    # pred 3 is below the display threshold.
+    crowd = make_detections([[10, 10, 30, 30], [150, 150, 170, 170], [60, 60, 80, 80]])
+    pred = make_detections(
+        [[10, 10, 30, 30], [64, 64, 84, 84], [100, 10, 120, 30], [10, 150, 30, 170]],
+        scores=[0.9, 0.95, 0.8, 0.15],
+    )
+    score = score_image(crowd, pred)
+    props = proposals_from_score(crowd, pred, score, score_threshold=0.25)
+    by_id = {p.region_id: p for p in props}
+    assert set(by_id) == {"crowd0-clean", "drop-crowd1", "crowd2-localization", "model2-missed"}
+    assert by_id["crowd0-clean"].xyxy == (10, 10, 30, 30)
+    assert by_id["drop-crowd1"].xyxy == (150, 150, 170, 170)  # shown where the crowd drew it
+    assert by_id["crowd2-localization"].xyxy == (64, 64, 84, 84)  # moved onto the model's box
+    assert by_id["model2-missed"].score == pytest.approx(0.8)
+    assert score.discrepancy > 0.5
+
+
+# ----------------------------------------------------------------------------------------- the app
+
+
+def _settings(tmp_path: Path, **env: str) -> Settings:
+    return Settings.from_env({"MODEL_DIR": str(tmp_path / "models"), "DEVICE": "cpu", **env})
+
+
+class _BrokenSource:
+    """A task source whose Label Studio is unreachable."""
+
+    def label_config(self, project):
+        raise ConnectionError("Label Studio unreachable")
+
+    def tasks(self, project):
+        raise AssertionError("not reached")
+
+    def publish(self, scored):
+        raise AssertionError("not reached")
+
+
+def test_app_without_model(tmp_path):
+    app = create_app(_settings(tmp_path, TRAIN_MIN_ANNOTATIONS="2"), source=_BrokenSource())
+    client = TestClient(app)
+    health = client.get("/health").json()
+    assert health["status"] == "UP" and health["model_version"] is None
+    assert health["training"]["state"] == "idle"
+    assert client.post("/setup", json={"project": "1.123", "schema": LABEL_CONFIG}).json() == {
+        "model_version": "untrained"
+    }
+    assert client.get("/versions").json()["versions"] == []
+    task = make_task(1, data_uri(disc_image(64, [])))
+    resp = client.post("/predict", json={"tasks": [task], "label_config": LABEL_CONFIG})
+    assert resp.status_code == 503 and "no model version published yet" in resp.json()["detail"]
+
+    # Webhooks: unknown actions ignored, annotation events counted, START_TRAINING has no annotation.
+    hook = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 1}})
+    assert hook.json() == {"status": "ignored", "action": "PROJECT_UPDATED"}
+    ann = {"action": "ANNOTATION_CREATED", "project": {"id": 1}, "annotation": {"id": 5, "task": 11}}
+    assert client.post("/webhook", json=ann).json()["status"] == "not enough annotations (1/2)"
+    assert client.post("/webhook", json=ann).json()["status"] == "not enough annotations (1/2)"  # same task
+    cancelled = {**ann, "annotation": {"id": 6, "task": 12, "was_cancelled": True}}
+    assert client.post("/webhook", json=cancelled).json()["status"] == "not an expert annotation"
+    ann2 = {**ann, "annotation": {"id": 7, "task": 12}}
+    assert client.post("/webhook", json=ann2).json()["status"] in ("training queued", "pending")
+    app.state.trainer.wait(30)
+    training = client.get("/health").json()["training"]
+    assert training["state"] == "failed" and "Label Studio unreachable" in training["last_error"]
+    start = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+    assert start.json()["status"] in ("training queued", "pending")
+    app.state.trainer.wait(30)
+    assert client.get("/health").json()["status"] == "UP"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 422, "body: not valid JSON"),
+        (b'{"tasks": []}', 422, "tasks: List should have at least 1 item"),
+        (b'{"label_config": "x"}', 422, "tasks: Field required"),
+        (b'{"tasks": "abc"}', 422, "tasks"),
+        (b"[1, 2]", 422, ""),
+    ],
+)
+def test_predict_malformed_bodies(tmp_path, body, status, message):
+    client = TestClient(create_app(_settings(tmp_path)))
+    resp = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == status
+    assert message in resp.json()["detail"]
+
+
+def test_webhook_malformed_bodies(tmp_path):
+    client = TestClient(create_app(_settings(tmp_path)))
+    assert (
+        client.post("/webhook", content=b"nope", headers={"content-type": "application/json"}).status_code
+        == 422
+    )
+    assert client.post("/webhook", json={"project": {"id": 1}}).status_code == 422
+    assert client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).json()["status"] == "ignored"
+
+
+def test_basic_auth_guards_every_endpoint(tmp_path):
+    client = TestClient(create_app(_settings(tmp_path, BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="pw:1")))
+    assert client.get("/health").status_code == 401
+    assert client.post("/webhook", json={"action": "X"}).status_code == 401
+    assert client.get("/health", auth=("ls", "wrong")).status_code == 401
+    assert client.get("/health", headers={"Authorization": "Basic !!!"}).status_code == 401
+    assert client.get("/health", auth=("ls", "pw:1")).status_code == 200
+
+
+def test_validation_errors_do_not_echo_secrets(tmp_path):
+    client = TestClient(create_app(_settings(tmp_path)))
+    resp = client.post("/predict", json={"tasks": [], "params": {"password": "hunter2"}})
+    assert resp.status_code == 422 and "hunter2" not in resp.text
+
+
+# --------------------------------------------------------------------------- predict with a real model
+
+
+@pytest.fixture(scope="module")
+def weights() -> Path:
+    return tiny_weights()
+
+
+@pytest.fixture
+def model_client(tmp_path, weights):
+    root = tmp_path / "files"
+    (root / "imgs").mkdir(parents=True)
+    settings = _settings(tmp_path, MODEL_WEIGHTS=str(weights), LOCAL_FILES_DOCUMENT_ROOT=str(root))
+    app = create_app(settings)
+    return TestClient(app), app, root
+
+
+def test_predict_with_model(model_client):
+    client, app, root = model_client
+    assert app.state.service.loaded_version is None  # nothing loaded at start or in /setup
+    version = client.post("/setup", json={"schema": LABEL_CONFIG}).json()["model_version"]
+    assert version.startswith("v0001-")
+    assert app.state.service.loaded_version is None
+    pixels = disc_image(96, [(30, 30, 10), (70, 60, 12)], seed=3)
+    (root / "imgs" / "a.png").write_bytes(png_bytes(pixels))
+    crowd = [
+        {"x": 20.0, "y": 20.0, "width": 20.0, "height": 20.0, "label": "deposit"},
+        {"x": 80.0, "y": 2.0, "width": 10.0, "height": 10.0, "label": "Deposit", "annotator": "crowd-1"},
+    ]
+    tasks = [
+        make_task(7, "/data/local-files/?d=imgs/a.png", crowd),
+        make_task(8, data_uri(pixels)),  # no crowd labels: an empty crowd
+        make_task(None, data_uri(disc_image(64, []))),
+    ]
+    resp = client.post("/predict", json={"tasks": tasks, "label_config": LABEL_CONFIG, "project": "1.2"})
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert len(results) == 3
+    for res in results:
+        assert res["model_version"] == version
+        assert 0.0 <= res["score"] <= 1.0
+        for region in res["result"]:
+            assert region["from_name"] == "label" and region["value"]["rectanglelabels"] == ["deposit"]
+            assert 0 <= region["score"] <= 1 and len(region["meta"]["text"]) == 1
+            assert region["meta"]["text"][0].count(" · ") == 2
+    # Every crowd box of task 7 appears (kept, moved, or marked for deletion).
+    crowd_ids = [r["id"] for r in results[0]["result"] if "crowd" in r["id"]]
+    assert len([i for i in crowd_ids if i.startswith(("crowd0", "drop-crowd0"))]) == 1
+    assert len([i for i in crowd_ids if i.startswith(("crowd1", "drop-crowd1"))]) == 1
+    assert app.state.service.loaded_version == version
+    assert client.get("/health").json()["model_version"] == version
+
+
+@pytest.mark.parametrize(
+    ("task", "label_config", "status", "message"),
+    [
+        (make_task(3, "PIXELS", [{"x": "a"}]), LABEL_CONFIG, 400, "task 3: crowd_labels[0]: needs numeric"),
+        (make_task(3, "PIXELS", {"x": 1}), LABEL_CONFIG, 400, "task 3: crowd_labels: expected a list"),
+        (
+            make_task(3, "PIXELS", [{"x": 1, "y": 1, "width": 2, "height": 2, "label": "cat"}]),
+            LABEL_CONFIG,
+            400,
+            "task 3: label 'cat'",
+        ),
+        (make_task(4, "data:image/png;base64,AAAA"), LABEL_CONFIG, 422, "task 4: image 'data:image/png"),
+        (make_task(4, "data:image/png;base64,@@"), LABEL_CONFIG, 422, "invalid base64"),
+        (make_task(5, "/data/local-files/?d=imgs/missing.png"), LABEL_CONFIG, 422, "task 5: image"),
+        (make_task(5, "/data/local-files/?d=../../etc/passwd"), LABEL_CONFIG, 422, "outside"),
+        (make_task(6, "/data/upload/1/x.png"), LABEL_CONFIG, 422, "LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY"),
+        (make_task(6, "ftp://host/x.png"), LABEL_CONFIG, 422, "expected an http(s) URL"),
+        ({"id": 9, "data": {"img": "x"}}, LABEL_CONFIG, 400, "task 9: data.image is missing"),
+        (make_task(3, "PIXELS"), None, 400, "label_config: required"),
+        (make_task(3, "PIXELS"), '<View><Image name="i" value="$image"/></View>', 400, "RectangleLabels"),
+    ],
+)
+def test_predict_bad_tasks(model_client, task, label_config, status, message):
+    client, _, _ = model_client
+    if task["data"].get("image") == "PIXELS":
+        task["data"]["image"] = data_uri(disc_image(32, []))
+    resp = client.post("/predict", json={"tasks": [task], "label_config": label_config})
+    assert resp.status_code == status, resp.text
+    assert message in resp.json()["detail"]
+    assert client.get("/health").status_code == 200  # still serving
+
+
+def test_predict_corrupt_file_names_task_and_url(model_client):
+    client, _, root = model_client
+    (root / "imgs" / "bad.png").write_bytes(b"\x89PNG not really")
+    task = make_task(12, "/data/local-files/?d=imgs/bad.png")
+    resp = client.post("/predict", json={"tasks": [task], "label_config": LABEL_CONFIG})
+    assert resp.status_code == 422
+    assert resp.json()["detail"].startswith(
+        "task 12: image '/data/local-files/?d=imgs/bad.png': not a readable"
+    )
+
+
+def test_model_version_switch_is_picked_up(model_client, weights):
+    client, app, _ = model_client
+    task = make_task(1, data_uri(disc_image(64, [(20, 20, 9)])))
+    first = client.post("/predict", json={"tasks": [task], "label_config": LABEL_CONFIG}).json()
+    newer = app.state.service.registry.publish(weights, {"source": "test"})
+    second = client.post("/predict", json={"tasks": [task], "label_config": LABEL_CONFIG}).json()
+    assert first["results"][0]["model_version"] != newer.version
+    assert second["results"][0]["model_version"] == newer.version
+    assert client.get("/versions").json()["versions"][-1] == newer.version
+
+
+def test_data_uri_roundtrip_decodes_same_pixels(tmp_path):
+    from backend.images import ImageLoader
+
+    pixels = disc_image(40, [(20, 20, 5)])
+    loaded = ImageLoader().load(data_uri(pixels), task="1")
+    assert loaded.pixels.shape == (40, 40, 3) and np.array_equal(loaded.pixels[..., 0], pixels)
+    assert base64.b64decode(data_uri(pixels).split(",")[1]) == png_bytes(pixels)
+    shutil.rmtree(tmp_path, ignore_errors=True)
