@@ -15,8 +15,9 @@ from typing import Any
 class NoiseConfig:
     """Crowd-noise rates and their structure.
 
-    Every rate is the dataset-level expectation; each simulated annotator scales the error rates by its
-    ``skill`` factor (mean 1 over annotators, so the dataset rate stays the configured one).
+    Every rate is the dataset-level expectation; each simulated annotator scales the missed, localization
+    and background rates by its ``skill`` factor (mean 1 over annotators, so the dataset rate stays the
+    configured one). ``bib_rate`` is the same for everyone.
 
     Attributes:
         n_annotators: number of simulated crowd annotators; each image is labelled by one of them.

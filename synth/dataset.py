@@ -258,6 +258,8 @@ def generate(preset: str | SimConfig, seed: int, *, render: bool = True) -> Synt
     skills = annotator_skills(config.noise, master)
     total = sum(config.splits.values())
     image_seeds = master.integers(0, 2**62, total)
+    # Balanced: every annotator labels the same number of images (+-1), so the mean skill over images is 1.
+    annotators = master.permutation(np.arange(total) % config.noise.n_annotators)
     size = config.image_size
     scenes = [_scene(config, int(s)) for s in image_seeds]
     distractor_share = float(np.mean([len(s.distractors) > 0 for s in scenes])) if scenes else 1.0
@@ -268,7 +270,7 @@ def generate(preset: str | SimConfig, seed: int, *, render: bool = True) -> Synt
             image_seed = int(image_seeds[index])
             scene = scenes[index]
             noise_rng = np.random.default_rng([image_seed, 1])
-            annotator = int(noise_rng.integers(config.noise.n_annotators))
+            annotator = int(annotators[index])
             expert_xyxy = scene.deposit_boxes()
             crowd = corrupt(
                 expert_xyxy,

@@ -1,8 +1,10 @@
 """Crowd-noise model: turns an image's true deposit boxes into one simulated annotator's noisy boxes.
 
-Decisions, per image (annotator skill ``s`` scales every error probability, mean ``s`` over images is 1):
+Decisions, per image (annotator skill ``s`` scales the missed, localization and background rates; mean ``s``
+over images is 1):
 
-1. each cluster of 2+ adjacent deposits is boxed as a whole (``box_in_box``) with ``bib_rate * s``; its
+1. each cluster of 2+ adjacent deposits is boxed as a whole (``box_in_box``) with ``bib_rate`` (a labelling
+   habit rather than a skill error, so unscaled: scaling it would bias the other measured rates); its
    inner boxes are sometimes kept too (``bib_inner``, otherwise clean);
 2. every other deposit is missed with ``missed_rate * s * (1 + skew (1 - 2 visibility))`` (small and faint
    deposits are missed more often), else boxed badly (``localization``) with ``localization_rate * s``, else
@@ -221,7 +223,7 @@ def corrupt(
 
     for cid in np.unique(cluster[cluster >= 0]):
         members = np.flatnonzero(cluster == cid)
-        if len(members) < 2 or rng.uniform() >= min(cfg.bib_rate * skill, 1.0):
+        if len(members) < 2 or rng.uniform() >= cfg.bib_rate:
             continue
         in_bib[members] = True
         union = np.concatenate([expert[members, :2].min(0), expert[members, 2:].max(0)])

@@ -1,0 +1,133 @@
+"""YOLO txt and COCO JSON conversions, and round trips YOLO <-> COCO <-> Label Studio."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import make_detections, random_boxes
+
+from formats.coco import CocoImage, from_coco, to_coco
+from formats.labelstudio import (
+    crowd_labels_to_detections,
+    detections_to_crowd_labels,
+    detections_to_regions,
+    regions_to_detections,
+)
+from formats.yolo import format_yolo_labels, parse_yolo_labels, read_yolo_labels, write_yolo_labels
+from selection.detections import Detections
+
+
+def test_yolo_hand_checked_line():
+    dets = make_detections([[10, 20, 30, 60]])
+    assert format_yolo_labels(dets, 100, 200) == "0 0.200000 0.200000 0.200000 0.200000\n"
+
+
+def test_yolo_scores_become_a_sixth_column():
+    dets = make_detections([[0, 0, 50, 50]], classes=[2], scores=[0.25])
+    text = format_yolo_labels(dets, 100, 100)
+    assert text == "2 0.250000 0.250000 0.500000 0.500000 0.250000\n"
+    back = parse_yolo_labels(text, 100, 100)
+    assert back.score is not None and back.score[0] == pytest.approx(0.25)
+    assert back.class_id.tolist() == [2]
+
+
+def test_yolo_file_round_trip(tmp_path, rng):
+    boxes = random_boxes(30, rng, size=192)
+    dets = make_detections(boxes, classes=rng.integers(0, 3, 30))
+    path = tmp_path / "a" / "b.txt"
+    write_yolo_labels(path, dets, 192, 160)
+    back = read_yolo_labels(path, 192, 160)
+    np.testing.assert_allclose(back.xyxy, dets.xyxy, atol=1e-3)
+    assert back.class_id.tolist() == dets.class_id.tolist()
+    assert back.score is None
+
+
+def test_yolo_empty_file_is_no_boxes_and_missing_file_raises(tmp_path):
+    write_yolo_labels(tmp_path / "e.txt", Detections.empty(), 64, 64)
+    assert (tmp_path / "e.txt").read_text() == ""
+    assert len(read_yolo_labels(tmp_path / "e.txt", 64, 64)) == 0
+    with pytest.raises(FileNotFoundError, match="path"):
+        read_yolo_labels(tmp_path / "missing.txt", 64, 64)
+
+
+@pytest.mark.parametrize(
+    ("text", "width", "error"),
+    [
+        ("0 0.5 0.5 0.1\n", 100, "class cx cy w h"),
+        ("0 0.5 0.5 0.1 0.1\n0 0.5 0.5 0.1 0.1 0.9\n", 100, "expected 5 columns"),
+        ("x 0.5 0.5 0.1 0.1\n", 100, "expected numbers"),
+        ("1.5 0.5 0.5 0.1 0.1\n", 100, "integer class"),
+        ("0 0.5 0.5 -0.1 0.1\n", 100, "non-negative width"),
+        ("0 0.5 0.5 0.1 0.1\n", 0, "width, height"),
+    ],
+)
+def test_yolo_parse_errors(text, width, error):
+    with pytest.raises(ValueError, match=error):
+        parse_yolo_labels(text, width, 100, source="f.txt")
+
+
+def test_coco_hand_checked_annotation():
+    image = CocoImage(7, "a.png", 100, 80, make_detections([[10, 20, 30, 60]]), extra=({"noise": "clean"},))
+    coco = to_coco([image], categories=["deposit"])
+    assert coco["categories"] == [{"id": 1, "name": "deposit"}]
+    assert coco["images"] == [{"id": 7, "file_name": "a.png", "width": 100, "height": 80}]
+    ann = coco["annotations"][0]
+    assert ann["bbox"] == [10, 20, 20, 40] and ann["area"] == 800 and ann["category_id"] == 1
+    assert ann["image_id"] == 7 and ann["id"] == 1 and ann["noise"] == "clean"
+
+
+def test_coco_round_trip_keeps_images_without_boxes_scores_and_extra(rng):
+    dets = make_detections(random_boxes(5, rng), classes=[0, 1, 1, 0, 1], scores=rng.uniform(0, 1, 5))
+    images = [
+        CocoImage(3, "x.png", 200, 200, dets, extra=tuple({"annotator": i} for i in range(5))),
+        CocoImage(4, "y.png", 200, 150, Detections.empty()),
+    ]
+    back = from_coco(json.loads(json.dumps(to_coco(images, categories=["a", "b"]))))
+    assert sorted(back) == [3, 4]
+    np.testing.assert_allclose(back[3].detections.xyxy, dets.xyxy, atol=2e-3)
+    assert back[3].detections.class_id.tolist() == [0, 1, 1, 0, 1]
+    np.testing.assert_allclose(back[3].detections.score, dets.score, atol=1e-6)
+    assert [e["annotator"] for e in back[3].extra] == list(range(5))
+    assert len(back[4].detections) == 0 and (back[4].width, back[4].height) == (200, 150)
+
+
+@pytest.mark.parametrize(
+    ("images", "categories", "error"),
+    [
+        ([CocoImage(1, "a", 9, 9, Detections.empty())] * 2, ["d"], "duplicate image id"),
+        ([CocoImage(1, "a", 9, 9, make_detections([[0, 0, 1, 1]], classes=[1]))], ["d"], "no category"),
+        ([CocoImage(1, "a", 9, 9, make_detections([[0, 0, 1, 1]]), extra=())], ["d"], "extra"),
+    ],
+)
+def test_to_coco_errors(images, categories, error):
+    with pytest.raises(ValueError, match=error):
+        to_coco(images, categories=categories)
+
+
+def test_from_coco_rejects_annotation_of_unknown_image():
+    coco = {"images": [], "annotations": [{"id": 1, "image_id": 5, "category_id": 1, "bbox": [0, 0, 1, 1]}]}
+    with pytest.raises(ValueError, match="image_id 5"):
+        from_coco(coco)
+
+
+def test_round_trip_yolo_coco_label_studio(tmp_path, rng):
+    width, height = 192.0, 144.0
+    original = make_detections(np.clip(random_boxes(12, rng, size=140), 0, 140))
+    # YOLO file -> Detections
+    write_yolo_labels(tmp_path / "l.txt", original, width, height)
+    from_yolo = read_yolo_labels(tmp_path / "l.txt", width, height)
+    # -> COCO JSON -> Detections
+    coco = to_coco([CocoImage(1, "i.png", int(width), int(height), from_yolo)], categories=["deposit"])
+    from_coco_dets = from_coco(json.loads(json.dumps(coco)))[1].detections
+    # -> Label Studio regions (percent) -> Detections
+    regions = detections_to_regions(
+        from_coco_dets, width=width, height=height, labels=["deposit"], from_name="label", to_name="image"
+    )
+    from_ls = regions_to_detections(json.loads(json.dumps(regions)), label_to_id={"deposit": 0})
+    # -> crowd_labels records -> Detections
+    records = detections_to_crowd_labels(from_ls, width=width, height=height, labels=["deposit"])
+    final = crowd_labels_to_detections(records, width=width, height=height, label_to_id={"deposit": 0})
+    np.testing.assert_allclose(final.xyxy, original.xyxy, atol=0.02)
+    assert final.class_id.tolist() == original.class_id.tolist()
