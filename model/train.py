@@ -185,7 +185,9 @@ def train_detector(
     start = time.perf_counter()
     model.train(**args)
     seconds = time.perf_counter() - start
-    trainer = model.trainer
+    trainer: Any = model.trainer
+    if trainer is None:
+        raise RuntimeError("ultralytics returned from train() without a trainer")
     weights_dir = Path(trainer.save_dir) / "weights"
     weights = weights_dir / "best.pt"
     if not val or not weights.is_file():
