@@ -1,5 +1,6 @@
 """The Label Selection Module: matching, discrepancy, grading, selection and correction (numpy only)."""
 
+from selection.batch import BatchScores, score_batch
 from selection.boxes import box_ioa, box_iou
 from selection.correction import Correction, correct_labels
 from selection.detections import Detections
@@ -21,6 +22,7 @@ from selection.strategies import Strategy, image_features, model_uncertainty, se
 __all__ = [
     "Action",
     "Aggregation",
+    "BatchScores",
     "Correction",
     "Detections",
     "Grade",
@@ -37,6 +39,7 @@ __all__ = [
     "image_features",
     "match_boxes",
     "model_uncertainty",
+    "score_batch",
     "score_image",
     "score_images",
     "select",
