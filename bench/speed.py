@@ -3,23 +3,48 @@
     python -m bench.speed [--images 10000] [--boxes 10] [--cleanlab-images 1000] [--seed 0]
 
 Random images of ``--boxes`` crowd boxes each; the predictions are the crowd boxes jittered, with some
-dropped, some moved far away and some extra boxes, scored at random. Our ``score_images`` runs on every image;
-cleanlab's ``get_label_quality_scores`` runs on the first ``--cleanlab-images`` images (it is slower) and its
-time is scaled per image to the full count; the output says so.
+dropped, some moved far away and some extra boxes, scored at random. Timed on every image: our batched
+``score_batch`` (flat arrays), ``score_images`` (the same plus one ``ImageScore`` per image) and the per-image
+path (``score_image`` in a loop); the results of the batched and per-image paths are checked equal.
+cleanlab's ``get_label_quality_scores`` runs on the first ``--cleanlab-images`` images (it is slower) and
+its time is scaled per image to the full count; the output says so. Every figure is given as wall time and
+as process CPU time (``time.process_time``), per image.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
-from selection import LSMConfig, score_images
+from selection import ImageScore, LSMConfig, score_batch, score_image, score_images
 from selection.detections import Detections
 
 _SIZE = 512.0  # image side in pixels
+_T = TypeVar("_T")
+
+
+def timed(fn: Callable[[], _T]) -> tuple[_T, float, float]:
+    """``fn()``'s result, wall seconds and process CPU seconds."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def _same(a: ImageScore, b: ImageScore) -> bool:
+    """Whether two image scores are equal: discrepancy, grade and every instance array (NaN equal to NaN)."""
+    if (a.discrepancy, a.grade, a.n_crowd, a.n_pred) != (b.discrepancy, b.grade, b.n_crowd, b.n_pred):
+        return False
+    for f in dataclasses.fields(a.instances):
+        x, y = getattr(a.instances, f.name), getattr(b.instances, f.name)
+        if x.dtype != y.dtype or not np.array_equal(x, y, equal_nan=x.dtype.kind == "f"):
+            return False
+    return True
 
 
 def make_images(
@@ -80,16 +105,33 @@ def main(argv: list[str] | None = None) -> None:
     n_pred = sum(len(p) for p in preds) / len(preds)
     print(f"data: {args.images} images, {args.boxes} crowd boxes and {n_pred:.1f} predictions per image")
 
-    score_images(crowds[:50], preds[:50])  # warm-up (imports, first calls)
-    t0, c0 = time.perf_counter(), time.process_time()
-    scores = score_images(crowds, preds, config=LSMConfig())
-    ours, ours_cpu = time.perf_counter() - t0, time.process_time() - c0
-    ours_ms = 1000 * ours / args.images
+    cfg = LSMConfig()
+    score_images(crowds[:50], preds[:50], config=cfg)  # warm-up (imports, first calls)
+    n = args.images
+    batch, b_wall, b_cpu = timed(lambda: score_batch(crowds, preds, config=cfg))
+    scores, s_wall, s_cpu = timed(lambda: score_images(crowds, preds, config=cfg))
+    pairs = list(zip(crowds, preds, strict=True))
+    single, p_wall, p_cpu = timed(lambda: [score_image(c, p, config=cfg) for c, p in pairs])
+    assert len(scores) == len(single) == n
+    same = all(_same(a, b) for a, b in zip(scores, single, strict=True))
+    rows = [
+        ("LSM score_batch  ", b_wall, b_cpu),
+        ("LSM score_images ", s_wall, s_cpu),
+        ("LSM per image    ", p_wall, p_cpu),
+    ]
+    for name, wall, cpu in rows:
+        print(
+            f"{name}: {wall:8.3f} s for {n} images = {1000 * wall / n:.4f} ms/image "
+            f"(process CPU {1000 * cpu / n:.4f} ms/image)"
+        )
     print(
-        f"LSM score_images : {ours:8.3f} s for {args.images} images = {ours_ms:.3f} ms/image "
-        f"(process CPU {1000 * ours_cpu / args.images:.3f} ms/image)"
+        f"batched paths    : {100 * batch.fallback.mean():.1f}% of images scored one at a time "
+        f"(matching conflicts, box-in-box); per-image results {'identical' if same else 'DIFFERENT'}"
     )
-    assert len(scores) == args.images
+    print(
+        f"speed-up         : per image / score_images = {p_cpu / s_cpu:.1f}x (CPU), "
+        f"per image / score_batch = {p_cpu / b_cpu:.1f}x (CPU)"
+    )
 
     n_cl = min(args.cleanlab_images, args.images)
     if n_cl == 0:
@@ -107,17 +149,17 @@ def main(argv: list[str] | None = None) -> None:
         quality = get_label_quality_scores(labels, predictions, aggregation_weights=weights, verbose=False)
         theirs, theirs_cpu = time.perf_counter() - t0, time.process_time() - c0
     assert quality.shape == (n_cl,)
-    cl_ms = 1000 * theirs / n_cl
-    scaled = "" if n_cl == args.images else f" (timed on the first {n_cl} images, scaled per image)"
-    total = cl_ms * args.images / 1000
+    cl_ms, cl_cpu = 1000 * theirs / n_cl, 1000 * theirs_cpu / n_cl
+    scaled = "" if n_cl == n else f" (timed on the first {n_cl} images, scaled per image)"
     print(
-        f"cleanlab scorer  : {total:8.3f} s for {args.images} images = {cl_ms:.3f} ms/image "
-        f"(process CPU {1000 * theirs_cpu / n_cl:.3f} ms/image){scaled}"
+        f"cleanlab scorer  : {cl_ms * n / 1000:8.3f} s for {n} images = {cl_ms:.4f} ms/image "
+        f"(process CPU {cl_cpu:.4f} ms/image){scaled}"
     )
-    print(
-        f"ratio            : cleanlab / LSM = {cl_ms / ours_ms:.1f}x per image (wall), "
-        f"{theirs_cpu / n_cl / (ours_cpu / args.images):.1f}x (CPU)"
-    )
+    for name, wall, cpu in rows:
+        print(
+            f"ratio            : cleanlab / {name.strip()[4:]:<12} = "
+            f"{cl_ms / (1000 * wall / n):6.1f}x (wall), {cl_cpu / (1000 * cpu / n):6.1f}x (CPU)"
+        )
     ours_sub = np.array([s.discrepancy for s in scores[:n_cl]])
     corr = np.corrcoef(ours_sub, 1.0 - quality)[0, 1]
     print(
