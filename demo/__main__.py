@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from demo import labelstudio as lsh
 
 logger = logging.getLogger("demo")
@@ -188,13 +190,16 @@ def setup_project(ls: lsh.LabelStudioServer, data_dir: Path, backend_url: str) -
     return project, ml_id
 
 
-def score_all_tasks(ls: lsh.LabelStudioServer, project: int, *, chunk: int = 60) -> None:
+def score_all_tasks(ls: lsh.LabelStudioServer, project: int, backend_url: str, *, chunk: int = 60) -> None:
     """Retrieve predictions in chunks (each call is synchronous and bounded by Label Studio's timeout)."""
     ids = [int(t["id"]) for t in lsh.list_tasks(ls, project, ordering=("tasks:id",))]
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk]
         lsh.retrieve_predictions(ls, project, part)
-        logger.info("predictions: %d/%d tasks scored", min(start + chunk, len(ids)), len(ids))
+        logger.info("predictions: %d/%d tasks predicted", min(start + chunk, len(ids)), len(ids))
+    version = requests.get(f"{backend_url}/health", timeout=10).json().get("model_version")
+    lsh.wait_for_scores(ls, project, model_version=version, timeout=max(120, len(ids)))
+    logger.info("scores: all %d tasks carry discrepancy and noise grade of %s", len(ids), version)
 
 
 def print_summary(ls: lsh.LabelStudioServer, project: int, view: int) -> None:
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _step(6, total, "retrieving predictions: the backend scores every task")
         t0 = time.monotonic()
-        score_all_tasks(ls, project)
+        score_all_tasks(ls, project, backend.url)
         logger.info("predictions: done in %.0f s", time.monotonic() - t0)
         view = lsh.ensure_suspicious_view(ls, project)
         print_summary(ls, project, view)

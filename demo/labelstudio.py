@@ -438,6 +438,30 @@ def list_tasks(
     return tasks
 
 
+def wait_for_scores(
+    ls: LabelStudioServer, project: int, *, model_version: str | None = None, timeout: float = 120
+) -> list[dict[str, Any]]:
+    """Wait until every task carries ``data.discrepancy`` (of ``model_version`` if given); returns them.
+
+    The backend answers ``/predict`` first and writes its findings into the tasks afterwards, in the
+    background, so they appear in Label Studio a little after "Retrieve predictions" returns.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        tasks = list_tasks(ls, project, ordering=("tasks:id",))
+        pending = [
+            t["id"]
+            for t in tasks
+            if "discrepancy" not in t["data"]
+            or (model_version is not None and t["data"].get("model_version") != model_version)
+        ]
+        if not pending:
+            return tasks
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} tasks without a score after {timeout:.0f} s: {pending[:10]}")
+        time.sleep(1)
+
+
 def task_predictions(ls: LabelStudioServer, task_id: int) -> list[dict[str, Any]]:
     """All stored predictions of a task (every model version)."""
     resp = requests.get(f"{ls.url}/api/predictions", params={"task": task_id}, headers=ls.headers, timeout=30)

@@ -81,6 +81,27 @@ def _label_studio_data(target: Path, document_root: Path) -> None:
     shutil.copytree(LS_TEMPLATE, target, ignore=shutil.ignore_patterns("*.log"))
 
 
+CONTROL_IMAGE_ID = "control/no-crowd-labels"
+
+
+def _control_task(dataset: Any, document_root: Path) -> dict[str, Any]:
+    """A task without crowd labels: with nothing to contradict, it must rank below noisy crowd-labelled tasks.
+
+    (A 2-epoch model finds few deposits, so every crowd-labelled task tends to look equally suspicious.)
+    """
+    record = next(r for r in dataset.images if r.split == "val")
+    rel = Path(record.path).relative_to(document_root)
+    return {
+        "data": {
+            "image": f"/data/local-files/?d={rel}",
+            "image_id": CONTROL_IMAGE_ID,
+            "width": record.width,
+            "height": record.height,
+            "crowd_labels": [],
+        }
+    }
+
+
 @pytest.fixture(scope="session")
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2EEnv]:
     """Synthetic data, a tiny model, Label Studio and backend processes, a project wired to the backend."""
@@ -115,7 +136,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2EEnv]:
         project = lsh.create_project(client, "e2e active label cleaning", label_config)
         lsh.add_local_storage(client, project, data_dir)
         tasks = json.loads((data_dir / "label_studio" / "tasks.json").read_text())
-        lsh.import_tasks(client, project, tasks)
+        lsh.import_tasks(client, project, [*tasks, _control_task(dataset, document_root)])
         ml_id = lsh.connect_backend(client, project, backend.url, title="e2e backend")
         yield E2EEnv(
             ls=ls,
