@@ -375,8 +375,8 @@ def score_batch(
                 p_score32[pr].astype(np.float64),
                 p_pos[pr],
                 e - s,
-                int(mx_run[-1]),
-                int(kx_run[-1]),
+                int(mx_run[e - s - 1]),
+                int(kx_run[e - s - 1]),
                 cfg,
             )
         )
