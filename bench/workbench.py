@@ -1,0 +1,155 @@
+"""Train, predict and evaluate YOLO models on one simulated dataset, for the benchmark's arms."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from metrics.ap import APResult, evaluate_ap
+from model.dataset import LabeledImage, write_yolo_dataset
+from model.predict import Detector
+from model.train import train_detector
+from selection.detections import Detections
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How the benchmark trains its detectors.
+
+    Attributes:
+        epochs: epochs of a final detector, trained from scratch.
+        cleaning_epochs: epochs of the first cleaning model (from scratch, on the seed set).
+        warm_epochs: epochs of each later cleaning model, warm-started from the previous round's.
+        imgsz: training and inference image size in pixels.
+        batch: training batch size.
+        device: "auto", "cpu" or "cuda[:N]".
+        init: model definition to train from scratch.
+    """
+
+    epochs: int = 30
+    cleaning_epochs: int = 30
+    warm_epochs: int = 10
+    imgsz: int = 160
+    batch: int = 8
+    device: str = "auto"
+    init: str = "yolov8n.yaml"
+
+
+# Per preset: how the detectors are trained (CPU-sized for tiny and quick).
+TRAIN_SPECS: dict[str, TrainSpec] = {
+    "tiny": TrainSpec(epochs=2, cleaning_epochs=2, warm_epochs=1, imgsz=128, batch=8),
+    "quick": TrainSpec(epochs=30, cleaning_epochs=30, warm_epochs=10, imgsz=160, batch=8),
+    "paper": TrainSpec(epochs=60, cleaning_epochs=60, warm_epochs=20, imgsz=320, batch=16),
+}
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained detector and its test-set quality."""
+
+    name: str
+    weights: Path
+    seconds: float
+    ap50: float
+    ap50_95: float
+
+
+class Workbench:
+    """One dataset, one seed: trains named models (cached on disk) and evaluates them on the test split.
+
+    Args:
+        records: every image record of the dataset (``synth.ImageRecord``-like: id, split, path, width,
+            height, expert, crowd).
+        work_dir: where training sets, runs and the cache index live.
+        spec: training settings.
+        seed: the training seed.
+    """
+
+    def __init__(self, records: Sequence, work_dir: Path, spec: TrainSpec, *, seed: int) -> None:
+        self.records = {r.id: r for r in records}
+        self.train_ids = [r.id for r in records if r.split == "train"]
+        self.val_ids = [r.id for r in records if r.split == "val"]
+        self.test_ids = [r.id for r in records if r.split == "test"]
+        self.work_dir = Path(work_dir)
+        self.spec = spec
+        self.seed = seed
+        self._detectors: dict[Path, Detector] = {}
+
+    def _labeled(self, ids: Sequence[str], labels: Mapping[str, Detections]) -> list[LabeledImage]:
+        return [
+            LabeledImage(
+                path=Path(self.records[i].path),
+                labels=labels[i],
+                width=self.records[i].width,
+                height=self.records[i].height,
+            )
+            for i in ids
+        ]
+
+    def train(
+        self,
+        name: str,
+        labels: Mapping[str, Detections],
+        *,
+        epochs: int | None = None,
+        init: str | Path | None = None,
+    ) -> TrainedModel:
+        """Train on ``labels`` (image id -> boxes; those ids are the training set) and evaluate on test.
+
+        The validation split always carries expert labels: it only picks nothing here (the last epoch's
+        weights are used), but ultralytics needs one.
+        """
+        done = self.work_dir / name / "result.json"
+        if done.exists():
+            cached = json.loads(done.read_text())
+            return TrainedModel(**{**cached, "weights": Path(cached["weights"])})
+        ids = sorted(labels)
+        expert = {i: self.records[i].expert for i in self.val_ids}
+        data_yaml = write_yolo_dataset(
+            self.work_dir / name / "data",
+            train=self._labeled(ids, labels),
+            val=self._labeled(self.val_ids, expert),
+            names=["deposit"],
+        )
+        result = train_detector(
+            data_yaml=data_yaml,
+            init=init or self.spec.init,
+            out_dir=self.work_dir / name / "run",
+            epochs=epochs or self.spec.epochs,
+            imgsz=self.spec.imgsz,
+            batch=self.spec.batch,
+            seed=self.seed,
+            device=self.spec.device,
+            val=False,
+        )
+        ap = self.test_ap(result.weights)
+        trained = TrainedModel(
+            name=name, weights=result.weights, seconds=result.seconds, ap50=ap.ap50, ap50_95=ap.ap50_95
+        )
+        done.write_text(json.dumps({**asdict(trained), "weights": str(trained.weights)}))
+        log.info("%s: AP50 %.3f in %.0f s", name, trained.ap50, trained.seconds)
+        return trained
+
+    def detector(self, weights: Path) -> Detector:
+        if weights not in self._detectors:
+            self._detectors[weights] = Detector.load(weights, device=self.spec.device)
+        return self._detectors[weights]
+
+    def predict(self, weights: Path, ids: Sequence[str], *, conf: float = 0.01) -> dict[str, Detections]:
+        """Predictions of one model on the images ``ids``."""
+        if not ids:
+            return {}
+        det = self.detector(weights)
+        preds = det.predict(
+            [Path(self.records[i].path) for i in ids], conf=conf, imgsz=self.spec.imgsz, batch=32
+        )
+        return dict(zip(ids, preds, strict=True))
+
+    def test_ap(self, weights: Path) -> APResult:
+        preds = self.predict(weights, self.test_ids, conf=0.001)
+        return evaluate_ap([self.records[i].expert for i in self.test_ids], [preds[i] for i in self.test_ids])
