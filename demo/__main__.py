@@ -126,6 +126,7 @@ def train_initial_model(
         batch=16,
         seed=seed,
         device=device,
+        val=False,  # validating every epoch would cost more than the training on CPU
         on_epoch=on_epoch,
     )
     target.write_bytes(Path(result.weights).read_bytes())
@@ -191,15 +192,24 @@ def setup_project(ls: lsh.LabelStudioServer, data_dir: Path, backend_url: str) -
 
 
 def score_all_tasks(ls: lsh.LabelStudioServer, project: int, backend_url: str, *, chunk: int = 60) -> None:
-    """Retrieve predictions in chunks (each call is synchronous and bounded by Label Studio's timeout)."""
-    ids = [int(t["id"]) for t in lsh.list_tasks(ls, project, ordering=("tasks:id",))]
+    """Retrieve predictions for tasks not yet scored by the serving model version, in chunks.
+
+    Each "Retrieve predictions" call is synchronous and bounded by Label Studio's predict timeout; tasks
+    already scored by this version (an earlier run) are skipped so re-runs add no duplicate predictions.
+    """
+    version = requests.get(f"{backend_url}/health", timeout=10).json().get("latest_version")
+    tasks = lsh.list_tasks(ls, project, ordering=("tasks:id",))
+    ids = [int(t["id"]) for t in tasks if version is None or t["data"].get("model_version") != version]
+    if not ids:
+        logger.info("predictions: all %d tasks already scored by %s", len(tasks), version)
+        return
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk]
         lsh.retrieve_predictions(ls, project, part)
         logger.info("predictions: %d/%d tasks predicted", min(start + chunk, len(ids)), len(ids))
     version = requests.get(f"{backend_url}/health", timeout=10).json().get("model_version")
     lsh.wait_for_scores(ls, project, model_version=version, timeout=max(120, len(ids)))
-    logger.info("scores: all %d tasks carry discrepancy and noise grade of %s", len(ids), version)
+    logger.info("scores: all %d tasks carry discrepancy and noise grade of %s", len(tasks), version)
 
 
 def print_summary(ls: lsh.LabelStudioServer, project: int, view: int) -> None:
