@@ -69,6 +69,7 @@ def train_initial_model(
     seed_fraction: float,
     epochs: int,
     imgsz: int,
+    batch: int,
     seed: int,
     device: str,
 ) -> Path:
@@ -123,7 +124,7 @@ def train_initial_model(
         out_dir=out_dir / "runs",
         epochs=epochs,
         imgsz=imgsz,
-        batch=16,
+        batch=batch,
         seed=seed,
         device=device,
         val=False,  # validating every epoch would cost more than the training on CPU
@@ -249,6 +250,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--epochs", type=int, default=30, help="epochs of the initial model")
     p.add_argument("--imgsz", type=int, default=160, help="training image size of the initial model")
+    p.add_argument("--batch", type=int, default=4, help="batch size of the initial model")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     p.add_argument("--ls-port", type=int, default=8080, help="Label Studio port (or the next free one)")
     p.add_argument("--backend-port", type=int, default=9090, help="backend port (or the next free one)")
@@ -291,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             seed_fraction=args.seed_fraction,
             epochs=args.epochs,
             imgsz=args.imgsz,
+            batch=args.batch,
             seed=args.seed,
             device=args.device,
         )

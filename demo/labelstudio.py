@@ -469,6 +469,24 @@ def task_predictions(ls: LabelStudioServer, task_id: int) -> list[dict[str, Any]
     return list(resp.json())
 
 
+SCORE_COLUMNS = ("tasks:data.discrepancy", "tasks:data.noise_grade", "tasks:data.noise_types")
+
+
+def _columns(ls: LabelStudioServer, project: int) -> list[str]:
+    """Data Manager column ids of a project (``tasks:<field>`` and ``tasks:data.<key>``)."""
+    resp = requests.get(
+        f"{ls.url}/api/dm/columns", params={"project": project}, headers=ls.headers, timeout=30
+    )
+    resp.raise_for_status()
+    out = []
+    for column in resp.json()["columns"]:
+        parent = column.get("parent")
+        if column["id"] == "data" and parent is None:
+            continue
+        out.append(f"tasks:{parent}.{column['id']}" if parent else f"tasks:{column['id']}")
+    return out
+
+
 def ensure_suspicious_view(ls: LabelStudioServer, project: int, *, title: str = VIEW_TITLE) -> int:
     """A Data Manager tab sorted by ``discrepancy`` (descending) with its noise columns shown as numbers.
 
@@ -479,22 +497,16 @@ def ensure_suspicious_view(ls: LabelStudioServer, project: int, *, title: str = 
     for view in resp.json():
         if view.get("data", {}).get("title") == title:
             return int(view["id"])
+    shown = {"tasks:id", "tasks:data.image", *SCORE_COLUMNS}
+    hidden = [*(c for c in _columns(ls, project) if c not in shown), "tasks:data"]
     data = {
         "title": title,
         "ordering": list(DISCREPANCY_ORDERING),
         "type": "list",
         "target": "tasks",
         "filters": {"conjunction": "and", "items": []},
-        "hiddenColumns": {
-            "explore": [
-                "tasks:data.crowd_labels",
-                "tasks:data.image_id",
-                "tasks:data.width",
-                "tasks:data.height",
-            ],
-            "labeling": ["tasks:data.crowd_labels"],
-        },
-        "columnsDisplayType": {"tasks:data.discrepancy": "Number"},
+        "hiddenColumns": {"explore": hidden, "labeling": [*hidden, "tasks:data.image"]},
+        "columnsDisplayType": {"tasks:data.discrepancy": "Number", "tasks:data.image": "Image"},
     }
     resp = requests.post(
         f"{ls.url}/api/dm/views",

@@ -88,7 +88,21 @@ async def _run(args: argparse.Namespace, ws_url: str) -> None:
         await page.screenshot(args.out / "data-manager-sorted.png")
         await page.goto(f"{args.url}/projects/{args.project}/data?tab={args.view}&task={args.task}", settle=4)
         await page.wait_for("document.querySelector('canvas, img[class*=image]')")
-        await asyncio.sleep(5)
+        await asyncio.sleep(4)
+        # Open the backend's prediction (its tab is labelled with the model version, "v0001-...") and
+        # select its first region so that the details panel shows the region's noise note (meta text).
+        await page.eval(
+            "(() => { const leaf = [...document.querySelectorAll('*')].find(e => e.children.length === 0"
+            f" && e.textContent.trim().startsWith({json.dumps(args.version_prefix)}));"
+            " if (leaf) leaf.click(); return Boolean(leaf); })()"
+        )
+        await asyncio.sleep(3)
+        await page.eval(
+            "(() => { const items = [...document.querySelectorAll('*')].filter(e => e.children.length === 0"
+            " && e.textContent.trim() === 'deposit' && e.getBoundingClientRect().left > 1000);"
+            " if (items.length) items[0].click(); return items.length; })()"
+        )
+        await asyncio.sleep(3)
         await page.screenshot(args.out / "task-graded-regions.png")
 
 
@@ -101,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--username", default="admin@example.com")
     p.add_argument("--password", required=True)
     p.add_argument("--out", type=Path, default=Path("docs/img"))
+    p.add_argument("--version-prefix", default="v0", help="start of the backend's prediction tab label")
     p.add_argument("--size", default="1600,1000")
     p.add_argument("--port", type=int, default=9333, help="DevTools port")
     args = p.parse_args(argv)
