@@ -223,9 +223,9 @@ def print_summary(ls: lsh.LabelStudioServer, project: int, view: int) -> None:
         f"Log in:        {ls.username}  /  {ls.password}",
         "",
         f'The tab "{lsh.VIEW_TITLE}" is already sorted by discrepancy, highest first.',
-        "To do it by hand in the Data Manager: Columns -> tick 'discrepancy', 'noise_grade', 'noise_types';",
-        "click the 'discrepancy' column header -> 'Sort descending' (or Order by -> discrepancy, then the",
-        "arrow to descending). Open a task: the model's regions carry their noise type and grade.",
+        "By hand in the Data Manager: Columns -> tick 'discrepancy', 'noise_grade', 'noise_types'; then the",
+        "Order by button (right of Filters) -> 'discrepancy', and its arrow button -> descending.",
+        "Open a task, pick the model's prediction tab (v0...): each region's note names its noise and grade.",
         "Submit corrected boxes: the backend retrains after TRAIN_MIN_ANNOTATIONS annotations.",
         "",
         "Most suspicious tasks now:",
@@ -248,7 +248,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--seed-fraction", type=float, default=0.1, help="share of train images with expert labels"
     )
-    p.add_argument("--epochs", type=int, default=30, help="epochs of the initial model")
+    p.add_argument("--epochs", type=int, default=60, help="epochs of the initial model")
     p.add_argument("--imgsz", type=int, default=160, help="training image size of the initial model")
     p.add_argument("--batch", type=int, default=4, help="batch size of the initial model")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")

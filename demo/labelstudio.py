@@ -60,6 +60,8 @@ def free_port(preferred: int | None = None, *, host: str = "127.0.0.1", tries: i
     candidates = [] if preferred is None else list(range(preferred, preferred + tries))
     for port in [*candidates, 0]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # Servers bind with SO_REUSEADDR, so a port in TIME_WAIT after a restart is free for them too.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:
@@ -494,9 +496,7 @@ def ensure_suspicious_view(ls: LabelStudioServer, project: int, *, title: str = 
     """
     resp = requests.get(f"{ls.url}/api/dm/views", params={"project": project}, headers=ls.headers, timeout=30)
     resp.raise_for_status()
-    for view in resp.json():
-        if view.get("data", {}).get("title") == title:
-            return int(view["id"])
+    existing = [int(v["id"]) for v in resp.json() if v.get("data", {}).get("title") == title]
     shown = {"tasks:id", "tasks:data.image", *SCORE_COLUMNS}
     hidden = [*(c for c in _columns(ls, project) if c not in shown), "tasks:data"]
     data = {
@@ -508,14 +508,19 @@ def ensure_suspicious_view(ls: LabelStudioServer, project: int, *, title: str = 
         "hiddenColumns": {"explore": hidden, "labeling": [*hidden, "tasks:data.image"]},
         "columnsDisplayType": {"tasks:data.discrepancy": "Number", "tasks:data.image": "Image"},
     }
-    resp = requests.post(
-        f"{ls.url}/api/dm/views",
-        json={"project": project, "data": data},
-        headers=ls.headers,
-        timeout=30,
-    )
+    if existing:  # refresh it: columns appear as the backend writes new fields
+        resp = requests.patch(
+            f"{ls.url}/api/dm/views/{existing[0]}",
+            json={"project": project, "data": data},
+            headers=ls.headers,
+            timeout=30,
+        )
+    else:
+        resp = requests.post(
+            f"{ls.url}/api/dm/views", json={"project": project, "data": data}, headers=ls.headers, timeout=30
+        )
     if resp.status_code not in (200, 201):
-        raise RuntimeError(f"create Data Manager view: HTTP {resp.status_code}: {resp.text[:300]}")
+        raise RuntimeError(f"Data Manager view: HTTP {resp.status_code}: {resp.text[:300]}")
     return int(resp.json()["id"])
 
 
