@@ -65,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     records = synth.SynthDataset.load(data_dir).images
     bench = Workbench(records, args.out / "runs", spec, seed=args.seed)
     t0 = time.perf_counter()
-    expert = bench.train("expert", {i: bench.records[i].expert for i in bench.train_ids})
-    crowd = bench.train("crowd", {i: bench.records[i].crowd for i in bench.train_ids})
+    expert = bench.train(
+        "expert", {i: bench.records[i].expert for i in bench.train_ids}, val_every_epoch=True
+    )
+    crowd = bench.train("crowd", {i: bench.records[i].crowd for i in bench.train_ids}, val_every_epoch=True)
     rates = noise_rates(records)
     result = {
         "preset": args.preset,

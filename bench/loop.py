@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -103,8 +104,13 @@ def run_loop(
     *,
     lsm: LSMConfig,
     name: str,
+    init: Path | None = None,
 ) -> LoopResult:
-    """Run stage 1 (active learning with the LSM or a baseline strategy) on the training split."""
+    """Run stage 1 (active learning with the LSM or a baseline strategy) on the training split.
+
+    Args:
+        init: weights the first cleaning model starts from (default: ``bench.spec.init``, from scratch).
+    """
     records = bench.records
     train_ids = list(bench.train_ids)
     n = len(train_ids)
@@ -133,7 +139,7 @@ def run_loop(
         log.info("%s round %d: %d expert images, cleaning AP50 %.3f", name, round_no, len(expert), model.ap50)
 
     model = bench.train(
-        f"{name}-r0", {i: records[i].expert for i in expert}, epochs=bench.spec.cleaning_epochs
+        f"{name}-r0", {i: records[i].expert for i in expert}, epochs=bench.spec.cleaning_epochs, init=init
     )
     report(0, model)
     for round_no, batch in enumerate(per_round, start=1):

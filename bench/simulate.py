@@ -107,7 +107,12 @@ def run_seed(
         cfg = LoopConfig(strategy=strategy, budget=budget, seed_fraction=seed_fraction, rounds=rounds)
         # The same generator seed for every strategy: they all start from the same random seed set.
         loops[strategy] = run_loop(
-            bench, cfg, np.random.default_rng(seed), lsm=lsm, name=f"loop-{strategy.value}"
+            bench,
+            cfg,
+            np.random.default_rng(seed),
+            lsm=lsm,
+            name=f"loop-{strategy.value}",
+            init=noisy.weights if spec.cleaning_init == "noisy" else None,
         )
         steps.update()
     rand = loops[Strategy.RANDOM]
@@ -322,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated; discrepancy and random are always run",
     )
     parser.add_argument("--epochs", type=int, help="override the final detectors' epochs")
+    parser.add_argument(
+        "--cleaning-init",
+        choices=("noisy", "scratch"),
+        help="first cleaning model: fine-tune the crowd-trained detector, or train from scratch",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -338,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = replace(TRAIN_SPECS[args.preset], device=args.device)
     if args.epochs:
         spec = replace(spec, epochs=args.epochs, cleaning_epochs=args.epochs)
+    if args.cleaning_init:
+        spec = replace(spec, cleaning_init=args.cleaning_init)
     lsm = LSMConfig()
     args.out.mkdir(parents=True, exist_ok=True)
     from model.device import resolve_device

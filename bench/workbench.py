@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 from metrics.ap import APResult, evaluate_ap
 from model.dataset import LabeledImage, write_yolo_dataset
@@ -29,6 +32,9 @@ class TrainSpec:
         batch: training batch size.
         device: "auto", "cpu" or "cuda[:N]".
         init: model definition to train from scratch.
+        cleaning_init: where the first cleaning model starts: ``"noisy"`` fine-tunes the detector trained
+            on the crowd labels (cheap labels as pre-training; there are no downloadable weights here),
+            ``"scratch"`` trains from ``init`` on the expert seed set alone.
     """
 
     epochs: int = 30
@@ -38,6 +44,7 @@ class TrainSpec:
     batch: int = 8
     device: str = "auto"
     init: str = "yolov8n.yaml"
+    cleaning_init: str = "noisy"
 
 
 # Per preset: how the detectors are trained (CPU-sized for tiny and quick).
@@ -98,17 +105,27 @@ class Workbench:
         *,
         epochs: int | None = None,
         init: str | Path | None = None,
+        val_every_epoch: bool = False,
     ) -> TrainedModel:
         """Train on ``labels`` (image id -> boxes; those ids are the training set) and evaluate on test.
 
-        The validation split always carries expert labels: it only picks nothing here (the last epoch's
-        weights are used), but ultralytics needs one.
+        The validation split always carries expert labels. It picks nothing: the last epoch's weights are
+        used, whatever ``val_every_epoch`` (which only records a learning curve in the run's results.csv).
         """
+        ids = sorted(labels)
+        # A finished training is reused only if nothing that shaped it changed.
+        digest = hashlib.sha256()
+        for i in ids:
+            digest.update(i.encode())
+            digest.update(np.ascontiguousarray(labels[i].xyxy).tobytes())
+        key = json.dumps(
+            [asdict(self.spec), epochs, str(init), self.seed, digest.hexdigest(), val_every_epoch]
+        )
         done = self.work_dir / name / "result.json"
         if done.exists():
             cached = json.loads(done.read_text())
-            return TrainedModel(**{**cached, "weights": Path(cached["weights"])})
-        ids = sorted(labels)
+            if cached.pop("key", None) == key:
+                return TrainedModel(**{**cached, "weights": Path(cached["weights"])})
         expert = {i: self.records[i].expert for i in self.val_ids}
         data_yaml = write_yolo_dataset(
             self.work_dir / name / "data",
@@ -125,13 +142,14 @@ class Workbench:
             batch=self.spec.batch,
             seed=self.seed,
             device=self.spec.device,
-            val=False,
+            val=val_every_epoch,
         )
-        ap = self.test_ap(result.weights)
+        weights = result.weights.with_name("last.pt")
+        ap = self.test_ap(weights)
         trained = TrainedModel(
-            name=name, weights=result.weights, seconds=result.seconds, ap50=ap.ap50, ap50_95=ap.ap50_95
+            name=name, weights=weights, seconds=result.seconds, ap50=ap.ap50, ap50_95=ap.ap50_95
         )
-        done.write_text(json.dumps({**asdict(trained), "weights": str(trained.weights)}))
+        done.write_text(json.dumps({**asdict(trained), "weights": str(trained.weights), "key": key}))
         log.info("%s: AP50 %.3f in %.0f s", name, trained.ap50, trained.seconds)
         return trained
 
