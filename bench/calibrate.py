@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.workbench import TRAIN_SPECS, Workbench
+from model.device import resolve_device
 
 
 def noise_rates(records) -> dict[str, float]:
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "calibration.json").write_text(json.dumps(result, indent=1))
     print(
         f"\nCalibration, preset {args.preset}, seed {args.seed}, {len(bench.train_ids)} train images, "
-        f"{spec.epochs} epochs at {spec.imgsz} px on {spec.device}"
+        f"{spec.epochs} epochs at {spec.imgsz} px on {resolve_device(spec.device)}"
     )
     print("| labels | AP50 | AP50:95 | training wall time |")
     print("|---|---|---|---|")
