@@ -3,17 +3,20 @@
 Steps (each reuses what an earlier run left in ``.work/demo``):
 
 1. generate the synthetic dataset (``synth``) into ``.work/demo/data``;
-2. train an initial detector on the expert labels of a random seed set of training images (the method's
-   starting point) and keep it in ``.work/demo/initial``;
+2. train the initial detector the way the benchmark trains its first cleaning model (the method's starting
+   point): pre-train from scratch on the crowd labels of all training images, then fine-tune on the expert
+   labels of a random seed set; both stages are cached in ``.work/demo/initial``;
 3. start Label Studio (SQLite, 127.0.0.1, port 8080 or the next free one) and the backend (9090 or next);
-4. create the project (labelling config, Local Files storage, tasks with crowd labels), connect the backend,
-   retrieve predictions (which scores every task) and add a Data Manager tab sorted "most suspicious first";
+4. create the project (labelling config, Local Files storage, tasks with crowd labels), import the seed set's
+   expert labels as annotations, connect the backend, retrieve predictions (which scores every task not yet
+   expert-annotated) and add a Data Manager tab sorted "most suspicious first";
 5. print the URL, the login and what to click, and run until Ctrl-C, which stops both servers.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,29 @@ logger = logging.getLogger("demo")
 REPO = lsh.REPO
 PROJECT_TITLE = "Deposits: active label cleaning"
 BACKEND_TITLE = "active-label-cleaning"
+# Task data fields the backend writes; an expert-annotated task drops them (it is out of the review pool).
+SCORE_FIELDS = ("discrepancy", "noise_grade", "noise_types", "model_version")
+
+
+@dataclass(frozen=True)
+class InitialModel:
+    """The demo's starting detector and how it was made.
+
+    Attributes:
+        weights: the fine-tuned checkpoint (``.pt``) the backend publishes as its first version.
+        key: cache key of the fine-tuning stage (covers the pre-training's settings too).
+        seed_image_ids: dataset ids (``"000012"``) of the training images in the expert seed set.
+        pretrain_seconds: wall time of the pre-training on crowd labels (0 when skipped), seconds.
+        finetune_seconds: wall time of the fine-tuning on the seed set, seconds.
+        val_map50: mAP50 on the val split's expert labels after the last epoch (NaN if not reported).
+    """
+
+    weights: Path
+    key: str
+    seed_image_ids: tuple[str, ...]
+    pretrain_seconds: float
+    finetune_seconds: float
+    val_map50: float
 
 
 def _step(n: int, total: int, text: str) -> None:
@@ -62,80 +89,194 @@ def generate_dataset(data_dir: Path, document_root: Path, *, preset: str, seed: 
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-def train_initial_model(
-    data_dir: Path,
-    out_dir: Path,
+def _digest(*parts: Any) -> str:
+    """A short stable key of JSON-serialisable settings (cache folder names)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _train_stage(
+    name: str,
     *,
-    seed_fraction: float,
+    stage_dir: Path,
+    train: list[Any],
+    val: list[Any],
+    init: str | Path,
     epochs: int,
     imgsz: int,
     batch: int,
     seed: int,
     device: str,
-) -> Path:
-    """Train on the expert labels of a random ``seed_fraction`` of the training images; returns weights.
+    threads: int | None,
+) -> tuple[Path, float, dict[str, float]]:
+    """One cached training stage in ``stage_dir``: (weights, seconds, final validation metrics).
 
-    The weights are cached at ``out_dir/initial.pt`` and reused by later runs.
+    A finished stage leaves ``stage_dir/weights.pt`` and ``stage_dir/result.json``; both are reused.
     """
-    target = out_dir / "initial.pt"
-    if target.exists():
-        logger.info("initial model: reusing %s", target)
-        return target
+    from model.dataset import write_yolo_dataset
+    from model.train import train_detector
+
+    target, info = stage_dir / "weights.pt", stage_dir / "result.json"
+    if target.is_file() and info.is_file():
+        cached = json.loads(info.read_text())
+        logger.info("%s: reusing %s (trained in %.0f s)", name, target, cached["seconds"])
+        return target, float(cached["seconds"]), dict(cached.get("metrics", {}))
+    data_yaml = write_yolo_dataset(stage_dir / "dataset", train=train, val=val, names=["deposit"])
+    logger.info("%s: %d images, %d epochs at %d px (init %s) ...", name, len(train), epochs, imgsz, init)
+
+    def on_epoch(epoch: int, total: int) -> None:
+        logger.info("%s: epoch %d/%d", name, epoch, total)
+
+    result = train_detector(
+        data_yaml=data_yaml,
+        init=init,
+        out_dir=stage_dir / "runs",
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        seed=seed,
+        device=device,
+        val=False,  # validating every epoch would cost more than the training on CPU; last epoch only
+        threads=threads,
+        on_epoch=on_epoch,
+    )
+    target.write_bytes(Path(result.weights).read_bytes())
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    info.write_text(json.dumps({"seconds": result.seconds, "metrics": metrics, "epochs": epochs}, indent=1))
+    logger.info(
+        "%s: done in %.0f s, val mAP50 %.3f -> %s",
+        name,
+        result.seconds,
+        metrics.get("metrics/mAP50(B)", float("nan")),
+        target,
+    )
+    return target, result.seconds, metrics
+
+
+def train_initial_model(
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    seed_fraction: float,
+    pretrain_epochs: int,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    seed: int,
+    device: str,
+    threads: int | None = None,
+) -> InitialModel:
+    """The method's starting point, trained the way the benchmark trains its first cleaning model.
+
+    1. pre-train from scratch (``yolov8n.yaml``) on the *crowd* labels of all training images (cheap labels
+       stand in for pretrained weights, which are never downloaded here), ``pretrain_epochs`` epochs;
+    2. fine-tune that checkpoint on the *expert* labels of a random ``seed_fraction`` of the training images
+       (the seed set the experts re-annotated first), ``epochs`` epochs.
+
+    Both stages validate once, after their last epoch, on the expert labels of the val split. Each is cached
+    under ``out_dir/<stage>-<key>``, the key covering the dataset and every setting that shapes it, so a
+    re-run reuses them and a changed setting retrains.
+
+    Args:
+        data_dir: the synthetic dataset (``manifest.json``).
+        out_dir: cache folder (``.work/demo/initial``).
+        seed_fraction: share of the training images in the expert seed set, in (0, 1].
+        pretrain_epochs: epochs on the crowd labels; 0 skips the pre-training (from scratch on the seed set).
+        epochs: fine-tuning epochs on the seed set (>= 1).
+        imgsz: training image size in pixels (multiple of 32).
+        batch: images per batch.
+        seed: seed of the seed-set draw and of both trainings.
+        device: ``auto`` | ``cpu`` | ``cuda[:N]``.
+        threads: torch CPU threads (None: all cores). On a CPU shared with other busy processes, 1 thread
+            is several times faster than 2 (no threads spinning at barriers while their peer waits).
+    """
     if not 0 < seed_fraction <= 1:
         raise ValueError(f"seed_fraction: expected in (0, 1], got {seed_fraction}")
+    if pretrain_epochs < 0:
+        raise ValueError(f"pretrain_epochs: expected >= 0, got {pretrain_epochs}")
+    if epochs < 1:
+        raise ValueError(f"epochs: expected >= 1, got {epochs}")
     import numpy as np
 
-    from model.dataset import LabeledImage, write_yolo_dataset
-    from model.train import train_detector
+    from model.dataset import LabeledImage
     from synth import SynthDataset
 
     dataset = SynthDataset.load(data_dir)
     train = [r for r in dataset.images if r.split == "train"]
     val = [r for r in dataset.images if r.split == "val"]
     rng = np.random.default_rng(seed)
-    n_seed = max(2, round(seed_fraction * len(train)))
-    chosen = sorted(rng.choice(len(train), size=min(n_seed, len(train)), replace=False).tolist())
+    n_seed = min(len(train), max(2, round(seed_fraction * len(train))))
+    chosen = sorted(rng.choice(len(train), size=n_seed, replace=False).tolist())
+    seed_ids = [train[i].id for i in chosen]
 
-    def labeled(record: Any) -> LabeledImage:
-        return LabeledImage(
-            path=Path(record.path), labels=record.expert, width=record.width, height=record.height
+    def labeled(record: Any, boxes: Any) -> LabeledImage:
+        return LabeledImage(path=Path(record.path), labels=boxes, width=record.width, height=record.height)
+
+    val_set = [labeled(r, r.expert) for r in val] or [labeled(train[chosen[0]], train[chosen[0]].expert)]
+    data_key = hashlib.sha256((data_dir / "manifest.json").read_bytes()).hexdigest()[:16]
+    common = {"data": data_key, "imgsz": imgsz, "batch": batch, "seed": seed, "device": device}
+    t_start = time.monotonic()
+    init: str | Path = "yolov8n.yaml"
+    pre_seconds = 0.0
+    pre_key = "none"
+    if pretrain_epochs:
+        pre_key = _digest("crowd", common, pretrain_epochs)
+        init, pre_seconds, _ = _train_stage(
+            "pre-training on crowd labels",
+            stage_dir=out_dir / f"crowd-{pre_key}",
+            train=[labeled(r, r.crowd) for r in train],
+            val=val_set,
+            init="yolov8n.yaml",
+            epochs=pretrain_epochs,
+            imgsz=imgsz,
+            batch=batch,
+            seed=seed,
+            device=device,
+            threads=threads,
         )
-
-    data_yaml = write_yolo_dataset(
-        out_dir / "seed-dataset",
-        train=[labeled(train[i]) for i in chosen],
-        val=[labeled(r) for r in val] or [labeled(train[chosen[0]])],
-        names=["deposit"],
-    )
-    logger.info(
-        "initial model: training on the expert labels of %d/%d train images (%d epochs at %d px) ...",
-        len(chosen),
-        len(train),
-        epochs,
-        imgsz,
-    )
-
-    def on_epoch(epoch: int, total: int) -> None:
-        logger.info("initial model: epoch %d/%d", epoch, total)
-
-    result = train_detector(
-        data_yaml=data_yaml,
-        init="yolov8n.yaml",
-        out_dir=out_dir / "runs",
+    seed_key = _digest("seed", common, pre_key, epochs, seed_ids)
+    weights, seed_seconds, metrics = _train_stage(
+        "fine-tuning on the expert seed set",
+        stage_dir=out_dir / f"seed-{seed_key}",
+        train=[labeled(train[i], train[i].expert) for i in chosen],
+        val=val_set,
+        init=init,
         epochs=epochs,
         imgsz=imgsz,
         batch=batch,
         seed=seed,
         device=device,
-        val=False,  # validating every epoch would cost more than the training on CPU
-        on_epoch=on_epoch,
+        threads=threads,
     )
-    target.write_bytes(Path(result.weights).read_bytes())
+    model = InitialModel(
+        weights=weights,
+        key=seed_key,
+        seed_image_ids=tuple(seed_ids),
+        pretrain_seconds=pre_seconds,
+        finetune_seconds=seed_seconds,
+        val_map50=float(metrics.get("metrics/mAP50(B)", float("nan"))),
+    )
     (out_dir / "initial.json").write_text(
-        json.dumps({"seed_images": [train[i].id for i in chosen], "seconds": result.seconds}, indent=1)
+        json.dumps(
+            {
+                "weights": str(weights),
+                "seed_images": seed_ids,
+                "pretrain_epochs": pretrain_epochs,
+                "epochs": epochs,
+                "pretrain_seconds": pre_seconds,
+                "finetune_seconds": seed_seconds,
+                "val_map50": model.val_map50,
+            },
+            indent=1,
+        )
     )
-    logger.info("initial model: done in %.0f s -> %s", result.seconds, target)
-    return target
+    logger.info(
+        "initial model: %s (pre-training %.0f s + fine-tuning %.0f s; this run %.0f s)",
+        weights,
+        pre_seconds,
+        seed_seconds,
+        time.monotonic() - t_start,
+    )
+    return model
 
 
 def backend_env(
@@ -163,8 +304,57 @@ def backend_env(
     }
 
 
-def setup_project(ls: lsh.LabelStudioServer, data_dir: Path, backend_url: str) -> tuple[int, int]:
-    """Create (or reuse) the project with storage and tasks, and connect the backend; (project, ml id)."""
+def import_seed_annotations(
+    ls: lsh.LabelStudioServer, client: Any, project: int, data_dir: Path, seed_ids: tuple[str, ...]
+) -> int:
+    """Give each seed-set task the simulator's expert boxes as an annotation, unless it has one already.
+
+    This is what happened before the loop starts: experts re-annotated the random seed set, and the initial
+    model was fine-tuned on it. The annotations are created through the API by the admin user, marked
+    ``ground_truth`` (a star in the Data Manager) and with ``last_action="imported"``; the backend counts them
+    as expert labels when it trains. Returns how many were created.
+    """
+    from backend.labelconfig import parse_label_config
+    from formats.labelstudio import detections_to_regions
+    from synth import SynthDataset
+
+    schema = parse_label_config((data_dir / "label_studio" / "label_config.xml").read_text())
+    records = {f"{r.split}/{r.id}": r for r in SynthDataset.load(data_dir).images}
+    wanted = {f"train/{i}" for i in seed_ids}
+    created = 0
+    for task in lsh.list_tasks(ls, project, ordering=("tasks:id",)):
+        image_id = str(task["data"].get("image_id", ""))
+        if image_id not in wanted or task.get("total_annotations") or task.get("annotations"):
+            continue
+        record = records[image_id]
+        result = detections_to_regions(
+            record.expert,
+            width=record.width,
+            height=record.height,
+            labels=[schema.labels[0]],
+            from_name=schema.from_name,
+            to_name=schema.to_name,
+            id_prefix="seed",
+        )
+        client.annotations.create(
+            id=int(task["id"]), result=result, ground_truth=True, last_action="imported"
+        )
+        data = dict(task["data"])
+        if any(data.pop(key, None) is not None for key in SCORE_FIELDS):  # scored by an earlier run
+            client.tasks.update(id=int(task["id"]), data=data)
+        created += 1
+    return created
+
+
+def setup_project(
+    ls: lsh.LabelStudioServer, data_dir: Path, backend_url: str, seed_ids: tuple[str, ...]
+) -> tuple[int, int]:
+    """Create (or reuse) the project with storage, tasks and seed-set annotations, and connect the backend.
+
+    The seed set's expert annotations are imported while no backend is connected: Label Studio sends
+    webhooks only to connected backends, so they do not count towards ``TRAIN_MIN_ANNOTATIONS`` and the
+    demo does not start a training on start-up. Returns (project id, ML backend id).
+    """
     client = ls.client()
     project = lsh.find_project(client, PROJECT_TITLE)
     if project is None:
@@ -181,25 +371,34 @@ def setup_project(ls: lsh.LabelStudioServer, data_dir: Path, backend_url: str) -
         logger.info("project %d: created, %d tasks imported", project, len(ids))
     else:
         logger.info("project %d: reusing it", project)
-    # A backend from an earlier run may sit on another port: drop it (and its webhook) so only one is live.
+    # Disconnect every backend (an earlier run's may sit on another port) and its webhook before importing
+    # the seed annotations, so no backend hears of them; then connect this run's backend.
     for ml in client.ml.list(project=project):
-        if (ml.url or "").rstrip("/") != backend_url:
-            client.ml.delete(id=ml.id)
+        client.ml.delete(id=ml.id)
     for hook in client.webhooks.list(project=str(project)):
-        if hook.url.endswith("/webhook") and not hook.url.startswith(backend_url):
+        if hook.url.endswith("/webhook"):
             client.webhooks.delete(id=hook.id)
+    n = import_seed_annotations(ls, client, project, data_dir, seed_ids)
+    logger.info(
+        "project %d: %d seed-set tasks carry expert annotations (%d imported now, as admin, ground truth)",
+        project,
+        len(seed_ids),
+        n,
+    )
     ml_id = lsh.connect_backend(client, project, backend_url, title=BACKEND_TITLE)
     return project, ml_id
 
 
 def score_all_tasks(ls: lsh.LabelStudioServer, project: int, backend_url: str, *, chunk: int = 60) -> None:
-    """Retrieve predictions for tasks not yet scored by the serving model version, in chunks.
+    """Retrieve predictions for the tasks without an expert annotation not yet scored by the serving model.
 
     Each "Retrieve predictions" call is synchronous and bounded by Label Studio's predict timeout; tasks
     already scored by this version (an earlier run) are skipped so re-runs add no duplicate predictions.
+    Expert-annotated tasks (the seed set) are left out, as the backend leaves them out after a training:
+    they are no longer candidates for review.
     """
     version = requests.get(f"{backend_url}/health", timeout=10).json().get("latest_version")
-    tasks = lsh.list_tasks(ls, project, ordering=("tasks:id",))
+    tasks = [t for t in lsh.list_tasks(ls, project, ordering=("tasks:id",)) if not t.get("total_annotations")]
     ids = [int(t["id"]) for t in tasks if version is None or t["data"].get("model_version") != version]
     if not ids:
         logger.info("predictions: all %d tasks already scored by %s", len(tasks), version)
@@ -209,11 +408,23 @@ def score_all_tasks(ls: lsh.LabelStudioServer, project: int, backend_url: str, *
         lsh.retrieve_predictions(ls, project, part)
         logger.info("predictions: %d/%d tasks predicted", min(start + chunk, len(ids)), len(ids))
     version = requests.get(f"{backend_url}/health", timeout=10).json().get("model_version")
-    lsh.wait_for_scores(ls, project, model_version=version, timeout=max(120, len(ids)))
+    wanted = {int(t["id"]) for t in tasks}
+    deadline = time.monotonic() + max(120, len(ids))
+    while True:  # the backend writes the fields into the tasks in the background, after answering
+        pending = [
+            t["id"]
+            for t in lsh.list_tasks(ls, project, ordering=("tasks:id",))
+            if int(t["id"]) in wanted and t["data"].get("model_version") != version
+        ]
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} tasks without a score of {version}: {pending[:10]}")
+        time.sleep(1)
     logger.info("scores: all %d tasks carry discrepancy and noise grade of %s", len(tasks), version)
 
 
-def print_summary(ls: lsh.LabelStudioServer, project: int, view: int) -> None:
+def print_summary(ls: lsh.LabelStudioServer, project: int, view: int, *, n_seed: int) -> None:
     tasks = lsh.list_tasks(ls, project)
     top = [t for t in tasks if t["data"].get("discrepancy") is not None][:5]
     lines = [
@@ -226,7 +437,10 @@ def print_summary(ls: lsh.LabelStudioServer, project: int, view: int) -> None:
         "By hand in the Data Manager: Columns -> tick 'discrepancy', 'noise_grade', 'noise_types'; then the",
         "Order by button (right of Filters) -> 'discrepancy', and its arrow button -> descending.",
         "Open a task, pick the model's prediction tab (v0...): each region's note names its noise and grade.",
-        "Submit corrected boxes: the backend retrains after TRAIN_MIN_ANNOTATIONS annotations.",
+        f"The {n_seed} seed-set tasks already carry the experts' labels (ground-truth annotations by the",
+        "admin, imported before the backend was connected) and are not scored. Submit corrected boxes on",
+        "other tasks: the backend retrains on all expert tasks (seed set included) after",
+        "TRAIN_MIN_ANNOTATIONS new ones.",
         "",
         "Most suspicious tasks now:",
     ]
@@ -248,10 +462,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--seed-fraction", type=float, default=0.1, help="share of train images with expert labels"
     )
-    p.add_argument("--epochs", type=int, default=60, help="epochs of the initial model")
+    p.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=25,
+        help="initial model, stage 1: epochs on the crowd labels of all train images (0 = skip)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=30, help="initial model, stage 2: fine-tuning epochs on the seed set"
+    )
     p.add_argument("--imgsz", type=int, default=160, help="training image size of the initial model")
-    p.add_argument("--batch", type=int, default=4, help="batch size of the initial model")
+    p.add_argument("--batch", type=int, default=8, help="batch size of the initial model")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for the initial model (default all cores; 1 is faster on a busy CPU)",
+    )
     p.add_argument("--ls-port", type=int, default=8080, help="Label Studio port (or the next free one)")
     p.add_argument("--backend-port", type=int, default=9090, help="backend port (or the next free one)")
     p.add_argument("--train-min-annotations", type=int, default=5)
@@ -266,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("urllib3", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
     work = args.work.resolve()
-    data_dir, model_dir, initial_dir = work / "data", work / "models", work / "initial"
+    data_dir, initial_dir = work / "data", work / "initial"
     work.mkdir(parents=True, exist_ok=True)
     total = 6
 
@@ -286,16 +514,18 @@ def main(argv: list[str] | None = None) -> int:
         _step(1, total, f"synthetic dataset ({args.preset}) in {data_dir}")
         generate_dataset(data_dir, work, preset=args.preset, seed=args.seed)
 
-        _step(2, total, "initial model from a random expert-labelled seed set")
-        weights = train_initial_model(
+        _step(2, total, "initial model: pre-train on crowd labels, fine-tune on an expert-labelled seed set")
+        initial = train_initial_model(
             data_dir,
             initial_dir,
             seed_fraction=args.seed_fraction,
+            pretrain_epochs=args.pretrain_epochs,
             epochs=args.epochs,
             imgsz=args.imgsz,
             batch=args.batch,
             seed=args.seed,
             device=args.device,
+            threads=args.threads,
         )
 
         _step(3, total, "Label Studio (first start sets up its database: ~40 s)")
@@ -306,20 +536,22 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("Label Studio: %s (log %s)", ls.url, ls.log_path)
 
         _step(4, total, "ML backend")
-        env = backend_env(ls, model_dir=model_dir, weights=weights, document_root=work, args=args)
+        # One model registry per initial model: a changed initial model starts a fresh version history.
+        model_dir = work / "models" / initial.key
+        env = backend_env(ls, model_dir=model_dir, weights=initial.weights, document_root=work, args=args)
         backend = lsh.BackendProcess(lsh.free_port(args.backend_port), env, log_path=work / "backend.log")
         backend.start()
         logger.info("backend: %s (log %s)", backend.url, backend.log_path)
 
         _step(5, total, "project, storage, tasks, backend connection")
-        project, _ml = setup_project(ls, data_dir, backend.url)
+        project, _ml = setup_project(ls, data_dir, backend.url, initial.seed_image_ids)
 
-        _step(6, total, "retrieving predictions: the backend scores every task")
+        _step(6, total, "retrieving predictions: the backend scores every task without an expert annotation")
         t0 = time.monotonic()
         score_all_tasks(ls, project, backend.url)
         logger.info("predictions: done in %.0f s", time.monotonic() - t0)
         view = lsh.ensure_suspicious_view(ls, project)
-        print_summary(ls, project, view)
+        print_summary(ls, project, view, n_seed=len(initial.seed_image_ids))
 
         while not args.no_wait and not stop.is_set():
             for proc in (ls, backend):

@@ -1,8 +1,9 @@
 """Screenshots of the running demo with headless Chromium over the DevTools protocol (docs/img/*.png).
 
 ``python -m demo.screenshots --url http://127.0.0.1:8080 --project 1 --view 1 --task 7 --password ...``
-logs in through Label Studio's form, then captures the Data Manager tab sorted by discrepancy and a task's
-labelling page. Needs ``chromium`` on PATH (Debian: ``apt-get install chromium``); writes only under --out.
+logs in through Label Studio's form, then captures the Data Manager tab sorted by discrepancy (scrolled
+down ``--scroll-rows`` rows) and a task's labelling page. Needs ``chromium`` on PATH (Debian:
+``apt-get install chromium``); writes only under --out.
 """
 
 from __future__ import annotations
@@ -85,6 +86,20 @@ async def _run(args: argparse.Namespace, ws_url: str) -> None:
             "document.querySelectorAll('.dm-table__row-wrapper, [class*=row-wrapper]').length > 0"
         )
         await asyncio.sleep(3)
+        # Scroll the task table (the largest scrollable element) down by --scroll-rows rows, a page at a time
+        # (the list loads its rows lazily): the top of a ranking can be a run of ties, lower rows show how
+        # the scores and grades spread.
+        scroll_js = (
+            "(() => { const row = document.querySelector('.dm-table__row-wrapper, [class*=row-wrapper]');"
+            " const h = row ? row.getBoundingClientRect().height : 60;"
+            " const boxes = [...document.querySelectorAll('*')].filter("
+            "e => e.scrollHeight > e.clientHeight + 100 && getComputedStyle(e).overflowY !== 'visible');"
+            " boxes.sort((a, b) => b.scrollHeight - a.scrollHeight);"
+            " if (boxes.length) boxes[0].scrollTop = ROWS * h; return boxes.length; })()"
+        )
+        for rows in range(min(20, args.scroll_rows), args.scroll_rows + 20, 20):
+            await page.eval(scroll_js.replace("ROWS", str(min(rows, args.scroll_rows))))
+            await asyncio.sleep(1.5)
         await page.screenshot(args.out / "data-manager-sorted.png")
         await page.goto(f"{args.url}/projects/{args.project}/data?tab={args.view}&task={args.task}", settle=4)
         await page.wait_for("document.querySelector('canvas, img[class*=image]')")
@@ -117,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("docs/img"))
     p.add_argument("--version-prefix", default="v0", help="start of the backend's prediction tab label")
     p.add_argument("--size", default="1600,1000")
+    p.add_argument(
+        "--scroll-rows", type=int, default=0, help="scroll the Data Manager table down by this many rows"
+    )
     p.add_argument("--port", type=int, default=9333, help="DevTools port")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
