@@ -448,7 +448,10 @@ def _assemble(
         off = offsets.tolist()
         for i in np.flatnonzero(~fallback).tolist():
             discrepancy[i] = aggregate(
-                severity[off[i] : off[i + 1]], cfg.aggregation, temperature=cfg.temperature
+                severity[off[i] : off[i + 1]],
+                cfg.aggregation,
+                temperature=cfg.temperature,
+                sum_scale=cfg.sum_scale,
             )
     return BatchScores(
         discrepancy=discrepancy,

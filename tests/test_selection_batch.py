@@ -153,7 +153,11 @@ def test_hand_values_through_the_batch():
     # Shift by 5 px: localization 0.6 (see test_selection_lsm); a far crowd box is background (severity 1).
     crowd = make_detections([[100, 100, 120, 120], [300, 300, 320, 320]])
     pred = make_detections([[105, 100, 125, 120], [10, 10, 30, 30]], scores=[0.9, 0.7])
-    batch = score_batch([crowd, Detections.empty()], [pred, Detections.empty(with_score=True)])
+    batch = score_batch(
+        [crowd, Detections.empty()],
+        [pred, Detections.empty(with_score=True)],
+        config=LSMConfig(aggregation="noisy_or"),
+    )
     f = batch.instances
     assert batch.offsets.tolist() == [0, 3, 3]
     assert f.noise_type.tolist() == ["localization", "background", "missed"]

@@ -18,6 +18,7 @@ from selection import (
     score_images,
 )
 
+NOISY_OR = LSMConfig(aggregation="noisy_or")  # discrepancy = severity for one-instance images
 BOX = [100, 100, 120, 120]  # a 20 x 20 deposit
 
 
@@ -40,7 +41,7 @@ def test_clean_match():
 def test_localization_hand_value():
     # Shift by 5 px: IoU = 15*20 / (2*400 - 300) = 0.6; severity = 0.9 * (0.8 - 0.6) / (0.8 - 0.5) = 0.6.
     pred = make_detections([[105, 100, 125, 120]], scores=[0.9])
-    s = score_image(make_detections([BOX]), pred)
+    s = score_image(make_detections([BOX]), pred, config=NOISY_OR)
     f = s.instances
     assert f.noise_type.tolist() == ["localization"]
     assert f.severity[0] == pytest.approx(0.6)
@@ -67,7 +68,7 @@ def test_badly_placed_box_gets_second_chance_match():
 
 
 def test_background_box_with_nothing_there():
-    s = score_image(make_detections([BOX]), Detections.empty(with_score=True))
+    s = score_image(make_detections([BOX]), Detections.empty(with_score=True), config=NOISY_OR)
     f = s.instances
     assert f.noise_type.tolist() == ["background"]
     assert f.severity[0] == 1.0 and f.grade.tolist() == ["major"] and f.action.tolist() == ["auto_fix"]
@@ -118,7 +119,7 @@ def test_missed_grade_by_score(score, grade):
 def test_box_in_box():
     crowd = make_detections([[0, 0, 100, 50]])
     parts = [[5, 5, 40, 45], [55, 5, 95, 45]]
-    s = score_image(crowd, make_detections(parts, scores=[0.9, 0.6]))
+    s = score_image(crowd, make_detections(parts, scores=[0.9, 0.6]), config=NOISY_OR)
     f = s.instances
     assert f.source.tolist() == [0, 1, 1]
     assert f.noise_type.tolist() == ["box_in_box"] * 3
@@ -188,29 +189,34 @@ def test_actions_follow_grades(rng):
         assert set(f.action.tolist()) <= {a.value for a in Action}
 
 
+@pytest.mark.parametrize("config", [LSMConfig(), NOISY_OR], ids=["sum", "noisy_or"])
 @pytest.mark.parametrize("score", [0.6, 0.9, 1.0])
-def test_monotone_in_shift(score):
+def test_monotone_in_shift(score, config):
     pred = make_detections([BOX], scores=[score])
     previous = -1.0
     for dx in np.linspace(0, 30, 61):
         crowd = make_detections([[100 + dx, 100, 120 + dx, 120]])
-        d = score_image(crowd, pred).discrepancy
+        d = score_image(crowd, pred, config=config).discrepancy
         assert d >= previous - 1e-12, f"shift {dx}: {d} < {previous}"
         previous = d
-    assert previous == 1.0 and score_image(make_detections([BOX]), pred).discrepancy == 0.0
+    # Shifted off entirely: a background box (severity 1) and a missed deposit (severity = its score).
+    end = aggregate(np.array([1.0, score]), config.aggregation, sum_scale=config.sum_scale)
+    assert previous == pytest.approx(end)
+    assert score_image(make_detections([BOX]), pred, config=config).discrepancy == 0.0
 
 
+@pytest.mark.parametrize(("config", "least"), [(LSMConfig(), 0.4), (NOISY_OR, 0.8)], ids=["sum", "noisy_or"])
 @pytest.mark.parametrize("grow", [True, False])
-def test_monotone_in_scale(grow):
+def test_monotone_in_scale(grow, config, least):
     pred = make_detections([BOX], scores=[0.9])
     previous = -1.0
     for factor in np.linspace(1, 4, 40):
         half = 10 * (factor if grow else 1 / factor)
         crowd = make_detections([[110 - half, 110 - half, 110 + half, 110 + half]])
-        d = score_image(crowd, pred).discrepancy
+        d = score_image(crowd, pred, config=config).discrepancy
         assert d >= previous - 1e-12, f"factor {factor}: {d} < {previous}"
         previous = d
-    assert previous > 0.8
+    assert previous > least
 
 
 def test_aggregations_hand_values():
@@ -229,9 +235,11 @@ def test_aggregations_hand_values():
 def test_config_aggregation_changes_discrepancy():
     crowd = make_detections([BOX, [0, 0, 10, 10]])
     pred = make_detections([[105, 100, 125, 120]], scores=[0.9])
-    noisy_or = score_image(crowd, pred).discrepancy
+    noisy_or = score_image(crowd, pred, config=LSMConfig(aggregation="noisy_or")).discrepancy
     mean = score_image(crowd, pred, config=LSMConfig(aggregation="mean")).discrepancy
+    summed = score_image(crowd, pred).discrepancy  # the default: SUM with sum_scale 3
     assert noisy_or == pytest.approx(1 - 0.4 * 0.0) and mean == pytest.approx((0.6 + 1.0) / 2)
+    assert summed == pytest.approx(1 - np.exp(-(0.6 + 1.0) / 3))
 
 
 @pytest.mark.parametrize(
