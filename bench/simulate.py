@@ -285,7 +285,14 @@ def write_plots(out: Path, runs: list[dict[str, Any]], summary: dict[str, Any]) 
         )
     for name, style in (("full_expert", "--"), ("noisy", ":")):
         ax.axhline(arms[name]["ap50"][0] * 100, ls=style, c="gray")
-        ax.text(1, arms[name]["ap50"][0] * 100 + 0.8, ARMS[name], color="gray", fontsize=8)
+        ax.text(
+            0.02,
+            arms[name]["ap50"][0] * 100 + 0.8,
+            ARMS[name],
+            color="gray",
+            fontsize=8,
+            transform=ax.get_yaxis_transform(),
+        )
     ax.set_xlabel("expert budget spent (% of training images)")
     ax.set_ylabel("AP50 on the clean test set (%)")
     ax.set_title("AP50 vs expert budget")
