@@ -134,8 +134,8 @@ def detections_to_regions(
             "from_name": from_name,
             "to_name": to_name,
             "type": "rectanglelabels",
-            "original_width": int(round(width)),
-            "original_height": int(round(height)),
+            "original_width": round(width),
+            "original_height": round(height),
             "image_rotation": 0,
             "value": {
                 "x": float(pct[i, 0]),
