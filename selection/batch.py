@@ -31,7 +31,6 @@ from selection.lsm import (
     _CLEAN,
     _G_CLEAN,
     _G_MAJOR,
-    _G_MINOR,
     _G_UNCERTAIN,
     _GRADE_ACTION,
     _GRADE_BY_CODE,
@@ -47,6 +46,7 @@ from selection.lsm import (
     _check,
     _score,
     aggregate,
+    grade_crowd_instances,
 )
 
 _BLOCK_PAIRS = 1 << 18  # padded crowd x prediction pairs per block: ~2 MB per float64 array
@@ -238,16 +238,7 @@ def _score_block(
     ctype = np.where(has_pred, np.where(loc_frac > 0, _LOCALIZATION, _CLEAN), _BACKGROUND)
     csev = np.where(has_pred, loc_sev, bg_sev)
     cconf = np.where(has_pred, match_score, bg_sev)
-    cgrade = np.where(
-        ctype == _LOCALIZATION,
-        np.where(cconf >= cfg.confident_score, _G_MINOR, _G_UNCERTAIN),
-        np.where(
-            ctype == _BACKGROUND,
-            np.where(cconf >= cfg.background_confidence, _G_MAJOR, _G_UNCERTAIN),
-            np.where(cconf >= cfg.confident_score, _G_MAJOR, _G_UNCERTAIN),
-        ),
-    )
-    cgrade = np.where((csev < cfg.clean_severity) | (ctype == _CLEAN), _G_CLEAN, cgrade)
+    cgrade = grade_crowd_instances(ctype, csev, cconf, cfg)
     matched_box = np.take_along_axis(b, cp[:, :, None], axis=1)
     cprop = np.where((has_pred & (ctype != _CLEAN))[:, :, None], matched_box, a)
     cprop[ctype == _BACKGROUND] = np.nan

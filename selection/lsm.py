@@ -225,6 +225,32 @@ class ImageScore:
     n_pred: int
 
 
+def grade_crowd_instances(
+    noise_type: np.ndarray, severity: np.ndarray, confidence: np.ndarray, cfg: LSMConfig
+) -> np.ndarray:
+    """Grade codes of crowd-box findings (any shape, element-wise; shared by the per-image and batched paths).
+
+    Args:
+        noise_type: int noise-type codes (the order of ``NoiseType``).
+        severity: float severities in [0, 1].
+        confidence: float model confidences in [0, 1].
+        cfg: the thresholds.
+
+    Returns:
+        int grade codes (the order of ``Grade``), same shape.
+    """
+    grade = np.where(
+        noise_type == _LOCALIZATION,
+        np.where(confidence >= cfg.confident_score, _G_MINOR, _G_UNCERTAIN),
+        np.where(
+            noise_type == _BACKGROUND,
+            np.where(confidence >= cfg.background_confidence, _G_MAJOR, _G_UNCERTAIN),
+            np.where(confidence >= cfg.confident_score, _G_MAJOR, _G_UNCERTAIN),
+        ),
+    )
+    return np.where((severity < cfg.clean_severity) | (noise_type == _CLEAN), _G_CLEAN, grade)
+
+
 def aggregate(
     severity: np.ndarray,
     aggregation: Aggregation | str,
@@ -357,16 +383,7 @@ def _score(crowd: Detections, pred: Detections, cfg: LSMConfig) -> ImageScore:
         ctype = np.where(bib, _BOX_IN_BOX, ctype)
         csev = np.where(bib, bib_sev, csev)
         cconf = np.where(bib, bib_conf, cconf)
-    cgrade = np.where(
-        ctype == _LOCALIZATION,
-        np.where(cconf >= cfg.confident_score, _G_MINOR, _G_UNCERTAIN),
-        np.where(
-            ctype == _BACKGROUND,
-            np.where(cconf >= cfg.background_confidence, _G_MAJOR, _G_UNCERTAIN),
-            np.where(cconf >= cfg.confident_score, _G_MAJOR, _G_UNCERTAIN),
-        ),
-    )
-    cgrade = np.where((csev < cfg.clean_severity) | (ctype == _CLEAN), _G_CLEAN, cgrade)
+    cgrade = grade_crowd_instances(ctype, csev, cconf, cfg)
     cprop = np.where(has_pred[:, None], pxyxy[cp] if k else crowd.xyxy, crowd.xyxy)
     cprop = np.where((ctype == _CLEAN)[:, None], crowd.xyxy, cprop)
     cprop[(ctype == _BACKGROUND) | (ctype == _BOX_IN_BOX)] = np.nan
