@@ -1,6 +1,6 @@
 """The Label Selection Module: matching, discrepancy, grading, selection and correction (numpy only)."""
 
-from selection.batch import BatchScores, score_batch
+from selection.batch import BatchScores, score_batch, score_images
 from selection.boxes import box_ioa, box_iou
 from selection.correction import Correction, correct_labels
 from selection.detections import Detections
@@ -14,7 +14,6 @@ from selection.lsm import (
     NoiseType,
     aggregate,
     score_image,
-    score_images,
 )
 from selection.matching import Match, match_boxes
 from selection.strategies import Strategy, image_features, model_uncertainty, select
