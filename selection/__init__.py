@@ -2,7 +2,7 @@
 
 from selection.batch import BatchScores, score_batch, score_images
 from selection.boxes import box_ioa, box_iou
-from selection.correction import Correction, correct_labels
+from selection.correction import Correction, CorrectionPlan, Edit, correct_labels, plan_corrections
 from selection.detections import Detections
 from selection.lsm import (
     Action,
@@ -23,7 +23,9 @@ __all__ = [
     "Aggregation",
     "BatchScores",
     "Correction",
+    "CorrectionPlan",
     "Detections",
+    "Edit",
     "Grade",
     "ImageScore",
     "InstanceFindings",
@@ -38,6 +40,7 @@ __all__ = [
     "image_features",
     "match_boxes",
     "model_uncertainty",
+    "plan_corrections",
     "score_batch",
     "score_image",
     "score_images",
