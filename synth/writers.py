@@ -21,10 +21,14 @@ from formats.yolo import write_yolo_labels
 from synth.records import MANIFEST, NAMES, SPLITS, DatasetView, ImageRecord
 
 LABEL_SETS: tuple[str, ...] = ("expert", "crowd")
-LABEL_CONFIG_XML = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="deposit" background="#e6194b"/>
+FROM_NAME = "label"
+"""The RectangleLabels control's name in ``LABEL_CONFIG_XML``."""
+TO_NAME = "image"
+"""The Image object's name in ``LABEL_CONFIG_XML`` (it reads the task field of the same name)."""
+LABEL_CONFIG_XML = f"""<View>
+  <Image name="{TO_NAME}" value="${TO_NAME}" zoom="true"/>
+  <RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">
+    <Label value="{NAMES[0]}" background="#e6194b"/>
   </RectangleLabels>
 </View>
 """
@@ -150,7 +154,7 @@ def label_studio_tasks(
                         "model_version": "crowd",
                         "score": 0.0,
                         "result": detections_to_regions(
-                            record.crowd, **size, labels=NAMES, from_name="label", to_name="image"
+                            record.crowd, **size, labels=NAMES, from_name=FROM_NAME, to_name=TO_NAME
                         ),
                     }
                 ],
