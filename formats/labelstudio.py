@@ -126,8 +126,8 @@ def rectangle_regions(
 ) -> list[dict[str, Any]]:
     """The one builder of Label Studio ``rectanglelabels`` regions (annotations and predictions alike).
 
-    Positions are percent of the image clipped to [0, 100] and, like scores (clipped to [0, 1]), rounded to 4
-    decimals: 1e-4 % is far below a pixel, and the JSON stays short.
+    Boxes are clipped to the image; positions are percent of the image and, like scores (clipped to [0, 1]),
+    rounded to 4 decimals: 1e-4 % is far below a pixel, and the JSON stays short.
 
     Args:
         xyxy: float (N, 4) boxes in pixels.
@@ -151,7 +151,9 @@ def rectangle_regions(
         ...                   from_name="label", to_name="image", ids=["r0"], scores=[0.87654])[0]["value"]
         {'x': 10.0, 'y': 10.0, 'width': 20.0, 'height': 20.0, 'rotation': 0, 'rectanglelabels': ['deposit']}
     """
-    pct = np.clip(xyxy_to_percent(xyxy, width, height), 0.0, 100.0)
+    _check_size(width, height)
+    inside = np.clip(np.asarray(xyxy, np.float64).reshape(-1, 4), 0.0, [width, height, width, height])
+    pct = xyxy_to_percent(inside, width, height)
     n = pct.shape[0]
     for name, values in (("labels", labels), ("ids", ids), ("scores", scores), ("meta_texts", meta_texts)):
         if values is not None and len(values) != n:
