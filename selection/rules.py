@@ -13,10 +13,12 @@ shared cheaply:
   batched driver detects a box-in-box box with ``box_in_box_boxes`` and falls back;
 - padding masks and the flattening of results.
 
-Why not one driver, the per-image scorer being the batched one on a batch of one? Padding, masks and
-``take_along_axis`` on ``(1, M, K)`` arrays cost about as much again as the rules themselves on a typical
-image of ten boxes, and the Hungarian assignment and box-in-box parts would still need a per-image branch.
-Keeping the rules here and the drivers thin gives one place to change a rule, at no cost to either path.
+Why not one driver, the per-image scorer being the batched one on a batch of one? Measured on images of ten
+boxes (``bench.speed``'s), ``score_batch([crowd], [pred]).image(0)`` takes 0.38 ms against 0.18 ms for
+``score_image``: sorting, block cutting, padding, masks and reassembly cost more than the rules themselves,
+and the backend scores one task at a time. The Hungarian assignment and box-in-box parts would still need a
+per-image branch. Keeping the rules here and the drivers thin gives one place to change a rule, at no cost to
+either path.
 
 Rules, in the order the drivers apply them (thresholds are ``LSMConfig`` fields):
 
