@@ -368,6 +368,10 @@ def read_coco(path: str | Path, index: ImageIndex) -> LabelSet:
         bbox = ann.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
             raise IngestError(f"{where}: bbox: expected [x, y, width, height] numbers, got {bbox!r}")
+        if not all(np.isfinite(v) for v in bbox):
+            raise IngestError(f"{where}: bbox: expected finite numbers, got {bbox!r}")
+        if bbox[2] <= 0 or bbox[3] <= 0:  # checked before formats.coco builds (and rejects) the boxes
+            raise IngestError(f"{where}: empty box ({bbox[2]} x {bbox[3]} px); width and height must be > 0")
         locations[int(ann["image_id"])].append(where)
 
     # Structure checked: formats.coco converts (class_id = category_id - 1, boxes to pixel xyxy).
