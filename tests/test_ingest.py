@@ -485,7 +485,8 @@ def test_api_error_message() -> None:
 
     body = {"detail": "Validation error", "validation_errors": {"non_field_errors": ["path does not exist"]}}
     assert api_error_message(ApiError(status_code=400, body=body)) == "HTTP 400: path does not exist"
-    assert api_error_message(ApiError(status_code=404, body={"detail": "Not found."})) == "HTTP 404: Not found."
+    not_found = ApiError(status_code=404, body={"detail": "Not found."})
+    assert api_error_message(not_found) == "HTTP 404: Not found."
     assert api_error_message(OSError("refused")) == "OSError: refused"
 
 
