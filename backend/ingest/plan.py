@@ -84,21 +84,26 @@ class ImportPlan:
                 if self.n_unlisted
                 else ""
             ),
-            f"crowd labels ({self.crowd.format.value}, {self.crowd.source}): {n_crowd} boxes on "
-            f"{with_boxes} images",
+            f"crowd labels ({self.crowd.format.value}, {self.crowd.source}): {_count(n_crowd, 'box')} on "
+            f"{_count(with_boxes, 'image')}",
             f"labels: {', '.join(self.labels)}",
         ]
         if self.expert is not None:
             expert_items = [item for item in self.items if item.expert is not None]
             n_expert = sum(len(item.expert) for item in expert_items if item.expert is not None)
             lines.append(
-                f"expert labels ({self.expert.format.value}, {self.expert.source}): {n_expert} boxes on "
-                f"{len(expert_items)} images (imported as ground-truth annotations)"
+                f"expert labels ({self.expert.format.value}, {self.expert.source}): "
+                f"{_count(n_expert, 'box')} on {_count(len(expert_items), 'image')} "
+                "(imported as ground-truth annotations)"
             )
         clipped = self.crowd.n_clipped + (self.expert.n_clipped if self.expert is not None else 0)
         if clipped:
-            lines.append(f"note: {clipped} boxes reached outside their image and were clipped to it")
+            lines.append(f"note: {_count(clipped, 'box')} reached outside the image and were clipped to it")
         return lines
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}{'es' if word.endswith('x') else 's'}"
 
 
 def _merge_names(first: Sequence[str], second: Sequence[str]) -> tuple[tuple[str, ...], list[int]]:
