@@ -27,6 +27,7 @@ __all__ = [
     "add_local_storage",
     "api_error_message",
     "create_project",
+    "find_local_storage",
     "find_project",
     "import_tasks",
     "iter_project_tasks",
@@ -75,6 +76,16 @@ def create_project(client: Any, title: str, label_config: str, *, description: s
     return int(project.id)
 
 
+def find_local_storage(client: Any, project: int, path: Path) -> int | None:
+    """Id of the project's Local Files storage on ``path`` or on a folder above it, or None."""
+    path = Path(path)
+    for storage in client.import_storage.local.list(project=project):
+        existing = Path(storage.path or "")
+        if storage.path and (existing == path or existing in path.parents):
+            return int(storage.id)
+    return None
+
+
 def add_local_storage(client: Any, project: int, path: Path, *, title: str = "images") -> int:
     """Attach a Local Files import storage (no sync: tasks are imported with their URLs already).
 
@@ -82,11 +93,9 @@ def add_local_storage(client: Any, project: int, path: Path, *, title: str = "im
     serving ``/data/local-files/?d=...`` URLs under it, which works with ``use_blob_urls=False``. A storage
     of the project on ``path`` or on a folder above it is reused (returns its id).
     """
-    path = Path(path)
-    for storage in client.import_storage.local.list(project=project):
-        existing = Path(storage.path or "")
-        if storage.path and (existing == path or existing in path.parents):
-            return int(storage.id)
+    found = find_local_storage(client, project, path)
+    if found is not None:
+        return found
     storage = client.import_storage.local.create(
         project=project, path=str(path), use_blob_urls=False, recursive_scan=True, title=title
     )

@@ -92,7 +92,11 @@ def _write_dataset(root: Path) -> Path:
                     to_name="image",
                 )
                 annotations.append(
-                    {"id": 100 + n, "completed_by": {"email": f"{annotator or 'expert'}@lab.org"}, "result": result}
+                    {
+                        "id": 100 + n,
+                        "completed_by": {"email": f"{annotator or 'expert'}@lab.org"},
+                        "result": result,
+                    }
                 )
             if role == "expert" and annotations:
                 annotations[0]["ground_truth"] = True
@@ -245,3 +249,23 @@ def test_malformed_input_imports_nothing(
     assert "its labelling config has no label 'dog'" in capsys.readouterr().err
     assert _tasks(env, project) == []
     assert list(env.client.import_storage.local.list(project=project)) == []
+
+
+def test_wrong_document_root_leaves_nothing(
+    label_studio_only: LabelStudioOnly, lab: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --document-root above Label Studio's own: storage accepted, images 404; the project goes again."""
+    env = label_studio_only
+    projects_before = len(list(env.client.projects.list()))
+    args = [
+        "--title",
+        "ingest wrong root",
+        *_inputs(lab, "coco"),
+        "--document-root",
+        str(env.document_root.parent),
+    ]
+    assert _ingest(env, lab, *args) == 2
+    err = capsys.readouterr().err
+    assert "Label Studio does not serve /data/local-files/?d=root/lab/images/a.png (HTTP 404)" in err, err
+    assert find_project(env.client, "ingest wrong root") is None
+    assert len(list(env.client.projects.list())) == projects_before

@@ -17,7 +17,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from backend.ingest.importer import ImportReport, LabelStudioError, run_import
 from backend.ingest.plan import ImportPlan, plan_import
@@ -76,6 +77,19 @@ def parse_args(argv: Sequence[str] | None, env: Mapping[str, str]) -> argparse.N
     return args
 
 
+def _image_check(url: str, api_key: str) -> Callable[[str], str | None]:
+    """Fetch an image URL from Label Studio with the API key: None when it is served, else the HTTP status."""
+    from backend.lsclient import LabelStudioAuth
+
+    auth = LabelStudioAuth(url, api_key)
+
+    def check(image_url: str) -> str | None:
+        resp = auth.get(f"{url.rstrip('/')}{image_url}", timeout=60)
+        return None if resp.status_code == 200 else f"HTTP {resp.status_code}"
+
+    return check
+
+
 def _report_lines(report: ImportReport, plan: ImportPlan, url: str | None) -> list[str]:
     would = "would be " if report.dry_run else ""
     if report.project is None:
@@ -132,11 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for line in plan.summary():
         print(line)
-    client = None
+    client: Any = None
+    image_check: Callable[[str], str | None] | None = None
     if args.url and args.api_key:
         from backend.lsclient import make_sdk_client
 
         client = make_sdk_client(args.url, args.api_key)
+        image_check = _image_check(args.url, args.api_key)
     elif args.dry_run:
         print("dry run without --url/--api-key: Label Studio not asked, every image counted as new")
     try:
@@ -148,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             dry_run=args.dry_run,
             progress=progress,
+            image_check=image_check,
         )
     except IngestError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 Order of work, so that bad input never leaves a half-made project: the plan is fully checked before this
 runs; the project's labelling config is checked against the dataset's labels before anything is written; a
-project created here is deleted again if its Local Files storage is refused. Tasks are imported in batches
+project created here is deleted again if its Local Files storage is refused or does not serve the images
+(a storage added here to an existing project likewise). Tasks are imported in batches
 (one transaction each) keyed by ``data.image_id`` (and the image URL): a re-run skips tasks already in the
 project, so an interrupted import is completed by running the same command again.
 """
@@ -29,6 +30,7 @@ from backend.lsproject import (
     add_local_storage,
     api_error_message,
     create_project,
+    find_local_storage,
     find_project,
     import_tasks,
     iter_project_tasks,
@@ -102,6 +104,7 @@ def run_import(
     batch_size: int = 100,
     dry_run: bool = False,
     progress: bool = True,
+    image_check: Callable[[str], str | None] | None = None,
 ) -> ImportReport:
     """Create (or fill) a Label Studio project from ``plan``.
 
@@ -115,6 +118,9 @@ def run_import(
         batch_size: tasks per import request.
         dry_run: read Label Studio but write nothing.
         progress: show progress bars (tqdm, on stderr).
+        image_check: fetches an image URL from Label Studio, returns None when it is served, else what went
+            wrong; run on the first new task once the storage exists (a wrong document root otherwise gives
+            a project of broken images).
 
     Raises:
         IngestError: the project's labelling config lacks some of the dataset's labels, or the project or
@@ -195,24 +201,42 @@ def run_import(
             dry_run=True,
         )
 
-    # 3. Project and storage; a project created here goes again if its storage is refused.
+    # 3. Project and storage; what was created here goes again if the images cannot be served.
     if created:
         project = _call(f"create {where}", lambda: create_project(client, name, label_config))
         logger.info("created project %d %r", project, name)
     assert project is not None
     pid = project
+    had_storage = not created and (
+        _call(f"project {pid}: storages", lambda: find_local_storage(client, pid, plan.images_root))
+        is not None
+    )
+    storage: int | None = None
     try:
         storage = _call(
             f"project {pid}: Local Files storage on {plan.images_root}",
             lambda: add_local_storage(client, pid, plan.images_root),
         )
+        problem = None
+        if image_check is not None and new:
+            sample = str(new[0]["data"][schema.image_key])
+            problem = _call(f"fetch {sample}", lambda: image_check(sample))
+            if problem is not None:
+                problem = (
+                    f"Label Studio does not serve {sample} ({problem}): is --document-root "
+                    f"{plan.document_root} the LOCAL_FILES_DOCUMENT_ROOT Label Studio runs with?"
+                )
     except LabelStudioError as exc:
-        if created:
-            _call(f"delete project {pid} again", lambda: client.projects.delete(id=pid))
-        raise IngestError(
+        problem = (
             f"{exc} (is Label Studio started with LOCAL_FILES_SERVING_ENABLED=true and "
             f"LOCAL_FILES_DOCUMENT_ROOT={plan.document_root}?)"
-        ) from None
+        )
+    if problem is not None:
+        if created:
+            _call(f"delete project {pid} again", lambda: client.projects.delete(id=pid))
+        elif not had_storage and storage is not None:
+            _call(f"delete storage {storage} again", lambda: client.import_storage.local.delete(id=storage))
+        raise IngestError(problem)
 
     # 4. Tasks, in batches (each one transaction in Label Studio).
     done = 0
