@@ -257,6 +257,7 @@ def test_wrong_document_root_leaves_nothing(
     """A --document-root above Label Studio's own: storage accepted, images 404; the project goes again."""
     env = label_studio_only
     projects_before = len(list(env.client.projects.list()))
+    # The later --document-root wins over the one _ingest passes.
     args = [
         "--title",
         "ingest wrong root",
