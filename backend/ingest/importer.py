@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from backend.ingest.plan import (
@@ -95,6 +96,80 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="task", disable=not enabled or total == 0)
 
 
+def _find_project(
+    client: Any, *, project: int | None, title: str | None
+) -> tuple[int | None, str, str | None]:
+    """(id, title, labelling config) of the target project; id and config are None when it is to be made."""
+    if project is not None:
+        if client is None:
+            raise ValueError("client: required to look up project ids")
+        try:
+            info = client.projects.get(id=project)
+        except Exception as exc:  # ApiError, connection errors
+            if getattr(exc, "status_code", None) == 404:
+                raise IngestError(f"--project {project}: no such project in Label Studio") from None
+            raise LabelStudioError(f"project {project}: {api_error_message(exc)}") from exc
+        return project, str(info.title or f"project {project}"), str(info.label_config or "")
+    assert title is not None
+    if len(title) < 3:
+        raise IngestError(f"--title {title!r}: Label Studio needs at least 3 characters")
+    if client is None:
+        return None, title, None
+    found = _call("list projects", lambda: find_project(client, title))
+    if found is None:
+        return None, title, None
+    info = _call(f"project {found}", lambda: client.projects.get(id=found))
+    return found, title, str(info.label_config or "")
+
+
+def _storage(
+    client: Any,
+    project: int,
+    plan: ImportPlan,
+    *,
+    created: bool,
+    sample: str | None,
+    image_check: Callable[[str], str | None] | None,
+) -> int:
+    """Add (or reuse) the Local Files storage and check that ``sample`` is served.
+
+    On failure, what this run made goes again (the project if ``created``, else a storage added just now)
+    and :class:`IngestError` says what to fix.
+    """
+    had_storage = not created and (
+        _call(f"project {project}: storages", lambda: find_local_storage(client, project, plan.images_root))
+        is not None
+    )
+    storage: int | None = None
+    problem = None
+    try:
+        storage = _call(
+            f"project {project}: Local Files storage on {plan.images_root}",
+            lambda: add_local_storage(client, project, plan.images_root),
+        )
+        if image_check is not None and sample is not None:
+            status = _call(f"fetch {sample}", lambda: image_check(sample))
+            if status is not None:
+                problem = (
+                    f"Label Studio does not serve {sample} ({status}): is --document-root "
+                    f"{plan.document_root} the LOCAL_FILES_DOCUMENT_ROOT Label Studio runs with?"
+                )
+    except LabelStudioError as exc:
+        problem = (
+            f"{exc} (is Label Studio started with LOCAL_FILES_SERVING_ENABLED=true and "
+            f"LOCAL_FILES_DOCUMENT_ROOT={plan.document_root}?)"
+        )
+    if problem is None:
+        assert storage is not None
+        return storage
+    if created:
+        _call(f"delete project {project} again", lambda: client.projects.delete(id=project))
+    elif not had_storage and storage is not None:
+        made = storage
+        _call(f"delete storage {made} again", lambda: client.import_storage.local.delete(id=made))
+    raise IngestError(problem)
+
+
 def run_import(
     client: Any,
     plan: ImportPlan,
@@ -135,27 +210,10 @@ def run_import(
         raise ValueError("client: required unless dry_run")
 
     # 1. The project and its labelling config (read only).
-    label_config: str | None = None
-    if project is not None:
-        if client is None:
-            raise ValueError("client: required to look up project ids")
-        info = _call(f"project {project}", lambda: client.projects.get(id=project))
-        name = str(info.title or f"project {project}")
-        label_config = str(info.label_config or "")
-    else:
-        assert title is not None
-        if len(title) < 3:
-            raise IngestError(f"--title {title!r}: Label Studio needs at least 3 characters")
-        name = title
-        if client is not None:
-            project = _call("list projects", lambda: find_project(client, title))
-            if project is not None:
-                info = _call(f"project {project}", lambda: client.projects.get(id=project))
-                label_config = str(info.label_config or "")
+    project, name, label_config = _find_project(client, project=project, title=title)
     created = project is None
-    if created:
+    if label_config is None:
         label_config = label_config_for(plan.labels)
-    assert label_config is not None
     where = f"project {project} ({name!r})" if project is not None else f"new project {name!r}"
     try:
         schema = parse_label_config(label_config)
@@ -207,36 +265,8 @@ def run_import(
         logger.info("created project %d %r", project, name)
     assert project is not None
     pid = project
-    had_storage = not created and (
-        _call(f"project {pid}: storages", lambda: find_local_storage(client, pid, plan.images_root))
-        is not None
-    )
-    storage: int | None = None
-    try:
-        storage = _call(
-            f"project {pid}: Local Files storage on {plan.images_root}",
-            lambda: add_local_storage(client, pid, plan.images_root),
-        )
-        problem = None
-        if image_check is not None and new:
-            sample = str(new[0]["data"][schema.image_key])
-            problem = _call(f"fetch {sample}", lambda: image_check(sample))
-            if problem is not None:
-                problem = (
-                    f"Label Studio does not serve {sample} ({problem}): is --document-root "
-                    f"{plan.document_root} the LOCAL_FILES_DOCUMENT_ROOT Label Studio runs with?"
-                )
-    except LabelStudioError as exc:
-        problem = (
-            f"{exc} (is Label Studio started with LOCAL_FILES_SERVING_ENABLED=true and "
-            f"LOCAL_FILES_DOCUMENT_ROOT={plan.document_root}?)"
-        )
-    if problem is not None:
-        if created:
-            _call(f"delete project {pid} again", lambda: client.projects.delete(id=pid))
-        elif not had_storage and storage is not None:
-            _call(f"delete storage {storage} again", lambda: client.import_storage.local.delete(id=storage))
-        raise IngestError(problem)
+    sample = str(new[0]["data"][schema.image_key]) if new else None
+    storage = _storage(client, pid, plan, created=created, sample=sample, image_check=image_check)
 
     # 4. Tasks, in batches (each one transaction in Label Studio).
     done = 0
@@ -244,7 +274,7 @@ def run_import(
         for start in range(0, len(new), batch_size):
             batch: Sequence[dict[str, Any]] = new[start : start + batch_size]
             try:
-                _call(f"project {pid}: import tasks", lambda b=batch: import_tasks(client, pid, b))
+                _call(f"project {pid}: import tasks", partial(import_tasks, client, pid, batch))
             except LabelStudioError as exc:
                 raise LabelStudioError(
                     f"{exc}; {done} of {len(new)} new tasks were imported before it: run the same command "
@@ -258,12 +288,10 @@ def run_import(
         for old, item in to_annotate:
             assert item.expert is not None
             result = expert_result(remap_classes(item.expert, mapping), item.image, schema)
-            _call(
-                f"task {old.id}: expert annotation",
-                lambda t=old.id, r=result: client.annotations.create(
-                    id=t, result=r, ground_truth=True, last_action="imported"
-                ),
+            create = partial(
+                client.annotations.create, id=old.id, result=result, ground_truth=True, last_action="imported"
             )
+            _call(f"task {old.id}: expert annotation", create)
             bar.update(1)
     return ImportReport(
         project=pid,

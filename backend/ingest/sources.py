@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -237,7 +237,7 @@ class LabelSet:
 
 
 def _checked_boxes(
-    xyxy: np.ndarray, class_id: np.ndarray, image: ImageFile, where: Callable[[int], str]
+    xyxy: np.ndarray, class_id: np.ndarray, image: ImageFile, where: Sequence[str]
 ) -> tuple[Detections, int]:
     """Check pixel boxes of one image and clip them to it; returns (boxes, how many were clipped).
 
@@ -245,20 +245,20 @@ def _checked_boxes(
         xyxy: float (N, 4) pixel boxes as read, unclipped.
         class_id: int (N,) class ids (already checked).
         image: the image (its size bounds the boxes).
-        where: box index -> the location to name in an error (``file:line``).
+        where: per box, the location to name in an error (``file:line``).
     """
     xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
     w, h = image.width, image.height
     for i, (x1, y1, x2, y2) in enumerate(xyxy.tolist()):
         if not all(np.isfinite(v) for v in (x1, y1, x2, y2)):
-            raise IngestError(f"{where(i)}: box coordinates must be finite numbers, got {[x1, y1, x2, y2]}")
+            raise IngestError(f"{where[i]}: box coordinates must be finite numbers, got {[x1, y1, x2, y2]}")
         if x2 <= x1 or y2 <= y1:
             raise IngestError(
-                f"{where(i)}: empty box ({x2 - x1:.4g} x {y2 - y1:.4g} px); width and height must be > 0"
+                f"{where[i]}: empty box ({x2 - x1:.4g} x {y2 - y1:.4g} px); width and height must be > 0"
             )
         if x1 >= w or y1 >= h or x2 <= 0 or y2 <= 0:
             raise IngestError(
-                f"{where(i)}: box [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}] (xyxy px) lies outside the "
+                f"{where[i]}: box [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}] (xyxy px) lies outside the "
                 f"{w} x {h} image {image.rel}"
             )
     bounds = np.array([w, h, w, h], np.float64)
@@ -383,8 +383,7 @@ def read_coco(path: str | Path, index: ImageIndex) -> LabelSet:
         coco_image = parsed[image_id]
         dets = coco_image.detections
         class_id = np.array([category_index[int(c) + 1] for c in dets.class_id], np.int64)
-        where_list = locations[image_id]
-        boxes, clipped = _checked_boxes(dets.xyxy, class_id, image, lambda i, w=where_list: w[i])
+        boxes, clipped = _checked_boxes(dets.xyxy, class_id, image, locations[image_id])
         n_clipped += clipped
         annotators = None
         if coco_image.extra is not None and all("annotator" in e for e in coco_image.extra):
@@ -499,9 +498,8 @@ def read_yolo(
                     f"{label_file}:{linenos[i]}: class {cls} is not in {names_path} ({len(names)} names: "
                     f"0..{len(names) - 1})"
                 )
-        boxes, clipped = _checked_boxes(
-            dets.xyxy, dets.class_id, image, lambda i, f=label_file, n=linenos: f"{f}:{n[i]}"
-        )
+        where = [f"{label_file}:{n}" for n in linenos]
+        boxes, clipped = _checked_boxes(dets.xyxy, dets.class_id, image, where)
         n_clipped += clipped
         out[image.key] = ImageLabels(image=image, boxes=boxes)
     return LabelSet(folder, InputFormat.YOLO, names, out, n_clipped)
@@ -693,7 +691,7 @@ def read_label_studio(
             bad = int(np.flatnonzero(~np.all(np.isfinite(raw), axis=1))[0])
             raise IngestError(f"{wheres[bad]}: x, y, width, height must be finite, got {raw[bad].tolist()}")
         xyxy = percent_to_xyxy(raw, image.width, image.height)
-        dets, clipped = _checked_boxes(xyxy, np.array(classes, np.int64), image, lambda i, w=wheres: w[i])
+        dets, clipped = _checked_boxes(xyxy, np.array(classes, np.int64), image, wheres)
         n_clipped += clipped
         out[image.key] = ImageLabels(image=image, boxes=dets, annotators=annotators)
     return LabelSet(path, InputFormat.LS, _check_names(labels.names, str(path)), out, n_clipped)
