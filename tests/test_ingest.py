@@ -226,6 +226,8 @@ def test_read_yolo_names_from_yaml(tmp_path: Path) -> None:
             "cat\n",
             r"labels/z.txt: 1 label file\(s\) without an image",
         ),
+        ({"a.txt": "0 0.5 0.5 0.2 0.2\nnan 0.5 0.5 0.2 0.2\n"}, "cat\n", r"labels/a.txt:2: expected finite"),
+        ({"a.txt": "0 0.5 inf 0.2 0.2\n"}, "cat\n", r"labels/a.txt:1: expected finite numbers"),
         ({"a.txt": ""}, None, r"labels: YOLO labels need class names"),
         ({"a.txt": ""}, "cat\n\ndog\n", r"classes.txt:2: empty class name"),
     ],
@@ -257,7 +259,11 @@ def _ls_export() -> list[dict[str, Any]]:
                 {"completed_by": 8, "was_cancelled": True, "result": [_region(0, 0, 5, 5, "cat")]},
             ],
         },
-        {"id": 6, "data": {"image": "/data/upload/3/0a1b2c3d-b.png"}, "annotations": []},
+        {
+            "id": 6,
+            "data": {"image": "http://ls.lab.org:8080/data/upload/3/0a1b2c3d-b.png"},
+            "annotations": [],
+        },
         {  # an export of a project made by the importer: crowd boxes in data.crowd_labels
             "id": 7,
             "data": {

@@ -439,6 +439,18 @@ def _find_yolo_names(folder: Path) -> Path:
     )
 
 
+def _check_yolo_numbers(text: str, source: Path) -> None:
+    """NaN and inf are numbers to ``float()``: refuse them here, where the line is known."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        for part in line.split():
+            try:
+                value = float(part)
+            except ValueError:
+                continue  # formats.yolo reports it, with the line
+            if not np.isfinite(value):
+                raise IngestError(f"{source}:{lineno}: expected finite numbers, got {line.strip()!r}")
+
+
 def read_yolo(
     folder: str | Path,
     index: ImageIndex,
@@ -487,6 +499,7 @@ def read_yolo(
             text = label_file.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise IngestError(f"{label_file}: not UTF-8 text ({exc.reason})") from None
+        _check_yolo_numbers(text, label_file)
         try:
             dets = parse_yolo_labels(text, image.width, image.height, source=str(label_file))
         except ValueError as exc:  # formats.yolo names the file and the line
@@ -511,14 +524,16 @@ def read_yolo(
 def _image_ref(url: str, document_root: Path | None) -> str:
     """A path or file name to look the task's image up by (Local Files, uploads, URLs, plain paths)."""
     parsed = urlparse(url)
-    if parsed.path.rstrip("/").endswith("/data/local-files") and "d" in parse_qs(parsed.query):
-        rel = unquote(parse_qs(parsed.query)["d"][0])
+    path = unquote(parsed.path)
+    query = parse_qs(parsed.query)
+    if path.rstrip("/").endswith("/data/local-files") and "d" in query:
+        rel = query["d"][0]  # parse_qs has unquoted it
         return str(document_root / rel) if document_root is not None else rel
-    if parsed.scheme in ("", "file") and parsed.path.startswith("/data/upload/"):
-        return _UPLOAD_PREFIX.sub("", PurePosixPath(unquote(parsed.path)).name)
+    if "/data/upload/" in path:  # relative or on the Label Studio host
+        return _UPLOAD_PREFIX.sub("", PurePosixPath(path).name)
     if parsed.scheme in ("http", "https", "s3", "gs", "azure-blob"):
-        return unquote(parsed.path).lstrip("/")
-    return unquote(parsed.path) if parsed.scheme == "file" else url
+        return path.lstrip("/")
+    return path if parsed.scheme == "file" else url
 
 
 def _annotator(annotation: Mapping[str, Any]) -> str:
