@@ -202,6 +202,12 @@ def test_rerun_adds_no_duplicates_and_fills_expert_labels(
     assert project is not None
     first = {t.data["image_id"]: t.id for t in _tasks(env, project)}
     capsys.readouterr()
+    # A dry run reads the project and says what a real run would do.
+    assert _ingest(env, lab, "--title", title, *_inputs(lab, "coco"), "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert f"project {project} 'ingest rerun': exists" in out
+    assert "tasks: 0 would be created, 3 already in the project (skipped)" in out
+    assert "expert annotations on existing tasks: 2 would be added, 0 already had one (kept)" in out
     # Same command again: nothing new.
     assert _ingest(env, lab, "--project", str(project), *_inputs(lab, "coco", expert=False)) == 0
     assert "tasks: 0 created, 3 already in the project (skipped)" in capsys.readouterr().out
