@@ -114,6 +114,16 @@ def test_read_coco(lab: Path) -> None:
     assert labels.n_clipped == 1
 
 
+def test_read_coco_optional_fields(lab: Path) -> None:
+    coco = _coco()
+    for image in coco["images"]:  # width/height are optional (the files say)
+        del image["width"], image["height"]
+    coco["annotations"][0]["score"] = "high"  # a stray score is ignored
+    labels = read_coco(_write(lab / "crowd.json", coco), _index(lab))
+    np.testing.assert_allclose(labels.images["a"].boxes.xyxy, [[4, 2, 24, 12], [40, 20, 50, 30]])
+    assert labels.images["a"].boxes.score is None
+
+
 def _set(obj: dict[str, Any], path: str, value: Any) -> None:
     *head, last = path.split(".")
     for part in head:

@@ -375,7 +375,14 @@ def read_coco(path: str | Path, index: ImageIndex) -> LabelSet:
         locations[int(ann["image_id"])].append(where)
 
     # Structure checked: formats.coco converts (class_id = category_id - 1, boxes to pixel xyxy).
-    standard = {"images": coco["images"], "annotations": coco["annotations"]}
+    # Sizes from the files (COCO's are optional here), and no scores: crowd labels are not predictions.
+    standard = {
+        "images": [
+            {**im, "width": images[im["id"]].width, "height": images[im["id"]].height}
+            for im in coco["images"]
+        ],
+        "annotations": [{k: v for k, v in ann.items() if k != "score"} for ann in coco["annotations"]],
+    }
     parsed = from_coco(standard)
     out: dict[str, ImageLabels] = {}
     n_clipped = 0
