@@ -95,8 +95,10 @@ def _image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as image:  # reads the header only
             width, height = image.size
-    except (OSError, UnidentifiedImageError) as exc:
-        raise IngestError(f"{path}: not a readable image ({exc})") from None
+    except (OSError, UnidentifiedImageError, ImportError) as exc:
+        # ImportError: once ultralytics is imported (same process), its patched Image.open answers an
+        # unidentified file by importing the HEIF plugin, which is not installed.
+        raise IngestError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
     if width <= 0 or height <= 0:
         raise IngestError(f"{path}: image has no pixels ({width} x {height})")
     return int(width), int(height)
