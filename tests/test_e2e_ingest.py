@@ -276,3 +276,48 @@ def test_wrong_document_root_leaves_nothing(
     assert "Label Studio does not serve /data/local-files/?d=root/lab/images/a.png (HTTP 404)" in err, err
     assert find_project(env.client, "ingest wrong root") is None
     assert len(list(env.client.projects.list())) == projects_before
+
+
+def test_label_studio_export_of_an_imported_project_round_trips(
+    label_studio_only: LabelStudioOnly, lab: Path, tmp_path: Path
+) -> None:
+    """Label Studio's own JSON export of an imported project, imported again: the same tasks come back."""
+    env = label_studio_only
+    assert _ingest(env, lab, "--title", "ingest export source", *_inputs(lab, "coco")) == 0
+    source = find_project(env.client, "ingest export source")
+    assert source is not None
+    export = tmp_path / "export.json"
+    export.write_bytes(
+        b"".join(
+            env.client.projects.exports.download_sync(source, export_type="JSON", download_all_tasks=True)
+        )
+    )
+    args = ["--crowd", str(export), "--crowd-format", "ls", "--expert", str(export)]
+    assert _ingest(env, lab, "--title", "ingest export copy", *args) == 0
+    copy = find_project(env.client, "ingest export copy")
+    assert copy is not None
+    schema = parse_label_config(env.client.projects.get(id=copy).label_config)
+
+    def read(project: int) -> dict[str, tuple[Any, ...]]:
+        out = {}
+        for task in _tasks(env, project):
+            crowd = crowd_labels_to_detections(
+                task.data["crowd_labels"], width=W, height=H, label_to_id=schema.label_to_id
+            )
+            truth = [
+                regions_to_detections(a["result"], label_to_id=schema.label_to_id)
+                for a in _ground_truth(task)
+            ]
+            who = [r.get("annotator") for r in task.data["crowd_labels"]]
+            out[task.data["image_id"]] = (crowd, who, truth, task.data["image"])
+        return out
+
+    original, again = read(source), read(copy)
+    assert sorted(again) == sorted(original) == sorted(CROWD)
+    for key, (crowd, who, truth, image) in original.items():
+        crowd2, who2, truth2, image2 = again[key]
+        np.testing.assert_allclose(crowd2.xyxy, crowd.xyxy, atol=0.01)
+        assert crowd2.class_id.tolist() == crowd.class_id.tolist() and who2 == who and image2 == image
+        assert len(truth2) == len(truth) == (key in EXPERT)
+        for t, t2 in zip(truth, truth2, strict=True):
+            np.testing.assert_allclose(t2.xyxy, t.xyxy, atol=0.01)
