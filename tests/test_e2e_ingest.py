@@ -21,7 +21,7 @@ from PIL import Image
 
 from backend.ingest.__main__ import main
 from backend.labelconfig import parse_label_config
-from backend.lsproject import find_project, label_config_for
+from backend.lsproject import find_project, iter_project_tasks, label_config_for
 from formats.coco import CocoImage, to_coco
 from formats.labelstudio import crowd_labels_to_detections, detections_to_regions, regions_to_detections
 from formats.yolo import write_yolo_labels
@@ -220,6 +220,10 @@ def test_rerun_adds_no_duplicates_and_fills_expert_labels(
     assert {t.data["image_id"]: t.id for t in tasks} == first
     assert {t.data["image_id"]: len(_ground_truth(t)) for t in tasks} == {"a": 1, "b": 0, "sub/c": 1}
     assert all(len(t.predictions) == 1 for t in tasks)
+    # The importer's task listing pages through the project (here 2 tasks a page).
+    listed = list(iter_project_tasks(env.client, project, page_size=2))
+    assert sorted(t.id for t in listed) == sorted(first.values())
+    assert {t.data["image_id"]: t.has_ground_truth for t in listed} == {"a": True, "b": False, "sub/c": True}
 
 
 def test_malformed_input_imports_nothing(
