@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.labelconfig import LabelSchema
+from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema
 from formats.labelstudio import xyxy_to_percent
 from selection.detections import Detections
 from selection.lsm import ImageScore
@@ -51,9 +51,6 @@ __all__ = [
     "proposals_from_score",
     "task_image_url",
 ]
-
-DROP_LABEL_NAMES = ("background", "drop", "delete", "noise")
-"""Label names (case-insensitive) that, when present in the config, mark boxes proposed for deletion."""
 
 
 class PredictRequest(BaseModel):
