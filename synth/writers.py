@@ -143,7 +143,7 @@ def label_studio_tasks(
                 "pass the LOCAL_FILES_DOCUMENT_ROOT Label Studio serves"
             ) from exc
         extra = [{"annotator": f"crowd-{int(a)}"} for a in record.crowd_annotator]
-        size = {"width": record.width, "height": record.height}
+        size: dict[str, Any] = {"width": record.width, "height": record.height}
         tasks.append(
             {
                 "data": {

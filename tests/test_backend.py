@@ -56,7 +56,7 @@ def test_settings_defaults_and_secrets_hidden(tmp_path):
         ({}, "MODEL_DIR: required"),
         ({"DEVICE": "gpu"}, "DEVICE: expected auto"),
         ({"DEVICE": "mps"}, "DEVICE: 'mps' .Apple GPU. is not supported"),
-        ({"DETECTOR_FAMILY": "rcnn"}, "DETECTOR_FAMILY: expected one of yolo, got 'rcnn'"),
+        ({"DETECTOR_FAMILY": "rcnn"}, "DETECTOR_FAMILY: expected one of .*yolo.*, got 'rcnn'"),
         ({"PREDICT_CONF": "2"}, r"PREDICT_CONF: expected a number in \[0.0, 1.0\]"),
         ({"PREDICT_CONF": "0.2"}, "PREDICT_CONF: expected at most LSM_SCORE_FLOOR=0.1"),
         ({"LSM_MATCH_IOU": "x"}, "LSM_MATCH_IOU: expected a number, got 'x'"),
