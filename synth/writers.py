@@ -130,7 +130,7 @@ def label_studio_tasks(
         if split not in SPLITS:
             raise ValueError(f"splits: expected names from {SPLITS}, got {split!r}")
     doc_root = document_root.resolve()
-    tasks = []
+    tasks: list[dict[str, Any]] = []
     for record in dataset.images:
         if record.split not in splits:
             continue
