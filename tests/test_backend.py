@@ -516,3 +516,23 @@ def test_data_uri_roundtrip_decodes_same_pixels(tmp_path):
     assert loaded.pixels.shape == (40, 40, 3) and np.array_equal(loaded.pixels[..., 0], pixels)
     assert base64.b64decode(data_uri(pixels).split(",")[1]) == png_bytes(pixels)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_new_image_source_is_one_resolver(monkeypatch):
+    from backend import images
+
+    pixels = disc_image(24, [(12, 12, 4)])
+    store = {"mem://a": pixels}
+
+    def from_memory(loader, url, where):
+        if url not in store:
+            raise images.ImageLoadError(f"{where}: not in memory")
+        return images.LoadedImage(np.repeat(store[url][:, :, None], 3, axis=2))
+
+    loader = images.ImageLoader()
+    with pytest.raises(images.ImageLoadError, match="task 1: image 'mem://a': expected an http"):
+        loader.load("mem://a", task="1")
+    monkeypatch.setitem(images.RESOLVERS, "mem", from_memory)
+    assert loader.load("mem://a", task="1").width == 24
+    with pytest.raises(images.ImageLoadError, match="task 2: image 'mem://b': not in memory"):
+        loader.load("mem://b", task="2")
