@@ -3,9 +3,8 @@
 The server writes ``JOB.json`` (dataset items, class names, detector family, options) and waits; this process
 trains through the family's ``train`` (``model.detector``), publishes the weights to the registry with the
 family, the training options and the LSM settings in the version meta, and writes ``result.json`` next to the
-job file
-(``{"version": ...}`` or ``{"error": ...}``). A separate process keeps the server responsive (training holds
-the GIL and the CPU) and lets a crash or out-of-memory kill only the job.
+job file (``{"version": ...}`` or ``{"error": ...}``). A separate process keeps the server responsive
+(training holds the GIL and the CPU) and lets a crash or out-of-memory kill only the job.
 """
 
 from __future__ import annotations

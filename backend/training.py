@@ -167,8 +167,16 @@ def training_items(
     Labels map to ``names`` through ``schema.label_map`` read backwards (the same mapping ``/predict`` uses);
     labels that map to no model class (e.g. a ``background`` deletion label) are left out. Images from HTTP
     or data URIs are saved under ``image_dir`` as PNG.
+
+    Raises:
+        ValueError: no label of the config maps to a model class (training would see no boxes at all).
     """
     label_to_class = schema.label_map(names).label_to_class
+    if not label_to_class:
+        raise ValueError(
+            f"no label of the labelling config {list(schema.labels)} maps to a model class {list(names)}: "
+            'name the classes in a <Label predicted_values="..."> attribute or rename the labels'
+        )
     items = []
     image_dir.mkdir(parents=True, exist_ok=True)
     for task in tasks:
@@ -356,8 +364,9 @@ class TrainingManager:
         n_val = len(items) // 10 if len(items) >= 10 else 0
         train, val = (items[n_val:], items[:n_val]) if n_val else (items, items)
         family = self.settings.detector_family
-        warm = latest is not None and latest.family == family
-        init = str(latest.weights) if latest is not None and warm else self.settings.train_init
+        # Warm start only from weights the configured family can read.
+        warm = latest if latest is not None and latest.family == family else None
+        init = str(warm.weights) if warm is not None else self.settings.train_init
         job = {
             "work_dir": str(job_dir),
             "model_dir": str(self.settings.model_dir),

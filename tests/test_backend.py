@@ -536,3 +536,30 @@ def test_a_new_image_source_is_one_resolver(monkeypatch):
     assert loader.load("mem://a", task="1").width == 24
     with pytest.raises(images.ImageLoadError, match="task 2: image 'mem://b': not in memory"):
         loader.load("mem://b", task="2")
+
+
+def test_training_items_use_the_label_map_backwards(tmp_path):
+    from backend.images import ImageLoader
+    from backend.training import training_items
+
+    schema = LabelSchema("label", "image", "image", ("EDD", "background", "Rock"), (("deposit",), (), ()))
+
+    def region(label: str, x: float) -> dict:
+        value = {"x": x, "y": 10.0, "width": 20.0, "height": 20.0, "rectanglelabels": [label]}
+        return {"from_name": "label", "to_name": "image", "type": "rectanglelabels", "value": value}
+
+    annotation = {"id": 1, "result": [region("EDD", 0), region("background", 30), region("Rock", 60)]}
+    tasks = [
+        {"id": 4, "data": {"image": data_uri(disc_image(50, []))}, "annotations": [annotation]},
+        {"id": 5, "data": {"image": data_uri(disc_image(50, []))}, "annotations": []},  # not expert-annotated
+    ]
+    common = {"schema": schema, "policy": ExpertPolicy(), "loader": ImageLoader(), "image_dir": tmp_path}
+    items = training_items(tasks, names=["rock", "deposit"], **common)
+    assert len(items) == 1 and items[0].path == tmp_path / "task4.png" and items[0].path.is_file()
+    # EDD -> "deposit" (predicted_values) = class 1; Rock -> "rock" = class 0; background is no class.
+    assert items[0].class_id.tolist() == [1, 0]
+    assert items[0].xyxy.tolist() == [[0, 5, 10, 15], [30, 5, 40, 15]]
+    with pytest.raises(
+        ValueError, match=r"no label of the labelling config .* maps to a model class \['cat'"
+    ):
+        training_items(tasks, names=["cat", "dog"], **common)
