@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from backend.bootstrap import AutoBootstrap, project_id
 from backend.images import ImageLoader, ImageLoadError
 from backend.labelconfig import LabelConfigError, parse_label_config
 from backend.lsclient import LabelStudioAuth, TaskWriteBack, make_sdk_client
@@ -83,6 +84,7 @@ def create_app(
     app.state.service = service
     app.state.trainer = trainer
     app.state.writeback = writeback
+    auto_bootstrap = AutoBootstrap(settings, service, trainer)
 
     @app.middleware("http")
     async def basic_auth(request: Request, call_next: Any) -> Any:
@@ -117,6 +119,7 @@ def create_app(
             except LabelConfigError as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=400)
             trainer.last_schema_xml = body.label_schema
+        auto_bootstrap.maybe_start(project_id(body.project))
         return {"model_version": service.latest_version() or UNTRAINED}
 
     @app.get("/versions")
@@ -129,6 +132,9 @@ def create_app(
             schema = parse_label_config(body.label_config or trainer.last_schema_xml)
             scored = service.score_tasks(body.tasks, schema)
         except NoModelError as exc:
+            pid = project_id(body.project)
+            if auto_bootstrap.maybe_start(pid) or auto_bootstrap.running_for(pid):
+                exc = NoModelError(f"{exc}; a first model is being trained on the crowd labels (see /health)")
             return JSONResponse({"detail": str(exc)}, status_code=503)
         except (LabelConfigError, TaskInputError) as exc:
             return JSONResponse({"detail": str(exc)}, status_code=400)

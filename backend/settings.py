@@ -253,6 +253,9 @@ class Settings:
         predict_conf: the prediction confidence floor (``PREDICT_CONF``): detections below it never reach
             the scorer.
         lsm: the LSM thresholds (``LSM_<FIELD>``), used for every scoring and recorded in version meta.
+        bootstrap: ``auto`` (``BOOTSTRAP``, the default): with an empty registry and no ``MODEL_WEIGHTS``,
+            the first project that calls the backend gets a first model trained on its crowd labels
+            (``backend.bootstrap``); ``off``: it waits for weights or expert annotations.
     """
 
     model_dir: Path
@@ -276,6 +279,7 @@ class Settings:
     detector_family: str = DEFAULT_FAMILY
     predict_conf: float = PREDICT_CONF
     lsm: LSMConfig = field(default_factory=LSMConfig)
+    bootstrap: str = "auto"
 
     @property
     def scratch_dir(self) -> Path:
@@ -352,6 +356,10 @@ class Settings:
                 f"predictions below PREDICT_CONF), got {predict_conf}"
             )
 
+        bootstrap = _get(environ, "BOOTSTRAP", "auto").lower()
+        if bootstrap not in ("auto", "off"):
+            raise SettingsError(f"BOOTSTRAP: expected auto or off, got {bootstrap!r}")
+
         return cls(
             model_dir=model_dir,
             model_weights=weights,
@@ -374,6 +382,7 @@ class Settings:
             detector_family=family_name,
             predict_conf=predict_conf,
             lsm=lsm,
+            bootstrap=bootstrap,
         )
 
     def log_summary(self, logger: logging.Logger) -> None:

@@ -20,6 +20,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+PROGRESS_NAME = "progress.json"
+"""Written next to the job file after each epoch: ``{"epoch": k, "epochs": n}`` (read for ``/health``)."""
+
 
 def run_job(job: dict[str, Any]) -> str:
     """Train and publish; returns the published version name."""
@@ -39,6 +42,11 @@ def run_job(job: dict[str, Any]) -> str:
     family = get_family(str(job.get("family") or DEFAULT_FAMILY))
     imgsz = job.get("imgsz")
     start = time.monotonic()
+    progress_path = Path(job["work_dir"]) / PROGRESS_NAME
+
+    def on_epoch(epoch: int, total: int) -> None:
+        progress_path.write_text(json.dumps({"epoch": epoch, "epochs": total}))
+
     result = family.train(
         train=items("train"),
         val=items("val"),
@@ -50,9 +58,10 @@ def run_job(job: dict[str, Any]) -> str:
         imgsz=int(imgsz) if imgsz else None,
         seed=int(job.get("seed", 0)),
         device=job.get("device", "auto"),
+        on_epoch=on_epoch,
     )
     meta = {
-        "source": "expert annotations",
+        "source": str(job.get("source") or "expert annotations"),
         "family": family.name,
         "n_train": len(job["train"]),
         "n_val": len(job["val"]),
@@ -64,6 +73,8 @@ def run_job(job: dict[str, Any]) -> str:
         "train_options": result.options,
         "lsm": job.get("lsm") or {},
     }
+    if job.get("project") is not None:
+        meta["project"] = job["project"]
     version = ModelRegistry(Path(job["model_dir"])).publish(result.weights, meta)
     return version.version
 

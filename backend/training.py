@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +34,7 @@ from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema, parse_label_confi
 from backend.lsclient import merge_task_data
 from backend.service import ModelService, ScoredTask
 from backend.settings import ExpertPolicy, Settings, lsm_as_dict
+from backend.train_job import PROGRESS_NAME
 from formats.labelstudio import regions_to_detections
 
 logger = logging.getLogger(__name__)
@@ -217,6 +218,59 @@ def count_expert_tasks(tasks: Sequence[Mapping[str, Any]], policy: ExpertPolicy)
     return sum(expert_annotation(t, policy) is not None for t in tasks)
 
 
+def read_job_progress(job_dir: Path) -> dict[str, Any]:
+    """The running job's progress (``{"epoch": k, "epochs": n}`` once an epoch ended), else ``{}``."""
+    try:
+        progress = json.loads((job_dir / PROGRESS_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return progress if isinstance(progress, dict) else {}
+
+
+def run_train_job(
+    job_dir: Path, job: Mapping[str, Any], *, on_progress: Callable[[dict[str, Any]], None] | None = None
+) -> str:
+    """Write ``job_dir/job.json``, run ``python -m backend.train_job`` on it as a child process, wait.
+
+    Args:
+        job_dir: the job's folder (the child writes ``train.log``, ``progress.json``, ``result.json`` there).
+        job: the job (see ``backend.train_job``).
+        on_progress: called with :func:`read_job_progress` about once a second while the child runs.
+
+    Returns:
+        The published version name.
+
+    Raises:
+        RuntimeError: the job failed (its error and the log's tail in the message).
+    """
+    job_path = job_dir / "job.json"
+    job_path.write_text(json.dumps(job))
+    log_path = job_dir / "train.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backend.train_job", str(job_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
+        while True:
+            try:
+                returncode = proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if on_progress is not None:
+                    on_progress(read_job_progress(job_dir))
+    result_path = job_dir / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if returncode != 0 or "version" not in result:
+        tail = log_path.read_text(errors="replace")[-800:]
+        raise RuntimeError(
+            f"training job exited with {returncode}: {result.get('error', 'no result')} "
+            f"(log {log_path}): {tail}"
+        )
+    return str(result["version"])
+
+
 class TrainingManager:
     """Runs at most one training job at a time and reports its state for ``/health``.
 
@@ -241,6 +295,9 @@ class TrainingManager:
         self._last_version: str | None = None
         self._last_seconds: float | None = None
         self._seen: set[int] = set()  # expert-annotated task ids seen by webhooks since the last training
+        self._pending_kind = "expert"  # "bootstrap": train the first version on crowd labels
+        self._kind: str | None = None
+        self._job_dir: Path | None = None
         self.last_schema_xml: str | None = None
 
     def source(self) -> TaskSource:
@@ -258,6 +315,10 @@ class TrainingManager:
                 "pending": self._pending,
                 "new_expert_tasks": len(self._seen),
                 "min_annotations": self.settings.train_min_annotations,
+                "kind": self._kind,
+                "progress": read_job_progress(self._job_dir)
+                if self._state == "running" and self._job_dir is not None
+                else {},
             }
 
     def on_event(
@@ -286,10 +347,14 @@ class TrainingManager:
             return f"not enough annotations ({n}/{self.settings.train_min_annotations})"
         return self.request(project)
 
-    def request(self, project: int | None) -> str:
-        """Queue a training job; ``"pending"`` when one is running (it will run once more after it)."""
+    def request(self, project: int | None, *, kind: str = "expert") -> str:
+        """Queue a training job; ``"pending"`` when one is running (it will run once more after it).
+
+        ``kind="bootstrap"`` trains the first version on the project's crowd labels (``backend.bootstrap``).
+        """
         with self._lock:
             self._seen.clear()
+            self._pending_kind = kind
             if project is not None:
                 self._pending_project = project
             if self._thread is not None and self._thread.is_alive():
@@ -317,10 +382,15 @@ class TrainingManager:
                     return
                 self._pending = False
                 project = self._pending_project
+                self._kind, self._pending_kind = self._pending_kind, "expert"
+                self._job_dir = None
                 self._state = "running"
             start = time.monotonic()
             try:
-                version = self._train_once(project)
+                if self._kind == "bootstrap":
+                    version = self._bootstrap_once(project)
+                else:
+                    version = self._train_once(project)
             except Exception as exc:
                 logger.error("training failed: %s", exc)
                 logger.debug("training failed", exc_info=True)
@@ -382,8 +452,6 @@ class TrainingManager:
             "lsm": lsm_as_dict(self.settings.lsm),
             "log_level": self.settings.log_level,
         }
-        job_path = job_dir / "job.json"
-        job_path.write_text(json.dumps(job))
         logger.info(
             "training a %s detector on %d expert tasks (%d val) from %s, %d epochs",
             family,
@@ -392,27 +460,25 @@ class TrainingManager:
             Path(init).name or "the family's default",
             self.settings.train_epochs,
         )
-        log_path = job_dir / "train.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.run(
-                [sys.executable, "-m", "backend.train_job", str(job_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(Path(__file__).resolve().parents[1]),
-                check=False,
-            )
-        result_path = job_dir / "result.json"
-        result = json.loads(result_path.read_text()) if result_path.is_file() else {}
-        if proc.returncode != 0 or "version" not in result:
-            tail = log_path.read_text(errors="replace")[-800:]
-            raise RuntimeError(
-                f"training job exited with {proc.returncode}: {result.get('error', 'no result')} "
-                f"(log {log_path}): {tail}"
-            )
-        version = str(result["version"])
+        self._job_dir = job_dir
+        version = run_train_job(job_dir, job)
         self.service.switch(version)
         logger.info("now serving %s; re-scoring the non-expert tasks", version)
         self._rescore(source, schema, tasks)
+        return version
+
+    def _bootstrap_once(self, project: int | None) -> str:
+        """Train the first version on the project's crowd labels (``backend.bootstrap``), then re-score."""
+        from backend.bootstrap import new_job_dir, prepare_bootstrap
+
+        source = self.source()
+        job_dir = new_job_dir(self.settings)
+        job = prepare_bootstrap(self.settings, source, project, loader=self.service.loader, job_dir=job_dir)
+        self._job_dir = job_dir
+        version = run_train_job(job_dir, job.job)
+        self.service.switch(version)
+        logger.info("now serving %s (bootstrapped from crowd labels); scoring the tasks", version)
+        self._rescore(source, job.schema, job.tasks)
         return version
 
     def _rescore(self, source: TaskSource, schema: LabelSchema, tasks: Sequence[Mapping[str, Any]]) -> None:
