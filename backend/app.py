@@ -19,7 +19,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from backend.bootstrap import AutoBootstrap, project_id
+from backend.bootstrap import project_id
+from backend.bootstrap.auto import AutoBootstrap
 from backend.images import ImageLoader, ImageLoadError
 from backend.labelconfig import LabelConfigError, parse_label_config
 from backend.lsclient import LabelStudioAuth, TaskWriteBack, make_sdk_client

@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,27 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_NAME = "progress.json"
 """Written next to the job file after each epoch: ``{"epoch": k, "epochs": n}`` (read for ``/health``)."""
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """One training image of a job: the file and its boxes (float32 (N, 4) pixels, int64 (N,) class ids)."""
+
+    path: Path
+    xyxy: np.ndarray
+    class_id: np.ndarray
+    width: int
+    height: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The item as the job file holds it (read back by :func:`run_job`)."""
+        return {
+            "path": str(self.path),
+            "xyxy": self.xyxy.tolist(),
+            "class_id": self.class_id.tolist(),
+            "width": self.width,
+            "height": self.height,
+        }
 
 
 def run_job(job: dict[str, Any]) -> str:

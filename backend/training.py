@@ -22,11 +22,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 from PIL import Image
 
 from backend.images import ImageLoader
@@ -34,7 +32,7 @@ from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema, parse_label_confi
 from backend.lsclient import merge_task_data
 from backend.service import ModelService, ScoredTask
 from backend.settings import ExpertPolicy, Settings, lsm_as_dict
-from backend.train_job import PROGRESS_NAME
+from backend.train_job import PROGRESS_NAME, TrainItem
 from formats.labelstudio import regions_to_detections
 
 logger = logging.getLogger(__name__)
@@ -136,24 +134,6 @@ def expert_annotation(task: Mapping[str, Any], policy: ExpertPolicy) -> dict[str
     return best
 
 
-@dataclass(frozen=True)
-class _Item:
-    path: Path
-    xyxy: np.ndarray
-    class_id: np.ndarray
-    width: int
-    height: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "xyxy": self.xyxy.tolist(),
-            "class_id": self.class_id.tolist(),
-            "width": self.width,
-            "height": self.height,
-        }
-
-
 def training_items(
     tasks: Sequence[Mapping[str, Any]],
     *,
@@ -162,7 +142,7 @@ def training_items(
     policy: ExpertPolicy,
     loader: ImageLoader,
     image_dir: Path,
-) -> list[_Item]:
+) -> list[TrainItem]:
     """Expert-annotated tasks -> training items (image on disk, boxes as model class ids).
 
     Labels map to ``names`` through ``schema.label_map`` read backwards (the same mapping ``/predict`` uses);
@@ -209,7 +189,7 @@ def training_items(
             from_name=schema.from_name,
         )
         items.append(
-            _Item(path=path, xyxy=det.xyxy, class_id=det.class_id, width=image.width, height=image.height)
+            TrainItem(path=path, xyxy=det.xyxy, class_id=det.class_id, width=image.width, height=image.height)
         )
     return items
 

@@ -12,14 +12,9 @@ from backend_helpers import data_uri, disc_image, random_scene
 from fastapi.testclient import TestClient
 
 from backend.app import create_app
-from backend.bootstrap import (
-    BOOTSTRAP_SOURCE,
-    AutoBootstrap,
-    BootstrapError,
-    crowd_training_items,
-    prepare_bootstrap,
-    run_bootstrap,
-)
+from backend.bootstrap import BOOTSTRAP_SOURCE, BootstrapError, crowd_training_items, prepare_bootstrap
+from backend.bootstrap.__main__ import main, run_bootstrap
+from backend.bootstrap.auto import AutoBootstrap
 from backend.images import ImageLoader
 from backend.labelconfig import parse_label_config
 from backend.settings import Settings, SettingsError
@@ -240,3 +235,14 @@ def test_auto_bootstrap_in_the_backend_publishes_serves_and_scores(tmp_path):
     assert len(source.published) == 4  # every task scored by the new version
     resp = client.post("/predict", json={"tasks": [source.tasks(7)[0]], "label_config": CONFIG_XML})
     assert resp.status_code == 200 and resp.json()["results"][0]["model_version"] == health["latest_version"]
+
+
+def test_cli_errors(tmp_path, monkeypatch, capsys):
+    for var in ("MODEL_DIR", "MODEL_WEIGHTS", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["--project", "3"]) == 2
+    assert "configuration error: MODEL_DIR: required" in capsys.readouterr().err
+    assert main(["--project", "3", "--model-dir", str(tmp_path), "--no-progress"]) == 2
+    assert (
+        "error: LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or --url and --api-key)" in capsys.readouterr().err
+    )
