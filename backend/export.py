@@ -719,6 +719,7 @@ def run_export(
     Raises:
         ExportError: no such project, no model version when one is needed, unloadable images, bad tasks.
     """
+    from backend.bootstrap import validation_map50
     from backend.labelconfig import LabelConfigError, parse_label_config
     from backend.lsclient import LabelStudioAuth
     from backend.lsproject import api_error_message
@@ -763,7 +764,12 @@ def run_export(
         from model.detector import load_detector
 
         detector = load_detector(mv, device=settings.device)
-        model_info = {"version": mv.version, "family": mv.family, "source": mv.meta.get("source")}
+        model_info = {
+            "version": mv.version,
+            "family": mv.family,
+            "source": mv.meta.get("source"),
+            "validation_map50": validation_map50(mv.meta),
+        }
         logger.info("predicting with %s", mv.version)
     auth = (
         LabelStudioAuth(str(settings.label_studio_url), str(settings.label_studio_api_key))
@@ -842,7 +848,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{counts['boxes']} boxes"
     )
     edits = ", ".join(f"{v} {k}" for k, v in counts["edits"].items() if v and k != "kept") or "none"
-    print(f"model {model['version'] if model else '-'}; corrections applied: {edits}")
+    if model is None:
+        print("no model needed (every image has an expert annotation)")
+    else:
+        quality = model["validation_map50"]
+        trained = f"{model['source'] or 'no source recorded'}" + (
+            f", validation mAP50 {quality:.3f}" if quality is not None else ""
+        )
+        print(f"model {model['version']} ({trained}); corrections applied: {edits}")
     print(
         f"review: {counts['review_instances']} uncertain instances on {counts['review_images']} images "
         f"-> {out / 'review.csv'}"

@@ -50,6 +50,7 @@ __all__ = [
     "new_job_dir",
     "prepare_bootstrap",
     "project_id",
+    "validation_map50",
 ]
 
 BOOTSTRAP_SOURCE = "crowd bootstrap"
@@ -232,6 +233,21 @@ def prepare_bootstrap(
         job["epochs"],
     )
     return BootstrapJob(job=job, schema=schema, tasks=list(tasks), n_boxes=n_boxes)
+
+
+def validation_map50(meta: Mapping[str, Any]) -> float | None:
+    """The mAP50 a version's training reported (``meta["metrics"]``, e.g. YOLO's ``metrics/mAP50(B)``).
+
+    >>> validation_map50({"metrics": {"metrics/mAP50(B)": 0.62, "metrics/mAP50-95(B)": 0.3}})
+    0.62
+    >>> validation_map50({"metrics": {}}) is None
+    True
+    """
+    for key, value in (meta.get("metrics") or {}).items():
+        name = key.lower()
+        if "map50" in name and "95" not in name and isinstance(value, int | float):
+            return float(value)
+    return None
 
 
 def project_id(raw: Any) -> int | None:

@@ -16,11 +16,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.bootstrap import BootstrapError, CrowdSource, new_job_dir, prepare_bootstrap
+from backend.bootstrap import BootstrapError, CrowdSource, new_job_dir, prepare_bootstrap, validation_map50
 from backend.images import ImageLoader
 from backend.settings import Settings, SettingsError
 
-__all__ = ["main", "run_bootstrap"]
+__all__ = ["WEAK_MAP50", "main", "run_bootstrap"]
+
+WEAK_MAP50 = 0.1
+"""Below this validation mAP50 the command warns that the model is not ready to grade crowd labels."""
 
 
 def run_bootstrap(
@@ -162,14 +165,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(meta.get("metrics", {}).items()) if "map" in k)
+    map50 = validation_map50(meta)
     print(
         f"published {meta['version']} to {settings.model_dir} ({meta['source']}: project {args.project}, "
         f"{meta['n_train']} train / {meta['n_val']} val images, {meta['epochs']} epochs from "
         f"{Path(str(meta['init'])).name}, {meta['seconds']:.0f} s)"
     )
-    if metrics:
-        print(f"validation on crowd labels: {metrics}")
+    if map50 is not None:
+        print(f"validation mAP50 against the crowd labels: {map50:.3f}")
+        if map50 < WEAK_MAP50:
+            print(
+                f"warning: mAP50 below {WEAK_MAP50}: this model has barely learned, and its corrections "
+                "would drop most crowd boxes; train longer (--epochs) or start from your own weights "
+                "(--init), then run again with --force",
+                file=sys.stderr,
+            )
     print("next: start the backend (python -m backend) and score the project")
     return 0
 
