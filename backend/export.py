@@ -50,6 +50,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
+from backend.bootstrap import WEAK_MAP50, validation_map50
 from backend.images import ImageLoader, ImageLoadError, LoadedImage
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema
 from backend.settings import ExpertPolicy, Settings, SettingsError, lsm_as_dict
@@ -480,6 +481,8 @@ def _counts(cleaned: Sequence[CleanedTask]) -> dict[str, Any]:
         "images": len(cleaned),
         "by_source": {s.value: sources.get(s.value, 0) for s in ImageSource},
         "boxes": int(sum(len(c.labels) for c in cleaned)),
+        # crowd boxes on the images without an expert annotation (what the corrections act on)
+        "crowd_boxes": int(sum(edits.get(k, 0) for k in ("kept", "moved", "dropped", "split"))),
         "review_instances": int(sum(len(c.review) for c in cleaned)),
         "review_images": int(sum(bool(c.review) for c in cleaned)),
         "edits": {k: edits.get(k, 0) for k in ("kept", "moved", "dropped", "split", "added", "flagged")},
@@ -719,7 +722,6 @@ def run_export(
     Raises:
         ExportError: no such project, no model version when one is needed, unloadable images, bad tasks.
     """
-    from backend.bootstrap import validation_map50
     from backend.labelconfig import LabelConfigError, parse_label_config
     from backend.lsclient import LabelStudioAuth
     from backend.lsproject import api_error_message
@@ -848,6 +850,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{counts['boxes']} boxes"
     )
     edits = ", ".join(f"{v} {k}" for k, v in counts["edits"].items() if v and k != "kept") or "none"
+    n_crowd = counts["crowd_boxes"]
     if model is None:
         print("no model needed (every image has an expert annotation)")
     else:
@@ -855,7 +858,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         trained = f"{model['source'] or 'no source recorded'}" + (
             f", validation mAP50 {quality:.3f}" if quality is not None else ""
         )
-        print(f"model {model['version']} ({trained}); corrections applied: {edits}")
+        print(f"model {model['version']} ({trained})")
+        print(f"corrections applied to {n_crowd} crowd boxes of non-expert images: {edits}")
+        if quality is not None and quality < WEAK_MAP50:
+            print(
+                f"warning: {model['version']} reported validation mAP50 {quality:.3f} (< {WEAK_MAP50}): a "
+                "model that misses most objects proposes deleting the crowd boxes it cannot see; check the "
+                "manifest before using this export, or train further first",
+                file=sys.stderr,
+            )
     print(
         f"review: {counts['review_instances']} uncertain instances on {counts['review_images']} images "
         f"-> {out / 'review.csv'}"

@@ -251,7 +251,7 @@ def test_manifest_and_review_file(tmp_path):
     assert manifest["lsm"]["match_iou"] == LSMConfig().match_iou and manifest["predict_conf"] == 0.01
     assert manifest["counts"]["by_source"] == {"expert": 1, "auto-corrected": 1, "crowd": 1}
     assert manifest["counts"]["boxes"] == 3 and manifest["counts"]["review_instances"] == 1
-    assert manifest["counts"]["edits"]["dropped"] == 1
+    assert manifest["counts"]["edits"]["dropped"] == 1 and manifest["counts"]["crowd_boxes"] == 3
     rows = [(r["task_id"], r["source"], r["boxes"]) for r in manifest["images"]]
     assert rows == [(1, "expert", 1), (2, "auto-corrected", 1), (3, "crowd", 1)]
     review = json.loads((out / "review.json").read_text())

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "BOOTSTRAP_SOURCE",
+    "WEAK_MAP50",
     "BootstrapError",
     "BootstrapJob",
     "CrowdSource",
@@ -233,6 +234,11 @@ def prepare_bootstrap(
         job["epochs"],
     )
     return BootstrapJob(job=job, schema=schema, tasks=list(tasks), n_boxes=n_boxes)
+
+
+WEAK_MAP50 = 0.1
+"""Below this validation mAP50 the bootstrap and the export warn that the model is not ready to grade crowd
+labels: a model that misses most objects finds "background" under most crowd boxes."""
 
 
 def validation_map50(meta: Mapping[str, Any]) -> float | None:

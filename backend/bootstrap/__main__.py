@@ -16,14 +16,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from backend.bootstrap import BootstrapError, CrowdSource, new_job_dir, prepare_bootstrap, validation_map50
+from backend.bootstrap import (
+    WEAK_MAP50,
+    BootstrapError,
+    CrowdSource,
+    new_job_dir,
+    prepare_bootstrap,
+    validation_map50,
+)
 from backend.images import ImageLoader
 from backend.settings import Settings, SettingsError
 
-__all__ = ["WEAK_MAP50", "main", "run_bootstrap"]
-
-WEAK_MAP50 = 0.1
-"""Below this validation mAP50 the command warns that the model is not ready to grade crowd labels."""
+__all__ = ["main", "run_bootstrap"]
 
 
 def run_bootstrap(
