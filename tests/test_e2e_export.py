@@ -1,10 +1,11 @@
-"""End to end: ``python -m backend.export`` against a real Label Studio 1.23.2.
+"""End to end: ``python -m backend.bootstrap`` and ``python -m backend.export`` against a real Label Studio.
 
 A small COCO dataset (five 96 x 96 disc images, noisy crowd boxes, expert boxes on two images) is imported
-with ``python -m backend.ingest`` (the expert boxes become ground-truth annotations); a tiny YOLO is published
-into the registry; the project is exported in the three formats and read back through ``formats/``: the
-expert images carry the expert boxes, the others exactly what the correction plan of the serving model
-gives, the three formats agree, and the Label Studio export imports back into Label Studio.
+with ``python -m backend.ingest`` (the expert boxes become ground-truth annotations); the bootstrap trains a
+first (one-epoch) model on its crowd labels through the API; the project is exported in the three formats and
+read back through ``formats/``: the expert images carry the expert boxes, the others exactly what the
+correction plan of the serving model gives, the three formats agree, and the Label Studio export imports back
+into Label Studio.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from backend_helpers import disc_image, tiny_weights
+from backend_helpers import disc_image
 from e2e_fixtures import REPO, LabelStudioOnly, label_studio_only
 from PIL import Image
 
@@ -126,7 +127,14 @@ def test_export_round_trip(
     out = _export_cli(project, "coco", tmp_path / "none", env)
     assert out.returncode == 1 and "python -m backend.bootstrap" in out.stderr, out.stderr
     assert not (tmp_path / "none").exists()
-    mv = ModelRegistry(models).publish(tiny_weights(), {"family": "yolo", "source": "test"})
+    # The first model from the project's crowd labels, read through the Label Studio API (one tiny epoch).
+    from backend.bootstrap.__main__ import main as bootstrap_main
+
+    monkeypatch.setenv("TRAIN_IMGSZ", str(SIZE))
+    assert bootstrap_main(["--project", str(project), "--epochs", "1", "--no-progress"]) == 0
+    mv = ModelRegistry(models).latest()
+    assert mv is not None and mv.meta["source"] == "crowd bootstrap" and mv.meta["project"] == project
+    assert mv.meta["n_train"] == len(DISCS) and mv.meta["names"] == ["deposit"]
 
     result = _export_cli(project, "coco", tmp_path / "coco", env)
     assert result.returncode == 0, result.stderr
