@@ -246,3 +246,23 @@ def test_cli_errors(tmp_path, monkeypatch, capsys):
     assert (
         "error: LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or --url and --api-key)" in capsys.readouterr().err
     )
+
+
+def test_a_failing_job_names_its_error_and_log(tmp_path):
+    from backend.training import read_job_progress, run_train_job
+
+    seen: list[dict[str, Any]] = []
+    job = {
+        "work_dir": str(tmp_path),
+        "model_dir": str(tmp_path / "m"),
+        "names": ["a"],
+        "train": [],
+        "val": [],
+    }
+    job |= {"family": "no-such-family", "epochs": 1, "batch": 1}
+    with pytest.raises(
+        RuntimeError, match=r"training job exited with 1: ValueError: family: .*log .*train\.log"
+    ):
+        run_train_job(tmp_path, job, on_progress=seen.append)
+    assert read_job_progress(tmp_path) == {}  # no epoch ended
+    assert not (tmp_path / "m").exists()
