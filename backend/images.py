@@ -17,6 +17,7 @@ import binascii
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
@@ -26,13 +27,30 @@ from backend.lsclient import LabelStudioAuth
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageLoadError", "ImageLoader", "LoadedImage"]
+__all__ = ["ImageFailure", "ImageLoadError", "ImageLoader", "LoadedImage"]
 
 _MAX_BYTES = 200 * 1024 * 1024
 
 
+ImageFailure = Literal["reference", "missing", "unreachable", "http_status", "too_large", "undecodable"]
+"""Why an image failed to load (the ``cause`` label of the image-load-failure metric):
+
+``reference`` (not a URL this loader understands, or one outside the document root), ``missing`` (no such
+local file), ``unreachable`` (network error or timeout), ``http_status`` (a non-200 answer), ``too_large``,
+``undecodable`` (bytes that are not an image, or a bad data URI payload).
+"""
+
+
 class ImageLoadError(ValueError):
-    """A task's image could not be loaded; the message names the task and the URL."""
+    """A task's image could not be loaded; the message names the task and the URL.
+
+    Attributes:
+        cause: the kind of failure (see :data:`ImageFailure`).
+    """
+
+    def __init__(self, message: str, *, cause: ImageFailure = "reference") -> None:
+        super().__init__(message)
+        self.cause: ImageFailure = cause
 
 
 @dataclass(frozen=True)
@@ -115,19 +133,25 @@ class ImageLoader:
                 try:
                     return LoadedImage(_decode(base64.b64decode(payload, validate=True), where))
                 except binascii.Error:
-                    raise ImageLoadError(f"{where}: invalid base64 payload") from None
+                    raise ImageLoadError(f"{where}: invalid base64 payload", cause="undecodable") from None
             path = self.local_path(url)
             if path is not None:
                 if not path.is_file():
-                    raise ImageLoadError(f"{where}: no such file under LOCAL_FILES_DOCUMENT_ROOT ({path})")
+                    raise ImageLoadError(
+                        f"{where}: no such file under LOCAL_FILES_DOCUMENT_ROOT ({path})", cause="missing"
+                    )
                 return LoadedImage(_decode(path.read_bytes(), where), path=path)
             return LoadedImage(_decode(self._fetch(url, where), where))
         except ImageLoadError:
             raise
         except requests.RequestException as exc:
-            raise ImageLoadError(f"{where}: cannot be fetched ({type(exc).__name__})") from None
+            raise ImageLoadError(
+                f"{where}: cannot be fetched ({type(exc).__name__})", cause="unreachable"
+            ) from None
         except OSError as exc:
-            raise ImageLoadError(f"{where}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+            raise ImageLoadError(
+                f"{where}: cannot be read ({exc.strerror or type(exc).__name__})", cause="missing"
+            ) from None
 
     def _fetch(self, url: str, where: str) -> bytes:
         parsed = urlparse(url)
@@ -148,9 +172,9 @@ class ImageLoader:
         else:
             raise ImageLoadError(f"{where}: expected an http(s) URL, a Label Studio path or a data: URI")
         if resp.status_code != 200:
-            raise ImageLoadError(f"{where}: HTTP {resp.status_code}")
+            raise ImageLoadError(f"{where}: HTTP {resp.status_code}", cause="http_status")
         if len(resp.content) > _MAX_BYTES:
-            raise ImageLoadError(f"{where}: larger than {_MAX_BYTES // 2**20} MiB")
+            raise ImageLoadError(f"{where}: larger than {_MAX_BYTES // 2**20} MiB", cause="too_large")
         return resp.content
 
 
@@ -164,5 +188,5 @@ def _decode(data: bytes, where: str) -> np.ndarray:
 
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None or bgr.ndim != 3 or bgr.shape[0] == 0 or bgr.shape[1] == 0:
-        raise ImageLoadError(f"{where}: not a readable image ({len(data)} bytes)")
+        raise ImageLoadError(f"{where}: not a readable image ({len(data)} bytes)", cause="undecodable")
     return np.ascontiguousarray(bgr[:, :, ::-1])

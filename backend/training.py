@@ -31,6 +31,7 @@ from PIL import Image
 
 from backend.images import ImageLoader
 from backend.labelconfig import LabelSchema, parse_label_config
+from backend.metrics import TrainingCounts
 from backend.protocol import DROP_LABEL_NAMES
 from backend.service import ModelService, ScoredTask
 from backend.settings import ExpertPolicy, Settings
@@ -107,20 +108,36 @@ class LabelStudioSource:
         return self._emails[user_id]
 
     def publish(self, scored: Sequence[ScoredTask]) -> None:
+        """Create each scored task's prediction, remove the ones it supersedes, merge the task fields.
+
+        Superseded = this backend's predictions (model_version named like a registry version) of another
+        version; predictions of other sources (e.g. imported crowd predictions) and annotations stay.
+        A task that failed gets only its ``score_error`` field.
+        """
         for item in scored:
             if item.task_id is None:
                 continue
-            pred = item.prediction
-            self._client.predictions.create(
-                task=item.task_id,
-                result=pred["result"],
-                score=pred["score"],
-                model_version=pred["model_version"],
-            )
+            if item.ok:
+                pred = item.prediction
+                self._client.predictions.create(
+                    task=item.task_id,
+                    result=pred["result"],
+                    score=pred["score"],
+                    model_version=pred["model_version"],
+                )
+                self._remove_superseded(item.task_id, str(pred["model_version"]))
             task = self._client.tasks.get(id=item.task_id)
             data = dict(getattr(task, "data", None) or {})
-            data.update(item.fields.as_data())
+            data.update(item.writeback())
             self._client.tasks.update(id=item.task_id, data=data)
+
+    def _remove_superseded(self, task_id: int, version: str) -> None:
+        from model.registry import is_version_name
+
+        for old in self._client.predictions.list(task=task_id):
+            old_version = str(getattr(old, "model_version", "") or "")
+            if old_version != version and is_version_name(old_version) and old.id is not None:
+                self._client.predictions.delete(id=old.id)
 
 
 def expert_annotation(task: Mapping[str, Any], policy: ExpertPolicy) -> dict[str, Any] | None:
@@ -238,6 +255,7 @@ class TrainingManager:
         self._last_version: str | None = None
         self._last_seconds: float | None = None
         self._seen: set[int] = set()  # expert-annotated task ids seen by webhooks since the last training
+        self.counts = TrainingCounts()  # finished jobs, for /metrics
         self.last_schema_xml: str | None = None
 
     def source(self) -> TaskSource:
@@ -325,12 +343,14 @@ class TrainingManager:
                     self._state = "failed"
                     self._last_error = str(exc)[:2000]
                     self._last_seconds = round(time.monotonic() - start, 1)
+                    self.counts = _add_run(self.counts, time.monotonic() - start, failed=True)
                 continue
             with self._lock:
                 self._state = "idle"
                 self._last_error = None
                 self._last_version = version
                 self._last_seconds = round(time.monotonic() - start, 1)
+                self.counts = _add_run(self.counts, time.monotonic() - start, failed=False)
 
     def _train_once(self, project: int | None) -> str:
         source = self.source()
@@ -422,6 +442,10 @@ class TrainingManager:
             except Exception as exc:
                 logger.warning("re-scoring tasks %d..%d failed: %s", start, start + len(part) - 1, exc)
         logger.info("re-scored %d/%d non-expert tasks", done, len(remaining))
+
+
+def _add_run(counts: TrainingCounts, seconds: float, *, failed: bool) -> TrainingCounts:
+    return TrainingCounts(counts.runs + 1, counts.failures + int(failed), counts.seconds + seconds)
 
 
 def _round32(n: int) -> int:
