@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from backend.images import ImageLoader
 from backend.labelconfig import LabelConfigError, parse_label_config
 from backend.lsclient import LabelStudioAuth, TaskWriteBack, make_sdk_client
-from backend.metrics import CONTENT_TYPE, Metrics, TrainingCounts
+from backend.metrics import CONTENT_TYPE, Metrics
 from backend.protocol import PredictRequest, SetupRequest, WebhookRequest
 from backend.service import ModelService, NoModelError
 from backend.settings import Settings
@@ -79,6 +79,14 @@ def create_app(
         )
         service = ModelService(settings, loader=loader)
         service.publish_initial()
+    if source is None and settings.tasks_file is not None:
+        from backend.tasksfile import TasksFileSource
+
+        source = TasksFileSource(settings.tasks_file, settings.scratch_dir / "scores.jsonl")
+    if trainer is None and settings.redis_url is not None:
+        from backend.jobs import RedisTrainer  # jobs run on `python -m backend.worker` processes
+
+        trainer = RedisTrainer(settings, service)
     if trainer is None:
         trainer = TrainingManager(settings, service, source=source)
     writeback: TaskWriteBack | None = None
@@ -88,7 +96,7 @@ def create_app(
 
     metrics = Metrics(
         serving_version=lambda: service.loaded_version,
-        training=lambda: getattr(trainer, "counts", TrainingCounts()),
+        training=lambda: trainer.training_counts(),
         queue_depth=lambda: _queue_depth(trainer),
         writeback=lambda: (writeback.written, writeback.failed) if writeback is not None else (0, 0),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ def run_job(job: dict[str, Any]) -> str:
         batch=int(job["batch"]),
         seed=int(job.get("seed", 0)),
         device=job.get("device", "auto"),
+        threads=int(job["threads"]) if job.get("threads") else None,
     )
     meta = {
         "source": "expert annotations",
@@ -75,6 +77,8 @@ def main(argv: list[str]) -> int:
         level=job.get("log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     result_path = job_path.with_name("result.json")
+    if job.get("nice"):
+        os.nice(int(job["nice"]))  # the serving process gets the CPU first (see Settings.train_nice)
     try:
         version = run_job(job)
     except Exception as exc:

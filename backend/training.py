@@ -315,6 +315,19 @@ class TrainingManager:
             self._thread.start()
             return "training queued"
 
+    def training_counts(self) -> TrainingCounts:
+        """Finished jobs, failures and their seconds (for /metrics)."""
+        with self._lock:
+            return self.counts
+
+    def train_once(self, project: int | None) -> str:
+        """One job, synchronously (what a queue worker runs): train, publish, switch, re-score; the version.
+
+        Raises:
+            Exception: whatever stopped the job (no expert tasks, Label Studio unreachable, training failed).
+        """
+        return self._train_once(project)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the worker is done (tests, shutdown); True if it finished."""
         thread = self._thread
@@ -394,6 +407,8 @@ class TrainingManager:
             "batch": self.settings.train_batch,
             "device": self.settings.device,
             "log_level": self.settings.log_level,
+            "threads": self.settings.train_thread_count,
+            "nice": self.settings.train_nice,
         }
         job_path = job_dir / "job.json"
         job_path.write_text(json.dumps(job))
