@@ -254,7 +254,15 @@ class _ProjectLock:
         """Wait for the lock (another job of the project may be running), then keep it fresh."""
         keys = [_lock_key(self._project), _queued_key(self._project)]
         waited = False
-        while not self._redis.eval(_ACQUIRE, 2, *keys, self._job_id, LOCK_TTL_S):
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        while True:
+            try:
+                if self._redis.eval(_ACQUIRE, 2, *keys, self._job_id, LOCK_TTL_S):
+                    break
+            except (RedisConnectionError, RedisTimeoutError):  # Redis restarting: keep waiting
+                logger.warning("Redis unreachable while job %s waits for its project lock", self._job_id)
             if not waited:
                 logger.info("job %s waits for the running training of its project", self._job_id)
                 waited = True
