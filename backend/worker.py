@@ -31,6 +31,17 @@ def _worker_class() -> type:
                 return int(min(left, self.job_monitoring_interval)) + self.heartbeat_grace
             return int(self.job_monitoring_interval) + self.heartbeat_grace
 
+        def maintain_heartbeats(self, job: Any, execution: Any) -> None:
+            # RQ quits on a Redis error here, leaving the job's process unwatched; a Redis restart must not
+            # cost the worker: skip this heartbeat, the next one (or RQ's re-queue after the grace) follows.
+            from redis.exceptions import ConnectionError as RedisConnectionError
+            from redis.exceptions import TimeoutError as RedisTimeoutError
+
+            try:
+                super().maintain_heartbeats(job, execution)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self.log.warning("Worker %s: heartbeat skipped, Redis unreachable (%s)", self.name, exc)
+
     return AlcWorker
 
 

@@ -365,6 +365,7 @@ class Bench:
         configs = [
             ("nice 0, all cores", {"TRAIN_NICE": "0", "TRAIN_THREADS": str(self.cpus)}),
             ("nice 10, cores-1 (default)", {}),
+            ("nice 19, cores-1", {"TRAIN_NICE": "19"}),
         ]
         for k, (label, extra) in enumerate(configs):
             env = self.env(
@@ -535,7 +536,9 @@ class Bench:
             900,
             "both jobs after the Redis restart",
         )
+        alive = sum(w.alive() for w in workers.values())
         self.add("Redis kill -9 + restart", "requests answered", f"{first} + {second}")
+        self.add("", "workers still up", f"{alive}/{len(workers)}", "all")
         self.add("", "trainings finished / versions published",
                  f"{int(stats()['runs'] - before)} / {len(_versions(replicas[0])) - versions_before}",
                  "2 (none lost)")  # fmt: skip

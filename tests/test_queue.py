@@ -75,6 +75,25 @@ def test_requests_across_replicas_coalesce(tmp_path, redis_server):
     assert status["backend"] == "redis" and status["queue"] == {"training": 3}
 
 
+def test_queued_job_survives_a_redis_crash(tmp_path, redis_server):
+    """appendonly yes + appendfsync everysec: a job queued > 1 s before kill -9 is there after the restart."""
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    settings = _settings(tmp_path, url)
+    trainer = RedisTrainer(settings, ModelService(settings, loader=None))  # type: ignore[arg-type]
+    assert trainer.request(3) == "training queued"
+    job_id = connect(url).get("alc:train:3:queued").decode()
+    time.sleep(1.5)
+    redis_server.kill()
+    restarted = start_redis(tmp_path / "redis", port=redis_server.port)
+    try:
+        redis = connect(url)
+        assert redis.lrange(f"rq:queue:{QUEUE_NAME}", 0, -1) == [job_id.encode()]
+        assert redis.get("alc:train:3:queued").decode() == job_id
+        assert trainer.request(3) == "pending"  # the same client reconnects; the request still coalesces
+    finally:
+        restarted.stop()
+
+
 def _wait(predicate, timeout: float, what: str, procs: list[Proc]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
