@@ -181,6 +181,16 @@ class RedisTrainer(TrainingManager):
         return status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 
     def status(self) -> dict[str, Any]:
+        """The last job's state for ``/health``; Redis being unreachable is reported, never raised (Label
+        Studio marks a backend whose /health fails as disconnected and stops sending predictions)."""
+        from redis.exceptions import RedisError
+
+        try:
+            return self._status()
+        except RedisError as exc:
+            return {"state": "unknown", "last_error": f"Redis unreachable: {exc}", "backend": "redis"}
+
+    def _status(self) -> dict[str, Any]:
         raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(f"{_PREFIX}training").items()}
         seconds = raw.get("last_seconds")
         return {
@@ -196,7 +206,12 @@ class RedisTrainer(TrainingManager):
         }
 
     def training_counts(self) -> TrainingCounts:
-        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(f"{_PREFIX}stats").items()}
+        from redis.exceptions import RedisError
+
+        try:
+            raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(f"{_PREFIX}stats").items()}
+        except RedisError:
+            return TrainingCounts()
         return TrainingCounts(
             runs=int(raw.get("runs", 0)),
             failures=int(raw.get("failures", 0)),
@@ -205,7 +220,12 @@ class RedisTrainer(TrainingManager):
 
     def queue_depth(self) -> dict[str, int]:
         """Jobs waiting and running (counting the started registry also re-queues jobs of dead workers)."""
-        return {"training": int(self.queue.count) + int(self.queue.started_job_registry.count)}
+        from redis.exceptions import RedisError
+
+        try:
+            return {"training": int(self.queue.count) + int(self.queue.started_job_registry.count)}
+        except RedisError:
+            return {}
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no training job is queued or running (tests, the benchmark)."""

@@ -75,6 +75,24 @@ def test_requests_across_replicas_coalesce(tmp_path, redis_server):
     assert status["backend"] == "redis" and status["queue"] == {"training": 3}
 
 
+def test_backend_keeps_answering_while_redis_is_down(tmp_path):
+    """Label Studio stops predicting with a backend whose /health fails: Redis trouble must not reach it."""
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+    from bench.procs import free_port
+
+    app = create_app(_settings(tmp_path, f"redis://127.0.0.1:{free_port()}/0"))
+    client = TestClient(app)
+    health = client.get("/health")
+    assert health.status_code == 200
+    assert health.json()["training"]["state"] == "unknown"
+    assert "Redis unreachable" in health.json()["training"]["last_error"]
+    assert client.get("/metrics").status_code == 200
+    hook = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}).json()
+    assert hook["status"] == "error" and "connect" in hook["detail"].lower()
+
+
 def test_queued_job_survives_a_redis_crash(tmp_path, redis_server):
     """appendonly yes + appendfsync everysec: a job queued > 1 s before kill -9 is there after the restart."""
     url = f"redis://127.0.0.1:{redis_server.port}/0"
