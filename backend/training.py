@@ -453,7 +453,7 @@ class TrainingManager:
             try:
                 scored = self.service.score_tasks(part, schema)
                 source.publish(scored)
-                done += len(scored)
+                done += sum(s.ok for s in scored)
             except Exception as exc:
                 logger.warning("re-scoring tasks %d..%d failed: %s", start, start + len(part) - 1, exc)
         logger.info("re-scored %d/%d non-expert tasks", done, len(remaining))
