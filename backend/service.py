@@ -17,6 +17,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,9 @@ from formats.labelstudio import CROWD_FIELD, crowd_labels_to_detections
 from selection.detections import Detections
 
 logger = logging.getLogger(__name__)
+
+_LOAD_THREADS = 4
+"""Images of a chunk loaded at once (HTTP round trips to Label Studio overlap)."""
 
 __all__ = ["SCORE_ERROR_FIELD", "ModelService", "NoModelError", "ScoredTask", "TaskInputError"]
 
@@ -115,6 +119,7 @@ class ModelService:
         self._detector: Any = None
         self._version: str | None = None
         self._pinned: OrderedDict[str, Any] = OrderedDict()  # older versions asked for by name, LRU
+        self._pool = ThreadPoolExecutor(max_workers=_LOAD_THREADS, thread_name_prefix="image-load")
         self._warned_unmapped: set[str] = set()
 
     def publish_initial(self) -> None:
@@ -246,16 +251,21 @@ class ModelService:
                                       "task_input", served)  # fmt: skip
         chunk = max(1, self.settings.predict_batch)
         for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            # Downloads and decoding overlap (sockets and cv2 release the GIL); order is kept.
+            images = list(self._pool.map(lambda item: self._load(tasks, *item), part))
             loaded: list[tuple[int, LoadedImage, Detections]] = []
-            for i, url in todo[start : start + chunk]:
+            for (i, _), image in zip(part, images, strict=True):
                 task = tasks[i]
                 try:
-                    image = self.loader.load(url, task=_task_name(task, i))
+                    if isinstance(image, ImageLoadError):
+                        raise image
                     loaded.append((i, image, self._crowd(task, i, image, schema)))
                 except ImageLoadError as exc:
                     out[i] = self._failed(task, str(exc), f"image_{exc.cause}", served)
                 except TaskInputError as exc:
                     out[i] = self._failed(task, str(exc), "task_input", served)
+            del images
             for (i, image, crowd), pred in zip(loaded, self._predict(detector, loaded, tasks), strict=True):
                 if isinstance(pred, Exception):
                     reason = (
@@ -269,6 +279,12 @@ class ModelService:
             del loaded  # the chunk's pixels go before the next chunk is read
         assert all(item is not None for item in out)  # every task got a result or an error
         return [item for item in out if item is not None]
+
+    def _load(self, tasks: Sequence[Mapping[str, Any]], i: int, url: str) -> LoadedImage | ImageLoadError:
+        try:
+            return self.loader.load(url, task=_task_name(tasks[i], i))
+        except ImageLoadError as exc:
+            return exc
 
     def _predict(
         self, detector: Any, loaded: Sequence[tuple[int, LoadedImage, Detections]], tasks: Sequence[Any]
