@@ -212,6 +212,17 @@ def create_app(
         pid = int(project) if project and project.isdigit() else None
         return {"status": trainer.request(pid), "action": "START_TRAINING"}
 
+    @app.post("/rescore")
+    def rescore(request: Request) -> dict[str, Any]:
+        """Bulk scoring: every non-expert task of ``?project=N`` with the serving version (background)."""
+        project = request.query_params.get("project")
+        pid = int(project) if project and project.isdigit() else None
+        try:
+            return {"status": trainer.request_rescore(pid), "action": "RESCORE"}
+        except Exception as exc:  # e.g. Redis unreachable: report, never crash
+            logger.exception("re-scoring request failed")
+            return {"status": "error", "action": "RESCORE", "detail": str(exc)[:500]}
+
     return app
 
 

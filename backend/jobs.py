@@ -43,7 +43,16 @@ from backend.training import TaskSource, TrainingManager
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["QUEUE_NAME", "RETRIES", "RedisTrainer", "WorkerContext", "connect", "run_training", "set_context"]
+__all__ = [
+    "QUEUE_NAME",
+    "RETRIES",
+    "RedisTrainer",
+    "WorkerContext",
+    "connect",
+    "run_rescore",
+    "run_training",
+    "set_context",
+]
 
 QUEUE_NAME = "alc-training"
 RETRIES = 2
@@ -83,6 +92,10 @@ def _project_key(project: int | None) -> str:
 
 def _queued_key(project: int | None) -> str:
     return f"{_PREFIX}train:{_project_key(project)}:queued"
+
+
+def _rescore_key(project: int | None) -> str:
+    return f"{_PREFIX}rescore:{_project_key(project)}:queued"
 
 
 def _lock_key(project: int | None) -> str:
@@ -133,12 +146,27 @@ class RedisTrainer(TrainingManager):
 
     def request(self, project: int | None) -> str:
         """Queue a training job for ``project`` unless one is already queued (then ``"pending"``)."""
+        self._seen.clear()
+        self._last_project = project
+        job_id = self._enqueue(_queued_key(project), run_training, project, kind="train")
+        if job_id is None:
+            return "pending"
+        running = self.redis.get(_lock_key(project)) is not None
+        logger.info("queued training job %s for project %s", job_id, _project_key(project))
+        return "pending" if running else "training queued"
+
+    def request_rescore(self, project: int | None) -> str:
+        """Queue a bulk scoring job for ``project`` unless one is already queued."""
+        job_id = self._enqueue(_rescore_key(project), run_rescore, project, kind="rescore")
+        return "already queued" if job_id is None else "re-scoring queued"
+
+    def _enqueue(
+        self, queued: str, func: Callable[..., Any], project: int | None, *, kind: str
+    ) -> str | None:
+        """Enqueue ``func(project)`` and mark it in ``queued``, atomically; None if a live job is marked."""
         from redis.exceptions import WatchError
         from rq import Retry
 
-        self._seen.clear()
-        self._last_project = project
-        queued = _queued_key(project)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -146,28 +174,25 @@ class RedisTrainer(TrainingManager):
                     current = pipe.get(queued)
                     if current is not None and self._alive(current.decode()):
                         pipe.unwatch()
-                        return "pending"
+                        return None
                     pipe.multi()
-                    job_id = f"train-{_project_key(project)}-{uuid.uuid4().hex[:12]}"
+                    job_id = f"{kind}-{_project_key(project)}-{uuid.uuid4().hex[:12]}"
                     pipe.set(queued, job_id)
                     self.queue.enqueue_call(
-                        run_training,
+                        func,
                         args=(project,),
                         job_id=job_id,
                         timeout=JOB_TIMEOUT_S,
                         result_ttl=24 * 3600,
                         failure_ttl=7 * 24 * 3600,
                         retry=Retry(max=RETRIES),
-                        description=f"train project {_project_key(project)}",
+                        description=f"{kind} project {_project_key(project)}",
                         pipeline=pipe,
                     )
                     pipe.execute()
-                    break
+                    return job_id
                 except WatchError:
                     continue  # another replica queued one meanwhile: look again
-        running = self.redis.get(_lock_key(project)) is not None
-        logger.info("queued training job %s for project %s", job_id, _project_key(project))
-        return "pending" if running else "training queued"
 
     def _alive(self, job_id: str) -> bool:
         """Whether a queued mark still names a job RQ will run (a lost or finished job does not count)."""
@@ -312,9 +337,6 @@ def run_training(project: int | None) -> dict[str, Any]:
     """
     from rq import get_current_job
 
-    from backend.images import ImageLoader
-    from backend.lsclient import LabelStudioAuth
-
     if _context is None:
         raise RuntimeError("run_training runs in `python -m backend.worker` (no worker context installed)")
     settings = _context.settings
@@ -328,19 +350,7 @@ def run_training(project: int | None) -> dict[str, Any]:
         f"{_PREFIX}training", mapping={"state": "running", "project": _project_key(project), "job": job_id}
     )
     try:
-        auth = (
-            LabelStudioAuth(str(settings.label_studio_url), str(settings.label_studio_api_key))
-            if settings.label_studio_enabled
-            else None
-        )
-        loader = ImageLoader(
-            label_studio_url=settings.label_studio_url,
-            auth=auth,
-            document_root=settings.local_files_document_root,
-        )
-        service = ModelService(settings, loader=loader)
-        source = _context.source_factory(settings) if _context.source_factory is not None else None
-        version = TrainingManager(settings, service, source=source).train_once(project)
+        version = _worker_trainer(_context).train_once(project)
     except Exception as exc:
         seconds = time.monotonic() - start
         logger.error("training job %s failed: %s", job_id, exc)
@@ -351,6 +361,47 @@ def run_training(project: int | None) -> dict[str, Any]:
     _record(redis, state="idle", seconds=time.monotonic() - start, version=version)
     logger.info("training job %s published %s", job_id, version)
     return {"version": version}
+
+
+def run_rescore(project: int | None) -> dict[str, Any]:
+    """The RQ bulk-scoring job: every non-expert task of ``project`` with the serving version.
+
+    Returns:
+        ``{"scored": n}`` or ``{"error": ...}`` (an ordinary failure is logged, not retried).
+    """
+    from rq import get_current_job
+
+    if _context is None:
+        raise RuntimeError("run_rescore runs in `python -m backend.worker` (no worker context installed)")
+    job = get_current_job()
+    if job is not None:  # started: a request from now on queues a new job
+        job.connection.eval(_RELEASE, 1, _rescore_key(project), job.id)
+    try:
+        scored = _worker_trainer(_context).rescore(project)
+    except Exception as exc:
+        logger.error("re-scoring project %s failed: %s", _project_key(project), exc)
+        return {"error": str(exc)[:2000]}
+    return {"scored": scored}
+
+
+def _worker_trainer(context: WorkerContext) -> TrainingManager:
+    """A one-job :class:`TrainingManager` over a fresh model holder, as a worker's job uses it."""
+    from backend.images import ImageLoader
+    from backend.lsclient import LabelStudioAuth
+
+    settings = context.settings
+    auth = (
+        LabelStudioAuth(str(settings.label_studio_url), str(settings.label_studio_api_key))
+        if settings.label_studio_enabled
+        else None
+    )
+    loader = ImageLoader(
+        label_studio_url=settings.label_studio_url,
+        auth=auth,
+        document_root=settings.local_files_document_root,
+    )
+    source = context.source_factory(settings) if context.source_factory is not None else None
+    return TrainingManager(settings, ModelService(settings, loader=loader), source=source)
 
 
 def _record(redis: Any, *, state: str, seconds: float, version: str = "", error: str = "") -> None:

@@ -248,6 +248,7 @@ class TrainingManager:
         self._source = source
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._rescore_thread: threading.Thread | None = None
         self._pending = False
         self._pending_project: int | None = None
         self._state = "idle"
@@ -443,7 +444,31 @@ class TrainingManager:
         self._rescore(source, schema, tasks)
         return version
 
-    def _rescore(self, source: TaskSource, schema: LabelSchema, tasks: Sequence[Mapping[str, Any]]) -> None:
+    def rescore(self, project: int | None) -> int:
+        """Bulk scoring: every non-expert task of the project with the serving version, published in chunks
+        (their superseded predictions removed); the number of tasks scored."""
+        source = self.source()
+        schema = parse_label_config(source.label_config(project))
+        return self._rescore(source, schema, source.tasks(project))
+
+    def request_rescore(self, project: int | None) -> str:
+        """Run :meth:`rescore` in a background thread (one at a time); the status text at once."""
+        with self._lock:
+            if self._rescore_thread is not None and self._rescore_thread.is_alive():
+                return "already running"
+            self._rescore_thread = threading.Thread(
+                target=self._rescore_worker, args=(project,), name="rescore", daemon=True
+            )
+            self._rescore_thread.start()
+        return "re-scoring queued"
+
+    def _rescore_worker(self, project: int | None) -> None:
+        try:
+            self.rescore(project)
+        except Exception as exc:  # a background job: report and carry on
+            logger.error("re-scoring project %s failed: %s", project, exc)
+
+    def _rescore(self, source: TaskSource, schema: LabelSchema, tasks: Sequence[Mapping[str, Any]]) -> int:
         """Score every non-expert task with the new model and publish (chunk errors are logged, not fatal)."""
         remaining = [t for t in tasks if expert_annotation(t, self.settings.expert) is None]
         chunk = max(1, self.settings.predict_batch)
@@ -457,6 +482,7 @@ class TrainingManager:
             except Exception as exc:
                 logger.warning("re-scoring tasks %d..%d failed: %s", start, start + len(part) - 1, exc)
         logger.info("re-scored %d/%d non-expert tasks", done, len(remaining))
+        return done
 
 
 def _add_run(counts: TrainingCounts, seconds: float, *, failed: bool) -> TrainingCounts:

@@ -134,6 +134,33 @@ def test_training_failure_keeps_previous_model(tmp_path):
     assert len(service.registry.versions()) == 1
 
 
+def test_bulk_rescore_endpoint_scores_every_non_expert_task(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+
+    root = tmp_path / "files"
+    tasks = _tasks(root, n=5, n_expert=2)
+    tasks[3]["data"]["image"] = "/data/local-files/?d=imgs/missing.png"
+    settings = Settings.from_env(
+        {
+            "MODEL_DIR": str(tmp_path / "models"),
+            "MODEL_WEIGHTS": str(tiny_weights()),
+            "LOCAL_FILES_DOCUMENT_ROOT": str(root),
+            "DEVICE": "cpu",
+        }
+    )
+    source = InjectedSource(tasks)
+    app = create_app(settings, source=source)
+    client = TestClient(app)
+    assert client.post("/rescore?project=1").json() == {"status": "re-scoring queued", "action": "RESCORE"}
+    app.state.trainer._rescore_thread.join(120)
+    assert [s.task_id for s in source.published] == [3, 4, 5]
+    assert [s.ok for s in source.published] == [True, False, True]  # the missing image fails alone
+    assert source.published[1].writeback() == {"score_error": source.published[1].error}
+    assert "task 4: image" in str(source.published[1].error)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

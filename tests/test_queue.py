@@ -179,6 +179,12 @@ def test_two_workers_two_replicas_kill_a_worker_mid_training(tmp_path, redis_ser
         ]
         assert {s["task"] for s in scored} == {5, 6}  # the non-expert tasks were re-scored
         assert "alc_training_runs_total" in requests.get(f"{replicas[0].url}/metrics", timeout=10).text
+        # Bulk scoring is a queue job too: the two non-expert tasks once more.
+        assert requests.post(f"{replicas[1].url}/rescore?project=1", timeout=10).json()["status"] == (
+            "re-scoring queued"
+        )
+        scores = tmp_path / "models" / "work" / "scores.jsonl"
+        _wait(lambda: len(scores.read_text().splitlines()) == len(scored) + 2, 120, "the bulk scoring", procs)
 
         # kill -9 the worker running the next job: RQ re-queues it, the other worker publishes a version.
         runs_before = int(stats()["runs"])
