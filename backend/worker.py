@@ -17,7 +17,7 @@ from typing import Any
 from backend.settings import Settings, SettingsError
 
 
-def _worker_class() -> type:
+def _worker_class() -> Any:
     from rq import Worker
 
     class AlcWorker(Worker):  # type: ignore[misc]

@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,10 @@ def _versions(proc: Proc) -> list[str]:
 
 def _training(proc: Proc) -> dict[str, Any]:
     return dict(requests.get(f"{proc.url}/health", timeout=10).json()["training"])
+
+
+def _is_training(proc: Proc) -> bool:
+    return _training(proc)["state"] == "running"
 
 
 class RssSampler:
@@ -380,7 +385,7 @@ class Bench:
             _sequential_latency(proc, task, 10)  # load the model, warm up
             idle, idle_err = _sequential_latency(proc, task, n)
             requests.post(f"{proc.url}/train?project=1", timeout=10)
-            _wait_for(lambda p=proc: _training(p)["state"] == "running", 60, "the training to start")
+            _wait_for(partial(_is_training, proc), 60, "the training to start")
             time.sleep(15)  # the job writes its dataset and loads the model before the first epoch
             busy, busy_err = _sequential_latency(proc, task, n)
             still = _training(proc)["state"] == "running"
@@ -456,7 +461,7 @@ class Bench:
         before = stats().get("runs", 0)
         versions_before = len(_versions(replicas[0]))
         answers: list[int] = []
-        hook = {"action": "START_TRAINING", "project": {"id": 1}}
+        hook: dict[str, Any] = {"action": "START_TRAINING", "project": {"id": 1}}
 
         def send(k: int) -> None:
             time.sleep(k / self.plan.burst)  # spread over one second
