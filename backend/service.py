@@ -70,7 +70,8 @@ class ScoredTask:
         prediction: one entry of ``/predict``'s ``results``.
         fields: the scores to merge into the task's data (None when the task failed).
         error: why the task could not be scored, naming the task.
-        error_cause: ``image_<cause>`` (see ``backend.images.ImageFailure``), ``task_input`` or ``inference``.
+        error_cause: ``image_<cause>`` (see ``backend.images.ImageFailure``), ``task_input``, ``inference``
+            or ``scoring``.
     """
 
     task_id: int | None
@@ -247,8 +248,8 @@ class ModelService:
             try:
                 todo.append((i, task_image_url(task, schema)))
             except ValueError as exc:
-                out[i] = self._failed(task, str(exc).replace("task ?", f"task {_task_name(task, i)}"),
-                                      "task_input", served)  # fmt: skip
+                reason = str(exc).replace("task ?", f"task {_task_name(task, i)}")
+                out[i] = self._failed(task, reason, "task_input", served)
         chunk = max(1, self.settings.predict_batch)
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
@@ -266,16 +267,19 @@ class ModelService:
                 except TaskInputError as exc:
                     out[i] = self._failed(task, str(exc), "task_input", served)
             del images
-            for (i, image, crowd), pred in zip(loaded, self._predict(detector, loaded, tasks), strict=True):
+            for (i, image, crowd), pred in zip(loaded, self._predict(detector, loaded), strict=True):
+                name = _task_name(tasks[i], i)
                 if isinstance(pred, Exception):
-                    reason = (
-                        f"task {_task_name(tasks[i], i)}: inference failed ({type(pred).__name__}: {pred})"
-                    )
+                    reason = f"task {name}: inference failed ({type(pred).__name__}: {pred})"
                     out[i] = self._failed(tasks[i], reason, "inference", served)
                     continue
-                out[i] = self._score_one(
-                    tasks[i], image, crowd, _map_classes(pred, class_map), schema, served
-                )
+                try:
+                    mapped = _map_classes(pred, class_map)
+                    out[i] = self._score_one(tasks[i], image, crowd, mapped, schema, served)
+                except Exception as exc:  # a bug or odd input in one task must not fail the batch
+                    logger.debug("scoring task %s failed", name, exc_info=True)
+                    reason = f"task {name}: scoring failed ({type(exc).__name__}: {exc})"
+                    out[i] = self._failed(tasks[i], reason, "scoring", served)
             del loaded  # the chunk's pixels go before the next chunk is read
         assert all(item is not None for item in out)  # every task got a result or an error
         return [item for item in out if item is not None]
@@ -286,8 +290,9 @@ class ModelService:
         except ImageLoadError as exc:
             return exc
 
+    @staticmethod
     def _predict(
-        self, detector: Any, loaded: Sequence[tuple[int, LoadedImage, Detections]], tasks: Sequence[Any]
+        detector: Any, loaded: Sequence[tuple[int, LoadedImage, Detections]]
     ) -> list[Detections | Exception]:
         """One batched forward pass over a chunk; if it fails, image by image so one bad input fails alone."""
         if not loaded:
@@ -295,12 +300,11 @@ class ModelService:
         arrays = [image.pixels for _, image, _ in loaded]
         try:
             return list(detector.predict(arrays, conf=0.01, batch=len(arrays)))
-        except Exception:
+        except Exception as exc:
             if len(arrays) == 1:
-                logger.debug("inference failed", exc_info=True)
-                return [_as_exception(detector, arrays[0])]
+                return [exc]
             logger.warning("batched inference of %d images failed; retrying image by image", len(arrays))
-            return [_as_exception(detector, a) for a in arrays]
+            return [_predict_one(detector, a) for a in arrays]
 
     def _score_one(
         self,
@@ -379,7 +383,7 @@ def _map_classes(pred: Detections, class_map: Mapping[int, int]) -> Detections:
     return Detections(xyxy=sub.xyxy, class_id=mapped, score=sub.score)
 
 
-def _as_exception(detector: Any, pixels: np.ndarray) -> Detections | Exception:
+def _predict_one(detector: Any, pixels: np.ndarray) -> Detections | Exception:
     try:
         return detector.predict([pixels], conf=0.01, batch=1)[0]  # type: ignore[no-any-return]
     except Exception as exc:

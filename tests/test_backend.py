@@ -447,6 +447,32 @@ def test_predict_mixed_batch_streams_in_chunks(tmp_path, weights):
     assert peak[0] <= 4
 
 
+def test_inference_failure_of_one_image_fails_only_its_task(model_client):
+    """The batched pass fails; image by image, only the image the detector chokes on fails."""
+    client, app, _ = model_client
+    service = app.state.service
+    real, _ = service.current()
+
+    class Choking:
+        names = real.names
+
+        def predict(self, arrays, **kw):
+            if any(a.shape[0] == 40 for a in arrays):
+                raise RuntimeError("cannot run on a 40 px image")
+            return real.predict(arrays, **kw)
+
+    service.current = lambda version=None: (Choking(), version or service.latest_version())
+    tasks = [
+        make_task(i, data_uri(disc_image(size, [(16, 16, 6)], seed=i))) for i, size in enumerate([48, 40, 56])
+    ]
+    resp = client.post("/predict", json={"tasks": tasks, "label_config": LABEL_CONFIG})
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert ["error" in r for r in results] == [False, True, False]
+    assert results[1]["error"] == "task 1: inference failed (RuntimeError: cannot run on a 40 px image)"
+    assert 'alc_task_failures_total{cause="inference"} 1.0' in client.get("/metrics").text
+
+
 def test_version_activation_rollback_and_pinning(model_client, weights):
     client, app, _ = model_client
     task = make_task(1, data_uri(disc_image(64, [(20, 20, 9)])))
