@@ -174,8 +174,8 @@ class Settings:
         predict_batch: images per forward pass in ``/predict``.
         train_threads: torch CPU threads of the training process (0: all cores but one, at least 1), so
             that inference keeps a core during training.
-        train_nice: niceness added to the training process (0-19): the kernel then gives ``/predict`` the
-            CPU first.
+        train_nice: niceness added to the training process (0-19; 19 also uses Linux's idle scheduling
+            class): the kernel then gives ``/predict`` the CPU first.
         redis_url: ``redis://host:port/db``: training and re-scoring jobs go to an RQ queue there, served by
             ``python -m backend.worker`` (``None``: they run in this process, one at a time).
         tasks_file: train from this JSON file instead of Label Studio (see ``backend.tasksfile``).

@@ -229,3 +229,17 @@ def test_backend_refuses_bad_settings(tmp_path):
         [sys.executable, "-m", "backend"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2 and "DEVICE: expected auto" in proc.stderr
+
+
+@pytest.mark.parametrize(("nice", "idle"), [(0, False), (10, False), (19, True)])
+def test_training_process_priority(nice, idle):
+    """The training job lowers its own priority (in a child here: niceness cannot be raised back)."""
+    code = (
+        "import os; from backend.train_job import lower_priority; "
+        f"base = os.nice(0); lower_priority({nice}); "
+        "print(os.nice(0) - base, os.sched_getscheduler(0) == os.SCHED_IDLE)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    delta, sched_idle = out.stdout.split()
+    assert int(delta) == min(nice, 19 - os.nice(0)) and sched_idle == str(idle)
