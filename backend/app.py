@@ -165,12 +165,13 @@ def create_app(
         """Serve an already published version from now on (rollback), in every process of the registry."""
         previous = service.latest_version()
         try:
-            service.registry.activate(version)
+            service.switch(version)  # load it first: a version that cannot load is never made the active one
         except KeyError as exc:
             return JSONResponse({"detail": str(exc.args[0])}, status_code=404)
-        except ValueError as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=400)
-        service.switch(version)
+        except Exception as exc:
+            logger.exception("loading version %s failed", version)
+            return JSONResponse({"detail": f"version {version} could not be loaded: {exc}"}, status_code=500)
+        service.registry.activate(version)
         logger.info("version %s activated (was %s)", version, previous)
         return {"model_version": version, "previous": previous}
 

@@ -473,7 +473,7 @@ def test_inference_failure_of_one_image_fails_only_its_task(model_client):
     assert 'alc_task_failures_total{cause="inference"} 1.0' in client.get("/metrics").text
 
 
-def test_version_activation_rollback_and_pinning(model_client, weights):
+def test_version_activation_rollback_and_pinning(model_client, weights, tmp_path):
     client, app, _ = model_client
     task = make_task(1, data_uri(disc_image(64, [(20, 20, 9)])))
     body = {"tasks": [task], "label_config": LABEL_CONFIG}
@@ -503,6 +503,14 @@ def test_version_activation_rollback_and_pinning(model_client, weights):
     missing = client.post("/versions/v0042-20260101T000000/activate")
     assert missing.status_code == 404 and "no complete model version" in missing.json()["detail"]
     assert client.post("/versions/nonsense/activate").status_code == 404
+    # A version whose weights do not load is never made the active one.
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    broken = app.state.service.registry.publish(garbage, {"source": "test"}).version
+    app.state.service.registry.activate(first)  # publishing made it the latest; put the rollback back
+    failed = client.post(f"/versions/{broken}/activate")
+    assert failed.status_code == 500 and f"version {broken} could not be loaded" in failed.json()["detail"]
+    assert client.get("/versions").json()["active"] == first
 
 
 def test_metrics_exposition(model_client):
