@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).parent))
 from backend_helpers import LABEL_CONFIG, data_uri, disc_image, make_task, png_bytes, tiny_weights
-from conftest import make_detections
+from conftest import make_detections, random_boxes
 
 from backend.app import create_app
 from backend.labelconfig import LabelConfigError, LabelSchema, parse_label_config
@@ -552,3 +552,27 @@ def test_data_uri_roundtrip_decodes_same_pixels(tmp_path):
     assert loaded.pixels.shape == (40, 40, 3) and np.array_equal(loaded.pixels[..., 0], pixels)
     assert base64.b64decode(data_uri(pixels).split(",")[1]) == png_bytes(pixels)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_proposals_show_what_correction_applies(rng):
+    # What annotators see is the plan correct_labels applies: boxes not marked for deletion, minus the
+    # predictions only under review, are exactly the corrected labels, in the same order.
+    from selection import correct_labels
+
+    seen: set[str] = set()
+    for _ in range(40):
+        crowd = make_detections(random_boxes(int(rng.integers(0, 8)), rng, size=100))
+        n = int(rng.integers(0, 8))
+        k = min(n // 2, len(crowd))  # some predictions near crowd boxes, the rest anywhere
+        near = crowd.xyxy[:k] + rng.uniform(-4, 4, (k, 1)).astype(np.float32)
+        pred = make_detections(
+            np.concatenate([near, random_boxes(n - k, rng, size=100)]), scores=rng.uniform(0, 1, n)
+        )
+        score = score_image(crowd, pred)
+        props = proposals_from_score(crowd, pred, score)
+        applied = [p for p in props if not p.drop and not (p.source == "model" and p.action == "review")]
+        labels = correct_labels(crowd, pred, score).labels
+        np.testing.assert_array_equal(np.array([p.xyxy for p in applied]).reshape(-1, 4), labels.xyxy)
+        assert [p.class_id for p in applied] == labels.class_id.tolist()
+        seen.update(p.region_id.split("-")[0 if p.drop else 1] for p in props)
+    assert {"drop", "localization", "missed", "clean"} <= seen  # the case mix covered every kind of edit
