@@ -395,11 +395,7 @@ def _worker_trainer(context: WorkerContext) -> TrainingManager:
         if settings.label_studio_enabled
         else None
     )
-    loader = ImageLoader(
-        label_studio_url=settings.label_studio_url,
-        auth=auth,
-        document_root=settings.local_files_document_root,
-    )
+    loader = ImageLoader.from_settings(settings, auth=auth)
     source = context.source_factory(settings) if context.source_factory is not None else None
     return TrainingManager(settings, ModelService(settings, loader=loader), source=source)
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.labelconfig import LabelSchema
+from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema
 from formats.labelstudio import rectangle_regions
 from selection.correction import Edit, plan_corrections
 from selection.detections import Detections
@@ -54,9 +54,6 @@ __all__ = [
     "proposals_from_score",
     "task_image_url",
 ]
-
-DROP_LABEL_NAMES = ("background", "drop", "delete", "noise")
-"""Label names (case-insensitive) that, when present in the config, mark boxes proposed for deletion."""
 
 
 class PredictRequest(BaseModel):

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,9 +33,12 @@ from backend.protocol import (
     proposals_from_score,
     task_image_url,
 )
-from backend.settings import Settings
+from backend.settings import Settings, lsm_as_dict
 from formats.labelstudio import CROWD_FIELD, crowd_labels_to_detections
 from selection.detections import Detections
+
+if TYPE_CHECKING:
+    from model.detector import Detector
 
 logger = logging.getLogger(__name__)
 
@@ -117,16 +120,21 @@ class ModelService:
         self.registry = ModelRegistry(settings.model_dir)
         self._swap_lock = threading.Lock()
         self._load_lock = threading.Lock()
-        self._detector: Any = None
+        self._detector: Detector | None = None
         self._version: str | None = None
-        self._pinned: OrderedDict[str, Any] = OrderedDict()  # older versions asked for by name, LRU
+        self._pinned: OrderedDict[str, Detector] = OrderedDict()  # older versions asked for by name, LRU
         self._pool = ThreadPoolExecutor(max_workers=_LOAD_THREADS, thread_name_prefix="image-load")
         self._warned_unmapped: set[str] = set()
 
     def publish_initial(self) -> None:
         """Publish ``MODEL_WEIGHTS`` as the first version when the registry is empty (a file copy, fast)."""
         if self.settings.model_weights is not None and self.registry.latest() is None:
-            mv = self.registry.publish(self.settings.model_weights, {"source": "MODEL_WEIGHTS"})
+            meta = {
+                "source": "MODEL_WEIGHTS",
+                "family": self.settings.detector_family,
+                "lsm": lsm_as_dict(self.settings.lsm),
+            }
+            mv = self.registry.publish(self.settings.model_weights, meta)
             logger.info("published initial weights %s as %s", self.settings.model_weights, mv.version)
 
     def latest_version(self) -> str | None:
@@ -147,7 +155,7 @@ class ModelService:
         Raises:
             NoModelError: nothing published.
         """
-        from model.predict import Detector
+        from model.detector import load_detector
 
         with self._load_lock:
             mv = self.registry.get(version) if version is not None else self.registry.latest()
@@ -158,13 +166,13 @@ class ModelService:
                 )
             if mv.version == self._version:
                 return mv.version
-            detector = Detector.load(mv.weights, self.settings.device, version=mv.version)
+            detector = load_detector(mv, device=self.settings.device)
             with self._swap_lock:
                 old, self._detector, self._version = self._version, detector, mv.version
             logger.info("model switched %s -> %s", old or "-", mv.version)
             return mv.version
 
-    def current(self, version: str | None = None) -> tuple[Any, str]:
+    def current(self, version: str | None = None) -> tuple[Detector, str]:
         """The detector to use now, loading or upgrading to the registry's latest version when needed.
 
         Args:
@@ -173,7 +181,7 @@ class ModelService:
         latest = self.latest_version()
         if version is not None and version != latest:
             with self._swap_lock:
-                if version == self._version:
+                if version == self._version and self._detector is not None:
                     return self._detector, version
             pinned = self._pinned_detector(version)
             if pinned is not None:
@@ -191,11 +199,13 @@ class ModelService:
                     raise
                 logger.exception("loading %s failed; serving %s", latest, self._version)
         with self._swap_lock:
+            if self._detector is None:  # switch() failed and nothing was loaded before
+                raise NoModelError(f"model version {latest} could not be loaded; see the backend log")
             return self._detector, str(self._version)
 
-    def _pinned_detector(self, version: str) -> Any | None:
+    def _pinned_detector(self, version: str) -> Detector | None:
         """A detector of an older published version (kept for the last two asked for), or None if unknown."""
-        from model.predict import Detector
+        from model.detector import load_detector
 
         with self._load_lock:
             if version in self._pinned:
@@ -205,7 +215,7 @@ class ModelService:
                 mv = self.registry.get(version)
             except (KeyError, ValueError):
                 return None
-            detector = Detector.load(mv.weights, self.settings.device, version=mv.version)
+            detector = load_detector(mv, device=self.settings.device)
             self._pinned[version] = detector
             while len(self._pinned) > 2:
                 self._pinned.popitem(last=False)
@@ -215,7 +225,7 @@ class ModelService:
         """Batched inference: one scored Detections per image, the model's class names, its version."""
         detector, version = self.current()
         arrays = [im.pixels if isinstance(im, LoadedImage) else im for im in images]
-        preds = detector.predict(arrays, conf=0.01, batch=self.settings.predict_batch)
+        preds = detector.predict(arrays, conf=self.settings.predict_conf, batch=self.settings.predict_batch)
         return preds, list(detector.names), version
 
     def score_tasks(
@@ -234,13 +244,17 @@ class ModelService:
             NoModelError: nothing published (the whole request fails: there is nothing to score with).
         """
         detector, served = self.current(version)  # fail fast with 503 before downloading images
-        class_map = schema.class_map(list(detector.names))
-        if not class_map and detector.names:
-            key = f"{detector.names}->{schema.labels}"
+        names = list(detector.names)
+        label_map = schema.label_map(names)
+        if label_map.unmapped:
+            key = f"{names}->{schema.labels}"
             if key not in self._warned_unmapped:
                 self._warned_unmapped.add(key)
                 logger.warning(
-                    "no model class %s matches a config label %s", detector.names, list(schema.labels)
+                    "model classes %s match no config label %s (predictions dropped); name them in a "
+                    '<Label predicted_values="..."> attribute',
+                    list(label_map.unmapped),
+                    list(schema.labels),
                 )
         out: list[ScoredTask | None] = [None] * len(tasks)
         todo: list[tuple[int, str]] = []
@@ -267,14 +281,15 @@ class ModelService:
                 except TaskInputError as exc:
                     out[i] = self._failed(task, str(exc), "task_input", served)
             del images
-            for (i, image, crowd), pred in zip(loaded, self._predict(detector, loaded), strict=True):
+            preds = self._predict(detector, loaded, conf=self.settings.predict_conf)
+            for (i, image, crowd), pred in zip(loaded, preds, strict=True):
                 name = _task_name(tasks[i], i)
                 if isinstance(pred, Exception):
                     reason = f"task {name}: inference failed ({type(pred).__name__}: {pred})"
                     out[i] = self._failed(tasks[i], reason, "inference", served)
                     continue
                 try:
-                    mapped = _map_classes(pred, class_map)
+                    mapped = label_map.to_labels(pred)
                     out[i] = self._score_one(tasks[i], image, crowd, mapped, schema, served)
                 except Exception as exc:  # a bug or odd input in one task must not fail the batch
                     logger.debug("scoring task %s failed", name, exc_info=True)
@@ -292,19 +307,19 @@ class ModelService:
 
     @staticmethod
     def _predict(
-        detector: Any, loaded: Sequence[tuple[int, LoadedImage, Detections]]
+        detector: Detector, loaded: Sequence[tuple[int, LoadedImage, Detections]], *, conf: float
     ) -> list[Detections | Exception]:
         """One batched forward pass over a chunk; if it fails, image by image so one bad input fails alone."""
         if not loaded:
             return []
         arrays = [image.pixels for _, image, _ in loaded]
         try:
-            return list(detector.predict(arrays, conf=0.01, batch=len(arrays)))
+            return list(detector.predict(arrays, conf=conf, batch=len(arrays)))
         except Exception as exc:
             if len(arrays) == 1:
                 return [exc]
             logger.warning("batched inference of %d images failed; retrying image by image", len(arrays))
-            return [_predict_one(detector, a) for a in arrays]
+            return [_predict_one(detector, a, conf) for a in arrays]
 
     def _score_one(
         self,
@@ -317,14 +332,14 @@ class ModelService:
     ) -> ScoredTask:
         from selection.lsm import score_image
 
-        score = score_image(crowd, pred)
+        score = score_image(crowd, pred, config=self.settings.lsm)
         proposals = proposals_from_score(crowd, pred, score, score_threshold=self.settings.score_threshold)
         regions = build_regions(proposals, schema=schema, width=image.width, height=image.height)
         inst = score.instances
         types = [str(t) for t in inst.noise_type[inst.parent < 0]]
         fields = TaskFields(
             discrepancy=float(score.discrepancy),
-            noise_grade=_value(score.grade),
+            noise_grade=str(score.grade),
             noise_types=noise_types_text(types),
             model_version=version,
         )
@@ -353,42 +368,14 @@ class ModelService:
             return Detections.empty()
         try:
             return crowd_labels_to_detections(
-                records, width=image.width, height=image.height, label_to_id=_lower_keys(schema)
+                records, width=image.width, height=image.height, label_to_id=schema.label_ids
             )
         except ValueError as exc:
             raise TaskInputError(f"task {_task_name(task, index)}: {exc}") from None
 
 
-class _CaseInsensitiveLabels(dict[str, int]):
-    """label -> id where lookups ignore case (crowd labels typed by hand vary in case)."""
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and dict.__contains__(self, key.lower())
-
-    def __getitem__(self, key: str) -> int:
-        return dict.__getitem__(self, key.lower())
-
-
-def _lower_keys(schema: LabelSchema) -> _CaseInsensitiveLabels:
-    return _CaseInsensitiveLabels({name.lower(): i for i, name in enumerate(schema.labels)})
-
-
-def _map_classes(pred: Detections, class_map: Mapping[int, int]) -> Detections:
-    """Model class ids -> label ids; predictions of unmapped classes are dropped."""
-    if len(pred) == 0:
-        return pred
-    keep = np.array([int(c) in class_map for c in pred.class_id], bool)
-    sub = pred.subset(keep)
-    mapped = np.array([class_map[int(c)] for c in sub.class_id], np.int64)
-    return Detections(xyxy=sub.xyxy, class_id=mapped, score=sub.score)
-
-
-def _predict_one(detector: Any, pixels: np.ndarray) -> Detections | Exception:
+def _predict_one(detector: Detector, pixels: np.ndarray, conf: float) -> Detections | Exception:
     try:
-        return detector.predict([pixels], conf=0.01, batch=1)[0]  # type: ignore[no-any-return]
+        return detector.predict([pixels], conf=conf, batch=1)[0]
     except Exception as exc:
         return exc
-
-
-def _value(x: Any) -> str:
-    return str(getattr(x, "value", x))

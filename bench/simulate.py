@@ -138,7 +138,7 @@ def run_seed(
     preds = [lsm_loop.preds[i] for i in ids]
     peer = cleanlab_scores(crowds, preds)
     chance = np.random.default_rng(seed + 1).random(len(ids))
-    detection = {
+    detection: dict[str, Any] = {
         name: {"auroc": auroc(s, positive), "ap": average_precision(s, positive)}
         for name, s in (("lsm", ours), ("cleanlab", peer), ("random", chance))
     }

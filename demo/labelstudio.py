@@ -369,7 +369,7 @@ def retrieve_predictions(
     )
     resp = requests.post(
         f"{ls.url}/api/dm/actions",
-        params={"id": "retrieve_tasks_predictions", "project": project},
+        params={"id": "retrieve_tasks_predictions", "project": str(project)},
         json={"selectedItems": selected},
         headers=ls.headers,
         timeout=timeout,
@@ -466,7 +466,7 @@ def ensure_suspicious_view(ls: LabelStudioServer, project: int, *, title: str = 
     existing = [int(v["id"]) for v in resp.json() if v.get("data", {}).get("title") == title]
     shown = {"tasks:id", "tasks:data.image", *SCORE_COLUMNS}
     hidden = [*(c for c in _columns(ls, project) if c not in shown), "tasks:data"]
-    data = {
+    data: dict[str, Any] = {
         "title": title,
         "ordering": list(DISCREPANCY_ORDERING),
         "type": "list",

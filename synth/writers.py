@@ -125,7 +125,7 @@ def label_studio_tasks(
         if split not in SPLITS:
             raise ValueError(f"splits: expected names from {SPLITS}, got {split!r}")
     doc_root = document_root.resolve()
-    tasks = []
+    tasks: list[dict[str, Any]] = []
     for record in dataset.images:
         if record.split not in splits:
             continue
@@ -138,7 +138,7 @@ def label_studio_tasks(
                 "pass the LOCAL_FILES_DOCUMENT_ROOT Label Studio serves"
             ) from exc
         extra = [{"annotator": f"crowd-{int(a)}"} for a in record.crowd_annotator]
-        size = {"width": record.width, "height": record.height}
+        size: dict[str, Any] = {"width": record.width, "height": record.height}
         tasks.append(
             {
                 "data": {

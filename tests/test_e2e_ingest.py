@@ -168,7 +168,7 @@ def test_import_each_format(
         assert (data["width"], data["height"]) == (W, H)
         assert data["image"] == f"/data/local-files/?d=lab/images/{key}.png"
         crowd = crowd_labels_to_detections(
-            data["crowd_labels"], width=W, height=H, label_to_id=schema.label_to_id
+            data["crowd_labels"], width=W, height=H, label_to_id=schema.label_ids
         )
         np.testing.assert_allclose(crowd.xyxy, np.array(boxes).reshape(-1, 4), atol=0.01)
         assert [schema.labels[c] for c in crowd.class_id] == [NAMES[c] for c in classes]
@@ -178,13 +178,13 @@ def test_import_each_format(
         # The crowd prediction shows the same boxes as regions.
         (prediction,) = task.predictions
         assert prediction.model_version == "crowd"
-        shown = regions_to_detections(prediction.result, label_to_id=schema.label_to_id)
+        shown = regions_to_detections(prediction.result, label_to_id=schema.label_ids)
         np.testing.assert_allclose(shown.xyxy, crowd.xyxy, atol=0.01)
         # Expert labels became a ground-truth annotation, only where an expert labelled the image.
         truth = _ground_truth(task)
         assert len(truth) == (key in EXPERT) == len(task.annotations)
         if truth:
-            expert = regions_to_detections(truth[0]["result"], label_to_id=schema.label_to_id)
+            expert = regions_to_detections(truth[0]["result"], label_to_id=schema.label_ids)
             np.testing.assert_allclose(expert.xyxy, np.array(EXPERT[key][0]), atol=0.01)
             assert [schema.labels[c] for c in expert.class_id] == [NAMES[c] for c in EXPERT[key][1]]
     # The Local Files storage serves the images at the task URLs.
@@ -306,10 +306,10 @@ def test_label_studio_export_of_an_imported_project_round_trips(
         out = {}
         for task in _tasks(env, project):
             crowd = crowd_labels_to_detections(
-                task.data["crowd_labels"], width=W, height=H, label_to_id=schema.label_to_id
+                task.data["crowd_labels"], width=W, height=H, label_to_id=schema.label_ids
             )
             truth = [
-                regions_to_detections(a["result"], label_to_id=schema.label_to_id)
+                regions_to_detections(a["result"], label_to_id=schema.label_ids)
                 for a in _ground_truth(task)
             ]
             who = [r.get("annotator") for r in task.data["crowd_labels"]]

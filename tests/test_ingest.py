@@ -383,15 +383,15 @@ def test_plan_and_task_form(lab: Path) -> None:
     assert [r["label"] for r in data["crowd_labels"]] == ["CAT", "Dog"]
     assert [r["annotator"] for r in data["crowd_labels"]] == ["u1", "u2"]
     # crowd_labels read back (as the backend reads them) equal the input boxes within rounding.
-    back = crowd_labels_to_detections(data["crowd_labels"], width=W, height=H, label_to_id=schema.label_to_id)
+    back = crowd_labels_to_detections(data["crowd_labels"], width=W, height=H, label_to_id=schema.label_ids)
     np.testing.assert_allclose(back.xyxy, plan.items[0].crowd.xyxy, atol=1e-2)
     (prediction,) = task["predictions"]
     assert prediction["model_version"] == "crowd"
-    shown = regions_to_detections(prediction["result"], label_to_id=schema.label_to_id)
+    shown = regions_to_detections(prediction["result"], label_to_id=schema.label_ids)
     np.testing.assert_allclose(shown.xyxy, back.xyxy, atol=1e-2)
     (annotation,) = task["annotations"]
     assert annotation["ground_truth"] is True
-    truth = regions_to_detections(annotation["result"], label_to_id=schema.label_to_id)
+    truth = regions_to_detections(annotation["result"], label_to_id=schema.label_ids)
     np.testing.assert_allclose(truth.xyxy, [[4, 2, 24, 12]], atol=1e-4)
     assert [schema.labels[c] for c in truth.class_id] == ["CAT"]
     assert "annotations" not in build_task(
