@@ -13,7 +13,8 @@ per project runs at a time, whichever worker holds it) and only then clears the 
 arriving during the training queue exactly one follow-up, which waits for the lock. Hence a burst of requests
 costs at most two trainings. The job trains in a child process, publishes to the shared registry (every
 replica picks the new version up on its next request by reading ``LATEST``), re-scores the project's other
-tasks and removes the predictions they supersede in Label Studio.
+tasks and removes the predictions they supersede in Label Studio. Bulk scoring (``POST /rescore``) is
+:func:`run_rescore` on the same queue, coalesced the same way (no lock: it may run beside a training).
 
 Failures: an ordinary failure (no expert tasks, Label Studio unreachable) is recorded in Redis for
 ``/health`` and not retried. A worker killed mid-job (``kill -9``, a lost machine) stops refreshing the job's
@@ -22,8 +23,9 @@ and by every replica that reads the queue depth) re-queues it, up to ``RETRIES``
 append-only file on (``appendonly yes``, ``appendfsync everysec``), a Redis restart loses no queued job.
 
 Keys (prefix ``alc:``): ``train:<p>:queued`` (id of the queued job), ``train:<p>:lock`` (id of the running
-job, expiring unless refreshed), ``seen:<p>`` (expert-annotated task ids since the last training),
-``training`` (hash: last job's state for ``/health``), ``stats`` (hash: runs, failures, seconds).
+job, expiring unless refreshed), ``rescore:<p>:queued``, ``seen`` (expert-annotated task ids since the last
+training), ``training`` (hash: last job's state for ``/health``), ``stats`` (hash: runs, failures, seconds).
+RQ's own keys live under ``rq:`` (queue ``alc-training``).
 """
 
 from __future__ import annotations
