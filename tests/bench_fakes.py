@@ -46,7 +46,7 @@ class FakeWorkbench(Workbench):
         fp = digest.hexdigest()[:16]
         self.calls.append({"name": name, "labels": dict(labels), "init": init, "repeats": repeats})
         quality = int(fp[:4], 16) / 0xFFFF
-        return TrainedModel(name=name, weights=Path("fake") / fp, seconds=0.0, ap50=quality, ap50_95=quality / 2)
+        return TrainedModel(name, Path("fake") / fp, seconds=0.0, ap50=quality, ap50_95=quality / 2)
 
     def predict(self, weights: Path, ids: Sequence[str], *, conf: float = 0.01) -> dict[str, Detections]:
         out = {}
