@@ -52,7 +52,7 @@ from bench.noise_quality import (
 from bench.workbench import TRAIN_SPECS, TrainSpec, Workbench
 from metrics.f1 import label_f1
 from selection import LSMConfig, Strategy
-from selection.calibration import error_probability, regrade
+from selection.calibration import CalibrationConfig, error_probability, regrade
 from selection.detections import Detections
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,9 @@ class BenchSettings:
             ``crowd`` (the detector trained on the crowd labels).
         calibrate: regrade the findings with the calibration learned from the bought images.
         reviews: the oracle answers every instance sent to review, and its cost is charged.
+        fix_precision, review_precision: the calibration's precision targets for auto-fixing and for
+            reviewing (``selection.calibration.CalibrationConfig``); a higher ``review_precision`` reviews
+            fewer instances.
     """
 
     budget: float = 0.25
@@ -110,6 +113,8 @@ class BenchSettings:
     consensus: str = "crossfit"
     calibrate: bool = True
     reviews: bool = True
+    fix_precision: float = CalibrationConfig.fix_precision
+    review_precision: float = CalibrationConfig.review_precision
 
     def __post_init__(self) -> None:
         if self.final_recipe not in FINAL_RECIPES:
@@ -122,6 +127,11 @@ class BenchSettings:
             raise ValueError("seed_fraction, budget: expected 0 < seed_fraction <= budget <= 1")
         if self.strategies[:2] != (Strategy.DISCREPANCY, Strategy.RANDOM):
             raise ValueError("strategies: expected discrepancy and random first")
+        self.calibration_config()  # validates the precision targets
+
+    def calibration_config(self) -> CalibrationConfig:
+        """The grade calibration's settings."""
+        return CalibrationConfig(fix_precision=self.fix_precision, review_precision=self.review_precision)
 
 
 def _label_set_quality(bench: Workbench, labels: dict[str, Detections]) -> float:
@@ -231,6 +241,7 @@ def run_seed(
             np.random.default_rng(seed),
             lsm=lsm,
             name=f"loop-{strategy.value}",
+            calibration=settings.calibration_config(),
             init=noisy.weights if spec.cleaning_init == "noisy" else None,
         )
         steps.update()
@@ -725,6 +736,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--consensus", choices=CONSENSUS_MODELS, default=BenchSettings.consensus)
     parser.add_argument("--no-calibration", action="store_true", help="keep the LSM's own grades")
     parser.add_argument(
+        "--fix-precision",
+        type=float,
+        default=BenchSettings.fix_precision,
+        help="calibrated grades: auto-fix where at least this share of such findings were errors",
+    )
+    parser.add_argument(
+        "--review-precision",
+        type=float,
+        default=BenchSettings.review_precision,
+        help="calibrated grades: review where at least this share were errors (higher: fewer reviews)",
+    )
+    parser.add_argument(
         "--no-reviews", action="store_true", help="leave instances sent to review unanswered and uncharged"
     )
     parser.add_argument(
@@ -764,6 +787,8 @@ def main(argv: list[str] | None = None) -> int:
             expert_repeat=args.expert_repeat,
             consensus=args.consensus,
             calibrate=not args.no_calibration,
+            fix_precision=args.fix_precision,
+            review_precision=args.review_precision,
             reviews=not args.no_reviews,
         )
         if args.noise:
