@@ -431,6 +431,7 @@ def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 1) -> str:
 
 def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) -> None:
     """The tables of ``results.md``."""
+    full = summary["arms"]["full"]
     lines = [
         f"# Active label cleaning, {meta['dataset']} (seeds {meta['seeds']}, budget {meta['budget']:.0%})",
         "",
@@ -440,6 +441,11 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         f"x{meta['settings']['expert_repeat']}; consensus: `{meta['settings']['consensus']}`; calibrated "
         f"grades: {'yes' if meta['settings']['calibrate'] else 'no'}; reviews answered and charged: "
         f"{'yes' if meta['settings']['reviews'] else 'no'}",
+        "",
+        f"**Headline: the full method reaches {_fmt(full['pct_of_full'])} % of full-expert AP50 at "
+        f"{_fmt(full['cost_fraction'], 100)} % expert cost** (the larger of "
+        f"{_fmt(full['expert_fraction'], 100)} % of the images and "
+        f"{_fmt(full['decision_fraction'], 100)} % of the instance decisions).",
         "",
         "Expert cost: share of training images re-annotated, and share of the instance decisions a full "
         "re-annotation takes (each crowd box confirmed, moved or deleted, each box drawn; plus each "
