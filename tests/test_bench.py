@@ -359,3 +359,19 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
     assert "Crowd model fine-tuned on the LSM images" in text and "cost: decisions" in text
     for png in ("ap50_vs_budget.png", "noisy_found.png", "grade_pr.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_noise_overrides_reach_the_simulated_dataset(tmp_path):
+    import synth
+    from bench.simulate import _synth_records
+
+    base = _synth_records("tiny", 0, tmp_path, [])
+    noisier = _synth_records("tiny", 0, tmp_path, ["missed_rate=0.9", "background_rate=0.5"])
+    again = _synth_records("tiny", 0, tmp_path, ["missed_rate=0.9", "background_rate=0.5"])
+    dirs = sorted(p.name for p in (tmp_path / "seed0").iterdir())
+    assert dirs[0] == "data" and dirs[1].startswith("data-noise-") and len(dirs) == 2
+    config = synth.SynthDataset.load(tmp_path / "seed0" / dirs[1]).config
+    assert (config.noise.missed_rate, config.noise.background_rate) == (0.9, 0.5)
+    missed = [sum(len(r.missed) for r in recs) for recs in (base, noisier)]
+    assert missed[1] > missed[0]
+    assert [r.id for r in again] == [r.id for r in noisier]
