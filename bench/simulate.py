@@ -77,6 +77,7 @@ PAIRS: tuple[tuple[str, str], ...] = (
 )
 FINAL_RECIPES = ("scratch", "warm_cleaning", "warm_crowd")
 CONSENSUS_MODELS = ("crossfit", "crowd")
+FINETUNE_STEPS = ("matched", "epochs")
 CURVE_POINTS = 40
 
 
@@ -99,6 +100,9 @@ class BenchSettings:
             ``crowd`` (the detector trained on the crowd labels).
         calibrate: regrade the findings with the calibration learned from the bought images.
         reviews: the oracle answers every instance sent to review, and its cost is charged.
+        finetune_steps: the fine-tune baselines train ``spec.epochs`` epochs over the bought images alone
+            (``epochs``) or, by repeating them, as many gradient steps as the method's final training
+            (``matched``).
         fix_precision, review_precision: the calibration's precision targets for auto-fixing and for
             reviewing (``selection.calibration.CalibrationConfig``); a higher ``review_precision`` reviews
             fewer instances.
@@ -115,12 +119,15 @@ class BenchSettings:
     reviews: bool = True
     fix_precision: float = CalibrationConfig.fix_precision
     review_precision: float = CalibrationConfig.review_precision
+    finetune_steps: str = "matched"
 
     def __post_init__(self) -> None:
         if self.final_recipe not in FINAL_RECIPES:
             raise ValueError(f"final_recipe: expected one of {FINAL_RECIPES}, got {self.final_recipe!r}")
         if self.consensus not in CONSENSUS_MODELS:
             raise ValueError(f"consensus: expected one of {CONSENSUS_MODELS}, got {self.consensus!r}")
+        if self.finetune_steps not in FINETUNE_STEPS:
+            raise ValueError(f"finetune_steps: expected one of {FINETUNE_STEPS}, got {self.finetune_steps!r}")
         if self.expert_repeat < 1:
             raise ValueError(f"expert_repeat: expected >= 1, got {self.expert_repeat}")
         if not 0 < self.seed_fraction <= self.budget <= 1:
@@ -259,9 +266,14 @@ def run_seed(
         return {i: records_by_id[i].expert for i in loop.expert_ids}
 
     arm("expert_budget", expert_of(rand), rand.expert_ids)
-    # The equal-cost baselines: the crowd-trained detector fine-tuned on the bought images alone.
-    arm("finetune_random", expert_of(rand), rand.expert_ids, init=noisy.weights)
-    arm("finetune_lsm", expert_of(lsm_loop), lsm_loop.expert_ids, init=noisy.weights)
+    # The equal-cost baselines: the crowd-trained detector fine-tuned on the bought images alone, as many
+    # epochs as the method's final training; "matched" also repeats the images so that an epoch is as long
+    # as the final training's (the same number of gradient steps).
+    final_epoch = n_train + (settings.expert_repeat - 1) * len(lsm_loop.expert_ids)
+    for name, loop in (("finetune_random", rand), ("finetune_lsm", lsm_loop)):
+        k = max(1, round(final_epoch / max(len(loop.expert_ids), 1)))
+        repeats = {i: k for i in loop.expert_ids} if settings.finetune_steps == "matched" and k > 1 else None
+        arm(name, expert_of(loop), loop.expert_ids, init=noisy.weights, repeats=repeats)
 
     def final(name: str, labels: dict[str, Detections], loop: LoopResult, counts: dict | None) -> None:
         init = {
@@ -747,6 +759,13 @@ def main(argv: list[str] | None = None) -> int:
         help="re-annotated images appear this many times per epoch in the cleaned-label trainings",
     )
     parser.add_argument("--consensus", choices=CONSENSUS_MODELS, default=BenchSettings.consensus)
+    parser.add_argument(
+        "--finetune-steps",
+        choices=FINETUNE_STEPS,
+        default=BenchSettings.finetune_steps,
+        help="fine-tune baselines: as many gradient steps as the final training (matched), or only as many "
+        "epochs over their fewer images",
+    )
     parser.add_argument("--no-calibration", action="store_true", help="keep the LSM's own grades")
     parser.add_argument(
         "--fix-precision",
@@ -799,6 +818,7 @@ def main(argv: list[str] | None = None) -> int:
             final_recipe=args.final_recipe,
             expert_repeat=args.expert_repeat,
             consensus=args.consensus,
+            finetune_steps=args.finetune_steps,
             calibrate=not args.no_calibration,
             fix_precision=args.fix_precision,
             review_precision=args.review_precision,
