@@ -45,10 +45,13 @@ test: setup setup-ls
 test-fast: setup
 	$(PY) -m pytest -m "not e2e and not slow"
 
+# Type-checks every package (mypy settings in pyproject.toml).
+MYPY_PACKAGES := selection formats metrics model synth backend bench demo
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy selection
+	$(VENV)/bin/mypy $(MYPY_PACKAGES)
 
 demo: setup setup-ls
 	$(PY) -m demo

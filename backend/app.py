@@ -68,11 +68,7 @@ def create_app(
         else None
     )
     if service is None:
-        loader = ImageLoader(
-            label_studio_url=settings.label_studio_url,
-            auth=auth,
-            document_root=settings.local_files_document_root,
-        )
+        loader = ImageLoader.from_settings(settings, auth=auth)
         service = ModelService(settings, loader=loader)
         service.publish_initial()
     if trainer is None:

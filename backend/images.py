@@ -8,6 +8,9 @@
 * ``data:image/...;base64,...``: decoded inline.
 
 Every failure raises :class:`ImageLoadError` naming the task and the URL (never the key).
+
+Sources are chosen by URL scheme from :data:`RESOLVERS` (``""`` is a path without a scheme); a new source is
+one resolver function added there (see docs/CONTRACTS.md, "How to add an image source").
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
@@ -24,9 +29,12 @@ import requests
 
 from backend.lsclient import LabelStudioAuth
 
+if TYPE_CHECKING:
+    from backend.settings import Settings
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageLoadError", "ImageLoader", "LoadedImage"]
+__all__ = ["RESOLVERS", "ImageLoadError", "ImageLoader", "LoadedImage", "Resolver"]
 
 _MAX_BYTES = 200 * 1024 * 1024
 
@@ -96,8 +104,17 @@ class ImageLoader:
             raise ImageLoadError(f"{_short(url)}: resolves outside LOCAL_FILES_DOCUMENT_ROOT")
         return path
 
+    @classmethod
+    def from_settings(cls, settings: Settings, *, auth: LabelStudioAuth | None) -> ImageLoader:
+        """The loader the backend uses: Label Studio URL and ``LOCAL_FILES_DOCUMENT_ROOT`` from settings."""
+        return cls(
+            label_studio_url=settings.label_studio_url,
+            auth=auth,
+            document_root=settings.local_files_document_root,
+        )
+
     def load(self, url: str, *, task: str = "?") -> LoadedImage:
-        """Load one image.
+        """Load one image with the resolver of its URL scheme.
 
         Args:
             url: the task's image reference.
@@ -107,21 +124,11 @@ class ImageLoader:
             ImageLoadError: unknown scheme, file or HTTP error, or undecodable bytes.
         """
         where = f"task {task}: image {_short(url)!r}"
+        resolver = RESOLVERS.get(urlparse(url).scheme.lower())
+        if resolver is None:
+            raise ImageLoadError(f"{where}: expected an http(s) URL, a Label Studio path or a data: URI")
         try:
-            if url.startswith("data:"):
-                header, _, payload = url.partition(",")
-                if ";base64" not in header:
-                    raise ImageLoadError(f"{where}: only base64 data URIs are supported")
-                try:
-                    return LoadedImage(_decode(base64.b64decode(payload, validate=True), where))
-                except binascii.Error:
-                    raise ImageLoadError(f"{where}: invalid base64 payload") from None
-            path = self.local_path(url)
-            if path is not None:
-                if not path.is_file():
-                    raise ImageLoadError(f"{where}: no such file under LOCAL_FILES_DOCUMENT_ROOT ({path})")
-                return LoadedImage(_decode(path.read_bytes(), where), path=path)
-            return LoadedImage(_decode(self._fetch(url, where), where))
+            return resolver(self, url, where)
         except ImageLoadError:
             raise
         except requests.RequestException as exc:
@@ -129,29 +136,74 @@ class ImageLoader:
         except OSError as exc:
             raise ImageLoadError(f"{where}: cannot be read ({exc.strerror or type(exc).__name__})") from None
 
-    def _fetch(self, url: str, where: str) -> bytes:
+    def get(self, url: str, where: str) -> bytes:
+        """GET ``url``; the API key is sent only to ``LABEL_STUDIO_URL``'s host. Raises on non-200."""
         parsed = urlparse(url)
-        if parsed.scheme in ("http", "https"):
-            ls = urlparse(self.label_studio_url) if self.label_studio_url else None
-            on_ls = ls is not None and (parsed.scheme, parsed.netloc) == (ls.scheme, ls.netloc)
-            if on_ls and self.auth is not None:
-                resp = self.auth.get(url, timeout=self.timeout)
-            else:
-                resp = requests.get(url, timeout=self.timeout)
-        elif url.startswith("/"):
-            if self.label_studio_url is None or self.auth is None:
-                raise ImageLoadError(
-                    f"{where}: a Label Studio path, but LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY are not set"
-                    + (" (or set LOCAL_FILES_DOCUMENT_ROOT)" if url.startswith("/data/local-files") else "")
-                )
-            resp = self.auth.get(self.label_studio_url + url, timeout=self.timeout)
+        ls = urlparse(self.label_studio_url) if self.label_studio_url else None
+        on_ls = ls is not None and (parsed.scheme, parsed.netloc) == (ls.scheme, ls.netloc)
+        if on_ls and self.auth is not None:
+            resp = self.auth.get(url, timeout=self.timeout)
         else:
-            raise ImageLoadError(f"{where}: expected an http(s) URL, a Label Studio path or a data: URI")
+            resp = requests.get(url, timeout=self.timeout)
         if resp.status_code != 200:
             raise ImageLoadError(f"{where}: HTTP {resp.status_code}")
         if len(resp.content) > _MAX_BYTES:
             raise ImageLoadError(f"{where}: larger than {_MAX_BYTES // 2**20} MiB")
-        return resp.content
+        return bytes(resp.content)
+
+
+Resolver = Callable[[ImageLoader, str, str], LoadedImage]
+"""``resolver(loader, url, where) -> LoadedImage``; failures raise :class:`ImageLoadError` starting with
+``where`` (``requests`` and ``OSError`` failures are turned into one by :meth:`ImageLoader.load`)."""
+
+
+def _data_uri(loader: ImageLoader, url: str, where: str) -> LoadedImage:
+    header, _, payload = url.partition(",")
+    if ";base64" not in header:
+        raise ImageLoadError(f"{where}: only base64 data URIs are supported")
+    try:
+        return LoadedImage(_decode(base64.b64decode(payload, validate=True), where))
+    except binascii.Error:
+        raise ImageLoadError(f"{where}: invalid base64 payload") from None
+
+
+def _local_file(loader: ImageLoader, url: str, where: str) -> LoadedImage | None:
+    """A ``/data/local-files/?d=...`` reference read from the document root, when one is configured."""
+    path = loader.local_path(url)
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ImageLoadError(f"{where}: no such file under LOCAL_FILES_DOCUMENT_ROOT ({path})")
+    return LoadedImage(_decode(path.read_bytes(), where), path=path)
+
+
+def _http(loader: ImageLoader, url: str, where: str) -> LoadedImage:
+    local = _local_file(loader, url, where)
+    return local if local is not None else LoadedImage(_decode(loader.get(url, where), where))
+
+
+def _label_studio_path(loader: ImageLoader, url: str, where: str) -> LoadedImage:
+    """``/data/local-files/?d=...`` from the document root when set; other paths from Label Studio."""
+    if not url.startswith("/"):
+        raise ImageLoadError(f"{where}: expected an http(s) URL, a Label Studio path or a data: URI")
+    local = _local_file(loader, url, where)
+    if local is not None:
+        return local
+    if loader.label_studio_url is None or loader.auth is None:
+        raise ImageLoadError(
+            f"{where}: a Label Studio path, but LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY are not set"
+            + (" (or set LOCAL_FILES_DOCUMENT_ROOT)" if url.startswith("/data/local-files") else "")
+        )
+    return LoadedImage(_decode(loader.get(loader.label_studio_url + url, where), where))
+
+
+RESOLVERS: dict[str, Resolver] = {
+    "data": _data_uri,
+    "http": _http,
+    "https": _http,
+    "": _label_studio_path,
+}
+"""URL scheme (lower case; ``""`` for a path) -> the resolver that loads it."""
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:

@@ -18,7 +18,7 @@ import requests
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelStudioAuth", "TaskWriteBack", "make_sdk_client"]
+__all__ = ["LabelStudioAuth", "TaskWriteBack", "make_sdk_client", "merge_task_data"]
 
 
 def _looks_like_jwt(key: str) -> bool:
@@ -70,11 +70,28 @@ def make_sdk_client(base_url: str, api_key: str) -> Any:
     return LabelStudio(base_url=base_url, api_key=api_key, timeout=60)
 
 
+def merge_task_data(client: Any, task_id: int, fields: Mapping[str, Any]) -> None:
+    """Merge ``fields`` into a task's ``data`` in Label Studio: read the task, update, write the whole data.
+
+    Label Studio's task update replaces ``data`` as a whole, so writing only the new fields would delete the
+    image reference and the crowd labels.
+
+    Args:
+        client: a ``label_studio_sdk.LabelStudio`` client (see :func:`make_sdk_client`).
+        task_id: the task.
+        fields: the keys to set (e.g. ``TaskFields.as_data()``).
+    """
+    task = client.tasks.get(id=task_id)
+    data = dict(getattr(task, "data", None) or {})
+    data.update(fields)
+    client.tasks.update(id=task_id, data=data)
+
+
 class TaskWriteBack:
     """A background thread that merges fields into task data in Label Studio, never blocking /predict.
 
-    Label Studio's task update replaces ``data`` as a whole, so each update reads the task, merges the new
-    fields and writes the full data back. Failures are logged and counted; they never reach the caller.
+    Each update goes through :func:`merge_task_data`. Failures are logged and counted; they never reach the
+    caller.
 
     Args:
         client_factory: builds the SDK client lazily, in the worker thread.
@@ -118,10 +135,7 @@ class TaskWriteBack:
         """Merge ``fields`` into the task's data synchronously (used by the rescoring after training)."""
         if self._client is None:
             self._client = self._factory()
-        task = self._client.tasks.get(id=task_id)
-        data = dict(getattr(task, "data", None) or {})
-        data.update(fields)
-        self._client.tasks.update(id=task_id, data=data)
+        merge_task_data(self._client, task_id, fields)
 
     def _run(self) -> None:
         while True:

@@ -1,6 +1,8 @@
 """Label Studio ML-backend JSON: request models and pure builders of the response (no I/O, no model).
 
-How the proposed cleaned labels are shown to an annotator (one prediction per task, one region per box):
+The proposed cleaned labels are ``selection.correction.plan_corrections`` (the plan ``correct_labels``
+applies), rendered as regions; this module decides only how each planned edit looks. How they are shown to
+an annotator (one prediction per task, one region per box):
 
 * ``clean`` crowd box the model confirms -> the crowd box, meta ``"clean · clean · keep"``.
 * ``localization`` with an auto-fix -> the model's (fixed) box, meta ``"localization · minor · auto_fix"``.
@@ -33,8 +35,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.labelconfig import LabelSchema
-from formats.labelstudio import xyxy_to_percent
+from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema
+from formats.labelstudio import rectangle_regions
+from selection.correction import Edit, plan_corrections
 from selection.detections import Detections
 from selection.lsm import ImageScore
 
@@ -51,9 +54,6 @@ __all__ = [
     "proposals_from_score",
     "task_image_url",
 ]
-
-DROP_LABEL_NAMES = ("background", "drop", "delete", "noise")
-"""Label names (case-insensitive) that, when present in the config, mark boxes proposed for deletion."""
 
 
 class PredictRequest(BaseModel):
@@ -179,6 +179,10 @@ def proposals_from_score(
 ) -> list[RegionProposal]:
     """The LSM's findings of one image -> the proposed cleaned labels, as shown in Label Studio.
 
+    Renders ``plan_corrections(crowd, pred, score)`` (no consensus): every crowd box (moved ones where the
+    plan moves them, dropped and split ones marked ``drop``), then the predictions the plan adds or sends
+    for review, numbering the parts of each split box.
+
     Args:
         crowd: the M crowd boxes (pixels; class ids are label indices).
         pred: the model's predictions given to the LSM (pixels, scored; class ids already label indices).
@@ -187,59 +191,44 @@ def proposals_from_score(
 
     Returns:
         Crowd-sourced proposals in crowd order, then model-sourced ones (see the module docstring).
+
+    Raises:
+        ValueError: if ``score`` was not computed from ``crowd`` and ``pred``.
     """
-    inst = score.instances
+    plan = plan_corrections(crowd, pred, score)
+    inst = plan.findings
     out: list[RegionProposal] = []
     part_counter: Counter[int] = Counter()
-    for i in range(len(inst)):
-        source = int(inst.source[i])
+    for i in range(len(plan)):
+        edit = str(plan.edit[i])
+        if edit == Edit.NONE.value:
+            continue
+        from_crowd = int(inst.source[i]) == 0
         idx = int(inst.index[i])
         noise_type = str(inst.noise_type[i])
-        grade = str(inst.grade[i])
-        action = str(inst.action[i])
-        confidence = float(inst.confidence[i])
-        proposed = inst.proposed_xyxy[i]
-        fix = action == "auto_fix"
-        if source == 0:
-            crowd_box = tuple(float(v) for v in crowd.xyxy[idx])
-            drop = fix and bool(np.isnan(proposed).any())
-            box = tuple(float(v) for v in proposed) if fix and not drop else crowd_box
+        if from_crowd:
             # Background: the finding's confidence is that *nothing* is there; show the model's support.
+            confidence = float(inst.confidence[i])
             shown = 1.0 - confidence if noise_type == "background" else confidence
-            out.append(
-                RegionProposal(
-                    xyxy=box,  # type: ignore[arg-type]
-                    class_id=int(crowd.class_id[idx]),
-                    score=shown,
-                    noise_type=noise_type,
-                    grade=grade,
-                    action=action,
-                    source="crowd",
-                    index=idx,
-                    drop=drop,
-                )
-            )
-            continue
-        model_score = float(pred.score[idx]) if pred.score is not None else 1.0
-        if model_score < score_threshold or action == "keep":
-            continue
-        part = 0
-        if noise_type == "box_in_box":
-            if not fix:
+        else:
+            shown = float(pred.score[idx]) if pred.score is not None else 1.0
+            if shown < score_threshold:
                 continue
-            parent = int(inst.parent[i])
-            part_counter[parent] += 1
-            part = part_counter[parent]
+        part = 0
+        if int(inst.parent[i]) >= 0:
+            part_counter[int(inst.parent[i])] += 1
+            part = part_counter[int(inst.parent[i])]
         out.append(
             RegionProposal(
-                xyxy=tuple(float(v) for v in proposed),  # type: ignore[arg-type]
-                class_id=int(pred.class_id[idx]),
-                score=model_score,
+                xyxy=tuple(float(v) for v in plan.xyxy[i]),  # type: ignore[arg-type]
+                class_id=int(plan.class_id[i]),
+                score=shown,
                 noise_type=noise_type,
-                grade=grade,
-                action=action,
-                source="model",
+                grade=str(inst.grade[i]),
+                action=str(inst.action[i]),
+                source="crowd" if from_crowd else "model",
                 index=idx,
+                drop=edit in (Edit.DROP.value, Edit.SPLIT.value),
                 part=part,
             )
         )
@@ -266,38 +255,26 @@ def build_regions(
     Raises:
         ValueError: when a proposal's ``class_id`` is not a label index of ``schema``.
     """
-    drop_label = _drop_label_index(schema)
     if not proposals:
         return []
-    pct = xyxy_to_percent(np.array([p.xyxy for p in proposals], np.float64), width, height)
-    pct = np.clip(pct, 0.0, 100.0)
-    regions: list[dict[str, Any]] = []
-    for p, (x, y, w, h) in zip(proposals, pct, strict=True):
+    drop_label = _drop_label_index(schema)
+    names = []
+    for p in proposals:
         label_index = drop_label if (p.drop and drop_label is not None) else p.class_id
         if not 0 <= label_index < len(schema.labels):
             raise ValueError(f"class_id: {p.class_id} is not a label index of {list(schema.labels)}")
-        regions.append(
-            {
-                "id": p.region_id,
-                "from_name": schema.from_name,
-                "to_name": schema.to_name,
-                "type": "rectanglelabels",
-                "original_width": int(width),
-                "original_height": int(height),
-                "image_rotation": 0,
-                "value": {
-                    "x": round(float(x), 4),
-                    "y": round(float(y), 4),
-                    "width": round(float(w), 4),
-                    "height": round(float(h), 4),
-                    "rotation": 0,
-                    "rectanglelabels": [schema.labels[label_index]],
-                },
-                "score": round(float(np.clip(p.score, 0.0, 1.0)), 4),
-                "meta": {"text": [p.meta_text]},
-            }
-        )
-    return regions
+        names.append(schema.labels[label_index])
+    return rectangle_regions(
+        np.array([p.xyxy for p in proposals], np.float64).reshape(-1, 4),
+        names,
+        width=width,
+        height=height,
+        from_name=schema.from_name,
+        to_name=schema.to_name,
+        ids=[p.region_id for p in proposals],
+        scores=[p.score for p in proposals],
+        meta_texts=[p.meta_text for p in proposals],
+    )
 
 
 def build_prediction(

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,9 +27,12 @@ from backend.protocol import (
     proposals_from_score,
     task_image_url,
 )
-from backend.settings import Settings
+from backend.settings import Settings, lsm_as_dict
 from formats.labelstudio import CROWD_FIELD, crowd_labels_to_detections
 from selection.detections import Detections
+
+if TYPE_CHECKING:
+    from model.detector import Detector
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +76,19 @@ class ModelService:
         self.registry = ModelRegistry(settings.model_dir)
         self._swap_lock = threading.Lock()
         self._load_lock = threading.Lock()
-        self._detector: Any = None
+        self._detector: Detector | None = None
         self._version: str | None = None
         self._warned_unmapped: set[str] = set()
 
     def publish_initial(self) -> None:
         """Publish ``MODEL_WEIGHTS`` as the first version when the registry is empty (a file copy, fast)."""
         if self.settings.model_weights is not None and self.registry.latest() is None:
-            mv = self.registry.publish(self.settings.model_weights, {"source": "MODEL_WEIGHTS"})
+            meta = {
+                "source": "MODEL_WEIGHTS",
+                "family": self.settings.detector_family,
+                "lsm": lsm_as_dict(self.settings.lsm),
+            }
+            mv = self.registry.publish(self.settings.model_weights, meta)
             logger.info("published initial weights %s as %s", self.settings.model_weights, mv.version)
 
     def latest_version(self) -> str | None:
@@ -101,7 +109,7 @@ class ModelService:
         Raises:
             NoModelError: nothing published.
         """
-        from model.predict import Detector
+        from model.detector import load_detector
 
         with self._load_lock:
             mv = self.registry.get(version) if version is not None else self.registry.latest()
@@ -112,13 +120,13 @@ class ModelService:
                 )
             if mv.version == self._version:
                 return mv.version
-            detector = Detector.load(mv.weights, self.settings.device, version=mv.version)
+            detector = load_detector(mv, device=self.settings.device)
             with self._swap_lock:
                 old, self._detector, self._version = self._version, detector, mv.version
             logger.info("model switched %s -> %s", old or "-", mv.version)
             return mv.version
 
-    def current(self) -> tuple[Any, str]:
+    def current(self) -> tuple[Detector, str]:
         """The detector to use now, loading or upgrading to the registry's latest version when needed."""
         latest = self.latest_version()
         if latest is None and self._detector is None:
@@ -134,13 +142,15 @@ class ModelService:
                     raise
                 logger.exception("loading %s failed; serving %s", latest, self._version)
         with self._swap_lock:
+            if self._detector is None:  # switch() failed and nothing was loaded before
+                raise NoModelError(f"model version {latest} could not be loaded; see the backend log")
             return self._detector, str(self._version)
 
     def detect(self, images: Sequence[np.ndarray | LoadedImage]) -> tuple[list[Detections], list[str], str]:
         """Batched inference: one scored Detections per image, the model's class names, its version."""
         detector, version = self.current()
         arrays = [im.pixels if isinstance(im, LoadedImage) else im for im in images]
-        preds = detector.predict(arrays, conf=0.01, batch=self.settings.predict_batch)
+        preds = detector.predict(arrays, conf=self.settings.predict_conf, batch=self.settings.predict_batch)
         return preds, list(detector.names), version
 
     def score_tasks(self, tasks: Sequence[Mapping[str, Any]], schema: LabelSchema) -> list[ScoredTask]:
@@ -170,16 +180,21 @@ class ModelService:
             for i, (task, image) in enumerate(zip(tasks, images, strict=True))
         ]
         preds, names, version = self.detect(images)
-        class_map = schema.class_map(names)
-        if not class_map and names:
+        label_map = schema.label_map(names)
+        if label_map.unmapped:
             key = f"{names}->{schema.labels}"
             if key not in self._warned_unmapped:
                 self._warned_unmapped.add(key)
-                logger.warning("no model class %s matches a config label %s", names, list(schema.labels))
+                logger.warning(
+                    "model classes %s match no config label %s (predictions dropped); name them in a "
+                    '<Label predicted_values="..."> attribute',
+                    list(label_map.unmapped),
+                    list(schema.labels),
+                )
         out = []
         for task, image, crowd, pred in zip(tasks, images, crowds, preds, strict=True):
-            pred = _map_classes(pred, class_map)
-            score = score_image(crowd, pred)
+            pred = label_map.to_labels(pred)
+            score = score_image(crowd, pred, config=self.settings.lsm)
             proposals = proposals_from_score(
                 crowd, pred, score, score_threshold=self.settings.score_threshold
             )
@@ -188,7 +203,7 @@ class ModelService:
             types = [str(t) for t in inst.noise_type[inst.parent < 0]]
             fields = TaskFields(
                 discrepancy=float(score.discrepancy),
-                noise_grade=_value(score.grade),
+                noise_grade=str(score.grade),
                 noise_types=noise_types_text(types),
                 model_version=version,
             )
@@ -214,35 +229,7 @@ class ModelService:
             return Detections.empty()
         try:
             return crowd_labels_to_detections(
-                records, width=image.width, height=image.height, label_to_id=_lower_keys(schema)
+                records, width=image.width, height=image.height, label_to_id=schema.label_ids
             )
         except ValueError as exc:
             raise TaskInputError(f"task {_task_name(task, index)}: {exc}") from None
-
-
-class _CaseInsensitiveLabels(dict[str, int]):
-    """label -> id where lookups ignore case (crowd labels typed by hand vary in case)."""
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and dict.__contains__(self, key.lower())
-
-    def __getitem__(self, key: str) -> int:
-        return dict.__getitem__(self, key.lower())
-
-
-def _lower_keys(schema: LabelSchema) -> _CaseInsensitiveLabels:
-    return _CaseInsensitiveLabels({name.lower(): i for i, name in enumerate(schema.labels)})
-
-
-def _map_classes(pred: Detections, class_map: Mapping[int, int]) -> Detections:
-    """Model class ids -> label ids; predictions of unmapped classes are dropped."""
-    if len(pred) == 0:
-        return pred
-    keep = np.array([int(c) in class_map for c in pred.class_id], bool)
-    sub = pred.subset(keep)
-    mapped = np.array([class_map[int(c)] for c in sub.class_id], np.int64)
-    return Detections(xyxy=sub.xyxy, class_id=mapped, score=sub.score)
-
-
-def _value(x: Any) -> str:
-    return str(getattr(x, "value", x))

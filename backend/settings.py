@@ -1,19 +1,37 @@
 """Backend configuration: one frozen dataclass read from the environment once, in the entry point.
 
 Every value is validated in :meth:`Settings.from_env`; a bad value raises :class:`SettingsError` whose message
-names the variable, what was expected and how to fix it. Secrets (the API key, the basic-auth password) are
-kept out of ``repr`` so they never reach a log line or a traceback.
+names the variable, what was expected and how to fix it. Every field of the LSM's ``LSMConfig`` is settable as
+``LSM_<FIELD>`` (e.g. ``LSM_MATCH_IOU=0.4``, ``LSM_AGGREGATION=noisy_or``, ``LSM_CLASS_AWARE=true``): the
+variables are derived from the dataclass, so a new field needs no edit here. Secrets (the API key, the
+basic-auth password) are kept out of ``repr`` so they never reach a log line or a traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
+import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ExpertMode", "ExpertPolicy", "Settings", "SettingsError"]
+from model.detector import DEFAULT_FAMILY, PREDICT_CONF, family_names, get_family
+from selection.lsm import LSMConfig
+
+__all__ = [
+    "LSM_PREFIX",
+    "ExpertMode",
+    "ExpertPolicy",
+    "Settings",
+    "SettingsError",
+    "lsm_as_dict",
+    "lsm_from_env",
+    "lsm_variables",
+]
 
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
@@ -122,9 +140,89 @@ def _float(environ: Mapping[str, str], name: str, default: float, *, low: float,
 
 def _device(text: str) -> str:
     t = text.strip().lower()
-    if t in ("auto", "cpu", "cuda", "mps") or (t.startswith("cuda:") and t[5:].isdigit()):
+    if t in ("auto", "cpu", "cuda") or (t.startswith("cuda:") and t[5:].isdigit()):
         return t
+    if t == "mps" or t.startswith("mps:"):
+        # Refused here rather than on the first /predict: model.device.resolve_device has no MPS path.
+        raise SettingsError(
+            f"DEVICE: {text!r} (Apple GPU) is not supported by this backend; use auto, cpu, cuda or cuda:N"
+        )
     raise SettingsError(f"DEVICE: expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+LSM_PREFIX = "LSM_"
+"""``LSMConfig.<field>`` is read from the variable ``LSM_<FIELD>``."""
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def lsm_variables() -> dict[str, str]:
+    """``LSMConfig`` field name -> environment variable (``match_iou`` -> ``LSM_MATCH_IOU``)."""
+    return {f.name: LSM_PREFIX + f.name.upper() for f in dataclasses.fields(LSMConfig)}
+
+
+def _parse_field(name: str, kind: Any, text: str) -> Any:
+    """One ``LSM_*`` value parsed as the field's annotated type (float, int, bool or a str enum)."""
+    if kind is bool:
+        low = text.lower()
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+        raise SettingsError(f"{name}: expected true or false, got {text!r}")
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        choices = [str(m.value) for m in kind]
+        for member in kind:
+            if str(member.value) == text.lower():
+                return member
+        raise SettingsError(f"{name}: expected one of {', '.join(choices)}, got {text!r}")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingsError(f"{name}: expected an integer, got {text!r}") from None
+    if kind is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise SettingsError(f"{name}: expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise SettingsError(f"{name}: expected a finite number, got {text!r}")
+        return value
+    raise SettingsError(f"{name}: cannot be set from the environment (a {kind!r} field)")
+
+
+def lsm_from_env(environ: Mapping[str, str]) -> LSMConfig:
+    """The LSM configuration: ``LSMConfig()`` with every ``LSM_<FIELD>`` that is set.
+
+    Raises:
+        SettingsError: naming the variable(s): an unparsable value, or one ``LSMConfig`` rejects (e.g.
+            ``LSM_MATCH_IOU`` above ``LSM_HIGH_IOU``).
+    """
+    variables = lsm_variables()
+    hints = typing.get_type_hints(LSMConfig)
+    values = {
+        name: _parse_field(var, hints[name], _get(environ, var, ""))
+        for name, var in variables.items()
+        if _get(environ, var, "")
+    }
+    try:
+        return LSMConfig(**values)
+    except ValueError as exc:
+        # LSMConfig names its fields before the colon ("match_iou: ..." or "a, b, c: ..."): name variables.
+        head, sep, rest = str(exc).partition(": ")
+        fields = [f.strip() for f in head.split(",")]
+        if sep and all(f in variables for f in fields):
+            raise SettingsError(f"{', '.join(variables[f] for f in fields)}: {rest}") from None
+        raise SettingsError(f"{LSM_PREFIX}*: {exc}") from None
+
+
+def lsm_as_dict(config: LSMConfig) -> dict[str, Any]:
+    """``LSMConfig`` as JSON values (enums as their value), e.g. for a model version's meta."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = value.value if isinstance(value, enum.Enum) else value
+    return out
 
 
 @dataclass(frozen=True)
@@ -138,15 +236,23 @@ class Settings:
             and training data collection.
         label_studio_api_key: legacy token or personal access token (kept out of ``repr``).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
-        score_threshold: minimum model confidence for a prediction to take part in scoring and display.
+        score_threshold: minimum model confidence for a model box (missed object, box-in-box part) to be
+            shown as a proposal. Display only: it changes neither the discrepancy nor the grades, which use
+            every prediction above ``predict_conf`` and the LSM's own ``score_floor``.
         local_files_document_root: read ``/data/local-files/?d=...`` straight from this folder.
         expert: which annotations are expert labels.
         train_min_annotations: new expert-annotated tasks needed before an annotation event retrains.
-        train_epochs, train_imgsz (0 = the images' size), train_batch, train_init: training options.
+        detector_family: the detector family new versions are trained with (``DETECTOR_FAMILY``); a version
+            is always loaded with the family recorded in its meta.
+        train_epochs, train_imgsz (0 = the family chooses from the images), train_batch: training options.
+        train_init: what a first training starts from (``""``: the family's default, e.g. yolov8n.yaml).
         basic_auth_user, basic_auth_pass: when both set, every endpoint requires HTTP basic auth.
         log_level: logging level name.
         work_dir: scratch folder for training datasets (default ``model_dir/work``).
         predict_batch: images per forward pass in ``/predict``.
+        predict_conf: the prediction confidence floor (``PREDICT_CONF``): detections below it never reach
+            the scorer.
+        lsm: the LSM thresholds (``LSM_<FIELD>``), used for every scoring and recorded in version meta.
     """
 
     model_dir: Path
@@ -161,12 +267,15 @@ class Settings:
     train_epochs: int = 20
     train_imgsz: int = 0
     train_batch: int = 8
-    train_init: str = "yolov8n.yaml"
+    train_init: str = ""
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
     work_dir: Path | None = None
     predict_batch: int = 16
+    detector_family: str = DEFAULT_FAMILY
+    predict_conf: float = PREDICT_CONF
+    lsm: LSMConfig = field(default_factory=LSMConfig)
 
     @property
     def scratch_dir(self) -> Path:
@@ -223,10 +332,24 @@ class Settings:
             raise SettingsError(f"LOG_LEVEL: expected one of {', '.join(_LOG_LEVELS)}, got {level!r}")
 
         work_text = _get(environ, "WORK_DIR", "")
-        init = _get(environ, "TRAIN_INIT", "yolov8n.yaml")
-        if not (init.endswith((".yaml", ".yml")) or Path(init).expanduser().is_file()):
+        family_name = _get(environ, "DETECTOR_FAMILY", DEFAULT_FAMILY).lower()
+        if family_name not in family_names():
             raise SettingsError(
-                f"TRAIN_INIT: expected a model yaml (yolov8n.yaml) or a weights file, got {init!r}"
+                f"DETECTOR_FAMILY: expected one of {', '.join(family_names())}, got {family_name!r}"
+            )
+        family = get_family(family_name)
+        init = _get(environ, "TRAIN_INIT", "") or family.default_init
+        try:
+            family.check_init(init)
+        except ValueError as exc:
+            raise SettingsError(f"TRAIN_INIT: {str(exc).removeprefix('init: ')}") from None
+
+        lsm = lsm_from_env(environ)
+        predict_conf = _float(environ, "PREDICT_CONF", PREDICT_CONF, low=0.0, high=1.0)
+        if predict_conf > lsm.score_floor:
+            raise SettingsError(
+                f"PREDICT_CONF: expected at most LSM_SCORE_FLOOR={lsm.score_floor} (the scorer never sees "
+                f"predictions below PREDICT_CONF), got {predict_conf}"
             )
 
         return cls(
@@ -248,15 +371,19 @@ class Settings:
             log_level=level,
             work_dir=Path(work_text).expanduser() if work_text else None,
             predict_batch=_int(environ, "PREDICT_BATCH", 16, minimum=1),
+            detector_family=family_name,
+            predict_conf=predict_conf,
+            lsm=lsm,
         )
 
     def log_summary(self, logger: logging.Logger) -> None:
         """Log the configuration without secrets."""
         logger.info(
-            "settings: model_dir=%s device=%s label_studio=%s api_key=%s expert=%s train_min=%d epochs=%d "
-            "basic_auth=%s local_files_root=%s",
+            "settings: model_dir=%s device=%s family=%s label_studio=%s api_key=%s expert=%s train_min=%d "
+            "epochs=%d basic_auth=%s local_files_root=%s predict_conf=%s lsm=%s",
             self.model_dir,
             self.device,
+            self.detector_family,
             self.label_studio_url or "-",
             "set" if self.label_studio_api_key else "unset",
             self.expert.describe(),
@@ -264,4 +391,6 @@ class Settings:
             self.train_epochs,
             "on" if self.basic_auth_enabled else "off",
             self.local_files_document_root or "-",
+            self.predict_conf,
+            lsm_as_dict(self.lsm),
         )

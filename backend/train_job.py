@@ -1,9 +1,10 @@
 """The training job, run in its own process: ``python -m backend.train_job JOB.json``.
 
-The server writes ``JOB.json`` (dataset items, class names, options) and waits; this process writes the YOLO
-dataset, trains, publishes the weights to the registry and writes ``result.json`` next to the job file
-(``{"version": ...}`` or ``{"error": ...}``). A separate process keeps the server responsive (training holds
-the GIL and the CPU) and lets a crash or out-of-memory kill only the job.
+The server writes ``JOB.json`` (dataset items, class names, detector family, options) and waits; this process
+trains through the family's ``train`` (``model.detector``), publishes the weights to the registry with the
+family, the training options and the LSM settings in the version meta, and writes ``result.json`` next to the
+job file (``{"version": ...}`` or ``{"error": ...}``). A separate process keeps the server responsive
+(training holds the GIL and the CPU) and lets a crash or out-of-memory kill only the job.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ logger = logging.getLogger(__name__)
 
 def run_job(job: dict[str, Any]) -> str:
     """Train and publish; returns the published version name."""
-    from model.dataset import LabeledImage, write_yolo_dataset
+    from model.dataset import LabeledImage
+    from model.detector import DEFAULT_FAMILY, get_family
     from model.registry import ModelRegistry
-    from model.train import train_detector
     from selection.detections import Detections
 
     def items(key: str) -> list[LabeledImage]:
@@ -35,31 +36,33 @@ def run_job(job: dict[str, Any]) -> str:
             out.append(LabeledImage(Path(it["path"]), labels, int(it["width"]), int(it["height"])))
         return out
 
-    work = Path(job["work_dir"])
-    data_yaml = write_yolo_dataset(
-        work / "dataset", train=items("train"), val=items("val"), names=job["names"]
-    )
+    family = get_family(str(job.get("family") or DEFAULT_FAMILY))
+    imgsz = job.get("imgsz")
     start = time.monotonic()
-    result = train_detector(
-        data_yaml=data_yaml,
-        init=job["init"],
-        out_dir=work / "runs",
+    result = family.train(
+        train=items("train"),
+        val=items("val"),
+        names=list(job["names"]),
+        out_dir=Path(job["work_dir"]),
+        init=job.get("init") or None,
         epochs=int(job["epochs"]),
-        imgsz=int(job["imgsz"]),
         batch=int(job["batch"]),
+        imgsz=int(imgsz) if imgsz else None,
         seed=int(job.get("seed", 0)),
         device=job.get("device", "auto"),
     )
     meta = {
         "source": "expert annotations",
+        "family": family.name,
         "n_train": len(job["train"]),
         "n_val": len(job["val"]),
         "epochs": int(job["epochs"]),
-        "imgsz": int(job["imgsz"]),
-        "init": str(job["init"]),
+        "init": str(result.options.get("init", job.get("init") or family.default_init)),
         "seconds": round(time.monotonic() - start, 1),
         "metrics": {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)},
         "names": list(job["names"]),
+        "train_options": result.options,
+        "lsm": job.get("lsm") or {},
     }
     version = ModelRegistry(Path(job["model_dir"])).publish(result.weights, meta)
     return version.version

@@ -30,10 +30,10 @@ import numpy as np
 from PIL import Image
 
 from backend.images import ImageLoader
-from backend.labelconfig import LabelSchema, parse_label_config
-from backend.protocol import DROP_LABEL_NAMES
+from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema, parse_label_config
+from backend.lsclient import merge_task_data
 from backend.service import ModelService, ScoredTask
-from backend.settings import ExpertPolicy, Settings
+from backend.settings import ExpertPolicy, Settings, lsm_as_dict
 from formats.labelstudio import regions_to_detections
 
 logger = logging.getLogger(__name__)
@@ -117,10 +117,7 @@ class LabelStudioSource:
                 score=pred["score"],
                 model_version=pred["model_version"],
             )
-            task = self._client.tasks.get(id=item.task_id)
-            data = dict(getattr(task, "data", None) or {})
-            data.update(item.fields.as_data())
-            self._client.tasks.update(id=item.task_id, data=data)
+            merge_task_data(self._client, item.task_id, item.fields.as_data())
 
 
 def expert_annotation(task: Mapping[str, Any], policy: ExpertPolicy) -> dict[str, Any] | None:
@@ -167,13 +164,19 @@ def training_items(
 ) -> list[_Item]:
     """Expert-annotated tasks -> training items (image on disk, boxes as model class ids).
 
-    Labels map to ``names`` case-insensitively; labels that are not model classes (e.g. a ``background``
-    deletion label) are left out. Images from HTTP or data URIs are saved under ``image_dir`` as PNG.
+    Labels map to ``names`` through ``schema.label_map`` read backwards (the same mapping ``/predict`` uses);
+    labels that map to no model class (e.g. a ``background`` deletion label) are left out. Images from HTTP
+    or data URIs are saved under ``image_dir`` as PNG.
+
+    Raises:
+        ValueError: no label of the config maps to a model class (training would see no boxes at all).
     """
-    by_lower = {n.lower(): i for i, n in enumerate(names)}
-    label_to_class = {lab: by_lower[lab.lower()] for lab in schema.labels if lab.lower() in by_lower}
-    if not label_to_class and len(names) == 1:
-        label_to_class = {lab: 0 for lab in schema.labels if lab.lower() not in DROP_LABEL_NAMES}
+    label_to_class = schema.label_map(names).label_to_class
+    if not label_to_class:
+        raise ValueError(
+            f"no label of the labelling config {list(schema.labels)} maps to a model class {list(names)}: "
+            'name the classes in a <Label predicted_values="..."> attribute or rename the labels'
+        )
     items = []
     image_dir.mkdir(parents=True, exist_ok=True)
     for task in tasks:
@@ -360,8 +363,10 @@ class TrainingManager:
         items.sort(key=lambda it: str(it.path))
         n_val = len(items) // 10 if len(items) >= 10 else 0
         train, val = (items[n_val:], items[:n_val]) if n_val else (items, items)
-        imgsz = self.settings.train_imgsz or _round32(max(max(it.width, it.height) for it in items))
-        init = str(latest.weights) if latest is not None else self.settings.train_init
+        family = self.settings.detector_family
+        # Warm start only from weights the configured family can read.
+        warm = latest if latest is not None and latest.family == family else None
+        init = str(warm.weights) if warm is not None else self.settings.train_init
         job = {
             "work_dir": str(job_dir),
             "model_dir": str(self.settings.model_dir),
@@ -370,20 +375,22 @@ class TrainingManager:
             "val": [it.as_json() for it in val],
             "init": init,
             "epochs": self.settings.train_epochs,
-            "imgsz": imgsz,
+            "imgsz": self.settings.train_imgsz or None,
             "batch": self.settings.train_batch,
             "device": self.settings.device,
+            "family": family,
+            "lsm": lsm_as_dict(self.settings.lsm),
             "log_level": self.settings.log_level,
         }
         job_path = job_dir / "job.json"
         job_path.write_text(json.dumps(job))
         logger.info(
-            "training on %d expert tasks (%d val) from %s, %d epochs at %d px",
+            "training a %s detector on %d expert tasks (%d val) from %s, %d epochs",
+            family,
             len(train),
             len(val),
-            Path(init).name,
+            Path(init).name or "the family's default",
             self.settings.train_epochs,
-            imgsz,
         )
         log_path = job_dir / "train.log"
         with open(log_path, "wb") as log:
@@ -422,7 +429,3 @@ class TrainingManager:
             except Exception as exc:
                 logger.warning("re-scoring tasks %d..%d failed: %s", start, start + len(part) - 1, exc)
         logger.info("re-scored %d/%d non-expert tasks", done, len(remaining))
-
-
-def _round32(n: int) -> int:
-    return max(32, int(np.ceil(n / 32.0)) * 32)

@@ -114,7 +114,7 @@ def review(labels: Detections, flagged: Detections, expert: Detections) -> tuple
     """
     n, e = len(labels), len(flagged)
     if e == 0:
-        return labels.with_score(None), ReviewOutcome()
+        return Detections(labels.xyxy, labels.class_id), ReviewOutcome()
     used = np.zeros(n, bool)
     row_of_flag = np.full(e, -1, np.int64)
     for j in range(e):
@@ -160,6 +160,9 @@ def review(labels: Detections, flagged: Detections, expert: Detections) -> tuple
     keep = np.ones(n, bool)
     keep[list(replace)] = False
     new_idx = np.concatenate([*replace.values(), added]).astype(np.int64) if replace or added.size else added
-    out = Detections.concat([labels.subset(keep).with_score(None), expert.subset(new_idx).with_score(None)])
+    out = Detections(
+        np.concatenate([labels.xyxy[keep], expert.xyxy[new_idx]]),
+        np.concatenate([labels.class_id[keep], expert.class_id[new_idx]]),
+    )
     outcome = ReviewOutcome(reviewed=e, added=int(added.size), **counts)
     return out, outcome

@@ -183,11 +183,10 @@ def run_seed(
     lsm: LSMConfig,
     settings: BenchSettings,
     names: Sequence[str] = ("deposit",),
-    threads: int | None = None,
 ) -> dict[str, Any]:
     """Every arm on one dataset with one seed; returns a JSON-ready record."""
     t0 = time.perf_counter()
-    bench = Workbench(records, work / "runs", spec, seed=seed, names=names, threads=threads)
+    bench = Workbench(records, work / "runs", spec, seed=seed, names=names)
     records_by_id = bench.records
     train_ids = bench.train_ids
     n_train = len(train_ids)
@@ -794,15 +793,8 @@ def main(argv: list[str] | None = None) -> int:
         "--data", type=Path, help="run on your own dataset (expert.json + crowd.json, see bench/userdata.py)"
     )
     parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads per training (default: all cores); 1 is much faster on a busy machine",
-    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads: expected at least 1")
     if args.data is not None and args.noise:
         parser.error("--noise applies to simulated data only, not with --data")
     try:
@@ -863,7 +855,6 @@ def main(argv: list[str] | None = None) -> int:
                 lsm=lsm,
                 settings=settings,
                 names=names,
-                threads=args.threads,
             )
         )
         (args.out / "results.json").write_text(json.dumps({"runs": runs}, indent=1, default=str))
@@ -882,7 +873,6 @@ def main(argv: list[str] | None = None) -> int:
         "train_spec": asdict(spec),
         "lsm": asdict(lsm),
         "device": resolve_device(args.device),
-        "threads": args.threads,
         "seconds": time.perf_counter() - t0,
         "command": "python -m bench.simulate " + shlex.join(sys.argv[1:] if argv is None else argv),
     }

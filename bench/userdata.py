@@ -52,6 +52,10 @@ class UserRecord:
     missed: np.ndarray = field(repr=False)
 
 
+def _unscored(dets: Detections) -> Detections:
+    return Detections(dets.xyxy, dets.class_id)
+
+
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; a --data folder needs expert.json and crowd.json (COCO)")
@@ -122,7 +126,7 @@ def load_user_dataset(root: Path | str, *, seed: int) -> tuple[list[UserRecord],
         path = Path(im.file_name) if Path(im.file_name).is_absolute() else root / im.file_name
         if not path.is_file():
             raise FileNotFoundError(f"expert.json: image {image_id}: no file at {path}")
-        crowd = crowd_by_file[im.file_name].detections.with_score(None)
+        crowd = _unscored(crowd_by_file[im.file_name].detections)
         truth = expert_truth(crowd, im.detections)
         records.append(
             UserRecord(
@@ -131,7 +135,7 @@ def load_user_dataset(root: Path | str, *, seed: int) -> tuple[list[UserRecord],
                 path=path.resolve(),
                 width=im.width,
                 height=im.height,
-                expert=im.detections.with_score(None),
+                expert=_unscored(im.detections),
                 crowd=crowd,
                 crowd_noise=truth.crowd_type,
                 missed=np.flatnonzero(truth.missed).astype(np.int64),

@@ -1,4 +1,7 @@
-"""Train, predict and evaluate YOLO models on one simulated dataset, for the benchmark's arms."""
+"""Train, predict and evaluate detectors on one simulated dataset, for the benchmark's arms.
+
+Only the detector interface is used (``model.detector``); the family is ``TrainSpec.family`` (default YOLO).
+"""
 
 from __future__ import annotations
 
@@ -12,12 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from metrics.ap import APResult, evaluate_ap
-from model.dataset import LabeledImage, write_yolo_dataset
-from model.predict import Detector
-from model.train import train_detector
+from model.dataset import LabeledImage
+from model.detector import DEFAULT_FAMILY, PREDICT_CONF, Detector, get_family
 from selection.detections import Detections
 
 log = logging.getLogger(__name__)
+
+AP_CONF = 0.001
+"""Confidence floor of the predictions AP is computed on: COCO-style AP needs the low-score tail."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,8 @@ class TrainSpec:
         imgsz: training and inference image size in pixels.
         batch: training batch size.
         device: "auto", "cpu" or "cuda[:N]".
-        init: model definition to train from scratch.
+        family: the detector family (``model.detector``).
+        init: model definition to train from scratch (``None``: the family's default).
         cleaning_init: where the first cleaning model starts: ``"noisy"`` fine-tunes the detector trained
             on the crowd labels (cheap labels as pre-training; there are no downloadable weights here),
             ``"scratch"`` trains from ``init`` on the expert seed set alone.
@@ -43,7 +49,8 @@ class TrainSpec:
     imgsz: int = 160
     batch: int = 8
     device: str = "auto"
-    init: str = "yolov8n.yaml"
+    family: str = DEFAULT_FAMILY
+    init: str | None = None
     cleaning_init: str = "noisy"
 
 
@@ -77,9 +84,6 @@ class Workbench:
         spec: training settings.
         seed: the training seed.
         names: class names, index = class id (the simulator's one class by default).
-        threads: torch CPU threads per training and prediction (None: all cores). On a CPU that other jobs
-            keep busy, 1 is several times faster than threads waiting on each other. Not part of the
-            cache key.
     """
 
     def __init__(
@@ -90,10 +94,8 @@ class Workbench:
         *,
         seed: int,
         names: Sequence[str] = ("deposit",),
-        threads: int | None = None,
     ) -> None:
         self.names = [str(n) for n in names]
-        self.threads = threads
         self.records = {r.id: r for r in records}
         self.train_ids = [r.id for r in records if r.split == "train"]
         self.val_ids = [r.id for r in records if r.split == "val"]
@@ -156,25 +158,21 @@ class Workbench:
                 if cached.pop("key", None) == key:
                     return TrainedModel(**{**cached, "name": name, "weights": Path(cached["weights"])})
         expert = {i: self.records[i].expert for i in self.val_ids}
-        data_yaml = write_yolo_dataset(
-            self.work_dir / name / "data",
+        result = get_family(self.spec.family).train(
             train=self._labeled(ids, labels, repeats),
             val=self._labeled(self.val_ids, expert),
             names=self.names,
-        )
-        result = train_detector(
-            data_yaml=data_yaml,
+            out_dir=self.work_dir / name,
             init=init or self.spec.init,
-            out_dir=self.work_dir / name / "run",
             epochs=epochs or self.spec.epochs,
             imgsz=self.spec.imgsz,
             batch=self.spec.batch,
             seed=self.seed,
             device=self.spec.device,
-            val=val_every_epoch,
-            threads=self.threads,
+            validate=val_every_epoch,
+            keep="last",
         )
-        weights = result.weights.with_name("last.pt")
+        weights = result.weights
         ap = self.test_ap(weights)
         trained = TrainedModel(
             name=name, weights=weights, seconds=result.seconds, ap50=ap.ap50, ap50_95=ap.ap50_95
@@ -186,19 +184,19 @@ class Workbench:
 
     def detector(self, weights: Path) -> Detector:
         if weights not in self._detectors:
-            self._detectors[weights] = Detector.load(weights, device=self.spec.device, threads=self.threads)
+            self._detectors[weights] = get_family(self.spec.family).load(weights, device=self.spec.device)
         return self._detectors[weights]
 
-    def predict(self, weights: Path, ids: Sequence[str], *, conf: float = 0.01) -> dict[str, Detections]:
-        """Predictions of one model on the images ``ids``."""
+    def predict(
+        self, weights: Path, ids: Sequence[str], *, conf: float = PREDICT_CONF
+    ) -> dict[str, Detections]:
+        """Predictions of one model on the images ``ids`` (at the size it was trained at)."""
         if not ids:
             return {}
         det = self.detector(weights)
-        preds = det.predict(
-            [Path(self.records[i].path) for i in ids], conf=conf, imgsz=self.spec.imgsz, batch=32
-        )
+        preds = det.predict([Path(self.records[i].path) for i in ids], conf=conf, batch=32)
         return dict(zip(ids, preds, strict=True))
 
     def test_ap(self, weights: Path) -> APResult:
-        preds = self.predict(weights, self.test_ids, conf=0.001)
+        preds = self.predict(weights, self.test_ids, conf=AP_CONF)
         return evaluate_ap([self.records[i].expert for i in self.test_ids], [preds[i] for i in self.test_ids])

@@ -314,11 +314,11 @@ def import_seed_annotations(
     ``ground_truth`` (a star in the Data Manager) and with ``last_action="imported"``; the backend counts them
     as expert labels when it trains. Returns how many were created.
     """
-    from backend.labelconfig import parse_label_config
     from formats.labelstudio import detections_to_regions
     from synth import SynthDataset
+    from synth.records import NAMES
+    from synth.writers import FROM_NAME, TO_NAME
 
-    schema = parse_label_config((data_dir / "label_studio" / "label_config.xml").read_text())
     records = {f"{r.split}/{r.id}": r for r in SynthDataset.load(data_dir).images}
     wanted = {f"train/{i}" for i in seed_ids}
     created = 0
@@ -331,9 +331,9 @@ def import_seed_annotations(
             record.expert,
             width=record.width,
             height=record.height,
-            labels=[schema.labels[0]],
-            from_name=schema.from_name,
-            to_name=schema.to_name,
+            labels=NAMES,
+            from_name=FROM_NAME,
+            to_name=TO_NAME,
             id_prefix="seed",
         )
         client.annotations.create(

@@ -35,6 +35,12 @@ from typing import Any
 
 import requests
 
+# Project helpers live in the backend (the importer uses them too); re-exported for the demo and tests.
+from backend.lsproject import add_local_storage as add_local_storage
+from backend.lsproject import create_project as create_project
+from backend.lsproject import find_project as find_project
+from backend.lsproject import import_tasks as import_tasks
+
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -329,45 +335,6 @@ class BackendProcess(ManagedProcess):
 # ---------------------------------------------------------------- project helpers (Label Studio API)
 
 
-def find_project(client: Any, title: str) -> int | None:
-    """Id of the first project named ``title``, or None."""
-    for project in client.projects.list():
-        if project.title == title:
-            return int(project.id)
-    return None
-
-
-def create_project(client: Any, title: str, label_config: str, *, description: str = "") -> int:
-    """Create a project; returns its id. ``title`` needs 3+ characters (Label Studio's rule)."""
-    if len(title) < 3:
-        raise ValueError(f"title: Label Studio needs at least 3 characters, got {title!r}")
-    project = client.projects.create(title=title, label_config=label_config, description=description)
-    return int(project.id)
-
-
-def add_local_storage(client: Any, project: int, path: Path, *, title: str = "images") -> int:
-    """Attach a Local Files import storage (no sync: tasks are imported with their URLs already).
-
-    ``path`` must be a folder strictly under ``LOCAL_FILES_DOCUMENT_ROOT``; the storage only authorises
-    serving ``/data/local-files/?d=...`` URLs under it, which works with ``use_blob_urls=False``.
-    """
-    for storage in client.import_storage.local.list(project=project):
-        if Path(storage.path or "") == Path(path):
-            return int(storage.id)
-    storage = client.import_storage.local.create(
-        project=project, path=str(path), use_blob_urls=False, recursive_scan=True, title=title
-    )
-    return int(storage.id)
-
-
-def import_tasks(client: Any, project: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Import tasks (``{"data": ..., "predictions": [...]}``); returns the new task ids."""
-    if not tasks:
-        raise ValueError("tasks: expected at least one task")
-    resp = client.projects.import_tasks(project, request=list(tasks), return_task_ids=True)
-    return [int(i) for i in (resp.task_ids or [])]
-
-
 def connect_backend(client: Any, project: int, url: str, *, title: str = "active-label-cleaning") -> int:
     """Connect the ML backend (reused when one with this URL exists); returns the ML backend id.
 
@@ -402,7 +369,7 @@ def retrieve_predictions(
     )
     resp = requests.post(
         f"{ls.url}/api/dm/actions",
-        params={"id": "retrieve_tasks_predictions", "project": project},
+        params={"id": "retrieve_tasks_predictions", "project": str(project)},
         json={"selectedItems": selected},
         headers=ls.headers,
         timeout=timeout,
@@ -499,7 +466,7 @@ def ensure_suspicious_view(ls: LabelStudioServer, project: int, *, title: str = 
     existing = [int(v["id"]) for v in resp.json() if v.get("data", {}).get("title") == title]
     shown = {"tasks:id", "tasks:data.image", *SCORE_COLUMNS}
     hidden = [*(c for c in _columns(ls, project) if c not in shown), "tasks:data"]
-    data = {
+    data: dict[str, Any] = {
         "title": title,
         "ordering": list(DISCREPANCY_ORDERING),
         "type": "list",

@@ -43,7 +43,7 @@ def to_coco(images: Sequence[CocoImage], *, categories: Sequence[str]) -> dict[s
     """
     seen: set[int] = set()
     out_images = []
-    annotations = []
+    annotations: list[dict[str, Any]] = []
     for image in images:
         if image.id in seen:
             raise ValueError(f"images: duplicate image id {image.id}")

@@ -112,6 +112,73 @@ def regions_to_detections(
     )
 
 
+def rectangle_regions(
+    xyxy: np.ndarray,
+    labels: Sequence[str],
+    *,
+    width: float,
+    height: float,
+    from_name: str,
+    to_name: str,
+    ids: Sequence[str],
+    scores: Sequence[float] | np.ndarray | None = None,
+    meta_texts: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The one builder of Label Studio ``rectanglelabels`` regions (annotations and predictions alike).
+
+    Boxes are clipped to the image; positions are percent of the image and, like scores (clipped to [0, 1]),
+    rounded to 4 decimals: 1e-4 % is far below a pixel, and the JSON stays short.
+
+    Args:
+        xyxy: float (N, 4) boxes in pixels.
+        labels: N label names, one per box.
+        width: image width in pixels (> 0).
+        height: image height in pixels (> 0).
+        from_name: the RectangleLabels control's name.
+        to_name: the Image object's name.
+        ids: N region ids, unique within the task.
+        scores: N confidences, or None for regions without a ``score`` (e.g. annotations).
+        meta_texts: N texts shown in the region's meta (``meta: {"text": [...]}``), or None for no meta.
+
+    Returns:
+        N region dicts, in order.
+
+    Raises:
+        ValueError: if the lengths disagree or the image size is not positive.
+
+    Example:
+        >>> rectangle_regions(np.array([[10, 20, 30, 60]]), ["deposit"], width=100, height=200,
+        ...                   from_name="label", to_name="image", ids=["r0"], scores=[0.87654])[0]["value"]
+        {'x': 10.0, 'y': 10.0, 'width': 20.0, 'height': 20.0, 'rotation': 0, 'rectanglelabels': ['deposit']}
+    """
+    _check_size(width, height)
+    inside = np.clip(np.asarray(xyxy, np.float64).reshape(-1, 4), 0.0, [width, height, width, height])
+    pct = xyxy_to_percent(inside, width, height)
+    n = pct.shape[0]
+    for name, values in (("labels", labels), ("ids", ids), ("scores", scores), ("meta_texts", meta_texts)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"{name}: expected {n} values (one per box), got {len(values)}")
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        x, y, w, h = (round(float(v), 4) for v in pct[i])
+        region: dict[str, Any] = {
+            "id": ids[i],
+            "from_name": from_name,
+            "to_name": to_name,
+            "type": "rectanglelabels",
+            "original_width": round(width),
+            "original_height": round(height),
+            "image_rotation": 0,
+            "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": [labels[i]]},
+        }
+        if scores is not None:
+            region["score"] = round(float(np.clip(scores[i], 0.0, 1.0)), 4)
+        if meta_texts is not None:
+            region["meta"] = {"text": [meta_texts[i]]}
+        out.append(region)
+    return out
+
+
 def detections_to_regions(
     detections: Detections,
     *,
@@ -122,34 +189,35 @@ def detections_to_regions(
     to_name: str,
     id_prefix: str = "r",
 ) -> list[dict[str, Any]]:
-    """Pixel Detections -> Label Studio rectangle regions (``score`` set when the detections have one)."""
-    pct = xyxy_to_percent(detections.xyxy, width, height)
-    out: list[dict[str, Any]] = []
-    for i in range(len(detections)):
-        cls = int(detections.class_id[i])
+    """Pixel Detections -> Label Studio rectangle regions (see ``rectangle_regions``).
+
+    Args:
+        detections: the boxes; class ids index ``labels``; scores, when present, become region scores.
+        width: image width in pixels.
+        height: image height in pixels.
+        labels: label names by class id.
+        from_name: the RectangleLabels control's name.
+        to_name: the Image object's name.
+        id_prefix: region ids are ``<id_prefix><i>``.
+
+    Raises:
+        ValueError: if a class id has no label.
+    """
+    names = []
+    for cls in detections.class_id.tolist():
         if cls >= len(labels):
             raise ValueError(f"class_id {cls}: no label for it among {list(labels)}")
-        region: dict[str, Any] = {
-            "id": f"{id_prefix}{i}",
-            "from_name": from_name,
-            "to_name": to_name,
-            "type": "rectanglelabels",
-            "original_width": round(width),
-            "original_height": round(height),
-            "image_rotation": 0,
-            "value": {
-                "x": float(pct[i, 0]),
-                "y": float(pct[i, 1]),
-                "width": float(pct[i, 2]),
-                "height": float(pct[i, 3]),
-                "rotation": 0,
-                "rectanglelabels": [labels[cls]],
-            },
-        }
-        if detections.score is not None:
-            region["score"] = float(detections.score[i])
-        out.append(region)
-    return out
+        names.append(labels[cls])
+    return rectangle_regions(
+        detections.xyxy,
+        names,
+        width=width,
+        height=height,
+        from_name=from_name,
+        to_name=to_name,
+        ids=[f"{id_prefix}{i}" for i in range(len(detections))],
+        scores=detections.score,
+    )
 
 
 def crowd_labels_to_detections(

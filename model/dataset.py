@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from formats.yolo import format_yolo_labels
 from selection.detections import Detections
 
 logger = logging.getLogger(__name__)
@@ -45,26 +46,14 @@ class LabeledImage:
             object.__setattr__(self, name, int(value))
 
 
-def yolo_label_lines(labels: Detections, width: int, height: int) -> list[str]:
-    """YOLO txt lines ``class cx cy w h`` (normalised to [0, 1]) for boxes clipped to the image.
-
-    Boxes with zero width or height after clipping are dropped: YOLO cannot learn from them.
-    """
+def _trainable(labels: Detections, width: int, height: int) -> Detections:
+    """Unscored boxes clipped to the image, without those of zero width or height (YOLO cannot learn them)."""
     clipped = labels.clip(width, height)
-    xyxy = clipped.xyxy.astype(np.float64)
-    scale = np.array([width, height, width, height], np.float64)
-    norm = xyxy / scale
-    w = norm[:, 2] - norm[:, 0]
-    h = norm[:, 3] - norm[:, 1]
-    keep = (w > 0) & (h > 0)
+    wh = clipped.xyxy[:, 2:] - clipped.xyxy[:, :2]
+    keep = (wh[:, 0] > 0) & (wh[:, 1] > 0)
     if not np.all(keep):
         logger.debug("dropped %d zero-size boxes", int((~keep).sum()))
-    cx = (norm[:, 0] + norm[:, 2]) / 2
-    cy = (norm[:, 1] + norm[:, 3]) / 2
-    return [
-        f"{int(c)} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}"
-        for c, x, y, bw, bh in zip(clipped.class_id[keep], cx[keep], cy[keep], w[keep], h[keep], strict=True)
-    ]
+    return Detections(xyxy=clipped.xyxy[keep], class_id=clipped.class_id[keep])
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -98,8 +87,8 @@ def _write_split(root: Path, split: str, images: Sequence[LabeledImage], num_cla
         # Image ids may repeat across source folders: the index prefix keeps the stems unique.
         stem = f"{index:06d}_{item.path.stem}"
         _link_or_copy(item.path, image_dir / f"{stem}{item.path.suffix.lower()}")
-        lines = yolo_label_lines(item.labels, item.width, item.height)
-        (label_dir / f"{stem}.txt").write_text("".join(f"{line}\n" for line in lines))
+        labels = _trainable(item.labels, item.width, item.height)
+        (label_dir / f"{stem}.txt").write_text(format_yolo_labels(labels, item.width, item.height))
 
 
 def write_yolo_dataset(

@@ -1,4 +1,8 @@
-"""Batched YOLO inference, converted at the edge to ``selection.detections.Detections``."""
+"""Batched YOLO inference, converted at the edge to ``selection.detections.Detections``.
+
+:class:`YoloDetector` implements ``model.detector.Detector``; load it through the YOLO family
+(``model.detector.get_family("yolo").load``) or ``model.detector.load_detector(version)``.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from model.detector import PREDICT_CONF, ImageInput
 from model.device import configure_threads, import_ultralytics, resolve_device
 from selection.detections import Detections
 
 logger = logging.getLogger(__name__)
-
-ImageInput = Path | str | np.ndarray
 
 
 def _as_source(image: ImageInput, index: int) -> str | np.ndarray:
@@ -49,7 +52,7 @@ def _to_detections(result: Any) -> Detections:
     )
 
 
-class Detector:
+class YoloDetector:
     """A loaded YOLO model. Load once per process; ``predict`` is serialised by a lock.
 
     Attributes:
@@ -72,7 +75,7 @@ class Detector:
     @classmethod
     def load(
         cls, weights: Path | str, device: str = "auto", *, threads: int | None = None, version: str = ""
-    ) -> Detector:
+    ) -> YoloDetector:
         """Load a checkpoint.
 
         Args:
@@ -105,7 +108,7 @@ class Detector:
         self,
         images: Sequence[ImageInput],
         *,
-        conf: float = 0.01,
+        conf: float = PREDICT_CONF,
         iou: float = 0.6,
         imgsz: int | None = None,
         batch: int = 16,

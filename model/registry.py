@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "weights.pt"
 META_NAME = "meta.json"
 LATEST_NAME = "LATEST"
+LEGACY_FAMILY = "yolo"
+"""The detector family of versions whose meta names none (published before families were recorded)."""
 _VERSION = re.compile(r"^v(\d{4,})-(\d{8}T\d{6})$")
 
 
@@ -38,12 +40,18 @@ class ModelVersion:
     Attributes:
         version: sortable name ``v<NNNN>-<UTC yyyymmddThhmmss>``.
         weights: path of its ``weights.pt``.
-        meta: its metadata (the caller's, plus ``version`` and ``published_at``).
+        meta: its metadata (the caller's, plus ``version`` and ``published_at``); ``"family"`` names the
+            detector family that loads the weights (see ``model.detector.load_detector``).
     """
 
     version: str
     weights: Path
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        """The detector family that wrote the weights (``meta["family"]``; older versions: YOLO)."""
+        return str(self.meta.get("family", LEGACY_FAMILY))
 
     @property
     def number(self) -> int:
@@ -151,14 +159,14 @@ class ModelRegistry:
 
         Args:
             weights: the checkpoint file to copy.
-            meta: JSON-serialisable metadata (e.g. training metrics, data size).
+            meta: JSON-serialisable metadata (e.g. training metrics, data size, ``"family"``).
 
         Returns:
             The new version.
 
         Raises:
             FileNotFoundError: no file at ``weights``.
-            TypeError: ``meta`` is not JSON-serialisable.
+            TypeError: ``meta`` is not JSON-serialisable, or its ``"family"`` is not a string.
         """
         source = Path(weights)
         if not source.is_file():
@@ -166,6 +174,8 @@ class ModelRegistry:
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         record = {**dict(meta or {}), "published_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        if not isinstance(record.get("family", LEGACY_FAMILY), str):
+            raise TypeError(f"meta.family: expected a detector family name, got {record['family']!r}")
         try:
             json.dumps(record)
         except (TypeError, ValueError) as err:

@@ -6,39 +6,19 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from model.detector import EpochCallback, TrainResult
 from model.device import configure_threads, import_ultralytics, resolve_device
 
 logger = logging.getLogger(__name__)
-
-EpochCallback = Callable[[int, int], None]
 
 # Arguments train_detector sets itself; passing them through ``extra`` would silently fight it.
 _RESERVED = frozenset(
     {"data", "epochs", "imgsz", "batch", "seed", "device", "workers", "project", "name", "exist_ok", "val"}
 )
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """Outcome of one training run.
-
-    Attributes:
-        weights: the checkpoint to use: ``best.pt`` (best validation fitness) when validating,
-            else ``last.pt``.
-        seconds: wall-clock training time in seconds.
-        metrics: final validation metrics from ultralytics (e.g. ``"metrics/mAP50(B)"``), floats.
-        epochs: epochs actually run (fewer than asked when early stopping fired).
-    """
-
-    weights: Path
-    seconds: float
-    metrics: dict[str, float] = field(default_factory=dict)
-    epochs: int = 0
 
 
 def _resolve_init(init: str | Path) -> str:

@@ -1,8 +1,8 @@
 """The Label Selection Module: matching, discrepancy, grading, selection and correction (numpy only)."""
 
-from selection.batch import BatchScores, score_batch
+from selection.batch import BatchScores, score_batch, score_images
 from selection.boxes import box_ioa, box_iou
-from selection.correction import Correction, correct_labels
+from selection.correction import Correction, CorrectionPlan, Edit, correct_labels, plan_corrections
 from selection.detections import Detections
 from selection.lsm import (
     Action,
@@ -14,7 +14,6 @@ from selection.lsm import (
     NoiseType,
     aggregate,
     score_image,
-    score_images,
 )
 from selection.matching import Match, match_boxes
 from selection.strategies import Strategy, image_features, model_uncertainty, select
@@ -24,7 +23,9 @@ __all__ = [
     "Aggregation",
     "BatchScores",
     "Correction",
+    "CorrectionPlan",
     "Detections",
+    "Edit",
     "Grade",
     "ImageScore",
     "InstanceFindings",
@@ -39,6 +40,7 @@ __all__ = [
     "image_features",
     "match_boxes",
     "model_uncertainty",
+    "plan_corrections",
     "score_batch",
     "score_image",
     "score_images",

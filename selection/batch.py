@@ -12,9 +12,11 @@ prediction two candidate crowd boxes (in the primary pass at ``match_iou`` and i
 assignment loses weight). Images with a conflict in either pass, or with a box-in-box crowd box, are scored
 by the per-image scorer instead (``BatchScores.fallback`` marks them); a few percent of typical images.
 
-Aggregation: ``noisy_or`` (the default) and ``max`` are computed on the padded severities (padding adds
-factors of exactly 1.0, or zeros to a maximum, so the sequential product is unchanged); ``softmax``,
-``sum`` and ``mean`` run ``aggregate`` on each image's severities so their summation order is the same.
+The rules are ``selection.rules``, the same functions the per-image scorer calls, here on ``(B, M, K)``
+arrays. Aggregation: ``noisy_or`` and ``max`` are computed on the padded severities
+(``rules.aggregate_rows``: padding adds factors of exactly 1.0, or zeros to a maximum, so the sequential
+product is unchanged); ``sum`` (the default), ``softmax`` and ``mean`` run ``aggregate`` on each image's
+severities so their summation order is the same.
 """
 
 from __future__ import annotations
@@ -24,35 +26,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from selection import rules
+from selection.boxes import pair_geometry
 from selection.detections import Detections
-from selection.lsm import (
-    _ACTION_NAMES,
-    _BACKGROUND,
-    _CLEAN,
-    _G_CLEAN,
-    _G_MAJOR,
-    _G_UNCERTAIN,
-    _GRADE_ACTION,
-    _GRADE_BY_CODE,
-    _GRADE_NAMES,
-    _LOCALIZATION,
-    _MISSED,
-    _NOISE_NAMES,
-    Aggregation,
+from selection.lsm import ImageScore, InstanceFindings, check_detections, score_image
+from selection.rules import (
+    ACTION_NAMES,
+    GRADE_ACTION,
+    GRADE_BY_CODE,
+    GRADE_CODE,
+    GRADE_NAMES,
+    NOISE_NAMES,
     Grade,
-    ImageScore,
-    InstanceFindings,
     LSMConfig,
-    _check,
-    _empty_findings,
-    _score,
     aggregate,
-    grade_crowd_instances,
 )
 
 _BLOCK_PAIRS = 1 << 18  # padded crowd x prediction pairs per block: ~2 MB per float64 array
 _LOOKAHEAD = 16_384  # images examined when cutting one block
-_GRADE_CODE = {g.value: code for code, g in enumerate(_GRADE_BY_CODE)}
 
 
 @dataclass(frozen=True)
@@ -98,7 +89,7 @@ class BatchScores:
         prop, parent = f.proposed_xyxy, f.parent
         off = self.offsets.tolist()
         disc = self.discrepancy.tolist()
-        grades = [_GRADE_BY_CODE[_GRADE_CODE[g]] for g in self.grade.tolist()]
+        grades = [GRADE_BY_CODE[GRADE_CODE[g]] for g in self.grade.tolist()]
         n_crowd = self.n_crowd.tolist()
         n_pred = self.n_pred.tolist()
         out = []
@@ -137,7 +128,7 @@ class _Block:
 
     counts: np.ndarray  # int64 (B,) instances per image
     fallback: np.ndarray  # bool (B,)
-    discrepancy: np.ndarray  # float64 (B,) (noisy_or / max only)
+    discrepancy: np.ndarray | None  # float64 (B,) from rules.aggregate_rows; None: aggregate per image
     grade: np.ndarray  # int64 (B,) grade codes
     source: np.ndarray
     index: np.ndarray
@@ -181,94 +172,55 @@ def _score_block(
     a = _pad(c_xyxy.astype(np.float64), c_rep, c_col, (b_, mx, 4), 0.0)
     b = _pad(p_xyxy.astype(np.float64), p_rep, p_col, (b_, kx, 4), 0.0)
     score = _pad(p_score, p_rep, p_col, (b_, kx), 0.0)
-
-    # The same operations as matching.pair_geometry, on (B, M, K).
-    wx = np.minimum(a[:, :, None, 2], b[:, None, :, 2]) - np.maximum(a[:, :, None, 0], b[:, None, :, 0])
-    wy = np.minimum(a[:, :, None, 3], b[:, None, :, 3]) - np.maximum(a[:, :, None, 1], b[:, None, :, 1])
-    inter = np.clip(wx, 0.0, None) * np.clip(wy, 0.0, None)
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    union = area_a[:, :, None] + area_b[:, None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
-        ioa = np.where(area_b[:, None, :] > 0, inter / area_b[:, None, :], 0.0)
+    iou, ioa = pair_geometry(a, b)
     pair_ok = c_ok[:, :, None] & p_ok[:, None, :]
     if cfg.class_aware:
         assert c_cls is not None and p_cls is not None
-        same = (
-            _pad(c_cls, c_rep, c_col, (b_, mx), -1)[:, :, None]
-            == _pad(p_cls, p_rep, p_col, (b_, kx), -2)[:, None, :]
+        iou, ioa = rules.same_class_only(
+            iou, ioa, _pad(c_cls, c_rep, c_col, (b_, mx), -1), _pad(p_cls, p_rep, p_col, (b_, kx), -2)
         )
-        iou = iou * same
-        ioa = ioa * same
     confident = (score >= cfg.confident_score) & p_ok
 
     # 1. Primary match, trivial images only: each crowd box and prediction has at most one candidate.
-    valid = (iou >= cfg.match_iou) & pair_ok
-    rc = valid.sum(axis=2)
-    cc = valid.sum(axis=1)
-    fallback = (rc > 1).any(axis=1) | (cc > 1).any(axis=1)
-    crowd_pred = np.where(rc > 0, valid.argmax(axis=2), -1)
-    pred_taken = cc > 0
+    crowd_pred, pred_taken, fallback = _trivial_assign(rules.match_candidates(iou, cfg) & pair_ok)
     unmatched = (crowd_pred < 0) & c_ok
 
     # 2. Box-in-box crowd boxes go to the per-image scorer.
-    part = (ioa >= cfg.bib_ioa) & (iou < cfg.match_iou) & confident[:, None, :] & unmatched[:, :, None]
-    fallback |= (part.sum(axis=2) >= 2).any(axis=1)
+    parts = rules.box_in_box_parts(iou, ioa, confident, unmatched, cfg)
+    fallback |= rules.box_in_box_boxes(parts).any(axis=1)
 
     # 3. Second chance, again only where trivial.
     rest_pred = ~pred_taken & p_ok
-    valid2 = (iou >= cfg.loc_min_iou) & unmatched[:, :, None] & (rest_pred & confident)[:, None, :]
-    rc2 = valid2.sum(axis=2)
-    cc2 = valid2.sum(axis=1)
-    fallback |= (rc2 > 1).any(axis=1) | (cc2 > 1).any(axis=1)
-    crowd_pred = np.where(rc2 > 0, valid2.argmax(axis=2), crowd_pred)
-    pred_taken |= cc2 > 0
+    crowd_pred2, taken2, conflict2 = _trivial_assign(
+        rules.second_chance_candidates(iou, unmatched, rest_pred & confident, cfg)
+    )
+    fallback |= conflict2
+    crowd_pred = np.where(crowd_pred2 >= 0, crowd_pred2, crowd_pred)
+    pred_taken |= taken2
 
-    has_pred = crowd_pred >= 0
-    cp = np.where(has_pred, crowd_pred, 0)
-    match_iou = np.take_along_axis(iou, cp[:, :, None], axis=2)[:, :, 0]
-    match_score = np.take_along_axis(score, cp, axis=1)
-    loc_frac = np.clip((cfg.high_iou - match_iou) / (cfg.high_iou - cfg.match_iou), 0.0, 1.0)
-    loc_sev = match_score * loc_frac
-    # 4. Background support (padded predictions have score 0 and IoU 0: they add nothing).
-    w = np.clip(iou / cfg.loc_min_iou, 0.0, 1.0) * (score * ~pred_taken)[:, None, :]
-    support = w.max(axis=2)
-    bg_sev = 1.0 - support
-
-    ctype = np.where(has_pred, np.where(loc_frac > 0, _LOCALIZATION, _CLEAN), _BACKGROUND)
-    csev = np.where(has_pred, loc_sev, bg_sev)
-    cconf = np.where(has_pred, match_score, bg_sev)
-    cgrade = grade_crowd_instances(ctype, csev, cconf, cfg)
-    matched_box = np.take_along_axis(b, cp[:, :, None], axis=1)
-    cprop = np.where((has_pred & (ctype != _CLEAN))[:, :, None], matched_box, a)
-    cprop[ctype == _BACKGROUND] = np.nan
+    # 4. Crowd boxes (padded predictions have score 0 and IoU 0: they support nothing).
+    c = rules.crowd_findings(iou, score, a, b, crowd_pred, pred_taken, None, cfg)
 
     # 5. Missed predictions.
     missed = ~pred_taken & p_ok
-    mgrade = np.where(score >= cfg.confident_score, _G_MAJOR, _G_UNCERTAIN)
-    mgrade = np.where(score < cfg.clean_severity, _G_CLEAN, mgrade)
+    mgrade = rules.missed_grade(score, cfg)
 
     keep = ~fallback[:, None]
     row_ok = np.concatenate([c_ok & keep, missed & keep], axis=1)
-    sev = np.concatenate([csev, score], axis=1)
-    gcode = np.concatenate([cgrade, mgrade], axis=1)
-    sev_ok = np.where(row_ok, sev, 0.0)
-    # noisy_or or max; the other aggregations are recomputed per image by the caller.
-    use_max = cfg.aggregation is Aggregation.MAX
-    disc = sev_ok.max(axis=1) if use_max else 1.0 - np.prod(1.0 - sev_ok, axis=1)
-    disc = np.minimum(1.0, np.maximum(0.0, disc))
+    sev = np.concatenate([c.severity, score], axis=1)
+    gcode = np.concatenate([c.grade, mgrade], axis=1)
+    disc = rules.aggregate_rows(sev, row_ok, cfg)
     p_orig_pad = _pad(p_orig, p_rep, p_col, (b_, kx), -1)
     index = np.concatenate([np.broadcast_to(np.arange(mx), (b_, mx)), p_orig_pad], axis=1)
     source = np.concatenate([np.zeros((b_, mx), np.int8), np.ones((b_, kx), np.int8)], axis=1)
-    noise = np.concatenate([ctype, np.full((b_, kx), _MISSED)], axis=1)
-    conf = np.concatenate([cconf, score], axis=1)
-    prop = np.concatenate([cprop, b], axis=1)
+    noise = np.concatenate([c.noise_type, np.full((b_, kx), rules.T_MISSED)], axis=1)
+    conf = np.concatenate([c.confidence, score], axis=1)
+    prop = np.concatenate([c.proposed, b], axis=1)
     return _Block(
         counts=row_ok.sum(axis=1),
         fallback=fallback,
         discrepancy=disc,
-        grade=np.where(row_ok, gcode, _G_CLEAN).max(axis=1),
+        grade=np.where(row_ok, gcode, rules.G_CLEAN).max(axis=1),
         source=source[row_ok],
         index=index[row_ok],
         noise=noise[row_ok],
@@ -277,6 +229,23 @@ def _score_block(
         grade_rows=gcode[row_ok],
         proposed=prop[row_ok],
     )
+
+
+def _trivial_assign(valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The one-to-one assignment of candidate pairs where no box has two candidates.
+
+    Args:
+        valid: bool (B, M, K) candidate pairs.
+
+    Returns:
+        ``(crowd_pred, pred_taken, conflict)``: int64 (B, M) each crowd box's prediction (-1 for none),
+        bool (B, K) predictions taken, bool (B,) images where some box has two candidates (their
+        assignment needs the Hungarian algorithm: the per-image scorer).
+    """
+    rc = valid.sum(axis=2)
+    cc = valid.sum(axis=1)
+    conflict = (rc > 1).any(axis=1) | (cc > 1).any(axis=1)
+    return np.where(rc > 0, valid.argmax(axis=2), -1), cc > 0, conflict
 
 
 def _rows(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -303,14 +272,26 @@ def score_batch(
     Raises:
         ValueError: if the two sequences differ in length.
         TypeError: if an element is not ``Detections``.
+
+    Example:
+        Two images: one crowd box the model confirms, and one crowd box with nothing there.
+
+        >>> box = np.array([[10, 10, 30, 30]])
+        >>> crowds = [Detections(box, np.array([0])), Detections(box + 100, np.array([0]))]
+        >>> preds = [Detections(box, np.array([0]), score=np.array([0.9])), Detections.empty(with_score=True)]
+        >>> b = score_batch(crowds, preds)
+        >>> b.discrepancy.round(3).tolist(), b.grade.tolist()
+        ([0.0, 0.283], ['clean', 'major'])
+        >>> b.image(1).instances.noise_type.tolist()
+        ['background']
     """
     if len(crowds) != len(preds):
         raise ValueError(f"preds: expected {len(crowds)} prediction sets got {len(preds)}")
     cfg = config or LSMConfig()
     for i, (c, p) in enumerate(zip(crowds, preds, strict=True)):
         if not isinstance(c, Detections) or not isinstance(p, Detections):
-            _check(f"crowds[{i}]", c)
-            _check(f"preds[{i}]", p)
+            check_detections(f"crowds[{i}]", c)
+            check_detections(f"preds[{i}]", p)
     n = len(crowds)
     if n == 0:
         return _empty_batch()
@@ -376,6 +357,27 @@ def score_batch(
     return _assemble(blocks, order, m_img, k_raw, crowds, preds, cfg)
 
 
+def score_images(
+    crowds: Sequence[Detections], preds: Sequence[Detections], *, config: LSMConfig | None = None
+) -> list[ImageScore]:
+    """Score many images (see ``score_image``), batched across images (see ``score_batch``).
+
+    Args:
+        crowds: N crowd label sets.
+        preds: N prediction sets, parallel to ``crowds``.
+        config: thresholds and aggregation; ``LSMConfig()`` when None.
+
+    Returns:
+        N ``ImageScore`` in input order, each equal to ``score_image`` on that image. For the discrepancies
+        alone, ``score_batch(...).discrepancy`` skips building the N objects.
+
+    Raises:
+        ValueError: if the two sequences differ in length.
+        TypeError: if an element is not ``Detections``.
+    """
+    return score_batch(crowds, preds, config=config).images()
+
+
 def _assemble(
     blocks: list[_Block],
     order: np.ndarray,
@@ -395,17 +397,19 @@ def _assemble(
     fallback = np.zeros(n, bool)
     fallback[order] = cat("fallback")
     discrepancy = np.zeros(n)
-    discrepancy[order] = cat("discrepancy")
+    pooled = blocks[0].discrepancy is not None  # the same for every block: it depends on cfg only
+    if pooled:
+        discrepancy[order] = cat("discrepancy")
     grade = np.zeros(n, np.int64)
     grade[order] = cat("grade")
     counts = np.zeros(n, np.int64)
     counts[order] = counts_sorted
 
-    slow = {int(i): _score(crowds[i], preds[i], cfg) for i in np.flatnonzero(fallback)}
+    slow = {int(i): score_image(crowds[i], preds[i], config=cfg) for i in np.flatnonzero(fallback)}
     for i, sc in slow.items():
         counts[i] = len(sc.instances)
         discrepancy[i] = sc.discrepancy
-        grade[i] = _GRADE_CODE[sc.grade.value]
+        grade[i] = GRADE_CODE[sc.grade.value]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     seg, pos = _rows(counts_sorted)
@@ -426,9 +430,9 @@ def _assemble(
     proposed = np.zeros((total, 4), np.float32)
     proposed[dest] = cat("proposed")
     parent = np.full(total, -1, np.int64)
-    noise_type = _NOISE_NAMES[noise]
-    grade_str = _GRADE_NAMES[grade_rows]
-    action = _ACTION_NAMES[_GRADE_ACTION[grade_rows]]
+    noise_type = NOISE_NAMES[noise]
+    grade_str = GRADE_NAMES[grade_rows]
+    action = ACTION_NAMES[GRADE_ACTION[grade_rows]]
     for i, sc in slow.items():
         f = sc.instances
         sl = slice(int(offsets[i]), int(offsets[i + 1]))
@@ -436,7 +440,7 @@ def _assemble(
         severity[sl], confidence[sl], grade_str[sl] = f.severity, f.confidence, f.grade
         action[sl], proposed[sl], parent[sl] = f.action, f.proposed_xyxy, f.parent
 
-    if cfg.aggregation not in (Aggregation.NOISY_OR, Aggregation.MAX):
+    if not pooled:
         off = offsets.tolist()
         for i in np.flatnonzero(~fallback).tolist():
             discrepancy[i] = aggregate(
@@ -447,7 +451,7 @@ def _assemble(
             )
     return BatchScores(
         discrepancy=discrepancy,
-        grade=_GRADE_NAMES[grade],
+        grade=GRADE_NAMES[grade],
         n_crowd=m_img,
         n_pred=k_raw,
         offsets=offsets,
@@ -470,10 +474,10 @@ def _empty_batch() -> BatchScores:
     empty = np.zeros(0, np.int64)
     return BatchScores(
         discrepancy=np.zeros(0),
-        grade=_GRADE_NAMES[:0],
+        grade=GRADE_NAMES[:0],
         n_crowd=empty,
         n_pred=empty,
         offsets=np.zeros(1, np.int64),
-        instances=_empty_findings(),
+        instances=InstanceFindings.empty(),
         fallback=np.zeros(0, bool),
     )

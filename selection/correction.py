@@ -1,5 +1,9 @@
 """Noise-graded correction of crowd labels from the LSM's findings, optionally confirmed by a consensus model.
 
+``plan_corrections`` decides, once, what happens to every instance of an image (an ``Edit`` and the box it
+leaves); ``correct_labels`` applies that plan, and the Label Studio backend renders the same plan as the
+regions an annotator sees (``backend.protocol.proposals_from_score``), so the two cannot drift apart.
+
 Each instance is handled by its ``Action``:
 
 - ``keep``: the crowd box stays as it is (a clean prediction-only instance adds nothing);
@@ -25,13 +29,64 @@ With ``config.class_aware`` only consensus boxes of the instance's class count.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import numpy as np
 
+from selection.boxes import pair_geometry
 from selection.detections import Detections
-from selection.lsm import Action, ImageScore, LSMConfig, NoiseType
-from selection.matching import pair_geometry
+from selection.lsm import Action, ImageScore, InstanceFindings, LSMConfig, NoiseType
+
+
+class Edit(enum.StrEnum):
+    """What the correction does with one instance."""
+
+    KEEP = "keep"  # the crowd box stays as drawn
+    MOVE = "move"  # the crowd box takes the proposed coordinates (localization)
+    DROP = "drop"  # the crowd box is removed (background)
+    SPLIT = "split"  # the crowd box is removed and its parts are added (box-in-box)
+    ADD = "add"  # the prediction is added (a missed object, or a part of a split box)
+    REVIEW = (
+        "review"  # left as it is and flagged for an expert (a crowd box stays; a prediction is not added)
+    )
+    NONE = "none"  # a prediction nothing is done with (clean, or a part of a box that is not split)
+
+
+_EDIT_NAMES = np.array([e.value for e in Edit])
+_KEEP, _MOVE, _DROP, _SPLIT, _ADD, _REVIEW, _NONE = range(len(Edit))
+
+
+@dataclass(frozen=True)
+class CorrectionPlan:
+    """What the correction does with each instance of one image; arrays parallel to ``findings``.
+
+    Attributes:
+        findings: the ``ImageScore.instances`` the plan was made from.
+        edit: str (N,) ``Edit`` values.
+        xyxy: float32 (N, 4) pixels, the instance's box once the plan is applied: the new box for ``move``,
+            the prediction for ``add`` and for a prediction under ``review``, otherwise the crowd box (for
+            ``drop`` and ``split`` the box that goes); NaN rows for ``none``.
+        class_id: int64 (N,) the instance's class (the crowd box's, or the prediction's).
+        vetoed: bool (N,) automatic fixes the consensus refused (their edit is ``review``).
+    """
+
+    findings: InstanceFindings
+    edit: np.ndarray
+    xyxy: np.ndarray
+    class_id: np.ndarray
+    vetoed: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.edit.shape[0])
+
+    def labels_mask(self) -> np.ndarray:
+        """bool (N,) instances whose box is in the corrected labels (kept, moved, under review, added)."""
+        crowd = self.findings.source == 0
+        stays = (
+            (self.edit == Edit.KEEP.value) | (self.edit == Edit.MOVE.value) | (self.edit == Edit.REVIEW.value)
+        )
+        return (crowd & stays) | (self.edit == Edit.ADD.value)
 
 
 @dataclass(frozen=True)
@@ -102,32 +157,7 @@ def _consensus_votes(
     )
 
 
-def correct_labels(
-    crowd: Detections,
-    pred: Detections,
-    score: ImageScore,
-    *,
-    consensus: Detections | None = None,
-    config: LSMConfig | None = None,
-) -> Correction:
-    """Apply the LSM's graded corrections to one image's crowd labels.
-
-    Args:
-        crowd: M crowd boxes, the ones ``score`` was computed from.
-        pred: K predictions of the cleaning model, the ones ``score`` was computed from.
-        score: ``score_image(crowd, pred, config=config)``.
-        consensus: predictions of a second, independently trained model; when given, a fix is applied only
-            if it agrees (rules in the module docstring).
-        config: thresholds (the consensus rules use them); ``LSMConfig()`` when None.
-
-    Returns:
-        The corrected labels, the boxes flagged for review and the counts of what was done. When every
-        instance is kept, ``labels`` has exactly the crowd's boxes and classes.
-
-    Raises:
-        ValueError: if ``score`` was not computed from ``crowd`` and ``pred`` (sizes or indices disagree).
-    """
-    cfg = config or LSMConfig()
+def _check_score(crowd: Detections, pred: Detections, score: ImageScore) -> None:
     f = score.instances
     m = len(crowd)
     if score.n_crowd != m or score.n_pred != len(pred):
@@ -135,9 +165,49 @@ def correct_labels(
             f"score: expected a score of {m} crowd boxes and {len(pred)} predictions, got one of "
             f"{score.n_crowd} and {score.n_pred}"
         )
-    from_crowd = f.source == 0
-    if int(from_crowd.sum()) != m or (len(f) > m and int(f.index[m:].max()) >= len(pred)):
+    if int((f.source == 0).sum()) != m or (len(f) > m and int(f.index[m:].max()) >= len(pred)):
         raise ValueError("score: its instances do not index these crowd boxes and predictions")
+
+
+def plan_corrections(
+    crowd: Detections,
+    pred: Detections,
+    score: ImageScore,
+    *,
+    consensus: Detections | None = None,
+    config: LSMConfig | None = None,
+) -> CorrectionPlan:
+    """Decide what the correction does with each instance of one image (the rules in the module docstring).
+
+    Args:
+        crowd: M crowd boxes, the ones ``score`` was computed from.
+        pred: K predictions of the cleaning model, the ones ``score`` was computed from.
+        score: ``score_image(crowd, pred, config=config)``.
+        consensus: predictions of a second, independently trained model; when given, a fix is planned only
+            if it agrees.
+        config: thresholds (the consensus rules use them); ``LSMConfig()`` when None.
+
+    Returns:
+        One entry per instance of ``score.instances``, in the same order.
+
+    Raises:
+        ValueError: if ``score`` was not computed from ``crowd`` and ``pred`` (sizes or indices disagree).
+
+    Example:
+        A crowd box 5 px off a confident prediction is moved onto it; a far crowd box is dropped:
+
+        >>> from selection.lsm import score_image
+        >>> crowd = Detections(np.array([[100, 100, 120, 120], [300, 300, 320, 320]]), np.array([0, 0]))
+        >>> pred = Detections(np.array([[105, 100, 125, 120]]), np.array([0]), score=np.array([0.9]))
+        >>> plan = plan_corrections(crowd, pred, score_image(crowd, pred))
+        >>> plan.edit.tolist(), plan.xyxy[0].tolist()
+        (['move', 'drop'], [105.0, 100.0, 125.0, 120.0])
+    """
+    cfg = config or LSMConfig()
+    _check_score(crowd, pred, score)
+    f = score.instances
+    m = len(crowd)
+    from_crowd = f.source == 0
 
     fix = f.action == Action.AUTO_FIX.value
     review = f.action == Action.REVIEW.value
@@ -153,40 +223,82 @@ def correct_labels(
         vetoed[part] = False
         review[part] = False
 
-    t = f.noise_type[:m]
-    cfix = fix[:m]
-    move = cfix & (t == NoiseType.LOCALIZATION.value)
-    drop = cfix & (t == NoiseType.BACKGROUND.value)
-    split = cfix & (t == NoiseType.BOX_IN_BOX.value)
-    add = fix[m:] & ~from_crowd[m:]
+    t = f.noise_type
     flag = review | vetoed
+    code = np.where(from_crowd, _KEEP, _NONE)
+    code[from_crowd & fix & (t == NoiseType.LOCALIZATION.value)] = _MOVE
+    code[from_crowd & fix & (t == NoiseType.BACKGROUND.value)] = _DROP
+    code[from_crowd & fix & (t == NoiseType.BOX_IN_BOX.value)] = _SPLIT
+    code[~from_crowd & fix] = _ADD
+    code[flag] = _REVIEW
+    edit = _EDIT_NAMES[code]
 
-    xyxy = crowd.xyxy
-    if move.any():
-        xyxy = xyxy.copy()
-        xyxy[move] = f.proposed_xyxy[:m][move]
-    survive = ~(drop | split)
-    add_idx = f.index[m:][add]
-    labels = Detections.concat(
-        [
-            Detections(xyxy[survive], crowd.class_id[survive]),
-            Detections(f.proposed_xyxy[m:][add], pred.class_id[add_idx]),
-        ]
+    own = np.concatenate([crowd.xyxy, pred.xyxy[f.index[m:]]])
+    xyxy = np.where((edit == Edit.MOVE.value)[:, None], f.proposed_xyxy, own)
+    xyxy[edit == Edit.NONE.value] = np.nan
+    return CorrectionPlan(
+        findings=f,
+        edit=edit,
+        xyxy=xyxy.astype(np.float32, copy=False),
+        class_id=np.concatenate([crowd.class_id, pred.class_id[f.index[m:]]]),
+        vetoed=vetoed,
     )
-    flagged_crowd = flag[:m]
-    flagged_model = flag[m:]
+
+
+def correct_labels(
+    crowd: Detections,
+    pred: Detections,
+    score: ImageScore,
+    *,
+    consensus: Detections | None = None,
+    config: LSMConfig | None = None,
+) -> Correction:
+    """Apply the LSM's graded corrections to one image's crowd labels (``plan_corrections``, applied).
+
+    Args:
+        crowd: M crowd boxes, the ones ``score`` was computed from.
+        pred: K predictions of the cleaning model, the ones ``score`` was computed from.
+        score: ``score_image(crowd, pred, config=config)``.
+        consensus: predictions of a second, independently trained model; when given, a fix is applied only
+            if it agrees (rules in the module docstring).
+        config: thresholds (the consensus rules use them); ``LSMConfig()`` when None.
+
+    Returns:
+        The corrected labels, the boxes flagged for review and the counts of what was done. When every
+        instance is kept, ``labels`` has exactly the crowd's boxes and classes.
+
+    Raises:
+        ValueError: if ``score`` was not computed from ``crowd`` and ``pred`` (sizes or indices disagree).
+
+    Example:
+        >>> from selection.lsm import score_image
+        >>> crowd = Detections(np.array([[100, 100, 120, 120], [300, 300, 320, 320]]), np.array([0, 0]))
+        >>> pred = Detections(np.array([[105, 100, 125, 120], [10, 10, 30, 30]]), np.array([0, 1]),
+        ...                   score=np.array([0.9, 0.8]))
+        >>> fixed = correct_labels(crowd, pred, score_image(crowd, pred))
+        >>> fixed.labels.xyxy.tolist(), fixed.labels.class_id.tolist()
+        ([[105.0, 100.0, 125.0, 120.0], [10.0, 10.0, 30.0, 30.0]], [0, 1])
+        >>> {k: v for k, v in fixed.counts.items() if v}
+        {'moved': 1, 'dropped': 1, 'added': 1}
+    """
+    plan = plan_corrections(crowd, pred, score, consensus=consensus, config=config)
+    from_crowd = plan.findings.source == 0
+    edit = plan.edit
+    keep = plan.labels_mask()
+    flag = edit == Edit.REVIEW.value
+    labels = Detections(plan.xyxy[keep], plan.class_id[keep])
     flagged = Detections(
-        xyxy=np.concatenate([crowd.xyxy[flagged_crowd], pred.xyxy[f.index[m:][flagged_model]]]),
-        class_id=np.concatenate([crowd.class_id[flagged_crowd], pred.class_id[f.index[m:][flagged_model]]]),
-        score=np.clip(f.severity[flag], 0.0, 1.0).astype(np.float32),
+        xyxy=plan.xyxy[flag],
+        class_id=plan.class_id[flag],
+        score=np.clip(plan.findings.severity[flag], 0.0, 1.0).astype(np.float32),
     )
     counts = {
-        "kept": int((survive & ~move).sum()),
-        "moved": int(move.sum()),
-        "dropped": int(drop.sum()),
-        "split": int(split.sum()),
-        "added": int(add.sum()),
+        "kept": int((from_crowd & ((edit == Edit.KEEP.value) | flag)).sum()),
+        "moved": int((edit == Edit.MOVE.value).sum()),
+        "dropped": int((edit == Edit.DROP.value).sum()),
+        "split": int((edit == Edit.SPLIT.value).sum()),
+        "added": int((edit == Edit.ADD.value).sum()),
         "flagged": int(flag.sum()),
-        "vetoed": int(vetoed.sum()),
+        "vetoed": int(plan.vetoed.sum()),
     }
     return Correction(labels=labels, flagged=flagged, counts=counts)

@@ -99,16 +99,6 @@ class Detections:
             score=None if self.score is None else self.score[index],
         )
 
-    def with_score(self, score: np.ndarray | None) -> Detections:
-        """The same boxes with other scores (or none)."""
-        return Detections(xyxy=self.xyxy, class_id=self.class_id, score=score)
-
-    def above(self, threshold: float) -> Detections:
-        """Boxes whose score is at least ``threshold`` (all boxes when unscored)."""
-        if self.score is None:
-            return self
-        return self.subset(self.score >= threshold)
-
     @property
     def area(self) -> np.ndarray:
         """float32 (N,) box areas in square pixels."""

@@ -7,38 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from selection.boxes import pair_geometry
 from selection.detections import Detections
 
 _EMPTY_INT = np.zeros((0,), np.int64)
 _EMPTY_INT.setflags(write=False)
 
-
-def pair_geometry(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """IoU and intersection over the area of ``b`` from one intersection computation.
-
-    The same quantities as :func:`selection.boxes.box_iou` and :func:`selection.boxes.box_ioa`,
-    computed together without input re-validation: this is the inner loop of ``score_images``.
-
-    Args:
-        a: float (N, 4) xyxy boxes in pixels (already validated, e.g. ``Detections.xyxy``).
-        b: float (M, 4) xyxy boxes in pixels.
-
-    Returns:
-        ``(iou, ioa)``, both float64 (N, M) in [0, 1]; ``ioa[i, j]`` is the share of ``b[j]`` inside
-        ``a[i]``. Degenerate (zero-area) boxes give 0.
-    """
-    a = a.astype(np.float64, copy=False)
-    b = b.astype(np.float64, copy=False)
-    wx = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    wy = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(wx, 0.0, None) * np.clip(wy, 0.0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
-        ioa = np.where(area_b[None, :] > 0, inter / area_b[None, :], 0.0)
-    return iou, ioa
+__all__ = ["Match", "assign", "match_boxes", "pair_geometry"]  # pair_geometry: from selection.boxes
 
 
 def assign(weight: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -167,6 +167,14 @@ def select(
     Raises:
         ValueError: on a negative budget, mis-shaped arrays, out-of-range indices, an unknown strategy,
             or a missing ``uncertainty`` for the uncertainty strategy.
+
+    Example:
+        The two most suspicious images, leaving out image 3 (already reviewed by an expert):
+
+        >>> disc = np.array([0.1, 0.9, 0.4, 0.95, 0.0])
+        >>> rng = np.random.default_rng(0)
+        >>> select("discrepancy", budget=2, discrepancy=disc, rng=rng, exclude=[3]).tolist()
+        [1, 2]
     """
     try:
         strategy = Strategy(strategy)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
-if TYPE_CHECKING:
-    from synth.dataset import SynthDataset
+from synth.records import DatasetView
 
 EXPERT_COLOUR = (0, 220, 0)
 NOISE_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -21,7 +19,7 @@ NOISE_COLOURS: dict[str, tuple[int, int, int]] = {
 
 
 def render_contact_sheet(
-    dataset: SynthDataset, out_path: str | Path, n: int = 6, *, tile: int = 384, split: str = "train"
+    dataset: DatasetView, out_path: str | Path, n: int = 6, *, tile: int = 384, split: str = "train"
 ) -> Path:
     """Draw ``n`` images of ``split`` in a grid (3 per row) with a legend; returns ``out_path``.
 

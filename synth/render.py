@@ -300,8 +300,8 @@ def make_scene(size: int, cfg: SceneConfig, rng: np.random.Generator) -> Scene:
             break
         r = mean_r * rng.uniform(1.5, 2.3)
         x, y = rng.uniform(r, size - r, 2)
-        d = float(band.signed_distance(np.array([x]), np.array([y]))[0])
-        if d * band.lumen_side < half + r * 1.3:  # red cells float in the capillary lumen
+        dist = float(band.signed_distance(np.array([x]), np.array([y]))[0])
+        if dist * band.lumen_side < half + r * 1.3:  # red cells float in the capillary lumen
             continue
         blob = Blob(x, y, r, rng.uniform(1.0, 1.5), rng.uniform(0, np.pi), _harmonics(rng, range(2, 3), 0.03),
                     rng.uniform(0.4, 0.7), rng.uniform(0.5, 0.7), 0.05, rng.uniform(0.1, 0.3))  # fmt: skip

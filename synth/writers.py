@@ -1,13 +1,16 @@
-"""Write a :class:`~synth.dataset.SynthDataset` to disk: manifest, PNGs, YOLO, COCO and Label Studio views."""
+"""Write a simulated dataset to disk: manifest, PNGs, YOLO, COCO and Label Studio views.
+
+``synth.dataset.SynthDataset.write`` calls ``write_dataset``; this module reads the dataset only through
+``synth.records.DatasetView`` and never imports ``synth.dataset``.
+"""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -15,17 +18,17 @@ from PIL import Image
 from formats.coco import CocoImage, to_coco
 from formats.labelstudio import detections_to_crowd_labels, detections_to_regions
 from formats.yolo import write_yolo_labels
-
-if TYPE_CHECKING:
-    from synth.dataset import ImageRecord, SynthDataset
-
-logger = logging.getLogger(__name__)
+from synth.records import MANIFEST, NAMES, SPLITS, DatasetView, ImageRecord
 
 LABEL_SETS: tuple[str, ...] = ("expert", "crowd")
-LABEL_CONFIG_XML = """<View>
-  <Image name="image" value="$image" zoom="true"/>
-  <RectangleLabels name="label" toName="image">
-    <Label value="deposit" background="#e6194b"/>
+FROM_NAME = "label"
+"""The RectangleLabels control's name in ``LABEL_CONFIG_XML``."""
+TO_NAME = "image"
+"""The Image object's name in ``LABEL_CONFIG_XML`` (it reads the task field of the same name)."""
+LABEL_CONFIG_XML = f"""<View>
+  <Image name="{TO_NAME}" value="${TO_NAME}" zoom="true"/>
+  <RectangleLabels name="{FROM_NAME}" toName="{TO_NAME}">
+    <Label value="{NAMES[0]}" background="#e6194b"/>
   </RectangleLabels>
 </View>
 """
@@ -35,16 +38,14 @@ def _labels(record: ImageRecord, label_set: str):
     return record.expert if label_set == "expert" else record.crowd
 
 
-def write_manifest(dataset: SynthDataset, root: Path) -> Path:
+def write_manifest(dataset: DatasetView, root: Path) -> Path:
     """``root/manifest.json`` (byte-identical for the same dataset)."""
-    from synth.dataset import MANIFEST
-
     path = root / MANIFEST
     path.write_text(json.dumps(dataset.manifest(), indent=1, sort_keys=True) + "\n")
     return path
 
 
-def write_images(dataset: SynthDataset, root: Path) -> None:
+def write_images(dataset: DatasetView, root: Path) -> None:
     """``root/images/<split>/<id>.png`` grayscale PNGs (rendered from the seed when not held)."""
     for record in dataset.images:
         path = root / "images" / record.split / f"{record.id}.png"
@@ -52,10 +53,8 @@ def write_images(dataset: SynthDataset, root: Path) -> None:
         Image.fromarray(np.ascontiguousarray(dataset.pixels(record)), mode="L").save(path)
 
 
-def write_yolo(dataset: SynthDataset, root: Path) -> dict[str, Path]:
+def write_yolo(dataset: DatasetView, root: Path) -> dict[str, Path]:
     """``root/yolo/<set>/{images,labels}/<split>/`` and ``root/yolo/<set>.yaml`` for expert and crowd."""
-    from synth.dataset import NAMES, SPLITS
-
     yamls = {}
     for label_set in LABEL_SETS:
         base = root / "yolo" / label_set
@@ -82,10 +81,8 @@ def write_yolo(dataset: SynthDataset, root: Path) -> dict[str, Path]:
     return yamls
 
 
-def write_coco(dataset: SynthDataset, root: Path) -> None:
+def write_coco(dataset: DatasetView, root: Path) -> None:
     """``root/coco/{expert,crowd}_<split>.json``; image ids are the integer image ids (stable)."""
-    from synth.dataset import NAMES, SPLITS
-
     (root / "coco").mkdir(parents=True, exist_ok=True)
     for label_set in LABEL_SETS:
         for split in SPLITS:
@@ -114,7 +111,7 @@ def write_coco(dataset: SynthDataset, root: Path) -> None:
 
 
 def label_studio_tasks(
-    dataset: SynthDataset, root: Path, *, document_root: Path, splits: Sequence[str] = ("train",)
+    dataset: DatasetView, root: Path, *, document_root: Path, splits: Sequence[str] = ("train",)
 ) -> list[dict[str, Any]]:
     """Label Studio import tasks (see docs/CONTRACTS.md), one per image of ``splits``.
 
@@ -124,13 +121,11 @@ def label_studio_tasks(
         document_root: Label Studio's ``LOCAL_FILES_DOCUMENT_ROOT``; every image must lie under it.
         splits: which splits get tasks.
     """
-    from synth.dataset import NAMES, SPLITS
-
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"splits: expected names from {SPLITS}, got {split!r}")
     doc_root = document_root.resolve()
-    tasks = []
+    tasks: list[dict[str, Any]] = []
     for record in dataset.images:
         if record.split not in splits:
             continue
@@ -143,7 +138,7 @@ def label_studio_tasks(
                 "pass the LOCAL_FILES_DOCUMENT_ROOT Label Studio serves"
             ) from exc
         extra = [{"annotator": f"crowd-{int(a)}"} for a in record.crowd_annotator]
-        size = {"width": record.width, "height": record.height}
+        size: dict[str, Any] = {"width": record.width, "height": record.height}
         tasks.append(
             {
                 "data": {
@@ -159,7 +154,7 @@ def label_studio_tasks(
                         "model_version": "crowd",
                         "score": 0.0,
                         "result": detections_to_regions(
-                            record.crowd, **size, labels=NAMES, from_name="label", to_name="image"
+                            record.crowd, **size, labels=NAMES, from_name=FROM_NAME, to_name=TO_NAME
                         ),
                     }
                 ],
@@ -169,7 +164,7 @@ def label_studio_tasks(
 
 
 def write_label_studio(
-    dataset: SynthDataset,
+    dataset: DatasetView,
     root: Path,
     *,
     document_root: Path | None = None,
@@ -187,26 +182,16 @@ def write_label_studio(
 
 
 def write_dataset(
-    dataset: SynthDataset,
+    dataset: DatasetView,
     root: Path,
     *,
     document_root: Path | None = None,
     label_studio_splits: Sequence[str] = ("train",),
-    contact_sheet: bool = True,
-) -> SynthDataset:
-    """Write everything under ``root`` and return the dataset loaded back from it."""
-    from synth.dataset import SynthDataset
-
+) -> None:
+    """Write every file of the layout under ``root``; ``SynthDataset.write`` then draws the contact sheet."""
     root.mkdir(parents=True, exist_ok=True)
     write_images(dataset, root)
     write_manifest(dataset, root)
     write_yolo(dataset, root)
     write_coco(dataset, root)
     write_label_studio(dataset, root, document_root=document_root, splits=label_studio_splits)
-    loaded = SynthDataset.load(root)
-    if contact_sheet:
-        from synth.contact_sheet import render_contact_sheet
-
-        render_contact_sheet(loaded, root / "contact_sheet.png")
-    logger.info("wrote %d images to %s", len(dataset.images), root)
-    return loaded

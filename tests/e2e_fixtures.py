@@ -168,3 +168,25 @@ def wait_for_new_version(backend: lsh.BackendProcess, known: list[str], *, timeo
         time.sleep(2)
     health = requests.get(f"{backend.url}/health", timeout=10).json()
     raise AssertionError(f"no new model version after {timeout:.0f} s; /health: {health}")
+
+
+@dataclass
+class LabelStudioOnly:
+    """A Label Studio server without a backend, for tests of the Label Studio side alone (the importer)."""
+
+    ls: lsh.LabelStudioServer
+    client: Any
+    document_root: Path
+
+
+@pytest.fixture(scope="module")
+def label_studio_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioOnly]:
+    """One Label Studio 1.23 per test module, from the cached initialised data folder (about 5 s to start)."""
+    if not lsh.LS_BIN.exists():
+        pytest.skip("Label Studio is not installed in .venv-ls (run `make setup-ls`)")
+    base = tmp_path_factory.mktemp("ls-only")
+    document_root = base / "root"
+    document_root.mkdir()
+    _label_studio_data(base / "ls", document_root)
+    with lsh.LabelStudioServer(base / "ls", document_root=document_root, startup_timeout=240) as ls:
+        yield LabelStudioOnly(ls=ls, client=ls.client(), document_root=document_root)

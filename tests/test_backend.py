@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).parent))
 from backend_helpers import LABEL_CONFIG, data_uri, disc_image, make_task, png_bytes, tiny_weights
-from conftest import make_detections
+from conftest import make_detections, random_boxes
 
 from backend.app import create_app
 from backend.labelconfig import LabelConfigError, LabelSchema, parse_label_config
@@ -55,6 +55,16 @@ def test_settings_defaults_and_secrets_hidden(tmp_path):
     [
         ({}, "MODEL_DIR: required"),
         ({"DEVICE": "gpu"}, "DEVICE: expected auto"),
+        ({"DEVICE": "mps"}, "DEVICE: 'mps' .Apple GPU. is not supported"),
+        ({"DETECTOR_FAMILY": "rcnn"}, "DETECTOR_FAMILY: expected one of .*yolo.*, got 'rcnn'"),
+        ({"PREDICT_CONF": "2"}, r"PREDICT_CONF: expected a number in \[0.0, 1.0\]"),
+        ({"PREDICT_CONF": "0.2"}, "PREDICT_CONF: expected at most LSM_SCORE_FLOOR=0.1"),
+        ({"LSM_MATCH_IOU": "x"}, "LSM_MATCH_IOU: expected a number, got 'x'"),
+        ({"LSM_MATCH_IOU": "nan"}, "LSM_MATCH_IOU: expected a finite number"),
+        ({"LSM_BIB_IOA": "1.5"}, r"LSM_BIB_IOA: expected a value in \[0, 1\], got 1.5"),
+        ({"LSM_MATCH_IOU": "0.9"}, "LSM_LOC_MIN_IOU, LSM_MATCH_IOU, LSM_HIGH_IOU: expected 0 < loc_min_iou"),
+        ({"LSM_CLASS_AWARE": "maybe"}, "LSM_CLASS_AWARE: expected true or false"),
+        ({"LSM_AGGREGATION": "median"}, "LSM_AGGREGATION: expected one of .*sum"),
         ({"SCORE_THRESHOLD": "1.5"}, r"SCORE_THRESHOLD: expected a number in \[0.0, 1.0\], got 1.5"),
         ({"SCORE_THRESHOLD": "abc"}, "SCORE_THRESHOLD"),
         ({"TRAIN_MIN_ANNOTATIONS": "0"}, "TRAIN_MIN_ANNOTATIONS: expected an integer >= 1, got 0"),
@@ -74,6 +84,47 @@ def test_settings_errors_name_the_variable(tmp_path, env, message):
     full = {"MODEL_DIR": str(tmp_path), **env} if env else {}
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(full)
+
+
+def test_settings_lsm_every_field_from_env(tmp_path):
+    import dataclasses
+
+    from backend.settings import lsm_as_dict, lsm_variables
+    from selection.lsm import Aggregation, LSMConfig
+
+    variables = lsm_variables()
+    assert set(variables) == {f.name for f in dataclasses.fields(LSMConfig)}
+    assert variables["match_iou"] == "LSM_MATCH_IOU" and variables["class_aware"] == "LSM_CLASS_AWARE"
+    assert Settings.from_env({"MODEL_DIR": str(tmp_path)}).lsm == LSMConfig()
+    s = Settings.from_env(
+        {
+            "MODEL_DIR": str(tmp_path),
+            "LSM_MATCH_IOU": "0.4",
+            "LSM_CLASS_AWARE": "Yes",
+            "LSM_AGGREGATION": "NOISY_OR",
+            "LSM_SCORE_FLOOR": " 0.2 ",
+            "LSM_TEMPERATURE": "",  # empty means unset
+            "PREDICT_CONF": "0.15",
+        }
+    )
+    assert s.lsm.match_iou == 0.4 and s.lsm.class_aware is True and s.lsm.score_floor == 0.2
+    assert s.lsm.aggregation is Aggregation.NOISY_OR and s.lsm.temperature == LSMConfig().temperature
+    assert s.predict_conf == 0.15
+    record = lsm_as_dict(s.lsm)
+    assert record["aggregation"] == "noisy_or" and record["match_iou"] == 0.4
+    assert LSMConfig(**{**record, "aggregation": Aggregation(record["aggregation"])}) == s.lsm
+
+
+def test_settings_family_and_train_init(tmp_path):
+    from model.detector import PREDICT_CONF
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path)})
+    assert s.detector_family == "yolo" and s.train_init == "yolov8n.yaml" and s.predict_conf == PREDICT_CONF
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    assert Settings.from_env({"MODEL_DIR": str(tmp_path), "TRAIN_INIT": str(weights)}).train_init == str(
+        weights
+    )
 
 
 @pytest.mark.parametrize(
@@ -100,12 +151,82 @@ def test_expert_policy(mode, annotation, email, expected):
 def test_parse_label_config():
     schema = parse_label_config(LABEL_CONFIG)
     assert schema == SCHEMA
-    assert schema.class_map(["deposit"]) == {0: 0}
-    assert schema.class_map(["DEPOSIT"]) == {0: 0}
-    assert schema.class_map(["edd"]) == {0: 0}  # single class on both sides: mapped despite the name
+    assert schema.predicted_values == ((),)
+
+
+def _classes(schema: LabelSchema, names: list[str]) -> dict[int, int]:
+    return schema.label_map(names).class_to_label
+
+
+def test_label_map_by_name_case_insensitive_and_single_class_fallback():
+    assert _classes(SCHEMA, ["deposit"]) == {0: 0}
+    assert _classes(SCHEMA, ["DEPOSIT"]) == {0: 0}
+    assert _classes(SCHEMA, ["edd"]) == {0: 0}  # single class on both sides: mapped despite the name
     two = LabelSchema("label", "image", "image", ("cat", "Deposit"))
-    assert two.class_map(["deposit", "dog"]) == {0: 1}
-    assert two.class_map(["dog"]) == {}
+    assert _classes(two, ["deposit", "dog"]) == {0: 1}
+    assert two.label_map(["deposit", "dog"]).unmapped == ("dog",)
+    assert _classes(two, ["dog"]) == {}
+    # A deletion label does not count: one model class still maps to the one real label.
+    with_bg = LabelSchema("label", "image", "image", ("Background", "EDD"))
+    assert _classes(with_bg, ["deposit"]) == {0: 1}
+    assert _classes(with_bg, ["deposit", "rock"]) == {}
+
+
+def test_label_map_predicted_values_from_the_config():
+    xml = (
+        '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+        '<Label value="Deposit" predicted_values="deposit, EDD"/><Label value="Rock"/>'
+        '<Label value="Car" predicted_values="truck"/><Label value="background"/>'
+        "</RectangleLabels></View>"
+    )
+    schema = parse_label_config(xml)
+    assert schema.predicted_values == (("deposit", "EDD"), (), ("truck",), ())
+    names = ["edd", "rock", "truck", "car", "deposit", "tree"]
+    label_map = schema.label_map(names)
+    # predicted_values (any case), then the label's own name; an explicit predicted_values wins.
+    assert label_map.class_to_label == {0: 0, 1: 1, 2: 2, 3: 2, 4: 0}
+    assert label_map.unmapped == ("tree",)
+    # Backwards, for training: a label trains the first model class mapped to it; "background" none.
+    assert dict(label_map.label_to_class) == {"Deposit": 0, "Rock": 1, "Car": 2}
+    assert label_map.label_to_class["deposit"] == 0 and "background" not in label_map.label_to_class
+    pred = make_detections(
+        [[0, 0, 1, 1], [1, 1, 2, 2], [2, 2, 3, 3]], classes=[5, 3, 4], scores=[0.9, 0.8, 0.7]
+    )
+    mapped = label_map.to_labels(pred)
+    assert mapped.class_id.tolist() == [2, 0] and mapped.score.tolist() == pytest.approx([0.8, 0.7])
+    with pytest.raises(ValueError, match="predicted_values: expected one tuple per label"):
+        LabelSchema("label", "image", "image", ("a", "b"), (("x",),))
+
+
+def test_label_ids_are_case_insensitive_and_keep_the_config_spelling():
+    ids = LabelSchema("label", "image", "image", ("Deposit", "Rock")).label_ids
+    assert ids["DEPOSIT"] == 0 and ids["rock"] == 1 and "ROCK" in ids and "cat" not in ids and 3 not in ids
+    assert list(ids) == ["Deposit", "Rock"] and len(ids) == 2
+    with pytest.raises(KeyError):
+        ids["cat"]
+
+
+def test_merge_task_data_keeps_the_other_fields():
+    from backend.lsclient import merge_task_data
+
+    class Tasks:
+        def __init__(self) -> None:
+            self.data = {7: {"image": "/data/x.png", "crowd_labels": [], "noise_grade": "clean"}}
+
+        def get(self, id):
+            return type("Task", (), {"data": dict(self.data[id])})()
+
+        def update(self, id, data):
+            self.data[id] = data
+
+    client = type("Client", (), {"tasks": Tasks()})()
+    merge_task_data(client, 7, {"noise_grade": "major", "discrepancy": 0.5})
+    assert client.tasks.data[7] == {
+        "image": "/data/x.png",
+        "crowd_labels": [],
+        "noise_grade": "major",
+        "discrepancy": 0.5,
+    }
 
 
 @pytest.mark.parametrize(
@@ -395,3 +516,74 @@ def test_data_uri_roundtrip_decodes_same_pixels(tmp_path):
     assert loaded.pixels.shape == (40, 40, 3) and np.array_equal(loaded.pixels[..., 0], pixels)
     assert base64.b64decode(data_uri(pixels).split(",")[1]) == png_bytes(pixels)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_proposals_show_what_correction_applies(rng):
+    # What annotators see is the plan correct_labels applies: boxes not marked for deletion, minus the
+    # predictions only under review, are exactly the corrected labels, in the same order.
+    from selection import correct_labels
+
+    seen: set[str] = set()
+    for _ in range(40):
+        crowd = make_detections(random_boxes(int(rng.integers(0, 8)), rng, size=100))
+        n = int(rng.integers(0, 8))
+        k = min(n // 2, len(crowd))  # some predictions near crowd boxes, the rest anywhere
+        near = crowd.xyxy[:k] + rng.uniform(-4, 4, (k, 1)).astype(np.float32)
+        pred = make_detections(
+            np.concatenate([near, random_boxes(n - k, rng, size=100)]), scores=rng.uniform(0, 1, n)
+        )
+        score = score_image(crowd, pred)
+        props = proposals_from_score(crowd, pred, score)
+        applied = [p for p in props if not p.drop and not (p.source == "model" and p.action == "review")]
+        labels = correct_labels(crowd, pred, score).labels
+        np.testing.assert_array_equal(np.array([p.xyxy for p in applied]).reshape(-1, 4), labels.xyxy)
+        assert [p.class_id for p in applied] == labels.class_id.tolist()
+        seen.update(p.region_id.split("-")[0 if p.drop else 1] for p in props)
+    assert {"drop", "localization", "missed", "clean"} <= seen  # the case mix covered every kind of edit
+
+
+def test_a_new_image_source_is_one_resolver(monkeypatch):
+    from backend import images
+
+    pixels = disc_image(24, [(12, 12, 4)])
+    store = {"mem://a": pixels}
+
+    def from_memory(loader, url, where):
+        if url not in store:
+            raise images.ImageLoadError(f"{where}: not in memory")
+        return images.LoadedImage(np.repeat(store[url][:, :, None], 3, axis=2))
+
+    loader = images.ImageLoader()
+    with pytest.raises(images.ImageLoadError, match="task 1: image 'mem://a': expected an http"):
+        loader.load("mem://a", task="1")
+    monkeypatch.setitem(images.RESOLVERS, "mem", from_memory)
+    assert loader.load("mem://a", task="1").width == 24
+    with pytest.raises(images.ImageLoadError, match="task 2: image 'mem://b': not in memory"):
+        loader.load("mem://b", task="2")
+
+
+def test_training_items_use_the_label_map_backwards(tmp_path):
+    from backend.images import ImageLoader
+    from backend.training import training_items
+
+    schema = LabelSchema("label", "image", "image", ("EDD", "background", "Rock"), (("deposit",), (), ()))
+
+    def region(label: str, x: float) -> dict:
+        value = {"x": x, "y": 10.0, "width": 20.0, "height": 20.0, "rectanglelabels": [label]}
+        return {"from_name": "label", "to_name": "image", "type": "rectanglelabels", "value": value}
+
+    annotation = {"id": 1, "result": [region("EDD", 0), region("background", 30), region("Rock", 60)]}
+    tasks = [
+        {"id": 4, "data": {"image": data_uri(disc_image(50, []))}, "annotations": [annotation]},
+        {"id": 5, "data": {"image": data_uri(disc_image(50, []))}, "annotations": []},  # not expert-annotated
+    ]
+    common = {"schema": schema, "policy": ExpertPolicy(), "loader": ImageLoader(), "image_dir": tmp_path}
+    items = training_items(tasks, names=["rock", "deposit"], **common)
+    assert len(items) == 1 and items[0].path == tmp_path / "task4.png" and items[0].path.is_file()
+    # EDD -> "deposit" (predicted_values) = class 1; Rock -> "rock" = class 0; background is no class.
+    assert items[0].class_id.tolist() == [1, 0]
+    assert items[0].xyxy.tolist() == [[0, 5, 10, 15], [30, 5, 40, 15]]
+    with pytest.raises(
+        ValueError, match=r"no label of the labelling config .* maps to a model class \['cat'"
+    ):
+        training_items(tasks, names=["cat", "dog"], **common)

@@ -211,7 +211,6 @@ def test_parse_noise_overrides_and_validation():
         (["--data", ".", "--noise", "missed_rate=0.1"], "simulated data only"),
         (["--budget", "0.05", "--seed-fraction", "0.1"], "seed_fraction"),
         (["--review-precision", "0.9", "--fix-precision", "0.8"], "review_precision"),
-        (["--threads", "0"], "--threads"),
     ],
 )
 def test_cli_rejects_bad_arguments(tmp_path, capsys, args, message):

@@ -13,6 +13,7 @@ from formats.labelstudio import (
     crowd_labels_to_detections,
     detections_to_crowd_labels,
     detections_to_regions,
+    rectangle_regions,
     regions_to_detections,
 )
 from formats.yolo import format_yolo_labels, parse_yolo_labels, read_yolo_labels, write_yolo_labels
@@ -131,3 +132,21 @@ def test_round_trip_yolo_coco_label_studio(tmp_path, rng):
     final = crowd_labels_to_detections(records, width=width, height=height, label_to_id={"deposit": 0})
     np.testing.assert_allclose(final.xyxy, original.xyxy, atol=0.02)
     assert final.class_id.tolist() == original.class_id.tolist()
+
+
+def test_rectangle_regions_one_builder():
+    # A box past the right edge is clipped to 100 %; scores are clipped and rounded; meta only when given.
+    xyxy = np.array([[10, 20, 130, 60], [0, 0, 1, 1]], np.float32)
+    common = {"width": 100, "height": 200, "from_name": "label", "to_name": "image", "ids": ["a", "b"]}
+    regions = rectangle_regions(xyxy, ["x", "y"], scores=[1.2, 0.123456], meta_texts=["m1", "m2"], **common)
+    assert regions[0]["value"]["width"] == 90.0 and regions[0]["value"]["rectanglelabels"] == ["x"]
+    assert [r["score"] for r in regions] == [1.0, 0.1235] and regions[1]["meta"] == {"text": ["m2"]}
+    assert [r["id"] for r in regions] == ["a", "b"] and regions[1]["value"]["height"] == 0.5
+    bare = rectangle_regions(xyxy, ["x", "y"], **common)
+    assert "score" not in bare[0] and "meta" not in bare[0]
+    with pytest.raises(ValueError, match="labels: expected 2"):
+        rectangle_regions(xyxy, ["x"], **common)
+    # detections_to_regions goes through it: scored detections carry rounded scores.
+    dets = make_detections([[10, 20, 30, 60]], classes=[1], scores=[0.98761])
+    (r,) = detections_to_regions(dets, width=100, height=200, labels=["a", "b"], from_name="l", to_name="i")
+    assert (r["id"], r["score"], r["value"]["rectanglelabels"]) == ("r0", 0.9876, ["b"])

@@ -12,6 +12,15 @@ from conftest import make_detections
 from PIL import Image
 
 from model.dataset import LabeledImage, write_yolo_dataset
+from model.detector import (
+    PREDICT_CONF,
+    Detector,
+    TrainResult,
+    family_names,
+    get_family,
+    load_detector,
+    register_family,
+)
 from model.device import configure_threads, resolve_device
 from model.registry import ModelRegistry, ModelVersion
 from selection.detections import Detections
@@ -267,10 +276,111 @@ def test_train_detector_rejects_bad_arguments(tmp_path, kwargs, error, message):
 
 
 def test_detector_load_missing_weights(tmp_path):
-    from model.predict import Detector
+    from model.predict import YoloDetector
 
     with pytest.raises(FileNotFoundError, match="weights"):
-        Detector.load(tmp_path / "missing.pt")
+        YoloDetector.load(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="weights"):
+        get_family("yolo").load(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------- detector interface and families
+
+
+class _FakeDetector:
+    """Returns, for every image, one box over its left half, scored 0.5."""
+
+    def __init__(self, weights: Path, version: str) -> None:
+        self.names = ["deposit"]
+        self.version = version
+        self.weights = weights
+
+    def predict(self, images, *, conf=PREDICT_CONF, batch=16):
+        out = []
+        for image in images:
+            h, w = np.asarray(image).shape[:2]
+            box = make_detections([[0, 0, w / 2, h]], scores=[0.5])
+            out.append(box if conf <= 0.5 else Detections.empty(with_score=True))
+        return out
+
+
+class _FakeFamily:
+    name = "fake"
+    default_init = "scratch"
+
+    def __init__(self) -> None:
+        self.trained: list[dict] = []
+
+    def check_init(self, init):
+        if init != "scratch" and not Path(init).is_file():
+            raise ValueError(f"init: expected 'scratch' or a file, got {init!r}")
+
+    def load(self, weights, *, device="auto", version=""):
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"weights: no checkpoint file at {weights}")
+        return _FakeDetector(Path(weights), version)
+
+    def train(self, *, train, val, names, out_dir, init=None, epochs, batch, **options):
+        self.trained.append({"n_train": len(train), "names": list(names), "init": init, **options})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        weights = out_dir / "fake.pt"
+        weights.write_bytes(b"fake")
+        return TrainResult(weights=weights, seconds=0.0, epochs=epochs, options={"init": init or "scratch"})
+
+
+@pytest.fixture
+def fake_family():
+    import model.detector as detector_module
+
+    family = _FakeFamily()
+    register_family("fake", lambda: family)
+    yield family
+    detector_module._FACTORIES.pop("fake", None)
+    detector_module._CACHE.pop("fake", None)
+
+
+def test_family_registry_and_load_detector_by_recorded_family(tmp_path, fake_family):
+    assert "fake" in family_names() and "yolo" in family_names()
+    assert get_family("fake") is fake_family
+    assert get_family("yolo").name == "yolo"
+    with pytest.raises(ValueError, match=r"family: expected one of \[.*'yolo'\], got 'nope'"):
+        get_family("nope")
+    with pytest.raises(ValueError, match="name"):
+        register_family(" ", _FakeFamily)
+
+    registry = ModelRegistry(tmp_path / "models")
+    fake = registry.publish(_fake_weights(tmp_path / "a.pt", b"a"), {"family": "fake"})
+    legacy = registry.publish(_fake_weights(tmp_path / "b.pt", b"b"), {})
+    assert fake.family == "fake" and legacy.family == "yolo"  # versions without a family are YOLO's
+    detector = load_detector(registry.get(fake.version), device="cpu")
+    assert isinstance(detector, Detector) and detector.version == fake.version
+    assert detector.weights == fake.weights
+    preds = detector.predict([np.zeros((10, 20), np.uint8)])
+    assert preds[0].xyxy.tolist() == [[0, 0, 10, 10]]
+    unknown = registry.publish(_fake_weights(tmp_path / "c.pt", b"c"), {"family": "rcnn"})
+    with pytest.raises(ValueError, match="got 'rcnn'"):
+        load_detector(unknown)
+    with pytest.raises(TypeError, match=r"meta\.family"):
+        registry.publish(_fake_weights(tmp_path / "d.pt", b"d"), {"family": 3})
+
+
+def test_yolo_family_sizes_and_init():
+    from model.yolo import YoloFamily, yolo_imgsz
+
+    family = YoloFamily()
+    assert isinstance(get_family("yolo"), YoloFamily)
+    item = lambda w, h: LabeledImage(Path("a.png"), Detections.empty(), w, h)  # noqa: E731
+    assert yolo_imgsz([item(96, 96)]) == 96
+    assert yolo_imgsz([item(97, 20), item(10, 60)]) == 128
+    assert yolo_imgsz([item(5, 5)]) == 32
+    with pytest.raises(ValueError, match="images"):
+        yolo_imgsz([])
+    family.check_init("yolov8n.yaml")
+    with pytest.raises(ValueError, match="init: expected a model yaml"):
+        family.check_init("resnet")
+    with pytest.raises(ValueError, match="keep"):
+        family.train(train=[item(8, 8)], val=[item(8, 8)], names=["d"], out_dir=Path("x"), epochs=1, batch=1,
+                     keep="middle")  # fmt: skip
 
 
 def test_image_sources_are_converted_for_ultralytics(tmp_path):
@@ -339,7 +449,6 @@ def tiny_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_tiny_train_predict_warm_start_and_registry(tiny_run):
-    from model.predict import Detector
     from model.train import train_detector
 
     root, items, data_yaml, result, progress = tiny_run
@@ -350,10 +459,9 @@ def test_tiny_train_predict_warm_start_and_registry(tiny_run):
     assert not (root / "runs" / "train" / "results.png").exists()  # plots=False
 
     registry = ModelRegistry(root / "models")
-    published = registry.publish(result.weights, {"metrics": result.metrics})
-    detector = Detector.load(
-        ModelRegistry(root / "models").latest().weights, device="cpu", version=published.version
-    )
+    published = registry.publish(result.weights, {"metrics": result.metrics, "family": "yolo"})
+    detector = load_detector(ModelRegistry(root / "models").latest(), device="cpu")
+    assert isinstance(detector, Detector)
     assert detector.names == ["deposit"] and detector.version == published.version
 
     val = items[12:]
@@ -386,3 +494,25 @@ def test_tiny_train_predict_warm_start_and_registry(tiny_run):
     )
     assert warm.weights.is_file() and warm.weights.name == "last.pt" and warm.epochs == 1
     assert warm.weights.parent.parent == root / "runs" / "warm"
+
+
+@pytest.mark.slow
+def test_yolo_family_trains_at_the_images_size_and_keeps_last(tmp_path):
+    items = _synthetic_discs(tmp_path / "src", 6, seed=1)  # 96 and 128 px images
+    family = get_family("yolo")
+    result = family.train(
+        train=items[:4],
+        val=items[4:],
+        names=["deposit"],
+        out_dir=tmp_path / "out",
+        epochs=1,
+        batch=4,
+        device="cpu",
+        validate=True,
+        keep="last",
+    )
+    assert result.options == {"imgsz": 128, "init": "yolov8n.yaml"}
+    assert result.weights.name == "last.pt" and result.weights.is_relative_to(tmp_path / "out" / "run")
+    assert (tmp_path / "out" / "dataset" / "data.yaml").is_file()
+    detector = family.load(result.weights, device="cpu", version="v")
+    assert detector.version == "v" and len(detector.predict([items[0].path])) == 1

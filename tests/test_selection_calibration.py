@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import doctest
 import json
 
 import numpy as np
 import pytest
 from conftest import make_detections
 
-import selection.calibration as calibration_module
 from selection import Action, Grade, correct_labels, score_image
 from selection.calibration import (
     FEATURES,
@@ -25,10 +23,6 @@ from selection.calibration import (
     precision_recall_curve,
     regrade,
 )
-
-
-def test_docstring_example_runs():
-    assert doctest.testmod(calibration_module).failed == 0
 
 
 def test_expert_truth_names_every_kind_of_crowd_box():

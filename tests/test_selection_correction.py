@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_detections, random_boxes
 
-from selection import Detections, LSMConfig, correct_labels, score_image
+from selection import Detections, LSMConfig, correct_labels, plan_corrections, score_image
 
 BOX = [100, 100, 120, 120]
 PARTS = [[5, 5, 40, 45], [55, 5, 95, 45]]
@@ -138,3 +138,43 @@ def test_random_images_give_valid_labels(rng):
         assert len(out.labels) == c["kept"] + c["moved"] + c["added"]
         assert len(crowd) == c["kept"] + c["moved"] + c["dropped"] + c["split"]
         assert len(out.flagged) == c["flagged"] and out.labels.score is None
+
+
+def test_plan_names_one_edit_per_instance():
+    # crowd: clean, shifted (moved), far away (dropped), box-in-box (split); preds: two parts, a missed one.
+    crowd = make_detections(
+        [[200, 200, 220, 220], BOX, [300, 0, 310, 10], [0, 0, 100, 50]], classes=[0, 1, 0, 2]
+    )
+    pred = make_detections(
+        [[200, 200, 220, 220], [105, 100, 125, 120], *PARTS, [150, 150, 170, 170]],
+        classes=[0, 1, 2, 2, 3],
+        scores=[0.9, 0.9, 0.9, 0.8, 0.9],
+    )
+    score = score_image(crowd, pred)
+    plan = plan_corrections(crowd, pred, score)
+    assert len(plan) == len(score.instances) and plan.findings is score.instances
+    assert plan.edit.tolist() == ["keep", "move", "drop", "split", "add", "add", "add"]
+    np.testing.assert_array_equal(
+        plan.xyxy[:4], [[200, 200, 220, 220], [105, 100, 125, 120], *crowd.xyxy[2:]]
+    )
+    assert plan.class_id.tolist() == [0, 1, 0, 2, 2, 2, 3] and not plan.vetoed.any()
+    out = correct_labels(crowd, pred, score)
+    np.testing.assert_array_equal(out.labels.xyxy, plan.xyxy[plan.labels_mask()])
+    np.testing.assert_array_equal(out.labels.class_id, plan.class_id[plan.labels_mask()])
+
+
+def test_plan_under_review_and_vetoed():
+    crowd = make_detections([BOX, [0, 0, 100, 50]])
+    pred = make_detections(
+        [[105, 100, 125, 120], *PARTS, [150, 150, 170, 170]], scores=[0.45, 0.9, 0.8, 0.35]
+    )
+    score = score_image(crowd, pred)
+    plan = plan_corrections(crowd, pred, score)
+    # An uncertain localization and missed box are reviewed (the prediction keeps its own box).
+    assert plan.edit.tolist() == ["review", "split", "add", "add", "review"]
+    np.testing.assert_array_equal(plan.xyxy[[0, 4]], [BOX, [150, 150, 170, 170]])
+    # A consensus with one big box vetoes the split: the box is reviewed and its parts are left out.
+    vetoed = plan_corrections(crowd, pred, score, consensus=make_detections([[1, 0, 100, 50]], scores=[0.8]))
+    assert vetoed.edit.tolist() == ["review", "review", "none", "none", "review"]
+    assert vetoed.vetoed.tolist() == [False, True, False, False, False]
+    assert np.isnan(vetoed.xyxy[2:4]).all()

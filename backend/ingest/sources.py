@@ -1,0 +1,746 @@
+"""Read a folder of images and its labels (COCO JSON, YOLO txt, Label Studio JSON export), all checked.
+
+Nothing here talks to Label Studio. Every reader returns a :class:`LabelSet`: pixel boxes per image, class ids
+indexing the set's ``names``, boxes clipped to their image. Malformed input raises :class:`IngestError` whose
+message starts with the file and the place in it: ``labels/a.txt:3:`` (file and line) for text files,
+``crowd.json: annotations[12] (id 345):`` (JSON path and id) for JSON, ``crowd.json:7:15:`` for JSON syntax.
+
+Layouts (see docs/CONTRACTS.md, "Import layouts"):
+
+* images: every ``.png .jpg .jpeg .bmp .tif .tiff .webp`` file under the images folder, recursively; an
+  image's key (the task's ``image_id``) is its path relative to that folder without the extension.
+* COCO: one JSON file; ``images[].file_name`` is a path relative to the images folder (or a file name found
+  once under it); ``categories`` give the label names; every listed image is labelled (no annotation = no
+  boxes); ``bbox`` is ``[x, y, w, h]`` in pixels.
+* YOLO: a folder of ``.txt`` files mirroring the images folder (``a/b.png`` -> ``a/b.txt``), lines ``class cx
+  cy w h`` normalised to [0, 1]; names from ``classes.txt`` (one per line) or a ``data.yaml`` (``names:``)
+  in that folder or its parent, or an explicit file.
+* Label Studio: a JSON export (a list of tasks). ``data.image`` is matched to the images folder (a Local
+  Files URL by its path, an upload or URL by its file name). Crowd boxes come from ``data.crowd_labels`` when
+  the task has them (an export of a project made by this importer), else from all its annotations (one per
+  crowd annotator); expert boxes from the ground-truth annotation, or the only one.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import numpy as np
+
+from formats.coco import from_coco
+from formats.labelstudio import CROWD_FIELD, percent_to_xyxy
+from formats.yolo import parse_yolo_labels
+from selection.detections import Detections
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageFile",
+    "ImageIndex",
+    "ImageLabels",
+    "IngestError",
+    "InputFormat",
+    "LabelSet",
+    "read_coco",
+    "read_label_studio",
+    "read_labels",
+    "read_yolo",
+    "read_yolo_names",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio prefixes uploaded file names with 8 hex chars
+
+
+class IngestError(ValueError):
+    """Malformed or inconsistent import input; the message names the file and the line, JSON path or id."""
+
+
+class InputFormat(enum.StrEnum):
+    """Label file formats the importer reads."""
+
+    COCO = "coco"
+    YOLO = "yolo"
+    LS = "ls"
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One image under the images folder.
+
+    Attributes:
+        key: path relative to the images folder, POSIX, without extension (``train/000012``): the task's
+            ``image_id``, the key that makes a re-run skip images already imported.
+        rel: path relative to the images folder, POSIX, with extension.
+        path: absolute path (the folder resolved, the file name kept, so symlinks stay under the folder).
+        width, height: image size in pixels.
+    """
+
+    key: str
+    rel: str
+    path: Path
+    width: int
+    height: int
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+    except (OSError, UnidentifiedImageError, ImportError) as exc:
+        # ImportError: once ultralytics is imported (same process), its patched Image.open answers an
+        # unidentified file by importing the HEIF plugin, which is not installed.
+        raise IngestError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    if width <= 0 or height <= 0:
+        raise IngestError(f"{path}: image has no pixels ({width} x {height})")
+    return int(width), int(height)
+
+
+class ImageIndex:
+    """The images under a folder, found by relative path, absolute path, or a file name that occurs once.
+
+    Args:
+        root: the images folder.
+        files: its images (see :meth:`scan`).
+    """
+
+    def __init__(self, root: Path, files: Sequence[ImageFile]) -> None:
+        self.root = Path(root)
+        self.files = tuple(files)
+        self.by_key = {f.key: f for f in self.files}
+        self.by_rel = {f.rel: f for f in self.files}
+        self.by_path = {f.path: f for f in self.files}
+        self.by_name: dict[str, list[ImageFile]] = {}
+        for f in self.files:
+            self.by_name.setdefault(PurePosixPath(f.rel).name, []).append(f)
+
+    @classmethod
+    def scan(cls, root: str | Path, *, progress: bool = False) -> ImageIndex:
+        """Find every image under ``root`` (recursively, hidden folders skipped) and read its size.
+
+        Raises:
+            IngestError: no such folder, no image in it, an unreadable image, or two images with the same
+                key (``a.png`` and ``a.jpg`` in one folder).
+        """
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise IngestError(f"{root}: the images folder does not exist")
+        root = root.resolve()
+        paths = sorted(
+            p
+            for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES
+            and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
+        if not paths:
+            raise IngestError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        files: list[ImageFile] = []
+        seen: dict[str, Path] = {}
+        iterator: Iterable[Path] = paths
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(paths, desc="reading images", unit="img", leave=False)
+        for path in iterator:
+            rel = path.relative_to(root).as_posix()
+            key = rel[: -len(path.suffix)]
+            if key in seen:
+                raise IngestError(
+                    f"{path}: same name as {seen[key]} but another extension (ambiguous image_id)"
+                )
+            seen[key] = path
+            width, height = _image_size(path)
+            files.append(ImageFile(key=key, rel=rel, path=path, width=width, height=height))
+        return cls(root, files)
+
+    def find(self, ref: str) -> ImageFile | None:
+        """The image ``ref`` names: an absolute path, a path relative to the folder, a path ending in one,
+        or a file name that occurs once; None when nothing (or more than one image) fits."""
+        ref = ref.strip()
+        if not ref:
+            return None
+        path = Path(ref)
+        if path.is_absolute():
+            hit = self.by_path.get(path) or self.by_path.get(path.resolve())
+            if hit is not None:
+                return hit
+        posix = PurePosixPath(ref.replace("\\", "/"))
+        parts = [p for p in posix.parts if p not in ("/", ".")]
+        for start in range(len(parts)):  # longest tail first: "data/images/a/b.png" -> "a/b.png"
+            hit = self.by_rel.get("/".join(parts[start:]))
+            if hit is not None:
+                return hit
+        named = self.by_name.get(posix.name, [])
+        return named[0] if len(named) == 1 else None
+
+    def resolve(self, ref: str, *, where: str) -> ImageFile:
+        """Like :meth:`find`, but raises :class:`IngestError` starting with ``where`` when nothing fits."""
+        hit = self.find(ref)
+        if hit is not None:
+            return hit
+        named = self.by_name.get(PurePosixPath(ref.replace("\\", "/")).name, [])
+        if len(named) > 1:
+            raise IngestError(
+                f"{where}: image {ref!r} is ambiguous: {len(named)} images under {self.root} have that name "
+                f"({', '.join(f.rel for f in named[:3])}); give its path relative to the folder"
+            )
+        raise IngestError(f"{where}: image {ref!r} not found under {self.root}")
+
+
+@dataclass(frozen=True)
+class ImageLabels:
+    """The boxes one source gives one image.
+
+    Attributes:
+        image: the image.
+        boxes: pixel xyxy, clipped to the image; ``class_id`` indexes :attr:`LabelSet.names`; unscored.
+        annotators: per box, who drew it (when the source says), else None.
+    """
+
+    image: ImageFile
+    boxes: Detections
+    annotators: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Labels read from one file or folder.
+
+    Attributes:
+        source: the file or folder (for messages).
+        format: its format.
+        names: label names, index = class id.
+        images: the images it labels, by image key, in source order (an image with no boxes is still
+            labelled: reviewed and found empty).
+        n_clipped: boxes that reached outside their image and were clipped to it.
+    """
+
+    source: Path
+    format: InputFormat
+    names: tuple[str, ...]
+    images: dict[str, ImageLabels] = field(default_factory=dict)
+    n_clipped: int = 0
+
+    @property
+    def n_boxes(self) -> int:
+        return sum(len(labels.boxes) for labels in self.images.values())
+
+
+# ------------------------------------------------------------------------------------------ shared checks
+
+
+def _checked_boxes(
+    xyxy: np.ndarray, class_id: np.ndarray, image: ImageFile, where: Sequence[str]
+) -> tuple[Detections, int]:
+    """Check pixel boxes of one image and clip them to it; returns (boxes, how many were clipped).
+
+    Args:
+        xyxy: float (N, 4) pixel boxes as read, unclipped.
+        class_id: int (N,) class ids (already checked).
+        image: the image (its size bounds the boxes).
+        where: per box, the location to name in an error (``file:line``).
+    """
+    xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
+    w, h = image.width, image.height
+    for i, (x1, y1, x2, y2) in enumerate(xyxy.tolist()):
+        if not all(np.isfinite(v) for v in (x1, y1, x2, y2)):
+            raise IngestError(f"{where[i]}: box coordinates must be finite numbers, got {[x1, y1, x2, y2]}")
+        if x2 <= x1 or y2 <= y1:
+            raise IngestError(
+                f"{where[i]}: empty box ({x2 - x1:.4g} x {y2 - y1:.4g} px); width and height must be > 0"
+            )
+        if x1 >= w or y1 >= h or x2 <= 0 or y2 <= 0:
+            raise IngestError(
+                f"{where[i]}: box [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}] (xyxy px) lies outside the "
+                f"{w} x {h} image {image.rel}"
+            )
+    bounds = np.array([w, h, w, h], np.float64)
+    clipped = np.clip(xyxy, 0, bounds)
+    n_clipped = int(np.sum(np.any(clipped != xyxy, axis=1)))
+    boxes = Detections(xyxy=clipped.astype(np.float32), class_id=np.asarray(class_id, np.int64).reshape(-1))
+    return boxes, n_clipped
+
+
+def _load_json(path: Path) -> Any:
+    if not path.is_file():
+        raise IngestError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise IngestError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_names(names: Sequence[str], where: str) -> tuple[str, ...]:
+    seen: dict[str, str] = {}
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise IngestError(f"{where}: label names must be non-empty strings, got {name!r}")
+        if name.lower() in seen:
+            raise IngestError(f"{where}: label {name!r} is listed twice (as {seen[name.lower()]!r})")
+        seen[name.lower()] = name
+    return tuple(names)
+
+
+# ------------------------------------------------------------------------------------------------- COCO
+
+
+def read_coco(path: str | Path, index: ImageIndex) -> LabelSet:
+    """Read a COCO detection JSON file: its images (matched to ``index``), categories and boxes.
+
+    Category ids may be any integers (real COCO skips some): names are listed in category order, and class
+    ids index that list. ``width``/``height`` of an image, when given, must equal the image file's size.
+
+    Raises:
+        IngestError: naming the JSON path and id of the first problem found.
+    """
+    path = Path(path)
+    coco = _load_json(path)
+    if not isinstance(coco, Mapping):
+        raise IngestError(f"{path}: expected a COCO object with images, annotations, categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(key), list):
+            raise IngestError(f"{path}: {key}: expected a list, got {type(coco.get(key)).__name__}")
+
+    category_index: dict[int, int] = {}
+    names: list[str] = []
+    for i, cat in enumerate(coco["categories"]):
+        where = f"{path}: categories[{i}]"
+        if not isinstance(cat, Mapping) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
+            raise IngestError(f"{where}: expected {{'id': int, 'name': str}}, got {cat!r}")
+        if cat["id"] in category_index:
+            raise IngestError(f"{where}: category id {cat['id']} is listed twice")
+        category_index[int(cat["id"])] = len(names)
+        names.append(str(cat["name"]))
+    if not names:
+        raise IngestError(f"{path}: categories: empty; the label names come from it")
+    _check_names(names, f"{path}: categories")
+
+    images: dict[int, ImageFile] = {}
+    by_key: dict[str, int] = {}
+    for i, im in enumerate(coco["images"]):
+        if not isinstance(im, Mapping) or not _is_int(im.get("id")):
+            raise IngestError(f"{path}: images[{i}]: expected an object with an integer 'id', got {im!r}")
+        where = f"{path}: images[{i}] (id {im['id']})"
+        if im["id"] in images:
+            raise IngestError(f"{where}: image id {im['id']} is listed twice")
+        if not isinstance(im.get("file_name"), str):
+            raise IngestError(f"{where}: expected a 'file_name' string")
+        image = index.resolve(im["file_name"], where=where)
+        for key, actual in (("width", image.width), ("height", image.height)):
+            if key in im and im[key] != actual:
+                raise IngestError(f"{where}: {key} {im[key]!r} but the image {image.rel} has {key} {actual}")
+        if image.key in by_key:
+            raise IngestError(f"{where}: the same image as image id {by_key[image.key]} ({image.rel})")
+        by_key[image.key] = int(im["id"])
+        images[int(im["id"])] = image
+
+    # Where each image's boxes come from, in file order (from_coco keeps that order per image).
+    locations: dict[int, list[str]] = {image_id: [] for image_id in images}
+    for j, ann in enumerate(coco["annotations"]):
+        ann_id = ann.get("id") if isinstance(ann, Mapping) else None
+        where = f"{path}: annotations[{j}]" + (f" (id {ann_id})" if ann_id is not None else "")
+        if not isinstance(ann, Mapping):
+            raise IngestError(f"{where}: expected an object, got {type(ann).__name__}")
+        if ann.get("image_id") not in images:
+            raise IngestError(f"{where}: image_id {ann.get('image_id')!r} is not among the images")
+        if ann.get("category_id") not in category_index:
+            raise IngestError(
+                f"{where}: category_id {ann.get('category_id')!r} is not among the categories "
+                f"{sorted(category_index)}"
+            )
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            raise IngestError(f"{where}: bbox: expected [x, y, width, height] numbers, got {bbox!r}")
+        if not all(np.isfinite(v) for v in bbox):
+            raise IngestError(f"{where}: bbox: expected finite numbers, got {bbox!r}")
+        if bbox[2] <= 0 or bbox[3] <= 0:  # checked before formats.coco builds (and rejects) the boxes
+            raise IngestError(f"{where}: empty box ({bbox[2]} x {bbox[3]} px); width and height must be > 0")
+        locations[int(ann["image_id"])].append(where)
+
+    # Structure checked: formats.coco converts (class_id = category_id - 1, boxes to pixel xyxy).
+    # Sizes from the files (COCO's are optional here), and no scores: crowd labels are not predictions.
+    standard = {
+        "images": [
+            {**im, "width": images[im["id"]].width, "height": images[im["id"]].height}
+            for im in coco["images"]
+        ],
+        "annotations": [{k: v for k, v in ann.items() if k != "score"} for ann in coco["annotations"]],
+    }
+    parsed = from_coco(standard)
+    out: dict[str, ImageLabels] = {}
+    n_clipped = 0
+    for image_id, image in images.items():
+        coco_image = parsed[image_id]
+        dets = coco_image.detections
+        class_id = np.array([category_index[int(c) + 1] for c in dets.class_id], np.int64)
+        boxes, clipped = _checked_boxes(dets.xyxy, class_id, image, locations[image_id])
+        n_clipped += clipped
+        annotators = None
+        if coco_image.extra is not None and all("annotator" in e for e in coco_image.extra):
+            annotators = tuple(str(e["annotator"]) for e in coco_image.extra)
+        out[image.key] = ImageLabels(image=image, boxes=boxes, annotators=annotators)
+    return LabelSet(path, InputFormat.COCO, tuple(names), out, n_clipped)
+
+
+# ------------------------------------------------------------------------------------------------- YOLO
+
+
+def read_yolo_names(path: str | Path) -> tuple[str, ...]:
+    """Class names from ``classes.txt`` (one per line) or a YOLO data YAML (``names:`` list or mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise IngestError(f"{path}: no such file (YOLO class names)")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            raise IngestError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raw = data.get("names") if isinstance(data, Mapping) else None
+        if isinstance(raw, Mapping):
+            if sorted(raw) != list(range(len(raw))):
+                raise IngestError(f"{path}: names: expected keys 0..{len(raw) - 1}, got {sorted(raw)}")
+            raw = [raw[i] for i in range(len(raw))]
+        if not isinstance(raw, list) or not raw:
+            raise IngestError(f"{path}: expected a non-empty 'names:' list or mapping")
+        return _check_names([str(n) for n in raw], f"{path}: names")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    for lineno, name in enumerate(names, 1):
+        if not name:
+            raise IngestError(f"{path}:{lineno}: empty class name (class ids are line numbers - 1)")
+    if not names:
+        raise IngestError(f"{path}: no class names in it")
+    return _check_names(names, str(path))
+
+
+def _find_yolo_names(folder: Path) -> Path:
+    for base in (folder, folder.parent):
+        for name in ("classes.txt", "data.yaml", "dataset.yaml"):
+            if (base / name).is_file():
+                return base / name
+    raise IngestError(
+        f"{folder}: YOLO labels need class names: put a classes.txt (one name per line) or a data.yaml "
+        "(names: [...]) in this folder or its parent, or pass --classes FILE"
+    )
+
+
+def _check_yolo_numbers(text: str, source: Path) -> None:
+    """NaN and inf are numbers to ``float()``: refuse them here, where the line is known."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        for part in line.split():
+            try:
+                value = float(part)
+            except ValueError:
+                continue  # formats.yolo reports it, with the line
+            if not np.isfinite(value):
+                raise IngestError(f"{source}:{lineno}: expected finite numbers, got {line.strip()!r}")
+
+
+def read_yolo(
+    folder: str | Path,
+    index: ImageIndex,
+    *,
+    classes: str | Path | None = None,
+    missing_means_empty: bool = True,
+) -> LabelSet:
+    """Read YOLO label files mirroring the images folder (``<folder>/<image key>.txt``).
+
+    Args:
+        folder: the labels folder.
+        index: the images.
+        classes: class-names file; by default ``classes.txt``/``data.yaml`` in ``folder`` or its parent.
+        missing_means_empty: an image without a label file is labelled with no boxes (the YOLO convention,
+            right for crowd labels); False: it is not labelled at all (expert labels: not reviewed).
+
+    Raises:
+        IngestError: ``file:line:`` of the first bad line, or a label file without its image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IngestError(f"{folder}: the YOLO labels folder does not exist")
+    names_path = Path(classes) if classes is not None else _find_yolo_names(folder)
+    names = read_yolo_names(names_path)
+    files = {
+        p.relative_to(folder).as_posix()[:-4]: p
+        for p in sorted(folder.rglob("*.txt"))
+        if p.name != "classes.txt" and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
+    orphans = sorted(set(files) - set(index.by_key))
+    if orphans:
+        shown = ", ".join(str(files[k]) for k in orphans[:3])
+        raise IngestError(
+            f"{shown}{' ...' if len(orphans) > 3 else ''}: {len(orphans)} label file(s) without an image "
+            f"under {index.root} (label files must mirror the images folder: a/b.png -> a/b.txt)"
+        )
+    out: dict[str, ImageLabels] = {}
+    n_clipped = 0
+    for image in index.files:
+        label_file = files.get(image.key)
+        if label_file is None:
+            if missing_means_empty:
+                out[image.key] = ImageLabels(image=image, boxes=Detections.empty())
+            continue
+        try:
+            text = label_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise IngestError(f"{label_file}: not UTF-8 text ({exc.reason})") from None
+        _check_yolo_numbers(text, label_file)
+        try:
+            dets = parse_yolo_labels(text, image.width, image.height, source=str(label_file))
+        except ValueError as exc:  # formats.yolo names the file and the line
+            raise IngestError(str(exc)) from None
+        linenos = [n for n, line in enumerate(text.splitlines(), 1) if line.split()]
+        for i, cls in enumerate(dets.class_id.tolist()):
+            if cls >= len(names):
+                raise IngestError(
+                    f"{label_file}:{linenos[i]}: class {cls} is not in {names_path} ({len(names)} names: "
+                    f"0..{len(names) - 1})"
+                )
+        where = [f"{label_file}:{n}" for n in linenos]
+        boxes, clipped = _checked_boxes(dets.xyxy, dets.class_id, image, where)
+        n_clipped += clipped
+        out[image.key] = ImageLabels(image=image, boxes=boxes)
+    return LabelSet(folder, InputFormat.YOLO, names, out, n_clipped)
+
+
+# --------------------------------------------------------------------------------- Label Studio export
+
+
+def _image_ref(url: str, document_root: Path | None) -> str:
+    """A path or file name to look the task's image up by (Local Files, uploads, URLs, plain paths)."""
+    parsed = urlparse(url)
+    path = unquote(parsed.path)
+    query = parse_qs(parsed.query)
+    if path.rstrip("/").endswith("/data/local-files") and "d" in query:
+        rel = query["d"][0]  # parse_qs has unquoted it
+        return str(document_root / rel) if document_root is not None else rel
+    if "/data/upload/" in path:  # relative or on the Label Studio host
+        return _UPLOAD_PREFIX.sub("", PurePosixPath(path).name)
+    if parsed.scheme in ("http", "https", "s3", "gs", "azure-blob"):
+        return path.lstrip("/")
+    return path if parsed.scheme == "file" else url
+
+
+def _annotator(annotation: Mapping[str, Any]) -> str:
+    who = annotation.get("completed_by")
+    if isinstance(who, Mapping):
+        return str(who.get("email") or who.get("id") or "unknown")
+    return f"user-{who}" if who is not None else "unknown"
+
+
+class _Labels:
+    """Label names in order of first appearance (a Label Studio export does not carry its config)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.lower: dict[str, int] = {}
+
+    def index(self, name: str) -> int:
+        key = name.lower()
+        if key not in self.lower:
+            self.lower[key] = len(self.names)
+            self.names.append(name)
+        return self.lower[key]
+
+
+def _percent_box(values: Mapping[str, Any], where: str) -> list[float]:
+    try:
+        box = [values[k] for k in ("x", "y", "width", "height")]
+    except KeyError as exc:
+        raise IngestError(
+            f"{where}: needs x, y, width, height (percent of the image); {exc} missing"
+        ) from None
+    if not all(_is_number(v) for v in box):
+        raise IngestError(f"{where}: x, y, width, height must be numbers, got {box!r}")
+    return [float(v) for v in box]
+
+
+def _regions_boxes(
+    regions: Any, where: str, labels: _Labels
+) -> tuple[list[list[float]], list[int], list[str]]:
+    """Rectangle results of one annotation -> (percent boxes, class ids, locations); others are skipped."""
+    if not isinstance(regions, list):
+        raise IngestError(f"{where}: expected a list of results, got {type(regions).__name__}")
+    boxes, classes, wheres = [], [], []
+    for k, region in enumerate(regions):
+        loc = f"{where}[{k}]"
+        if not isinstance(region, Mapping):
+            raise IngestError(f"{loc}: expected an object, got {type(region).__name__}")
+        if region.get("type") not in ("rectanglelabels", "rectangle"):
+            continue
+        value = region.get("value")
+        if not isinstance(value, Mapping):
+            raise IngestError(f"{loc}: expected a 'value' object")
+        names = value.get("rectanglelabels") or value.get("labels")
+        if not isinstance(names, list) or not names or not isinstance(names[0], str):
+            raise IngestError(f"{loc}: a rectangle without a label (value.rectanglelabels)")
+        if len(names) > 1:
+            raise IngestError(f"{loc}: a rectangle with several labels {names}; expected one")
+        rotation = value.get("rotation", 0) or 0
+        if not _is_number(rotation) or rotation != 0:
+            raise IngestError(f"{loc}: rotated rectangles (rotation {rotation!r}) are not supported")
+        boxes.append(_percent_box(value, f"{loc}.value"))
+        classes.append(labels.index(names[0]))
+        wheres.append(loc)
+    return boxes, classes, wheres
+
+
+def _crowd_records(
+    records: Any, where: str, labels: _Labels
+) -> tuple[list[list[float]], list[int], list[str], list[str | None]]:
+    """``data.crowd_labels`` records -> (percent boxes, class ids, locations, annotators)."""
+    if not isinstance(records, list):
+        raise IngestError(f"{where}: expected a list of boxes, got {type(records).__name__}")
+    boxes, classes, wheres, who = [], [], [], []
+    for k, rec in enumerate(records):
+        loc = f"{where}[{k}]"
+        if not isinstance(rec, Mapping):
+            raise IngestError(f"{loc}: expected an object, got {type(rec).__name__}")
+        if not isinstance(rec.get("label"), str) or not rec["label"]:
+            raise IngestError(f"{loc}: expected a 'label' string, got {rec.get('label')!r}")
+        boxes.append(_percent_box(rec, loc))
+        classes.append(labels.index(rec["label"]))
+        wheres.append(loc)
+        who.append(None if rec.get("annotator") is None else str(rec["annotator"]))
+    return boxes, classes, wheres, who
+
+
+def read_label_studio(
+    path: str | Path, index: ImageIndex, *, role: str, document_root: Path | None = None
+) -> LabelSet:
+    """Read a Label Studio JSON export (a list of tasks) as crowd or expert labels.
+
+    Args:
+        path: the export file.
+        index: the images.
+        role: ``"crowd"``: boxes from ``data.crowd_labels`` when the task has that field, else from every
+            (not cancelled) annotation, each annotation's author recorded per box; tasks without either are
+            labelled with no boxes. ``"expert"``: boxes of the annotation marked ground truth, or of the
+            only annotation; tasks without an annotation are not labelled.
+        document_root: resolves ``/data/local-files/?d=...`` URLs to files (else matched by their path).
+
+    Raises:
+        IngestError: naming the file, ``tasks[i] (id N)`` and the place in it.
+    """
+    if role not in ("crowd", "expert"):
+        raise ValueError(f"role: expected 'crowd' or 'expert', got {role!r}")
+    path = Path(path)
+    tasks = _load_json(path)
+    if isinstance(tasks, Mapping):
+        tasks = [tasks]
+    if not isinstance(tasks, list):
+        raise IngestError(f"{path}: expected a Label Studio JSON export (a list of tasks)")
+    labels = _Labels()
+    # First pass: structure and labels (names must be complete before class ids are final).
+    parsed: list[tuple[ImageFile, list[list[float]], list[int], list[str], tuple[str, ...] | None]] = []
+    first_task: dict[str, str] = {}
+    for i, task in enumerate(tasks):
+        task_id = task.get("id") if isinstance(task, Mapping) else None
+        where = f"{path}: tasks[{i}]" + (f" (id {task_id})" if task_id is not None else "")
+        if not isinstance(task, Mapping) or not isinstance(task.get("data"), Mapping):
+            raise IngestError(f"{where}: expected a task object with a 'data' object")
+        data = task["data"]
+        if not isinstance(data.get("image"), str):
+            raise IngestError(f"{where}.data: expected an 'image' URL or path, got {data.get('image')!r}")
+        image = index.resolve(_image_ref(data["image"], document_root), where=f"{where}.data.image")
+        if image.key in first_task:
+            raise IngestError(f"{where}: the same image {image.rel} as {first_task[image.key]}")
+        first_task[image.key] = where
+        annotations = task.get("annotations", [])
+        if not isinstance(annotations, list):
+            raise IngestError(f"{where}.annotations: expected a list")
+        valid = [
+            (k, a) for k, a in enumerate(annotations) if isinstance(a, Mapping) and not a.get("was_cancelled")
+        ]
+        if role == "crowd" and CROWD_FIELD in data:
+            boxes, classes, wheres, who = _crowd_records(
+                data[CROWD_FIELD], f"{where}.data.{CROWD_FIELD}", labels
+            )
+            annotators = tuple(w or "unknown" for w in who) if any(w is not None for w in who) else None
+        elif role == "crowd":
+            boxes, classes, wheres, names = [], [], [], []
+            for k, annotation in valid:
+                b, c, w = _regions_boxes(annotation.get("result"), f"{where}.annotations[{k}].result", labels)
+                boxes += b
+                classes += c
+                wheres += w
+                names += [_annotator(annotation)] * len(b)
+            annotators = tuple(names) if names else None
+        else:
+            if not valid:
+                continue  # not reviewed by an expert
+            truth = [(k, a) for k, a in valid if a.get("ground_truth")]
+            if len(valid) > 1 and len(truth) != 1:
+                raise IngestError(
+                    f"{where}.annotations: {len(valid)} annotations and {len(truth)} marked ground truth; "
+                    "expert labels need one annotation per task (or exactly one marked ground truth)"
+                )
+            k, annotation = truth[0] if len(valid) > 1 else valid[0]
+            boxes, classes, wheres = _regions_boxes(
+                annotation.get("result"), f"{where}.annotations[{k}].result", labels
+            )
+            annotators = None
+        parsed.append((image, boxes, classes, wheres, annotators))
+    if not labels.names:
+        raise IngestError(f"{path}: no labelled rectangle in any task, so no label names to import")
+    out: dict[str, ImageLabels] = {}
+    n_clipped = 0
+    for image, boxes, classes, wheres, annotators in parsed:
+        raw = np.array(boxes, np.float64).reshape(-1, 4)
+        if not np.all(np.isfinite(raw)):
+            bad = int(np.flatnonzero(~np.all(np.isfinite(raw), axis=1))[0])
+            raise IngestError(f"{wheres[bad]}: x, y, width, height must be finite, got {raw[bad].tolist()}")
+        xyxy = percent_to_xyxy(raw, image.width, image.height)
+        dets, clipped = _checked_boxes(xyxy, np.array(classes, np.int64), image, wheres)
+        n_clipped += clipped
+        out[image.key] = ImageLabels(image=image, boxes=dets, annotators=annotators)
+    return LabelSet(path, InputFormat.LS, _check_names(labels.names, str(path)), out, n_clipped)
+
+
+def read_labels(
+    fmt: InputFormat | str,
+    path: str | Path,
+    index: ImageIndex,
+    *,
+    role: str,
+    classes: str | Path | None = None,
+    document_root: Path | None = None,
+) -> LabelSet:
+    """Read crowd (``role="crowd"``) or expert (``role="expert"``) labels in any supported format.
+
+    See the module docstring for each format's layout and :func:`read_coco`, :func:`read_yolo`,
+    :func:`read_label_studio` for the details.
+    """
+    try:
+        fmt = InputFormat(fmt)
+    except ValueError:
+        raise IngestError(f"format: expected one of {[f.value for f in InputFormat]}, got {fmt!r}") from None
+    if fmt is InputFormat.COCO:
+        return read_coco(path, index)
+    if fmt is InputFormat.YOLO:
+        return read_yolo(path, index, classes=classes, missing_means_empty=role == "crowd")
+    return read_label_studio(path, index, role=role, document_root=document_root)

@@ -1,0 +1,28 @@
+"""The examples in the public entry points' docstrings run and give what they show."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+# Modules whose docstring examples are part of the documentation; add a module here when you add examples.
+MODULES = [
+    "formats.labelstudio",
+    "selection.batch",
+    "selection.boxes",
+    "selection.calibration",
+    "selection.correction",
+    "selection.lsm",
+    "selection.rules",
+    "selection.strategies",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)
+    assert result.attempted > 0, f"{name}: no docstring examples found"
+    assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} examples failed (output above)"
