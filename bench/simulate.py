@@ -113,7 +113,7 @@ class BenchSettings:
     rounds: int = 3
     strategies: tuple[Strategy, ...] = (Strategy.DISCREPANCY, Strategy.RANDOM)
     final_recipe: str = "warm_cleaning"
-    expert_repeat: int = 2
+    expert_repeat: int = 1
     consensus: str = "crossfit"
     calibrate: bool = True
     reviews: bool = True
