@@ -456,7 +456,8 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         f"Command: `{meta['command']}`  ",
         f"Wall time: {meta['seconds'] / 60:.1f} min on {meta['device']}  ",
         f"Final training of the cleaned-label arms: `{meta['settings']['final_recipe']}`, expert images "
-        f"x{meta['settings']['expert_repeat']}; consensus: `{meta['settings']['consensus']}`; calibrated "
+        f"x{meta['settings']['expert_repeat']}; fine-tunes: `{meta['settings']['finetune_steps']}` steps; "
+        f"consensus: `{meta['settings']['consensus']}`; calibrated "
         f"grades: {'yes' if meta['settings']['calibrate'] else 'no'}; reviews answered and charged: "
         f"{'yes' if meta['settings']['reviews'] else 'no'}",
         "",
