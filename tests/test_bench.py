@@ -374,3 +374,28 @@ def test_noise_overrides_reach_the_simulated_dataset(tmp_path):
     missed = [sum(len(r.missed) for r in recs) for recs in (base, noisier)]
     assert missed[1] > missed[0]
     assert [r.id for r in again] == [r.id for r in noisier]
+
+
+def test_grade_quality_hand_case():
+    from bench.noise_quality import grade_quality
+    from selection import score_image
+
+    crowd = make_detections([[0, 0, 20, 20], [100, 100, 120, 120], [200, 0, 220, 20]])
+    pred = make_detections([[0, 0, 20, 20], [50, 50, 70, 70], [150, 150, 170, 170]], scores=[0.95, 0.9, 0.9])
+    score = score_image(crowd, pred)
+    f = score.instances
+    assert f.noise_type[:3].tolist() == ["clean", "background", "background"]
+    assert set(f.action[3:].tolist()) == {"auto_fix"}  # two confident "missed" proposals
+    truth = np.array(["clean", "background", "clean"])  # the third crowd box is in fact right
+    missed = make_detections([[50, 50, 70, 70]])  # only one proposal is a real missed deposit
+    rows, curves = grade_quality(
+        [score], [truth], [missed], [pred], probability=[np.linspace(0.9, 0.1, len(f))]
+    )
+    q = {r.noise_type: r for r in rows}
+    bg_fixed = (f.noise_type == "background") & (f.action == "auto_fix")
+    assert q["background"].support == 1
+    assert q["background"].fix_precision == pytest.approx(1 / bg_fixed.sum())
+    assert q["missed"].fix_precision == 0.5 and q["missed"].fix_recall == 1.0
+    assert q["localization"].support == 0 and np.isnan(q["localization"].fix_recall)
+    # Ranked by the given probabilities, the real missed deposit (the higher of the two) comes first.
+    assert curves["missed"]["precision"][0] == 1.0 and curves["missed"]["recall"][-1] == 1.0
