@@ -139,7 +139,7 @@ def review(labels: Detections, flagged: Detections, expert: Detections) -> tuple
     replace: dict[int, np.ndarray] = {}  # label row -> expert indices it becomes (empty: deleted)
     counts = {"replaced": 0, "deleted": 0, "split": 0, "extra_drawn": 0}
     for r in reviewed_rows:
-        inner = np.flatnonzero((ioa[r] >= REVIEW_BIB_IOA) & ((owner == -1) | (owner == r)))
+        inner = np.flatnonzero((ioa[r] >= REVIEW_BIB_IOA) & ((owner == r) | ~claimed))
         if inner.size >= 2:
             replace[int(r)] = inner
             claimed[inner] = True

@@ -399,3 +399,12 @@ def test_grade_quality_hand_case():
     assert q["localization"].support == 0 and np.isnan(q["localization"].fix_recall)
     # Ranked by the given probabilities, the real missed deposit (the higher of the two) comes first.
     assert curves["missed"]["precision"][0] == 1.0 and curves["missed"]["recall"][-1] == 1.0
+
+
+def test_review_two_reviewed_boxes_do_not_split_into_the_same_deposits():
+    # Two small deposits inside two large boxes (IoU < 0.1 with both: no box stands for either).
+    expert = make_detections([[10, 10, 15, 15], [20, 10, 25, 15]])
+    labels = make_detections([[0, 0, 60, 60], [0, 0, 62, 62]])
+    out, outcome = review(labels, make_detections(labels.xyxy, scores=[0.5, 0.5]), expert)
+    assert (outcome.split, outcome.deleted, outcome.extra_drawn) == (1, 1, 1)
+    assert sorted(map(tuple, out.xyxy.tolist())) == sorted(map(tuple, expert.xyxy.tolist()))  # each once
