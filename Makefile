@@ -60,7 +60,7 @@ calibrate: setup
 	$(PY) -m bench.calibrate --preset quick --out $(WORK)/calibrate
 
 simulate: setup
-	$(PY) -m bench.simulate --preset quick --seeds 3 --budget 0.25 --out $(WORK)/simulate
+	$(PY) -m bench.simulate --preset quick --seed-list 0,1,2,3,4 --budget 0.25 --out $(WORK)/simulate/quick
 
 bench-speed: setup
 	$(PY) -m bench.speed
