@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from backend.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,26 @@ class TrainItem:
             "width": self.width,
             "height": self.height,
         }
+
+
+def job_settings(settings: Settings) -> dict[str, Any]:
+    """The job fields every training takes from the backend's settings (expert trainings and the bootstrap):
+    registry, ``TRAIN_*`` options, device, family, LSM thresholds (for the meta), logging, threads, niceness.
+    """
+    from backend.settings import lsm_as_dict
+
+    return {
+        "model_dir": str(settings.model_dir),
+        "epochs": settings.train_epochs,
+        "imgsz": settings.train_imgsz or None,
+        "batch": settings.train_batch,
+        "device": settings.device,
+        "family": settings.detector_family,
+        "lsm": lsm_as_dict(settings.lsm),
+        "log_level": settings.log_level,
+        "threads": settings.train_thread_count,
+        "nice": settings.train_nice,
+    }
 
 
 def run_job(job: dict[str, Any]) -> str:
@@ -80,6 +104,7 @@ def run_job(job: dict[str, Any]) -> str:
         imgsz=int(imgsz) if imgsz else None,
         seed=int(job.get("seed", 0)),
         device=job.get("device", "auto"),
+        threads=int(job["threads"]) if job.get("threads") else None,
         on_epoch=on_epoch,
     )
     meta = {
@@ -101,6 +126,22 @@ def run_job(job: dict[str, Any]) -> str:
     return version.version
 
 
+def lower_priority(nice: int) -> None:
+    """Make this process yield the CPU to the serving process (see ``Settings.train_nice``).
+
+    ``nice`` 1-18 adds that niceness; 19 also moves the process to Linux's ``SCHED_IDLE`` class (it runs
+    only when no normal process wants the core), where the platform has it.
+    """
+    if nice <= 0:
+        return
+    os.nice(nice)
+    if nice >= 19 and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as exc:  # e.g. a container that forbids it: niceness alone still applies
+            logger.warning("SCHED_IDLE refused (%s); training at nice %d", exc, nice)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m backend.train_job JOB.json", file=sys.stderr)
@@ -111,6 +152,7 @@ def main(argv: list[str]) -> int:
         level=job.get("log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     result_path = job_path.with_name("result.json")
+    lower_priority(int(job.get("nice") or 0))
     try:
         version = run_job(job)
     except Exception as exc:

@@ -34,8 +34,8 @@ from typing import Any, Protocol
 
 from backend.images import ImageLoader, ImageLoadError
 from backend.labelconfig import DROP_LABEL_NAMES, LabelConfigError, LabelSchema, parse_label_config
-from backend.settings import Settings, lsm_as_dict
-from backend.train_job import TrainItem
+from backend.settings import Settings
+from backend.train_job import TrainItem, job_settings
 from formats.labelstudio import CROWD_FIELD, crowd_labels_to_detections
 
 logger = logging.getLogger(__name__)
@@ -208,19 +208,13 @@ def prepare_bootstrap(
     n_val = len(items) // 10 if len(items) >= 10 else 0
     train, val = (items[n_val:], items[:n_val]) if n_val else (items, items)
     job = {
+        **job_settings(settings),
         "work_dir": str(job_dir),
-        "model_dir": str(settings.model_dir),
         "names": names,
         "train": [it.as_json() for it in train],
         "val": [it.as_json() for it in val],
         "init": start,
         "epochs": epochs or settings.train_epochs,
-        "imgsz": settings.train_imgsz or None,
-        "batch": settings.train_batch,
-        "device": settings.device,
-        "family": family.name,
-        "lsm": lsm_as_dict(settings.lsm),
-        "log_level": settings.log_level,
         "source": BOOTSTRAP_SOURCE,
         "project": project,
     }
