@@ -572,7 +572,9 @@ def write_export(
         for c in cleaned:
             label_path = (out_dir / "labels" / c.name).with_suffix(".txt")
             write_yolo_labels(label_path, c.labels, c.width, c.height)
-        spec = {"path": ".", "train": "images", "val": "images", "names": dict(enumerate(categories))}
+        # No "path": ultralytics then resolves train/val against the file's own folder (a relative "path"
+        # would be taken from the current directory).
+        spec = {"train": "images", "val": "images", "names": dict(enumerate(categories))}
         (out_dir / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     else:
         tasks = []

@@ -291,6 +291,14 @@ def test_yolo_round_trip(tmp_path):
     }
     _assert_same(read, _expected(cleaned))
     assert all((out / "images" / c.name).is_file() for c in cleaned)
+    # ultralytics finds the images from anywhere (train/val resolve against the file's folder).
+    from model.device import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(str(out / "data.yaml"))
+    assert Path(data["train"]) == (out / "images").resolve() and data["names"] == {0: "deposit"}
 
 
 def test_label_studio_round_trip(tmp_path):
