@@ -374,8 +374,12 @@ def run_training(project: int | None, kind: str = "expert") -> dict[str, Any]:
         },
     )
     trainer = _worker_trainer(_context)
-    # Epochs for /health on every replica (the job folder is on this worker's machine).
-    trainer.on_progress = lambda state: redis.hset(f"{_PREFIX}training", "progress", json.dumps(state))
+
+    def report(state: dict[str, Any]) -> None:
+        # Epochs for /health on every replica (the job folder is on this worker's machine).
+        redis.hset(f"{_PREFIX}training", "progress", json.dumps(state))
+
+    trainer.on_progress = report
     try:
         version = trainer.train_once(project, kind=kind)
     except Exception as exc:
