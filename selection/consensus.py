@@ -82,7 +82,7 @@ def merge_annotators(
     cls = np.zeros(n_total, np.int64)
     owners: list[set[int]] = []
     for annotator, dets in enumerate(dets_per_annotator):
-        order = np.arange(len(dets))
+        order: np.ndarray = np.arange(len(dets))
         if dets.score is not None:
             order = np.argsort(-dets.score, kind="stable")
         for j in order:
