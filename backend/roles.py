@@ -28,10 +28,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from backend.settings import ExpertPolicy
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +41,18 @@ __all__ = [
     "check_roles",
     "parse_emails",
 ]
+
+
+class ExpertPolicy(Protocol):
+    """What this module needs of ``backend.settings.ExpertPolicy`` (which imports this module)."""
+
+    @property
+    def mode(self) -> enum.Enum: ...
+
+    @property
+    def emails(self) -> frozenset[str]: ...
+
+    def is_expert(self, annotation: Mapping[str, Any], *, user_email: str | None = None) -> bool: ...
 
 
 class CrowdSource(enum.Enum):
@@ -167,11 +176,9 @@ def check_roles(expert: ExpertPolicy, crowd: CrowdPolicy) -> None:
     Raises:
         ValueError: naming the variables and how to fix them.
     """
-    from backend.settings import ExpertMode
-
     if not crowd.from_annotations:
         return
-    if expert.mode is ExpertMode.ALL:
+    if expert.mode.value == "all":
         raise ValueError(
             "CROWD_SOURCE=annotations with EXPERT_MODE=all: every annotation would be both crowd and expert; "
             "name the experts with EXPERT_MODE=emails:a@x.org,... or EXPERT_MODE=ground_truth"
