@@ -199,3 +199,27 @@ def test_user_directory_lists_once_and_caches_misses() -> None:
     assert directory.author_email({"completed_by": 8}) is None
     assert directory.author_email({"completed_by": 7}) == "c7@lab.org"
     assert users.calls == ["list", "get 8"]
+
+
+def test_webhook_counts_only_expert_authors_resolved_by_id(tmp_path: Any) -> None:
+    from backend.roles import UserDirectory
+    from backend.training import TrainingManager
+
+    s = _settings(
+        tmp_path, CROWD_SOURCE="annotations", EXPERT_MODE="emails:e@lab.org", TRAIN_MIN_ANNOTATIONS="5"
+    )
+    people = [
+        type("U", (), {"id": 2, "email": "c@lab.org"})(),
+        type("U", (), {"id": 9, "email": "E@lab.org"})(),
+    ]
+    users = type("Users", (), {"list": lambda self: people, "get": lambda self, id: None})()
+    trainer = TrainingManager(s, service=None, source=None)  # type: ignore[arg-type]
+    trainer._users = UserDirectory(lambda: type("Client", (), {"users": users})())
+    # Label Studio's webhook names the author by id only.
+    assert trainer.on_event(
+        "ANNOTATION_CREATED", project=1, annotation={"id": 1, "completed_by": 2, "task": 4}
+    ) == ("not an expert annotation")
+    status = trainer.on_event(
+        "ANNOTATION_CREATED", project=1, annotation={"id": 2, "completed_by": 9, "task": 4}
+    )
+    assert status == "not enough annotations (1/5)"
