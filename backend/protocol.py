@@ -21,9 +21,9 @@ an annotator (one prediction per task, one region per box):
 * model boxes (missed, box-in-box parts) below ``SCORE_THRESHOLD`` are not shown; crowd boxes always are.
 
 Every region carries ``score`` (model confidence in [0, 1]) and ``meta: {"text": ["<type> · <grade> ·
-<action>"]}`` (followed by `` · 2/3 annotators`` on a crowd box fused from several crowd annotators, see
-``backend.crowd``); the prediction's ``score`` is the task's discrepancy so the Data Manager's "Prediction
-score" column sorts the most suspicious tasks first.
+<action>"]}`` (followed by `` · 2/3 annotators`` on a crowd box of a task that several crowd annotators
+labelled, see ``backend.crowd``); the prediction's ``score`` is the task's discrepancy so the Data Manager's
+"Prediction score" column sorts the most suspicious tasks first.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class RegionProposal:
     def meta_text(self) -> str:
         action = "drop — delete this box" if self.drop else self.action
         text = f"{self.noise_type} · {self.grade} · {action}"
-        if self.votes and self.annotators:
+        if self.votes and self.annotators > 1:
             text += f" · {self.votes}/{self.annotators} annotators"
         return text
 
@@ -203,7 +203,7 @@ def proposals_from_score(
         score: ``selection.lsm.score_image(crowd, pred)``.
         score_threshold: model boxes below this confidence are not proposed.
         votes: optional int (M,) crowd annotators agreeing on each crowd box (``backend.crowd``), shown in
-            the crowd regions' meta text with ``annotators``.
+            the crowd regions' meta text with ``annotators`` when there are several.
         annotators: crowd annotators of the image.
 
     Returns:

@@ -223,3 +223,15 @@ def test_webhook_counts_only_expert_authors_resolved_by_id(tmp_path: Any) -> Non
         "ANNOTATION_CREATED", project=1, annotation={"id": 2, "completed_by": 9, "task": 4}
     )
     assert status == "not enough annotations (1/5)"
+
+
+def test_region_meta_shows_agreement_only_with_several_annotators() -> None:
+    from backend.protocol import RegionProposal
+
+    base = {"xyxy": (0.0, 0.0, 1.0, 1.0), "class_id": 0, "score": 0.9, "grade": "clean", "action": "keep"}
+    shown = RegionProposal(**base, noise_type="clean", source="crowd", index=0, votes=2, annotators=3)
+    assert shown.meta_text == "clean · clean · keep · 2/3 annotators"
+    single = RegionProposal(**base, noise_type="clean", source="crowd", index=0, votes=1, annotators=1)
+    assert single.meta_text == "clean · clean · keep"
+    unknown = RegionProposal(**base, noise_type="clean", source="crowd", index=0)
+    assert unknown.meta_text == "clean · clean · keep"
