@@ -3,7 +3,8 @@
 Per task, one of three sources gives the exported boxes:
 
 * ``expert``: the task's expert annotation (the backend's ``EXPERT_MODE`` policy; the most recent one);
-* ``auto-corrected``: the crowd labels with the confident fixes of the serving model applied -- the very
+* ``auto-corrected``: the crowd labels (read as the backend reads them, ``CROWD_SOURCE``: the task field or the
+  crowd users' annotations, fused) with the confident fixes of the serving model applied -- the very
   ``selection.correction.plan_corrections`` plan the backend renders as proposals (same ``LSM_*``
   thresholds, predictions at the same ``PREDICT_CONF``), applied by ``correct_labels``;
 * ``crowd``: the crowd labels as they are, when the plan changes nothing.
@@ -51,11 +52,13 @@ from urllib.parse import parse_qs, unquote, urlparse
 import numpy as np
 
 from backend.bootstrap import WEAK_MAP50, validation_map50
+from backend.crowd import CrowdReader
 from backend.images import ImageLoader, ImageLoadError, LoadedImage
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema
+from backend.roles import CrowdPolicy
 from backend.settings import ExpertPolicy, Settings, SettingsError, lsm_as_dict
 from backend.training import expert_annotation
-from formats.labelstudio import CROWD_FIELD, crowd_labels_to_detections, regions_to_detections
+from formats.labelstudio import regions_to_detections
 from selection.correction import CorrectionPlan, Edit, correct_labels, plan_corrections
 from selection.detections import Detections
 from selection.lsm import LSMConfig, score_image
@@ -332,6 +335,7 @@ def clean_tasks(
     batch: int = 16,
     image_dir: Path | None = None,
     progress: bool = False,
+    crowd_reader: CrowdReader | None = None,
 ) -> list[CleanedTask]:
     """Decide every task's exported boxes (images loaded and predicted in chunks of ``batch``).
 
@@ -347,6 +351,8 @@ def clean_tasks(
         batch: images per chunk (``PREDICT_BATCH``).
         image_dir: when given, each image is written there under its export name.
         progress: show a progress bar (tqdm, on stderr).
+        crowd_reader: reads each task's crowd boxes as the backend does (``CROWD_SOURCE``: the
+            ``crowd_labels`` field or crowd users' annotations, fused per annotator); default: the field.
 
     Returns:
         One :class:`CleanedTask` per task, in order.
@@ -358,6 +364,7 @@ def clean_tasks(
     from tqdm import tqdm
 
     _, to_category = export_categories(schema)
+    reader = crowd_reader or CrowdReader(CrowdPolicy(), policy, users=None)
     label_map = schema.label_map(detector.names) if detector is not None else None
     if label_map is not None and label_map.unmapped:
         logger.warning(
@@ -382,7 +389,7 @@ def clean_tasks(
                     image = loader.load(url, task=str(tid))
                 except ImageLoadError as exc:
                     raise ExportError(str(exc)) from None
-                crowd, expert = _task_labels(task, schema, policy, image)
+                crowd, expert = _task_labels(task, schema, policy, reader, image)
                 name = image_name(task, url)
                 if name in names:
                     parent, _, base = name.rpartition("/")
@@ -430,20 +437,13 @@ def _task_labels(
     task: Mapping[str, Any],
     schema: LabelSchema,
     policy: ExpertPolicy,
+    reader: CrowdReader,
     image: LoadedImage,
 ) -> tuple[Detections, Detections | None]:
     """The task's crowd boxes and its expert boxes (None without an expert annotation), label indices."""
     tid = task.get("id", "?")
-    data = task.get("data") or {}
-    records = data.get(CROWD_FIELD)
     try:
-        crowd = (
-            Detections.empty()
-            if records is None
-            else crowd_labels_to_detections(
-                records, width=image.width, height=image.height, label_to_id=schema.label_ids
-            )
-        )
+        crowd = reader.read(task, width=image.width, height=image.height, schema=schema).detections
     except ValueError as exc:
         raise ExportError(f"task {tid}: {exc}") from None
     ann = expert_annotation(task, policy)
@@ -516,6 +516,7 @@ def build_manifest(
         "categories": list(categories),
         "model": dict(model) if model is not None else None,
         "expert_mode": settings.expert.describe(),
+        "crowd": settings.crowd.describe(),
         "predict_conf": settings.predict_conf,
         "lsm": lsm_as_dict(settings.lsm),
         "counts": _counts(cleaned),
@@ -797,6 +798,7 @@ def run_export(
             batch=settings.predict_batch,
             image_dir=staging / "images" if with_images else None,
             progress=progress,
+            crowd_reader=CrowdReader(settings.crowd, settings.expert, users=None),
         )
         manifest = build_manifest(
             cleaned, fmt=fmt, project=project, categories=categories, model=model_info, settings=settings

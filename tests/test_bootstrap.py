@@ -266,3 +266,37 @@ def test_a_failing_job_names_its_error_and_log(tmp_path):
         run_train_job(tmp_path, job, on_progress=seen.append)
     assert read_job_progress(tmp_path) == {}  # no epoch ended
     assert not (tmp_path / "m").exists()
+
+
+def test_crowd_from_annotations_trains_on_the_fused_annotator_boxes(tmp_path):
+    """CROWD_SOURCE=annotations: two crowd users' annotations, fused as the backend scores them."""
+    from backend.crowd import CrowdReader
+
+    settings = _settings(tmp_path, CROWD_SOURCE="annotations", EXPERT_MODE="emails:expert@lab.org")
+    reader = CrowdReader(settings.crowd, settings.expert, users=None)
+    tasks = _tasks(2)
+    for t in tasks:
+        boxes = t["data"].pop("crowd_labels")
+        region = [
+            {
+                "from_name": "label",
+                "to_name": "image",
+                "type": "rectanglelabels",
+                "original_width": 64,
+                "original_height": 64,
+                "value": {**{k: b[k] for k in ("x", "y", "width", "height")}, "rectanglelabels": ["Deposit"]},
+            }
+            for b in boxes
+        ]
+        t["annotations"] = [
+            {"id": 10 * t["id"] + i, "completed_by_email": email, "result": region}
+            for i, email in enumerate(("a@crowd.org", "b@crowd.org"))
+        ]
+    tasks.append({"id": 9, "data": {"image": tasks[0]["data"]["image"]}, "annotations": []})
+    items = crowd_training_items(
+        tasks, schema=SCHEMA, names=["Deposit"], loader=ImageLoader(), image_dir=tmp_path / "i", reader=reader
+    )
+    assert len(items) == 2  # the task nobody of the crowd annotated is not a training image
+    assert [len(it.class_id) for it in items] == [len(t["annotations"][0]["result"]) for t in tasks[:2]]
+    with pytest.raises(BootstrapError, match=r"none of its 1 tasks has crowd labels \(annotations of crowd"):
+        prepare_bootstrap(settings, FakeSource(tasks[2:]), 3, loader=ImageLoader(), job_dir=tmp_path / "j")

@@ -361,3 +361,19 @@ def test_run_export_of_an_all_expert_project_needs_no_model(tmp_path):
     )
     assert manifest["model"] is None and manifest["counts"]["by_source"]["expert"] == 1
     assert (tmp_path / "out" / "labels" / "img" / "001.txt").is_file()
+
+
+def test_crowd_from_annotations_as_the_backend_reads_it():
+    """CROWD_SOURCE=annotations: the crowd boxes are the crowd users' annotations (fused), not the field."""
+    from backend.crowd import CrowdReader
+    from backend.roles import CrowdPolicy
+
+    task = _task(2, 160, NOISY)
+    task["data"]["crowd_labels"] = []  # ignored under CROWD_SOURCE=annotations
+    reader = CrowdReader(CrowdPolicy.parse("annotations", "all_but_experts"), POLICY, users=None)
+    (from_annotations,) = _clean([task], _detector(), crowd_reader=reader)
+    (from_field,) = _clean([task], _detector())
+    assert from_annotations.decision.counts["dropped"] == 1  # NOISY's background box, from the annotation
+    np.testing.assert_allclose(from_annotations.labels.xyxy, [[10, 10, 30, 30]], atol=1e-3)
+    assert str(from_field.decision.source) == "auto-corrected"  # no crowd box: the model's 0.9 box is added
+    assert from_field.decision.counts["added"] == 1

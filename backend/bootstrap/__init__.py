@@ -32,11 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from backend.crowd import CrowdReader
 from backend.images import ImageLoader, ImageLoadError
 from backend.labelconfig import DROP_LABEL_NAMES, LabelConfigError, LabelSchema, parse_label_config
-from backend.settings import Settings
+from backend.roles import CrowdPolicy, annotation_email
+from backend.settings import ExpertPolicy, Settings
 from backend.train_job import TrainItem, job_settings
-from formats.labelstudio import CROWD_FIELD, crowd_labels_to_detections
+from formats.labelstudio import CROWD_FIELD
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ __all__ = [
     "CrowdSource",
     "bootstrap_names",
     "crowd_training_items",
+    "has_crowd_labels",
     "new_job_dir",
     "prepare_bootstrap",
     "project_id",
@@ -83,9 +86,13 @@ def crowd_training_items(
     loader: ImageLoader,
     image_dir: Path,
     progress: bool = False,
+    reader: CrowdReader | None = None,
 ) -> list[TrainItem]:
-    """Tasks with a ``crowd_labels`` field -> training items (image on disk, boxes as model class ids).
+    """Tasks with crowd labels -> training items (image on disk, boxes as model class ids).
 
+    The crowd boxes are read as the backend scores them (``reader``: ``CROWD_SOURCE``, the ``crowd_labels``
+    field by default, or the crowd users' annotations, fused per annotator); a task counts when it has the
+    field (an empty list: an image without objects) or, from annotations, at least one crowd annotation.
     Labels map to ``names`` through ``schema.label_map`` read backwards, as expert annotations do in
     ``backend.training.training_items``; boxes of labels that map to no class are left out. Images that are
     not local files are saved under ``image_dir`` as PNG.
@@ -97,9 +104,10 @@ def crowd_training_items(
     from PIL import Image
     from tqdm import tqdm
 
+    reader = reader or CrowdReader(CrowdPolicy(), ExpertPolicy(), users=None)
     label_to_class = schema.label_map(names).label_to_class
     to_class = np.array([label_to_class.get(lab, -1) for lab in schema.labels], np.int64)
-    with_crowd = [t for t in tasks if (t.get("data") or {}).get(CROWD_FIELD) is not None]
+    with_crowd = [t for t in tasks if has_crowd_labels(t, reader)]
     image_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for task in tqdm(with_crowd, desc="reading crowd labels", unit="task", disable=not progress):
@@ -113,9 +121,7 @@ def crowd_training_items(
         except ImageLoadError as exc:
             raise BootstrapError(str(exc)) from None
         try:
-            crowd = crowd_labels_to_detections(
-                data[CROWD_FIELD], width=image.width, height=image.height, label_to_id=schema.label_ids
-            )
+            crowd = reader.read(task, width=image.width, height=image.height, schema=schema).detections
         except ValueError as exc:
             raise BootstrapError(f"task {tid}: {exc}") from None
         cls = to_class[crowd.class_id] if len(crowd) else crowd.class_id
@@ -126,6 +132,17 @@ def crowd_training_items(
             Image.fromarray(image.pixels).save(path)
         items.append(TrainItem(path, crowd.xyxy[keep], cls[keep], image.width, image.height))
     return items
+
+
+def has_crowd_labels(task: Mapping[str, Any], reader: CrowdReader) -> bool:
+    """Whether a task has crowd labels under the reader's ``CROWD_SOURCE`` (without loading its image)."""
+    if not reader.crowd.from_annotations:
+        return (task.get("data") or {}).get(CROWD_FIELD) is not None
+    return any(
+        isinstance(ann, Mapping)
+        and reader.crowd.is_crowd(ann, expert=reader.expert, user_email=annotation_email(ann))
+        for ann in task.get("annotations") or []
+    )
 
 
 @dataclass(frozen=True)
@@ -187,12 +204,18 @@ def prepare_bootstrap(
     except LabelConfigError as exc:
         raise BootstrapError(f"project {project}: {exc}") from None
     tasks = source.tasks(project)
-    n_boxes = sum(len(c) for t in tasks if isinstance(c := (t.get("data") or {}).get(CROWD_FIELD), list))
-    if n_boxes == 0:
-        raise BootstrapError(
-            f"project {project}: none of its {len(tasks)} tasks has crowd labels (data.{CROWD_FIELD}) to "
-            "train on: import them with python -m backend.ingest, or set MODEL_WEIGHTS to your own weights"
-        )
+    reader = CrowdReader(settings.crowd, settings.expert, users=None)  # tasks carry completed_by_email
+    where = (
+        f"data.{CROWD_FIELD}"
+        if not settings.crowd.from_annotations
+        else f"annotations of crowd users, CROWD_SOURCE={settings.crowd.describe()}"
+    )
+    no_crowd = BootstrapError(
+        f"project {project}: none of its {len(tasks)} tasks has crowd labels ({where}) to train on: import "
+        "them with python -m backend.ingest, or set MODEL_WEIGHTS to your own weights"
+    )
+    if not any(has_crowd_labels(t, reader) for t in tasks):
+        raise no_crowd
     family = get_family(settings.detector_family)
     start = init or settings.train_init
     try:
@@ -201,8 +224,17 @@ def prepare_bootstrap(
         raise BootstrapError(f"--init: {str(exc).removeprefix('init: ')}") from None
     names = bootstrap_names(schema)
     items = crowd_training_items(
-        tasks, schema=schema, names=names, loader=loader, image_dir=job_dir / "images", progress=progress
+        tasks,
+        schema=schema,
+        names=names,
+        loader=loader,
+        image_dir=job_dir / "images",
+        progress=progress,
+        reader=reader,
     )
+    n_boxes = sum(len(it.class_id) for it in items)
+    if n_boxes == 0:
+        raise no_crowd
     items.sort(key=lambda it: str(it.path))
     # The same split as expert trainings: a tenth for validation from 10 images on, else validate on train.
     n_val = len(items) // 10 if len(items) >= 10 else 0
