@@ -3,8 +3,8 @@
 Per task, one of three sources gives the exported boxes:
 
 * ``expert``: the task's expert annotation (the backend's ``EXPERT_MODE`` policy; the most recent one);
-* ``auto-corrected``: the crowd labels (read as the backend reads them, ``CROWD_SOURCE``: the task field or the
-  crowd users' annotations, fused) with the confident fixes of the serving model applied -- the very
+* ``auto-corrected``: the crowd labels (read as the backend reads them, ``CROWD_SOURCE``: the task field or
+  the crowd users' annotations, fused) with the confident fixes of the serving model applied -- the very
   ``selection.correction.plan_corrections`` plan the backend renders as proposals (same ``LSM_*``
   thresholds, predictions at the same ``PREDICT_CONF``), applied by ``correct_labels``;
 * ``crowd``: the crowd labels as they are, when the plan changes nothing.
