@@ -566,7 +566,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLCONFIGDIR", str(REPO / ".work" / "mpl"))
     bench = Bench(args.out, plan)
     start = time.monotonic()
-    print(f"bench.load ({'quick' if args.quick else 'full'}) on {bench.cpus} CPUs; logs in {args.out}/logs")
+    load = os.getloadavg()
+    print(
+        f"bench.load ({'quick' if args.quick else 'full'}) on {bench.cpus} CPUs, load average before "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (other processes share the CPUs); logs in {args.out}/logs"
+    )
     try:
         weights = bench.initial_weights()
         proc = bench.start_backend("mixed", bench.env(args.out / "models-mixed", MODEL_WEIGHTS=str(weights)))
@@ -577,7 +581,11 @@ def main(argv: list[str] | None = None) -> int:
         bench.cluster(weights)
     finally:
         bench.close()
-    print(f"\nbench.load: {len(bench.rows)} figures in {time.monotonic() - start:.0f} s\n")
+    load = os.getloadavg()
+    print(
+        f"\nbench.load: {len(bench.rows)} figures in {time.monotonic() - start:.0f} s; load average after "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}\n"
+    )
     width = max(len(r.scenario) for r in bench.rows)
     print(f"{'scenario':<{width}}  {'figure':<44} {'measured':>24}  target")
     for row in bench.rows:
