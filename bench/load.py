@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(
         f"bench.load ({'quick' if args.quick else 'full'}) on {bench.cpus} CPUs, load average before "
-        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (other processes share the CPUs); logs in {args.out}/logs"
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (the CPUs are shared); logs in {args.out}/logs"
     )
     try:
         weights = bench.initial_weights()
