@@ -152,6 +152,10 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
+def _spread(times: Sequence[float]) -> str:
+    return " / ".join(_ms(_percentile(times, q)) for q in (50, 95, 99))
+
+
 def _predict_body(tasks: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"tasks": [{"id": t["id"], "data": t["data"]} for t in tasks], "label_config": LABEL_CONFIG}
 
@@ -391,8 +395,8 @@ class Bench:
             still = _training(proc)["state"] == "running"
             self.stop(proc)  # ends the training child with it
             p99_idle, p99_busy = _percentile(idle, 99), _percentile(busy, 99)
-            self.add(f"latency: {label}", "idle p50 / p99", f"{_ms(_percentile(idle, 50))} / {_ms(p99_idle)}")
-            self.add("", "training p50 / p99", f"{_ms(_percentile(busy, 50))} / {_ms(p99_busy)}")
+            self.add(f"latency: {label}", "idle p50 / p95 / p99", _spread(idle))
+            self.add("", "training p50 / p95 / p99", _spread(busy))
             self.add("", "p99 training / idle", f"{p99_busy / p99_idle:.2f}x", "<= 1.5x")
             self.add("", "errors (idle + training)", idle_err + busy_err, "0")
             self.add("", "training ran throughout", "yes" if still else "no", "yes")
@@ -566,7 +570,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLCONFIGDIR", str(REPO / ".work" / "mpl"))
     bench = Bench(args.out, plan)
     start = time.monotonic()
-    print(f"bench.load ({'quick' if args.quick else 'full'}) on {bench.cpus} CPUs; logs in {args.out}/logs")
+    load = os.getloadavg()
+    print(
+        f"bench.load ({'quick' if args.quick else 'full'}) on {bench.cpus} CPUs, load average before "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (the CPUs are shared); logs in {args.out}/logs"
+    )
     try:
         weights = bench.initial_weights()
         proc = bench.start_backend("mixed", bench.env(args.out / "models-mixed", MODEL_WEIGHTS=str(weights)))
@@ -577,7 +585,11 @@ def main(argv: list[str] | None = None) -> int:
         bench.cluster(weights)
     finally:
         bench.close()
-    print(f"\nbench.load: {len(bench.rows)} figures in {time.monotonic() - start:.0f} s\n")
+    load = os.getloadavg()
+    print(
+        f"\nbench.load: {len(bench.rows)} figures in {time.monotonic() - start:.0f} s; load average after "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}\n"
+    )
     width = max(len(r.scenario) for r in bench.rows)
     print(f"{'scenario':<{width}}  {'figure':<44} {'measured':>24}  target")
     for row in bench.rows:
