@@ -5,6 +5,11 @@ Weights are loaded on the first ``/predict`` (never at import or in ``/setup``: 
 A newer version in the registry (published by training, or by another process) is picked up by the next
 predict or by :meth:`ModelService.switch`; the new detector is loaded *outside* the lock and swapped in under
 it, so requests keep being served by the previous version meanwhile.
+
+Images are decoded at their own depth and normalised to 8-bit in :meth:`ModelService.detect` with the
+normalisation recorded in the serving version's meta (``image_normalization``; ``IMAGE_NORMALIZE`` /
+``IMAGE_PERCENTILES`` for versions without one), taken together with the detector, so a version always sees
+the pixels it was trained on.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from backend.protocol import (
     task_image_url,
 )
 from backend.settings import Settings, lsm_as_dict
+from formats.images import ImageNormalization, normalize_image
 from formats.labelstudio import CROWD_FIELD, crowd_labels_to_detections
 from selection.detections import Detections
 
 if TYPE_CHECKING:
     from model.detector import Detector
+    from model.registry import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +85,7 @@ class ModelService:
         self._load_lock = threading.Lock()
         self._detector: Detector | None = None
         self._version: str | None = None
+        self._normalization = settings.image_normalization
         self._warned_unmapped: set[str] = set()
 
     def publish_initial(self) -> None:
@@ -87,6 +95,7 @@ class ModelService:
                 "source": "MODEL_WEIGHTS",
                 "family": self.settings.detector_family,
                 "lsm": lsm_as_dict(self.settings.lsm),
+                "image_normalization": self.settings.image_normalization.as_dict(),
             }
             mv = self.registry.publish(self.settings.model_weights, meta)
             logger.info("published initial weights %s as %s", self.settings.model_weights, mv.version)
@@ -121,13 +130,30 @@ class ModelService:
             if mv.version == self._version:
                 return mv.version
             detector = load_detector(mv, device=self.settings.device)
+            normalization = self._normalization_of(mv)
             with self._swap_lock:
                 old, self._detector, self._version = self._version, detector, mv.version
+                self._normalization = normalization
             logger.info("model switched %s -> %s", old or "-", mv.version)
             return mv.version
 
+    def _normalization_of(self, mv: ModelVersion) -> ImageNormalization:
+        """The image normalisation ``mv`` was trained with (its meta), else the configured one."""
+        recorded = mv.meta.get("image_normalization")
+        if recorded is None:
+            return self.settings.image_normalization
+        try:
+            return ImageNormalization.from_dict(recorded)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"model version {mv.version}: meta.image_normalization: {exc}") from None
+
     def current(self) -> tuple[Detector, str]:
         """The detector to use now, loading or upgrading to the registry's latest version when needed."""
+        detector, version, _ = self._serving()
+        return detector, version
+
+    def _serving(self) -> tuple[Detector, str, ImageNormalization]:
+        """:meth:`current` with the serving version's image normalisation, read together."""
         latest = self.latest_version()
         if latest is None and self._detector is None:
             raise NoModelError(
@@ -144,12 +170,19 @@ class ModelService:
         with self._swap_lock:
             if self._detector is None:  # switch() failed and nothing was loaded before
                 raise NoModelError(f"model version {latest} could not be loaded; see the backend log")
-            return self._detector, str(self._version)
+            return self._detector, str(self._version), self._normalization
 
     def detect(self, images: Sequence[np.ndarray | LoadedImage]) -> tuple[list[Detections], list[str], str]:
-        """Batched inference: one scored Detections per image, the model's class names, its version."""
-        detector, version = self.current()
-        arrays = [im.pixels if isinstance(im, LoadedImage) else im for im in images]
+        """Batched inference: one scored Detections per image, the model's class names, its version.
+
+        Args:
+            images: decoded pixels at any depth (``ImageLoader.decode``, or arrays); each is normalised to
+                8-bit RGB here with the normalisation of the version that predicts on it.
+        """
+        detector, version, normalization = self._serving()
+        arrays = [
+            normalize_image(im.pixels if isinstance(im, LoadedImage) else im, normalization) for im in images
+        ]
         preds = detector.predict(arrays, conf=self.settings.predict_conf, batch=self.settings.predict_batch)
         return preds, list(detector.names), version
 
@@ -172,7 +205,7 @@ class ModelService:
             except ValueError as exc:
                 raise TaskInputError(str(exc).replace("task ?", f"task {_task_name(task, i)}")) from None
         images = [
-            self.loader.load(url, task=_task_name(t, i))
+            self.loader.decode(url, task=_task_name(t, i))
             for i, (t, url) in enumerate(zip(tasks, urls, strict=True))
         ]
         crowds = [

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from formats.images import DEFAULT_PERCENTILES, ImageNormalization, Normalize
 from model.detector import DEFAULT_FAMILY, PREDICT_CONF, family_names, get_family
 from selection.lsm import LSMConfig
 
@@ -138,6 +139,26 @@ def _float(environ: Mapping[str, str], name: str, default: float, *, low: float,
     return value
 
 
+def _image_normalization(environ: Mapping[str, str]) -> ImageNormalization:
+    """``IMAGE_NORMALIZE`` (auto | percentile | none) and ``IMAGE_PERCENTILES`` (``low,high``)."""
+    choices = ", ".join(m.value for m in Normalize)
+    mode = _get(environ, "IMAGE_NORMALIZE", Normalize.AUTO.value).lower()
+    if mode not in {m.value for m in Normalize}:
+        raise SettingsError(f"IMAGE_NORMALIZE: expected one of {choices}, got {mode!r}")
+    text = _get(environ, "IMAGE_PERCENTILES", ",".join(str(p) for p in DEFAULT_PERCENTILES))
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise SettingsError(
+            f"IMAGE_PERCENTILES: expected two numbers 'low,high' (e.g. 0.1,99.9), got {text!r}"
+        ) from None
+    try:
+        return ImageNormalization(Normalize(mode), (low, high))
+    except ValueError as exc:
+        raise SettingsError(f"IMAGE_PERCENTILES: {str(exc).removeprefix('percentiles: ')}") from None
+
+
 def _device(text: str) -> str:
     t = text.strip().lower()
     if t in ("auto", "cpu", "cuda") or (t.startswith("cuda:") and t[5:].isdigit()):
@@ -253,6 +274,9 @@ class Settings:
         predict_conf: the prediction confidence floor (``PREDICT_CONF``): detections below it never reach
             the scorer.
         lsm: the LSM thresholds (``LSM_<FIELD>``), used for every scoring and recorded in version meta.
+        image_normalization: how decoded images become 8-bit (``IMAGE_NORMALIZE``, ``IMAGE_PERCENTILES``);
+            new versions are trained with it and record it in their meta, and a version predicts with the
+            one in its meta (this one for versions that have none).
     """
 
     model_dir: Path
@@ -276,6 +300,7 @@ class Settings:
     detector_family: str = DEFAULT_FAMILY
     predict_conf: float = PREDICT_CONF
     lsm: LSMConfig = field(default_factory=LSMConfig)
+    image_normalization: ImageNormalization = field(default_factory=ImageNormalization)
 
     @property
     def scratch_dir(self) -> Path:
@@ -374,13 +399,14 @@ class Settings:
             detector_family=family_name,
             predict_conf=predict_conf,
             lsm=lsm,
+            image_normalization=_image_normalization(environ),
         )
 
     def log_summary(self, logger: logging.Logger) -> None:
         """Log the configuration without secrets."""
         logger.info(
             "settings: model_dir=%s device=%s family=%s label_studio=%s api_key=%s expert=%s train_min=%d "
-            "epochs=%d basic_auth=%s local_files_root=%s predict_conf=%s lsm=%s",
+            "epochs=%d basic_auth=%s local_files_root=%s predict_conf=%s lsm=%s images=%s",
             self.model_dir,
             self.device,
             self.detector_family,
@@ -393,4 +419,5 @@ class Settings:
             self.local_files_document_root or "-",
             self.predict_conf,
             lsm_as_dict(self.lsm),
+            self.image_normalization.as_dict(),
         )

@@ -2,9 +2,10 @@
 
 The server writes ``JOB.json`` (dataset items, class names, detector family, options) and waits; this process
 trains through the family's ``train`` (``model.detector``), publishes the weights to the registry with the
-family, the training options and the LSM settings in the version meta, and writes ``result.json`` next to the
-job file (``{"version": ...}`` or ``{"error": ...}``). A separate process keeps the server responsive
-(training holds the GIL and the CPU) and lets a crash or out-of-memory kill only the job.
+family, the training options, the LSM settings and the image normalisation in the version meta, and writes
+``result.json`` next to the job file (``{"version": ...}`` or ``{"error": ...}``). A separate process keeps
+the server responsive (training holds the GIL and the CPU) and lets a crash or out-of-memory kill only the
+job.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 def run_job(job: dict[str, Any]) -> str:
     """Train and publish; returns the published version name."""
+    from formats.images import ImageNormalization
     from model.dataset import LabeledImage
     from model.detector import DEFAULT_FAMILY, get_family
     from model.registry import ModelRegistry
@@ -38,6 +40,7 @@ def run_job(job: dict[str, Any]) -> str:
 
     family = get_family(str(job.get("family") or DEFAULT_FAMILY))
     imgsz = job.get("imgsz")
+    normalization = ImageNormalization.from_dict(job.get("image_normalization") or {})
     start = time.monotonic()
     result = family.train(
         train=items("train"),
@@ -50,6 +53,7 @@ def run_job(job: dict[str, Any]) -> str:
         imgsz=int(imgsz) if imgsz else None,
         seed=int(job.get("seed", 0)),
         device=job.get("device", "auto"),
+        image_normalization=normalization,
     )
     meta = {
         "source": "expert annotations",
@@ -63,6 +67,7 @@ def run_job(job: dict[str, Any]) -> str:
         "names": list(job["names"]),
         "train_options": result.options,
         "lsm": job.get("lsm") or {},
+        "image_normalization": normalization.as_dict(),
     }
     version = ModelRegistry(Path(job["model_dir"])).publish(result.weights, meta)
     return version.version

@@ -54,6 +54,7 @@ from model.registry import LEGACY_FAMILY
 from selection.detections import Detections
 
 if TYPE_CHECKING:
+    from formats.images import ImageNormalization
     from model.dataset import LabeledImage
     from model.registry import ModelVersion
 
@@ -172,6 +173,7 @@ class DetectorFamily(Protocol):
         validate: bool = True,
         keep: Literal["best", "last"] = "best",
         on_epoch: EpochCallback | None = None,
+        image_normalization: ImageNormalization | None = None,
     ) -> TrainResult:
         """Train a checkpoint, offline (nothing downloaded), writing only under ``out_dir``.
 
@@ -191,6 +193,9 @@ class DetectorFamily(Protocol):
             keep: ``"best"`` (best validation fitness; the last when not validating every epoch) or
                 ``"last"`` checkpoint.
             on_epoch: progress callback.
+            image_normalization: how image files become the 8-bit pixels the network trains on
+                (``formats.images``; ``None``: ``ImageNormalization()``). Prediction must be given arrays
+                normalised the same way.
         """
         ...
 
