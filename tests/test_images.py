@@ -1,0 +1,459 @@
+"""Bit depth and channels: one decode and one normalisation (formats.images) for training and prediction."""
+
+from __future__ import annotations
+
+import base64
+import io
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from backend_helpers import data_uri, disc_image
+from conftest import make_detections
+
+from backend.images import ImageLoader
+from backend.settings import Settings, SettingsError
+from formats.images import (
+    DEFAULT_PERCENTILES,
+    ImageNormalization,
+    Normalize,
+    decode_image,
+    load_image,
+    normalize_image,
+    read_image,
+    write_image,
+)
+from model.dataset import LabeledImage, write_yolo_dataset
+from selection.detections import Detections
+
+AUTO = ImageNormalization()
+
+
+def twelve_bit(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """uint16 12-bit data (0..4095) with a smooth ramp plus noise, so every output level is used."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 4095, shape[1])[None, :] * np.ones(shape[:2])
+    if len(shape) == 3:
+        ramp = ramp[:, :, None] * np.linspace(0.6, 1.0, shape[2])
+    return np.clip(ramp + rng.normal(0, 20, shape), 0, 4095).astype(np.uint16)
+
+
+def encode(pixels: np.ndarray, ext: str) -> bytes:
+    """Encode (H, W) or (H, W, 3) RGB pixels with OpenCV (which writes 16-bit PNG and TIFF)."""
+    bgr = pixels if pixels.ndim == 2 else pixels[:, :, ::-1]
+    ok, buf = cv2.imencode(ext, bgr)
+    assert ok
+    return buf.tobytes()
+
+
+# ------------------------------------------------------------------------------------------- decoding
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_12_bit_data_in_16_bit_files_decodes_with_full_range(ext, channels):
+    raw = twelve_bit((40, 64) if channels == 1 else (40, 64, 3))
+    data = encode(raw, ext)
+    decoded = decode_image(data)
+    assert decoded.dtype == np.uint16
+    np.testing.assert_array_equal(decoded, raw)  # RGB order, every value kept
+    out = load_image(data, AUTO)
+    assert out.dtype == np.uint8 and out.shape == (40, 64, 3)
+    # The old decode (IMREAD_COLOR) kept the high byte: 0..15. Now the range is used.
+    assert int(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).max()) <= 16
+    assert out.min() == 0 and out.max() == 255 and len(np.unique(out)) > 200
+    if channels == 3:  # one stretch for all channels: the dimmer channel stays dimmer
+        assert out[..., 0].mean() < out[..., 2].mean()
+
+
+def test_12_bit_tiff_through_the_backend_loader(tmp_path):
+    raw = twelve_bit((30, 50))
+    (tmp_path / "a.tif").write_bytes(encode(raw, ".tiff"))
+    loader = ImageLoader(document_root=tmp_path)
+    loaded = loader.load("/data/local-files/?d=a.tif", task="1")
+    assert loaded.path == tmp_path / "a.tif"
+    np.testing.assert_array_equal(loaded.pixels, normalize_image(raw, AUTO))
+    assert loaded.pixels.max() == 255
+    decoded = loader.decode("/data/local-files/?d=a.tif", task="1")
+    np.testing.assert_array_equal(decoded.pixels, raw)
+    none = loader.load("/data/local-files/?d=a.tif", task="1", normalization=ImageNormalization("none"))
+    assert none.pixels.max() <= 16  # asked for no stretch: 12 bits in 16 stay dark
+
+
+def _pil_bytes(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _eight_bit_files() -> dict[str, bytes]:
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (9, 13, 3)).astype(np.uint8)
+    gray = disc_image(24, [(12, 12, 5)])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: browsers and IMREAD_COLOR apply it
+    return {
+        "gray png": _pil_bytes(Image.fromarray(gray), "PNG"),
+        "rgb png": _pil_bytes(Image.fromarray(rgb), "PNG"),
+        "rgba png": _pil_bytes(Image.fromarray(np.dstack([rgb, rgb[..., :1]])), "PNG"),
+        "gray+alpha png": _pil_bytes(Image.fromarray(np.dstack([gray, gray]), "LA"), "PNG"),
+        "palette png": _pil_bytes(Image.fromarray(rgb).convert("P"), "PNG"),
+        "1-bit png": _pil_bytes(Image.fromarray(gray > 100), "PNG"),
+        "rgb jpeg with exif rotation": _pil_bytes(Image.fromarray(rgb), "JPEG", exif=exif),
+        "gray jpeg": _pil_bytes(Image.fromarray(gray), "JPEG"),
+        "bmp": _pil_bytes(Image.fromarray(rgb), "BMP"),
+    }
+
+
+@pytest.mark.parametrize(("name", "data"), list(_eight_bit_files().items()))
+def test_8_bit_images_are_unchanged_by_the_default_and_match_what_ultralytics_reads(tmp_path, name, data):
+    # What ultralytics' own reader gives for the file (training reads linked 8-bit files with it) and what
+    # the backend decoded before normalisation existed (IMREAD_COLOR): the default must not change either.
+    from ultralytics.utils.patches import imread
+
+    decoded = decode_image(data)
+    assert decoded.dtype == np.uint8
+    out = load_image(data, AUTO)
+    old = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    np.testing.assert_array_equal(out, old)
+    suffix = ".jpg" if "jpeg" in name else ".bmp" if name == "bmp" else ".png"
+    path = tmp_path / f"x{suffix}"
+    path.write_bytes(data)
+    np.testing.assert_array_equal(out, imread(str(path))[:, :, ::-1])
+    if "exif" in name:
+        assert out.shape[:2] == (13, 9)
+
+
+def test_8_bit_default_is_measured_unchanged_on_realistic_images(rng):
+    # Low-contrast and full-range 8-bit images, gray and RGB: the default leaves every pixel as it is.
+    for pixels in (
+        disc_image(64, [(20, 20, 6), (40, 44, 9)], seed=1),
+        np.clip(rng.normal(120, 8, (50, 70)), 0, 255).astype(np.uint8),  # low contrast: not stretched
+        rng.integers(0, 256, (33, 17, 3)).astype(np.uint8),
+    ):
+        out = normalize_image(pixels, AUTO)
+        expected = pixels if pixels.ndim == 3 else np.repeat(pixels[:, :, None], 3, axis=2)
+        np.testing.assert_array_equal(out, expected)
+        assert out is not pixels
+
+
+def test_undecodable_bytes_raise():
+    with pytest.raises(ValueError, match=r"not a readable image \(7 bytes\)"):
+        decode_image(b"garbage")
+    with pytest.raises(ValueError, match=r"not a readable image \(0 bytes\)"):
+        decode_image(b"")
+
+
+# --------------------------------------------------------------------------------------- normalisation
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int8])
+def test_histogram_percentiles_equal_numpy_inverted_cdf(dtype, rng):
+    # The fast path (a histogram) must give the same stretch as numpy's percentile definition.
+    info = np.iinfo(dtype)
+    for low, high in ((0.1, 99.9), (0.0, 100.0), (5.0, 50.0)):
+        pixels = rng.integers(info.min, int(info.max) + 1, (37, 41)).astype(dtype)
+        lo, hi = (float(v) for v in np.percentile(pixels, [low, high], method="inverted_cdf"))
+        expected = np.clip(np.rint((pixels.astype(np.float64) - lo) * 255 / (hi - lo)), 0, 255)
+        out = normalize_image(pixels, ImageNormalization("percentile", (low, high)))
+        np.testing.assert_array_equal(out[..., 0], expected.astype(np.uint8))
+
+
+def test_percentile_stretch_hand_case():
+    # 1000 values 0..999: the 10th/90th percentiles are 99 and 899 -> 0 and 255, clipped outside.
+    pixels = np.arange(1000, dtype=np.uint16).reshape(10, 100)
+    out = normalize_image(pixels, ImageNormalization(percentiles=(10, 90)))[..., 0]
+    assert out.flat[99] == 0 and out.flat[899] == 255 and out.flat[0] == 0 and out.flat[999] == 255
+    assert out.flat[599] == 159  # 255 * 500 / 800 = 159.4
+
+
+def test_float_images_ignore_nan_and_clip_infinities():
+    pixels = np.array([[np.nan, 0.0, 0.5], [1.0, np.inf, -np.inf]], np.float32)
+    out = normalize_image(pixels, ImageNormalization(percentiles=(0, 100)))[..., 0]
+    assert out.tolist() == [[0, 0, 128], [255, 255, 0]]
+    assert normalize_image(pixels, ImageNormalization("none"))[..., 0].tolist() == [
+        [0, 0, 128],
+        [255, 255, 0],
+    ]
+
+
+def test_degenerate_images():
+    # Mostly one value (sparse bright spots): percentiles coincide, the min-max range is used instead.
+    sparse = np.zeros((100, 100), np.uint16)
+    sparse[5, 5], sparse[50, 60] = 300, 600
+    out = normalize_image(sparse, AUTO)[..., 0]
+    assert (out[5, 5], out[50, 60], out[0, 0]) == (128, 255, 0)
+    # A constant image has no range: scaled from its type's range as under "none".
+    assert normalize_image(np.full((4, 4), 65535, np.uint16), AUTO).min() == 255
+    assert normalize_image(np.full((4, 4), 7, np.uint8), AUTO).max() == 7
+    assert normalize_image(np.full((4, 4), np.nan, np.float32), AUTO).max() == 0
+
+
+def test_modes():
+    eight = np.array([[100, 110], [120, 130]], np.uint8)
+    assert normalize_image(eight, ImageNormalization("percentile", (0, 100)))[..., 0].tolist() == [
+        [0, 85],
+        [170, 255],
+    ]
+    assert normalize_image(eight, ImageNormalization("none"))[..., 0].tolist() == eight.tolist()
+    sixteen = np.array([[0, 257, 65535]], np.uint16)
+    assert normalize_image(sixteen, ImageNormalization("none"))[..., 0].tolist() == [[0, 1, 255]]
+    signed = np.array([[-32768, 0, 32767]], np.int16)
+    assert normalize_image(signed, ImageNormalization("none"))[..., 0].tolist() == [[0, 128, 255]]
+
+
+def test_channel_layouts():
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert normalize_image(gray[:, :, None], AUTO).shape == (3, 4, 3)
+    rgba = np.dstack([gray, gray + 1, gray + 2, np.zeros_like(gray)])
+    np.testing.assert_array_equal(normalize_image(rgba, AUTO), rgba[..., :3])
+    with pytest.raises(ValueError, match=r"pixels: expected an \(H, W\) or \(H, W, 1\|3\|4\) array"):
+        normalize_image(np.zeros((2, 2, 2), np.uint8), AUTO)
+    with pytest.raises(TypeError, match="pixels: expected an integer or float numpy array, got bool"):
+        normalize_image(np.zeros((2, 2), bool), AUTO)
+    with pytest.raises(TypeError, match="got list"):
+        normalize_image([[1, 2]], AUTO)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "stretch"}, "mode: expected one of auto, percentile, none, got 'stretch'"),
+        ({"percentiles": (50, 50)}, r"percentiles: expected 0 <= low < high <= 100, got \(50.0, 50.0\)"),
+        ({"percentiles": (-1, 99)}, "percentiles: expected 0 <= low < high <= 100"),
+        ({"percentiles": (1, 101)}, "percentiles: expected 0 <= low < high <= 100"),
+        ({"percentiles": (1,)}, "percentiles: expected two numbers"),
+        ({"percentiles": ("a", 2)}, "percentiles: expected two numbers"),
+        ({"percentiles": (float("nan"), 2)}, "percentiles: expected 0 <= low"),
+    ],
+)
+def test_normalization_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ImageNormalization(**kwargs)
+
+
+def test_normalization_json_round_trip():
+    norm = ImageNormalization("PERCENTILE", (1, 99))
+    assert norm.mode is Normalize.PERCENTILE and norm.percentiles == (1.0, 99.0)
+    assert norm.as_dict() == {"mode": "percentile", "percentiles": [1.0, 99.0]}
+    assert ImageNormalization.from_dict(norm.as_dict()) == norm
+    assert ImageNormalization.from_dict({}) == AUTO
+    assert AUTO.percentiles == DEFAULT_PERCENTILES
+    assert not AUTO.stretches(np.uint8) and AUTO.stretches(np.uint16) and AUTO.stretches(np.float32)
+    assert ImageNormalization("percentile").stretches(np.uint8)
+    assert not ImageNormalization("none").stretches(np.uint16)
+
+
+@pytest.mark.parametrize(
+    ("pixels", "suffix"),
+    [
+        (np.arange(12, dtype=np.uint8).reshape(3, 4), ".png"),
+        (twelve_bit((5, 6, 3)), ".png"),
+        (np.linspace(-1, 2, 20, dtype=np.float32).reshape(4, 5), ".tiff"),
+        (np.arange(-6, 6, dtype=np.int16).reshape(3, 4), ".tiff"),
+    ],
+)
+def test_write_image_is_lossless(tmp_path, pixels, suffix):
+    path = write_image(tmp_path / "x", pixels)
+    assert path == tmp_path / f"x{suffix}"
+    back = read_image(path)
+    assert back.dtype == pixels.dtype
+    np.testing.assert_array_equal(back, pixels)
+
+
+def test_read_image_names_the_file(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    with pytest.raises(ValueError, match=r"bad.png: not a readable image"):
+        read_image(tmp_path / "bad.png")
+
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+def test_image_settings(tmp_path):
+    base = {"MODEL_DIR": str(tmp_path)}
+    assert Settings.from_env(base).image_normalization == AUTO
+    s = Settings.from_env({**base, "IMAGE_NORMALIZE": "Percentile", "IMAGE_PERCENTILES": " 1 , 99.5 "})
+    assert s.image_normalization == ImageNormalization("percentile", (1.0, 99.5))
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"IMAGE_NORMALIZE": "stretch"},
+            "IMAGE_NORMALIZE: expected one of auto, percentile, none, got 'stretch'",
+        ),
+        ({"IMAGE_PERCENTILES": "1"}, "IMAGE_PERCENTILES: expected two numbers 'low,high'"),
+        ({"IMAGE_PERCENTILES": "1,2,3"}, "IMAGE_PERCENTILES: expected two numbers"),
+        ({"IMAGE_PERCENTILES": "a,b"}, "IMAGE_PERCENTILES: expected two numbers"),
+        (
+            {"IMAGE_PERCENTILES": "99,1"},
+            r"IMAGE_PERCENTILES: expected 0 <= low < high <= 100, got \(99.0, 1.0\)",
+        ),
+    ],
+)
+def test_image_settings_errors_name_the_variable(tmp_path, env, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({"MODEL_DIR": str(tmp_path), **env})
+
+
+# -------------------------------------------------------------------------------- training sees the same
+
+
+def test_dataset_writer_links_8_bit_and_writes_normalised_copies_of_the_rest(tmp_path):
+    from ultralytics.utils.patches import imread
+
+    src = tmp_path / "src"
+    src.mkdir()
+    eight = disc_image(32, [(16, 16, 5)])
+    Image.fromarray(eight).save(src / "eight.png")
+    gray16, rgb16 = twelve_bit((32, 48)), twelve_bit((32, 48, 3), seed=1)
+    (src / "gray16.png").write_bytes(encode(gray16, ".png"))
+    (src / "rgb16.tif").write_bytes(encode(rgb16, ".tif"))
+    (src / "eight.tif").write_bytes(encode(eight, ".tif"))
+    box = make_detections([[2, 2, 10, 10]])
+    items = [
+        LabeledImage(src / "eight.png", box, 32, 32),
+        LabeledImage(src / "gray16.png", box, 48, 32),
+        LabeledImage(src / "rgb16.tif", box, 48, 32),
+        LabeledImage(src / "eight.tif", box, 32, 32),
+    ]
+    for norm in (AUTO, ImageNormalization("percentile", (1, 99))):
+        root = tmp_path / f"ds-{norm.mode}"
+        write_yolo_dataset(root, train=items, val=items[:1], names=["deposit"], normalization=norm)
+        files = sorted((root / "images" / "train").iterdir())
+        assert [f.name for f in files] == [
+            "000000_eight.png",
+            "000001_gray16.png",
+            "000002_rgb16.png",
+            "000003_eight.png",
+        ]
+        assert files[0].is_symlink() == (norm.mode is Normalize.AUTO)
+        assert not any(f.is_symlink() for f in files[1:])  # 16-bit, and every TIFF, are converted
+        for item, file in zip(items, files, strict=True):
+            # What ultralytics reads from the dataset is what prediction feeds the model.
+            expected = normalize_image(read_image(item.path), norm)
+            np.testing.assert_array_equal(imread(str(file))[:, :, ::-1], expected)
+        assert read_image(files[1]).ndim == 2  # gray stays one channel on disk
+        labels = sorted((root / "labels" / "train").glob("*.txt"))
+        assert [f.stem for f in labels] == [f.stem for f in files]
+
+
+def test_dataset_writer_checks_the_image_size(tmp_path):
+    Image.fromarray(disc_image(32, [])).save(tmp_path / "a.png")
+    item = LabeledImage(tmp_path / "a.png", Detections.empty(), 40, 32)
+    with pytest.raises(
+        ValueError, match=r"train\[0\].path: .*a.png is 32x32 pixels, but width x height say 40x32"
+    ):
+        write_yolo_dataset(tmp_path / "ds", train=[item], val=[item], names=["deposit"])
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    bad = LabeledImage(tmp_path / "bad.png", Detections.empty(), 4, 4)
+    with pytest.raises(ValueError, match=r"val\[0\].path: .*bad.png: not a readable image"):
+        write_yolo_dataset(
+            tmp_path / "ds",
+            train=[LabeledImage(tmp_path / "a.png", Detections.empty(), 32, 32)],
+            val=[bad],
+            names=["d"],
+        )
+
+
+def test_training_items_keep_the_depth_of_downloaded_images(tmp_path):
+    from backend.labelconfig import LabelSchema
+    from backend.settings import ExpertPolicy
+    from backend.training import training_items
+
+    raw = twelve_bit((20, 30))
+    uri = "data:image/png;base64," + base64.b64encode(encode(raw, ".png")).decode()
+    region = {
+        "from_name": "label",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "value": {"x": 10.0, "y": 10.0, "width": 20.0, "height": 20.0, "rectanglelabels": ["deposit"]},
+    }
+    tasks = [{"id": 3, "data": {"image": uri}, "annotations": [{"id": 1, "result": [region]}]}]
+    schema = LabelSchema("label", "image", "image", ("deposit",), ((),))
+    items = training_items(
+        tasks,
+        schema=schema,
+        names=["deposit"],
+        policy=ExpertPolicy(),
+        loader=ImageLoader(),
+        image_dir=tmp_path,
+    )
+    assert items[0].path == tmp_path / "task3.png" and (items[0].width, items[0].height) == (30, 20)
+    np.testing.assert_array_equal(read_image(items[0].path), raw)  # the writer normalises it, once
+
+
+def test_service_predicts_with_the_normalisation_of_the_version(tmp_path, monkeypatch):
+    # A version's meta decides how its input is normalised; versions without it use the settings.
+    import model.detector as detector_module
+    from backend.service import ModelService
+
+    seen: list[np.ndarray] = []
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.names = ["deposit"]
+            self.version = ""
+
+        def predict(self, images, *, conf, batch):
+            seen.extend(images)
+            return [Detections.empty(with_score=True) for _ in images]
+
+    class Family:
+        name = "recorder"
+        default_init = ""
+
+        def check_init(self, init):
+            pass
+
+        def load(self, weights, *, device="auto", version=""):
+            return Recorder()
+
+    monkeypatch.setitem(detector_module._CACHE, "recorder", Family())
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"w")
+    settings = Settings.from_env({"MODEL_DIR": str(tmp_path / "models"), "IMAGE_PERCENTILES": "0,100"})
+    service = ModelService(settings, loader=ImageLoader())
+    raw = np.array([[1000, 2000], [3000, 4000]], np.uint16)
+
+    service.registry.publish(weights, {"family": "recorder"})  # no normalisation recorded
+    service.detect([raw])
+    assert seen[-1][..., 0].tolist() == [[0, 85], [170, 255]]
+    service.registry.publish(weights, {"family": "recorder", "image_normalization": {"mode": "none"}})
+    service.detect([raw])
+    assert seen[-1][..., 0].tolist() == [[4, 8], [12, 16]]
+    service.registry.publish(weights, {"family": "recorder", "image_normalization": {"mode": "bad"}})
+    service.detect([raw])  # an unreadable meta fails the switch: the previous version keeps serving
+    assert service.loaded_version is not None and service.loaded_version.startswith("v0002")
+    assert seen[-1][..., 0].tolist() == [[4, 8], [12, 16]]
+
+
+def test_initial_version_records_the_normalisation(tmp_path):
+    from backend.service import ModelService
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"w")
+    settings = Settings.from_env(
+        {"MODEL_DIR": str(tmp_path / "m"), "MODEL_WEIGHTS": str(weights), "IMAGE_NORMALIZE": "none"}
+    )
+    service = ModelService(settings, loader=ImageLoader())
+    service.publish_initial()
+    latest = service.registry.latest()
+    assert latest is not None
+    assert latest.meta["image_normalization"] == {"mode": "none", "percentiles": [0.1, 99.9]}
+
+
+def test_data_uri_16_bit_is_loaded_and_normalised():
+    raw = twelve_bit((16, 16))
+    uri = "data:image/png;base64," + base64.b64encode(encode(raw, ".png")).decode()
+    loaded = ImageLoader().load(uri, task="4")
+    np.testing.assert_array_equal(loaded.pixels, normalize_image(raw, AUTO))
+    eight = disc_image(16, [])
+    np.testing.assert_array_equal(ImageLoader().load(data_uri(eight)).pixels[..., 1], eight)
