@@ -597,3 +597,41 @@ def test_16_bit_image_scores_like_its_8_bit_stretched_copy(tmp_path):
     for res in results[1:]:
         assert abs(res["score"] - ref["score"]) < 0.05
         assert sorted(r["id"] for r in res["result"]) == sorted(r["id"] for r in ref["result"])
+
+
+def test_training_job_trains_and_records_with_the_normalisation_of_the_job(tmp_path, monkeypatch):
+    import model.detector as detector_module
+    from backend.train_job import run_job
+    from model.detector import TrainResult
+    from model.registry import ModelRegistry
+
+    received: dict[str, object] = {}
+
+    class Family:
+        name = "recorder"
+        default_init = ""
+
+        def train(self, *, out_dir, image_normalization, **options):
+            received["normalization"] = image_normalization
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "w.pt").write_bytes(b"w")
+            return TrainResult(weights=out_dir / "w.pt", seconds=0.0, epochs=1, options={})
+
+    monkeypatch.setitem(detector_module._CACHE, "recorder", Family())
+    item = {"path": str(tmp_path / "a.png"), "xyxy": [], "class_id": [], "width": 4, "height": 4}
+    norm = ImageNormalization("percentile", (2, 98))
+    job = {
+        "work_dir": str(tmp_path / "job"),
+        "model_dir": str(tmp_path / "models"),
+        "names": ["deposit"],
+        "train": [item],
+        "val": [item],
+        "epochs": 1,
+        "batch": 1,
+        "family": "recorder",
+        "image_normalization": norm.as_dict(),
+    }
+    version = run_job(job)
+    assert received["normalization"] == norm
+    meta = ModelRegistry(tmp_path / "models").get(version).meta
+    assert meta["image_normalization"] == {"mode": "percentile", "percentiles": [2.0, 98.0]}
