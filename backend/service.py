@@ -144,7 +144,7 @@ class ModelService:
             return self.settings.image_normalization
         try:
             return ImageNormalization.from_dict(recorded)
-        except (TypeError, ValueError, AttributeError) as exc:
+        except ValueError as exc:
             raise ValueError(f"model version {mv.version}: meta.image_normalization: {exc}") from None
 
     def current(self) -> tuple[Detector, str]:

@@ -113,11 +113,13 @@ class ImageNormalization:
         """Inverse of :meth:`as_dict` (missing keys take the defaults).
 
         Raises:
-            ValueError: an unknown mode or bad percentiles.
+            ValueError: not a mapping, an unknown mode or bad percentiles.
         """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected a mapping with mode and percentiles, got {type(data).__name__}")
+        # __post_init__ validates whatever came (a JSON list, a string, a number) into two floats.
         return cls(
-            mode=data.get("mode", Normalize.AUTO),
-            percentiles=tuple(data.get("percentiles", DEFAULT_PERCENTILES)),  # type: ignore[arg-type]
+            mode=data.get("mode", Normalize.AUTO), percentiles=data.get("percentiles", DEFAULT_PERCENTILES)
         )
 
 

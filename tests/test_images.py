@@ -246,6 +246,9 @@ def test_normalization_json_round_trip():
     assert norm.as_dict() == {"mode": "percentile", "percentiles": [1.0, 99.0]}
     assert ImageNormalization.from_dict(norm.as_dict()) == norm
     assert ImageNormalization.from_dict({}) == AUTO
+    for bad in ({"percentiles": 5}, {"percentiles": "ab"}, {"percentiles": [1, 2, 3]}, {"mode": 3}, "auto"):
+        with pytest.raises(ValueError, match=r"^(percentiles|mode|expected a mapping)"):
+            ImageNormalization.from_dict(bad)  # type: ignore[arg-type]
     assert AUTO.percentiles == DEFAULT_PERCENTILES
     assert not AUTO.stretches(np.uint8) and AUTO.stretches(np.uint16) and AUTO.stretches(np.float32)
     assert ImageNormalization("percentile").stretches(np.uint8)
