@@ -381,8 +381,8 @@ class TrainingManager:
             "device": self.settings.device,
             "family": family,
             "lsm": lsm_as_dict(self.settings.lsm),
-            # Training images from files go through the dataset writer with it; images from URLs are
-            # already normalised by the loader (training_items) with the same settings.
+            # Every training image (a local file, or one training_items saved at its own depth) is
+            # normalised with it by the dataset writer; the job records it in the version's meta.
             "image_normalization": self.settings.image_normalization.as_dict(),
             "log_level": self.settings.log_level,
         }
