@@ -6,10 +6,9 @@ A newer version in the registry (published by training, or by another process) i
 predict or by :meth:`ModelService.switch`; the new detector is loaded *outside* the lock and swapped in under
 it, so requests keep being served by the previous version meanwhile.
 
-Images are decoded at their own depth and normalised to 8-bit in :meth:`ModelService.detect` with the
-normalisation recorded in the serving version's meta (``image_normalization``; ``IMAGE_NORMALIZE`` /
-``IMAGE_PERCENTILES`` for versions without one), taken together with the detector, so a version always sees
-the pixels it was trained on.
+Images are normalised to 8-bit with the normalisation recorded in the serving version's meta
+(``image_normalization``; ``IMAGE_NORMALIZE`` / ``IMAGE_PERCENTILES`` for versions without one), so a version
+always sees the pixels it was trained on.
 """
 
 from __future__ import annotations
@@ -33,13 +32,12 @@ from backend.protocol import (
     task_image_url,
 )
 from backend.settings import Settings, lsm_as_dict
-from formats.images import ImageNormalization, normalize_image
+from formats.images import ImageNormalization
 from formats.labelstudio import CROWD_FIELD, crowd_labels_to_detections
 from selection.detections import Detections
 
 if TYPE_CHECKING:
     from model.detector import Detector
-    from model.registry import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +83,7 @@ class ModelService:
         self._load_lock = threading.Lock()
         self._detector: Detector | None = None
         self._version: str | None = None
-        self._normalization = settings.image_normalization
+        self._normalizations: dict[str, ImageNormalization] = {}
         self._warned_unmapped: set[str] = set()
 
     def publish_initial(self) -> None:
@@ -130,30 +128,35 @@ class ModelService:
             if mv.version == self._version:
                 return mv.version
             detector = load_detector(mv, device=self.settings.device)
-            normalization = self._normalization_of(mv)
+            self.image_normalization(mv.version)  # a version with an unreadable one is not served
             with self._swap_lock:
                 old, self._detector, self._version = self._version, detector, mv.version
-                self._normalization = normalization
             logger.info("model switched %s -> %s", old or "-", mv.version)
             return mv.version
 
-    def _normalization_of(self, mv: ModelVersion) -> ImageNormalization:
-        """The image normalisation ``mv`` was trained with (its meta), else the configured one."""
-        recorded = mv.meta.get("image_normalization")
-        if recorded is None:
-            return self.settings.image_normalization
-        try:
-            return ImageNormalization.from_dict(recorded)
-        except ValueError as exc:
-            raise ValueError(f"model version {mv.version}: meta.image_normalization: {exc}") from None
+    def image_normalization(self, version: str) -> ImageNormalization:
+        """How images are normalised for ``version``: its meta's ``image_normalization`` (what it was trained
+        with), else the configured ``IMAGE_NORMALIZE``/``IMAGE_PERCENTILES``.
+
+        Raises:
+            ValueError: the meta's value is not a valid normalisation.
+            KeyError: no such version.
+        """
+        if version not in self._normalizations:
+            recorded = self.registry.get(version).meta.get("image_normalization")
+            try:
+                norm = (
+                    ImageNormalization.from_dict(recorded)
+                    if recorded is not None
+                    else self.settings.image_normalization
+                )
+            except ValueError as exc:
+                raise ValueError(f"model version {version}: meta.image_normalization: {exc}") from None
+            self._normalizations[version] = norm
+        return self._normalizations[version]
 
     def current(self) -> tuple[Detector, str]:
         """The detector to use now, loading or upgrading to the registry's latest version when needed."""
-        detector, version, _ = self._serving()
-        return detector, version
-
-    def _serving(self) -> tuple[Detector, str, ImageNormalization]:
-        """:meth:`current` with the serving version's image normalisation, read together."""
         latest = self.latest_version()
         if latest is None and self._detector is None:
             raise NoModelError(
@@ -170,19 +173,12 @@ class ModelService:
         with self._swap_lock:
             if self._detector is None:  # switch() failed and nothing was loaded before
                 raise NoModelError(f"model version {latest} could not be loaded; see the backend log")
-            return self._detector, str(self._version), self._normalization
+            return self._detector, str(self._version)
 
     def detect(self, images: Sequence[np.ndarray | LoadedImage]) -> tuple[list[Detections], list[str], str]:
-        """Batched inference: one scored Detections per image, the model's class names, its version.
-
-        Args:
-            images: decoded pixels at any depth (``ImageLoader.decode``, or arrays); each is normalised to
-                8-bit RGB here with the normalisation of the version that predicts on it.
-        """
-        detector, version, normalization = self._serving()
-        arrays = [
-            normalize_image(im.pixels if isinstance(im, LoadedImage) else im, normalization) for im in images
-        ]
+        """Batched inference: one scored Detections per image, the model's class names, its version."""
+        detector, version = self.current()
+        arrays = [im.pixels if isinstance(im, LoadedImage) else im for im in images]
         preds = detector.predict(arrays, conf=self.settings.predict_conf, batch=self.settings.predict_batch)
         return preds, list(detector.names), version
 
@@ -196,8 +192,8 @@ class ModelService:
         """
         from selection.lsm import score_image
 
-        detector, _ = self.current()  # fail fast with 503 before downloading images
-        del detector
+        _, served = self.current()  # fail fast with 503 before downloading images
+        normalization = self.image_normalization(served)
         urls = []
         for i, task in enumerate(tasks):
             try:
@@ -205,7 +201,7 @@ class ModelService:
             except ValueError as exc:
                 raise TaskInputError(str(exc).replace("task ?", f"task {_task_name(task, i)}")) from None
         images = [
-            self.loader.decode(url, task=_task_name(t, i))
+            self.loader.load(url, task=_task_name(t, i), normalization=normalization)
             for i, (t, url) in enumerate(zip(tasks, urls, strict=True))
         ]
         crowds = [

@@ -399,6 +399,7 @@ def test_training_items_keep_the_depth_of_downloaded_images(tmp_path):
 def test_service_predicts_with_the_normalisation_of_the_version(tmp_path, monkeypatch):
     # A version's meta decides how its input is normalised; versions without it use the settings.
     import model.detector as detector_module
+    from backend.labelconfig import LabelSchema
     from backend.service import ModelService
 
     seen: list[np.ndarray] = []
@@ -428,17 +429,25 @@ def test_service_predicts_with_the_normalisation_of_the_version(tmp_path, monkey
     settings = Settings.from_env({"MODEL_DIR": str(tmp_path / "models"), "IMAGE_PERCENTILES": "0,100"})
     service = ModelService(settings, loader=ImageLoader())
     raw = np.array([[1000, 2000], [3000, 4000]], np.uint16)
+    uri = "data:image/png;base64," + base64.b64encode(encode(raw, ".png")).decode()
+    schema = LabelSchema("label", "image", "image", ("deposit",), ((),))
 
-    service.registry.publish(weights, {"family": "recorder"})  # no normalisation recorded
-    service.detect([raw])
-    assert seen[-1][..., 0].tolist() == [[0, 85], [170, 255]]
+    def served_pixels() -> list[list[int]]:
+        scored = service.score_tasks([make_task(1, uri)], schema)
+        assert scored[0].prediction["model_version"] == service.loaded_version
+        return seen[-1][..., 0].tolist()
+
+    first = service.registry.publish(weights, {"family": "recorder"})  # no normalisation recorded
+    assert served_pixels() == [[0, 85], [170, 255]]  # IMAGE_PERCENTILES=0,100
     service.registry.publish(weights, {"family": "recorder", "image_normalization": {"mode": "none"}})
-    service.detect([raw])
-    assert seen[-1][..., 0].tolist() == [[4, 8], [12, 16]]
+    assert served_pixels() == [[4, 8], [12, 16]]  # 1000/257 ...
     service.registry.publish(weights, {"family": "recorder", "image_normalization": {"mode": "bad"}})
-    service.detect([raw])  # an unreadable meta fails the switch: the previous version keeps serving
+    # An unreadable normalisation fails the switch: the previous version keeps serving, with its own.
+    assert served_pixels() == [[4, 8], [12, 16]]
     assert service.loaded_version is not None and service.loaded_version.startswith("v0002")
-    assert seen[-1][..., 0].tolist() == [[4, 8], [12, 16]]
+    assert service.image_normalization(first.version) == settings.image_normalization
+    with pytest.raises(ValueError, match=r"model version v0003-\S+: meta.image_normalization: mode"):
+        service.image_normalization(service.registry.latest().version)
 
 
 def test_initial_version_records_the_normalisation(tmp_path):
@@ -590,7 +599,8 @@ def test_16_bit_image_scores_like_its_8_bit_stretched_copy(tmp_path):
     assert np.abs(old.astype(int) - eight_seen).mean() > 100
 
     # What the model answered: the same confident boxes (IoU > 0.9) with close scores, the same grades.
-    preds, _, _ = service.detect([service.loader.decode(t["data"]["image"]) for t in tasks])
+    norm = service.image_normalization(service.loaded_version)
+    preds, _, _ = service.detect([service.loader.load(t["data"]["image"], normalization=norm) for t in tasks])
     assert preds[0].score.max() > 0.5, "the test model must find the discs for this test to mean anything"
     for other in preds[1:]:
         for a, b in ((preds[0], other), (other, preds[0])):
