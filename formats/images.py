@@ -14,8 +14,8 @@ black image. Here an image is decoded at its own depth (:func:`decode_image`: ui
 
 The percentile stretch: ``lo, hi`` = the ``percentiles`` of all pixel values (every channel together, so
 colours keep their balance; NaN ignored), ``out = round(255 * (v - lo) / (hi - lo))`` clipped to 0-255. When
-``hi <= lo`` (more than the top-percentile share of pixels have one value, e.g. a sparse image), the image's
-minimum and maximum are used; a constant image falls back to the ``none`` scaling. The default
+``hi <= lo`` (one value fills the whole percentile range, e.g. a dark frame with a few bright spots), the
+image's minimum and maximum are used; a constant image falls back to the ``none`` scaling. The default
 percentiles (0.1, 99.9) saturate a thousandth of the pixels at each end: enough to ignore hot pixels and dead
 columns of a camera (a 2k frame has 4000 pixels in each tail), little enough to keep the contrast inside
 deposits that cover a few hundred pixels.
