@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
@@ -40,13 +40,30 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RESOLVERS", "ImageLoadError", "ImageLoader", "LoadedImage", "Resolver"]
+__all__ = ["RESOLVERS", "ImageFailure", "ImageLoadError", "ImageLoader", "LoadedImage", "Resolver"]
 
 _MAX_BYTES = 200 * 1024 * 1024
 
 
+ImageFailure = Literal["reference", "missing", "unreachable", "http_status", "too_large", "undecodable"]
+"""Why an image failed to load (the ``cause`` label of the image-load-failure metric):
+
+``reference`` (not a URL this loader understands, or one outside the document root), ``missing`` (no such
+local file), ``unreachable`` (network error or timeout), ``http_status`` (a non-200 answer), ``too_large``,
+``undecodable`` (bytes that are not an image, or a bad data URI payload).
+"""
+
+
 class ImageLoadError(ValueError):
-    """A task's image could not be loaded; the message names the task and the URL."""
+    """A task's image could not be loaded; the message names the task and the URL.
+
+    Attributes:
+        cause: the kind of failure (see :data:`ImageFailure`).
+    """
+
+    def __init__(self, message: str, *, cause: ImageFailure = "reference") -> None:
+        super().__init__(message)
+        self.cause: ImageFailure = cause
 
 
 @dataclass(frozen=True)
@@ -161,9 +178,13 @@ class ImageLoader:
         except ImageLoadError:
             raise
         except requests.RequestException as exc:
-            raise ImageLoadError(f"{where}: cannot be fetched ({type(exc).__name__})") from None
+            raise ImageLoadError(
+                f"{where}: cannot be fetched ({type(exc).__name__})", cause="unreachable"
+            ) from None
         except OSError as exc:
-            raise ImageLoadError(f"{where}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+            raise ImageLoadError(
+                f"{where}: cannot be read ({exc.strerror or type(exc).__name__})", cause="missing"
+            ) from None
 
     def get(self, url: str, where: str) -> bytes:
         """GET ``url``; the API key is sent only to ``LABEL_STUDIO_URL``'s host. Raises on non-200."""
@@ -175,9 +196,9 @@ class ImageLoader:
         else:
             resp = requests.get(url, timeout=self.timeout)
         if resp.status_code != 200:
-            raise ImageLoadError(f"{where}: HTTP {resp.status_code}")
+            raise ImageLoadError(f"{where}: HTTP {resp.status_code}", cause="http_status")
         if len(resp.content) > _MAX_BYTES:
-            raise ImageLoadError(f"{where}: larger than {_MAX_BYTES // 2**20} MiB")
+            raise ImageLoadError(f"{where}: larger than {_MAX_BYTES // 2**20} MiB", cause="too_large")
         return bytes(resp.content)
 
 
@@ -193,7 +214,7 @@ def _data_uri(loader: ImageLoader, url: str, where: str) -> LoadedImage:
     try:
         return LoadedImage(_decode(base64.b64decode(payload, validate=True), where))
     except binascii.Error:
-        raise ImageLoadError(f"{where}: invalid base64 payload") from None
+        raise ImageLoadError(f"{where}: invalid base64 payload", cause="undecodable") from None
 
 
 def _local_file(loader: ImageLoader, url: str, where: str) -> LoadedImage | None:
@@ -202,7 +223,9 @@ def _local_file(loader: ImageLoader, url: str, where: str) -> LoadedImage | None
     if path is None:
         return None
     if not path.is_file():
-        raise ImageLoadError(f"{where}: no such file under LOCAL_FILES_DOCUMENT_ROOT ({path})")
+        raise ImageLoadError(
+            f"{where}: no such file under LOCAL_FILES_DOCUMENT_ROOT ({path})", cause="missing"
+        )
     return LoadedImage(_decode(path.read_bytes(), where), path=path)
 
 
@@ -240,4 +263,4 @@ def _decode(data: bytes, where: str) -> np.ndarray:
     try:
         return decode_image(data)
     except ValueError as exc:
-        raise ImageLoadError(f"{where}: {exc}") from None
+        raise ImageLoadError(f"{where}: {exc}", cause="undecodable") from None

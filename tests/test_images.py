@@ -602,6 +602,10 @@ def test_16_bit_image_scores_like_its_8_bit_stretched_copy(tmp_path):
     norm = service.image_normalization(service.loaded_version)
     preds, _, _ = service.detect([service.loader.load(t["data"]["image"], normalization=norm) for t in tasks])
     assert preds[0].score.max() > 0.5, "the test model must find the discs for this test to mean anything"
+    # A path given to the detector is read the same way (not by ultralytics, which keeps the high byte).
+    by_path = predict([root / "frame16.png"], conf=settings.predict_conf)[0]
+    np.testing.assert_allclose(by_path.xyxy, preds[1].xyxy, atol=1e-2)
+    np.testing.assert_allclose(by_path.score, preds[1].score, atol=1e-3)
     for other in preds[1:]:
         for a, b in ((preds[0], other), (other, preds[0])):
             iou, diff = _matched(a, b, min_score=0.25)
