@@ -15,12 +15,63 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from backend.settings import Settings
+
 logger = logging.getLogger(__name__)
+
+PROGRESS_NAME = "progress.json"
+"""Written next to the job file after each epoch: ``{"epoch": k, "epochs": n}`` (read for ``/health``)."""
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """One training image of a job: the file and its boxes (float32 (N, 4) pixels, int64 (N,) class ids)."""
+
+    path: Path
+    xyxy: np.ndarray
+    class_id: np.ndarray
+    width: int
+    height: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The item as the job file holds it (read back by :func:`run_job`)."""
+        return {
+            "path": str(self.path),
+            "xyxy": self.xyxy.tolist(),
+            "class_id": self.class_id.tolist(),
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+def job_settings(settings: Settings) -> dict[str, Any]:
+    """The job fields every training takes from the backend's settings (expert trainings and the bootstrap):
+    registry, ``TRAIN_*`` options, device, family, LSM thresholds (for the meta), logging, threads, niceness.
+    """
+    from backend.settings import lsm_as_dict
+
+    return {
+        "model_dir": str(settings.model_dir),
+        "epochs": settings.train_epochs,
+        "imgsz": settings.train_imgsz or None,
+        "batch": settings.train_batch,
+        "device": settings.device,
+        "family": settings.detector_family,
+        "lsm": lsm_as_dict(settings.lsm),
+        # Every training image (a local file, or one saved at its own depth by the item builders) is
+        # normalised with it by the dataset writer; the job records it in the version's meta.
+        "image_normalization": settings.image_normalization.as_dict(),
+        "log_level": settings.log_level,
+        "threads": settings.train_thread_count,
+        "nice": settings.train_nice,
+    }
 
 
 def run_job(job: dict[str, Any]) -> str:
@@ -43,6 +94,11 @@ def run_job(job: dict[str, Any]) -> str:
     imgsz = job.get("imgsz")
     normalization = ImageNormalization.from_dict(job.get("image_normalization") or {})
     start = time.monotonic()
+    progress_path = Path(job["work_dir"]) / PROGRESS_NAME
+
+    def on_epoch(epoch: int, total: int) -> None:
+        progress_path.write_text(json.dumps({"epoch": epoch, "epochs": total}))
+
     result = family.train(
         train=items("train"),
         val=items("val"),
@@ -55,10 +111,11 @@ def run_job(job: dict[str, Any]) -> str:
         seed=int(job.get("seed", 0)),
         device=job.get("device", "auto"),
         threads=int(job["threads"]) if job.get("threads") else None,
+        on_epoch=on_epoch,
         image_normalization=normalization,
     )
     meta = {
-        "source": "expert annotations",
+        "source": str(job.get("source") or "expert annotations"),
         "family": family.name,
         "n_train": len(job["train"]),
         "n_val": len(job["val"]),
@@ -71,6 +128,8 @@ def run_job(job: dict[str, Any]) -> str:
         "lsm": job.get("lsm") or {},
         "image_normalization": normalization.as_dict(),
     }
+    if job.get("project") is not None:
+        meta["project"] = job["project"]
     version = ModelRegistry(Path(job["model_dir"])).publish(result.weights, meta)
     return version.version
 
