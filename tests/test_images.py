@@ -396,6 +396,21 @@ def test_training_items_keep_the_depth_of_downloaded_images(tmp_path):
     np.testing.assert_array_equal(read_image(items[0].path), raw)  # the writer normalises it, once
 
 
+def test_bootstrap_items_keep_the_depth_of_downloaded_images(tmp_path):
+    from backend.bootstrap import crowd_training_items
+    from backend.labelconfig import LabelSchema
+
+    raw = twelve_bit((20, 30), seed=2)
+    uri = "data:image/png;base64," + base64.b64encode(encode(raw, ".png")).decode()
+    crowd = [{"x": 10.0, "y": 10.0, "width": 20.0, "height": 20.0, "label": "deposit"}]
+    schema = LabelSchema("label", "image", "image", ("deposit",), ((),))
+    items = crowd_training_items(
+        [make_task(8, uri, crowd)], schema=schema, names=["deposit"], loader=ImageLoader(), image_dir=tmp_path
+    )
+    assert items[0].path == tmp_path / "task8.png" and (items[0].width, items[0].height) == (30, 20)
+    np.testing.assert_array_equal(read_image(items[0].path), raw)
+
+
 def test_service_predicts_with_the_normalisation_of_the_version(tmp_path, monkeypatch):
     # A version's meta decides how its input is normalised; versions without it use the settings.
     import model.detector as detector_module
