@@ -9,6 +9,11 @@
 
 Every failure raises :class:`ImageLoadError` naming the task and the URL (never the key).
 
+Resolvers return the decoded pixels at the file's own depth (:func:`_decode`); :meth:`ImageLoader.load`
+maps them to uint8 RGB with ``formats.images.normalize_image`` under the loader's ``IMAGE_NORMALIZE`` /
+``IMAGE_PERCENTILES`` (or the normalisation a model version was trained with), the same function the training
+dataset goes through.
+
 Sources are chosen by URL scheme from :data:`RESOLVERS` (``""`` is a path without a scheme); a new source is
 one resolver function added there (see docs/CONTRACTS.md, "How to add an image source").
 """
@@ -28,6 +33,7 @@ import numpy as np
 import requests
 
 from backend.lsclient import LabelStudioAuth
+from formats.images import ImageNormalization, decode_image, normalize_image
 
 if TYPE_CHECKING:
     from backend.settings import Settings
@@ -65,7 +71,8 @@ class LoadedImage:
     """A decoded image.
 
     Attributes:
-        pixels: uint8 (H, W, 3) RGB.
+        pixels: uint8 (H, W, 3) RGB from :meth:`ImageLoader.load`; from a resolver, the decoded pixels at
+            their own depth (see ``formats.images.decode_image``), normalised by ``load``.
         path: the file on disk when the image came from one (training links it instead of copying).
     """
 
@@ -93,6 +100,7 @@ class ImageLoader:
         auth: authorization for Label Studio-hosted images.
         document_root: ``LOCAL_FILES_DOCUMENT_ROOT``.
         timeout: seconds per HTTP request.
+        normalization: how decoded pixels become uint8 RGB when ``load`` is not given one.
     """
 
     def __init__(
@@ -102,11 +110,13 @@ class ImageLoader:
         auth: LabelStudioAuth | None = None,
         document_root: Path | None = None,
         timeout: float = 30.0,
+        normalization: ImageNormalization | None = None,
     ) -> None:
         self.label_studio_url = label_studio_url.rstrip("/") if label_studio_url else None
         self.auth = auth
         self.document_root = document_root.resolve() if document_root is not None else None
         self.timeout = timeout
+        self.normalization = normalization if normalization is not None else ImageNormalization()
 
     def local_path(self, url: str) -> Path | None:
         """The file a ``/data/local-files/?d=...`` URL names under the document root, if configured."""
@@ -128,10 +138,29 @@ class ImageLoader:
             label_studio_url=settings.label_studio_url,
             auth=auth,
             document_root=settings.local_files_document_root,
+            normalization=settings.image_normalization,
         )
 
-    def load(self, url: str, *, task: str = "?") -> LoadedImage:
-        """Load one image with the resolver of its URL scheme.
+    def load(
+        self, url: str, *, task: str = "?", normalization: ImageNormalization | None = None
+    ) -> LoadedImage:
+        """Load one image as uint8 RGB: :meth:`decode`, then ``formats.images.normalize_image``.
+
+        Args:
+            url: the task's image reference.
+            task: the task's id, for error messages.
+            normalization: how the decoded pixels become uint8 (default: the loader's); prediction passes
+                the one its model version was trained with.
+
+        Raises:
+            ImageLoadError: unknown scheme, file or HTTP error, or undecodable bytes.
+        """
+        decoded = self.decode(url, task=task)
+        pixels = normalize_image(decoded.pixels, normalization or self.normalization)
+        return LoadedImage(pixels, path=decoded.path)
+
+    def decode(self, url: str, *, task: str = "?") -> LoadedImage:
+        """Load one image with the resolver of its URL scheme, at the file's own depth (not normalised).
 
         Args:
             url: the task's image reference.
@@ -230,14 +259,8 @@ RESOLVERS: dict[str, Resolver] = {
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
-    """Bytes -> uint8 (H, W, 3) RGB through OpenCV.
-
-    Not through ``PIL.Image.open``: once ultralytics is imported it patches that function to pip-install a
-    HEIF plugin whenever Pillow cannot identify a file, which a corrupt upload must not trigger.
-    """
-    import cv2
-
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    if bgr is None or bgr.ndim != 3 or bgr.shape[0] == 0 or bgr.shape[1] == 0:
-        raise ImageLoadError(f"{where}: not a readable image ({len(data)} bytes)", cause="undecodable")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    """Bytes -> pixels at the file's own depth (``formats.images.decode_image``); errors name ``where``."""
+    try:
+        return decode_image(data)
+    except ValueError as exc:
+        raise ImageLoadError(f"{where}: {exc}", cause="undecodable") from None

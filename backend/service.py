@@ -9,6 +9,10 @@ it, so requests keep being served by the previous version meanwhile.
 Fault isolation: one bad task (missing, unreachable or undecodable image, malformed ``crowd_labels``) gets a
 failed :class:`ScoredTask` carrying the reason while every other task of the request is scored. Images are
 loaded, predicted and released in chunks of ``PREDICT_BATCH``: a request never holds all its images at once.
+
+Images are normalised to 8-bit with the normalisation recorded in the serving version's meta
+(``image_normalization``; ``IMAGE_NORMALIZE`` / ``IMAGE_PERCENTILES`` for versions without one), so a version
+always sees the pixels it was trained on.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from backend.protocol import (
 )
 from backend.roles import UserDirectory
 from backend.settings import Settings, lsm_as_dict
+from formats.images import ImageNormalization
 from selection.detections import Detections
 
 if TYPE_CHECKING:
@@ -125,6 +130,7 @@ class ModelService:
         self._load_lock = threading.Lock()
         self._detector: Detector | None = None
         self._version: str | None = None
+        self._normalizations: dict[str, ImageNormalization] = {}
         self._pinned: OrderedDict[str, Detector] = OrderedDict()  # older versions asked for by name, LRU
         self._pool = ThreadPoolExecutor(max_workers=_LOAD_THREADS, thread_name_prefix="image-load")
         self._warned_unmapped: set[str] = set()
@@ -142,6 +148,7 @@ class ModelService:
                 "source": "MODEL_WEIGHTS",
                 "family": self.settings.detector_family,
                 "lsm": lsm_as_dict(self.settings.lsm),
+                "image_normalization": self.settings.image_normalization.as_dict(),
             }
             mv = self.registry.publish(self.settings.model_weights, meta)
             logger.info("published initial weights %s as %s", self.settings.model_weights, mv.version)
@@ -176,10 +183,32 @@ class ModelService:
             if mv.version == self._version:
                 return mv.version
             detector = load_detector(mv, device=self.settings.device)
+            self.image_normalization(mv.version)  # a version with an unreadable one is not served
             with self._swap_lock:
                 old, self._detector, self._version = self._version, detector, mv.version
             logger.info("model switched %s -> %s", old or "-", mv.version)
             return mv.version
+
+    def image_normalization(self, version: str) -> ImageNormalization:
+        """How images are normalised for ``version``: its meta's ``image_normalization`` (what it was trained
+        with), else the configured ``IMAGE_NORMALIZE``/``IMAGE_PERCENTILES``.
+
+        Raises:
+            ValueError: the meta's value is not a valid normalisation.
+            KeyError: no such version.
+        """
+        if version not in self._normalizations:
+            recorded = self.registry.get(version).meta.get("image_normalization")
+            try:
+                norm = (
+                    ImageNormalization.from_dict(recorded)
+                    if recorded is not None
+                    else self.settings.image_normalization
+                )
+            except ValueError as exc:
+                raise ValueError(f"model version {version}: meta.image_normalization: {exc}") from None
+            self._normalizations[version] = norm
+        return self._normalizations[version]
 
     def current(self, version: str | None = None) -> tuple[Detector, str]:
         """The detector to use now, loading or upgrading to the registry's latest version when needed.
@@ -225,6 +254,7 @@ class ModelService:
             except (KeyError, ValueError):
                 return None
             detector = load_detector(mv, device=self.settings.device)
+            self.image_normalization(version)  # like an unloadable checkpoint, an unreadable one raises
             self._pinned[version] = detector
             while len(self._pinned) > 2:
                 self._pinned.popitem(last=False)
@@ -254,6 +284,7 @@ class ModelService:
         """
         detector, served = self.current(version)  # fail fast with 503 before downloading images
         names = list(detector.names)
+        normalization = self.image_normalization(served)
         label_map = schema.label_map(names)
         if label_map.unmapped:
             key = f"{names}->{schema.labels}"
@@ -277,7 +308,7 @@ class ModelService:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
             # Downloads and decoding overlap (sockets and cv2 release the GIL); order is kept.
-            images = list(self._pool.map(lambda item: self._load(tasks, *item), part))
+            images = list(self._pool.map(lambda it: self._load(tasks, it[0], it[1], normalization), part))
             loaded: list[tuple[int, LoadedImage, CrowdLabels]] = []
             for (i, _), image in zip(part, images, strict=True):
                 task = tasks[i]
@@ -308,9 +339,11 @@ class ModelService:
         assert all(item is not None for item in out)  # every task got a result or an error
         return [item for item in out if item is not None]
 
-    def _load(self, tasks: Sequence[Mapping[str, Any]], i: int, url: str) -> LoadedImage | ImageLoadError:
+    def _load(
+        self, tasks: Sequence[Mapping[str, Any]], i: int, url: str, normalization: ImageNormalization
+    ) -> LoadedImage | ImageLoadError:
         try:
-            return self.loader.load(url, task=_task_name(tasks[i], i))
+            return self.loader.load(url, task=_task_name(tasks[i], i), normalization=normalization)
         except ImageLoadError as exc:
             return exc
 

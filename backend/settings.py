@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.roles import CrowdPolicy, annotation_email, check_roles, parse_emails
+from formats.images import DEFAULT_PERCENTILES, ImageNormalization, Normalize
 from model.detector import DEFAULT_FAMILY, PREDICT_CONF, family_names, get_family
 from selection.lsm import LSMConfig
 
@@ -159,6 +160,26 @@ def _float(environ: Mapping[str, str], name: str, default: float, *, low: float,
     if not low <= value <= high:
         raise SettingsError(f"{name}: expected a number in [{low}, {high}], got {value}")
     return value
+
+
+def _image_normalization(environ: Mapping[str, str]) -> ImageNormalization:
+    """``IMAGE_NORMALIZE`` (auto | percentile | none) and ``IMAGE_PERCENTILES`` (``low,high``)."""
+    choices = ", ".join(m.value for m in Normalize)
+    mode = _get(environ, "IMAGE_NORMALIZE", Normalize.AUTO.value).lower()
+    if mode not in {m.value for m in Normalize}:
+        raise SettingsError(f"IMAGE_NORMALIZE: expected one of {choices}, got {mode!r}")
+    text = _get(environ, "IMAGE_PERCENTILES", ",".join(str(p) for p in DEFAULT_PERCENTILES))
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise SettingsError(
+            f"IMAGE_PERCENTILES: expected two numbers 'low,high' (e.g. 0.1,99.9), got {text!r}"
+        ) from None
+    try:
+        return ImageNormalization(Normalize(mode), (low, high))
+    except ValueError as exc:
+        raise SettingsError(f"IMAGE_PERCENTILES: {str(exc).removeprefix('percentiles: ')}") from None
 
 
 def _device(text: str) -> str:
@@ -305,6 +326,9 @@ class Settings:
         bootstrap: ``auto`` (``BOOTSTRAP``, the default): with an empty registry and no ``MODEL_WEIGHTS``,
             the first project that calls the backend gets a first model trained on its crowd labels
             (``backend.bootstrap``); ``off``: it waits for weights or expert annotations.
+        image_normalization: how decoded images become 8-bit (``IMAGE_NORMALIZE``, ``IMAGE_PERCENTILES``);
+            new versions are trained with it and record it in their meta, and a version predicts with the
+            one in its meta (this one for versions that have none).
     """
 
     model_dir: Path
@@ -334,6 +358,7 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     tasks_file: Path | None = None
     bootstrap: str = "auto"
+    image_normalization: ImageNormalization = field(default_factory=ImageNormalization)
 
     @property
     def scratch_dir(self) -> Path:
@@ -447,13 +472,14 @@ class Settings:
             redis_url=_redis_url(_get(environ, "REDIS_URL", "")),
             tasks_file=_tasks_file(_get(environ, "TASKS_FILE", "")),
             bootstrap=bootstrap,
+            image_normalization=_image_normalization(environ),
         )
 
     def log_summary(self, logger: logging.Logger) -> None:
         """Log the configuration without secrets."""
         logger.info(
             "settings: model_dir=%s device=%s family=%s label_studio=%s api_key=%s expert=%s crowd=%s "
-            "train_min=%d epochs=%d basic_auth=%s local_files_root=%s predict_conf=%s lsm=%s",
+            "train_min=%d epochs=%d basic_auth=%s local_files_root=%s predict_conf=%s lsm=%s images=%s",
             self.model_dir,
             self.device,
             self.detector_family,
@@ -467,4 +493,5 @@ class Settings:
             self.local_files_document_root or "-",
             self.predict_conf,
             lsm_as_dict(self.lsm),
+            self.image_normalization.as_dict(),
         )

@@ -2,9 +2,10 @@
 
 The server writes ``JOB.json`` (dataset items, class names, detector family, options) and waits; this process
 trains through the family's ``train`` (``model.detector``), publishes the weights to the registry with the
-family, the training options and the LSM settings in the version meta, and writes ``result.json`` next to the
-job file (``{"version": ...}`` or ``{"error": ...}``). A separate process keeps the server responsive
-(training holds the GIL and the CPU) and lets a crash or out-of-memory kill only the job.
+family, the training options, the LSM settings and the image normalisation in the version meta, and writes
+``result.json`` next to the job file (``{"version": ...}`` or ``{"error": ...}``). A separate process keeps
+the server responsive (training holds the GIL and the CPU) and lets a crash or out-of-memory kill only the
+job.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def job_settings(settings: Settings) -> dict[str, Any]:
         "device": settings.device,
         "family": settings.detector_family,
         "lsm": lsm_as_dict(settings.lsm),
+        # Every training image (a local file, or one saved at its own depth by the item builders) is
+        # normalised with it by the dataset writer; the job records it in the version's meta.
+        "image_normalization": settings.image_normalization.as_dict(),
         "log_level": settings.log_level,
         "threads": settings.train_thread_count,
         "nice": settings.train_nice,
@@ -72,6 +76,7 @@ def job_settings(settings: Settings) -> dict[str, Any]:
 
 def run_job(job: dict[str, Any]) -> str:
     """Train and publish; returns the published version name."""
+    from formats.images import ImageNormalization
     from model.dataset import LabeledImage
     from model.detector import DEFAULT_FAMILY, get_family
     from model.registry import ModelRegistry
@@ -87,6 +92,7 @@ def run_job(job: dict[str, Any]) -> str:
 
     family = get_family(str(job.get("family") or DEFAULT_FAMILY))
     imgsz = job.get("imgsz")
+    normalization = ImageNormalization.from_dict(job.get("image_normalization") or {})
     start = time.monotonic()
     progress_path = Path(job["work_dir"]) / PROGRESS_NAME
 
@@ -106,6 +112,7 @@ def run_job(job: dict[str, Any]) -> str:
         device=job.get("device", "auto"),
         threads=int(job["threads"]) if job.get("threads") else None,
         on_epoch=on_epoch,
+        image_normalization=normalization,
     )
     meta = {
         "source": str(job.get("source") or "expert annotations"),
@@ -119,6 +126,7 @@ def run_job(job: dict[str, Any]) -> str:
         "names": list(job["names"]),
         "train_options": result.options,
         "lsm": job.get("lsm") or {},
+        "image_normalization": normalization.as_dict(),
     }
     if job.get("project") is not None:
         meta["project"] = job["project"]

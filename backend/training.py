@@ -25,8 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from PIL import Image
-
 from backend.images import ImageLoader
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema, parse_label_config
 from backend.lsclient import merge_task_data
@@ -35,6 +33,7 @@ from backend.roles import UserDirectory
 from backend.service import ModelService, ScoredTask
 from backend.settings import ExpertMode, ExpertPolicy, Settings
 from backend.train_job import PROGRESS_NAME, TrainItem, job_settings
+from formats.images import write_image
 from formats.labelstudio import regions_to_detections
 
 logger = logging.getLogger(__name__)
@@ -157,7 +156,9 @@ def training_items(
 
     Labels map to ``names`` through ``schema.label_map`` read backwards (the same mapping ``/predict`` uses);
     labels that map to no model class (e.g. a ``background`` deletion label) are left out. Images from HTTP
-    or data URIs are saved under ``image_dir`` as PNG.
+    or data URIs are saved under ``image_dir`` at their own depth (``formats.images.write_image``: 16-bit
+    stays 16-bit), so that the dataset writer normalises them exactly as it normalises local files and as
+    ``/predict`` does.
 
     Raises:
         ValueError: no label of the config maps to a model class (training would see no boxes at all).
@@ -180,11 +181,10 @@ def training_items(
         if not isinstance(url, str):
             logger.warning("task %s: no data.%s; skipped for training", tid, schema.image_key)
             continue
-        image = loader.load(url, task=str(tid))
+        image = loader.decode(url, task=str(tid))
         path = image.path
         if path is None:
-            path = image_dir / f"task{tid}.png"
-            Image.fromarray(image.pixels).save(path)
+            path = write_image(image_dir / f"task{tid}", image.pixels)
         regions = [
             r
             for r in ann.get("result") or []

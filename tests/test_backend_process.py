@@ -110,6 +110,7 @@ def test_training_publishes_switches_and_rescores(tmp_path):
     assert service.loaded_version == versions[-1] == status["last_version"]
     meta = service.registry.latest().meta
     assert meta["n_train"] == 4 and meta["names"] == ["deposit"]
+    assert meta["image_normalization"] == settings.image_normalization.as_dict()
     # Only the 2 non-expert tasks are re-scored (after each job), with the version serving at that time.
     rescored = [s.task_id for s in source.published]
     assert rescored == [5, 6] * (len(versions) - 1)

@@ -11,6 +11,7 @@ import pytest
 MODULES = [
     "backend.bootstrap",
     "backend.export",
+    "formats.images",
     "formats.labelstudio",
     "selection.batch",
     "selection.boxes",

@@ -95,14 +95,16 @@ def crowd_training_items(
     field (an empty list: an image without objects) or, from annotations, at least one crowd annotation.
     Labels map to ``names`` through ``schema.label_map`` read backwards, as expert annotations do in
     ``backend.training.training_items``; boxes of labels that map to no class are left out. Images that are
-    not local files are saved under ``image_dir`` as PNG.
+    not local files are saved under ``image_dir`` at their own depth (``formats.images.write_image``), so the
+    dataset writer normalises them like local files and like ``/predict``.
 
     Raises:
         BootstrapError: a task's crowd labels are malformed or its image cannot be loaded (naming the task).
     """
     import numpy as np
-    from PIL import Image
     from tqdm import tqdm
+
+    from formats.images import write_image
 
     reader = reader or CrowdReader(CrowdPolicy(), ExpertPolicy(), users=None)
     label_to_class = schema.label_map(names).label_to_class
@@ -117,7 +119,7 @@ def crowd_training_items(
         if not isinstance(url, str) or not url:
             raise BootstrapError(f"task {tid}: data.{schema.image_key} is missing or not a URL string")
         try:
-            image = loader.load(url, task=str(tid))
+            image = loader.decode(url, task=str(tid))
         except ImageLoadError as exc:
             raise BootstrapError(str(exc)) from None
         try:
@@ -128,8 +130,7 @@ def crowd_training_items(
         keep = cls >= 0
         path = image.path
         if path is None:
-            path = image_dir / f"task{tid}.png"
-            Image.fromarray(image.pixels).save(path)
+            path = write_image(image_dir / f"task{tid}", image.pixels)
         items.append(TrainItem(path, crowd.xyxy[keep], cls[keep], image.width, image.height))
     return items
 
