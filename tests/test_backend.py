@@ -548,7 +548,7 @@ def test_a_new_image_source_is_one_resolver(monkeypatch):
     pixels = disc_image(24, [(12, 12, 4)])
     store = {"mem://a": pixels}
 
-    def from_memory(loader, url, where):
+    def from_memory(loader, url, where, task):
         if url not in store:
             raise images.ImageLoadError(f"{where}: not in memory")
         return images.LoadedImage(np.repeat(store[url][:, :, None], 3, axis=2))

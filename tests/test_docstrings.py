@@ -9,6 +9,7 @@ import pytest
 
 # Modules whose docstring examples are part of the documentation; add a module here when you add examples.
 MODULES = [
+    "backend.storage",
     "formats.labelstudio",
     "selection.batch",
     "selection.boxes",
