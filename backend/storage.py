@@ -10,8 +10,8 @@ with the API key, and Label Studio either
 * answers ``303 See Other`` with a presigned URL of the storage host (presign mode), which is followed
   **without** the ``Authorization`` header: the key goes to Label Studio's origin and nowhere else.
 
-A presigned URL is a credential for as long as it lives, so it never appears in an error message or a log
-line either (only its host does).
+A presigned URL is a credential for as long as it lives, so this module never puts one in an error message
+or a log line (only its host); note that ``urllib3`` logs request lines, query included, at DEBUG level.
 
 Downloaded bytes go to an :class:`ImageCache` under ``WORK_DIR`` keyed by the storage URI, so training and
 later predictions reuse them; objects are assumed immutable (an object overwritten in the bucket under the
