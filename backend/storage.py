@@ -302,6 +302,11 @@ class LabelStudioFiles:
             with self._get(url) as resp:
                 if resp.is_redirect:
                     url = urljoin(url, resp.headers["Location"])
+                    if urlparse(url).scheme not in ("http", "https"):
+                        # Label Studio redirects to the bare URI when it cannot presign it.
+                        raise StorageError(
+                            f"{where}: {host} could not presign the object (check the storage)"
+                        )
                     continue
                 if resp.status_code != 200:
                     raise StorageError(f"{where}: HTTP {resp.status_code} from {host}{_hint(resp, on_ls)}")

@@ -153,11 +153,14 @@ def test_the_key_is_never_sent_off_label_studio(servers):
     assert storage.seen == [("/tasks/1/resolve/?fileuri=x", None)]
 
 
-def test_redirect_loops_and_oversized_objects_fail(servers):
+def test_redirect_loops_unpresignable_and_oversized_objects_fail(servers):
     ls, _ = servers
     ls.routes["/tasks/1/resolve/"] = (302, {"Location": "/tasks/1/resolve/?fileuri=again"}, b"")
     with pytest.raises(ImageLoadError, match="more than 5 redirects"):
         _loader(ls).load("s3://b/a.png", task="1")
+    ls.routes["/tasks/3/resolve/"] = (303, {"Location": "s3://b/a.png"}, b"")  # LS could not presign it
+    with pytest.raises(ImageLoadError, match="Label Studio could not presign the object"):
+        _loader(ls).load("s3://b/a.png", task="3")
     ls.routes["/tasks/2/resolve/"] = (200, {}, PNG)
     small = LabelStudioFiles(ls.url, LabelStudioAuth(ls.url, TOKEN), max_bytes=len(PNG) - 1)
     with pytest.raises(ValueError, match="larger than 0 MiB"):
