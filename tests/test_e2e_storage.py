@@ -108,9 +108,10 @@ def _object_gets(moto: MotoServer, mode: str) -> list[dict[str, Any]]:
 
 def _stored_tasks(env: S3Env, mode: str) -> list[dict[str, Any]]:
     """The project's tasks with their data as stored (``resolve_uri=false``: no proxy URLs)."""
+    project = str(env.projects[mode])
     resp = requests.get(
         f"{env.ls.url}/api/tasks",
-        params={"project": env.projects[mode], "fields": "all", "resolve_uri": "false", "page_size": 100},
+        params={"project": project, "fields": "all", "resolve_uri": "false", "page_size": "100"},
         headers=env.ls.headers,
         timeout=30,
     )
@@ -120,7 +121,7 @@ def _stored_tasks(env: S3Env, mode: str) -> list[dict[str, Any]]:
 
 def _add_s3_storage(ls: lsh.LabelStudioServer, project: int, moto: MotoServer, mode: str) -> None:
     """Label Studio's S3 source storage on the moto bucket (the fields of the storage form), then a sync."""
-    body = {
+    body: dict[str, Any] = {
         "project": project,
         "title": f"moto {mode}",
         "bucket": BUCKET,
@@ -146,7 +147,8 @@ def s3(label_studio_only: LabelStudioOnly, tmp_path_factory: pytest.TempPathFact
 
     base = tmp_path_factory.mktemp("e2e-s3")
     weights = tiny_weights()
-    with MotoServer(base) as moto:
+    moto = MotoServer(base)
+    with moto:
         s3_client = boto3.client(
             "s3",
             endpoint_url=moto.url,
