@@ -129,6 +129,9 @@ class ImageCache:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:  # an unreadable cache costs a download, not the image
+            logger.warning("image cache: cannot read %s (%s)", path, exc)
+            return None
         self._touch(path)
         return data
 
@@ -142,6 +145,8 @@ class ImageCache:
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
+                out.flush()
+                os.fsync(out.fileno())  # a crash must not leave a renamed but empty entry
             path = self._path(key)
             os.replace(tmp, path)
         except BaseException:
