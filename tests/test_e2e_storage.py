@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,16 @@ def _add_s3_storage(ls: lsh.LabelStudioServer, project: int, moto: MotoServer, m
     assert resp.status_code == 200, resp.text
 
 
+def _training_after_job(env: S3Env, timeout: float = 120) -> dict[str, Any]:
+    """``/health``'s training status once the running job is over."""
+    deadline = time.monotonic() + timeout
+    while True:
+        training = dict(requests.get(f"{env.backend.url}/health", timeout=10).json()["training"])
+        if training["state"] != "running" or time.monotonic() > deadline:
+            return training
+        time.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def s3(label_studio_only: LabelStudioOnly, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Env]:
     import boto3
@@ -235,7 +246,10 @@ def test_training_on_expert_annotations_reuses_the_cached_images(s3: S3Env) -> N
         f"{s3.ls.url}/api/ml/{s3.ml_ids[mode]}/train", json={}, headers=s3.ls.headers, timeout=60
     )
     assert resp.status_code == 200, resp.text
-    wait_for_new_version(s3.backend, before)
+    version = wait_for_new_version(s3.backend, before)
+    # The backend reports idle once it has also re-scored the non-expert task with the new version.
+    training = _training_after_job(s3)
+    assert training["state"] == "idle" and training["last_version"] == version, training
     # The job trained on the annotated tasks' images (copied from the cache into its folder) ...
     trained = {p.name for p in s3.work_dir.glob("job-*/images/*.png")}
     assert trained == {f"task{t}.png" for t in annotated}, trained
