@@ -309,9 +309,7 @@ class LabelStudioFiles:
                     url = urljoin(url, resp.headers["Location"])
                     if urlparse(url).scheme not in ("http", "https"):
                         # Label Studio redirects to the bare URI when it cannot presign it.
-                        raise StorageError(
-                            f"{where}: {host} could not presign the object (check the storage)"
-                        )
+                        raise StorageError(f"{where}: {host} could not presign the object (see its log)")
                     continue
                 if resp.status_code != 200:
                     raise StorageError(f"{where}: HTTP {resp.status_code} from {host}{_hint(resp, on_ls)}")
@@ -334,13 +332,18 @@ class LabelStudioFiles:
 
 def _hint(resp: requests.Response, on_label_studio: bool) -> str:
     """What a failed status most likely means, for the error message."""
+    status = resp.status_code
     if not on_label_studio:
-        return " (the presigned URL was refused: expired, or the storage's CORS/network settings)"
-    if resp.status_code == 404:
+        if status == 404:
+            return " (no such object in the bucket)"
+        return " (the presigned URL was refused: expired, or not valid from the backend's network)"
+    if status == 404:
         return (
             " (no storage of the task's project covers this URI: add the bucket as a Source Cloud Storage"
             " of the project)"
         )
-    if resp.status_code in (401, 403):
+    if status in (401, 403):
         return " (check LABEL_STUDIO_API_KEY and the user's access to the project)"
+    if status == 424 or status >= 500:
+        return " (Label Studio could not read the object from the storage: see its log)"
     return ""
