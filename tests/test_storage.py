@@ -238,3 +238,23 @@ def test_cache_stays_bounded_and_whole_under_concurrent_processes(tmp_path):
     cache = ImageCache(tmp_path, max_bytes=2000)
     assert cache.total_bytes() <= 2000
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]
+
+
+def test_image_cache_settings(tmp_path):
+    from backend.settings import Settings, SettingsError
+
+    env = {
+        "MODEL_DIR": str(tmp_path),
+        "LABEL_STUDIO_URL": "http://127.0.0.1:8080",
+        "LABEL_STUDIO_API_KEY": TOKEN,
+    }
+    settings = Settings.from_env(env)
+    loader = ImageLoader.from_settings(settings, auth=LabelStudioAuth(str(settings.label_studio_url), TOKEN))
+    assert loader.storage is not None and loader.storage.cache is not None
+    assert loader.storage.cache.directory == tmp_path / "work" / "image-cache"
+    assert loader.storage.cache.max_bytes == 2048 * 2**20
+    off = Settings.from_env({**env, "IMAGE_CACHE_MB": "0", "WORK_DIR": str(tmp_path / "w")})
+    loader = ImageLoader.from_settings(off, auth=LabelStudioAuth(str(off.label_studio_url), TOKEN))
+    assert loader.storage is not None and loader.storage.cache is None
+    with pytest.raises(SettingsError, match="IMAGE_CACHE_MB: expected an integer >= 0, got -1"):
+        Settings.from_env({**env, "IMAGE_CACHE_MB": "-1"})
