@@ -58,7 +58,16 @@ _STALE_TEMP_SECONDS = 3600.0
 
 
 class StorageError(ValueError):
-    """A storage object could not be fetched; the message starts with the caller's ``where``."""
+    """A storage object could not be fetched; the message starts with the caller's ``where``.
+
+    Attributes:
+        cause: ``reference`` (a URI Label Studio cannot resolve for this task), ``http_status`` (a non-200
+            answer or a redirect loop) or ``too_large``.
+    """
+
+    def __init__(self, message: str, *, cause: str = "http_status") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def is_label_studio_proxy(path: str) -> bool:
@@ -247,7 +256,8 @@ class LabelStudioFiles:
         """
         if not task.isdigit():
             raise StorageError(
-                f"{where}: Label Studio resolves a cloud storage URI for its task, but the task has no id"
+                f"{where}: Label Studio resolves a cloud storage URI for its task, but the task has no id",
+                cause="reference",
             )
         fileuri = base64.urlsafe_b64encode(uri.encode()).decode()
         return self._fetch(_Request(f"{self.base_url}/tasks/{task}/resolve/?fileuri={fileuri}", uri), where)
@@ -264,7 +274,9 @@ class LabelStudioFiles:
         """
         parsed = urlparse(url)
         if parsed.scheme and not self.on_label_studio(url):
-            raise StorageError(f"{where}: not on LABEL_STUDIO_URL's origin; the key is not sent there")
+            raise StorageError(
+                f"{where}: not on LABEL_STUDIO_URL's origin; the key is not sent there", cause="reference"
+            )
         absolute = self.base_url + parsed.path + (f"?{parsed.query}" if parsed.query else "")
         fileuri = parse_qs(parsed.query).get("fileuri", [""])[0]
         key = _decode_fileuri(fileuri) if fileuri else f"label-studio:{parsed.path}?{parsed.query}"
@@ -309,7 +321,9 @@ class LabelStudioFiles:
                     url = urljoin(url, resp.headers["Location"])
                     if urlparse(url).scheme not in ("http", "https"):
                         # Label Studio redirects to the bare URI when it cannot presign it.
-                        raise StorageError(f"{where}: {host} could not presign the object (see its log)")
+                        raise StorageError(
+                            f"{where}: {host} could not presign the object (see its log)", cause="reference"
+                        )
                     continue
                 if resp.status_code != 200:
                     raise StorageError(f"{where}: HTTP {resp.status_code} from {host}{_hint(resp, on_ls)}")
@@ -320,12 +334,12 @@ class LabelStudioFiles:
         limit = f"larger than {self.max_bytes // 2**20} MiB"
         declared = resp.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            raise StorageError(f"{where}: {limit} (from {host})")
+            raise StorageError(f"{where}: {limit} (from {host})", cause="too_large")
         chunks, size = [], 0
         for chunk in resp.iter_content(chunk_size=1 << 20):
             size += len(chunk)
             if size > self.max_bytes:
-                raise StorageError(f"{where}: {limit} (from {host})")
+                raise StorageError(f"{where}: {limit} (from {host})", cause="too_large")
             chunks.append(chunk)
         return b"".join(chunks)
 
