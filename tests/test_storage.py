@@ -25,7 +25,7 @@ from backend_helpers import disc_image, png_bytes
 
 from backend.images import ImageLoader, ImageLoadError
 from backend.lsclient import LabelStudioAuth
-from backend.storage import ImageCache, LabelStudioFiles, is_label_studio_proxy
+from backend.storage import ImageCache, LabelStudioFiles, StorageError, is_label_studio_proxy
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
 PNG = png_bytes(disc_image(32, [(16, 16, 5)]))
@@ -163,8 +163,9 @@ def test_redirect_loops_unpresignable_and_oversized_objects_fail(servers):
         _loader(ls).load("s3://b/a.png", task="3")
     ls.routes["/tasks/2/resolve/"] = (200, {}, PNG)
     small = LabelStudioFiles(ls.url, LabelStudioAuth(ls.url, TOKEN), max_bytes=len(PNG) - 1)
-    with pytest.raises(ValueError, match="larger than 0 MiB"):
+    with pytest.raises(StorageError, match="larger than 0 MiB") as info:
         small.fetch_cloud("s3://b/a.png", task="2", where="w")
+    assert info.value.cause == "too_large"
 
 
 def test_without_label_studio_a_cloud_uri_says_what_to_set():
