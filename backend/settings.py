@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import logging
 import math
+import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -125,6 +126,30 @@ def _int(environ: Mapping[str, str], name: str, default: int, *, minimum: int) -
     if value < minimum:
         raise SettingsError(f"{name}: expected an integer >= {minimum}, got {value}")
     return value
+
+
+def _bounded_int(environ: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    value = _int(environ, name, default, minimum=low)
+    if value > high:
+        raise SettingsError(f"{name}: expected an integer in [{low}, {high}], got {value}")
+    return value
+
+
+def _redis_url(text: str) -> str | None:
+    if not text:
+        return None
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"REDIS_URL: expected redis://host:port/db (or rediss://, unix://), got {text!r}")
+    return text
+
+
+def _tasks_file(text: str) -> Path | None:
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise SettingsError(f"TASKS_FILE: no such file {path}")
+    return path
 
 
 def _float(environ: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
@@ -255,6 +280,13 @@ class Settings:
         predict_conf: the prediction confidence floor (``PREDICT_CONF``): detections below it never reach
             the scorer.
         lsm: the LSM thresholds (``LSM_<FIELD>``), used for every scoring and recorded in version meta.
+        train_threads: torch CPU threads of the training process (0: all cores but one, at least 1), so
+            that inference keeps a core during training.
+        train_nice: niceness added to the training process (0-19; 19 also uses Linux's idle scheduling
+            class): the kernel then gives ``/predict`` the CPU first.
+        redis_url: ``redis://host:port/db``: training and re-scoring jobs go to an RQ queue there, served by
+            ``python -m backend.worker`` (``None``: they run in this process, one at a time).
+        tasks_file: train from this JSON file instead of Label Studio (see ``backend.tasksfile``).
     """
 
     model_dir: Path
@@ -279,6 +311,10 @@ class Settings:
     detector_family: str = DEFAULT_FAMILY
     predict_conf: float = PREDICT_CONF
     lsm: LSMConfig = field(default_factory=LSMConfig)
+    train_threads: int = 0
+    train_nice: int = 10
+    redis_url: str | None = field(default=None, repr=False)
+    tasks_file: Path | None = None
 
     @property
     def scratch_dir(self) -> Path:
@@ -294,6 +330,11 @@ class Settings:
     def label_studio_enabled(self) -> bool:
         """Whether the backend may call Label Studio (URL and API key both configured)."""
         return bool(self.label_studio_url and self.label_studio_api_key)
+
+    @property
+    def train_thread_count(self) -> int:
+        """``train_threads``, or all cores but one (at least 1) when it is 0."""
+        return self.train_threads or max(1, (os.cpu_count() or 1) - 1)
 
     @property
     def basic_auth_enabled(self) -> bool:
@@ -383,6 +424,10 @@ class Settings:
             detector_family=family_name,
             predict_conf=predict_conf,
             lsm=lsm,
+            train_threads=_int(environ, "TRAIN_THREADS", 0, minimum=0),
+            train_nice=_bounded_int(environ, "TRAIN_NICE", 10, low=0, high=19),
+            redis_url=_redis_url(_get(environ, "REDIS_URL", "")),
+            tasks_file=_tasks_file(_get(environ, "TASKS_FILE", "")),
         )
 
     def log_summary(self, logger: logging.Logger) -> None:

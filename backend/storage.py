@@ -32,6 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qs, unquote, urljoin, urlparse
 
 import requests
@@ -45,6 +46,7 @@ __all__ = [
     "ImageCache",
     "LabelStudioFiles",
     "StorageError",
+    "StorageFailure",
     "is_label_studio_proxy",
 ]
 
@@ -57,6 +59,10 @@ _MAX_REDIRECTS = 5
 _STALE_TEMP_SECONDS = 3600.0
 
 
+StorageFailure = Literal["reference", "http_status", "too_large"]
+"""Why a storage object failed (a subset of :data:`backend.images.ImageFailure`)."""
+
+
 class StorageError(ValueError):
     """A storage object could not be fetched; the message starts with the caller's ``where``.
 
@@ -65,9 +71,9 @@ class StorageError(ValueError):
             answer or a redirect loop) or ``too_large``.
     """
 
-    def __init__(self, message: str, *, cause: str = "http_status") -> None:
+    def __init__(self, message: str, *, cause: StorageFailure = "http_status") -> None:
         super().__init__(message)
-        self.cause = cause
+        self.cause: StorageFailure = cause
 
 
 def is_label_studio_proxy(path: str) -> bool:

@@ -13,6 +13,7 @@ MODULES = [
     "formats.labelstudio",
     "selection.batch",
     "selection.boxes",
+    "selection.calibration",
     "selection.correction",
     "selection.lsm",
     "selection.rules",

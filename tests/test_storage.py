@@ -139,6 +139,7 @@ def test_a_refused_presigned_url_is_not_shown(servers):
     storage.routes["/bucket/a.png"] = (403, {}, b"expired")
     with pytest.raises(ImageLoadError, match=r"HTTP 403 from the storage host 127\.0\.0\.1:\d+") as info:
         _loader(ls).load("s3://bucket/a.png", task="1")
+    assert info.value.cause == "http_status"
     assert "Signature" not in str(info.value) and TOKEN not in str(info.value)
 
 
@@ -159,8 +160,9 @@ def test_redirect_loops_unpresignable_and_oversized_objects_fail(servers):
     with pytest.raises(ImageLoadError, match="more than 5 redirects"):
         _loader(ls).load("s3://b/a.png", task="1")
     ls.routes["/tasks/3/resolve/"] = (303, {"Location": "s3://b/a.png"}, b"")  # LS could not presign it
-    with pytest.raises(ImageLoadError, match="Label Studio could not presign the object"):
+    with pytest.raises(ImageLoadError, match="Label Studio could not presign the object") as info:
         _loader(ls).load("s3://b/a.png", task="3")
+    assert info.value.cause == "reference"
     ls.routes["/tasks/2/resolve/"] = (200, {}, PNG)
     small = LabelStudioFiles(ls.url, LabelStudioAuth(ls.url, TOKEN), max_bytes=len(PNG) - 1)
     with pytest.raises(StorageError, match="larger than 0 MiB") as info:
