@@ -14,6 +14,7 @@ MODULES = [
     "selection.batch",
     "selection.boxes",
     "selection.calibration",
+    "selection.consensus",
     "selection.correction",
     "selection.lsm",
     "selection.rules",
