@@ -22,6 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
+from backend.bootstrap import project_id
+from backend.bootstrap.auto import AutoBootstrap
 from backend.images import ImageLoader
 from backend.labelconfig import LabelConfigError, parse_label_config
 from backend.lsclient import LabelStudioAuth, TaskWriteBack, make_sdk_client
@@ -103,6 +105,7 @@ def create_app(
     app.state.trainer = trainer
     app.state.writeback = writeback
     app.state.metrics = metrics
+    auto_bootstrap = AutoBootstrap(settings, service, trainer)
 
     @app.middleware("http")
     async def timing(request: Request, call_next: Any) -> Any:
@@ -149,6 +152,7 @@ def create_app(
             except LabelConfigError as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=400)
             trainer.last_schema_xml = body.label_schema
+        auto_bootstrap.maybe_start(project_id(body.project))
         return {"model_version": service.latest_version() or UNTRAINED}
 
     @app.get("/versions")
@@ -178,6 +182,9 @@ def create_app(
             # Label Studio 1.23 sends no model_version here; other callers may pin a published version.
             scored = service.score_tasks(body.tasks, schema, version=body.model_version)
         except NoModelError as exc:
+            pid = project_id(body.project)
+            if auto_bootstrap.maybe_start(pid) or auto_bootstrap.running_for(pid):
+                exc = NoModelError(f"{exc}; a first model is being trained on the crowd labels (see /health)")
             return JSONResponse({"detail": str(exc)}, status_code=503)
         except LabelConfigError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=400)

@@ -30,6 +30,7 @@ RQ's own keys live under ``rq:`` (queue ``alc-training``).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -146,11 +147,15 @@ class RedisTrainer(TrainingManager):
         self._seen = _RedisSet(connection, f"{_PREFIX}seen")  # type: ignore[assignment]
         self._last_project: int | None = None
 
-    def request(self, project: int | None) -> str:
-        """Queue a training job for ``project`` unless one is already queued (then ``"pending"``)."""
+    def request(self, project: int | None, *, kind: str = "expert") -> str:
+        """Queue a training job for ``project`` unless one is already queued (then ``"pending"``).
+
+        ``kind="bootstrap"`` trains the first version on the crowd labels (``backend.bootstrap``); it shares
+        the project's queued mark and lock with expert trainings.
+        """
         self._seen.clear()
         self._last_project = project
-        job_id = self._enqueue(_queued_key(project), run_training, project, kind="train")
+        job_id = self._enqueue(_queued_key(project), run_training, project, kind="train", extra=(kind,))
         if job_id is None:
             return "pending"
         running = self.redis.get(_lock_key(project)) is not None
@@ -163,9 +168,16 @@ class RedisTrainer(TrainingManager):
         return "already queued" if job_id is None else "re-scoring queued"
 
     def _enqueue(
-        self, queued: str, func: Callable[..., Any], project: int | None, *, kind: str
+        self,
+        queued: str,
+        func: Callable[..., Any],
+        project: int | None,
+        *,
+        kind: str,
+        extra: tuple[Any, ...] = (),
     ) -> str | None:
-        """Enqueue ``func(project)`` and mark it in ``queued``, atomically; None if a live job is marked."""
+        """Enqueue ``func(project, *extra)`` and mark it in ``queued``, atomically; None if a live job is
+        marked."""
         from redis.exceptions import WatchError
         from rq import Retry
 
@@ -182,7 +194,7 @@ class RedisTrainer(TrainingManager):
                     pipe.set(queued, job_id)
                     self.queue.enqueue_call(
                         func,
-                        args=(project,),
+                        args=(project, *extra),
                         job_id=job_id,
                         timeout=JOB_TIMEOUT_S,
                         result_ttl=24 * 3600,
@@ -228,6 +240,8 @@ class RedisTrainer(TrainingManager):
             "pending": self.redis.get(_queued_key(self._last_project)) is not None,
             "new_expert_tasks": len(self._seen),
             "min_annotations": self.settings.train_min_annotations,
+            "kind": raw.get("kind") or None,
+            "progress": json.loads(raw.get("progress") or "{}") if raw.get("state") == "running" else {},
             "queue": self.queue_depth(),
             "backend": "redis",
         }
@@ -331,8 +345,9 @@ class _ProjectLock:
         self._redis.eval(_RELEASE, 1, _lock_key(self._project), self._job_id)
 
 
-def run_training(project: int | None) -> dict[str, Any]:
-    """The RQ job: one training of ``project`` under its lock; failures are recorded, not raised.
+def run_training(project: int | None, kind: str = "expert") -> dict[str, Any]:
+    """The RQ job: one training of ``project`` under its lock (``kind``: ``expert`` or ``bootstrap``, see
+    ``TrainingManager.train_once``); failures are recorded, not raised.
 
     Returns:
         ``{"version": ...}`` or ``{"error": ...}`` (also kept in the job's result).
@@ -349,10 +364,24 @@ def run_training(project: int | None) -> dict[str, Any]:
     lock.acquire()
     start = time.monotonic()
     redis.hset(
-        f"{_PREFIX}training", mapping={"state": "running", "project": _project_key(project), "job": job_id}
+        f"{_PREFIX}training",
+        mapping={
+            "state": "running",
+            "project": _project_key(project),
+            "job": job_id,
+            "kind": kind,
+            "progress": "{}",
+        },
     )
+    trainer = _worker_trainer(_context)
+
+    def report(state: dict[str, Any]) -> None:
+        # Epochs for /health on every replica (the job folder is on this worker's machine).
+        redis.hset(f"{_PREFIX}training", "progress", json.dumps(state))
+
+    trainer.on_progress = report
     try:
-        version = _worker_trainer(_context).train_once(project)
+        version = trainer.train_once(project, kind=kind)
     except Exception as exc:
         seconds = time.monotonic() - start
         logger.error("training job %s failed: %s", job_id, exc)

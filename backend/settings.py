@@ -304,6 +304,9 @@ class Settings:
         redis_url: ``redis://host:port/db``: training and re-scoring jobs go to an RQ queue there, served by
             ``python -m backend.worker`` (``None``: they run in this process, one at a time).
         tasks_file: train from this JSON file instead of Label Studio (see ``backend.tasksfile``).
+        bootstrap: ``auto`` (``BOOTSTRAP``, the default): with an empty registry and no ``MODEL_WEIGHTS``,
+            the first project that calls the backend gets a first model trained on its crowd labels
+            (``backend.bootstrap``); ``off``: it waits for weights or expert annotations.
     """
 
     model_dir: Path
@@ -333,6 +336,7 @@ class Settings:
     train_nice: int = 10
     redis_url: str | None = field(default=None, repr=False)
     tasks_file: Path | None = None
+    bootstrap: str = "auto"
 
     @property
     def scratch_dir(self) -> Path:
@@ -419,6 +423,9 @@ class Settings:
                 f"predictions below PREDICT_CONF), got {predict_conf}"
             )
 
+        bootstrap = _get(environ, "BOOTSTRAP", "auto").lower()
+        if bootstrap not in ("auto", "off"):
+            raise SettingsError(f"BOOTSTRAP: expected auto or off, got {bootstrap!r}")
         expert, crowd = _roles(environ)
         return cls(
             model_dir=model_dir,
@@ -448,6 +455,7 @@ class Settings:
             train_nice=_bounded_int(environ, "TRAIN_NICE", 10, low=0, high=19),
             redis_url=_redis_url(_get(environ, "REDIS_URL", "")),
             tasks_file=_tasks_file(_get(environ, "TASKS_FILE", "")),
+            bootstrap=bootstrap,
         )
 
     def log_summary(self, logger: logging.Logger) -> None:

@@ -14,12 +14,60 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from backend.settings import Settings
+
 logger = logging.getLogger(__name__)
+
+PROGRESS_NAME = "progress.json"
+"""Written next to the job file after each epoch: ``{"epoch": k, "epochs": n}`` (read for ``/health``)."""
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """One training image of a job: the file and its boxes (float32 (N, 4) pixels, int64 (N,) class ids)."""
+
+    path: Path
+    xyxy: np.ndarray
+    class_id: np.ndarray
+    width: int
+    height: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The item as the job file holds it (read back by :func:`run_job`)."""
+        return {
+            "path": str(self.path),
+            "xyxy": self.xyxy.tolist(),
+            "class_id": self.class_id.tolist(),
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+def job_settings(settings: Settings) -> dict[str, Any]:
+    """The job fields every training takes from the backend's settings (expert trainings and the bootstrap):
+    registry, ``TRAIN_*`` options, device, family, LSM thresholds (for the meta), logging, threads, niceness.
+    """
+    from backend.settings import lsm_as_dict
+
+    return {
+        "model_dir": str(settings.model_dir),
+        "epochs": settings.train_epochs,
+        "imgsz": settings.train_imgsz or None,
+        "batch": settings.train_batch,
+        "device": settings.device,
+        "family": settings.detector_family,
+        "lsm": lsm_as_dict(settings.lsm),
+        "log_level": settings.log_level,
+        "threads": settings.train_thread_count,
+        "nice": settings.train_nice,
+    }
 
 
 def run_job(job: dict[str, Any]) -> str:
@@ -40,6 +88,11 @@ def run_job(job: dict[str, Any]) -> str:
     family = get_family(str(job.get("family") or DEFAULT_FAMILY))
     imgsz = job.get("imgsz")
     start = time.monotonic()
+    progress_path = Path(job["work_dir"]) / PROGRESS_NAME
+
+    def on_epoch(epoch: int, total: int) -> None:
+        progress_path.write_text(json.dumps({"epoch": epoch, "epochs": total}))
+
     result = family.train(
         train=items("train"),
         val=items("val"),
@@ -52,9 +105,10 @@ def run_job(job: dict[str, Any]) -> str:
         seed=int(job.get("seed", 0)),
         device=job.get("device", "auto"),
         threads=int(job["threads"]) if job.get("threads") else None,
+        on_epoch=on_epoch,
     )
     meta = {
-        "source": "expert annotations",
+        "source": str(job.get("source") or "expert annotations"),
         "family": family.name,
         "n_train": len(job["train"]),
         "n_val": len(job["val"]),
@@ -66,6 +120,8 @@ def run_job(job: dict[str, Any]) -> str:
         "train_options": result.options,
         "lsm": job.get("lsm") or {},
     }
+    if job.get("project") is not None:
+        meta["project"] = job["project"]
     version = ModelRegistry(Path(job["model_dir"])).publish(result.weights, meta)
     return version.version
 

@@ -21,12 +21,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 from PIL import Image
 
 from backend.images import ImageLoader
@@ -35,7 +33,8 @@ from backend.lsclient import merge_task_data
 from backend.metrics import TrainingCounts
 from backend.roles import UserDirectory
 from backend.service import ModelService, ScoredTask
-from backend.settings import ExpertMode, ExpertPolicy, Settings, lsm_as_dict
+from backend.settings import ExpertMode, ExpertPolicy, Settings
+from backend.train_job import PROGRESS_NAME, TrainItem, job_settings
 from formats.labelstudio import regions_to_detections
 
 logger = logging.getLogger(__name__)
@@ -146,24 +145,6 @@ def expert_annotation(task: Mapping[str, Any], policy: ExpertPolicy) -> dict[str
     return best
 
 
-@dataclass(frozen=True)
-class _Item:
-    path: Path
-    xyxy: np.ndarray
-    class_id: np.ndarray
-    width: int
-    height: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "xyxy": self.xyxy.tolist(),
-            "class_id": self.class_id.tolist(),
-            "width": self.width,
-            "height": self.height,
-        }
-
-
 def training_items(
     tasks: Sequence[Mapping[str, Any]],
     *,
@@ -172,7 +153,7 @@ def training_items(
     policy: ExpertPolicy,
     loader: ImageLoader,
     image_dir: Path,
-) -> list[_Item]:
+) -> list[TrainItem]:
     """Expert-annotated tasks -> training items (image on disk, boxes as model class ids).
 
     Labels map to ``names`` through ``schema.label_map`` read backwards (the same mapping ``/predict`` uses);
@@ -219,13 +200,66 @@ def training_items(
             from_name=schema.from_name,
         )
         items.append(
-            _Item(path=path, xyxy=det.xyxy, class_id=det.class_id, width=image.width, height=image.height)
+            TrainItem(path=path, xyxy=det.xyxy, class_id=det.class_id, width=image.width, height=image.height)
         )
     return items
 
 
 def count_expert_tasks(tasks: Sequence[Mapping[str, Any]], policy: ExpertPolicy) -> int:
     return sum(expert_annotation(t, policy) is not None for t in tasks)
+
+
+def read_job_progress(job_dir: Path) -> dict[str, Any]:
+    """The running job's progress (``{"epoch": k, "epochs": n}`` once an epoch ended), else ``{}``."""
+    try:
+        progress = json.loads((job_dir / PROGRESS_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return progress if isinstance(progress, dict) else {}
+
+
+def run_train_job(
+    job_dir: Path, job: Mapping[str, Any], *, on_progress: Callable[[dict[str, Any]], None] | None = None
+) -> str:
+    """Write ``job_dir/job.json``, run ``python -m backend.train_job`` on it as a child process, wait.
+
+    Args:
+        job_dir: the job's folder (the child writes ``train.log``, ``progress.json``, ``result.json`` there).
+        job: the job (see ``backend.train_job``).
+        on_progress: called with :func:`read_job_progress` about once a second while the child runs.
+
+    Returns:
+        The published version name.
+
+    Raises:
+        RuntimeError: the job failed (its error and the log's tail in the message).
+    """
+    job_path = job_dir / "job.json"
+    job_path.write_text(json.dumps(job))
+    log_path = job_dir / "train.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backend.train_job", str(job_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
+        while True:
+            try:
+                returncode = proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if on_progress is not None:
+                    on_progress(read_job_progress(job_dir))
+    result_path = job_dir / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if returncode != 0 or "version" not in result:
+        tail = log_path.read_text(errors="replace")[-800:]
+        raise RuntimeError(
+            f"training job exited with {returncode}: {result.get('error', 'no result')} "
+            f"(log {log_path}): {tail}"
+        )
+    return str(result["version"])
 
 
 class TrainingManager:
@@ -254,6 +288,10 @@ class TrainingManager:
         self._last_seconds: float | None = None
         self._seen: set[int] = set()  # expert-annotated task ids seen by webhooks since the last training
         self.counts = TrainingCounts()  # finished jobs, for /metrics
+        self._pending_kind = "expert"  # "bootstrap": train the first version on crowd labels
+        self._kind: str | None = None
+        self._job_dir: Path | None = None
+        self.on_progress: Callable[[dict[str, Any]], None] | None = None  # e.g. a queue worker's reporter
         self.last_schema_xml: str | None = None
         self._users: UserDirectory | None = None
 
@@ -272,6 +310,10 @@ class TrainingManager:
                 "pending": self._pending,
                 "new_expert_tasks": len(self._seen),
                 "min_annotations": self.settings.train_min_annotations,
+                "kind": self._kind,
+                "progress": read_job_progress(self._job_dir)
+                if self._state == "running" and self._job_dir is not None
+                else {},
             }
 
     def on_event(
@@ -313,10 +355,14 @@ class TrainingManager:
             self._users = UserDirectory(lambda: make_sdk_client(url, key))
         return self._users.author_email(annotation) if self._users is not None else None
 
-    def request(self, project: int | None) -> str:
-        """Queue a training job; ``"pending"`` when one is running (it will run once more after it)."""
+    def request(self, project: int | None, *, kind: str = "expert") -> str:
+        """Queue a training job; ``"pending"`` when one is running (it will run once more after it).
+
+        ``kind="bootstrap"`` trains the first version on the project's crowd labels (``backend.bootstrap``).
+        """
         with self._lock:
             self._seen.clear()
+            self._pending_kind = kind
             if project is not None:
                 self._pending_project = project
             if self._thread is not None and self._thread.is_alive():
@@ -332,12 +378,16 @@ class TrainingManager:
         with self._lock:
             return self.counts
 
-    def train_once(self, project: int | None) -> str:
+    def train_once(self, project: int | None, *, kind: str = "expert") -> str:
         """One job, synchronously (what a queue worker runs): train, publish, switch, re-score; the version.
+
+        ``kind="bootstrap"`` trains on the project's crowd labels instead of its expert annotations.
 
         Raises:
             Exception: whatever stopped the job (no expert tasks, Label Studio unreachable, training failed).
         """
+        if kind == "bootstrap":
+            return self._bootstrap_once(project)
         return self._train_once(project)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -357,10 +407,12 @@ class TrainingManager:
                     return
                 self._pending = False
                 project = self._pending_project
+                self._kind, self._pending_kind = self._pending_kind, "expert"
+                self._job_dir = None
                 self._state = "running"
             start = time.monotonic()
             try:
-                version = self._train_once(project)
+                version = self.train_once(project, kind=self._kind)
             except Exception as exc:
                 logger.error("training failed: %s", exc)
                 logger.debug("training failed", exc_info=True)
@@ -410,24 +462,13 @@ class TrainingManager:
         warm = latest if latest is not None and latest.family == family else None
         init = str(warm.weights) if warm is not None else self.settings.train_init
         job = {
+            **job_settings(self.settings),
             "work_dir": str(job_dir),
-            "model_dir": str(self.settings.model_dir),
             "names": names,
             "train": [it.as_json() for it in train],
             "val": [it.as_json() for it in val],
             "init": init,
-            "epochs": self.settings.train_epochs,
-            "imgsz": self.settings.train_imgsz or None,
-            "batch": self.settings.train_batch,
-            "device": self.settings.device,
-            "family": family,
-            "lsm": lsm_as_dict(self.settings.lsm),
-            "log_level": self.settings.log_level,
-            "threads": self.settings.train_thread_count,
-            "nice": self.settings.train_nice,
         }
-        job_path = job_dir / "job.json"
-        job_path.write_text(json.dumps(job))
         logger.info(
             "training a %s detector on %d expert tasks (%d val) from %s, %d epochs",
             family,
@@ -436,27 +477,25 @@ class TrainingManager:
             Path(init).name or "the family's default",
             self.settings.train_epochs,
         )
-        log_path = job_dir / "train.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.run(
-                [sys.executable, "-m", "backend.train_job", str(job_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(Path(__file__).resolve().parents[1]),
-                check=False,
-            )
-        result_path = job_dir / "result.json"
-        result = json.loads(result_path.read_text()) if result_path.is_file() else {}
-        if proc.returncode != 0 or "version" not in result:
-            tail = log_path.read_text(errors="replace")[-800:]
-            raise RuntimeError(
-                f"training job exited with {proc.returncode}: {result.get('error', 'no result')} "
-                f"(log {log_path}): {tail}"
-            )
-        version = str(result["version"])
+        self._job_dir = job_dir
+        version = run_train_job(job_dir, job, on_progress=self.on_progress)
         self.service.switch(version)
         logger.info("now serving %s; re-scoring the non-expert tasks", version)
         self._rescore(source, schema, tasks)
+        return version
+
+    def _bootstrap_once(self, project: int | None) -> str:
+        """Train the first version on the project's crowd labels (``backend.bootstrap``), then re-score."""
+        from backend.bootstrap import new_job_dir, prepare_bootstrap
+
+        source = self.source()
+        job_dir = new_job_dir(self.settings)
+        job = prepare_bootstrap(self.settings, source, project, loader=self.service.loader, job_dir=job_dir)
+        self._job_dir = job_dir
+        version = run_train_job(job_dir, job.job, on_progress=self.on_progress)
+        self.service.switch(version)
+        logger.info("now serving %s (bootstrapped from crowd labels); scoring the tasks", version)
+        self._rescore(source, job.schema, job.tasks)
         return version
 
     def rescore(self, project: int | None) -> int:
