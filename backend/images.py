@@ -1,4 +1,4 @@
-"""Load task images: Label Studio uploads, Local Files, http(s) URLs and inline ``data:`` URIs.
+"""Load task images: Label Studio uploads, Local Files, cloud storages, http(s) URLs and ``data:`` URIs.
 
 * ``/data/upload/...`` and other Label-Studio-relative paths: fetched from ``LABEL_STUDIO_URL`` with the
   API key.
@@ -6,6 +6,9 @@
   path traversal outside the root refused), else fetched from Label Studio like an upload.
 * ``http(s)://...``: the key is sent only when the URL is on ``LABEL_STUDIO_URL``'s host, never elsewhere.
 * ``data:image/...;base64,...``: decoded inline.
+* ``s3://``, ``gs://``, ``azure-blob://`` URIs and Label Studio's storage proxy URLs (``/tasks/<id>/resolve/
+  ?fileuri=...``, ``/storage-data/...``): through Label Studio's resolve endpoints, never with cloud
+  credentials, and cached on disk (see :mod:`backend.storage`).
 
 Every failure raises :class:`ImageLoadError` naming the task and the URL (never the key).
 
@@ -33,6 +36,7 @@ import numpy as np
 import requests
 
 from backend.lsclient import LabelStudioAuth
+from backend.storage import CLOUD_SCHEMES, ImageCache, LabelStudioFiles, StorageError, is_label_studio_proxy
 from formats.images import ImageNormalization, decode_image, normalize_image
 
 if TYPE_CHECKING:
@@ -101,6 +105,7 @@ class ImageLoader:
         document_root: ``LOCAL_FILES_DOCUMENT_ROOT``.
         timeout: seconds per HTTP request.
         normalization: how decoded pixels become uint8 RGB when ``load`` is not given one.
+        cache: disk cache for images fetched from cloud storages through Label Studio (``None``: none).
     """
 
     def __init__(
@@ -111,12 +116,18 @@ class ImageLoader:
         document_root: Path | None = None,
         timeout: float = 30.0,
         normalization: ImageNormalization | None = None,
+        cache: ImageCache | None = None,
     ) -> None:
         self.label_studio_url = label_studio_url.rstrip("/") if label_studio_url else None
         self.auth = auth
         self.document_root = document_root.resolve() if document_root is not None else None
         self.timeout = timeout
         self.normalization = normalization if normalization is not None else ImageNormalization()
+        self.storage = (
+            LabelStudioFiles(self.label_studio_url, auth, cache=cache, timeout=timeout, max_bytes=_MAX_BYTES)
+            if self.label_studio_url is not None and auth is not None
+            else None
+        )
 
     def local_path(self, url: str) -> Path | None:
         """The file a ``/data/local-files/?d=...`` URL names under the document root, if configured."""
@@ -133,12 +144,17 @@ class ImageLoader:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, auth: LabelStudioAuth | None) -> ImageLoader:
-        """The loader the backend uses: Label Studio URL and ``LOCAL_FILES_DOCUMENT_ROOT`` from settings."""
+        """The loader the backend uses: Label Studio URL, ``LOCAL_FILES_DOCUMENT_ROOT``, the image cache."""
         return cls(
             label_studio_url=settings.label_studio_url,
             auth=auth,
             document_root=settings.local_files_document_root,
             normalization=settings.image_normalization,
+            cache=(
+                ImageCache(settings.image_cache_dir, max_bytes=settings.image_cache_mb * 2**20)
+                if settings.image_cache_mb > 0
+                else None
+            ),
         )
 
     def load(
@@ -172,11 +188,16 @@ class ImageLoader:
         where = f"task {task}: image {_short(url)!r}"
         resolver = RESOLVERS.get(urlparse(url).scheme.lower())
         if resolver is None:
-            raise ImageLoadError(f"{where}: expected an http(s) URL, a Label Studio path or a data: URI")
+            raise ImageLoadError(
+                f"{where}: expected an http(s) URL, a Label Studio path, a cloud storage URI "
+                f"({', '.join(f'{s}://' for s in sorted(CLOUD_SCHEMES))}) or a data: URI"
+            )
         try:
-            return resolver(self, url, where)
+            return resolver(self, url, where, task)
         except ImageLoadError:
             raise
+        except StorageError as exc:
+            raise ImageLoadError(str(exc), cause=exc.cause) from None
         except requests.RequestException as exc:
             raise ImageLoadError(
                 f"{where}: cannot be fetched ({type(exc).__name__})", cause="unreachable"
@@ -202,12 +223,13 @@ class ImageLoader:
         return bytes(resp.content)
 
 
-Resolver = Callable[[ImageLoader, str, str], LoadedImage]
-"""``resolver(loader, url, where) -> LoadedImage``; failures raise :class:`ImageLoadError` starting with
-``where`` (``requests`` and ``OSError`` failures are turned into one by :meth:`ImageLoader.load`)."""
+Resolver = Callable[[ImageLoader, str, str, str], LoadedImage]
+"""``resolver(loader, url, where, task) -> LoadedImage`` (``task``: the task's id, for sources that resolve
+per task); failures raise :class:`ImageLoadError` starting with ``where`` (``requests``, ``OSError`` and
+:class:`~backend.storage.StorageError` failures are turned into one by :meth:`ImageLoader.load`)."""
 
 
-def _data_uri(loader: ImageLoader, url: str, where: str) -> LoadedImage:
+def _data_uri(loader: ImageLoader, url: str, where: str, task: str) -> LoadedImage:
     header, _, payload = url.partition(",")
     if ";base64" not in header:
         raise ImageLoadError(f"{where}: only base64 data URIs are supported")
@@ -229,12 +251,18 @@ def _local_file(loader: ImageLoader, url: str, where: str) -> LoadedImage | None
     return LoadedImage(_decode(path.read_bytes(), where), path=path)
 
 
-def _http(loader: ImageLoader, url: str, where: str) -> LoadedImage:
+def _http(loader: ImageLoader, url: str, where: str, task: str) -> LoadedImage:
+    if (
+        loader.storage is not None
+        and loader.storage.on_label_studio(url)
+        and is_label_studio_proxy(urlparse(url).path)
+    ):
+        return LoadedImage(_decode(loader.storage.fetch_proxied(url, where=where), where))
     local = _local_file(loader, url, where)
     return local if local is not None else LoadedImage(_decode(loader.get(url, where), where))
 
 
-def _label_studio_path(loader: ImageLoader, url: str, where: str) -> LoadedImage:
+def _label_studio_path(loader: ImageLoader, url: str, where: str, task: str) -> LoadedImage:
     """``/data/local-files/?d=...`` from the document root when set; other paths from Label Studio."""
     if not url.startswith("/"):
         raise ImageLoadError(f"{where}: expected an http(s) URL, a Label Studio path or a data: URI")
@@ -246,7 +274,19 @@ def _label_studio_path(loader: ImageLoader, url: str, where: str) -> LoadedImage
             f"{where}: a Label Studio path, but LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY are not set"
             + (" (or set LOCAL_FILES_DOCUMENT_ROOT)" if url.startswith("/data/local-files") else "")
         )
+    if loader.storage is not None and is_label_studio_proxy(urlparse(url).path):
+        return LoadedImage(_decode(loader.storage.fetch_proxied(url, where=where), where))
     return LoadedImage(_decode(loader.get(loader.label_studio_url + url, where), where))
+
+
+def _cloud_uri(loader: ImageLoader, url: str, where: str, task: str) -> LoadedImage:
+    """A cloud storage URI, resolved by Label Studio for the task (see :mod:`backend.storage`)."""
+    if loader.storage is None:
+        raise ImageLoadError(
+            f"{where}: a cloud storage URI is fetched through Label Studio: set LABEL_STUDIO_URL and "
+            "LABEL_STUDIO_API_KEY (the backend holds no cloud credentials)"
+        )
+    return LoadedImage(_decode(loader.storage.fetch_cloud(url, task=task, where=where), where))
 
 
 RESOLVERS: dict[str, Resolver] = {
@@ -254,6 +294,7 @@ RESOLVERS: dict[str, Resolver] = {
     "http": _http,
     "https": _http,
     "": _label_studio_path,
+    **dict.fromkeys(sorted(CLOUD_SCHEMES), _cloud_uri),
 }
 """URL scheme (lower case; ``""`` for a path) -> the resolver that loads it."""
 

@@ -313,6 +313,8 @@ class Settings:
         log_level: logging level name.
         work_dir: scratch folder for training datasets (default ``model_dir/work``).
         predict_batch: images per forward pass in ``/predict``.
+        image_cache_mb: bound of the disk cache of images fetched from cloud storages through Label Studio
+            (``IMAGE_CACHE_MB``, under ``<scratch_dir>/image-cache``; 0 disables it).
         predict_conf: the prediction confidence floor (``PREDICT_CONF``): detections below it never reach
             the scorer.
         lsm: the LSM thresholds (``LSM_<FIELD>``), used for every scoring and recorded in version meta.
@@ -350,6 +352,7 @@ class Settings:
     log_level: str = "INFO"
     work_dir: Path | None = None
     predict_batch: int = 16
+    image_cache_mb: int = 2048
     detector_family: str = DEFAULT_FAMILY
     predict_conf: float = PREDICT_CONF
     lsm: LSMConfig = field(default_factory=LSMConfig)
@@ -364,6 +367,11 @@ class Settings:
     def scratch_dir(self) -> Path:
         """Where training datasets and job files go."""
         return self.work_dir if self.work_dir is not None else self.model_dir / "work"
+
+    @property
+    def image_cache_dir(self) -> Path:
+        """Where images fetched from cloud storages are cached (shared by every process of the backend)."""
+        return self.scratch_dir / "image-cache"
 
     @property
     def label_studio_enabled(self) -> bool:
@@ -464,6 +472,7 @@ class Settings:
             log_level=level,
             work_dir=Path(work_text).expanduser() if work_text else None,
             predict_batch=_int(environ, "PREDICT_BATCH", 16, minimum=1),
+            image_cache_mb=_int(environ, "IMAGE_CACHE_MB", 2048, minimum=0),
             detector_family=family_name,
             predict_conf=predict_conf,
             lsm=lsm,

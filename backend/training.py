@@ -88,7 +88,8 @@ class LabelStudioSource:
         if project is None:
             raise ValueError("project: the webhook did not say which project to train on")
         out = []
-        for task in self._client.tasks.list(project=project, fields="all", page_size=100):
+        # resolve_uri=False: the stored image references (s3://...), the same ones /predict receives.
+        for task in self._client.tasks.list(project=project, fields="all", page_size=100, resolve_uri=False):
             item = _as_dict(task)
             item["annotations"] = [_as_dict(a) for a in item.get("annotations") or []]
             for ann in item["annotations"]:

@@ -11,6 +11,7 @@ import pytest
 MODULES = [
     "backend.bootstrap",
     "backend.export",
+    "backend.storage",
     "formats.images",
     "formats.labelstudio",
     "selection.batch",
