@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -85,19 +85,37 @@ class LabelStudioSource:
             raise ValueError("project: the webhook did not say which project to train on")
         return str(self._client.projects.get(id=project).label_config)
 
+    @property
+    def client(self) -> Any:
+        """The SDK client (bulk scoring writes through it: ``backend.bulk.LabelStudioWriter``)."""
+        return self._client
+
     def tasks(self, project: int | None) -> list[dict[str, Any]]:
+        return [task for page, _ in self.task_pages(project, 100) for task in page]
+
+    def task_pages(self, project: int | None, page_size: int) -> Iterator[tuple[list[dict[str, Any]], int]]:
+        """The project's tasks a page at a time, ordered by id, each with the project's task count.
+
+        Tasks carry ``annotations`` (with ``completed_by_email``) and ``predictions``.
+        """
         if project is None:
             raise ValueError("project: the webhook did not say which project to train on")
-        out = []
-        for task in self._client.tasks.list(project=project, fields="all", page_size=100):
-            item = _as_dict(task)
-            item["annotations"] = [_as_dict(a) for a in item.get("annotations") or []]
-            for ann in item["annotations"]:
-                author = ann.get("completed_by")
-                if isinstance(author, int):
-                    ann["completed_by_email"] = self._email(author)
-            out.append(item)
-        return out
+        pager = self._client.tasks.list(
+            project=project, fields="all", page_size=page_size, query=json.dumps({"ordering": ["tasks:id"]})
+        )
+        for page in pager.iter_pages():
+            total = int(getattr(page.response, "total", None) or 0)
+            yield [self._item(task) for task in page.items or []], total
+
+    def _item(self, task: Any) -> dict[str, Any]:
+        item = _as_dict(task)
+        item["annotations"] = [_as_dict(a) for a in item.get("annotations") or []]
+        item["predictions"] = [_as_dict(p) for p in item.get("predictions") or []]
+        for ann in item["annotations"]:
+            author = ann.get("completed_by")
+            if isinstance(author, int):
+                ann["completed_by_email"] = self._email(author)
+        return item
 
     def _email(self, user_id: int) -> str:
         if user_id not in self._emails:
@@ -259,6 +277,7 @@ class TrainingManager:
         self._last_version: str | None = None
         self._last_seconds: float | None = None
         self._seen: set[int] = set()  # expert-annotated task ids seen by webhooks since the last training
+        self._bulk: dict[int | None, Any] = {}  # project -> its last bulk-scoring progress
         self.counts = TrainingCounts()  # finished jobs, for /metrics
         self.last_schema_xml: str | None = None
 
@@ -448,15 +467,20 @@ class TrainingManager:
         version = str(result["version"])
         self.service.switch(version)
         logger.info("now serving %s; re-scoring the non-expert tasks", version)
-        self._rescore(source, schema, tasks)
+        self._rescore(source, schema, tasks, project)
         return version
 
-    def rescore(self, project: int | None) -> int:
-        """Bulk scoring: every non-expert task of the project with the serving version, published in chunks
-        (their superseded predictions removed); the number of tasks scored."""
+    def rescore(self, project: int | None, *, on_progress: Any = None) -> int:
+        """Bulk scoring (``backend.bulk``): every non-expert task of the project not yet scored by the
+        serving version, read page by page, scored in chunks, written back; the number of tasks scored.
+
+        Args:
+            project: the Label Studio project.
+            on_progress: also called with each ``backend.bulk.BulkProgress`` (a queue job's meta).
+        """
         source = self.source()
         schema = parse_label_config(source.label_config(project))
-        return self._rescore(source, schema, source.tasks(project))
+        return int(self._bulk_score(source, schema, project, None, on_progress).scored)
 
     def request_rescore(self, project: int | None) -> str:
         """Run :meth:`rescore` in a background thread (one at a time); the status text at once."""
@@ -469,27 +493,88 @@ class TrainingManager:
             self._rescore_thread.start()
         return "re-scoring queued"
 
+    def bulk_status(self) -> dict[str, Any]:
+        """Each project's last bulk-scoring progress (``/health``'s ``bulk_scoring``), by project id."""
+        from backend.bulk import ProgressFile
+
+        with self._lock:
+            known = dict(self._bulk)
+        for saved in ProgressFile(self._bulk_dir()).load_all():  # runs of an earlier process
+            known.setdefault(saved.project, saved)
+        return {("none" if p is None else str(p)): prog.as_dict() for p, prog in known.items()}
+
+    def resume_bulk_scoring(self) -> list[int | None]:
+        """Restart the bulk-scoring runs an earlier process left ``running`` (it died or was stopped);
+        each continues where it stopped (tasks already scored are skipped). The projects resumed."""
+        from backend.bulk import ProgressFile
+
+        resumed = []
+        for saved in ProgressFile(self._bulk_dir()).load_all():
+            if saved.state == "running":
+                logger.info("resuming the bulk scoring of project %s", saved.project)
+                self.request_rescore(saved.project)
+                resumed.append(saved.project)
+        return resumed
+
+    def _bulk_dir(self) -> Path:
+        return self.settings.scratch_dir / "bulk-scoring"
+
     def _rescore_worker(self, project: int | None) -> None:
         try:
             self.rescore(project)
         except Exception as exc:  # a background job: report and carry on
             logger.error("re-scoring project %s failed: %s", project, exc)
 
-    def _rescore(self, source: TaskSource, schema: LabelSchema, tasks: Sequence[Mapping[str, Any]]) -> int:
-        """Score every non-expert task with the new model and publish (chunk errors are logged, not fatal)."""
-        remaining = [t for t in tasks if expert_annotation(t, self.settings.expert) is None]
-        chunk = max(1, self.settings.predict_batch)
-        done = 0
-        for start in range(0, len(remaining), chunk):
-            part = remaining[start : start + chunk]
-            try:
-                scored = self.service.score_tasks(part, schema)
-                source.publish(scored)
-                done += sum(s.ok for s in scored)
-            except Exception as exc:
-                logger.warning("re-scoring tasks %d..%d failed: %s", start, start + len(part) - 1, exc)
-        logger.info("re-scored %d/%d non-expert tasks", done, len(remaining))
-        return done
+    def _bulk_score(
+        self,
+        source: TaskSource,
+        schema: LabelSchema,
+        project: int | None,
+        tasks: Sequence[Mapping[str, Any]] | None,
+        on_progress: Any = None,
+    ) -> Any:
+        """Run ``backend.bulk.run_bulk_scoring``, its progress kept for ``/health`` and in a file."""
+        from backend.bulk import BulkProgress, ProgressFile, run_bulk_scoring
+
+        store = ProgressFile(self._bulk_dir())
+        last_saved = [0.0]
+
+        def keep(progress: BulkProgress) -> None:
+            with self._lock:
+                self._bulk[progress.project] = progress
+            now = time.monotonic()
+            if progress.state != "running" or now - last_saved[0] >= 1.0:
+                last_saved[0] = now
+                store.save(progress)
+            if on_progress is not None:
+                on_progress(progress)
+
+        return run_bulk_scoring(
+            project=project,
+            source=source,
+            service=self.service,
+            schema=schema,
+            policy=self.settings.expert,
+            chunk=max(1, self.settings.predict_batch),
+            tasks=tasks,
+            on_progress=keep,
+        )
+
+    def _rescore(
+        self,
+        source: TaskSource,
+        schema: LabelSchema,
+        tasks: Sequence[Mapping[str, Any]],
+        project: int | None = None,
+    ) -> int:
+        """Score the non-expert tasks with the new model and publish them (see :meth:`rescore`)."""
+        if project is None:
+            project = next((int(t["project"]) for t in tasks if isinstance(t.get("project"), int)), None)
+        try:
+            return int(self._bulk_score(source, schema, project, tasks).scored)
+        except Exception as exc:  # the new version serves anyway; POST /rescore finishes the job later
+            logger.warning("re-scoring project %s after the training failed: %s", project, exc)
+            return 0
 
 
 def _add_run(counts: TrainingCounts, seconds: float, *, failed: bool) -> TrainingCounts:
