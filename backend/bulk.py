@@ -214,10 +214,13 @@ class LabelStudioWriter:
                 for scored, _ in new
             ]
             try:
+                started = time.perf_counter()
                 self._client.projects.import_predictions(id=self._project, request=request)
+                logger.debug("imported %d predictions in %.2f s", len(new), time.perf_counter() - started)
             except Exception as exc:  # the lot is refused: none of these tasks is marked as scored
                 logger.warning("importing %d predictions failed: %s", len(new), exc)
                 failed.update(int(s.task_id) for s, _ in new if s.task_id is not None)
+        started = time.perf_counter()
         jobs = [
             self._pool.submit(self._update, scored, task)
             for scored, task in pairs
@@ -227,6 +230,7 @@ class LabelStudioWriter:
             task_id = job.result()
             if task_id is not None:
                 failed.add(task_id)
+        logger.debug("updated %d tasks in %.2f s", len(jobs), time.perf_counter() - started)
         return failed
 
     def _update(self, scored: ScoredTask, task: Mapping[str, Any]) -> int | None:
@@ -392,7 +396,9 @@ def run_bulk_scoring(
         nonlocal todo
         while len(todo) >= chunk or (final and todo):
             part, todo = todo[:chunk], todo[chunk:]
+            started = time.perf_counter()
             scored = service.score_tasks(part, schema, version=version)
+            logger.debug("scored %d tasks in %.2f s", len(part), time.perf_counter() - started)
             drain(CHUNKS_IN_FLIGHT - 1)
             in_flight.append(chunk_pool.submit(write, list(zip(scored, part, strict=True))))
             if stop is not None and stop.is_set():

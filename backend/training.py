@@ -100,12 +100,24 @@ class LabelStudioSource:
         """
         if project is None:
             raise ValueError("project: the webhook did not say which project to train on")
-        pager = self._client.tasks.list(
-            project=project, fields="all", page_size=page_size, query=json.dumps({"ordering": ["tasks:id"]})
-        )
-        for page in pager.iter_pages():
+        query = json.dumps({"ordering": ["tasks:id"]})
+        seen, number = 0, 1
+        while True:
+            try:
+                page = self._client.tasks.list(
+                    project=project, fields="all", page=number, page_size=page_size, query=query
+                )
+            except Exception as exc:  # Label Studio answers 404 for a page past the end
+                if number > 1 and getattr(exc, "status_code", None) == 404:
+                    return
+                raise
+            items = [self._item(task) for task in page.items or []]
             total = int(getattr(page.response, "total", None) or 0)
-            yield [self._item(task) for task in page.items or []], total
+            seen += len(items)
+            yield items, total
+            if len(items) < page_size or seen >= total:
+                return
+            number += 1
 
     def _item(self, task: Any) -> dict[str, Any]:
         item = _as_dict(task)
