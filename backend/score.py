@@ -22,7 +22,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import requests
@@ -64,7 +64,7 @@ def follow(
     since: float,
     interval: float = 2.0,
     timeout: float | None = None,
-    out: Any = sys.stdout,
+    report: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Poll ``/health`` until the project's bulk scoring that started after ``since`` ends; its progress.
 
@@ -74,7 +74,7 @@ def follow(
         since: Unix time; an entry of a run that started before it (an earlier run) is not the one followed.
         interval: seconds between polls.
         timeout: give up after this many seconds (None: wait as long as the job runs).
-        out: where progress lines go.
+        report: called with each new progress line (default: print).
 
     Raises:
         TimeoutError: the job did not end within ``timeout``.
@@ -90,7 +90,7 @@ def follow(
         if current:
             line = progress_line(project, progress)
             if line != last:
-                print(line, file=out, flush=True)
+                report(line)
                 last = line
             if progress.get("state") not in ("running", "queued"):
                 return dict(progress)
