@@ -86,8 +86,7 @@ def follow(
         resp = requests.get(f"{backend}/health", auth=_auth(), timeout=30)
         resp.raise_for_status()
         progress = (resp.json().get("bulk_scoring") or {}).get(key)
-        current = isinstance(progress, dict) and float(progress.get("started") or 0) >= since - 1.0
-        if current:
+        if isinstance(progress, dict) and float(progress.get("started") or 0) >= since - 1.0:
             line = progress_line(project, progress)
             if line != last:
                 report(line)
