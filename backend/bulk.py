@@ -38,7 +38,6 @@ from typing import Any, Literal, Protocol
 
 from backend.labelconfig import LabelSchema
 from backend.service import SCORE_ERROR_FIELD, ModelService, ScoredTask
-from backend.settings import ExpertPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -67,29 +66,31 @@ def _is_ours(version: str) -> bool:
     return is_version_name(version)
 
 
-def scoring_state(task: Mapping[str, Any], version: str, policy: ExpertPolicy) -> TaskState:
+def scoring_state(
+    task: Mapping[str, Any], version: str, is_expert: Callable[[Mapping[str, Any]], bool]
+) -> TaskState:
     """What bulk scoring does with ``task`` when ``version`` serves.
 
     Args:
         task: a Label Studio task (``data``; ``annotations`` and ``predictions`` when listed with them).
         version: the serving model version.
-        policy: who counts as an expert.
+        is_expert: whether an expert annotated the task (``backend.training.expert_annotation`` under the
+            configured ``EXPERT_MODE``).
 
     Returns:
         ``"expert"`` (an expert annotated it: not a candidate for review), ``"done"`` (already scored by
         ``version``: fields written, no error, and its prediction stored when the task lists predictions),
         or ``"score"``.
 
-    >>> from backend.settings import ExpertPolicy
     >>> task = {"data": {"model_version": "v0002-x"}, "predictions": [{"model_version": "v0002-x"}]}
-    >>> scoring_state(task, "v0002-x", ExpertPolicy.parse("ground_truth"))
+    >>> scoring_state(task, "v0002-x", lambda t: False)
     'done'
-    >>> scoring_state(task, "v0003-y", ExpertPolicy.parse("ground_truth"))
+    >>> scoring_state(task, "v0003-y", lambda t: False)
     'score'
+    >>> scoring_state(task, "v0003-y", lambda t: True)
+    'expert'
     """
-    from backend.training import expert_annotation
-
-    if expert_annotation(task, policy) is not None:
+    if is_expert(task):
         return "expert"
     data = task.get("data") or {}
     if data.get("model_version") != version or data.get(SCORE_ERROR_FIELD):
@@ -332,7 +333,7 @@ def run_bulk_scoring(
     source: Any,
     service: ModelService,
     schema: LabelSchema,
-    policy: ExpertPolicy,
+    is_expert: Callable[[Mapping[str, Any]], bool],
     chunk: int,
     tasks: Iterable[Mapping[str, Any]] | None = None,
     on_progress: Callable[[BulkProgress], None] | None = None,
@@ -347,7 +348,7 @@ def run_bulk_scoring(
             page_size)`` tasks are read page by page, else all at once through ``tasks``.
         service: the model holder (its serving version scores).
         schema: the project's labelling config.
-        policy: who counts as an expert.
+        is_expert: whether an expert annotated a task (those are left out).
         chunk: tasks per scoring call (``PREDICT_BATCH``).
         tasks: the tasks, when the caller has listed them already (re-scoring after a training).
         on_progress: called after every chunk and page with the current progress.
@@ -409,7 +410,7 @@ def run_bulk_scoring(
             with lock:
                 progress.total = max(progress.total, total)
             for task in page:
-                state = scoring_state(task, version, policy)
+                state = scoring_state(task, version, is_expert)
                 if state == "score":
                     todo.append(task)
                     continue

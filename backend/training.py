@@ -566,7 +566,7 @@ class TrainingManager:
             source=source,
             service=self.service,
             schema=schema,
-            policy=self.settings.expert,
+            is_expert=lambda task: expert_annotation(task, self.settings.expert) is not None,
             chunk=max(1, self.settings.predict_batch),
             tasks=tasks,
             on_progress=keep,

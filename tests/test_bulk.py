@@ -19,10 +19,15 @@ from backend.images import ImageLoader
 from backend.labelconfig import parse_label_config
 from backend.service import ModelService, ScoredTask
 from backend.settings import ExpertPolicy, Settings
+from backend.training import expert_annotation
 
 V = "v0002-20261128T000000"
 OLD = "v0001-20261127T000000"
-ALL = ExpertPolicy.parse("all")
+ALL_POLICY = ExpertPolicy.parse("all")
+
+
+def expert(task):
+    return expert_annotation(task, ALL_POLICY) is not None
 
 
 @pytest.mark.parametrize(
@@ -42,7 +47,7 @@ ALL = ExpertPolicy.parse("all")
     ],
 )
 def test_scoring_state(task, expected):
-    assert scoring_state(task, V, ALL) == expected
+    assert scoring_state(task, V, expert) == expected
 
 
 def test_progress_rate_and_eta():
@@ -115,7 +120,14 @@ def test_bulk_scoring_pages_chunks_stops_and_resumes(tmp_path):
         if progress.done >= 2:  # after the first page (2 expert tasks): stop after the next chunk
             stop.set()
 
-    common = {"project": 1, "source": source, "service": service, "schema": schema, "policy": ALL, "chunk": 3}
+    common = {
+        "project": 1,
+        "source": source,
+        "service": service,
+        "schema": schema,
+        "is_expert": expert,
+        "chunk": 3,
+    }
     first = run_bulk_scoring(**common, on_progress=on_progress, stop=stop)
     assert first.state == "stopped" and first.done < 11
     assert first.total == 11 and seen[0].done == 0
@@ -144,7 +156,7 @@ def test_bulk_scoring_needs_a_positive_chunk(tmp_path):
             source=PagedSource([]),
             service=None,  # type: ignore[arg-type]
             schema=parse_label_config(LABEL_CONFIG),
-            policy=ALL,
+            is_expert=expert,
             chunk=0,
         )
 
