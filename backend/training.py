@@ -520,16 +520,23 @@ class TrainingManager:
         each continues where it stopped (tasks already scored are skipped). The projects resumed."""
         from backend.bulk import ProgressFile
 
-        resumed = []
-        for saved in ProgressFile(self._bulk_dir()).load_all():
-            if saved.state == "running":
-                logger.info("resuming the bulk scoring of project %s", saved.project)
-                self.request_rescore(saved.project)
-                resumed.append(saved.project)
+        resumed = [p.project for p in ProgressFile(self._bulk_dir()).load_all() if p.state == "running"]
+        if not resumed:
+            return []
+        logger.info("resuming the bulk scoring of project(s) %s", ", ".join(map(str, resumed)))
+        with self._lock:  # one thread, the projects one after the other (as request_rescore runs them)
+            self._rescore_thread = threading.Thread(
+                target=self._resume_worker, args=(resumed,), name="rescore", daemon=True
+            )
+            self._rescore_thread.start()
         return resumed
 
     def _bulk_dir(self) -> Path:
         return self.settings.scratch_dir / "bulk-scoring"
+
+    def _resume_worker(self, projects: Sequence[int | None]) -> None:
+        for project in projects:
+            self._rescore_worker(project)
 
     def _rescore_worker(self, project: int | None) -> None:
         try:

@@ -242,3 +242,32 @@ def test_progress_file_round_trip(tmp_path):
     store.save(progress)
     (tmp_path / "bulk" / "project-9.json").write_text("{not json")
     assert store.load_all() == [BulkProgress.from_dict(progress.as_dict())]
+
+
+def test_a_backend_started_after_a_crash_resumes_the_unfinished_job(tmp_path):
+    from backend_helpers import tiny_weights
+    from fastapi.testclient import TestClient
+    from test_backend_process import InjectedSource
+
+    from backend.app import create_app
+
+    root = tmp_path / "files"
+    tasks = _tasks(root, n=4, n_expert=1)
+    settings = Settings.from_env(
+        {
+            "MODEL_DIR": str(tmp_path / "models"),
+            "MODEL_WEIGHTS": str(tiny_weights()),
+            "LOCAL_FILES_DOCUMENT_ROOT": str(root),
+            "DEVICE": "cpu",
+        }
+    )
+    store = ProgressFile(settings.scratch_dir / "bulk-scoring")
+    store.save(BulkProgress(project=1, version=OLD, total=4, done=2, scored=1))  # as a killed run left it
+    store.save(BulkProgress(project=2, version=OLD, state="done", total=3, done=3, scored=3))
+    source = InjectedSource(tasks)
+    app = create_app(settings, source=source)
+    app.state.trainer._rescore_thread.join(120)
+    assert [s.task_id for s in source.published] == [2, 3, 4]  # project 1 only; the expert task left out
+    health = TestClient(app).get("/health").json()["bulk_scoring"]
+    assert health["1"]["state"] == "done" and health["1"]["scored"] == 3 and health["1"]["expert"] == 1
+    assert health["2"]["state"] == "done" and health["2"]["version"] == OLD  # the earlier run, as it was
