@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -157,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         + (f" (scaled: {previous:.0f} s for {args.tasks})" if args.tasks != 216 else "")
         + f": {job_s:.1f} s = {previous / job_s:.1f}x faster"
     )
+    if args.legacy_sample:
+        same_load = raw_s + per_task * args.tasks  # model time + the previous write-back, measured here
+        print(
+            f"whole job vs the previous way under this load (raw predict + previous write-back): "
+            f"{same_load:.1f} s vs {job_s:.1f} s = {same_load / job_s:.1f}x faster"
+        )
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores; other processes share them)")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
@@ -167,21 +175,25 @@ def _as_task(task: Any) -> dict[str, Any]:
 
 
 def _run_job(backend: str, project: int, *, timeout: float = 1800) -> tuple[float, dict[str, Any]]:
-    """``POST /rescore`` and wait for the job to end (polling ``/health``); wall seconds, final progress."""
+    """Run ``python -m backend.score --project N`` (as a user would) and show its output; wall seconds of the
+    command and the job's final progress from ``/health``."""
     import requests
 
+    argv = [sys.executable, "-m", "backend.score", "--project", str(project), "--backend", backend]
     start = time.perf_counter()
-    since = time.time()
-    resp = requests.post(f"{backend}/rescore", params={"project": project}, timeout=30)
-    resp.raise_for_status()
-    while time.perf_counter() - start < timeout:
-        progress = requests.get(f"{backend}/health", timeout=30).json()["bulk_scoring"].get(str(project))
-        if progress and float(progress["started"]) >= since - 1 and progress["state"] != "running":
-            if progress["state"] != "done":
-                raise RuntimeError(f"bulk scoring ended {progress['state']}: {progress.get('error')}")
-            return time.perf_counter() - start, progress
-        time.sleep(0.1)
-    raise TimeoutError(f"bulk scoring still running after {timeout:.0f} s")
+    proc = subprocess.run(
+        [*argv, "--interval", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    seconds = time.perf_counter() - start
+    print("  $ python -m backend.score --project", project, "--backend", backend)
+    lines = proc.stdout.splitlines()
+    shown = lines if len(lines) <= 6 else [*lines[:3], f"  ... ({len(lines) - 5} more lines)", *lines[-2:]]
+    for line in shown:
+        print("  " + line)
+    if proc.returncode != 0:
+        raise RuntimeError(f"python -m backend.score exited with {proc.returncode}: {proc.stderr[-2000:]}")
+    progress = requests.get(f"{backend}/health", timeout=30).json()["bulk_scoring"][str(project)]
+    return seconds, dict(progress)
 
 
 def _previous_writeback(client: Any, project: int, *, final_version: str, n: int) -> float:
