@@ -10,7 +10,8 @@ Exit status: 0 done, 1 the job failed or stopped, 2 bad arguments or the backend
 Example::
 
     python -m backend.score --project 3 --backend http://127.0.0.1:9090
-    project 3: 0/500 tasks (scored 0, already scored 0, expert 0, failed 0)
+    project 3: re-scoring queued
+    project 3: listing the tasks
     project 3: 112/500 tasks (scored 96, already scored 0, expert 16, failed 0) 31.4 tasks/s, ETA 12 s
     ...
     project 3: done, 500/500 tasks (scored 484, already scored 0, expert 16, failed 0) in 16.2 s
@@ -43,6 +44,8 @@ def progress_line(project: int, progress: Mapping[str, Any]) -> str:
         f"failed {progress.get('failed', 0)})"
     )
     state = progress.get("state")
+    if state == "running" and not progress.get("total"):
+        return f"project {project}: listing the tasks"
     if state == "running":
         rate, eta = progress.get("tasks_per_s"), progress.get("eta_s")
         speed = f" {rate} tasks/s, ETA {eta:.0f} s" if rate and eta is not None else ""
