@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from backend.crowd import CrowdLabels, CrowdReader
 from backend.images import ImageLoader, ImageLoadError, LoadedImage
 from backend.labelconfig import LabelSchema
 from backend.protocol import (
@@ -33,8 +34,8 @@ from backend.protocol import (
     proposals_from_score,
     task_image_url,
 )
+from backend.roles import UserDirectory
 from backend.settings import Settings, lsm_as_dict
-from formats.labelstudio import CROWD_FIELD, crowd_labels_to_detections
 from selection.detections import Detections
 
 if TYPE_CHECKING:
@@ -112,7 +113,9 @@ class ModelService:
         loader: image loader for task images.
     """
 
-    def __init__(self, settings: Settings, *, loader: ImageLoader) -> None:
+    def __init__(
+        self, settings: Settings, *, loader: ImageLoader, users: UserDirectory | None = None
+    ) -> None:
         from model.registry import ModelRegistry
 
         self.settings = settings
@@ -125,6 +128,12 @@ class ModelService:
         self._pinned: OrderedDict[str, Detector] = OrderedDict()  # older versions asked for by name, LRU
         self._pool = ThreadPoolExecutor(max_workers=_LOAD_THREADS, thread_name_prefix="image-load")
         self._warned_unmapped: set[str] = set()
+        if users is None and settings.label_studio_enabled and settings.crowd.from_annotations:
+            from backend.lsclient import make_sdk_client
+
+            url, key = str(settings.label_studio_url), str(settings.label_studio_api_key)
+            users = UserDirectory(lambda: make_sdk_client(url, key))
+        self.crowd_reader = CrowdReader(settings.crowd, settings.expert, users=users)
 
     def publish_initial(self) -> None:
         """Publish ``MODEL_WEIGHTS`` as the first version when the registry is empty (a file copy, fast)."""
@@ -269,7 +278,7 @@ class ModelService:
             part = todo[start : start + chunk]
             # Downloads and decoding overlap (sockets and cv2 release the GIL); order is kept.
             images = list(self._pool.map(lambda item: self._load(tasks, *item), part))
-            loaded: list[tuple[int, LoadedImage, Detections]] = []
+            loaded: list[tuple[int, LoadedImage, CrowdLabels]] = []
             for (i, _), image in zip(part, images, strict=True):
                 task = tasks[i]
                 try:
@@ -307,7 +316,7 @@ class ModelService:
 
     @staticmethod
     def _predict(
-        detector: Detector, loaded: Sequence[tuple[int, LoadedImage, Detections]], *, conf: float
+        detector: Detector, loaded: Sequence[tuple[int, LoadedImage, CrowdLabels]], *, conf: float
     ) -> list[Detections | Exception]:
         """One batched forward pass over a chunk; if it fails, image by image so one bad input fails alone."""
         if not loaded:
@@ -325,15 +334,23 @@ class ModelService:
         self,
         task: Mapping[str, Any],
         image: LoadedImage,
-        crowd: Detections,
+        labels: CrowdLabels,
         pred: Detections,
         schema: LabelSchema,
         version: str,
     ) -> ScoredTask:
         from selection.lsm import score_image
 
+        crowd = labels.detections
         score = score_image(crowd, pred, config=self.settings.lsm)
-        proposals = proposals_from_score(crowd, pred, score, score_threshold=self.settings.score_threshold)
+        proposals = proposals_from_score(
+            crowd,
+            pred,
+            score,
+            score_threshold=self.settings.score_threshold,
+            votes=labels.votes,
+            annotators=labels.annotators,
+        )
         regions = build_regions(proposals, schema=schema, width=image.width, height=image.height)
         inst = score.instances
         types = [str(t) for t in inst.noise_type[inst.parent < 0]]
@@ -360,16 +377,11 @@ class ModelService:
             error_cause=cause,
         )
 
-    @staticmethod
-    def _crowd(task: Mapping[str, Any], index: int, image: LoadedImage, schema: LabelSchema) -> Detections:
-        data = task.get("data") or {}
-        records = data.get(CROWD_FIELD)
-        if records is None:
-            return Detections.empty()
+    def _crowd(
+        self, task: Mapping[str, Any], index: int, image: LoadedImage, schema: LabelSchema
+    ) -> CrowdLabels:
         try:
-            return crowd_labels_to_detections(
-                records, width=image.width, height=image.height, label_to_id=schema.label_ids
-            )
+            return self.crowd_reader.read(task, width=image.width, height=image.height, schema=schema)
         except ValueError as exc:
             raise TaskInputError(f"task {_task_name(task, index)}: {exc}") from None
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.roles import CrowdPolicy, annotation_email, check_roles, parse_emails
 from model.detector import DEFAULT_FAMILY, PREDICT_CONF, family_names, get_family
 from selection.lsm import LSMConfig
 
@@ -56,10 +57,14 @@ class ExpertMode(enum.Enum):
 
 @dataclass(frozen=True)
 class ExpertPolicy:
-    """Parsed ``EXPERT_MODE``: ``all`` | ``emails:a@x.org,b@y.org`` | ``ground_truth``."""
+    """Parsed ``EXPERT_MODE``: ``all`` | ``emails:a@x.org,b@y.org`` | ``ground_truth``.
+
+    ``crowd_emails`` (from ``CROWD_USERS=emails:...``) are never experts, even on a ground-truth annotation.
+    """
 
     mode: ExpertMode = ExpertMode.ALL
     emails: frozenset[str] = frozenset()
+    crowd_emails: frozenset[str] = frozenset()
 
     @classmethod
     def parse(cls, text: str) -> ExpertPolicy:
@@ -72,13 +77,10 @@ class ExpertPolicy:
         if head == ExpertMode.GROUND_TRUTH.value and not tail:
             return cls(ExpertMode.GROUND_TRUTH)
         if head == ExpertMode.EMAILS.value:
-            emails = frozenset(e.strip().lower() for e in tail.split(",") if e.strip())
-            bad = sorted(e for e in emails if "@" not in e)
-            if not emails or bad:
-                raise SettingsError(
-                    f"EXPERT_MODE: expected 'emails:' then comma-separated e-mail addresses, got {raw!r}"
-                )
-            return cls(ExpertMode.EMAILS, emails)
+            try:
+                return cls(ExpertMode.EMAILS, parse_emails("EXPERT_MODE", tail))
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from None
         raise SettingsError(
             f"EXPERT_MODE: expected 'all', 'ground_truth' or 'emails:a@x.org,b@y.org', got {raw!r}"
         )
@@ -92,18 +94,14 @@ class ExpertPolicy:
         """
         if annotation.get("was_cancelled"):
             return False
+        email = (user_email or annotation_email(annotation) or "").strip().lower() or None
+        if email is not None and email in self.crowd_emails:
+            return False
         if self.mode is ExpertMode.ALL:
             return True
         if self.mode is ExpertMode.GROUND_TRUTH:
             return bool(annotation.get("ground_truth"))
-        email = user_email
-        author = annotation.get("completed_by")
-        if email is None and isinstance(author, Mapping):
-            email = author.get("email")  # type: ignore[assignment]
-        if email is None and isinstance(annotation.get("created_username"), str):
-            # Label Studio writes "<email>, <id>" there.
-            email = str(annotation["created_username"]).split(",")[0]
-        return email is not None and str(email).strip().lower() in self.emails
+        return email is not None and email in self.emails
 
     def describe(self) -> str:
         """The policy as ``EXPERT_MODE`` text."""
@@ -173,6 +171,24 @@ def _device(text: str) -> str:
             f"DEVICE: {text!r} (Apple GPU) is not supported by this backend; use auto, cpu, cuda or cuda:N"
         )
     raise SettingsError(f"DEVICE: expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+def _roles(environ: Mapping[str, str]) -> tuple[ExpertPolicy, CrowdPolicy]:
+    """``EXPERT_MODE`` and ``CROWD_*`` parsed and checked together (see ``backend.roles``)."""
+    expert = ExpertPolicy.parse(_get(environ, "EXPERT_MODE", "all"))
+    try:
+        crowd = CrowdPolicy.parse(
+            _get(environ, "CROWD_SOURCE", ""),
+            _get(environ, "CROWD_USERS", ""),
+            merge_iou=_float(environ, "CROWD_MERGE_IOU", 0.5, low=0.01, high=1.0),
+            min_votes=_int(environ, "CROWD_MIN_VOTES", 1, minimum=1),
+        )
+        check_roles(expert, crowd)
+    except SettingsError:
+        raise
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    return dataclasses.replace(expert, crowd_emails=crowd.emails), crowd
 
 
 LSM_PREFIX = "LSM_"
@@ -266,6 +282,7 @@ class Settings:
             every prediction above ``predict_conf`` and the LSM's own ``score_floor``.
         local_files_document_root: read ``/data/local-files/?d=...`` straight from this folder.
         expert: which annotations are expert labels.
+        crowd: where crowd labels come from and who the crowd users are (``CROWD_*``, see ``backend.roles``).
         train_min_annotations: new expert-annotated tasks needed before an annotation event retrains.
         detector_family: the detector family new versions are trained with (``DETECTOR_FAMILY``); a version
             is always loaded with the family recorded in its meta.
@@ -295,6 +312,7 @@ class Settings:
     score_threshold: float = 0.25
     local_files_document_root: Path | None = None
     expert: ExpertPolicy = ExpertPolicy()
+    crowd: CrowdPolicy = field(default_factory=CrowdPolicy)
     train_min_annotations: int = 5
     train_epochs: int = 20
     train_imgsz: int = 0
@@ -393,6 +411,7 @@ class Settings:
                 f"predictions below PREDICT_CONF), got {predict_conf}"
             )
 
+        expert, crowd = _roles(environ)
         return cls(
             model_dir=model_dir,
             model_weights=weights,
@@ -401,7 +420,8 @@ class Settings:
             device=_device(_get(environ, "DEVICE", "auto")),
             score_threshold=_float(environ, "SCORE_THRESHOLD", 0.25, low=0.0, high=1.0),
             local_files_document_root=root,
-            expert=ExpertPolicy.parse(_get(environ, "EXPERT_MODE", "all")),
+            expert=expert,
+            crowd=crowd,
             train_min_annotations=_int(environ, "TRAIN_MIN_ANNOTATIONS", 5, minimum=1),
             train_epochs=_int(environ, "TRAIN_EPOCHS", 20, minimum=1),
             train_imgsz=_int(environ, "TRAIN_IMGSZ", 0, minimum=0),
@@ -424,14 +444,15 @@ class Settings:
     def log_summary(self, logger: logging.Logger) -> None:
         """Log the configuration without secrets."""
         logger.info(
-            "settings: model_dir=%s device=%s family=%s label_studio=%s api_key=%s expert=%s train_min=%d "
-            "epochs=%d basic_auth=%s local_files_root=%s predict_conf=%s lsm=%s",
+            "settings: model_dir=%s device=%s family=%s label_studio=%s api_key=%s expert=%s crowd=%s "
+            "train_min=%d epochs=%d basic_auth=%s local_files_root=%s predict_conf=%s lsm=%s",
             self.model_dir,
             self.device,
             self.detector_family,
             self.label_studio_url or "-",
             "set" if self.label_studio_api_key else "unset",
             self.expert.describe(),
+            self.crowd.describe(),
             self.train_min_annotations,
             self.train_epochs,
             "on" if self.basic_auth_enabled else "off",

@@ -33,8 +33,9 @@ from backend.images import ImageLoader
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema, parse_label_config
 from backend.lsclient import merge_task_data
 from backend.metrics import TrainingCounts
+from backend.roles import UserDirectory
 from backend.service import ModelService, ScoredTask
-from backend.settings import ExpertPolicy, Settings, lsm_as_dict
+from backend.settings import ExpertMode, ExpertPolicy, Settings, lsm_as_dict
 from formats.labelstudio import regions_to_detections
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class LabelStudioSource:
                 "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY: both needed to train from Label Studio"
             )
         self._client = make_sdk_client(str(settings.label_studio_url), str(settings.label_studio_api_key))
-        self._emails: dict[int, str] = {}
+        self.users = UserDirectory(lambda: self._client)
 
     def label_config(self, project: int | None) -> str:
         if project is None:
@@ -126,16 +127,8 @@ class LabelStudioSource:
         for ann in item["annotations"]:
             author = ann.get("completed_by")
             if isinstance(author, int):
-                ann["completed_by_email"] = self._email(author)
+                ann["completed_by_email"] = self.users.email(author) or ""
         return item
-
-    def _email(self, user_id: int) -> str:
-        if user_id not in self._emails:
-            try:
-                self._emails[user_id] = str(self._client.users.get(id=user_id).email or "")
-            except Exception:  # a deleted or hidden user: not an expert
-                self._emails[user_id] = ""
-        return self._emails[user_id]
 
     def publish(self, scored: Sequence[ScoredTask]) -> None:
         """Create each scored task's prediction, remove the ones it supersedes, merge the task fields.
@@ -292,6 +285,7 @@ class TrainingManager:
         self._bulk: dict[int | None, Any] = {}  # project -> its last bulk-scoring progress
         self.counts = TrainingCounts()  # finished jobs, for /metrics
         self.last_schema_xml: str | None = None
+        self._users: UserDirectory | None = None
 
     def source(self) -> TaskSource:
         if self._source is None:
@@ -323,7 +317,8 @@ class TrainingManager:
             return self.request(project)
         if action not in _TRAIN_ACTIONS or annotation is None:
             return "ignored"
-        if not self.settings.expert.is_expert(annotation):
+        email = self._author_email(annotation)
+        if not self.settings.expert.is_expert(annotation, user_email=email):
             return "not an expert annotation"
         task_id = annotation.get("task")
         if task_id is None and task is not None:
@@ -335,6 +330,18 @@ class TrainingManager:
         if n < self.settings.train_min_annotations:
             return f"not enough annotations ({n}/{self.settings.train_min_annotations})"
         return self.request(project)
+
+    def _author_email(self, annotation: Mapping[str, Any]) -> str | None:
+        """The author's e-mail: webhooks carry ``completed_by`` as a bare user id, resolved through the
+        Label Studio users API (cached) when the policy needs e-mails."""
+        if self.settings.expert.mode is ExpertMode.ALL and not self.settings.expert.crowd_emails:
+            return None
+        if self._users is None and self.settings.label_studio_enabled:
+            from backend.lsclient import make_sdk_client
+
+            url, key = str(self.settings.label_studio_url), str(self.settings.label_studio_api_key)
+            self._users = UserDirectory(lambda: make_sdk_client(url, key))
+        return self._users.author_email(annotation) if self._users is not None else None
 
     def request(self, project: int | None) -> str:
         """Queue a training job; ``"pending"`` when one is running (it will run once more after it)."""

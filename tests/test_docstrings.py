@@ -15,6 +15,7 @@ MODULES = [
     "selection.batch",
     "selection.boxes",
     "selection.calibration",
+    "selection.consensus",
     "selection.correction",
     "selection.lsm",
     "selection.rules",
