@@ -15,7 +15,8 @@ deleted. The data fields go last, so ``data.model_version`` naming the serving v
 prediction is stored too.
 
 Resumable: a task is *done* when its ``data.model_version`` is the serving version, it has no
-``score_error``, and (when the listing shows predictions) it holds a prediction of that version. A re-run,
+``score_error``, and (when the listing shows predictions) it holds a prediction of that version made after
+its annotations last changed (:func:`current_prediction`: a crowd annotation added later is scored). A re-run,
 a restarted backend or a re-queued worker job therefore continues where the last one stopped; a task
 whose prediction was stored but whose fields were not gets its fields without a second prediction.
 
@@ -46,6 +47,7 @@ __all__ = [
     "LabelStudioWriter",
     "ProgressFile",
     "ScoreWriter",
+    "current_prediction",
     "run_bulk_scoring",
     "scoring_state",
 ]
@@ -95,15 +97,55 @@ def scoring_state(
     data = task.get("data") or {}
     if data.get("model_version") != version or data.get(SCORE_ERROR_FIELD):
         return "score"
-    if "predictions" in task and not _has_prediction(task, version):
+    if "predictions" in task and not current_prediction(task, version):
         return "score"
     return "done"
 
 
-def _has_prediction(task: Mapping[str, Any], version: str) -> bool:
-    return any(
-        isinstance(p, Mapping) and p.get("model_version") == version for p in task.get("predictions") or []
-    )
+def current_prediction(task: Mapping[str, Any], version: str) -> bool:
+    """Whether ``task`` holds a prediction of ``version`` made after its annotations last changed.
+
+    An annotation created or edited after the prediction (a crowd annotator's, with ``CROWD_SOURCE=
+    annotations``) makes it stale: the task is scored again and the prediction replaced. Timestamps are
+    Label Studio's ``created_at``/``updated_at`` (datetimes or ISO strings); without them the prediction
+    counts as current.
+
+    >>> task = {"predictions": [{"model_version": "v1", "created_at": "2026-11-28T09:00:00Z"}],
+    ...         "annotations": [{"updated_at": "2026-11-28T09:05:00Z"}]}
+    >>> current_prediction(task, "v1"), current_prediction(task, "v2")
+    (False, False)
+    >>> current_prediction({**task, "annotations": [{"updated_at": "2026-11-28T08:00:00Z"}]}, "v1")
+    True
+    """
+    made = [
+        _stamp(p.get("created_at"))
+        for p in task.get("predictions") or []
+        if isinstance(p, Mapping) and p.get("model_version") == version
+    ]
+    if not made:
+        return False
+    changed = [
+        _stamp(a.get("updated_at") or a.get("created_at"))
+        for a in task.get("annotations") or []
+        if isinstance(a, Mapping)
+    ]
+    known_made = [t for t in made if t is not None]
+    known_changed = [t for t in changed if t is not None]
+    if not known_made or not known_changed:
+        return True
+    return max(known_changed) <= max(known_made)
+
+
+def _stamp(value: Any) -> float | None:
+    """A Label Studio timestamp (datetime or ISO 8601 text) as Unix seconds; None if absent or unreadable."""
+    from datetime import datetime
+
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return value.timestamp() if isinstance(value, datetime) else None
 
 
 @dataclass
@@ -202,8 +244,9 @@ class LabelStudioWriter:
             for scored, task in pairs
             if scored.ok
             and scored.task_id is not None
-            and not _has_prediction(task, str(scored.prediction["model_version"]))
+            and not current_prediction(task, str(scored.prediction["model_version"]))
         ]
+        replaced = {int(scored.task_id) for scored, _ in new}  # type: ignore[arg-type]
         if new:
             request = [
                 PredictionRequest(
@@ -223,7 +266,7 @@ class LabelStudioWriter:
                 failed.update(int(s.task_id) for s, _ in new if s.task_id is not None)
         started = time.perf_counter()
         jobs = [
-            self._pool.submit(self._update, scored, task)
+            self._pool.submit(self._update, scored, task, replaced=scored.task_id in replaced)
             for scored, task in pairs
             if scored.task_id is not None and scored.task_id not in failed
         ]
@@ -234,15 +277,21 @@ class LabelStudioWriter:
         logger.debug("updated %d tasks in %.2f s", len(jobs), time.perf_counter() - started)
         return failed
 
-    def _update(self, scored: ScoredTask, task: Mapping[str, Any]) -> int | None:
-        """Delete the task's superseded predictions, write its fields; its id when that failed."""
+    def _update(self, scored: ScoredTask, task: Mapping[str, Any], *, replaced: bool) -> int | None:
+        """Delete the task's superseded predictions, write its fields; its id when that failed.
+
+        Superseded: this backend's predictions (a registry version name) of another version, and, when a new
+        one was just imported (``replaced``), the listed ones of the same version too; predictions of other
+        sources (e.g. imported crowd predictions) stay.
+        """
         task_id = int(scored.task_id)  # type: ignore[arg-type]
         try:
             if scored.ok:
                 version = str(scored.prediction["model_version"])
                 for old in task.get("predictions") or []:
                     old_version = str(old.get("model_version") or "")
-                    if old_version != version and _is_ours(old_version) and old.get("id") is not None:
+                    stale = old_version != version or replaced
+                    if stale and _is_ours(old_version) and old.get("id") is not None:
                         self._client.predictions.delete(id=int(old["id"]))
             data = task.get("data")
             if isinstance(data, Mapping):

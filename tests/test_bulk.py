@@ -44,10 +44,28 @@ def expert(task):
         ({"data": {"model_version": V, "score_error": "task 3: image not found"}}, "score"),
         ({"data": {"model_version": V, "score_error": ""}, "predictions": [{"model_version": V}]}, "done"),
         ({"data": {}, "annotations": [{"id": 1, "result": []}]}, "expert"),
+        (  # a (crowd) annotation changed after the prediction: scored again
+            {
+                "data": {"model_version": V},
+                "predictions": [{"model_version": V, "created_at": "2026-11-28T09:00:00Z"}],
+                "annotations": [{"id": 1, "updated_at": "2026-11-28T09:30:00+00:00"}],
+            },
+            "score",
+        ),
+        (
+            {
+                "data": {"model_version": V},
+                "predictions": [{"model_version": V, "created_at": "2026-11-28T09:00:00Z"}],
+                "annotations": [{"id": 1, "updated_at": "2026-11-28T08:30:00+00:00"}],
+            },
+            "done",
+        ),
     ],
 )
 def test_scoring_state(task, expected):
-    assert scoring_state(task, V, expert) == expected
+    crowd_only = lambda t: False  # noqa: E731 - the two timestamp cases carry crowd annotations
+    is_expert = expert if "updated_at" not in str(task) else crowd_only
+    assert scoring_state(task, V, is_expert) == expected
 
 
 def test_progress_rate_and_eta():
@@ -222,6 +240,21 @@ def test_writer_imports_once_per_chunk_and_merges_listed_data():
     assert updates[1] == {"image": "a", "crowd_labels": [], **_scored(1).writeback()}
     assert updates[4] == {"image": "d", "score_error": "task: image not found"}
     assert set(updates) == {1, 2, 3, 4, 5}
+
+
+def test_writer_replaces_a_stale_prediction_of_the_same_version():
+    client = RecordingClient()
+    writer = LabelStudioWriter(client, 7)
+    stale = {
+        "id": 1,
+        "data": {"image": "a"},
+        "predictions": [{"id": 3, "model_version": V, "created_at": "2026-11-28T09:00:00Z"}],
+        "annotations": [{"id": 8, "updated_at": "2026-11-28T09:10:00Z"}],  # a crowd annotation came later
+    }
+    assert writer.write([(_scored(1), stale)]) == set()
+    writer.close()
+    assert [args for name, args in client.calls if name == "import"] == [(7, [1])]
+    assert [args for name, args in client.calls if name == "delete"] == [3]
 
 
 def test_writer_leaves_tasks_unmarked_when_the_import_fails():
