@@ -9,12 +9,13 @@ Exit status: 0 done, 1 the job failed or stopped, 2 bad arguments or the backend
 
 Example::
 
-    python -m backend.score --project 3 --backend http://127.0.0.1:9090
-    project 3: re-scoring queued
-    project 3: listing the tasks
-    project 3: 112/500 tasks (scored 96, already scored 0, expert 16, failed 0) 31.4 tasks/s, ETA 12 s
+    python -m backend.score --project 1 --backend http://127.0.0.1:9090
+    project 1: re-scoring queued
+    project 1: listing the tasks
+    project 1: 0/216 tasks (scored 0, already scored 0, expert 0, failed 0)
     ...
-    project 3: done, 500/500 tasks (scored 484, already scored 0, expert 16, failed 0) in 16.2 s
+    project 1: 208/216 tasks (scored 208, already scored 0, expert 0, failed 0) 3.41 tasks/s, ETA 2 s
+    project 1: done, 216/216 tasks (scored 216, already scored 0, expert 0, failed 0) in 61.4 s
 """
 
 from __future__ import annotations
