@@ -87,6 +87,8 @@ def create_app(
         trainer = RedisTrainer(settings, service)
     if trainer is None:
         trainer = TrainingManager(settings, service, source=source)
+        if settings.label_studio_enabled or source is not None:
+            trainer.resume_bulk_scoring()  # a run this backend was doing when it stopped continues
     writeback: TaskWriteBack | None = None
     if settings.label_studio_enabled:
         url, key = str(settings.label_studio_url), str(settings.label_studio_api_key)
@@ -142,6 +144,7 @@ def create_app(
             "serving_version": active,
             "loaded_version": service.loaded_version,
             "training": trainer.status(),
+            "bulk_scoring": _bulk_status(trainer),
         }
 
     @app.post("/setup")
@@ -228,6 +231,14 @@ def create_app(
             return {"status": "error", "action": "RESCORE", "detail": str(exc)[:500]}
 
     return app
+
+
+def _bulk_status(trainer: Any) -> dict[str, Any]:
+    """Bulk-scoring progress by project; a failure to read it is reported, never raised (see /health)."""
+    try:
+        return dict(trainer.bulk_status())
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
 
 
 def _queue_depth(trainer: Any) -> dict[str, int]:

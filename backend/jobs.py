@@ -23,8 +23,10 @@ and by every replica that reads the queue depth) re-queues it, up to ``RETRIES``
 append-only file on (``appendonly yes``, ``appendfsync everysec``), a Redis restart loses no queued job.
 
 Keys (prefix ``alc:``): ``train:<p>:queued`` (id of the queued job), ``train:<p>:lock`` (id of the running
-job, expiring unless refreshed), ``rescore:<p>:queued``, ``seen`` (expert-annotated task ids since the last
-training), ``training`` (hash: last job's state for ``/health``), ``stats`` (hash: runs, failures, seconds).
+job, expiring unless refreshed), ``rescore:<p>:queued``, ``rescore:jobs`` (project -> latest started
+bulk-scoring job; its ``meta["progress"]`` is the progress ``/health`` shows), ``seen`` (expert-annotated
+task ids since the last training), ``training`` (hash: last job's state for ``/health``), ``stats`` (hash:
+runs, failures, seconds).
 RQ's own keys live under ``rq:`` (queue ``alc-training``).
 """
 
@@ -99,6 +101,10 @@ def _queued_key(project: int | None) -> str:
 
 def _rescore_key(project: int | None) -> str:
     return f"{_PREFIX}rescore:{_project_key(project)}:queued"
+
+
+_BULK_JOBS = f"{_PREFIX}rescore:jobs"
+"""Hash: project -> id of its latest started bulk-scoring job (whose meta holds the progress)."""
 
 
 def _lock_key(project: int | None) -> str:
@@ -245,6 +251,29 @@ class RedisTrainer(TrainingManager):
             "queue": self.queue_depth(),
             "backend": "redis",
         }
+
+    def bulk_status(self) -> dict[str, Any]:
+        """Each project's latest bulk-scoring job progress, from the job's meta (written by the worker).
+
+        A job that RQ no longer runs while its meta still says ``running`` (the worker died and the job was
+        not re-queued, or it failed outside the scoring) is shown with RQ's status instead.
+        """
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job, JobStatus
+
+        out: dict[str, Any] = {}
+        for raw_project, raw_id in self.redis.hgetall(_BULK_JOBS).items():
+            try:
+                job = Job.fetch(raw_id.decode(), connection=self.redis)
+            except NoSuchJobError:
+                continue
+            progress = dict(job.meta.get("progress") or {"state": "queued"})
+            status = job.get_status()
+            if progress.get("state") == "running" and status in (JobStatus.FAILED, JobStatus.STOPPED):
+                progress["state"] = str(status.value)
+            progress["job"] = job.id
+            out[raw_project.decode()] = progress
+        return out
 
     def training_counts(self) -> TrainingCounts:
         from redis.exceptions import RedisError
@@ -405,14 +434,36 @@ def run_rescore(project: int | None) -> dict[str, Any]:
     if _context is None:
         raise RuntimeError("run_rescore runs in `python -m backend.worker` (no worker context installed)")
     job = get_current_job()
+    on_progress = None
     if job is not None:  # started: a request from now on queues a new job
         job.connection.eval(_RELEASE, 1, _rescore_key(project), job.id)
+        job.connection.hset(_BULK_JOBS, _project_key(project), job.id)
+        on_progress = _meta_writer(job)
     try:
-        scored = _worker_trainer(_context).rescore(project)
+        scored = _worker_trainer(_context).rescore(project, on_progress=on_progress)
     except Exception as exc:
         logger.error("re-scoring project %s failed: %s", _project_key(project), exc)
         return {"error": str(exc)[:2000]}
     return {"scored": scored}
+
+
+def _meta_writer(job: Any, *, every_s: float = 1.0) -> Callable[[Any], None]:
+    """A progress callback saving ``job.meta["progress"]`` (at most once a second, and the last state), so
+    every replica's ``/health`` shows a worker's bulk scoring."""
+    last = [0.0]
+
+    def save(progress: Any) -> None:
+        now = time.monotonic()
+        if progress.state == "running" and now - last[0] < every_s:
+            return
+        last[0] = now
+        job.meta["progress"] = progress.as_dict()
+        try:
+            job.save_meta()
+        except Exception as exc:  # Redis briefly away: the next save tries again
+            logger.warning("saving bulk-scoring progress failed: %s", type(exc).__name__)
+
+    return save
 
 
 def _worker_trainer(context: WorkerContext) -> TrainingManager:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -84,20 +84,55 @@ class LabelStudioSource:
             raise ValueError("project: the webhook did not say which project to train on")
         return str(self._client.projects.get(id=project).label_config)
 
+    @property
+    def client(self) -> Any:
+        """The SDK client (bulk scoring writes through it: ``backend.bulk.LabelStudioWriter``)."""
+        return self._client
+
     def tasks(self, project: int | None) -> list[dict[str, Any]]:
+        return [task for page, _ in self.task_pages(project, 100) for task in page]
+
+    def task_pages(self, project: int | None, page_size: int) -> Iterator[tuple[list[dict[str, Any]], int]]:
+        """The project's tasks a page at a time, ordered by id, each with the project's task count.
+
+        Tasks carry ``annotations`` (with ``completed_by_email``) and ``predictions``.
+        """
         if project is None:
             raise ValueError("project: the webhook did not say which project to train on")
-        out = []
-        # resolve_uri=False: the stored image references (s3://...), the same ones /predict receives.
-        for task in self._client.tasks.list(project=project, fields="all", page_size=100, resolve_uri=False):
-            item = _as_dict(task)
-            item["annotations"] = [_as_dict(a) for a in item.get("annotations") or []]
-            for ann in item["annotations"]:
-                author = ann.get("completed_by")
-                if isinstance(author, int):
-                    ann["completed_by_email"] = self.users.email(author) or ""
-            out.append(item)
-        return out
+        query = json.dumps({"ordering": ["tasks:id"]})
+        seen, number = 0, 1
+        while True:
+            try:
+                page = self._client.tasks.list(
+                    project=project,
+                    fields="all",
+                    page=number,
+                    page_size=page_size,
+                    query=query,
+                    # The stored image references (s3://...), the same ones /predict receives.
+                    resolve_uri=False,
+                )
+            except Exception as exc:  # Label Studio answers 404 for a page past the end
+                if number > 1 and getattr(exc, "status_code", None) == 404:
+                    return
+                raise
+            items = [self._item(task) for task in page.items or []]
+            total = int(getattr(page.response, "total", None) or 0)
+            seen += len(items)
+            yield items, total
+            if len(items) < page_size or seen >= total:
+                return
+            number += 1
+
+    def _item(self, task: Any) -> dict[str, Any]:
+        item = _as_dict(task)
+        item["annotations"] = [_as_dict(a) for a in item.get("annotations") or []]
+        item["predictions"] = [_as_dict(p) for p in item.get("predictions") or []]
+        for ann in item["annotations"]:
+            author = ann.get("completed_by")
+            if isinstance(author, int):
+                ann["completed_by_email"] = self.users.email(author) or ""
+        return item
 
     def publish(self, scored: Sequence[ScoredTask]) -> None:
         """Create each scored task's prediction, remove the ones it supersedes, merge the task fields.
@@ -287,6 +322,7 @@ class TrainingManager:
         self._last_version: str | None = None
         self._last_seconds: float | None = None
         self._seen: set[int] = set()  # expert-annotated task ids seen by webhooks since the last training
+        self._bulk: dict[int | None, Any] = {}  # project -> its last bulk-scoring progress
         self.counts = TrainingCounts()  # finished jobs, for /metrics
         self._pending_kind = "expert"  # "bootstrap": train the first version on crowd labels
         self._kind: str | None = None
@@ -481,7 +517,7 @@ class TrainingManager:
         version = run_train_job(job_dir, job, on_progress=self.on_progress)
         self.service.switch(version)
         logger.info("now serving %s; re-scoring the non-expert tasks", version)
-        self._rescore(source, schema, tasks)
+        self._rescore(source, schema, tasks, project)
         return version
 
     def _bootstrap_once(self, project: int | None) -> str:
@@ -495,15 +531,20 @@ class TrainingManager:
         version = run_train_job(job_dir, job.job, on_progress=self.on_progress)
         self.service.switch(version)
         logger.info("now serving %s (bootstrapped from crowd labels); scoring the tasks", version)
-        self._rescore(source, job.schema, job.tasks)
+        self._rescore(source, job.schema, job.tasks, project)
         return version
 
-    def rescore(self, project: int | None) -> int:
-        """Bulk scoring: every non-expert task of the project with the serving version, published in chunks
-        (their superseded predictions removed); the number of tasks scored."""
+    def rescore(self, project: int | None, *, on_progress: Any = None) -> int:
+        """Bulk scoring (``backend.bulk``): every non-expert task of the project not yet scored by the
+        serving version, read page by page, scored in chunks, written back; the number of tasks scored.
+
+        Args:
+            project: the Label Studio project.
+            on_progress: also called with each ``backend.bulk.BulkProgress`` (a queue job's meta).
+        """
         source = self.source()
         schema = parse_label_config(source.label_config(project))
-        return self._rescore(source, schema, source.tasks(project))
+        return int(self._bulk_score(source, schema, project, None, on_progress).scored)
 
     def request_rescore(self, project: int | None) -> str:
         """Run :meth:`rescore` in a background thread (one at a time); the status text at once."""
@@ -516,27 +557,95 @@ class TrainingManager:
             self._rescore_thread.start()
         return "re-scoring queued"
 
+    def bulk_status(self) -> dict[str, Any]:
+        """Each project's last bulk-scoring progress (``/health``'s ``bulk_scoring``), by project id."""
+        from backend.bulk import ProgressFile
+
+        with self._lock:
+            known = dict(self._bulk)
+        for saved in ProgressFile(self._bulk_dir()).load_all():  # runs of an earlier process
+            known.setdefault(saved.project, saved)
+        return {("none" if p is None else str(p)): prog.as_dict() for p, prog in known.items()}
+
+    def resume_bulk_scoring(self) -> list[int | None]:
+        """Restart the bulk-scoring runs an earlier process left ``running`` (it died or was stopped);
+        each continues where it stopped (tasks already scored are skipped). The projects resumed."""
+        from backend.bulk import ProgressFile
+
+        resumed = [p.project for p in ProgressFile(self._bulk_dir()).load_all() if p.state == "running"]
+        if not resumed:
+            return []
+        logger.info("resuming the bulk scoring of project(s) %s", ", ".join(map(str, resumed)))
+        with self._lock:  # one thread, the projects one after the other (as request_rescore runs them)
+            self._rescore_thread = threading.Thread(
+                target=self._resume_worker, args=(resumed,), name="rescore", daemon=True
+            )
+            self._rescore_thread.start()
+        return resumed
+
+    def _bulk_dir(self) -> Path:
+        return self.settings.scratch_dir / "bulk-scoring"
+
+    def _resume_worker(self, projects: Sequence[int | None]) -> None:
+        for project in projects:
+            self._rescore_worker(project)
+
     def _rescore_worker(self, project: int | None) -> None:
         try:
             self.rescore(project)
         except Exception as exc:  # a background job: report and carry on
             logger.error("re-scoring project %s failed: %s", project, exc)
 
-    def _rescore(self, source: TaskSource, schema: LabelSchema, tasks: Sequence[Mapping[str, Any]]) -> int:
-        """Score every non-expert task with the new model and publish (chunk errors are logged, not fatal)."""
-        remaining = [t for t in tasks if expert_annotation(t, self.settings.expert) is None]
-        chunk = max(1, self.settings.predict_batch)
-        done = 0
-        for start in range(0, len(remaining), chunk):
-            part = remaining[start : start + chunk]
-            try:
-                scored = self.service.score_tasks(part, schema)
-                source.publish(scored)
-                done += sum(s.ok for s in scored)
-            except Exception as exc:
-                logger.warning("re-scoring tasks %d..%d failed: %s", start, start + len(part) - 1, exc)
-        logger.info("re-scored %d/%d non-expert tasks", done, len(remaining))
-        return done
+    def _bulk_score(
+        self,
+        source: TaskSource,
+        schema: LabelSchema,
+        project: int | None,
+        tasks: Sequence[Mapping[str, Any]] | None,
+        on_progress: Any = None,
+    ) -> Any:
+        """Run ``backend.bulk.run_bulk_scoring``, its progress kept for ``/health`` and in a file."""
+        from backend.bulk import BulkProgress, ProgressFile, run_bulk_scoring
+
+        store = ProgressFile(self._bulk_dir())
+        last_saved = [0.0]
+
+        def keep(progress: BulkProgress) -> None:
+            with self._lock:
+                self._bulk[progress.project] = progress
+            now = time.monotonic()
+            if progress.state != "running" or now - last_saved[0] >= 1.0:
+                last_saved[0] = now
+                store.save(progress)
+            if on_progress is not None:
+                on_progress(progress)
+
+        return run_bulk_scoring(
+            project=project,
+            source=source,
+            service=self.service,
+            schema=schema,
+            is_expert=lambda task: expert_annotation(task, self.settings.expert) is not None,
+            chunk=max(1, self.settings.predict_batch),
+            tasks=tasks,
+            on_progress=keep,
+        )
+
+    def _rescore(
+        self,
+        source: TaskSource,
+        schema: LabelSchema,
+        tasks: Sequence[Mapping[str, Any]],
+        project: int | None = None,
+    ) -> int:
+        """Score the non-expert tasks with the new model and publish them (see :meth:`rescore`)."""
+        if project is None:
+            project = next((int(t["project"]) for t in tasks if isinstance(t.get("project"), int)), None)
+        try:
+            return int(self._bulk_score(source, schema, project, tasks).scored)
+        except Exception as exc:  # the new version serves anyway; POST /rescore finishes the job later
+            logger.warning("re-scoring project %s after the training failed: %s", project, exc)
+            return 0
 
 
 def _add_run(counts: TrainingCounts, seconds: float, *, failed: bool) -> TrainingCounts:

@@ -10,7 +10,9 @@ import pytest
 # Modules whose docstring examples are part of the documentation; add a module here when you add examples.
 MODULES = [
     "backend.bootstrap",
+    "backend.bulk",
     "backend.export",
+    "backend.score",
     "backend.storage",
     "formats.images",
     "formats.labelstudio",

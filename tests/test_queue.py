@@ -203,6 +203,14 @@ def test_two_workers_two_replicas_kill_a_worker_mid_training(tmp_path, redis_ser
         scores = tmp_path / "models" / "work" / "scores.jsonl"
         _wait(lambda: len(scores.read_text().splitlines()) == len(scored) + 2, 120, "the bulk scoring", procs)
 
+        def bulk(replica: Proc) -> dict:
+            return requests.get(f"{replica.url}/health", timeout=10).json()["bulk_scoring"].get("1") or {}
+
+        # The worker's progress (job meta) shows on every replica's /health, not only the one asked.
+        _wait(lambda: all(bulk(r).get("state") == "done" for r in replicas), 60, "bulk progress", procs)
+        assert bulk(replicas[0])["scored"] == 2 and bulk(replicas[0])["expert"] == 4
+        assert bulk(replicas[0])["job"] == bulk(replicas[1])["job"]
+
         # kill -9 the worker running the next job: RQ re-queues it, the other worker publishes a version.
         runs_before = int(stats()["runs"])
         assert (
