@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from backend.images import ImageLoader
 from backend.labelconfig import LabelConfigError, parse_label_config
@@ -220,7 +220,45 @@ def create_app(
             logger.exception("re-scoring request failed")
             return {"status": "error", "action": "RESCORE", "detail": str(exc)[:500]}
 
+    # Calibration and the report read the project in this process (a queue trainer runs jobs elsewhere).
+    calibrator = (
+        trainer if isinstance(trainer, TrainingManager) else TrainingManager(settings, service, source=source)
+    )
+
+    @app.post("/calibrate")
+    def calibrate(request: Request) -> Any:
+        """Fit the serving version's grades on ``?project=N``'s expert tasks (``backend.calibrate``)."""
+        pid = _project(request)
+        try:
+            return calibrator.calibrate(pid).to_dict()
+        except NoModelError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=503)
+        except ValueError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/report")
+    def report(request: Request) -> Any:
+        """The project report: JSON, or a self-contained HTML page with ``&format=html``."""
+        from backend.report import build_report, render_html
+
+        pid = _project(request)
+        fmt = request.query_params.get("format", "json")
+        if fmt not in ("json", "html"):
+            return JSONResponse({"detail": f"format: json or html, not {fmt!r}"}, status_code=400)
+        try:
+            source = calibrator.source()
+            schema = parse_label_config(source.label_config(pid))
+            body = build_report(service, source.tasks(pid), schema, project=pid)
+        except (ValueError, LabelConfigError) as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+        return HTMLResponse(render_html(body)) if fmt == "html" else body
+
     return app
+
+
+def _project(request: Request) -> int | None:
+    project = request.query_params.get("project")
+    return int(project) if project and project.isdigit() else None
 
 
 def _queue_depth(trainer: Any) -> dict[str, int]:

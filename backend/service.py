@@ -40,6 +40,7 @@ from selection.detections import Detections
 
 if TYPE_CHECKING:
     from model.detector import Detector
+    from selection.calibration import Calibration
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class ModelService:
         self._pinned: OrderedDict[str, Detector] = OrderedDict()  # older versions asked for by name, LRU
         self._pool = ThreadPoolExecutor(max_workers=_LOAD_THREADS, thread_name_prefix="image-load")
         self._warned_unmapped: set[str] = set()
+        self._calibrations: dict[str, tuple[int, Calibration | None]] = {}
         if users is None and settings.label_studio_enabled and settings.crowd.from_annotations:
             from backend.lsclient import make_sdk_client
 
@@ -211,6 +213,21 @@ class ModelService:
             if self._detector is None:  # switch() failed and nothing was loaded before
                 raise NoModelError(f"model version {latest} could not be loaded; see the backend log")
             return self._detector, str(self._version)
+
+    def calibration(self, version: str) -> Calibration | None:
+        """The stored calibration of ``version`` (``backend.calibrate``), re-read when its file changes."""
+        from backend.calibrate import calibration_path, load_calibration
+
+        try:
+            mv = self.registry.get(version)
+            stamp = calibration_path(mv).stat().st_mtime_ns
+        except (KeyError, ValueError, OSError):
+            return None
+        cached = self._calibrations.get(version)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, load_calibration(mv))
+            self._calibrations[version] = cached
+        return cached[1]
 
     def _pinned_detector(self, version: str) -> Detector | None:
         """A detector of an older published version (kept for the last two asked for), or None if unknown."""
@@ -339,10 +356,14 @@ class ModelService:
         schema: LabelSchema,
         version: str,
     ) -> ScoredTask:
+        from selection.calibration import regrade
         from selection.lsm import score_image
 
         crowd = labels.detections
         score = score_image(crowd, pred, config=self.settings.lsm)
+        calibration = self.calibration(version)
+        if calibration is not None:  # the grades fitted on the project's expert tasks (backend.calibrate)
+            score = regrade(crowd, pred, score, calibration, agreement=labels.agreement)
         proposals = proposals_from_score(
             crowd,
             pred,

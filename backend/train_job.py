@@ -65,6 +65,7 @@ def run_job(job: dict[str, Any]) -> str:
         "names": list(job["names"]),
         "train_options": result.options,
         "lsm": job.get("lsm") or {},
+        "trained_on": [int(t) for t in job.get("task_ids") or []],
     }
     version = ModelRegistry(Path(job["model_dir"])).publish(result.weights, meta)
     return version.version

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from backend.calibrate import ProjectCalibration, calibrate_project
 from backend.images import ImageLoader
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema, parse_label_config
 from backend.lsclient import merge_task_data
@@ -421,6 +422,9 @@ class TrainingManager:
             "device": self.settings.device,
             "family": family,
             "lsm": lsm_as_dict(self.settings.lsm),
+            "task_ids": sorted(
+                int(t["id"]) for t in tasks if "id" in t and expert_annotation(t, self.settings.expert)
+            ),
             "log_level": self.settings.log_level,
             "threads": self.settings.train_thread_count,
             "nice": self.settings.train_nice,
@@ -454,9 +458,27 @@ class TrainingManager:
             )
         version = str(result["version"])
         self.service.switch(version)
+        self._calibrate_quietly(schema, tasks, version, project)
         logger.info("now serving %s; re-scoring the non-expert tasks", version)
         self._rescore(source, schema, tasks)
         return version
+
+    def calibrate(self, project: int | None, *, version: str | None = None) -> ProjectCalibration:
+        """Fit and store the grade calibration of ``version`` (default: the serving one) on the project's
+        expert tasks it did not train on (``backend.calibrate``)."""
+        source = self.source()
+        schema = parse_label_config(source.label_config(project))
+        tasks = source.tasks(project)
+        return calibrate_project(self.service, tasks, schema, version=version, project=project)
+
+    def _calibrate_quietly(
+        self, schema: LabelSchema, tasks: Sequence[Mapping[str, Any]], version: str, project: int | None
+    ) -> None:
+        """Calibrate a new version before it re-scores; a failure leaves the LSM's grades (logged)."""
+        try:
+            calibrate_project(self.service, tasks, schema, version=version, project=project)
+        except Exception as exc:
+            logger.warning("calibration of %s failed (the LSM's grades apply): %s", version, exc)
 
     def rescore(self, project: int | None) -> int:
         """Bulk scoring: every non-expert task of the project with the serving version, published in chunks

@@ -1,0 +1,383 @@
+"""Grades fitted on a project's expert annotations: ``python -m backend.calibrate --project N``.
+
+The LSM grades noise with constant thresholds. Every task of a project that has both crowd labels and an
+expert annotation is a set of labelled examples (``selection.calibration``): each finding of a model
+version on that task is a true error of its type or not, by the expert's boxes. This module gathers those
+examples for one version, fits the calibration and stores it beside the version (``calibration.json`` in
+its registry folder, written atomically); :class:`backend.service.ModelService` then regrades every
+``/predict`` of that version with it (types without a fitted rule keep the LSM's grades).
+
+Only tasks the version did not train on are examples (``meta["trained_on"]``, the task ids the training
+job used): findings on a model's own training images are too good. Calibration runs after each training
+(after publishing, before re-scoring), on ``POST /calibrate?project=N`` and from this command.
+
+Example:
+    >>> from backend.calibrate import type_table
+    >>> type_table({}, {})[0]["noise_type"]
+    'background'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from backend.crowd import CrowdLabels
+from backend.labelconfig import LabelSchema
+from formats.labelstudio import regions_to_detections
+from selection.calibration import (
+    CALIBRATED_TYPES,
+    Calibration,
+    LabelledFindings,
+    fit_calibration,
+    label_findings,
+    regrade,
+)
+from selection.detections import Detections
+from selection.lsm import Action, ImageScore, score_image
+
+if TYPE_CHECKING:
+    from backend.service import ModelService
+    from backend.settings import ExpertPolicy
+    from model.registry import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CALIBRATION_FILE",
+    "ProjectCalibration",
+    "TaskView",
+    "calibrate_project",
+    "calibration_path",
+    "expert_boxes",
+    "load_calibration",
+    "save_calibration",
+    "task_views",
+    "trained_on",
+    "type_table",
+]
+
+CALIBRATION_FILE = "calibration.json"
+"""The calibration's file name inside a version's registry folder."""
+
+
+def calibration_path(version: ModelVersion) -> Path:
+    """Where ``version``'s calibration is stored (beside its weights)."""
+    return version.weights.parent / CALIBRATION_FILE
+
+
+def trained_on(version: ModelVersion) -> set[int]:
+    """Task ids the version trained on (``meta["trained_on"]``; empty for weights from elsewhere)."""
+    return {int(t) for t in version.meta.get("trained_on") or []}
+
+
+def load_calibration(version: ModelVersion) -> Calibration | None:
+    """The stored calibration of ``version``, or None when it has none (or it cannot be read: logged)."""
+    path = calibration_path(version)
+    if not path.is_file():
+        return None
+    try:
+        return Calibration.from_dict(json.loads(path.read_text(encoding="utf-8"))["calibration"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("calibration %s unreadable (%s); the LSM's grades are used", path, exc)
+        return None
+
+
+def save_calibration(version: ModelVersion, result: ProjectCalibration) -> Path:
+    """Write ``result`` to the version's folder atomically (temp file + rename); the path."""
+    path = calibration_path(version)
+    fd, tmp = tempfile.mkstemp(prefix=".calibration-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(result.to_dict(), handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def expert_boxes(
+    annotation: Mapping[str, Any], schema: LabelSchema, *, width: int, height: int
+) -> Detections:
+    """The expert annotation's boxes in pixels, class ids = label indices of the config (as crowd labels)."""
+    regions = [r for r in annotation.get("result") or [] if r.get("from_name") == schema.from_name]
+    return regions_to_detections(
+        regions, label_to_id=schema.label_ids, width=width, height=height, from_name=schema.from_name
+    )
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """One task as a version sees it: crowd labels, the version's predictions (label ids), the LSM score.
+
+    Attributes:
+        task_id: Label Studio's task id.
+        crowd: the task's crowd labels (fused, with votes when known).
+        pred: the version's predictions mapped to the config's label ids.
+        score: ``score_image(crowd, pred)`` under the backend's LSM settings (not regraded).
+        expert: the expert's boxes (label ids), or None when the task has no expert annotation.
+    """
+
+    task_id: int
+    crowd: CrowdLabels
+    pred: Detections
+    score: ImageScore
+    expert: Detections | None
+
+
+def task_views(
+    service: ModelService,
+    tasks: Sequence[Mapping[str, Any]],
+    schema: LabelSchema,
+    *,
+    version: str | None = None,
+    policy: ExpertPolicy | None = None,
+) -> Iterator[TaskView]:
+    """Score ``tasks`` with ``version`` (default: the serving one), ``PREDICT_BATCH`` images at a time.
+
+    Tasks that cannot be read (no image, image missing, malformed crowd labels) are skipped with a warning.
+    """
+    from backend.protocol import task_image_url
+    from backend.training import expert_annotation
+
+    policy = policy or service.settings.expert
+    detector, _ = service.current(version)
+    label_map = schema.label_map(list(detector.names))
+    chunk = max(1, service.settings.predict_batch)
+    for start in range(0, len(tasks), chunk):
+        loaded = []
+        for task in tasks[start : start + chunk]:
+            tid = int(task.get("id") or 0)
+            try:
+                image = service.loader.load(task_image_url(task, schema), task=str(tid))
+                crowd = service.crowd_reader.read(task, width=image.width, height=image.height, schema=schema)
+                ann = expert_annotation(task, policy)
+                expert = (
+                    None if ann is None else expert_boxes(ann, schema, width=image.width, height=image.height)
+                )
+            except Exception as exc:  # one unreadable task must not stop the others
+                logger.warning("task %s skipped: %s", tid, exc)
+                continue
+            loaded.append((tid, image.pixels, crowd, expert))
+        if not loaded:
+            continue
+        preds = detector.predict(
+            [px for _, px, _, _ in loaded], conf=service.settings.predict_conf, batch=len(loaded)
+        )
+        for (tid, _, crowd, expert), raw in zip(loaded, preds, strict=True):
+            pred = label_map.to_labels(raw)
+            score = score_image(crowd.detections, pred, config=service.settings.lsm)
+            yield TaskView(tid, crowd, pred, score, expert)
+
+
+def _flagged(score: ImageScore) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the calibrated findings (as ``label_findings`` orders them) and whether each is acted on."""
+    f = score.instances
+    rows = np.flatnonzero(np.isin(f.noise_type.astype(str), CALIBRATED_TYPES) & (f.parent < 0))
+    return rows, f.action.astype(str)[rows] != Action.KEEP.value
+
+
+def _pr(flag: np.ndarray, target: np.ndarray) -> tuple[float | None, float | None]:
+    n_flag, n_true = int(flag.sum()), int(target.sum())
+    hits = int((flag & target).sum())
+    return (hits / n_flag if n_flag else None, hits / n_true if n_true else None)
+
+
+def type_table(
+    rules: Mapping[str, Mapping[str, Any]], stats: Mapping[str, Mapping[str, np.ndarray]]
+) -> list[dict[str, Any]]:
+    """Per calibrated noise type: examples, true errors, fitted (why not) and precision/recall of the
+    findings acted on (auto-fix or review) before (LSM grades) and after calibration.
+
+    Args:
+        rules: ``Calibration.to_dict()["rules"]`` (missing types: not fitted, no examples).
+        stats: per type ``target``, ``before``, ``after`` bool arrays over its examples.
+    """
+    out = []
+    for t in CALIBRATED_TYPES:
+        rule = rules.get(t) or {}
+        s = stats.get(t) or {}
+        target = np.asarray(s.get("target", np.zeros(0, bool)), bool)
+        p0, r0 = _pr(np.asarray(s.get("before", np.zeros(0, bool)), bool), target)
+        p1, r1 = _pr(np.asarray(s.get("after", np.zeros(0, bool)), bool), target)
+        out.append(
+            {
+                "noise_type": t,
+                "examples": int(target.size),
+                "errors": int(target.sum()),
+                "fitted": bool(rule.get("fitted", False)),
+                "reason": str(rule.get("reason", "no examples")),
+                "precision_before": p0,
+                "recall_before": r0,
+                "precision": p1,
+                "recall": r1,
+            }
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class ProjectCalibration:
+    """The calibration of one version on one project, with its report.
+
+    Attributes:
+        version: the model version calibrated.
+        project: the Label Studio project (None for a tasks file).
+        calibration: the fitted rules (None when there were no usable tasks).
+        n_tasks: tasks with crowd labels and an expert annotation the version did not train on (used).
+        n_excluded: such tasks left out because the version trained on them.
+        types: ``type_table`` rows (precision/recall of the examples, in-sample after calibration).
+        message: a sentence for a person (what was fitted, or why nothing was).
+    """
+
+    version: str
+    project: int | None
+    calibration: Calibration | None
+    n_tasks: int
+    n_excluded: int
+    types: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (the stored ``calibration.json`` and the ``/calibrate`` answer)."""
+        return {
+            "version": self.version,
+            "project": self.project,
+            "n_tasks": self.n_tasks,
+            "n_excluded": self.n_excluded,
+            "fitted_types": [] if self.calibration is None else self.calibration.fitted_types,
+            "types": self.types,
+            "message": self.message,
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
+        }
+
+
+def calibrate_project(
+    service: ModelService,
+    tasks: Sequence[Mapping[str, Any]],
+    schema: LabelSchema,
+    *,
+    version: str | None = None,
+    project: int | None = None,
+    save: bool = True,
+) -> ProjectCalibration:
+    """Fit ``version``'s calibration (default: the serving one) on the project's expert tasks and store it.
+
+    Examples come from tasks with crowd labels and an expert annotation (``settings.expert``) that the
+    version did not train on. With none, nothing is fitted and a stored calibration is removed (the LSM's
+    grades apply again); the message says why.
+
+    Raises:
+        NoModelError: nothing published.
+    """
+    from backend.training import expert_annotation
+
+    _, served = service.current(version)
+    mv = service.registry.get(served)
+    excluded = trained_on(mv)
+    policy = service.settings.expert
+    expert_tasks = [t for t in tasks if expert_annotation(t, policy) is not None]
+    usable = [t for t in expert_tasks if int(t.get("id") or 0) not in excluded]
+    n_excluded = len(expert_tasks) - len(usable)
+    parts: list[LabelledFindings] = []
+    views: list[TaskView] = []
+    for view in task_views(service, usable, schema, version=served):
+        if len(view.crowd.detections) == 0 or view.expert is None:
+            continue  # no crowd labels: nothing to grade on this task
+        views.append(view)
+        parts.append(
+            label_findings(
+                view.crowd.detections,
+                view.pred,
+                view.score,
+                view.expert,
+                agreement=view.crowd.agreement,
+            )
+        )
+    if not views:
+        calibration_path(mv).unlink(missing_ok=True)
+        why = (
+            f"no task has both crowd labels and an expert annotation that {served} did not train on "
+            f"({len(expert_tasks)} expert tasks, {n_excluded} of them in its training set)"
+        )
+        result = ProjectCalibration(served, project, None, 0, n_excluded, type_table({}, {}), why)
+        logger.info("calibration of %s: %s", served, why)
+        return result
+    examples = LabelledFindings.concat(parts)
+    calibration = fit_calibration(examples)
+    stats: dict[str, dict[str, list[np.ndarray]]] = {}
+    for view, part in zip(views, parts, strict=True):
+        crowd, pred = view.crowd.detections, view.pred
+        rows, before = _flagged(view.score)
+        after_score = regrade(crowd, pred, view.score, calibration, agreement=view.crowd.agreement)
+        _, after = _flagged(after_score)
+        named = view.score.instances.noise_type.astype(str)[rows]
+        for t in CALIBRATED_TYPES:
+            sel = named == t
+            entry = stats.setdefault(t, {"target": [], "before": [], "after": []})
+            entry["target"].append(part.target[sel])
+            entry["before"].append(before[sel])
+            entry["after"].append(after[sel])
+    merged = {t: {k: np.concatenate(v) for k, v in s.items()} for t, s in stats.items()}
+    table = type_table(calibration.to_dict()["rules"], merged)
+    fitted = calibration.fitted_types
+    message = (
+        f"{served}: {len(views)} expert tasks ({n_excluded} left out: trained on), "
+        f"{len(examples)} findings; fitted {', '.join(fitted) if fitted else 'no type'}"
+    )
+    result = ProjectCalibration(served, project, calibration, len(views), n_excluded, table, message)
+    if save:
+        save_calibration(mv, result)
+    logger.info("calibration %s", message)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m backend.calibrate --project N [--version V]``: fit, store, print the per-type table."""
+    parser = argparse.ArgumentParser(prog="python -m backend.calibrate", description=__doc__.splitlines()[0])
+    parser.add_argument("--project", type=int, help="Label Studio project id (not needed with TASKS_FILE)")
+    parser.add_argument("--version", help="model version to calibrate (default: the serving one)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    from backend.settings import Settings
+    from backend.training import TrainingManager
+
+    settings = Settings.from_env(os.environ)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from backend.app import create_app
+
+    if args.project is None and settings.tasks_file is None:
+        parser.error("--project: required unless TASKS_FILE is set")
+    app = create_app(settings)
+    trainer = app.state.trainer
+    if not isinstance(trainer, TrainingManager):  # jobs go to a queue: read the project here
+        trainer = TrainingManager(settings, app.state.service)
+    result = trainer.calibrate(args.project, version=args.version)
+    if args.json:
+        print(json.dumps(result.to_dict()["types"], indent=1))
+    else:
+        print(result.message)
+        print(f"{'type':<13}{'examples':>9}{'errors':>8}  {'precision':>9}{'recall':>8}  fitted")
+        for row in result.types:
+            p = "-" if row["precision"] is None else f"{row['precision']:.2f}"
+            r = "-" if row["recall"] is None else f"{row['recall']:.2f}"
+            fit = "yes" if row["fitted"] else f"no ({row['reason']})"
+            print(f"{row['noise_type']:<13}{row['examples']:>9}{row['errors']:>8}  {p:>9}{r:>8}  {fit}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
