@@ -9,6 +9,8 @@ import pytest
 
 # Modules whose docstring examples are part of the documentation; add a module here when you add examples.
 MODULES = [
+    "backend.calibrate",
+    "backend.report",
     "formats.labelstudio",
     "selection.batch",
     "selection.boxes",
