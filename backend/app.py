@@ -227,12 +227,14 @@ def create_app(
 
     @app.post("/calibrate")
     def calibrate(request: Request) -> Any:
-        """Fit the serving version's grades on ``?project=N``'s expert tasks (``backend.calibrate``)."""
+        """Fit the grades of the serving version (or ``&version=V``) on ``?project=N``'s expert tasks."""
         pid = _project(request)
         try:
-            return calibrator.calibrate(pid).to_dict()
+            return calibrator.calibrate(pid, version=request.query_params.get("version")).to_dict()
         except NoModelError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=503)
+        except KeyError as exc:
+            return JSONResponse({"detail": str(exc.args[0])}, status_code=404)
         except ValueError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=400)
 

@@ -7,9 +7,12 @@ examples for one version, fits the calibration and stores it beside the version 
 its registry folder, written atomically); :class:`backend.service.ModelService` then regrades every
 ``/predict`` of that version with it (types without a fitted rule keep the LSM's grades).
 
-Only tasks the version did not train on are examples (``meta["trained_on"]``, the task ids the training
-job used): findings on a model's own training images are too good. Calibration runs after each training
-(after publishing, before re-scoring), on ``POST /calibrate?project=N`` and from this command.
+A model's findings on its own training images are too good to learn from, and a new version trains on every
+expert task there is. So each expert task is scored by the newest version (up to the one calibrated) that did
+not train on it (``meta["trained_on"]``, the task ids the training job used; none for ``MODEL_WEIGHTS``):
+usually the version before, on the tasks the experts annotated since — the condition the serving version's
+findings on not-yet-annotated tasks are in. Calibration runs after each training (after publishing, before
+re-scoring), on ``POST /calibrate?project=N`` and from this command.
 
 Example:
     >>> from backend.calibrate import type_table
@@ -59,6 +62,7 @@ __all__ = [
     "TaskView",
     "calibrate_project",
     "calibration_path",
+    "example_versions",
     "expert_boxes",
     "load_calibration",
     "save_calibration",
@@ -237,10 +241,11 @@ class ProjectCalibration:
         version: the model version calibrated.
         project: the Label Studio project (None for a tasks file).
         calibration: the fitted rules (None when there were no usable tasks).
-        n_tasks: tasks with crowd labels and an expert annotation the version did not train on (used).
-        n_excluded: such tasks left out because the version trained on them.
+        n_tasks: tasks with crowd labels and an expert annotation used as examples.
+        n_excluded: expert tasks left out because every version up to this one trained on them.
         types: ``type_table`` rows (precision/recall of the examples, in-sample after calibration).
         message: a sentence for a person (what was fitted, or why nothing was).
+        sources: version -> tasks whose findings it gave (the newest version not trained on each task).
     """
 
     version: str
@@ -250,6 +255,7 @@ class ProjectCalibration:
     n_excluded: int
     types: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
+    sources: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the stored ``calibration.json`` and the ``/calibrate`` answer)."""
@@ -258,11 +264,36 @@ class ProjectCalibration:
             "project": self.project,
             "n_tasks": self.n_tasks,
             "n_excluded": self.n_excluded,
+            "sources": self.sources,
             "fitted_types": [] if self.calibration is None else self.calibration.fitted_types,
             "types": self.types,
             "message": self.message,
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
         }
+
+
+def example_versions(
+    versions: Sequence[ModelVersion], target: ModelVersion, task_ids: Sequence[int]
+) -> dict[int, str]:
+    """Per task, the newest version up to ``target`` that did not train on it (tasks with none are absent).
+
+    A version is usually trained on every expert task there is, so its own findings on them are too good to
+    learn from; the findings of the version before it on the tasks the experts added since are what the
+    serving model's findings on unseen tasks look like.
+    """
+    candidates = sorted(
+        (v for v in versions if (v.number, v.version) <= (target.number, target.version)),
+        key=lambda v: (v.number, v.version),
+        reverse=True,
+    )
+    excluded = {v.version: trained_on(v) for v in candidates}
+    out = {}
+    for tid in task_ids:
+        for v in candidates:
+            if tid not in excluded[v.version]:
+                out[tid] = v.version
+                break
+    return out
 
 
 def calibrate_project(
@@ -276,42 +307,51 @@ def calibrate_project(
 ) -> ProjectCalibration:
     """Fit ``version``'s calibration (default: the serving one) on the project's expert tasks and store it.
 
-    Examples come from tasks with crowd labels and an expert annotation (``settings.expert``) that the
-    version did not train on. With none, nothing is fitted and a stored calibration is removed (the LSM's
-    grades apply again); the message says why.
+    Examples come from tasks with crowd labels and an expert annotation (``settings.expert``), each scored
+    by the newest version up to ``version`` that did not train on it (:func:`example_versions`). With none,
+    nothing is fitted and a stored calibration is removed (the LSM's grades apply again); the message says
+    why.
 
     Raises:
         NoModelError: nothing published.
+        KeyError: ``version`` is not a published version.
     """
     from backend.training import expert_annotation
 
+    if version is not None:
+        service.registry.get(version)  # an unknown name is an error here, not "the latest"
     _, served = service.current(version)
     mv = service.registry.get(served)
-    excluded = trained_on(mv)
     policy = service.settings.expert
     expert_tasks = [t for t in tasks if expert_annotation(t, policy) is not None]
-    usable = [t for t in expert_tasks if int(t.get("id") or 0) not in excluded]
-    n_excluded = len(expert_tasks) - len(usable)
+    by_id = {int(t.get("id") or 0): t for t in expert_tasks}
+    scorer = example_versions(service.registry.versions(), mv, list(by_id))
+    n_excluded = len(by_id) - len(scorer)
     parts: list[LabelledFindings] = []
     views: list[TaskView] = []
-    for view in task_views(service, usable, schema, version=served):
-        if len(view.crowd.detections) == 0 or view.expert is None:
-            continue  # no crowd labels: nothing to grade on this task
-        views.append(view)
-        parts.append(
-            label_findings(
-                view.crowd.detections,
-                view.pred,
-                view.score,
-                view.expert,
-                agreement=view.crowd.agreement,
+    used: dict[str, int] = {}
+    for source in sorted(set(scorer.values())):
+        chosen = [by_id[tid] for tid, v in scorer.items() if v == source]
+        for view in task_views(service, chosen, schema, version=source):
+            if len(view.crowd.detections) == 0 or view.expert is None:
+                continue  # no crowd labels: nothing to grade on this task
+            views.append(view)
+            used[source] = used.get(source, 0) + 1
+            parts.append(
+                label_findings(
+                    view.crowd.detections,
+                    view.pred,
+                    view.score,
+                    view.expert,
+                    agreement=view.crowd.agreement,
+                )
             )
-        )
     if not views:
         calibration_path(mv).unlink(missing_ok=True)
         why = (
-            f"no task has both crowd labels and an expert annotation that {served} did not train on "
-            f"({len(expert_tasks)} expert tasks, {n_excluded} of them in its training set)"
+            f"no task has both crowd labels and an expert annotation that {served} or an earlier version "
+            f"did not train on ({len(expert_tasks)} expert tasks, {n_excluded} of them trained on by every "
+            "version); the LSM's grades apply"
         )
         result = ProjectCalibration(served, project, None, 0, n_excluded, type_table({}, {}), why)
         logger.info("calibration of %s: %s", served, why)
@@ -334,11 +374,14 @@ def calibrate_project(
     merged = {t: {k: np.concatenate(v) for k, v in s.items()} for t, s in stats.items()}
     table = type_table(calibration.to_dict()["rules"], merged)
     fitted = calibration.fitted_types
+    sources = ", ".join(f"{n} by {v}" for v, n in sorted(used.items()))
     message = (
-        f"{served}: {len(views)} expert tasks ({n_excluded} left out: trained on), "
+        f"{served}: {len(views)} expert tasks ({sources}; {n_excluded} left out: trained on), "
         f"{len(examples)} findings; fitted {', '.join(fitted) if fitted else 'no type'}"
     )
-    result = ProjectCalibration(served, project, calibration, len(views), n_excluded, table, message)
+    result = ProjectCalibration(
+        served, project, calibration, len(views), n_excluded, table, message, dict(sorted(used.items()))
+    )
     if save:
         save_calibration(mv, result)
     logger.info("calibration %s", message)

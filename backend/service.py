@@ -216,16 +216,18 @@ class ModelService:
 
     def calibration(self, version: str) -> Calibration | None:
         """The stored calibration of ``version`` (``backend.calibrate``), re-read when its file changes."""
-        from backend.calibrate import calibration_path, load_calibration
+        from backend.calibrate import CALIBRATION_FILE, load_calibration
 
-        try:
-            mv = self.registry.get(version)
-            stamp = calibration_path(mv).stat().st_mtime_ns
-        except (KeyError, ValueError, OSError):
+        try:  # one stat per task; the file is read again only when it changed
+            stamp = (self.registry.versions_dir / version / CALIBRATION_FILE).stat().st_mtime_ns
+        except (OSError, ValueError):
             return None
         cached = self._calibrations.get(version)
         if cached is None or cached[0] != stamp:
-            cached = (stamp, load_calibration(mv))
+            try:
+                cached = (stamp, load_calibration(self.registry.get(version)))
+            except KeyError:
+                return None
             self._calibrations[version] = cached
         return cached[1]
 

@@ -107,9 +107,11 @@ def app_for(tmp_path, monkeypatch):
     weights = tmp_path / "fake.pt"
     weights.write_bytes(b"not read: the detector is faked")
 
-    def build(trained_on: list[int]) -> tuple[TestClient, Any]:
+    def build(*trained_on: list[int]) -> tuple[TestClient, Any]:
+        """Versions trained on these task ids, oldest first; the last one serves."""
         settings = Settings.from_env({"MODEL_DIR": str(tmp_path / "models"), "DEVICE": "cpu"})
-        ModelRegistry(settings.model_dir).publish(weights, {"family": "yolo", "trained_on": trained_on})
+        for ids in trained_on:
+            ModelRegistry(settings.model_dir).publish(weights, {"family": "yolo", "trained_on": ids})
         app = create_app(settings, source=FakeSource(_project()))
         return TestClient(app), app
 
@@ -125,12 +127,13 @@ def _meta_of(client: TestClient, task: dict[str, Any], region_id: str) -> str:
 
 
 def test_calibration_fits_on_untrained_expert_tasks_and_predict_regrades(app_for):
-    client, app = app_for(trained_on=list(range(1, 9)))
+    client, app = app_for(list(range(1, 9)))
     probe = _task(150, LARGE, expert=False)  # a real object the model misses, drawn by the crowd
     assert "background · major" in _meta_of(client, probe, "drop-crowd1")  # the LSM's constant grade
 
     answer = client.post("/calibrate?project=1").json()
     assert answer["n_tasks"] == 40 and answer["n_excluded"] == 8  # tasks 1..8 were trained on
+    assert answer["sources"] == {app.state.service.latest_version(): 40}
     assert answer["fitted_types"] == ["background"]
     row = {r["noise_type"]: r for r in answer["types"]}["background"]
     assert row["examples"] == 40 and row["errors"] == 20 and row["fitted"]
@@ -148,7 +151,7 @@ def test_calibration_fits_on_untrained_expert_tasks_and_predict_regrades(app_for
 
 
 def test_calibration_says_so_when_the_version_trained_on_every_expert_task(app_for):
-    client, app = app_for(trained_on=list(range(1, 49)))
+    client, app = app_for(list(range(1, 49)))
     answer = client.post("/calibrate?project=1").json()
     assert answer["n_tasks"] == 0 and answer["n_excluded"] == 48 and answer["calibration"] is None
     assert "did not train on" in answer["message"]
@@ -156,8 +159,22 @@ def test_calibration_says_so_when_the_version_trained_on_every_expert_task(app_f
     assert not (Path(app.state.settings.model_dir) / "versions" / version / CALIBRATION_FILE).exists()
 
 
+def test_calibration_takes_examples_from_the_newest_version_not_trained_on_each_task(app_for):
+    client, app = app_for([], list(range(1, 9)), list(range(1, 49)))  # v3 trained on every expert task
+    first, second, third = app.state.service.versions()
+    answer = client.post("/calibrate?project=1").json()
+    assert answer["version"] == third and answer["n_excluded"] == 0
+    assert answer["sources"] == {first: 8, second: 40}
+    assert answer["fitted_types"] == ["background"]
+    assert (Path(app.state.settings.model_dir) / "versions" / third / CALIBRATION_FILE).is_file()
+    older = client.post(f"/calibrate?project=1&version={first}")
+    assert older.status_code == 200 and older.json()["sources"] == {first: 48}
+    unknown = client.post("/calibrate?project=1&version=v9999-20260101T000000")
+    assert unknown.status_code == 404 and "v9999" in unknown.json()["detail"]
+
+
 def test_report_json_and_html(app_for):
-    client, _ = app_for(trained_on=list(range(1, 9)))
+    client, _ = app_for(list(range(1, 9)))
     before = client.get("/report?project=1").json()
     assert before["calibration"] is None
     assert set(before["errors_remaining"]["basis"].values()) == {"severity"}
