@@ -103,6 +103,11 @@ def create_app(
     app.state.trainer = trainer
     app.state.writeback = writeback
     app.state.metrics = metrics
+    # Calibration and the report read the project in this process (a queue trainer runs jobs elsewhere).
+    calibrator = (
+        trainer if isinstance(trainer, TrainingManager) else TrainingManager(settings, service, source=source)
+    )
+    app.state.calibrator = calibrator
 
     @app.middleware("http")
     async def timing(request: Request, call_next: Any) -> Any:
@@ -219,11 +224,6 @@ def create_app(
         except Exception as exc:  # e.g. Redis unreachable: report, never crash
             logger.exception("re-scoring request failed")
             return {"status": "error", "action": "RESCORE", "detail": str(exc)[:500]}
-
-    # Calibration and the report read the project in this process (a queue trainer runs jobs elsewhere).
-    calibrator = (
-        trainer if isinstance(trainer, TrainingManager) else TrainingManager(settings, service, source=source)
-    )
 
     @app.post("/calibrate")
     def calibrate(request: Request) -> Any:

@@ -9,7 +9,7 @@ Contents (:func:`build_report`):
   its LSM severity (``basis`` says which types used which);
 * ``versions``: each model version's AP50 / AP50-95 (``metrics.ap.evaluate_ap``, expert boxes as truth) on
   the expert-annotated tasks it did not train on (``null`` with a reason when there are none);
-* ``calibration``: the serving version's stored per-type table (``backend.calibrate``), or null.
+* ``calibration``: the serving version's stored per-type table (``backend.calibration``), or null.
 
 The HTML page (:func:`render_html`) is self-contained: the plots are PNGs (matplotlib, Agg) embedded as data
 URIs. Building the report predicts every task with the serving version and every expert task with each
@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backend.calibrate import calibration_path, task_views, trained_on
+from backend.calibration import calibration_path, task_views, trained_on
 from backend.labelconfig import LabelSchema
+from backend.roles import expert_annotation
 from selection.calibration import error_probability
 
 if TYPE_CHECKING:
@@ -47,8 +48,6 @@ GRADES: tuple[str, ...] = ("clean", "minor", "major", "uncertain", "unscored")
 
 
 def _expert_ids(tasks: Sequence[Mapping[str, Any]], service: ModelService) -> set[int]:
-    from backend.training import expert_annotation
-
     return {int(t.get("id") or 0) for t in tasks if expert_annotation(t, service.settings.expert) is not None}
 
 

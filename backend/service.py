@@ -13,6 +13,7 @@ loaded, predicted and released in chunks of ``PREDICT_BATCH``: a request never h
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -57,6 +58,9 @@ class NoModelError(RuntimeError):
 class TaskInputError(ValueError):
     """A task of the request is malformed (bad crowd labels, missing image field); names the task."""
 
+
+CALIBRATION_FILE = "calibration.json"
+"""A version's grade calibration (``backend.calibration``), in its registry folder beside the weights."""
 
 SCORE_ERROR_FIELD = "score_error"
 """Task data field holding why the task could not be scored ("" once it was scored)."""
@@ -215,19 +219,22 @@ class ModelService:
             return self._detector, str(self._version)
 
     def calibration(self, version: str) -> Calibration | None:
-        """The stored calibration of ``version`` (``backend.calibrate``), re-read when its file changes."""
-        from backend.calibrate import CALIBRATION_FILE, load_calibration
+        """The stored calibration of ``version`` (``backend.calibration``), re-read when its file changes."""
+        from selection.calibration import Calibration
 
+        path = self.registry.versions_dir / version / CALIBRATION_FILE
         try:  # one stat per task; the file is read again only when it changed
-            stamp = (self.registry.versions_dir / version / CALIBRATION_FILE).stat().st_mtime_ns
+            stamp = path.stat().st_mtime_ns
         except (OSError, ValueError):
             return None
         cached = self._calibrations.get(version)
         if cached is None or cached[0] != stamp:
             try:
-                cached = (stamp, load_calibration(self.registry.get(version)))
-            except KeyError:
-                return None
+                stored = json.loads(path.read_text(encoding="utf-8"))["calibration"]
+                cached = (stamp, None if stored is None else Calibration.from_dict(stored))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                logger.warning("calibration %s unreadable (%s); the LSM's grades are used", path, exc)
+                cached = (stamp, None)
             self._calibrations[version] = cached
         return cached[1]
 
@@ -364,7 +371,7 @@ class ModelService:
         crowd = labels.detections
         score = score_image(crowd, pred, config=self.settings.lsm)
         calibration = self.calibration(version)
-        if calibration is not None:  # the grades fitted on the project's expert tasks (backend.calibrate)
+        if calibration is not None:  # grades fitted on the project's expert tasks
             score = regrade(crowd, pred, score, calibration, agreement=labels.agreement)
         proposals = proposals_from_score(
             crowd,

@@ -29,12 +29,12 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from backend.calibrate import ProjectCalibration, calibrate_project
+from backend.calibration import ProjectCalibration, calibrate_project
 from backend.images import ImageLoader
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema, parse_label_config
 from backend.lsclient import merge_task_data
 from backend.metrics import TrainingCounts
-from backend.roles import UserDirectory
+from backend.roles import UserDirectory, expert_annotation
 from backend.service import ModelService, ScoredTask
 from backend.settings import ExpertMode, ExpertPolicy, Settings, lsm_as_dict
 from formats.labelstudio import regions_to_detections
@@ -129,21 +129,6 @@ class LabelStudioSource:
             old_version = str(getattr(old, "model_version", "") or "")
             if old_version != version and is_version_name(old_version) and old.id is not None:
                 self._client.predictions.delete(id=old.id)
-
-
-def expert_annotation(task: Mapping[str, Any], policy: ExpertPolicy) -> dict[str, Any] | None:
-    """The task's most recent expert annotation (by ``updated_at``, then ``id``), or None."""
-    best: dict[str, Any] | None = None
-    for ann in task.get("annotations") or []:
-        if not isinstance(ann, Mapping):
-            continue
-        email = ann.get("completed_by_email")
-        if not policy.is_expert(ann, user_email=str(email) if email else None):
-            continue
-        key = (str(ann.get("updated_at") or ""), int(ann.get("id") or 0))
-        if best is None or key >= (str(best.get("updated_at") or ""), int(best.get("id") or 0)):
-            best = dict(ann)
-    return best
 
 
 @dataclass(frozen=True)
@@ -465,7 +450,7 @@ class TrainingManager:
 
     def calibrate(self, project: int | None, *, version: str | None = None) -> ProjectCalibration:
         """Fit and store the grade calibration of ``version`` (default: the serving one) on the project's
-        expert tasks it did not train on (``backend.calibrate``)."""
+        expert tasks (``backend.calibration``)."""
         source = self.source()
         schema = parse_label_config(source.label_config(project))
         tasks = source.tasks(project)

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from backend_helpers import LABEL_CONFIG, data_uri
 
 from backend.app import create_app
-from backend.calibrate import CALIBRATION_FILE, type_table
+from backend.calibration import type_table
+from backend.service import CALIBRATION_FILE
 from backend.settings import Settings
 from formats.labelstudio import detections_to_regions
 from selection.detections import Detections

@@ -9,7 +9,7 @@ import pytest
 
 # Modules whose docstring examples are part of the documentation; add a module here when you add examples.
 MODULES = [
-    "backend.calibrate",
+    "backend.calibration",
     "backend.report",
     "formats.labelstudio",
     "selection.batch",
