@@ -192,12 +192,14 @@ def _plots(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     if rows:
         fig, ax = plt.subplots(figsize=(5, 3))
         x = np.arange(len(rows))
-        ax.bar(x - 0.2, [r["precision"] or 0 for r in rows], 0.4, label="precision")
-        ax.bar(x + 0.2, [r["recall"] or 0 for r in rows], 0.4, label="recall")
+        ax.bar(x - 0.27, [r["precision_before"] or 0 for r in rows], 0.27, label="precision (LSM)")
+        ax.bar(x, [r["precision"] or 0 for r in rows], 0.27, label="precision (calibrated)")
+        ax.bar(x + 0.27, [r["recall"] or 0 for r in rows], 0.27, label="recall (calibrated)")
         ax.set_xticks(x, [r["noise_type"] for r in rows])
-        ax.set_ylim(0, 1)
-        ax.set_title("Grades after calibration, per noise type")
-        ax.legend()
+        ax.set_ylim(0, 1.3)
+        ax.set_yticks([0, 0.25, 0.5, 0.75, 1])
+        ax.set_title("Findings acted on, per noise type")
+        ax.legend(loc="upper left", ncol=3, fontsize="small")
         plots.append(("Calibration", _png(fig)))
     return plots
 
