@@ -22,7 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backend.calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=int, help="Label Studio project id (not needed with TASKS_FILE)")
     parser.add_argument("--version", help="model version to calibrate (default: the serving one)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as JSON (what POST /calibrate answers)"
+    )
     args = parser.parse_args(argv)
     from backend.app import create_app
     from backend.settings import Settings, SettingsError
@@ -37,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--project: required unless TASKS_FILE is set")
     result = create_app(settings).state.calibrator.calibrate(args.project, version=args.version)
     if args.json:
-        print(json.dumps(result.to_dict()["types"], indent=1))
+        print(json.dumps(result.to_dict(), indent=1))
     else:
         print(result.message)
         print(f"{'type':<13}{'examples':>9}{'errors':>8}  {'precision':>9}{'recall':>8}  fitted")
