@@ -14,7 +14,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,13 +43,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result.to_dict(), indent=1))
     else:
         print(result.message)
-        print(f"{'type':<13}{'examples':>9}{'errors':>8}  {'precision':>9}{'recall':>8}  fitted")
-        for row in result.types:
-            p = "-" if row["precision"] is None else f"{row['precision']:.2f}"
-            r = "-" if row["recall"] is None else f"{row['recall']:.2f}"
-            fit = "yes" if row["fitted"] else f"no ({row['reason']})"
-            print(f"{row['noise_type']:<13}{row['examples']:>9}{row['errors']:>8}  {p:>9}{r:>8}  {fit}")
+        print(format_table(result.types))
     return 0
+
+
+def format_table(types: Sequence[Mapping[str, Any]]) -> str:
+    """The per-type rows of a calibration as a text table (precision/recall before (LSM) and after)."""
+
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    head = ("type", "examples", "errors", "LSM prec", "recall", "precision", "recall")
+    lines = [
+        f"{head[0]:<13}{head[1]:>9}{head[2]:>7}  {head[3]:>8}{head[4]:>7}  {head[5]:>9}{head[6]:>7}  fitted"
+    ]
+    for row in types:
+        fit = "yes" if row["fitted"] else f"no ({row['reason']})"
+        lines.append(
+            f"{row['noise_type']:<13}{row['examples']:>9}{row['errors']:>7}  "
+            f"{num(row['precision_before']):>8}{num(row['recall_before']):>7}  "
+            f"{num(row['precision']):>9}{num(row['recall']):>7}  {fit}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
