@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from backend.bootstrap import project_id
 from backend.bootstrap.auto import AutoBootstrap
@@ -108,6 +108,11 @@ def create_app(
     app.state.writeback = writeback
     app.state.metrics = metrics
     auto_bootstrap = AutoBootstrap(settings, service, trainer)
+    # Calibration and the report read the project in this process (a queue trainer runs jobs elsewhere).
+    calibrator = (
+        trainer if isinstance(trainer, TrainingManager) else TrainingManager(settings, service, source=source)
+    )
+    app.state.calibrator = calibrator
 
     @app.middleware("http")
     async def timing(request: Request, call_next: Any) -> Any:
@@ -230,6 +235,36 @@ def create_app(
             logger.exception("re-scoring request failed")
             return {"status": "error", "action": "RESCORE", "detail": str(exc)[:500]}
 
+    @app.post("/calibrate")
+    def calibrate(request: Request) -> Any:
+        """Fit the grades of the serving version (or ``&version=V``) on ``?project=N``'s expert tasks."""
+        pid = _project(request)
+        try:
+            return calibrator.calibrate(pid, version=request.query_params.get("version")).to_dict()
+        except NoModelError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=503)
+        except KeyError as exc:
+            return JSONResponse({"detail": str(exc.args[0])}, status_code=404)
+        except ValueError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/report")
+    def report(request: Request) -> Any:
+        """The project report: JSON, or a self-contained HTML page with ``&format=html``."""
+        from backend.report import build_report, render_html
+
+        pid = _project(request)
+        fmt = request.query_params.get("format", "json")
+        if fmt not in ("json", "html"):
+            return JSONResponse({"detail": f"format: json or html, not {fmt!r}"}, status_code=400)
+        try:
+            source = calibrator.source()
+            schema = parse_label_config(source.label_config(pid))
+            body = build_report(service, source.tasks(pid), schema, project=pid)
+        except (ValueError, LabelConfigError) as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+        return HTMLResponse(render_html(body)) if fmt == "html" else body
+
     return app
 
 
@@ -239,6 +274,11 @@ def _bulk_status(trainer: Any) -> dict[str, Any]:
         return dict(trainer.bulk_status())
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def _project(request: Request) -> int | None:
+    project = request.query_params.get("project")
+    return int(project) if project and project.isdigit() else None
 
 
 def _queue_depth(trainer: Any) -> dict[str, int]:

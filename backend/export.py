@@ -55,9 +55,8 @@ from backend.bootstrap import WEAK_MAP50, validation_map50
 from backend.crowd import CrowdReader
 from backend.images import ImageLoader, ImageLoadError, LoadedImage
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema
-from backend.roles import CrowdPolicy
+from backend.roles import CrowdPolicy, expert_annotation
 from backend.settings import ExpertPolicy, Settings, SettingsError, lsm_as_dict
-from backend.training import expert_annotation
 from formats.labelstudio import regions_to_detections
 from selection.correction import CorrectionPlan, Edit, correct_labels, plan_corrections
 from selection.detections import Detections

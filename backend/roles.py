@@ -39,6 +39,7 @@ __all__ = [
     "UserDirectory",
     "annotation_email",
     "check_roles",
+    "expert_annotation",
     "parse_emails",
 ]
 
@@ -249,3 +250,18 @@ class UserDirectory:
         if email is None and isinstance(author, int) and not isinstance(author, bool):
             email = self.email(author)
         return email
+
+
+def expert_annotation(task: Mapping[str, Any], policy: ExpertPolicy) -> dict[str, Any] | None:
+    """The task's most recent expert annotation (by ``updated_at``, then ``id``), or None."""
+    best: dict[str, Any] | None = None
+    for ann in task.get("annotations") or []:
+        if not isinstance(ann, Mapping):
+            continue
+        email = ann.get("completed_by_email")
+        if not policy.is_expert(ann, user_email=str(email) if email else None):
+            continue
+        key = (str(ann.get("updated_at") or ""), int(ann.get("id") or 0))
+        if best is None or key >= (str(best.get("updated_at") or ""), int(best.get("id") or 0)):
+            best = dict(ann)
+    return best

@@ -17,6 +17,7 @@ always sees the pixels it was trained on.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -45,6 +46,7 @@ from selection.detections import Detections
 
 if TYPE_CHECKING:
     from model.detector import Detector
+    from selection.calibration import Calibration
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,9 @@ class NoModelError(RuntimeError):
 class TaskInputError(ValueError):
     """A task of the request is malformed (bad crowd labels, missing image field); names the task."""
 
+
+CALIBRATION_FILE = "calibration.json"
+"""A version's grade calibration (``backend.calibration``), in its registry folder beside the weights."""
 
 SCORE_ERROR_FIELD = "score_error"
 """Task data field holding why the task could not be scored ("" once it was scored)."""
@@ -134,6 +139,7 @@ class ModelService:
         self._pinned: OrderedDict[str, Detector] = OrderedDict()  # older versions asked for by name, LRU
         self._pool = ThreadPoolExecutor(max_workers=_LOAD_THREADS, thread_name_prefix="image-load")
         self._warned_unmapped: set[str] = set()
+        self._calibrations: dict[str, tuple[int, Calibration | None]] = {}
         if users is None and settings.label_studio_enabled and settings.crowd.from_annotations:
             from backend.lsclient import make_sdk_client
 
@@ -240,6 +246,26 @@ class ModelService:
             if self._detector is None:  # switch() failed and nothing was loaded before
                 raise NoModelError(f"model version {latest} could not be loaded; see the backend log")
             return self._detector, str(self._version)
+
+    def calibration(self, version: str) -> Calibration | None:
+        """The stored calibration of ``version`` (``backend.calibration``), re-read when its file changes."""
+        from selection.calibration import Calibration
+
+        path = self.registry.versions_dir / version / CALIBRATION_FILE
+        try:  # one stat per task; the file is read again only when it changed
+            stamp = path.stat().st_mtime_ns
+        except (OSError, ValueError):
+            return None
+        cached = self._calibrations.get(version)
+        if cached is None or cached[0] != stamp:
+            try:
+                stored = json.loads(path.read_text(encoding="utf-8"))["calibration"]
+                cached = (stamp, None if stored is None else Calibration.from_dict(stored))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                logger.warning("calibration %s unreadable (%s); the LSM's grades are used", path, exc)
+                cached = (stamp, None)
+            self._calibrations[version] = cached
+        return cached[1]
 
     def _pinned_detector(self, version: str) -> Detector | None:
         """A detector of an older published version (kept for the last two asked for), or None if unknown."""
@@ -372,10 +398,14 @@ class ModelService:
         schema: LabelSchema,
         version: str,
     ) -> ScoredTask:
+        from selection.calibration import regrade
         from selection.lsm import score_image
 
         crowd = labels.detections
         score = score_image(crowd, pred, config=self.settings.lsm)
+        calibration = self.calibration(version)
+        if calibration is not None:  # grades fitted on the project's expert tasks
+            score = regrade(crowd, pred, score, calibration, agreement=labels.agreement)
         proposals = proposals_from_score(
             crowd,
             pred,

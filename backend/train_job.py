@@ -127,6 +127,7 @@ def run_job(job: dict[str, Any]) -> str:
         "train_options": result.options,
         "lsm": job.get("lsm") or {},
         "image_normalization": normalization.as_dict(),
+        "trained_on": [int(t) for t in job.get("task_ids") or []],
     }
     if job.get("project") is not None:
         meta["project"] = job["project"]

@@ -25,11 +25,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from backend.calibration import ProjectCalibration, calibrate_project
 from backend.images import ImageLoader
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema, parse_label_config
 from backend.lsclient import merge_task_data
 from backend.metrics import TrainingCounts
-from backend.roles import UserDirectory
+from backend.roles import UserDirectory, expert_annotation
 from backend.service import ModelService, ScoredTask
 from backend.settings import ExpertMode, ExpertPolicy, Settings
 from backend.train_job import PROGRESS_NAME, TrainItem, job_settings
@@ -162,21 +163,6 @@ class LabelStudioSource:
             old_version = str(getattr(old, "model_version", "") or "")
             if old_version != version and is_version_name(old_version) and old.id is not None:
                 self._client.predictions.delete(id=old.id)
-
-
-def expert_annotation(task: Mapping[str, Any], policy: ExpertPolicy) -> dict[str, Any] | None:
-    """The task's most recent expert annotation (by ``updated_at``, then ``id``), or None."""
-    best: dict[str, Any] | None = None
-    for ann in task.get("annotations") or []:
-        if not isinstance(ann, Mapping):
-            continue
-        email = ann.get("completed_by_email")
-        if not policy.is_expert(ann, user_email=str(email) if email else None):
-            continue
-        key = (str(ann.get("updated_at") or ""), int(ann.get("id") or 0))
-        if best is None or key >= (str(best.get("updated_at") or ""), int(best.get("id") or 0)):
-            best = dict(ann)
-    return best
 
 
 def training_items(
@@ -504,6 +490,9 @@ class TrainingManager:
             "train": [it.as_json() for it in train],
             "val": [it.as_json() for it in val],
             "init": init,
+            "task_ids": sorted(
+                int(t["id"]) for t in tasks if "id" in t and expert_annotation(t, self.settings.expert)
+            ),
         }
         logger.info(
             "training a %s detector on %d expert tasks (%d val) from %s, %d epochs",
@@ -516,6 +505,7 @@ class TrainingManager:
         self._job_dir = job_dir
         version = run_train_job(job_dir, job, on_progress=self.on_progress)
         self.service.switch(version)
+        self._calibrate_quietly(schema, tasks, version, project)
         logger.info("now serving %s; re-scoring the non-expert tasks", version)
         self._rescore(source, schema, tasks, project)
         return version
@@ -533,6 +523,23 @@ class TrainingManager:
         logger.info("now serving %s (bootstrapped from crowd labels); scoring the tasks", version)
         self._rescore(source, job.schema, job.tasks, project)
         return version
+
+    def calibrate(self, project: int | None, *, version: str | None = None) -> ProjectCalibration:
+        """Fit and store the grade calibration of ``version`` (default: the serving one) on the project's
+        expert tasks (``backend.calibration``)."""
+        source = self.source()
+        schema = parse_label_config(source.label_config(project))
+        tasks = source.tasks(project)
+        return calibrate_project(self.service, tasks, schema, version=version, project=project)
+
+    def _calibrate_quietly(
+        self, schema: LabelSchema, tasks: Sequence[Mapping[str, Any]], version: str, project: int | None
+    ) -> None:
+        """Calibrate a new version before it re-scores; a failure leaves the LSM's grades (logged)."""
+        try:
+            calibrate_project(self.service, tasks, schema, version=version, project=project)
+        except Exception as exc:
+            logger.warning("calibration of %s failed (the LSM's grades apply): %s", version, exc)
 
     def rescore(self, project: int | None, *, on_progress: Any = None) -> int:
         """Bulk scoring (``backend.bulk``): every non-expert task of the project not yet scored by the

@@ -11,7 +11,9 @@ import pytest
 MODULES = [
     "backend.bootstrap",
     "backend.bulk",
+    "backend.calibration",
     "backend.export",
+    "backend.report",
     "backend.score",
     "backend.storage",
     "formats.images",
