@@ -71,7 +71,6 @@ __all__ = [
 ]
 
 
-
 def calibration_path(version: ModelVersion) -> Path:
     """Where ``version``'s calibration is stored (beside its weights)."""
     return version.weights.parent / CALIBRATION_FILE
@@ -140,6 +139,7 @@ def task_views(
     Tasks that cannot be read (no image, image missing, malformed crowd labels) are skipped with a warning.
     """
     from backend.protocol import task_image_url
+
     policy = policy or service.settings.expert
     detector, _ = service.current(version)
     label_map = schema.label_map(list(detector.names))
