@@ -261,6 +261,8 @@ def create_app(
             source = calibrator.source()
             schema = parse_label_config(source.label_config(pid))
             body = build_report(service, source.tasks(pid), schema, project=pid)
+        except NoModelError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=503)
         except (ValueError, LabelConfigError) as exc:
             return JSONResponse({"detail": str(exc)}, status_code=400)
         return HTMLResponse(render_html(body)) if fmt == "html" else body

@@ -9,8 +9,8 @@ its registry folder, written atomically); :class:`backend.service.ModelService` 
 
 A model's findings on its own training images are too good to learn from, and a new version trains on every
 expert task there is. So each expert task is scored by the newest version (up to the one calibrated) that did
-not train on it (``meta["trained_on"]``, the task ids the training job used; none for ``MODEL_WEIGHTS``):
-usually the version before, on the tasks the experts annotated since — the condition the serving version's
+not train on it (``meta["trained_on"]``, the task ids the training job used; none for ``MODEL_WEIGHTS``),
+about the version that was serving when the expert annotated it — the condition the serving version's
 findings on not-yet-annotated tasks are in. Calibration runs after each training (after publishing, before
 re-scoring), on ``POST /calibrate?project=N`` and from this command.
 

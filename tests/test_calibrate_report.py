@@ -202,3 +202,12 @@ def test_type_table_without_examples():
     rows = type_table({}, {})
     assert [r["noise_type"] for r in rows] == ["background", "localization", "box_in_box", "missed"]
     assert all(r["examples"] == 0 and r["precision"] is None and not r["fitted"] for r in rows)
+
+
+def test_report_and_calibrate_before_any_version(app_for):
+    client, _ = app_for()  # nothing published
+    report = client.get("/report?project=1").json()
+    assert report["serving_version"] is None and report["errors_remaining"] is None
+    assert report["versions"] == [] and report["expert_tasks"] == {"done": 48, "total": 52}
+    assert "data:image/png;base64," in client.get("/report?project=1&format=html").text
+    assert client.post("/calibrate?project=1").status_code == 503
