@@ -33,6 +33,7 @@ from selection.detections import Detections
 
 if TYPE_CHECKING:
     from model.detector import Detector
+    from model.registry import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,22 @@ class ScoredTask:
 
 def _task_name(task: Mapping[str, Any], index: int) -> str:
     return str(task["id"]) if "id" in task else f"#{index}"
+
+
+def _check_tiling(mv: ModelVersion, settings: Settings) -> None:
+    """Warn when a version trained by the backend saw another tile size than ``TILE_SIZE`` now gives it."""
+    options = mv.meta.get("train_options")
+    if not isinstance(options, Mapping):
+        return  # not trained here (e.g. MODEL_WEIGHTS): nothing is known about its training scale
+    trained = (options.get("tiling") or {}).get("size")
+    now = settings.tiling.size if settings.tiling is not None else None
+    if trained != now:
+        logger.warning(
+            "%s was trained on %s but predicts on %s (TILE_SIZE): objects change scale; retrain",
+            mv.version,
+            f"{trained} px tiles" if trained else "whole images",
+            f"{now} px tiles" if now else "whole images",
+        )
 
 
 class ModelService:
@@ -121,6 +138,11 @@ class ModelService:
             if mv.version == self._version:
                 return mv.version
             detector = load_detector(mv, device=self.settings.device)
+            _check_tiling(mv, self.settings)
+            if self.settings.tiling is not None:
+                from model.tiling import TiledDetector
+
+                detector = TiledDetector(detector, self.settings.tiling)
             with self._swap_lock:
                 old, self._detector, self._version = self._version, detector, mv.version
             logger.info("model switched %s -> %s", old or "-", mv.version)

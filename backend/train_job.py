@@ -26,6 +26,7 @@ def run_job(job: dict[str, Any]) -> str:
     from model.dataset import LabeledImage
     from model.detector import DEFAULT_FAMILY, get_family
     from model.registry import ModelRegistry
+    from model.tiling import TileConfig, tile_dataset
     from selection.detections import Detections
 
     def items(key: str) -> list[LabeledImage]:
@@ -39,9 +40,14 @@ def run_job(job: dict[str, Any]) -> str:
     family = get_family(str(job.get("family") or DEFAULT_FAMILY))
     imgsz = job.get("imgsz")
     start = time.monotonic()
+    train, val = items("train"), items("val")
+    tiling = TileConfig(**job["tiling"]) if job.get("tiling") else None
+    if tiling is not None:  # large images train as tiles, at the scale tiled prediction sees them
+        train = tile_dataset(train, Path(job["work_dir"]) / "tiles" / "train", config=tiling)
+        val = tile_dataset(val, Path(job["work_dir"]) / "tiles" / "val", config=tiling)
     result = family.train(
-        train=items("train"),
-        val=items("val"),
+        train=train,
+        val=val,
         names=list(job["names"]),
         out_dir=Path(job["work_dir"]),
         init=job.get("init") or None,
@@ -61,7 +67,7 @@ def run_job(job: dict[str, Any]) -> str:
         "seconds": round(time.monotonic() - start, 1),
         "metrics": {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)},
         "names": list(job["names"]),
-        "train_options": result.options,
+        "train_options": {**result.options, "tiling": tiling.as_dict() if tiling is not None else None},
         "lsm": job.get("lsm") or {},
     }
     version = ModelRegistry(Path(job["model_dir"])).publish(result.weights, meta)

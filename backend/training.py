@@ -381,6 +381,7 @@ class TrainingManager:
             "family": family,
             "lsm": lsm_as_dict(self.settings.lsm),
             "log_level": self.settings.log_level,
+            "tiling": self.settings.tiling.as_dict() if self.settings.tiling is not None else None,
         }
         job_path = job_dir / "job.json"
         job_path.write_text(json.dumps(job))
