@@ -225,7 +225,7 @@ def tiling_from_env(environ: Mapping[str, str]) -> TileConfig | None:
     """Tiled prediction and training (``TILE_SIZE``, ``TILE_OVERLAP``, ``TILE_MERGE``), or ``None`` when off.
 
     ``TILE_SIZE`` 0 (the default) turns tiling off; otherwise images larger than ``TILE_SIZE`` pixels are cut
-    into tiles overlapping by at least ``TILE_OVERLAP`` pixels (default 64) and boxes are merged across tiles
+    into tiles overlapping by at least ``TILE_OVERLAP`` pixels (default 64, at most half a tile) and boxes are merged across tiles
     by ``TILE_MERGE`` (``nms`` or ``wbf``); see ``model.tiling``.
 
     Raises:
@@ -236,7 +236,7 @@ def tiling_from_env(environ: Mapping[str, str]) -> TileConfig | None:
         return None
     if size < MIN_TILE:
         raise SettingsError(f"TILE_SIZE: expected 0 (off) or a tile side >= {MIN_TILE} pixels, got {size}")
-    overlap = _int(environ, "TILE_OVERLAP", 64, minimum=0)
+    overlap = _int(environ, "TILE_OVERLAP", min(64, size // 2), minimum=0)
     merge_text = _get(environ, "TILE_MERGE", Merge.NMS.value)
     try:
         merge = Merge(merge_text.lower())
