@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_detections
 from PIL import Image
 from scipy import ndimage
 
-from conftest import make_detections
 from model.dataset import LabeledImage
 from model.detector import PREDICT_CONF, TrainResult, register_family
 from model.tiling import (
@@ -179,10 +179,9 @@ class _Blobs:
     Records every call's tile shapes, so the tests can count calls and chunk sizes.
     """
 
-    names = ["deposit"]
-    version = "v-fake"
-
     def __init__(self) -> None:
+        self.names = ["deposit"]
+        self.version = "v-fake"
         self.calls: list[list[tuple[int, ...]]] = []
 
     def predict(self, images, *, conf=PREDICT_CONF, batch=16):
@@ -268,3 +267,185 @@ def test_tiled_detector_argument_errors():
         tiled.predict([Path("/nonexistent/a.png")])
     with pytest.raises(TypeError, match="config"):
         TiledDetector(_Blobs(), {"size": 64})  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------- tiled training
+
+
+def _labelled_png(path: Path, pixels: np.ndarray, boxes, classes=None) -> LabeledImage:
+    Image.fromarray(pixels).save(path)
+    return LabeledImage(path, make_detections(boxes, classes=classes), pixels.shape[1], pixels.shape[0])
+
+
+def test_tile_dataset_clips_boxes_and_drops_slivers(tmp_path):
+    # 600 x 300, tiles of 300 overlapping >= 100 -> x 0/150/300, one row.
+    pixels = np.random.default_rng(0).integers(0, 255, (300, 600), dtype=np.uint8)
+    boxes = [
+        [280, 100, 320, 140],  # across x 300: 50 % in tile 0 and tile 2, whole in tile 1
+        [446, 10, 466, 30],  # 4 of its 20 px (20 %) in tile 1: a sliver, dropped there; whole in tile 2
+        [445, 50, 465, 70],  # 5 of 20 px (25 %, the threshold) in tile 1: kept there
+    ]
+    item = _labelled_png(tmp_path / "frame.png", pixels, boxes, classes=[0, 1, 0])
+    tiles = tile_dataset([item], tmp_path / "tiles", config=TileConfig(size=300, overlap=100))
+    assert [(t.path.name, t.width, t.height) for t in tiles] == [
+        ("000000_frame_x0_y0.png", 300, 300),
+        ("000000_frame_x150_y0.png", 300, 300),
+        ("000000_frame_x300_y0.png", 300, 300),
+    ]
+    assert tiles[0].labels.xyxy.tolist() == [[280, 100, 300, 140]]
+    assert tiles[1].labels.xyxy.tolist() == [[130, 100, 170, 140], [295, 50, 300, 70]]
+    assert tiles[2].labels.xyxy.tolist() == [[0, 100, 20, 140], [146, 10, 166, 30], [145, 50, 165, 70]]
+    assert tiles[2].labels.class_id.tolist() == [0, 1, 0]
+    for tile in tiles:  # the files are the image's pixels under each window
+        x0 = int(tile.path.stem.split("_x")[1].split("_")[0])
+        assert np.array_equal(np.asarray(Image.open(tile.path)), pixels[:, x0 : x0 + 300])
+    small = _labelled_png(tmp_path / "small.png", pixels[:100, :100], [[1, 1, 5, 5]])
+    assert tile_dataset([small], tmp_path / "tiles", config=TileConfig(size=300, overlap=100)) == [small]
+
+
+def test_tile_dataset_keeps_few_empty_tiles_and_16_bit_pixels(tmp_path):
+    # 1000 x 1000 in 5 x 5 tiles of 256 (overlap >= 64); one box: a single tile has a label.
+    pixels = (np.arange(1000 * 1000, dtype=np.uint32).reshape(1000, 1000) % 4096).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(pixels).save(path)
+    item = LabeledImage(path, make_detections([[10, 10, 30, 30]]), 1000, 1000)
+    config = TileConfig(size=256, overlap=64)
+    assert len(tile_windows(1000, 1000, size=256, overlap=64)) == 25
+    one = tile_dataset([item], tmp_path / "a", config=config)
+    assert [len(t.labels) for t in one] == [1, 0]  # one tile with the box, one empty tile (negatives=1)
+    assert len(tile_dataset([item], tmp_path / "b", config=config, negatives=3)) == 4
+    assert len(tile_dataset([item], tmp_path / "c", config=config, negatives=0)) == 1
+    tile = np.asarray(Image.open(one[0].path))
+    assert tile.dtype == np.uint16 and np.array_equal(tile, pixels[:256, :256])  # 16-bit data stays 16-bit
+    with pytest.raises(ValueError, match="min_visible"):
+        tile_dataset([item], tmp_path / "d", config=config, min_visible=0)
+    with pytest.raises(ValueError, match="negatives"):
+        tile_dataset([item], tmp_path / "d", config=config, negatives=-1)
+    wrong = LabeledImage(path, make_detections([[1, 1, 2, 2]]), 900, 1000)
+    with pytest.raises(ValueError, match="labelled as 900x1000"):
+        tile_dataset([wrong], tmp_path / "d", config=config)
+
+
+# ------------------------------------------------------------------------------------------- wiring
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TILE_SIZE": "16"}, "TILE_SIZE: expected 0 .off. or a tile side >= 32 pixels, got 16"),
+        ({"TILE_SIZE": "big"}, "TILE_SIZE: expected an integer"),
+        ({"TILE_SIZE": "320", "TILE_OVERLAP": "200"}, r"TILE_OVERLAP: expected an integer in \[0, 160\]"),
+        ({"TILE_SIZE": "320", "TILE_OVERLAP": "-5"}, "TILE_OVERLAP: expected an integer >= 0"),
+        ({"TILE_SIZE": "320", "TILE_MERGE": "mean"}, "TILE_MERGE: expected one of nms, wbf, got 'mean'"),
+    ],
+)
+def test_tile_settings_errors_name_the_variable(tmp_path, env, message):
+    from backend.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({"MODEL_DIR": str(tmp_path), **env})
+
+
+def test_tile_settings(tmp_path):
+    from backend.settings import Settings
+
+    assert Settings.from_env({"MODEL_DIR": str(tmp_path)}).tiling is None
+    assert Settings.from_env({"MODEL_DIR": str(tmp_path), "TILE_SIZE": "0"}).tiling is None
+    on = Settings.from_env({"MODEL_DIR": str(tmp_path), "TILE_SIZE": "320", "TILE_MERGE": "WBF"}).tiling
+    assert on == TileConfig(size=320, overlap=64, merge=Merge.WBF)
+    assert Settings.from_env({"MODEL_DIR": str(tmp_path), "TILE_SIZE": "64"}).tiling.overlap == 32
+
+
+class _BlobFamily:
+    name = "tilefake"
+    default_init = "scratch"
+
+    def __init__(self) -> None:
+        self.trained: list[dict] = []
+
+    def check_init(self, init):
+        pass
+
+    def load(self, weights, *, device="auto", version=""):
+        blobs = _Blobs()
+        blobs.version = version
+        return blobs
+
+    def train(self, *, train, val, names, out_dir, init=None, epochs, batch, **options):
+        self.trained.append({"train": list(train), "val": list(val), **options})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "w.pt").write_bytes(b"fake")
+        return TrainResult(weights=out_dir / "w.pt", seconds=0.0, epochs=epochs, options={"init": "scratch"})
+
+
+@pytest.fixture
+def blob_family():
+    import model.detector as detector_module
+
+    family = _BlobFamily()
+    register_family("tilefake", lambda: family)
+    yield family
+    detector_module._FACTORIES.pop("tilefake", None)
+    detector_module._CACHE.pop("tilefake", None)
+
+
+def test_service_predicts_tiled_when_tile_size_is_set(tmp_path, blob_family, caplog):
+    from backend.images import ImageLoader
+    from backend.service import ModelService
+    from backend.settings import Settings
+    from model.registry import ModelRegistry
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"fake")
+    meta = {"family": "tilefake", "train_options": {"tiling": None}}
+    ModelRegistry(tmp_path / "models").publish(weights, meta)
+    settings = Settings(
+        model_dir=tmp_path / "models", tiling=TileConfig(size=256, overlap=64), predict_batch=5
+    )
+    service = ModelService(settings, loader=ImageLoader())
+    with caplog.at_level("WARNING"):
+        preds, names, _ = service.detect([_frame(700, 500, [(240, 100, 30)]), _frame(50, 50, [])])
+    assert isinstance(service.current()[0], TiledDetector) and names == ["deposit"]
+    assert preds[0].xyxy.tolist() == [[240, 100, 270, 130]] and len(preds[1]) == 0
+    assert "trained on whole images but predicts on 256 px tiles" in caplog.text
+    inner = service.current()[0].inner
+    assert [len(c) for c in inner.calls] == [5, 5, 3]  # 12 tiles + 1 small image, PREDICT_BATCH chunks
+
+
+def test_training_job_trains_on_tiles_and_records_them(tmp_path, blob_family):
+    from backend.train_job import run_job
+    from model.registry import ModelRegistry
+
+    item = _labelled_png(tmp_path / "f.png", _frame(600, 300, [(280, 100, 40)]), [[280, 100, 320, 140]])
+    small = _labelled_png(tmp_path / "s.png", _frame(100, 100, [(5, 5, 10)]), [[5, 5, 15, 15]])
+
+    def as_json(it: LabeledImage) -> dict:
+        boxes, classes = it.labels.xyxy.tolist(), it.labels.class_id.tolist()
+        return {
+            "path": str(it.path),
+            "xyxy": boxes,
+            "class_id": classes,
+            "width": it.width,
+            "height": it.height,
+        }
+
+    job = {
+        "work_dir": str(tmp_path / "job"),
+        "model_dir": str(tmp_path / "models"),
+        "names": ["deposit"],
+        "train": [as_json(item), as_json(small)],
+        "val": [as_json(small)],
+        "epochs": 1,
+        "batch": 2,
+        "family": "tilefake",
+        "tiling": TileConfig(size=300, overlap=100).as_dict(),
+    }
+    version = run_job(json.loads(json.dumps(job)))
+    (trained,) = blob_family.trained
+    assert [(t.width, t.height, len(t.labels)) for t in trained["train"]] == [
+        (300, 300, 1), (300, 300, 1), (300, 300, 1), (100, 100, 1)
+    ]  # fmt: skip
+    assert trained["train"][0].path.parent == tmp_path / "job" / "tiles" / "train"
+    assert trained["val"][0].path == small.path
+    meta = ModelRegistry(tmp_path / "models").get(version).meta
+    assert meta["train_options"]["tiling"]["size"] == 300 and meta["n_train"] == 2
