@@ -449,3 +449,40 @@ def test_training_job_trains_on_tiles_and_records_them(tmp_path, blob_family):
     assert trained["val"][0].path == small.path
     meta = ModelRegistry(tmp_path / "models").get(version).meta
     assert meta["train_options"]["tiling"]["size"] == 300 and meta["n_train"] == 2
+
+
+# ------------------------------------------------------------------------------------------- bench
+
+
+def test_bench_plain_nms_keeps_the_fragment_the_cut_aware_merge_absorbs():
+    from bench.tiling import plain_nms
+    from model.tiling import TilePrediction
+
+    part = _scored([[290, 40, 300, 60]], [0.9])  # IoU 0.25 with the whole box: plain NMS keeps both
+    whole = _scored([[90, 40, 130, 60]], [0.7])
+    tp = TilePrediction(500, 100, _WINS, [part, whole])
+    assert plain_nms(tp).xyxy.tolist() == [[290, 40, 300, 60], [290, 40, 330, 60]]
+    assert tp.merge(_CFG).xyxy.tolist() == [[290, 40, 330, 60]]
+    dup = TilePrediction(
+        500, 100, _WINS, [_scored([[220, 40, 260, 60]], [0.9]), _scored([[21, 40, 61, 60]], [0.5])]
+    )
+    assert plain_nms(dup).xyxy.tolist() == [[220, 40, 260, 60]]
+    assert len(plain_nms(TilePrediction(500, 100, _WINS, [Detections.empty(with_score=True)] * 2))) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tile", "16"], "size"),
+        (["--tile", "256", "--overlap", "200"], "overlap"),
+        (["--epochs", "0"], "--epochs"),
+        (["--memory", "10,x"], "comma-separated integers"),
+        (["--frame-epochs", "-1"], "--frame-epochs"),
+    ],
+)
+def test_bench_tiling_arguments(argv, message, capsys):
+    from bench.tiling import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
