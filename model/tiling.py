@@ -200,6 +200,71 @@ def _cut_mask(local: np.ndarray, window: np.ndarray, width: int, height: int, ed
     )
 
 
+def _group_across_tiles(
+    xyxy: np.ndarray,
+    score: np.ndarray,
+    class_id: np.ndarray,
+    tile: np.ndarray,
+    cut: np.ndarray,
+    config: TileConfig,
+) -> list[tuple[list[int], np.ndarray]]:
+    """Greedy grouping of tile boxes (image pixels) into objects: ``(member indices, extent)`` per group.
+
+    Whole boxes first, each by descending score, so a group's anchor (its extent) is its best whole box when
+    it has one; a group of cut parts only grows to their union. A box is compared only with the groups in the
+    grid cells it touches (cells of a quarter tile), so the cost stays near linear in the number of boxes.
+    """
+    order = np.lexsort((-score, cut))
+    cell = max(16, config.size // 4)
+    grid: dict[tuple[int, int], list[int]] = {}
+    extents = np.empty((len(xyxy), 4), np.float64)
+    whole = np.empty(len(xyxy), bool)
+    group_class = np.empty(len(xyxy), np.int64)
+    tiles_of: list[set[int]] = []
+    members: list[list[int]] = []
+
+    def cells(box: np.ndarray) -> list[tuple[int, int]]:
+        x0, y0, x1, y1 = (int(v) // cell for v in box)
+        return [(cx, cy) for cx in range(x0, x1 + 1) for cy in range(y0, y1 + 1)]
+
+    for i in order.tolist():
+        box = xyxy[i]
+        near = {g for c in cells(box) for g in grid.get(c, ())}
+        if near:
+            cand = np.fromiter(near, np.int64, len(near))
+            cand = cand[(group_class[cand] == class_id[i])]
+            cand = cand[[int(tile[i]) not in tiles_of[g] for g in cand.tolist()]]  # one box per tile
+        else:
+            cand = np.zeros(0, np.int64)
+        if len(cand):
+            iou, ioa_group = pair_geometry(box[None, :], extents[cand])  # share of each group inside box
+            _, ioa_box = pair_geometry(extents[cand], box[None, :])  # share of box inside each group
+            iou, ios = iou[0], np.maximum(ioa_group[0], ioa_box[:, 0])
+            either_cut = bool(cut[i]) | ~whole[cand]
+            ok = (iou >= config.merge_iou) | (either_cut & (ios >= config.merge_ios))
+            if ok.any():
+                strength = np.where(either_cut, np.maximum(ios, iou), iou)
+                g = int(cand[int(np.argmax(np.where(ok, strength, -1.0)))])
+                members[g].append(i)
+                tiles_of[g].add(int(tile[i]))
+                if not whole[g]:  # a group of cut parts grows to their union
+                    extents[g, :2] = np.minimum(extents[g, :2], box[:2])
+                    extents[g, 2:] = np.maximum(extents[g, 2:], box[2:])
+                    for c in cells(extents[g]):
+                        if g not in grid.setdefault(c, []):
+                            grid[c].append(g)
+                continue
+        g = len(members)
+        extents[g] = box
+        whole[g] = not bool(cut[i])
+        group_class[g] = class_id[i]
+        tiles_of.append({int(tile[i])})
+        members.append([i])
+        for c in cells(box):
+            grid.setdefault(c, []).append(g)
+    return [(m, extents[g].copy()) for g, m in enumerate(members)]
+
+
 def merge_tile_detections(
     tiles: Sequence[Detections],
     windows: np.ndarray,
@@ -261,38 +326,10 @@ def merge_tile_detections(
         kept = Detections(xyxy[order].astype(np.float32), class_id[order], score[order].astype(np.float32))
         return kept.clip(width, height)
 
-    # Whole boxes first, each by descending score: a group's anchor is its best whole box when it has one.
-    order = np.lexsort((-score, cut))
-    extents = np.zeros((0, 4), np.float64)  # per group: the anchor box, or the union of its cut parts
-    group_class: list[int] = []
-    group_tiles: list[set[int]] = []
-    group_whole: list[bool] = []
-    members: list[list[int]] = []
-    for i in order:
-        box = xyxy[i]
-        if extents.shape[0]:
-            iou, ioa_group = pair_geometry(box[None, :], extents)  # ioa: share of each group inside box
-            _, ioa_box = pair_geometry(extents, box[None, :])  # share of box inside each group
-            ios = np.maximum(ioa_group[0], ioa_box[:, 0])
-            either_cut = bool(cut[i]) | ~np.asarray(group_whole)
-            strength = np.where(either_cut, np.maximum(ios, iou[0]), iou[0])
-            ok = np.where(either_cut, (iou[0] >= config.merge_iou) | (ios >= config.merge_ios),
-                          iou[0] >= config.merge_iou)  # fmt: skip
-            ok &= np.asarray(group_class) == class_id[i]
-            ok &= np.array([int(tile[i]) not in tiles_of for tiles_of in group_tiles])
-            if ok.any():
-                g = int(np.argmax(np.where(ok, strength, -1.0)))
-                members[g].append(int(i))
-                group_tiles[g].add(int(tile[i]))
-                if not group_whole[g]:  # a group of cut parts grows to their union
-                    extents[g, :2] = np.minimum(extents[g, :2], box[:2])
-                    extents[g, 2:] = np.maximum(extents[g, 2:], box[2:])
-                continue
-        extents = np.concatenate([extents, box[None, :]])
-        group_class.append(int(class_id[i]))
-        group_tiles.append({int(tile[i])})
-        group_whole.append(not bool(cut[i]))
-        members.append([int(i)])
+    groups = _group_across_tiles(xyxy, score, class_id, tile, cut, config)
+    members = [m for m, _ in groups]
+    extents = np.array([e for _, e in groups], np.float64).reshape(-1, 4)
+    group_class = [int(class_id[m[0]]) for m in members]
 
     out_xyxy = np.empty((len(members), 4), np.float64)
     out_score = np.empty(len(members), np.float64)
