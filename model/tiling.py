@@ -231,7 +231,7 @@ def _group_across_tiles(
         box = xyxy[i]
         near = {g for c in cells(box) for g in grid.get(c, ())}
         if near:
-            cand = np.fromiter(near, np.int64, len(near))
+            cand = np.sort(np.fromiter(near, np.int64, len(near)))  # ties go to the earlier (better) group
             cand = cand[(group_class[cand] == class_id[i])]
             cand = cand[[int(tile[i]) not in tiles_of[g] for g in cand.tolist()]]  # one box per tile
         else:
