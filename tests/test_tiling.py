@@ -486,3 +486,35 @@ def test_bench_tiling_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiled_detector_around_a_real_yolo_detector():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from backend_helpers import disc_image, tiny_weights
+
+    from model.detector import Detector, get_family
+
+    yolo = get_family("yolo").load(tiny_weights(), device="cpu")
+    tiled = TiledDetector(yolo, TileConfig(size=96, overlap=32))
+    assert isinstance(tiled, Detector)
+    frame = disc_image(240, [(40, 40, 10), (120, 90, 12), (200, 180, 9)], seed=3)[:200]  # 240 x 200
+    with_grid = len(tile_windows(240, 200, size=96, overlap=32))
+    calls: list[int] = []
+    real_predict = yolo.predict
+
+    def counting(images, **options):
+        calls.append(len(images))
+        return real_predict(images, **options)
+
+    yolo.predict = counting  # type: ignore[method-assign]
+    (found,) = tiled.predict([frame], conf=0.0, batch=4)
+    assert sum(calls) == with_grid and max(calls) <= 4
+    assert found.score is not None and np.all((found.score >= 0) & (found.score <= 1))
+    assert (
+        np.all(found.xyxy >= 0)
+        and np.all(found.xyxy[:, [0, 2]] <= 240)
+        and np.all(found.xyxy[:, [1, 3]] <= 200)
+    )
