@@ -1,19 +1,20 @@
 """Tiled against resized inference on large frames: AP50, time per megapixel, peak memory of prediction.
 
-    python -m bench.tiling [--seed 0] [--n-train 4] [--n-val 1] [--n-test 6] [--tile 256] [--overlap 64]
-                           [--epochs 15] [--batch 16] [--frame-epochs 0] [--memory 10,100]
+    python -m bench.tiling [--seed 0] [--n-train 4] [--n-val 1] [--n-test 6] [--tile 320] [--overlap 64]
+                           [--imgsz 0] [--epochs 15] [--batch 16] [--frame-epochs 0] [--memory 10,100]
                            [--memory-model 10] [--chunk 16] [--out .work/bench-tiling]
 
 One run, side by side, on the ``large`` simulator preset (2048 px frames, deposits of 15-60 px):
 
 1. A detector (the YOLO family, from scratch: nothing is downloaded) is trained on the tiles of the training
-   frames (``model.tiling.tile_dataset``, expert labels), at the tile size.
+   frames (``model.tiling.tile_dataset``, expert labels), at the tile size, or at ``--imgsz`` (the tiles
+   shrunk to it: cheaper on a CPU, as the backend does with ``TRAIN_IMGSZ``).
 2. On the test frames (expert labels; COCO-style AP50), the same raw tile predictions are merged three ways:
    cut-aware NMS and WBF (``model.tiling``), and plain NMS (IoU 0.5, no notion of cut boxes) to show what
-   the cut-aware merge is worth. *Resized*: the same detector on the whole frame shrunk to the tile size,
+   the cut-aware merge is worth. *Resized*: the same detector on the whole frame shrunk to its input size,
    i.e. what prediction without tiling does. With ``--frame-epochs N``, also a detector trained N epochs on
-   the whole frames shrunk to the tile size (a pipeline with no tiling at all; off by default: on this CPU an
-   epoch of a few 2048 px frames costs as much as one of a hundred tiles).
+   the whole frames shrunk to the input size (a pipeline with no tiling at all; off by default: on this CPU
+   an epoch of a few 2048 px frames costs as much as one of a hundred tiles).
 3. Time per megapixel of the tiled and the resized prediction: wall and process CPU seconds (the CPU may be
    shared with other work; CPU seconds are the steadier figure). Both predict at the AP confidence floor
    (0.001); the tiled figure includes the cross-tile merge (NMS) of those many low-score boxes, more than
@@ -178,6 +179,7 @@ def run(args: argparse.Namespace) -> dict:
 
     out = Path(args.out).resolve()
     config = TileConfig(size=args.tile, overlap=args.overlap)
+    imgsz = args.imgsz or config.size
     sim = with_overrides(get_preset("large"), n_train=args.n_train, n_val=args.n_val, n_test=args.n_test)
     data_dir = out / f"data-seed{args.seed}-{sim.n_train}-{sim.n_val}-{sim.n_test}"
     t0 = time.perf_counter()
@@ -194,6 +196,7 @@ def run(args: argparse.Namespace) -> dict:
         "preset": "large",
         "frames": {"train": len(train), "val": len(val), "test": len(test), "side_px": sim.image_size},
         "tiling": config.as_dict(),
+        "imgsz": imgsz,
         "generate_seconds": round(gen_seconds, 1),
     }
 
@@ -201,7 +204,7 @@ def run(args: argparse.Namespace) -> dict:
     tiles_val = tile_dataset(_labelled(val), out / "tiles" / "val", config=config)
     tile_run = family.train(
         train=tiles_train, val=tiles_val, names=["deposit"], out_dir=out / "tile-model", epochs=args.epochs,
-        batch=args.batch, imgsz=config.size, seed=args.seed, device=args.device, validate=False, keep="last",
+        batch=args.batch, imgsz=imgsz, seed=args.seed, device=args.device, validate=False, keep="last",
     )  # fmt: skip
     report["training"] = {
         "tile_model": {
@@ -214,7 +217,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.frame_epochs:
         frame_run = family.train(
             train=_labelled(train), val=_labelled(val), names=["deposit"], out_dir=out / "frame-model",
-            epochs=args.frame_epochs, batch=args.batch, imgsz=config.size, seed=args.seed, device=args.device,
+            epochs=args.frame_epochs, batch=args.batch, imgsz=imgsz, seed=args.seed, device=args.device,
             validate=False, keep="last",
         )  # fmt: skip
         report["training"]["frame_model"] = {
@@ -273,14 +276,14 @@ def _print(report: dict) -> None:
     lines = [
         f"bench.tiling: preset large, {f['side_px']} px frames; train {f['train']} / val {f['val']} / "
         f"test {f['test']} frames ({report['ap_n_gt']} test deposits); tiles {t['size']} px, "
-        f"overlap >= {t['overlap']} px",
+        f"overlap >= {t['overlap']} px; network input {report['imgsz']} px",
         f"  tile model:  {tile['tiles']} training tiles, {tile['epochs']} epochs, {tile['seconds']} s",
     ]
     frame = report["training"].get("frame_model")
     if frame:
         lines.append(
-            f"  frame model: {frame['frames']} whole frames at {t['size']} px, {frame['epochs']} epochs, "
-            f"{frame['seconds']} s"
+            f"  frame model: {frame['frames']} whole frames at {report['imgsz']} px, "
+            f"{frame['epochs']} epochs, {frame['seconds']} s"
         )
     lines.append(f"  {'AP on the test frames':<40} {'AP50':>6} {'AP50:95':>8}")
     for name, ap in report["ap"].items():
@@ -322,7 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=4, help="training frames")
     parser.add_argument("--n-val", type=int, default=1, help="validation frames")
     parser.add_argument("--n-test", type=int, default=6, help="test frames")
-    parser.add_argument("--tile", type=int, default=256, help="tile side and training size, pixels")
+    parser.add_argument("--tile", type=int, default=320, help="tile side, pixels")
+    parser.add_argument("--imgsz", type=int, default=0, help="network input size, pixels (0: the tile side)")
     parser.add_argument("--overlap", type=int, default=64, help="minimum tile overlap, pixels")
     parser.add_argument("--epochs", type=int, default=15, help="epochs of the tile model")
     parser.add_argument("--batch", type=int, default=16, help="training batch, and tiles per forward pass")
@@ -349,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.frame_epochs < 0:
         parser.error(f"--frame-epochs: expected >= 0, got {args.frame_epochs}")
+    if args.imgsz < 0:
+        parser.error(f"--imgsz: expected >= 0, got {args.imgsz}")
     for name in ("n_train", "n_val", "n_test", "epochs", "batch", "chunk"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")
