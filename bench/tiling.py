@@ -1,7 +1,7 @@
 """Tiled against resized inference on large frames: AP50, time per megapixel, peak memory of prediction.
 
     python -m bench.tiling [--seed 0] [--n-train 4] [--n-val 1] [--n-test 6] [--tile 320] [--overlap 64]
-                           [--imgsz 0] [--epochs 15] [--batch 16] [--frame-epochs 0] [--memory 10,100]
+                           [--imgsz 160] [--epochs 30] [--batch 16] [--frame-epochs 0] [--memory 10,100]
                            [--memory-model 10] [--chunk 16] [--out .work/bench-tiling]
 
 One run, side by side, on the ``large`` simulator preset (2048 px frames, deposits of 15-60 px):
@@ -22,8 +22,8 @@ One run, side by side, on the ``large`` simulator preset (2048 px frames, deposi
 4. Peak memory of the prediction path, each in a fresh child process (peak RSS = ``VmHWM``): N frames are
    streamed in chunks of ``--chunk`` frames (read, predict, keep only the boxes, as the backend's ``/predict``
    does per ``PREDICT_BATCH``). Bounded streaming shows as a peak that does not grow with N. Rows: the tiled
-   path with the trained YOLO for each N of ``--memory-model`` (a 2048 px frame is ~100 tile forward passes,
-   minutes per 10 frames on this CPU); the same path with the network replaced by a stub that finds nothing
+   path with the trained YOLO for each N of ``--memory-model`` (a 2048 px frame is 64 tiles of 320 px: a
+   minute or more per 10 frames on this CPU); the same path with the network replaced by a stub that finds nothing
    (decoding, tiling, chunking and merging only) and the resized path with YOLO, for each N of ``--memory``.
 """
 
@@ -326,9 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-val", type=int, default=1, help="validation frames")
     parser.add_argument("--n-test", type=int, default=6, help="test frames")
     parser.add_argument("--tile", type=int, default=320, help="tile side, pixels")
-    parser.add_argument("--imgsz", type=int, default=0, help="network input size, pixels (0: the tile side)")
+    parser.add_argument(
+        "--imgsz", type=int, default=160, help="network input size, pixels (0: the tile side)"
+    )
     parser.add_argument("--overlap", type=int, default=64, help="minimum tile overlap, pixels")
-    parser.add_argument("--epochs", type=int, default=15, help="epochs of the tile model")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs of the tile model")
     parser.add_argument("--batch", type=int, default=16, help="training batch, and tiles per forward pass")
     parser.add_argument("--frame-epochs", type=int, default=0, help="epochs of a whole-frame model (0: none)")
     parser.add_argument("--chunk", type=int, default=16, help="frames per prediction chunk (PREDICT_BATCH)")
