@@ -21,10 +21,11 @@ One run, side by side, on the ``large`` simulator preset (2048 px frames, deposi
    the backend's ``PREDICT_CONF`` (0.01) leaves.
 4. Peak memory of the prediction path, each in a fresh child process (peak RSS = ``VmHWM``): N frames are
    streamed in chunks of ``--chunk`` frames (read, predict, keep only the boxes, as the backend's ``/predict``
-   does per ``PREDICT_BATCH``). Bounded streaming shows as a peak that does not grow with N. Rows: the tiled
-   path with the trained YOLO for each N of ``--memory-model`` (a 2048 px frame is 64 tiles of 320 px: a
-   minute or more per 10 frames on this CPU); the same path with the network replaced by a stub that finds nothing
-   (decoding, tiling, chunking and merging only) and the resized path with YOLO, for each N of ``--memory``.
+   does per ``PREDICT_BATCH``). Bounded streaming shows as a peak that does not grow with N. Rows: the
+   tiled path with the trained YOLO for each N of ``--memory-model`` (a 2048 px frame is 64 tiles of 320
+   px: a minute or more per 10 frames on this CPU); the same path with the network replaced by a stub that
+   finds nothing (decoding, tiling, chunking and merging only) and the resized path with YOLO, for each N
+   of ``--memory``.
 """
 
 from __future__ import annotations
