@@ -518,3 +518,29 @@ def test_tiled_detector_around_a_real_yolo_detector():
         and np.all(found.xyxy[:, [0, 2]] <= 240)
         and np.all(found.xyxy[:, [1, 3]] <= 200)
     )
+
+
+# ------------------------------------------------------------------------------------------- simulator
+
+
+def test_large_preset_has_small_deposits_on_large_frames():
+    from synth import generate, get_preset
+    from synth.dataset import with_overrides
+
+    large = get_preset("large")
+    assert large.image_size == 2048 and (large.n_train, large.n_val, large.n_test) == (12, 4, 12)
+    ds = generate(with_overrides(large, n_train=6, n_val=0, n_test=0), 0, render=False)
+    boxes = np.concatenate([r.expert.xyxy for r in ds.images])
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    assert len(boxes) >= 6 * 6 and sides.min() >= 10 and sides.max() <= 90  # a few dozen pixels
+
+
+def test_wide_noise_on_large_frames_is_smooth_and_normalised(rng):
+    from synth.render import _smooth_noise
+
+    field = _smooth_noise((700, 600), 40.0, rng)  # above 512 px: the reduced-resolution path
+    assert field.shape == (700, 600) and abs(field.std() - 1) < 1e-9
+    assert np.corrcoef(field[:, :-1].ravel(), field[:, 1:].ravel())[0, 1] > 0.99  # smooth at pixel scale
+    small = _smooth_noise((300, 300), 40.0, np.random.default_rng(0))  # small frames: the exact filter
+    exact = ndimage.gaussian_filter(np.random.default_rng(0).standard_normal((300, 300)), 40.0, mode="wrap")
+    np.testing.assert_allclose(small, exact / exact.std())
