@@ -1,7 +1,7 @@
 """Tiled against resized inference on large frames: AP50, time per megapixel, peak memory of prediction.
 
     python -m bench.tiling [--seed 0] [--n-train 4] [--n-val 1] [--n-test 6] [--tile 320] [--overlap 64]
-                           [--imgsz 160] [--epochs 30] [--batch 16] [--frame-epochs 0] [--memory 10,100]
+                           [--imgsz 160] [--epochs 30] [--batch 8] [--frame-epochs 0] [--memory 10,100]
                            [--memory-model 10] [--chunk 16] [--out .work/bench-tiling]
 
 One run, side by side, on the ``large`` simulator preset (2048 px frames, deposits of 15-60 px):
@@ -332,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--overlap", type=int, default=64, help="minimum tile overlap, pixels")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of the tile model")
-    parser.add_argument("--batch", type=int, default=16, help="training batch, and tiles per forward pass")
+    parser.add_argument("--batch", type=int, default=8, help="training batch, and tiles per forward pass")
     parser.add_argument("--frame-epochs", type=int, default=0, help="epochs of a whole-frame model (0: none)")
     parser.add_argument("--chunk", type=int, default=16, help="frames per prediction chunk (PREDICT_BATCH)")
     parser.add_argument("--memory", type=_counts, default=[10, 100], help="frame counts: stub and resized")
