@@ -14,7 +14,7 @@ export XDG_CACHE_HOME := $(WORK)/xdg-cache
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-ls test test-fast lint demo calibrate simulate bench-speed clean help
+.PHONY: setup setup-ls test test-fast lint demo calibrate simulate bench-speed bench-load clean help
 
 help:
 	@echo "make demo   - set up, generate synthetic data, train, start Label Studio + backend"
@@ -60,10 +60,14 @@ calibrate: setup
 	$(PY) -m bench.calibrate --preset quick --out $(WORK)/calibrate
 
 simulate: setup
-	$(PY) -m bench.simulate --preset quick --seeds 3 --budget 0.25 --out $(WORK)/simulate
+	$(PY) -m bench.simulate --preset quick --seed-list 0,1,2,3,4 --budget 0.25 --out $(WORK)/simulate/quick
 
 bench-speed: setup
 	$(PY) -m bench.speed
+
+# Replicas, RQ workers and Redis on localhost under load and faults (~10 min; --quick ~4 min).
+bench-load: setup
+	$(PY) -m bench.load
 
 clean:
 	rm -rf $(WORK)

@@ -1,9 +1,11 @@
 """The HTTP layer: FastAPI app factory for the Label Studio ML backend (parse, delegate, answer).
 
-Errors are JSON ``{"detail": "..."}``: 400 for a bad labelling config or task (naming the task), 422 for a
-body that is not the expected JSON (the message names the field, never echoes the input: it may hold
-passwords), 503 while no model version is published (Label Studio logs it and stores no prediction, so the
-tasks are predicted again once a model exists), 401 without valid basic auth when it is configured.
+Errors are JSON ``{"detail": "..."}``: 400 for a bad labelling config, 422 for a body that is not the
+expected JSON (the message names the field, never echoes the input: it may hold passwords), 503 while no model
+version is published (Label Studio logs it and stores no prediction, so the tasks are predicted again once a
+model exists), 401 without valid basic auth when it is configured. A bad *task* (its image, its crowd labels)
+never fails the request: it gets its own error entry (see ``backend.service.ScoredTask``) and the rest of the
+batch is scored.
 Basic auth guards every endpoint, /health included: Label Studio sends the credentials on all calls.
 """
 
@@ -13,17 +15,19 @@ import base64
 import binascii
 import hmac
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from backend.images import ImageLoader, ImageLoadError
+from backend.images import ImageLoader
 from backend.labelconfig import LabelConfigError, parse_label_config
 from backend.lsclient import LabelStudioAuth, TaskWriteBack, make_sdk_client
+from backend.metrics import CONTENT_TYPE, Metrics
 from backend.protocol import PredictRequest, SetupRequest, WebhookRequest
-from backend.service import ModelService, NoModelError, TaskInputError
+from backend.service import ModelService, NoModelError
 from backend.settings import Settings
 from backend.training import TaskSource, TrainingManager
 
@@ -71,6 +75,14 @@ def create_app(
         loader = ImageLoader.from_settings(settings, auth=auth)
         service = ModelService(settings, loader=loader)
         service.publish_initial()
+    if source is None and settings.tasks_file is not None:
+        from backend.tasksfile import TasksFileSource
+
+        source = TasksFileSource(settings.tasks_file, settings.scratch_dir / "scores.jsonl")
+    if trainer is None and settings.redis_url is not None:
+        from backend.jobs import RedisTrainer  # jobs run on `python -m backend.worker` processes
+
+        trainer = RedisTrainer(settings, service)
     if trainer is None:
         trainer = TrainingManager(settings, service, source=source)
     writeback: TaskWriteBack | None = None
@@ -78,11 +90,28 @@ def create_app(
         url, key = str(settings.label_studio_url), str(settings.label_studio_api_key)
         writeback = TaskWriteBack(lambda: make_sdk_client(url, key))
 
+    metrics = Metrics(
+        serving_version=lambda: service.loaded_version,
+        training=lambda: trainer.training_counts(),
+        queue_depth=lambda: _queue_depth(trainer),
+        writeback=lambda: (writeback.written, writeback.failed) if writeback is not None else (0, 0),
+    )
+
     app = FastAPI(title="Active label cleaning: Label Studio ML backend", version="1.0")
     app.state.settings = settings
     app.state.service = service
     app.state.trainer = trainer
     app.state.writeback = writeback
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def timing(request: Request, call_next: Any) -> Any:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", None) or "other"
+        metrics.observe_request(path, request.method, response.status_code, time.perf_counter() - start)
+        return response
 
     @app.middleware("http")
     async def basic_auth(request: Request, call_next: Any) -> Any:
@@ -101,11 +130,14 @@ def create_app(
     @app.get("/")
     @app.get("/health")
     def health() -> dict[str, Any]:
+        active = service.latest_version()
         return {
             "status": "UP",
             "model_class": "ActiveLabelCleaning",
-            "model_version": service.loaded_version or service.latest_version(),
-            "latest_version": service.latest_version(),
+            "model_version": service.loaded_version or active,
+            "latest_version": active,
+            "serving_version": active,
+            "loaded_version": service.loaded_version,
             "training": trainer.status(),
         }
 
@@ -121,24 +153,44 @@ def create_app(
 
     @app.get("/versions")
     def versions() -> dict[str, Any]:
-        return {"versions": service.versions(), "latest": service.latest_version()}
+        active = service.latest_version()
+        return {"versions": service.versions(), "latest": active, "active": active}
+
+    @app.post("/versions/{version}/activate")
+    def activate(version: str) -> Any:
+        """Serve an already published version from now on (rollback), in every process of the registry."""
+        previous = service.latest_version()
+        try:
+            service.switch(version)  # load it first: a version that cannot load is never made the active one
+        except KeyError as exc:
+            return JSONResponse({"detail": str(exc.args[0])}, status_code=404)
+        except Exception as exc:
+            logger.exception("loading version %s failed", version)
+            return JSONResponse({"detail": f"version {version} could not be loaded: {exc}"}, status_code=500)
+        service.registry.activate(version)
+        logger.info("version %s activated (was %s)", version, previous)
+        return {"model_version": version, "previous": previous}
 
     @app.post("/predict")
     def predict(body: PredictRequest) -> Any:
         try:
             schema = parse_label_config(body.label_config or trainer.last_schema_xml)
-            scored = service.score_tasks(body.tasks, schema)
+            # Label Studio 1.23 sends no model_version here; other callers may pin a published version.
+            scored = service.score_tasks(body.tasks, schema, version=body.model_version)
         except NoModelError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=503)
-        except (LabelConfigError, TaskInputError) as exc:
+        except LabelConfigError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=400)
-        except ImageLoadError as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=422)
+        metrics.observe_tasks([item.error_cause for item in scored])
         if writeback is not None:
             for item in scored:
                 if item.task_id is not None:
-                    writeback.submit(item.task_id, item.fields.as_data())
+                    writeback.submit(item.task_id, item.writeback())
         return {"results": [item.prediction for item in scored]}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.post("/webhook")
     def webhook(body: WebhookRequest) -> dict[str, Any]:
@@ -157,7 +209,27 @@ def create_app(
         pid = int(project) if project and project.isdigit() else None
         return {"status": trainer.request(pid), "action": "START_TRAINING"}
 
+    @app.post("/rescore")
+    def rescore(request: Request) -> dict[str, Any]:
+        """Bulk scoring: every non-expert task of ``?project=N`` with the serving version (background)."""
+        project = request.query_params.get("project")
+        pid = int(project) if project and project.isdigit() else None
+        try:
+            return {"status": trainer.request_rescore(pid), "action": "RESCORE"}
+        except Exception as exc:  # e.g. Redis unreachable: report, never crash
+            logger.exception("re-scoring request failed")
+            return {"status": "error", "action": "RESCORE", "detail": str(exc)[:500]}
+
     return app
+
+
+def _queue_depth(trainer: Any) -> dict[str, int]:
+    """Jobs waiting or running: the trainer's own count, or 0/1 from the in-process trainer's status."""
+    depth = getattr(trainer, "queue_depth", None)
+    if callable(depth):
+        return dict(depth())
+    status = trainer.status()
+    return {"training": int(status.get("state") == "running") + int(bool(status.get("pending")))}
 
 
 def _authorized(header: str | None, settings: Settings) -> bool:

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
@@ -34,13 +34,30 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RESOLVERS", "ImageLoadError", "ImageLoader", "LoadedImage", "Resolver"]
+__all__ = ["RESOLVERS", "ImageFailure", "ImageLoadError", "ImageLoader", "LoadedImage", "Resolver"]
 
 _MAX_BYTES = 200 * 1024 * 1024
 
 
+ImageFailure = Literal["reference", "missing", "unreachable", "http_status", "too_large", "undecodable"]
+"""Why an image failed to load (the ``cause`` label of the image-load-failure metric):
+
+``reference`` (not a URL this loader understands, or one outside the document root), ``missing`` (no such
+local file), ``unreachable`` (network error or timeout), ``http_status`` (a non-200 answer), ``too_large``,
+``undecodable`` (bytes that are not an image, or a bad data URI payload).
+"""
+
+
 class ImageLoadError(ValueError):
-    """A task's image could not be loaded; the message names the task and the URL."""
+    """A task's image could not be loaded; the message names the task and the URL.
+
+    Attributes:
+        cause: the kind of failure (see :data:`ImageFailure`).
+    """
+
+    def __init__(self, message: str, *, cause: ImageFailure = "reference") -> None:
+        super().__init__(message)
+        self.cause: ImageFailure = cause
 
 
 @dataclass(frozen=True)
@@ -132,9 +149,13 @@ class ImageLoader:
         except ImageLoadError:
             raise
         except requests.RequestException as exc:
-            raise ImageLoadError(f"{where}: cannot be fetched ({type(exc).__name__})") from None
+            raise ImageLoadError(
+                f"{where}: cannot be fetched ({type(exc).__name__})", cause="unreachable"
+            ) from None
         except OSError as exc:
-            raise ImageLoadError(f"{where}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+            raise ImageLoadError(
+                f"{where}: cannot be read ({exc.strerror or type(exc).__name__})", cause="missing"
+            ) from None
 
     def get(self, url: str, where: str) -> bytes:
         """GET ``url``; the API key is sent only to ``LABEL_STUDIO_URL``'s host. Raises on non-200."""
@@ -146,9 +167,9 @@ class ImageLoader:
         else:
             resp = requests.get(url, timeout=self.timeout)
         if resp.status_code != 200:
-            raise ImageLoadError(f"{where}: HTTP {resp.status_code}")
+            raise ImageLoadError(f"{where}: HTTP {resp.status_code}", cause="http_status")
         if len(resp.content) > _MAX_BYTES:
-            raise ImageLoadError(f"{where}: larger than {_MAX_BYTES // 2**20} MiB")
+            raise ImageLoadError(f"{where}: larger than {_MAX_BYTES // 2**20} MiB", cause="too_large")
         return bytes(resp.content)
 
 
@@ -164,7 +185,7 @@ def _data_uri(loader: ImageLoader, url: str, where: str) -> LoadedImage:
     try:
         return LoadedImage(_decode(base64.b64decode(payload, validate=True), where))
     except binascii.Error:
-        raise ImageLoadError(f"{where}: invalid base64 payload") from None
+        raise ImageLoadError(f"{where}: invalid base64 payload", cause="undecodable") from None
 
 
 def _local_file(loader: ImageLoader, url: str, where: str) -> LoadedImage | None:
@@ -173,7 +194,9 @@ def _local_file(loader: ImageLoader, url: str, where: str) -> LoadedImage | None
     if path is None:
         return None
     if not path.is_file():
-        raise ImageLoadError(f"{where}: no such file under LOCAL_FILES_DOCUMENT_ROOT ({path})")
+        raise ImageLoadError(
+            f"{where}: no such file under LOCAL_FILES_DOCUMENT_ROOT ({path})", cause="missing"
+        )
     return LoadedImage(_decode(path.read_bytes(), where), path=path)
 
 
@@ -216,5 +239,5 @@ def _decode(data: bytes, where: str) -> np.ndarray:
 
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if bgr is None or bgr.ndim != 3 or bgr.shape[0] == 0 or bgr.shape[1] == 0:
-        raise ImageLoadError(f"{where}: not a readable image ({len(data)} bytes)")
+        raise ImageLoadError(f"{where}: not a readable image ({len(data)} bytes)", cause="undecodable")
     return np.ascontiguousarray(bgr[:, :, ::-1])

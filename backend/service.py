@@ -5,19 +5,25 @@ Weights are loaded on the first ``/predict`` (never at import or in ``/setup``: 
 A newer version in the registry (published by training, or by another process) is picked up by the next
 predict or by :meth:`ModelService.switch`; the new detector is loaded *outside* the lock and swapped in under
 it, so requests keep being served by the previous version meanwhile.
+
+Fault isolation: one bad task (missing, unreachable or undecodable image, malformed ``crowd_labels``) gets a
+failed :class:`ScoredTask` carrying the reason while every other task of the request is scored. Images are
+loaded, predicted and released in chunks of ``PREDICT_BATCH``: a request never holds all its images at once.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from backend.images import ImageLoader, LoadedImage
+from backend.images import ImageLoader, ImageLoadError, LoadedImage
 from backend.labelconfig import LabelSchema
 from backend.protocol import (
     TaskFields,
@@ -37,7 +43,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelService", "NoModelError", "ScoredTask", "TaskInputError"]
+_LOAD_THREADS = 4
+"""Images of a chunk loaded at once (HTTP round trips to Label Studio overlap)."""
+
+__all__ = ["SCORE_ERROR_FIELD", "ModelService", "NoModelError", "ScoredTask", "TaskInputError"]
 
 
 class NoModelError(RuntimeError):
@@ -48,13 +57,48 @@ class TaskInputError(ValueError):
     """A task of the request is malformed (bad crowd labels, missing image field); names the task."""
 
 
+SCORE_ERROR_FIELD = "score_error"
+"""Task data field holding why the task could not be scored ("" once it was scored)."""
+
+
 @dataclass(frozen=True)
 class ScoredTask:
-    """One task's outcome: the prediction JSON and the fields to write back."""
+    """One task's outcome: the prediction JSON and the fields to write back.
+
+    A failed task (``error`` set) has ``fields=None`` and a prediction without a ``result`` key: Label Studio
+    1.23 skips such an entry (it logs it) and stores no prediction for the task, so the task is sent again by
+    the next "Retrieve predictions" instead of being skipped as already predicted by the serving version.
+
+    Attributes:
+        task_id: Label Studio's task id (None when the task had none).
+        prediction: one entry of ``/predict``'s ``results``.
+        fields: the scores to merge into the task's data (None when the task failed).
+        error: why the task could not be scored, naming the task.
+        error_cause: ``image_<cause>`` (see ``backend.images.ImageFailure``), ``task_input``, ``inference``
+            or ``scoring``.
+    """
 
     task_id: int | None
     prediction: dict[str, Any]
-    fields: TaskFields
+    fields: TaskFields | None
+    error: str | None = None
+    error_cause: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the task was scored."""
+        return self.error is None
+
+    def writeback(self) -> dict[str, Any]:
+        """The fields to merge into the task's data: the scores and an empty ``score_error``, or the error."""
+        if self.fields is None:
+            return {SCORE_ERROR_FIELD: str(self.error or "")}
+        return {**self.fields.as_data(), SCORE_ERROR_FIELD: ""}
+
+
+def _task_id(task: Mapping[str, Any]) -> int | None:
+    raw = task.get("id")
+    return int(raw) if isinstance(raw, int | str) and str(raw).isdigit() else None
 
 
 def _task_name(task: Mapping[str, Any], index: int) -> str:
@@ -95,6 +139,8 @@ class ModelService:
         self._load_lock = threading.Lock()
         self._detector: Detector | None = None
         self._version: str | None = None
+        self._pinned: OrderedDict[str, Detector] = OrderedDict()  # older versions asked for by name, LRU
+        self._pool = ThreadPoolExecutor(max_workers=_LOAD_THREADS, thread_name_prefix="image-load")
         self._warned_unmapped: set[str] = set()
 
     def publish_initial(self) -> None:
@@ -126,7 +172,6 @@ class ModelService:
         Raises:
             NoModelError: nothing published.
         """
-        from model.detector import load_detector
 
         with self._load_lock:
             mv = self.registry.get(version) if version is not None else self.registry.latest()
@@ -137,20 +182,26 @@ class ModelService:
                 )
             if mv.version == self._version:
                 return mv.version
-            detector = load_detector(mv, device=self.settings.device)
-            _check_tiling(mv, self.settings)
-            if self.settings.tiling is not None:
-                from model.tiling import TiledDetector
-
-                detector = TiledDetector(detector, self.settings.tiling)
+            detector = self._load_version(mv)
             with self._swap_lock:
                 old, self._detector, self._version = self._version, detector, mv.version
             logger.info("model switched %s -> %s", old or "-", mv.version)
             return mv.version
 
-    def current(self) -> tuple[Detector, str]:
-        """The detector to use now, loading or upgrading to the registry's latest version when needed."""
+    def current(self, version: str | None = None) -> tuple[Detector, str]:
+        """The detector to use now, loading or upgrading to the registry's latest version when needed.
+
+        Args:
+            version: serve this published version instead of the latest (an unknown name is ignored).
+        """
         latest = self.latest_version()
+        if version is not None and version != latest:
+            with self._swap_lock:
+                if version == self._version and self._detector is not None:
+                    return self._detector, version
+            pinned = self._pinned_detector(version)
+            if pinned is not None:
+                return pinned, version
         if latest is None and self._detector is None:
             raise NoModelError(
                 "no model version published yet: set MODEL_WEIGHTS, or annotate tasks and train "
@@ -168,6 +219,35 @@ class ModelService:
                 raise NoModelError(f"model version {latest} could not be loaded; see the backend log")
             return self._detector, str(self._version)
 
+    def _pinned_detector(self, version: str) -> Detector | None:
+        """A detector of an older published version (kept for the last two asked for), or None if unknown."""
+
+        with self._load_lock:
+            if version in self._pinned:
+                self._pinned.move_to_end(version)
+                return self._pinned[version]
+            try:
+                mv = self.registry.get(version)
+            except (KeyError, ValueError):
+                return None
+            detector = self._load_version(mv)
+            self._pinned[version] = detector
+            while len(self._pinned) > 2:
+                self._pinned.popitem(last=False)
+            return detector
+
+    def _load_version(self, mv: ModelVersion) -> Detector:
+        """Load a version with its family, tiled when ``TILE_SIZE`` is set."""
+        from model.detector import load_detector
+
+        detector = load_detector(mv, device=self.settings.device)
+        _check_tiling(mv, self.settings)
+        if self.settings.tiling is None:
+            return detector
+        from model.tiling import TiledDetector
+
+        return TiledDetector(detector, self.settings.tiling)
+
     def detect(self, images: Sequence[np.ndarray | LoadedImage]) -> tuple[list[Detections], list[str], str]:
         """Batched inference: one scored Detections per image, the model's class names, its version."""
         detector, version = self.current()
@@ -175,33 +255,23 @@ class ModelService:
         preds = detector.predict(arrays, conf=self.settings.predict_conf, batch=self.settings.predict_batch)
         return preds, list(detector.names), version
 
-    def score_tasks(self, tasks: Sequence[Mapping[str, Any]], schema: LabelSchema) -> list[ScoredTask]:
-        """Score tasks: load images, run one batched prediction, grade each crowd instance, build regions.
+    def score_tasks(
+        self, tasks: Sequence[Mapping[str, Any]], schema: LabelSchema, *, version: str | None = None
+    ) -> list[ScoredTask]:
+        """Score tasks, one outcome per task in order; a bad task fails alone (see :class:`ScoredTask`).
+
+        Images are loaded, predicted in one batched pass and released ``PREDICT_BATCH`` tasks at a time.
+
+        Args:
+            tasks: Label Studio tasks (``id``, ``data``).
+            schema: the labelling config's names and labels.
+            version: a published version to serve instead of the latest (unknown names are ignored).
 
         Raises:
-            TaskInputError: a task without the image field or with malformed ``crowd_labels``.
-            backend.images.ImageLoadError: an image cannot be loaded.
-            NoModelError: nothing published.
+            NoModelError: nothing published (the whole request fails: there is nothing to score with).
         """
-        from selection.lsm import score_image
-
-        detector, _ = self.current()  # fail fast with 503 before downloading images
-        del detector
-        urls = []
-        for i, task in enumerate(tasks):
-            try:
-                urls.append(task_image_url(task, schema))
-            except ValueError as exc:
-                raise TaskInputError(str(exc).replace("task ?", f"task {_task_name(task, i)}")) from None
-        images = [
-            self.loader.load(url, task=_task_name(t, i))
-            for i, (t, url) in enumerate(zip(tasks, urls, strict=True))
-        ]
-        crowds = [
-            self._crowd(task, i, image, schema)
-            for i, (task, image) in enumerate(zip(tasks, images, strict=True))
-        ]
-        preds, names, version = self.detect(images)
+        detector, served = self.current(version)  # fail fast with 503 before downloading images
+        names = list(detector.names)
         label_map = schema.label_map(names)
         if label_map.unmapped:
             key = f"{names}->{schema.labels}"
@@ -213,35 +283,109 @@ class ModelService:
                     list(label_map.unmapped),
                     list(schema.labels),
                 )
-        out = []
-        for task, image, crowd, pred in zip(tasks, images, crowds, preds, strict=True):
-            pred = label_map.to_labels(pred)
-            score = score_image(crowd, pred, config=self.settings.lsm)
-            proposals = proposals_from_score(
-                crowd, pred, score, score_threshold=self.settings.score_threshold
-            )
-            regions = build_regions(proposals, schema=schema, width=image.width, height=image.height)
-            inst = score.instances
-            types = [str(t) for t in inst.noise_type[inst.parent < 0]]
-            fields = TaskFields(
-                discrepancy=float(score.discrepancy),
-                noise_grade=str(score.grade),
-                noise_types=noise_types_text(types),
-                model_version=version,
-            )
-            task_id = task.get("id")
-            out.append(
-                ScoredTask(
-                    task_id=int(task_id)
-                    if isinstance(task_id, int | str) and str(task_id).isdigit()
-                    else None,
-                    prediction=build_prediction(
-                        regions, discrepancy=score.discrepancy, model_version=version
-                    ),
-                    fields=fields,
-                )
-            )
-        return out
+        out: list[ScoredTask | None] = [None] * len(tasks)
+        todo: list[tuple[int, str]] = []
+        for i, task in enumerate(tasks):
+            try:
+                todo.append((i, task_image_url(task, schema)))
+            except ValueError as exc:
+                reason = str(exc).replace("task ?", f"task {_task_name(task, i)}")
+                out[i] = self._failed(task, reason, "task_input", served)
+        chunk = max(1, self.settings.predict_batch)
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            # Downloads and decoding overlap (sockets and cv2 release the GIL); order is kept.
+            images = list(self._pool.map(lambda item: self._load(tasks, *item), part))
+            loaded: list[tuple[int, LoadedImage, Detections]] = []
+            for (i, _), image in zip(part, images, strict=True):
+                task = tasks[i]
+                try:
+                    if isinstance(image, ImageLoadError):
+                        raise image
+                    loaded.append((i, image, self._crowd(task, i, image, schema)))
+                except ImageLoadError as exc:
+                    out[i] = self._failed(task, str(exc), f"image_{exc.cause}", served)
+                except TaskInputError as exc:
+                    out[i] = self._failed(task, str(exc), "task_input", served)
+            del images
+            preds = self._predict(detector, loaded, conf=self.settings.predict_conf)
+            for (i, image, crowd), pred in zip(loaded, preds, strict=True):
+                name = _task_name(tasks[i], i)
+                if isinstance(pred, Exception):
+                    reason = f"task {name}: inference failed ({type(pred).__name__}: {pred})"
+                    out[i] = self._failed(tasks[i], reason, "inference", served)
+                    continue
+                try:
+                    mapped = label_map.to_labels(pred)
+                    out[i] = self._score_one(tasks[i], image, crowd, mapped, schema, served)
+                except Exception as exc:  # a bug or odd input in one task must not fail the batch
+                    logger.debug("scoring task %s failed", name, exc_info=True)
+                    reason = f"task {name}: scoring failed ({type(exc).__name__}: {exc})"
+                    out[i] = self._failed(tasks[i], reason, "scoring", served)
+            del loaded  # the chunk's pixels go before the next chunk is read
+        assert all(item is not None for item in out)  # every task got a result or an error
+        return [item for item in out if item is not None]
+
+    def _load(self, tasks: Sequence[Mapping[str, Any]], i: int, url: str) -> LoadedImage | ImageLoadError:
+        try:
+            return self.loader.load(url, task=_task_name(tasks[i], i))
+        except ImageLoadError as exc:
+            return exc
+
+    @staticmethod
+    def _predict(
+        detector: Detector, loaded: Sequence[tuple[int, LoadedImage, Detections]], *, conf: float
+    ) -> list[Detections | Exception]:
+        """One batched forward pass over a chunk; if it fails, image by image so one bad input fails alone."""
+        if not loaded:
+            return []
+        arrays = [image.pixels for _, image, _ in loaded]
+        try:
+            return list(detector.predict(arrays, conf=conf, batch=len(arrays)))
+        except Exception as exc:
+            if len(arrays) == 1:
+                return [exc]
+            logger.warning("batched inference of %d images failed; retrying image by image", len(arrays))
+            return [_predict_one(detector, a, conf) for a in arrays]
+
+    def _score_one(
+        self,
+        task: Mapping[str, Any],
+        image: LoadedImage,
+        crowd: Detections,
+        pred: Detections,
+        schema: LabelSchema,
+        version: str,
+    ) -> ScoredTask:
+        from selection.lsm import score_image
+
+        score = score_image(crowd, pred, config=self.settings.lsm)
+        proposals = proposals_from_score(crowd, pred, score, score_threshold=self.settings.score_threshold)
+        regions = build_regions(proposals, schema=schema, width=image.width, height=image.height)
+        inst = score.instances
+        types = [str(t) for t in inst.noise_type[inst.parent < 0]]
+        fields = TaskFields(
+            discrepancy=float(score.discrepancy),
+            noise_grade=str(score.grade),
+            noise_types=noise_types_text(types),
+            model_version=version,
+        )
+        return ScoredTask(
+            task_id=_task_id(task),
+            prediction=build_prediction(regions, discrepancy=score.discrepancy, model_version=version),
+            fields=fields,
+        )
+
+    @staticmethod
+    def _failed(task: Mapping[str, Any], reason: str, cause: str, version: str) -> ScoredTask:
+        logger.warning("not scored: %s", reason)
+        return ScoredTask(
+            task_id=_task_id(task),
+            prediction={"model_version": version, "error": reason},
+            fields=None,
+            error=reason,
+            error_cause=cause,
+        )
 
     @staticmethod
     def _crowd(task: Mapping[str, Any], index: int, image: LoadedImage, schema: LabelSchema) -> Detections:
@@ -255,3 +399,10 @@ class ModelService:
             )
         except ValueError as exc:
             raise TaskInputError(f"task {_task_name(task, index)}: {exc}") from None
+
+
+def _predict_one(detector: Detector, pixels: np.ndarray, conf: float) -> Detections | Exception:
+    try:
+        return detector.predict([pixels], conf=conf, batch=1)[0]
+    except Exception as exc:
+        return exc

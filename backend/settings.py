@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import logging
 import math
+import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -129,6 +130,30 @@ def _int(environ: Mapping[str, str], name: str, default: int, *, minimum: int) -
     return value
 
 
+def _bounded_int(environ: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    value = _int(environ, name, default, minimum=low)
+    if value > high:
+        raise SettingsError(f"{name}: expected an integer in [{low}, {high}], got {value}")
+    return value
+
+
+def _redis_url(text: str) -> str | None:
+    if not text:
+        return None
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"REDIS_URL: expected redis://host:port/db (or rediss://, unix://), got {text!r}")
+    return text
+
+
+def _tasks_file(text: str) -> Path | None:
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise SettingsError(f"TASKS_FILE: no such file {path}")
+    return path
+
+
 def _float(environ: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
     text = _get(environ, name, str(default))
     try:
@@ -225,8 +250,8 @@ def tiling_from_env(environ: Mapping[str, str]) -> TileConfig | None:
     """Tiled prediction and training (``TILE_SIZE``, ``TILE_OVERLAP``, ``TILE_MERGE``), or ``None`` when off.
 
     ``TILE_SIZE`` 0 (the default) turns tiling off; otherwise images larger than ``TILE_SIZE`` pixels are cut
-    into tiles overlapping by at least ``TILE_OVERLAP`` pixels (default 64, at most half a tile) and boxes are merged across tiles
-    by ``TILE_MERGE`` (``nms`` or ``wbf``); see ``model.tiling``.
+    into tiles overlapping by at least ``TILE_OVERLAP`` pixels (default 64, at most half a tile) and boxes are
+    merged across tiles by ``TILE_MERGE`` (``nms`` or ``wbf``); see ``model.tiling``.
 
     Raises:
         SettingsError: naming the variable.
@@ -288,6 +313,13 @@ class Settings:
             the scorer.
         lsm: the LSM thresholds (``LSM_<FIELD>``), used for every scoring and recorded in version meta.
         tiling: tiled prediction and training of images larger than ``TILE_SIZE`` (``None``: off).
+        train_threads: torch CPU threads of the training process (0: all cores but one, at least 1), so
+            that inference keeps a core during training.
+        train_nice: niceness added to the training process (0-19; 19 also uses Linux's idle scheduling
+            class): the kernel then gives ``/predict`` the CPU first.
+        redis_url: ``redis://host:port/db``: training and re-scoring jobs go to an RQ queue there, served by
+            ``python -m backend.worker`` (``None``: they run in this process, one at a time).
+        tasks_file: train from this JSON file instead of Label Studio (see ``backend.tasksfile``).
     """
 
     model_dir: Path
@@ -312,6 +344,10 @@ class Settings:
     predict_conf: float = PREDICT_CONF
     lsm: LSMConfig = field(default_factory=LSMConfig)
     tiling: TileConfig | None = None
+    train_threads: int = 0
+    train_nice: int = 10
+    redis_url: str | None = field(default=None, repr=False)
+    tasks_file: Path | None = None
 
     @property
     def scratch_dir(self) -> Path:
@@ -322,6 +358,11 @@ class Settings:
     def label_studio_enabled(self) -> bool:
         """Whether the backend may call Label Studio (URL and API key both configured)."""
         return bool(self.label_studio_url and self.label_studio_api_key)
+
+    @property
+    def train_thread_count(self) -> int:
+        """``train_threads``, or all cores but one (at least 1) when it is 0."""
+        return self.train_threads or max(1, (os.cpu_count() or 1) - 1)
 
     @property
     def basic_auth_enabled(self) -> bool:
@@ -411,6 +452,10 @@ class Settings:
             predict_conf=predict_conf,
             lsm=lsm,
             tiling=tiling_from_env(environ),
+            train_threads=_int(environ, "TRAIN_THREADS", 0, minimum=0),
+            train_nice=_bounded_int(environ, "TRAIN_NICE", 10, low=0, high=19),
+            redis_url=_redis_url(_get(environ, "REDIS_URL", "")),
+            tasks_file=_tasks_file(_get(environ, "TASKS_FILE", "")),
         )
 
     def log_summary(self, logger: logging.Logger) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,7 @@ def run_job(job: dict[str, Any]) -> str:
         imgsz=int(imgsz) if imgsz else None,
         seed=int(job.get("seed", 0)),
         device=job.get("device", "auto"),
+        threads=int(job["threads"]) if job.get("threads") else None,
     )
     meta = {
         "source": "expert annotations",
@@ -74,6 +76,22 @@ def run_job(job: dict[str, Any]) -> str:
     return version.version
 
 
+def lower_priority(nice: int) -> None:
+    """Make this process yield the CPU to the serving process (see ``Settings.train_nice``).
+
+    ``nice`` 1-18 adds that niceness; 19 also moves the process to Linux's ``SCHED_IDLE`` class (it runs
+    only when no normal process wants the core), where the platform has it.
+    """
+    if nice <= 0:
+        return
+    os.nice(nice)
+    if nice >= 19 and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as exc:  # e.g. a container that forbids it: niceness alone still applies
+            logger.warning("SCHED_IDLE refused (%s); training at nice %d", exc, nice)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m backend.train_job JOB.json", file=sys.stderr)
@@ -84,6 +102,7 @@ def main(argv: list[str]) -> int:
         level=job.get("log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     result_path = job_path.with_name("result.json")
+    lower_priority(int(job.get("nice") or 0))
     try:
         version = run_job(job)
     except Exception as exc:

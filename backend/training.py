@@ -32,6 +32,7 @@ from PIL import Image
 from backend.images import ImageLoader
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema, parse_label_config
 from backend.lsclient import merge_task_data
+from backend.metrics import TrainingCounts
 from backend.service import ModelService, ScoredTask
 from backend.settings import ExpertPolicy, Settings, lsm_as_dict
 from formats.labelstudio import regions_to_detections
@@ -107,17 +108,33 @@ class LabelStudioSource:
         return self._emails[user_id]
 
     def publish(self, scored: Sequence[ScoredTask]) -> None:
+        """Create each scored task's prediction, remove the ones it supersedes, merge the task fields.
+
+        Superseded = this backend's predictions (model_version named like a registry version) of another
+        version; predictions of other sources (e.g. imported crowd predictions) and annotations stay.
+        A task that failed gets only its ``score_error`` field.
+        """
         for item in scored:
             if item.task_id is None:
                 continue
-            pred = item.prediction
-            self._client.predictions.create(
-                task=item.task_id,
-                result=pred["result"],
-                score=pred["score"],
-                model_version=pred["model_version"],
-            )
-            merge_task_data(self._client, item.task_id, item.fields.as_data())
+            if item.ok:
+                pred = item.prediction
+                self._client.predictions.create(
+                    task=item.task_id,
+                    result=pred["result"],
+                    score=pred["score"],
+                    model_version=pred["model_version"],
+                )
+                self._remove_superseded(item.task_id, str(pred["model_version"]))
+            merge_task_data(self._client, item.task_id, item.writeback())
+
+    def _remove_superseded(self, task_id: int, version: str) -> None:
+        from model.registry import is_version_name
+
+        for old in self._client.predictions.list(task=task_id):
+            old_version = str(getattr(old, "model_version", "") or "")
+            if old_version != version and is_version_name(old_version) and old.id is not None:
+                self._client.predictions.delete(id=old.id)
 
 
 def expert_annotation(task: Mapping[str, Any], policy: ExpertPolicy) -> dict[str, Any] | None:
@@ -234,6 +251,7 @@ class TrainingManager:
         self._source = source
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._rescore_thread: threading.Thread | None = None
         self._pending = False
         self._pending_project: int | None = None
         self._state = "idle"
@@ -241,6 +259,7 @@ class TrainingManager:
         self._last_version: str | None = None
         self._last_seconds: float | None = None
         self._seen: set[int] = set()  # expert-annotated task ids seen by webhooks since the last training
+        self.counts = TrainingCounts()  # finished jobs, for /metrics
         self.last_schema_xml: str | None = None
 
     def source(self) -> TaskSource:
@@ -300,6 +319,19 @@ class TrainingManager:
             self._thread.start()
             return "training queued"
 
+    def training_counts(self) -> TrainingCounts:
+        """Finished jobs, failures and their seconds (for /metrics)."""
+        with self._lock:
+            return self.counts
+
+    def train_once(self, project: int | None) -> str:
+        """One job, synchronously (what a queue worker runs): train, publish, switch, re-score; the version.
+
+        Raises:
+            Exception: whatever stopped the job (no expert tasks, Label Studio unreachable, training failed).
+        """
+        return self._train_once(project)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the worker is done (tests, shutdown); True if it finished."""
         thread = self._thread
@@ -328,12 +360,14 @@ class TrainingManager:
                     self._state = "failed"
                     self._last_error = str(exc)[:2000]
                     self._last_seconds = round(time.monotonic() - start, 1)
+                    self.counts = _add_run(self.counts, time.monotonic() - start, failed=True)
                 continue
             with self._lock:
                 self._state = "idle"
                 self._last_error = None
                 self._last_version = version
                 self._last_seconds = round(time.monotonic() - start, 1)
+                self.counts = _add_run(self.counts, time.monotonic() - start, failed=False)
 
     def _train_once(self, project: int | None) -> str:
         source = self.source()
@@ -382,6 +416,8 @@ class TrainingManager:
             "lsm": lsm_as_dict(self.settings.lsm),
             "log_level": self.settings.log_level,
             "tiling": self.settings.tiling.as_dict() if self.settings.tiling is not None else None,
+            "threads": self.settings.train_thread_count,
+            "nice": self.settings.train_nice,
         }
         job_path = job_dir / "job.json"
         job_path.write_text(json.dumps(job))
@@ -416,7 +452,31 @@ class TrainingManager:
         self._rescore(source, schema, tasks)
         return version
 
-    def _rescore(self, source: TaskSource, schema: LabelSchema, tasks: Sequence[Mapping[str, Any]]) -> None:
+    def rescore(self, project: int | None) -> int:
+        """Bulk scoring: every non-expert task of the project with the serving version, published in chunks
+        (their superseded predictions removed); the number of tasks scored."""
+        source = self.source()
+        schema = parse_label_config(source.label_config(project))
+        return self._rescore(source, schema, source.tasks(project))
+
+    def request_rescore(self, project: int | None) -> str:
+        """Run :meth:`rescore` in a background thread (one at a time); the status text at once."""
+        with self._lock:
+            if self._rescore_thread is not None and self._rescore_thread.is_alive():
+                return "already running"
+            self._rescore_thread = threading.Thread(
+                target=self._rescore_worker, args=(project,), name="rescore", daemon=True
+            )
+            self._rescore_thread.start()
+        return "re-scoring queued"
+
+    def _rescore_worker(self, project: int | None) -> None:
+        try:
+            self.rescore(project)
+        except Exception as exc:  # a background job: report and carry on
+            logger.error("re-scoring project %s failed: %s", project, exc)
+
+    def _rescore(self, source: TaskSource, schema: LabelSchema, tasks: Sequence[Mapping[str, Any]]) -> int:
         """Score every non-expert task with the new model and publish (chunk errors are logged, not fatal)."""
         remaining = [t for t in tasks if expert_annotation(t, self.settings.expert) is None]
         chunk = max(1, self.settings.predict_batch)
@@ -426,7 +486,12 @@ class TrainingManager:
             try:
                 scored = self.service.score_tasks(part, schema)
                 source.publish(scored)
-                done += len(scored)
+                done += sum(s.ok for s in scored)
             except Exception as exc:
                 logger.warning("re-scoring tasks %d..%d failed: %s", start, start + len(part) - 1, exc)
         logger.info("re-scored %d/%d non-expert tasks", done, len(remaining))
+        return done
+
+
+def _add_run(counts: TrainingCounts, seconds: float, *, failed: bool) -> TrainingCounts:
+    return TrainingCounts(counts.runs + 1, counts.failures + int(failed), counts.seconds + seconds)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.cost import instance_decisions, review
 from bench.workbench import TrainedModel, Workbench
 from metrics.f1 import label_f1
 from selection import (
@@ -17,10 +18,17 @@ from selection import (
     Strategy,
     correct_labels,
     image_features,
-    match_boxes,
     model_uncertainty,
     score_images,
     select,
+)
+from selection.calibration import (
+    Calibration,
+    CalibrationConfig,
+    LabelledFindings,
+    fit_calibration,
+    label_findings,
+    regrade,
 )
 from selection.detections import Detections
 
@@ -28,7 +36,6 @@ log = logging.getLogger(__name__)
 
 # Crowd noise types (as the simulator records them) that are label errors; "bib_inner" boxes are correct.
 ERROR_TYPES = ("background", "localization", "box_in_box")
-MOVE_IOU = 0.8  # a matched crowd box below this IoU with the expert box counts as one the expert moved
 
 
 def is_noisy(record) -> bool:
@@ -38,9 +45,12 @@ def is_noisy(record) -> bool:
 
 def boxes_touched(crowd: Detections, expert: Detections) -> int:
     """Boxes an expert adds, deletes or moves to turn ``crowd`` into ``expert`` on one image."""
-    m = match_boxes(crowd, expert, iou_threshold=0.5)
-    moved = int(np.sum(m.iou < MOVE_IOU))
-    return int(len(m.unmatched_crowd) + len(m.unmatched_pred) + moved)
+    return instance_decisions(crowd, expert).touched
+
+
+def expert_decisions(record) -> int:
+    """Instance decisions of re-annotating one image (see ``bench.cost``)."""
+    return instance_decisions(record.crowd, record.expert).total
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,9 @@ class RoundReport:
     noisy_found: int
     noisy_total: int
     working_f1: float
+    expert_decisions: int = 0
+    labelled_findings: int = 0
+    calibrated_types: int = 0
 
 
 @dataclass
@@ -86,6 +99,8 @@ class LoopResult:
     remaining_ids: list[str]
     preds: dict[str, Detections] = field(repr=False)
     scores: dict[str, ImageScore] = field(repr=False)
+    examples: LabelledFindings = field(default_factory=LabelledFindings.empty, repr=False)
+    calibration: Calibration | None = field(default=None, repr=False)
 
 
 def _budget_counts(n: int, cfg: LoopConfig) -> tuple[int, list[int]]:
@@ -105,11 +120,18 @@ def run_loop(
     lsm: LSMConfig,
     name: str,
     init: Path | None = None,
+    calibration: CalibrationConfig | None = None,
 ) -> LoopResult:
     """Run stage 1 (active learning with the LSM or a baseline strategy) on the training split.
 
+    Each image bought after the seed set was scored by a cleaning model that had not seen its expert boxes;
+    those findings, labelled by the expert's boxes, are the calibration examples (``selection.calibration``).
+    The calibration is refitted after every round on all examples so far; the last one is returned.
+    Nothing reads the expert boxes of an image before it is bought.
+
     Args:
         init: weights the first cleaning model starts from (default: ``bench.spec.init``, from scratch).
+        calibration: settings of the grade calibration; ``CalibrationConfig()`` when None.
     """
     records = bench.records
     train_ids = list(bench.train_ids)
@@ -118,11 +140,14 @@ def run_loop(
     first, per_round = _budget_counts(n, cfg)
     expert: list[str] = [train_ids[k] for k in rng.choice(n, size=first, replace=False)]
     reports: list[RoundReport] = []
+    examples: list[LabelledFindings] = []
+    fitted: Calibration | None = None
 
     def report(round_no: int, model: TrainedModel) -> None:
         chosen = set(expert)
         working = [records[i].expert if i in chosen else records[i].crowd for i in train_ids]
         f1 = label_f1([records[i].expert for i in train_ids], working).f1
+        n_examples = sum(len(e) for e in examples)
         reports.append(
             RoundReport(
                 round=round_no,
@@ -134,6 +159,9 @@ def run_loop(
                 noisy_found=sum(is_noisy(records[i]) for i in expert),
                 noisy_total=noisy_total,
                 working_f1=f1,
+                expert_decisions=sum(expert_decisions(records[i]) for i in expert),
+                labelled_findings=n_examples,
+                calibrated_types=0 if fitted is None else len(fitted.fitted_types),
             )
         )
         log.info("%s round %d: %d expert images, cleaning AP50 %.3f", name, round_no, len(expert), model.ap50)
@@ -145,8 +173,14 @@ def run_loop(
     for round_no, batch in enumerate(per_round, start=1):
         remaining = [i for i in train_ids if i not in set(expert)]
         preds = bench.predict(model.weights, remaining)
-        picked = _pick(bench, cfg.strategy, remaining, preds, batch, rng, lsm)
+        picked, picked_scores = _pick(bench, cfg.strategy, remaining, preds, batch, rng, lsm)
         expert.extend(picked)
+        # Bought now: their expert boxes label the findings that the model had on them.
+        examples.extend(
+            label_findings(records[i].crowd, preds[i], s, records[i].expert, config=calibration)
+            for i, s in zip(picked, picked_scores, strict=True)
+        )
+        fitted = fit_calibration(LabelledFindings.concat(examples), config=calibration)
         model = bench.train(
             f"{name}-r{round_no}",
             {i: records[i].expert for i in expert},
@@ -164,7 +198,10 @@ def run_loop(
             strict=True,
         )
     )
-    return LoopResult(cfg, expert, model, reports, remaining, preds, scores)
+    all_examples = LabelledFindings.concat(examples)
+    if fitted is None:
+        fitted = fit_calibration(all_examples, config=calibration)
+    return LoopResult(cfg, expert, model, reports, remaining, preds, scores, all_examples, fitted)
 
 
 def _pick(
@@ -175,7 +212,8 @@ def _pick(
     budget: int,
     rng: np.random.Generator,
     lsm: LSMConfig,
-) -> list[str]:
+) -> tuple[list[str], list[ImageScore]]:
+    """The images to buy next, and the LSM's findings on them."""
     records = bench.records
     crowds = [records[i].crowd for i in ids]
     scores = score_images(crowds, [preds[i] for i in ids], config=lsm)
@@ -192,7 +230,7 @@ def _pick(
         features=features,
         rng=rng,
     )
-    return [ids[k] for k in idx]
+    return [ids[k] for k in idx], [scores[k] for k in idx]
 
 
 def corrected_labels(
@@ -201,22 +239,49 @@ def corrected_labels(
     *,
     lsm: LSMConfig,
     consensus: Mapping[str, Detections] | None = None,
+    calibration: Calibration | None = None,
+    reviews: bool = True,
 ) -> tuple[dict[str, Detections], dict[str, int]]:
-    """Stage 2: expert labels on the re-annotated images, noise-graded corrections on the rest."""
+    """Stage 2: expert labels on the re-annotated images, noise-graded corrections on the rest.
+
+    Args:
+        consensus: per remaining image, a second model's predictions that must agree with each fix.
+        calibration: when given, the findings are regraded by it first (``selection.calibration.regrade``).
+        reviews: answer every instance sent to review from the expert's boxes (``bench.cost.review``) and
+            charge it; when False they are left unchanged and not charged.
+
+    Returns:
+        The labels of every training image, and the summed counts: ``correct_labels``' (kept, moved,
+        dropped, split, added, flagged, vetoed) and, with reviews, ``reviewed``, ``review_replaced``,
+        ``review_deleted``, ``review_split``, ``review_added``, ``review_decisions``.
+    """
     records = bench.records
     labels = {i: records[i].expert for i in loop.expert_ids}
     totals: dict[str, int] = {}
+
+    def add(key: str, value: int) -> None:
+        totals[key] = totals.get(key, 0) + int(value)
+
     for i in loop.remaining_ids:
+        crowd, pred, score = records[i].crowd, loop.preds[i], loop.scores[i]
+        if calibration is not None:
+            score = regrade(crowd, pred, score, calibration)
         fix = correct_labels(
-            records[i].crowd,
-            loop.preds[i],
-            loop.scores[i],
+            crowd,
+            pred,
+            score,
             consensus=None if consensus is None else consensus[i],
             config=lsm,
         )
         labels[i] = fix.labels
         for key, value in fix.counts.items():
-            totals[key] = totals.get(key, 0) + int(value)
+            add(key, value)
+        if reviews:
+            labels[i], outcome = review(fix.labels, fix.flagged, records[i].expert)
+            for key in ("replaced", "deleted", "split", "added"):
+                add(f"review_{key}", getattr(outcome, key))
+            add("reviewed", outcome.reviewed)
+            add("review_decisions", outcome.decisions)
     return labels, totals
 
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from selection import ImageScore, NoiseType
+from selection import Action, ImageScore, NoiseType
 from selection.boxes import box_iou
 from selection.detections import Detections
+from selection.matching import assign
 
 TYPES = ("background", "localization", "box_in_box", "missed")
 
@@ -125,3 +126,123 @@ def cleanlab_scores(crowds: Sequence[Detections], preds: Sequence[Detections]) -
         verbose=False,
     )
     return 1.0 - np.asarray(quality, np.float64)
+
+
+def _finding_truth(
+    score: ImageScore, crowd_noise: np.ndarray, missed: Detections, pred: Detections
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Per primary instance of one image: is it a true error of the type named? And each type's support."""
+    inst = score.instances
+    named = inst.noise_type.astype(str)
+    truth = np.zeros(len(inst), bool)
+    crowd_rows = np.flatnonzero(inst.source == 0)
+    actual = np.asarray(crowd_noise).astype(str)
+    truth[crowd_rows] = actual[inst.index[crowd_rows]] == named[crowd_rows]
+    rows = np.flatnonzero((inst.source == 1) & (named == NoiseType.MISSED.value) & (inst.parent < 0))
+    if rows.size and len(missed):
+        iou = box_iou(pred.xyxy[inst.index[rows]], missed.xyxy)
+        r, _ = assign(iou, iou >= 0.5)
+        truth[rows[r]] = True
+    support = {t: int(np.sum(actual == t)) for t in TYPES[:3]}
+    support["missed"] = len(missed)
+    return truth, support
+
+
+@dataclass(frozen=True)
+class GradeQuality:
+    """Precision and recall of the instances graded as errors of one type, against the truth.
+
+    ``fix_*``: instances fixed automatically (action auto_fix); ``flag_*``: fixed or sent to review.
+    ``precision_at_recall`` is the best precision of the calibrated ranking at recall >= 0.5 (NaN without
+    one: no calibrated probabilities, or recall never reaching 0.5).
+    """
+
+    noise_type: str
+    fix_precision: float
+    fix_recall: float
+    flag_precision: float
+    flag_recall: float
+    support: int
+    precision_at_recall: float = float("nan")
+
+
+def grade_quality(
+    scores: Sequence[ImageScore],
+    crowd_noise: Sequence[np.ndarray],
+    missed_boxes: Sequence[Detections],
+    preds: Sequence[Detections],
+    *,
+    probability: Sequence[np.ndarray] | None = None,
+    min_recall: float = 0.5,
+) -> tuple[list[GradeQuality], dict[str, dict[str, list[float]]]]:
+    """Per-type precision/recall of the grades (auto-fixed, and fixed or reviewed), and PR curves.
+
+    Args:
+        scores: findings per image (the LSM's or regraded).
+        crowd_noise: per image, the true type of each crowd box.
+        missed_boxes: per image, the expert boxes the crowd missed.
+        preds: per image, the predictions the findings index.
+        probability: per image, calibrated error probabilities of the instances (NaN where none); when
+            given, a precision-recall curve per type is returned, ranking the instances named that type.
+        min_recall: recall at which ``precision_at_recall`` is read.
+
+    Returns:
+        One ``GradeQuality`` per type, and per type ``{"precision": [...], "recall": [...]}`` (empty lists
+        without probabilities).
+    """
+    from selection.calibration import precision_recall_curve
+
+    counts = {t: {"fix": 0, "fix_tp": 0, "flag": 0, "flag_tp": 0, "support": 0} for t in TYPES}
+    probs: dict[str, list[np.ndarray]] = {t: [] for t in TYPES}
+    hits: dict[str, list[np.ndarray]] = {t: [] for t in TYPES}
+    for k, (score, truth_types, missed, pred) in enumerate(
+        zip(scores, crowd_noise, missed_boxes, preds, strict=True)
+    ):
+        truth, support = _finding_truth(score, truth_types, missed, pred)
+        inst = score.instances
+        named = inst.noise_type.astype(str)
+        primary = inst.parent < 0
+        fix = (inst.action.astype(str) == Action.AUTO_FIX.value) & primary
+        flag = (inst.action.astype(str) != Action.KEEP.value) & primary
+        for t in TYPES:
+            is_t = named == t
+            c = counts[t]
+            c["support"] += support[t]
+            c["fix"] += int(np.sum(fix & is_t))
+            c["fix_tp"] += int(np.sum(fix & is_t & truth))
+            c["flag"] += int(np.sum(flag & is_t))
+            c["flag_tp"] += int(np.sum(flag & is_t & truth))
+            if probability is not None:
+                sel = is_t & primary
+                probs[t].append(np.asarray(probability[k])[sel])
+                hits[t].append(truth[sel])
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    out = []
+    curves: dict[str, dict[str, list[float]]] = {}
+    for t in TYPES:
+        c = counts[t]
+        at_recall = float("nan")
+        curves[t] = {"precision": [], "recall": []}
+        if probability is not None and probs[t]:
+            p = np.concatenate(probs[t])
+            y = np.concatenate(hits[t])
+            precision, recall, _ = precision_recall_curve(p, y, n_true=c["support"])
+            curves[t] = {"precision": precision.tolist(), "recall": recall.tolist()}
+            ok = recall >= min_recall
+            if ok.any():
+                at_recall = float(precision[ok].max())
+        out.append(
+            GradeQuality(
+                noise_type=t,
+                fix_precision=ratio(c["fix_tp"], c["fix"]),
+                fix_recall=ratio(c["fix_tp"], c["support"]),
+                flag_precision=ratio(c["flag_tp"], c["flag"]),
+                flag_recall=ratio(c["flag_tp"], c["support"]),
+                support=c["support"],
+                precision_at_recall=at_recall,
+            )
+        )
+    return out, curves

@@ -1,19 +1,31 @@
-"""Every arm of the paper's experiment, on simulated data, side by side.
+"""Every arm of the paper's experiment, and the equal-cost baselines, side by side.
 
-    python -m bench.simulate --preset quick --seeds 3 --budget 0.25 --out DIR
+    python -m bench.simulate --preset quick --seed-list 0,1,2,3,4 --budget 0.25 --out DIR
+    python -m bench.simulate --preset small --seeds 2 --out DIR          # a quicker look
+    python -m bench.simulate --data MYDATA --seeds 3 --out DIR           # a lab's own data (bench.userdata)
 
-Writes ``DIR/results.json``, ``DIR/results.md`` and two PNG plots (``ap50_vs_budget.png``,
-``noisy_found.png``). Re-running with the same ``--out`` reuses finished trainings.
+Writes ``DIR/results.json``, ``DIR/results.md`` and three PNG plots (``ap50_vs_budget.png``,
+``noisy_found.png``, ``grade_pr.png``). Re-running with the same ``--out`` reuses finished trainings; a
+training identical to one already done under another name is reused too.
+
+Expert cost is counted in two units for every arm (``bench.cost``): images re-annotated, and instance
+decisions (every crowd box confirmed, moved or deleted and every box drawn in a re-annotated image, plus every
+instance reviewed). The headline cost is the larger of the two shares.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import logging
 import math
+import shlex
+import sys
 import time
-from dataclasses import asdict, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +37,108 @@ from bench.loop import (
     LoopResult,
     boxes_touched,
     corrected_labels,
+    expert_decisions,
     is_noisy,
     run_loop,
     uncorrected_labels,
 )
-from bench.noise_quality import auroc, average_precision, cleanlab_scores, instance_quality
+from bench.noise_quality import (
+    auroc,
+    average_precision,
+    cleanlab_scores,
+    grade_quality,
+    instance_quality,
+)
 from bench.workbench import TRAIN_SPECS, TrainSpec, Workbench
 from metrics.f1 import label_f1
 from selection import LSMConfig, Strategy
+from selection.calibration import CalibrationConfig, error_probability, regrade
 from selection.detections import Detections
 
 log = logging.getLogger(__name__)
 
-# name -> (label, how the experts' budget is spent)
+# name -> label; the order of the tables.
 ARMS: dict[str, str] = {
     "noisy": "Noisy (crowd labels)",
     "full_expert": "Full expert labels",
     "expert_budget": "Expert-only, budget images",
+    "finetune_random": "Crowd model fine-tuned on the random images",
+    "finetune_lsm": "Crowd model fine-tuned on the LSM images",
     "random_corrected": "Random selection + correction",
     "lsm_uncorrected": "LSM selection, no correction",
-    "lsm_corrected": "LSM + correction (full method)",
-    "lsm_consensus": "LSM + correction + consensus",
+    "full": "LSM + correction (full method)",
+    "full_consensus": "LSM + correction + consensus",
 }
+# (a, b): per seed, AP50 of a minus AP50 of b.
+PAIRS: tuple[tuple[str, str], ...] = (
+    ("full", "finetune_random"),
+    ("full", "finetune_lsm"),
+    ("full", "random_corrected"),
+)
+FINAL_RECIPES = ("scratch", "warm_cleaning", "warm_crowd")
+CONSENSUS_MODELS = ("crossfit", "crowd")
+FINETUNE_STEPS = ("matched", "epochs")
+CURVE_POINTS = 40
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How the arms are run (the same for every seed).
+
+    Attributes:
+        budget: share of the training images the experts re-annotate.
+        seed_fraction: share of the training images in the random seed set.
+        rounds: selection rounds after the seed set.
+        strategies: selection strategies run (discrepancy and random first).
+        final_recipe: how the detectors on cleaned labels (random_corrected, lsm_uncorrected, full,
+            full_consensus) are trained: ``scratch`` (from ``spec.init``), ``warm_cleaning`` (from the loop's
+            last cleaning model) or ``warm_crowd`` (from the detector trained on the crowd labels).
+        expert_repeat: each re-annotated image appears this many times per epoch in those trainings.
+        consensus: the second opinion of ``full_consensus``: ``crossfit`` (two detectors from scratch, each
+            trained on the expert images plus the automatically cleaned labels of one half of the other
+            images and predicting the other half, so no image is judged by a model that saw its labels) or
+            ``crowd`` (the detector trained on the crowd labels).
+        calibrate: regrade the findings with the calibration learned from the bought images.
+        reviews: the oracle answers every instance sent to review, and its cost is charged.
+        finetune_steps: the fine-tune baselines train ``spec.epochs`` epochs over the bought images alone
+            (``epochs``) or, by repeating them, as many gradient steps as the method's final training
+            (``matched``).
+        fix_precision, review_precision: the calibration's precision targets for auto-fixing and for
+            reviewing (``selection.calibration.CalibrationConfig``); a higher ``review_precision`` reviews
+            fewer instances.
+    """
+
+    budget: float = 0.25
+    seed_fraction: float = 0.1
+    rounds: int = 3
+    strategies: tuple[Strategy, ...] = (Strategy.DISCREPANCY, Strategy.RANDOM)
+    final_recipe: str = "warm_cleaning"
+    expert_repeat: int = 1
+    consensus: str = "crossfit"
+    calibrate: bool = True
+    reviews: bool = True
+    fix_precision: float = CalibrationConfig.fix_precision
+    review_precision: float = CalibrationConfig.review_precision
+    finetune_steps: str = "matched"
+
+    def __post_init__(self) -> None:
+        if self.final_recipe not in FINAL_RECIPES:
+            raise ValueError(f"final_recipe: expected one of {FINAL_RECIPES}, got {self.final_recipe!r}")
+        if self.consensus not in CONSENSUS_MODELS:
+            raise ValueError(f"consensus: expected one of {CONSENSUS_MODELS}, got {self.consensus!r}")
+        if self.finetune_steps not in FINETUNE_STEPS:
+            raise ValueError(f"finetune_steps: expected one of {FINETUNE_STEPS}, got {self.finetune_steps!r}")
+        if self.expert_repeat < 1:
+            raise ValueError(f"expert_repeat: expected >= 1, got {self.expert_repeat}")
+        if not 0 < self.seed_fraction <= self.budget <= 1:
+            raise ValueError("seed_fraction, budget: expected 0 < seed_fraction <= budget <= 1")
+        if self.strategies[:2] != (Strategy.DISCREPANCY, Strategy.RANDOM):
+            raise ValueError("strategies: expected discrepancy and random first")
+        self.calibration_config()  # validates the precision targets
+
+    def calibration_config(self) -> CalibrationConfig:
+        """The grade calibration's settings."""
+        return CalibrationConfig(fix_precision=self.fix_precision, review_precision=self.review_precision)
 
 
 def _label_set_quality(bench: Workbench, labels: dict[str, Detections]) -> float:
@@ -55,56 +147,106 @@ def _label_set_quality(bench: Workbench, labels: dict[str, Detections]) -> float
     return label_f1([bench.records[i].expert for i in ids], [labels[i] for i in ids]).f1
 
 
+def crossfit_consensus(
+    bench: Workbench, loop: LoopResult, labels: dict[str, Detections], *, folds: int = 2
+) -> dict[str, Detections]:
+    """Predictions on the loop's remaining images by detectors that never saw those images' labels.
+
+    The remaining images are dealt into ``folds`` groups; detector k trains from scratch (``spec.init``) on
+    the expert images and ``labels`` of the other groups, and predicts group k.
+    """
+    rest = list(loop.remaining_ids)
+    fold_of = {i: k % folds for k, i in enumerate(rest)}
+    preds: dict[str, Detections] = {}
+    for k in range(folds):
+        train = {i: labels[i] for i in loop.expert_ids}
+        train.update({i: labels[i] for i in rest if fold_of[i] != k})
+        model = bench.train(f"consensus-fold{k}", train)
+        preds.update(bench.predict(model.weights, [i for i in rest if fold_of[i] == k]))
+    return preds
+
+
+def _curve_points(curve: dict[str, list[float]]) -> dict[str, list[float]]:
+    n = len(curve["precision"])
+    if n <= CURVE_POINTS:
+        return curve
+    keep = np.unique(np.linspace(0, n - 1, CURVE_POINTS).round().astype(int))
+    return {k: [v[j] for j in keep] for k, v in curve.items()}
+
+
 def run_seed(
-    preset: str,
+    records: Sequence,
     seed: int,
     *,
-    budget: float,
-    out: Path,
+    work: Path,
     spec: TrainSpec,
-    strategies: list[Strategy],
     lsm: LSMConfig,
-    rounds: int,
-    seed_fraction: float,
+    settings: BenchSettings,
+    names: Sequence[str] = ("deposit",),
 ) -> dict[str, Any]:
-    """All arms on one simulated dataset; returns a JSON-ready record."""
-    import synth
-
+    """Every arm on one dataset with one seed; returns a JSON-ready record."""
     t0 = time.perf_counter()
-    data_dir = out / f"seed{seed}" / "data"
-    if not (data_dir / "manifest.json").exists():
-        synth.generate(preset, seed).write(data_dir)
-    dataset = synth.SynthDataset.load(data_dir)
-    bench = Workbench(dataset.images, out / f"seed{seed}" / "runs", spec, seed=seed)
-    records = bench.records
+    bench = Workbench(records, work / "runs", spec, seed=seed, names=names)
+    records_by_id = bench.records
     train_ids = bench.train_ids
     n_train = len(train_ids)
-    all_touched = sum(boxes_touched(records[i].crowd, records[i].expert) for i in train_ids)
-    steps = tqdm(total=3 + len(strategies) + 4, desc=f"seed {seed}", unit="step")
+    all_touched = sum(boxes_touched(records_by_id[i].crowd, records_by_id[i].expert) for i in train_ids)
+    all_decisions = sum(expert_decisions(records_by_id[i]) for i in train_ids)
+    steps = tqdm(total=len(ARMS) + len(settings.strategies), desc=f"seed {seed}", unit="step")
 
     arms: dict[str, dict[str, Any]] = {}
 
-    def arm(name: str, labels: dict[str, Detections], expert_ids: list[str], extra: dict | None = None):
-        model = bench.train(name, labels)
+    def arm(
+        name: str,
+        labels: dict[str, Detections],
+        expert_ids: list[str],
+        *,
+        init: Path | None = None,
+        repeats: dict[str, int] | None = None,
+        counts: dict[str, int] | None = None,
+    ):
+        model = bench.train(name, labels, init=init, repeats=repeats)
+        images = len(expert_ids) / n_train
+        decisions = sum(expert_decisions(records_by_id[i]) for i in expert_ids)
+        decisions += (counts or {}).get("review_decisions", 0)
+        decision_share = decisions / max(all_decisions, 1)
         arms[name] = {
             "ap50": model.ap50,
             "ap50_95": model.ap50_95,
             "train_seconds": model.seconds,
             "expert_images": len(expert_ids),
-            "expert_fraction": len(expert_ids) / n_train,
-            "boxes_touched": sum(boxes_touched(records[i].crowd, records[i].expert) for i in expert_ids),
+            "expert_fraction": images,
+            "boxes_touched": sum(
+                boxes_touched(records_by_id[i].crowd, records_by_id[i].expert) for i in expert_ids
+            ),
+            "expert_decisions": decisions,
+            "decision_fraction": decision_share,
+            "cost_fraction": max(images, decision_share),
             "label_f1": _label_set_quality(bench, labels),
-            **(extra or {}),
+            "corrections": counts or {},
         }
         steps.update()
         return model
 
-    noisy = arm("noisy", {i: records[i].crowd for i in train_ids}, [])
-    arm("full_expert", {i: records[i].expert for i in train_ids}, list(train_ids))
+    crowd_labels = {i: records_by_id[i].crowd for i in train_ids}
+    noisy = arm("noisy", crowd_labels, [])
+    # The reference gets the same free pre-training on the crowd labels as every warm-started arm, so that
+    # "% of full expert" is not inflated by a longer training of the arms measured against it.
+    arm(
+        "full_expert",
+        {i: records_by_id[i].expert for i in train_ids},
+        list(train_ids),
+        init=None if settings.final_recipe == "scratch" else noisy.weights,
+    )
 
     loops: dict[Strategy, LoopResult] = {}
-    for strategy in strategies:
-        cfg = LoopConfig(strategy=strategy, budget=budget, seed_fraction=seed_fraction, rounds=rounds)
+    for strategy in settings.strategies:
+        cfg = LoopConfig(
+            strategy=strategy,
+            budget=settings.budget,
+            seed_fraction=settings.seed_fraction,
+            rounds=settings.rounds,
+        )
         # The same generator seed for every strategy: they all start from the same random seed set.
         loops[strategy] = run_loop(
             bench,
@@ -112,29 +254,65 @@ def run_seed(
             np.random.default_rng(seed),
             lsm=lsm,
             name=f"loop-{strategy.value}",
+            calibration=settings.calibration_config(),
             init=noisy.weights if spec.cleaning_init == "noisy" else None,
         )
         steps.update()
     rand = loops[Strategy.RANDOM]
     lsm_loop = loops[Strategy.DISCREPANCY]
 
-    arm("expert_budget", {i: records[i].expert for i in rand.expert_ids}, rand.expert_ids)
-    labels, counts = corrected_labels(bench, rand, lsm=lsm)
-    arm("random_corrected", labels, rand.expert_ids, {"corrections": counts})
-    arm("lsm_uncorrected", uncorrected_labels(bench, lsm_loop), lsm_loop.expert_ids)
-    labels, counts = corrected_labels(bench, lsm_loop, lsm=lsm)
-    arm("lsm_corrected", labels, lsm_loop.expert_ids, {"corrections": counts})
-    # The consensus model is trained independently of the cleaning model: on the crowd labels.
-    consensus = bench.predict(noisy.weights, lsm_loop.remaining_ids)
-    labels, counts = corrected_labels(bench, lsm_loop, lsm=lsm, consensus=consensus)
-    arm("lsm_consensus", labels, lsm_loop.expert_ids, {"corrections": counts})
+    def expert_of(loop: LoopResult) -> dict[str, Detections]:
+        return {i: records_by_id[i].expert for i in loop.expert_ids}
+
+    arm("expert_budget", expert_of(rand), rand.expert_ids)
+    # The equal-cost baselines: the crowd-trained detector fine-tuned on the bought images alone, as many
+    # epochs as the method's final training; "matched" also repeats the images so that an epoch is as long
+    # as the final training's (the same number of gradient steps).
+    final_epoch = n_train + (settings.expert_repeat - 1) * len(lsm_loop.expert_ids)
+    for name, loop in (("finetune_random", rand), ("finetune_lsm", lsm_loop)):
+        k = max(1, round(final_epoch / max(len(loop.expert_ids), 1)))
+        repeats = {i: k for i in loop.expert_ids} if settings.finetune_steps == "matched" and k > 1 else None
+        arm(name, expert_of(loop), loop.expert_ids, init=noisy.weights, repeats=repeats)
+
+    def final(name: str, labels: dict[str, Detections], loop: LoopResult, counts: dict | None) -> None:
+        init = {
+            "scratch": None,
+            "warm_cleaning": loop.cleaning.weights,
+            "warm_crowd": noisy.weights,
+        }[settings.final_recipe]
+        repeats = {i: settings.expert_repeat for i in loop.expert_ids} if settings.expert_repeat > 1 else None
+        arm(name, labels, loop.expert_ids, init=init, repeats=repeats, counts=counts)
+
+    def cleaned(loop: LoopResult, *, consensus=None, reviews: bool = settings.reviews):
+        return corrected_labels(
+            bench,
+            loop,
+            lsm=lsm,
+            consensus=consensus,
+            calibration=loop.calibration if settings.calibrate else None,
+            reviews=reviews,
+        )
+
+    labels, counts = cleaned(rand)
+    final("random_corrected", labels, rand, counts)
+    final("lsm_uncorrected", uncorrected_labels(bench, lsm_loop), lsm_loop, None)
+    labels, counts = cleaned(lsm_loop)
+    final("full", labels, lsm_loop, counts)
+    if settings.consensus == "crowd":
+        consensus = bench.predict(noisy.weights, lsm_loop.remaining_ids)
+    else:
+        # Automatic fixes only: the consensus must not learn from reviews it is not charged for.
+        auto_labels, _ = cleaned(lsm_loop, reviews=False)
+        consensus = crossfit_consensus(bench, lsm_loop, auto_labels)
+    labels, counts = cleaned(lsm_loop, consensus=consensus)
+    final("full_consensus", labels, lsm_loop, counts)
     steps.close()
 
     # Noise detection quality, on the images the LSM did not send to the experts, same predictions.
     ids = lsm_loop.remaining_ids
-    positive = np.array([is_noisy(records[i]) for i in ids])
+    positive = np.array([is_noisy(records_by_id[i]) for i in ids])
     ours = np.array([lsm_loop.scores[i].discrepancy for i in ids])
-    crowds = [records[i].crowd for i in ids]
+    crowds = [records_by_id[i].crowd for i in ids]
     preds = [lsm_loop.preds[i] for i in ids]
     peer = cleanlab_scores(crowds, preds)
     chance = np.random.default_rng(seed + 1).random(len(ids))
@@ -143,20 +321,37 @@ def run_seed(
         for name, s in (("lsm", ours), ("cleanlab", peer), ("random", chance))
     }
     detection["noisy_share"] = float(positive.mean()) if len(positive) else float("nan")
-    types = instance_quality(
-        [lsm_loop.scores[i] for i in ids],
-        [records[i].crowd_noise for i in ids],
-        [records[i].expert.subset(records[i].missed) for i in ids],
-        preds,
-    )
+    noise = [records_by_id[i].crowd_noise for i in ids]
+    missed = [records_by_id[i].expert.subset(records_by_id[i].missed) for i in ids]
+    before = [lsm_loop.scores[i] for i in ids]
+    types = instance_quality(before, noise, missed, preds)
+    calibration = lsm_loop.calibration
+    assert calibration is not None
+    after = [
+        regrade(records_by_id[i].crowd, lsm_loop.preds[i], s, calibration)
+        for i, s in zip(ids, before, strict=True)
+    ]
+    probs = [
+        error_probability(records_by_id[i].crowd, lsm_loop.preds[i], s, calibration)
+        for i, s in zip(ids, before, strict=True)
+    ]
+    grades_before, _ = grade_quality(before, noise, missed, preds)
+    grades_after, curves = grade_quality(after, noise, missed, preds, probability=probs)
     return {
         "seed": seed,
         "n_train": n_train,
         "all_boxes_touched": all_touched,
+        "all_expert_decisions": all_decisions,
         "arms": arms,
         "rounds": {s.value: [asdict(r) for r in loop.rounds] for s, loop in loops.items()},
         "detection": detection,
         "instance_types": [asdict(t) for t in types],
+        "grades": {
+            "before": [asdict(g) for g in grades_before],
+            "after": [asdict(g) for g in grades_after],
+            "calibration": calibration.to_dict(),
+            "pr_curves": {t: _curve_points(c) for t, c in curves.items()},
+        },
         "seconds": time.perf_counter() - t0,
     }
 
@@ -168,8 +363,20 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
+def _paired(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
+    diffs = [(r["arms"][a]["ap50"] - r["arms"][b]["ap50"]) * 100 for r in runs]
+    return {
+        "a": a,
+        "b": b,
+        "per_seed": dict(zip([r["seed"] for r in runs], diffs, strict=True)),
+        "mean_std": _mean_std(diffs),
+        "wins": int(sum(d > 0 for d in diffs)),
+        "seeds": len(diffs),
+    }
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means and standard deviations over seeds of every figure the table shows."""
+    """Means and standard deviations over seeds of every figure the tables show, and paired differences."""
     full = [r["arms"]["full_expert"]["ap50"] for r in runs]
     noisy = [r["arms"]["noisy"]["ap50"] for r in runs]
     arms = {}
@@ -183,9 +390,12 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             ),
             "delta_vs_noisy": _mean_std([(a - n) * 100 for a, n in zip(ap, noisy, strict=True)]),
             "expert_fraction": _mean_std([r["arms"][name]["expert_fraction"] for r in runs]),
+            "decision_fraction": _mean_std([r["arms"][name]["decision_fraction"] for r in runs]),
+            "cost_fraction": _mean_std([r["arms"][name]["cost_fraction"] for r in runs]),
             "boxes_touched_fraction": _mean_std(
                 [r["arms"][name]["boxes_touched"] / max(r["all_boxes_touched"], 1) for r in runs]
             ),
+            "reviewed": _mean_std([float(r["arms"][name]["corrections"].get("reviewed", 0)) for r in runs]),
             "label_f1": _mean_std([r["arms"][name]["label_f1"] for r in runs]),
         }
     detection = {
@@ -201,7 +411,33 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "recall": _mean_std([x["recall"] for x in rows]),
             "support": _mean_std([float(x["support"]) for x in rows]),
         }
-    return {"arms": arms, "detection": detection, "instance_types": types}
+    grades: dict[str, dict[str, Any]] = {}
+    for when in ("before", "after"):
+        for g in runs[0]["grades"][when]:
+            name = g["noise_type"]
+            rows = [next(x for x in r["grades"][when] if x["noise_type"] == name) for r in runs]
+            grades.setdefault(name, {})[when] = {
+                k: _mean_std([float(x[k]) for x in rows])
+                for k in (
+                    "fix_precision",
+                    "fix_recall",
+                    "flag_precision",
+                    "flag_recall",
+                    "support",
+                    "precision_at_recall",
+                )
+            }
+    for name in grades:
+        grades[name]["fitted_seeds"] = sum(
+            bool(r["grades"]["calibration"]["rules"].get(name, {}).get("fitted")) for r in runs
+        )
+    return {
+        "arms": arms,
+        "paired": [_paired(runs, a, b) for a, b in PAIRS],
+        "detection": detection,
+        "instance_types": types,
+        "grades": grades,
+    }
 
 
 def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 1) -> str:
@@ -212,23 +448,52 @@ def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 1) -> str:
 
 
 def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) -> None:
+    """The tables of ``results.md``."""
+    full = summary["arms"]["full"]
     lines = [
-        f"# Active label cleaning, simulated ({meta['preset']}, seeds {meta['seeds']}, "
-        f"budget {meta['budget']:.0%})",
+        f"# Active label cleaning, {meta['dataset']} (seeds {meta['seeds']}, budget {meta['budget']:.0%})",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Wall time: {meta['seconds'] / 60:.1f} min on {meta['device']}",
+        f"Wall time: {meta['seconds'] / 60:.1f} min on {meta['device']}  ",
+        f"Final training of the cleaned-label arms: `{meta['settings']['final_recipe']}`, expert images "
+        f"x{meta['settings']['expert_repeat']}; fine-tunes: `{meta['settings']['finetune_steps']}` steps; "
+        f"consensus: `{meta['settings']['consensus']}`; calibrated "
+        f"grades: {'yes' if meta['settings']['calibrate'] else 'no'}; reviews answered and charged: "
+        f"{'yes' if meta['settings']['reviews'] else 'no'}",
         "",
-        "| arm | AP50 (%) | % of full expert | Δ vs noisy (AP50 pts) | expert cost (images) | "
-        "expert cost (boxes touched) | label F1 of training labels |",
-        "|---|---|---|---|---|---|---|",
+        f"**Headline: the full method reaches {_fmt(full['pct_of_full'])} % of full-expert AP50 at "
+        f"{_fmt(full['cost_fraction'], 100)} % expert cost** (the larger of "
+        f"{_fmt(full['expert_fraction'], 100)} % of the images and "
+        f"{_fmt(full['decision_fraction'], 100)} % of the instance decisions).",
+        "",
+        "Expert cost: share of training images re-annotated, and share of the instance decisions a full "
+        "re-annotation takes (each crowd box confirmed, moved or deleted, each box drawn; plus each "
+        "instance reviewed). The headline cost is the larger.",
+        "",
+        "| arm | AP50 (%) | % of full expert | Δ vs noisy (AP50 pts) | cost: images | cost: decisions | "
+        "cost (larger) | reviews | label F1 of training labels |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, label in ARMS.items():
         a = summary["arms"][name]
         lines.append(
             f"| {label} | {_fmt(a['ap50'], 100)} | {_fmt(a['pct_of_full'])} | {_fmt(a['delta_vs_noisy'])} "
-            f"| {_fmt(a['expert_fraction'], 100)} % | {_fmt(a['boxes_touched_fraction'], 100)} % "
+            f"| {_fmt(a['expert_fraction'], 100)} % | {_fmt(a['decision_fraction'], 100)} % "
+            f"| {_fmt(a['cost_fraction'], 100)} % | {_fmt(a['reviewed'], 1, 0)} "
             f"| {_fmt(a['label_f1'], 1, 3)} |"
+        )
+    lines += [
+        "",
+        "Paired per-seed differences (AP50 points, a − b):",
+        "",
+        "| a − b | mean ± std | a better on | per seed |",
+        "|---|---|---|---|",
+    ]
+    for p in summary["paired"]:
+        per_seed = ", ".join(f"{seed}: {d:+.1f}" for seed, d in p["per_seed"].items())
+        lines.append(
+            f"| {ARMS[p['a']]} − {ARMS[p['b']]} | {_fmt(tuple(p['mean_std']))} "
+            f"| {p['wins']} of {p['seeds']} seeds | {per_seed} |"
         )
     lines += [
         "",
@@ -245,17 +510,47 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
     for k, label in names.items():
         d = summary["detection"][k]
         lines.append(f"| {label} | {_fmt(d['auroc'], 1, 3)} | {_fmt(d['ap'], 1, 3)} |")
-    lines += ["", "LSM instance findings against the simulator's truth:", ""]
-    lines += ["| noise type | precision | recall | instances per seed |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "FiftyOne Brain's `compute_mistakenness` is not run: `fiftyone` does not install into this project's "
+        "environment without downgrading pinned dependencies (starlette, python-dateutil), and it needs a "
+        "MongoDB server.",
+        "",
+        "LSM instance findings (any grade) against the truth:",
+        "",
+        "| noise type | precision | recall | instances per seed |",
+        "|---|---|---|---|",
+    ]
     for name, t in summary["instance_types"].items():
         lines.append(
             f"| {name} | {_fmt(t['precision'], 1, 3)} | {_fmt(t['recall'], 1, 3)} "
             f"| {_fmt(t['support'], 1, 0)} |"
         )
+    lines += [
+        "",
+        "Grades before and after calibration on the bought images (LSM loop, images not sent to experts). "
+        "Fixed = auto-fixed; flagged = auto-fixed or sent to review; P@R≥0.5 = best precision of the "
+        "calibrated ranking at recall ≥ 0.5 (curves: `grade_pr.png`):",
+        "",
+        "| noise type | fixed P / R before | fixed P / R after | flagged P / R before | flagged P / R after "
+        "| P@R≥0.5 | rule fitted on |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def pr(g: dict[str, Any], kind: str) -> str:
+        return f"{_fmt(g[f'{kind}_precision'], 1, 2)} / {_fmt(g[f'{kind}_recall'], 1, 2)}"
+
+    for name, g in summary["grades"].items():
+        lines.append(
+            f"| {name} | {pr(g['before'], 'fix')} | {pr(g['after'], 'fix')} | {pr(g['before'], 'flag')} "
+            f"| {pr(g['after'], 'flag')} | {_fmt(g['after']['precision_at_recall'], 1, 2)} "
+            f"| {g['fitted_seeds']} of {meta['n_seeds']} seeds |"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
 def write_plots(out: Path, runs: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """``ap50_vs_budget.png``, ``noisy_found.png`` and ``grade_pr.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -275,12 +570,18 @@ def write_plots(out: Path, runs: list[dict[str, Any]], summary: dict[str, Any]) 
             label=f"cleaning model, {s}",
         )
     arms = summary["arms"]
-    for name, marker in (("lsm_corrected", "*"), ("random_corrected", "s"), ("expert_budget", "^")):
+    for name, marker in (
+        ("full", "*"),
+        ("random_corrected", "s"),
+        ("finetune_lsm", "D"),
+        ("finetune_random", "v"),
+        ("expert_budget", "^"),
+    ):
         ax.plot(
             arms[name]["expert_fraction"][0] * 100,
             arms[name]["ap50"][0] * 100,
             marker,
-            ms=11,
+            ms=10,
             label=f"final: {ARMS[name]}",
         )
     for name, style in (("full_expert", "--"), ("noisy", ":")):
@@ -296,7 +597,7 @@ def write_plots(out: Path, runs: list[dict[str, Any]], summary: dict[str, Any]) 
     ax.set_xlabel("expert budget spent (% of training images)")
     ax.set_ylabel("AP50 on the clean test set (%)")
     ax.set_title("AP50 vs expert budget")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     fig.savefig(out / "ap50_vs_budget.png", dpi=120)
     plt.close(fig)
@@ -311,7 +612,7 @@ def write_plots(out: Path, runs: list[dict[str, Any]], summary: dict[str, Any]) 
     grid = np.linspace(0, max(r["expert_fraction"] for r in runs[0]["rounds"][strategies[0]]), 50)
     noisy_share = np.mean([run["rounds"][strategies[0]][0]["noisy_total"] / run["n_train"] for run in runs])
     ax.plot(grid * 100, grid * 100, "k:", label="random (expected)")
-    ax.plot(grid * 100, np.minimum(1, grid / noisy_share) * 100, "k--", label="oracle")
+    ax.plot(grid * 100, np.minimum(1, grid / max(noisy_share, 1e-9)) * 100, "k--", label="oracle")
     ax.set_xlabel("expert budget spent (% of training images)")
     ax.set_ylabel("noisy images re-annotated (% of all noisy images)")
     ax.set_title("Noisy images found vs budget")
@@ -320,18 +621,123 @@ def write_plots(out: Path, runs: list[dict[str, Any]], summary: dict[str, Any]) 
     fig.savefig(out / "noisy_found.png", dpi=120)
     plt.close(fig)
 
+    types = list(runs[0]["grades"]["pr_curves"])
+    fig, axes = plt.subplots(1, len(types), figsize=(3.2 * len(types), 3.4), sharey=True)
+    for ax, t in zip(np.atleast_1d(axes), types, strict=True):
+        for run in runs:
+            curve = run["grades"]["pr_curves"][t]
+            if curve["recall"]:
+                ax.plot(curve["recall"], curve["precision"], alpha=0.7, label=f"seed {run['seed']}")
+            for when, marker in (("before", "o"), ("after", "*")):
+                g = next(x for x in run["grades"][when] if x["noise_type"] == t)
+                ax.plot(g["fix_recall"], g["fix_precision"], marker, c="k", ms=6 if marker == "o" else 9)
+        ax.axhline(0.6, ls=":", c="gray")
+        ax.axvline(0.5, ls=":", c="gray")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("recall")
+    np.atleast_1d(axes)[0].set_ylabel("precision (calibrated ranking)")
+    np.atleast_1d(axes)[0].legend(fontsize=6, loc="lower left")
+    fig.suptitle(
+        "Grades: PR of the calibrated probability; o = LSM auto-fix, * = calibrated auto-fix", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(out / "grade_pr.png", dpi=120)
+    plt.close(fig)
+
+
+def parse_seed_list(text: str) -> list[int]:
+    """``"100,101,105"`` -> ``[100, 101, 105]``: distinct non-negative integers.
+
+    Raises:
+        ValueError: anything else, naming the bad item.
+    """
+    seeds: list[int] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            seed = int(item)
+        except ValueError:
+            raise ValueError(f"--seed-list: {item!r} is not an integer") from None
+        if seed < 0:
+            raise ValueError(f"--seed-list: seeds must be non-negative, got {seed}")
+        if seed in seeds:
+            raise ValueError(f"--seed-list: seed {seed} is given twice")
+        seeds.append(seed)
+    if not seeds:
+        raise ValueError("--seed-list: expected at least one seed, e.g. 100,101,102")
+    return seeds
+
+
+def parse_noise(items: Sequence[str], base: Any) -> Any:
+    """Apply ``KEY=VALUE`` overrides to a ``synth.NoiseConfig``; tuple fields take comma-separated numbers.
+
+    Raises:
+        ValueError: an unknown key, a value of the wrong type or length, or one the simulator rejects.
+    """
+    fields = {f.name: f for f in dataclasses.fields(base)}
+    changes: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--noise: expected KEY=VALUE, got {item!r}")
+        if key not in fields:
+            raise ValueError(f"--noise: unknown key {key!r}; known: {', '.join(sorted(fields))}")
+        default = getattr(base, key)
+        try:
+            if isinstance(default, tuple):
+                parts = [float(v) for v in value.split(",")]
+                if len(parts) != len(default):
+                    raise ValueError(f"expected {len(default)} comma-separated numbers")
+                changes[key] = tuple(parts)
+            elif isinstance(default, bool):
+                raise ValueError("boolean fields are not supported")
+            elif isinstance(default, int):
+                changes[key] = int(value)
+            else:
+                changes[key] = float(value)
+        except ValueError as exc:
+            raise ValueError(f"--noise {key}={value!r}: {exc}") from None
+    try:
+        return replace(base, **changes)
+    except ValueError as exc:
+        raise ValueError(f"--noise: {exc}") from None
+
+
+def _synth_records(preset: str, seed: int, out: Path, noise_items: Sequence[str]) -> list:
+    """The simulated dataset of one seed (generated once under ``out``), with the noise overrides."""
+    import synth
+
+    config = synth.get_preset(preset)
+    if noise_items:
+        config = replace(config, noise=parse_noise(noise_items, config.noise))
+    tag = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    data_dir = out / f"seed{seed}" / ("data" if not noise_items else f"data-noise-{tag}")
+    if (data_dir / "manifest.json").exists():
+        dataset = synth.SynthDataset.load(data_dir)
+        if dataset.config.to_dict() == config.to_dict():
+            return dataset.images
+    synth.generate(config, seed).write(data_dir)
+    return synth.SynthDataset.load(data_dir).images
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.simulate", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="quick", choices=sorted(TRAIN_SPECS))
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0..K-1)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, help="number of seeds, run as 0..K-1 (default 3)")
+    seeds.add_argument("--seed-list", help="comma-separated seeds, e.g. 100,101,102")
     parser.add_argument("--budget", type=float, default=0.25, help="expert budget, share of train images")
     parser.add_argument("--seed-fraction", type=float, default=0.1, help="random seed set, share")
     parser.add_argument("--rounds", type=int, default=3, help="selection rounds after the seed set")
     parser.add_argument(
         "--strategies",
-        default="discrepancy,random,uncertainty,hybrid",
-        help="comma-separated; discrepancy and random are always run",
+        default="discrepancy,random",
+        help="comma-separated; discrepancy and random are always run (also: uncertainty, hybrid)",
     )
     parser.add_argument("--epochs", type=int, help="override the final detectors' epochs")
     parser.add_argument(
@@ -339,19 +745,89 @@ def main(argv: list[str] | None = None) -> int:
         choices=("noisy", "scratch"),
         help="first cleaning model: fine-tune the crowd-trained detector, or train from scratch",
     )
+    parser.add_argument(
+        "--final-recipe",
+        choices=FINAL_RECIPES,
+        default=BenchSettings.final_recipe,
+        help="how detectors on cleaned labels train: from scratch, from the last cleaning model, or from "
+        "the crowd-trained detector",
+    )
+    parser.add_argument(
+        "--expert-repeat",
+        type=int,
+        default=BenchSettings.expert_repeat,
+        help="re-annotated images appear this many times per epoch in the cleaned-label trainings",
+    )
+    parser.add_argument("--consensus", choices=CONSENSUS_MODELS, default=BenchSettings.consensus)
+    parser.add_argument(
+        "--finetune-steps",
+        choices=FINETUNE_STEPS,
+        default=BenchSettings.finetune_steps,
+        help="fine-tune baselines: as many gradient steps as the final training (matched), or only as many "
+        "epochs over their fewer images",
+    )
+    parser.add_argument("--no-calibration", action="store_true", help="keep the LSM's own grades")
+    parser.add_argument(
+        "--fix-precision",
+        type=float,
+        default=BenchSettings.fix_precision,
+        help="calibrated grades: auto-fix where at least this share of such findings were errors",
+    )
+    parser.add_argument(
+        "--review-precision",
+        type=float,
+        default=BenchSettings.review_precision,
+        help="calibrated grades: review where at least this share were errors (higher: fewer reviews)",
+    )
+    parser.add_argument(
+        "--no-reviews", action="store_true", help="leave instances sent to review unanswered and uncharged"
+    )
+    parser.add_argument(
+        "--noise",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a simulator noise setting (synth.config.NoiseConfig), e.g. missed_rate=0.3 or "
+        "localization_iou=0.3,0.7; repeatable",
+    )
+    parser.add_argument(
+        "--data", type=Path, help="run on your own dataset (expert.json + crowd.json, see bench/userdata.py)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if not 0 < args.budget <= 1 or not 0 < args.seed_fraction <= args.budget:
-        parser.error("need 0 < --seed-fraction <= --budget <= 1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.data is not None and args.noise:
+        parser.error("--noise applies to simulated data only, not with --data")
     try:
+        seed_list = parse_seed_list(args.seed_list) if args.seed_list else list(range(args.seeds or 3))
         wanted = [Strategy(s.strip()) for s in args.strategies.split(",") if s.strip()]
+        first = (Strategy.DISCREPANCY, Strategy.RANDOM)
+        strategies = (*first, *(s for s in wanted if s not in first))
+        settings = BenchSettings(
+            budget=args.budget,
+            seed_fraction=args.seed_fraction,
+            rounds=args.rounds,
+            strategies=strategies,
+            final_recipe=args.final_recipe,
+            expert_repeat=args.expert_repeat,
+            consensus=args.consensus,
+            finetune_steps=args.finetune_steps,
+            calibrate=not args.no_calibration,
+            fix_precision=args.fix_precision,
+            review_precision=args.review_precision,
+            reviews=not args.no_reviews,
+        )
+        if args.noise:
+            import synth
+
+            parse_noise(args.noise, synth.get_preset(args.preset).noise)
     except ValueError as exc:
-        parser.error(f"--strategies: {exc}; choose from {[s.value for s in Strategy]}")
-    strategies = [Strategy.DISCREPANCY, Strategy.RANDOM] + [
-        s for s in wanted if s not in (Strategy.DISCREPANCY, Strategy.RANDOM)
-    ]
+        parser.error(str(exc))
+    if args.seeds is not None and args.seeds < 1:
+        parser.error("--seeds: expected at least 1")
+    if args.data is not None and not args.data.is_dir():
+        parser.error(f"--data: no folder at {args.data}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     spec = replace(TRAIN_SPECS[args.preset], device=args.device)
     if args.epochs:
         spec = replace(spec, epochs=args.epochs, cleaning_epochs=args.epochs)
@@ -363,34 +839,43 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     runs = []
-    for seed in range(args.seeds):
+    names: list[str] = ["deposit"]
+    for seed in seed_list:
+        if args.data is not None:
+            from bench.userdata import load_user_dataset
+
+            records, names = load_user_dataset(args.data, seed=seed)
+        else:
+            records = _synth_records(args.preset, seed, args.out, args.noise)
         runs.append(
             run_seed(
-                args.preset,
+                records,
                 seed,
-                budget=args.budget,
-                out=args.out,
+                work=args.out / f"seed{seed}",
                 spec=spec,
-                strategies=strategies,
                 lsm=lsm,
-                rounds=args.rounds,
-                seed_fraction=args.seed_fraction,
+                settings=settings,
+                names=names,
             )
         )
         (args.out / "results.json").write_text(json.dumps({"runs": runs}, indent=1, default=str))
     summary = summarize(runs)
     meta = {
+        "dataset": f"data {args.data}" if args.data else f"simulated, preset {args.preset}",
         "preset": args.preset,
-        "seeds": args.seeds,
+        "data": None if args.data is None else str(args.data),
+        "noise": list(args.noise),
+        "seeds": seed_list,
+        "n_seeds": len(seed_list),
         "budget": args.budget,
         "rounds": args.rounds,
         "seed_fraction": args.seed_fraction,
+        "settings": {**asdict(settings), "strategies": [s.value for s in settings.strategies]},
         "train_spec": asdict(spec),
         "lsm": asdict(lsm),
         "device": resolve_device(args.device),
         "seconds": time.perf_counter() - t0,
-        "command": "python -m bench.simulate "
-        + f"--preset {args.preset} --seeds {args.seeds} --budget {args.budget} --out {args.out}",
+        "command": "python -m bench.simulate " + shlex.join(sys.argv[1:] if argv is None else argv),
     }
     (args.out / "results.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1, default=str)

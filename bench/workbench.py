@@ -69,6 +69,7 @@ class TrainSpec:
 # Per preset: how the detectors are trained (CPU-sized for tiny and quick).
 TRAIN_SPECS: dict[str, TrainSpec] = {
     "tiny": TrainSpec(epochs=2, cleaning_epochs=2, warm_epochs=1, imgsz=128, batch=8),
+    "small": TrainSpec(epochs=20, cleaning_epochs=20, warm_epochs=7, imgsz=160, batch=8),
     "quick": TrainSpec(epochs=30, cleaning_epochs=30, warm_epochs=10, imgsz=160, batch=8),
     "paper": TrainSpec(epochs=60, cleaning_epochs=60, warm_epochs=20, imgsz=320, batch=16),
     "large": TrainSpec(epochs=30, cleaning_epochs=30, warm_epochs=10, imgsz=320, batch=16, tile=320),
@@ -95,9 +96,19 @@ class Workbench:
         work_dir: where training sets, runs and the cache index live.
         spec: training settings.
         seed: the training seed.
+        names: class names, index = class id (the simulator's one class by default).
     """
 
-    def __init__(self, records: Sequence, work_dir: Path, spec: TrainSpec, *, seed: int) -> None:
+    def __init__(
+        self,
+        records: Sequence,
+        work_dir: Path,
+        spec: TrainSpec,
+        *,
+        seed: int,
+        names: Sequence[str] = ("deposit",),
+    ) -> None:
+        self.names = [str(n) for n in names]
         self.records = {r.id: r for r in records}
         self.train_ids = [r.id for r in records if r.split == "train"]
         self.val_ids = [r.id for r in records if r.split == "val"]
@@ -107,7 +118,9 @@ class Workbench:
         self.seed = seed
         self._detectors: dict[Path, Detector] = {}
 
-    def _labeled(self, ids: Sequence[str], labels: Mapping[str, Detections]) -> list[LabeledImage]:
+    def _labeled(
+        self, ids: Sequence[str], labels: Mapping[str, Detections], repeats: Mapping[str, int] | None = None
+    ) -> list[LabeledImage]:
         return [
             LabeledImage(
                 path=Path(self.records[i].path),
@@ -116,6 +129,7 @@ class Workbench:
                 height=self.records[i].height,
             )
             for i in ids
+            for _ in range(1 if repeats is None else repeats.get(i, 1))
         ]
 
     def train(
@@ -126,28 +140,38 @@ class Workbench:
         epochs: int | None = None,
         init: str | Path | None = None,
         val_every_epoch: bool = False,
+        repeats: Mapping[str, int] | None = None,
     ) -> TrainedModel:
         """Train on ``labels`` (image id -> boxes; those ids are the training set) and evaluate on test.
 
         The validation split always carries expert labels. It picks nothing: the last epoch's weights are
         used, whatever ``val_every_epoch`` (which only records a learning curve in the run's results.csv).
+        ``repeats`` (image id -> k >= 1) puts an image k times in each epoch (oversampling).
+
+        A finished training is reused when nothing that shaped it changed, under this name or any other
+        (e.g. every strategy's first cleaning model trains on the same seed set).
         """
         ids = sorted(labels)
-        # A finished training is reused only if nothing that shaped it changed.
         digest = hashlib.sha256()
         for i in ids:
             digest.update(i.encode())
             digest.update(np.ascontiguousarray(labels[i].xyxy).tobytes())
+            digest.update(np.ascontiguousarray(labels[i].class_id).tobytes())
+            if repeats is not None and repeats.get(i, 1) != 1:
+                digest.update(f"x{int(repeats[i])}".encode())
         key = json.dumps(
-            [asdict(self.spec), epochs, str(init), self.seed, digest.hexdigest(), val_every_epoch]
+            [asdict(self.spec), epochs, str(init), self.seed, digest.hexdigest(), val_every_epoch, self.names]
         )
         done = self.work_dir / name / "result.json"
-        if done.exists():
-            cached = json.loads(done.read_text())
-            if cached.pop("key", None) == key:
-                return TrainedModel(**{**cached, "weights": Path(cached["weights"])})
+        index = self.work_dir / "trainings.json"
+        known = json.loads(index.read_text()) if index.exists() else {}
+        for candidate in (done, self.work_dir / known.get(key, name) / "result.json"):
+            if candidate.exists():
+                cached = json.loads(candidate.read_text())
+                if cached.pop("key", None) == key:
+                    return TrainedModel(**{**cached, "name": name, "weights": Path(cached["weights"])})
         expert = {i: self.records[i].expert for i in self.val_ids}
-        train_set = self._labeled(ids, labels)
+        train_set = self._labeled(ids, labels, repeats)
         val_set = self._labeled(self.val_ids, expert)
         tiling = self.spec.tiling
         if tiling is not None:
@@ -156,7 +180,7 @@ class Workbench:
         result = get_family(self.spec.family).train(
             train=train_set,
             val=val_set,
-            names=["deposit"],
+            names=self.names,
             out_dir=self.work_dir / name,
             init=init or self.spec.init,
             epochs=epochs or self.spec.epochs,
@@ -173,6 +197,7 @@ class Workbench:
             name=name, weights=weights, seconds=result.seconds, ap50=ap.ap50, ap50_95=ap.ap50_95
         )
         done.write_text(json.dumps({**asdict(trained), "weights": str(trained.weights), "key": key}))
+        index.write_text(json.dumps({**known, key: name}))
         log.info("%s: AP50 %.3f in %.0f s", name, trained.ap50, trained.seconds)
         return trained
 

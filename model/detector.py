@@ -172,6 +172,7 @@ class DetectorFamily(Protocol):
         validate: bool = True,
         keep: Literal["best", "last"] = "best",
         on_epoch: EpochCallback | None = None,
+        threads: int | None = None,
     ) -> TrainResult:
         """Train a checkpoint, offline (nothing downloaded), writing only under ``out_dir``.
 
@@ -191,6 +192,8 @@ class DetectorFamily(Protocol):
             keep: ``"best"`` (best validation fitness; the last when not validating every epoch) or
                 ``"last"`` checkpoint.
             on_epoch: progress callback.
+            threads: CPU threads the training may use (``None``: every core); the backend leaves cores to
+                inference with it (``TRAIN_THREADS``).
         """
         ...
 

@@ -66,6 +66,11 @@ def _version_number(name: str) -> int:
     return int(match.group(1))
 
 
+def is_version_name(name: str) -> bool:
+    """Whether ``name`` has the form of a version this registry publishes (``v0003-20261128T021500``)."""
+    return bool(_VERSION.match(name))
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -206,6 +211,20 @@ class ModelRegistry:
         self._write_latest(name)
         logger.info("published model version %s", name)
         return self.get(name)
+
+    def activate(self, version: str) -> ModelVersion:
+        """Make a published version the latest again (a rollback), atomically.
+
+        Every process reading this registry (backend replicas, workers) serves it from its next request; a
+        later :meth:`publish` makes the new version the latest as usual.
+
+        Raises:
+            KeyError: no complete version of that name.
+        """
+        found = self.get(version)
+        self._write_latest(found.version)
+        logger.info("activated model version %s", found.version)
+        return found
 
     def _write_latest(self, name: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".LATEST-", dir=self.model_dir)

@@ -67,6 +67,7 @@ class YoloFamily:
         validate: bool = True,
         keep: Literal["best", "last"] = "best",
         on_epoch: EpochCallback | None = None,
+        threads: int | None = None,
     ) -> TrainResult:
         """Write the dataset to ``out_dir/dataset`` and train in ``out_dir/run`` (see ``DetectorFamily``).
 
@@ -91,6 +92,7 @@ class YoloFamily:
             device=device,
             val=validate,
             on_epoch=on_epoch,
+            threads=threads,
         )
         weights = result.weights.with_name("last.pt") if keep == "last" else result.weights
         return TrainResult(

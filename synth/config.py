@@ -1,4 +1,5 @@
-"""Simulator settings: frozen dataclasses and the named presets (``tiny``, ``quick``, ``paper``, ``large``).
+"""Simulator settings: frozen dataclasses and the named presets (``tiny``, ``small``, ``quick``, ``paper``,
+``large``).
 
 Sizes that depend on the image (deposit radius, band thickness) are fractions of the image side, so one
 preset scales to another image size unchanged.
@@ -181,6 +182,7 @@ def _tuple(value: Any) -> Any:
 
 PRESETS: dict[str, SimConfig] = {
     "tiny": SimConfig(name="tiny", image_size=128, n_train=16, n_val=4, n_test=4),
+    "small": SimConfig(name="small", image_size=160, n_train=120, n_val=20, n_test=60),
     "quick": SimConfig(name="quick", image_size=160, n_train=240, n_val=40, n_test=80),
     "paper": SimConfig(name="paper", image_size=320, n_train=1200, n_val=200, n_test=300),
     # TEM-sized frames: 2048 px with deposits of 15-60 px (radius 0.4-1.1 % of the side) along a thin

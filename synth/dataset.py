@@ -144,7 +144,7 @@ def generate(preset: str | SimConfig, seed: int, *, render: bool = True) -> Synt
     """Simulate a dataset in memory.
 
     Args:
-        preset: a preset name (``tiny``, ``quick``, ``paper``) or a :class:`SimConfig`.
+        preset: a preset name (``tiny``, ``small``, ``quick``, ``paper``) or a :class:`SimConfig`.
         seed: the only source of randomness; the same seed gives the same dataset.
         render: draw the pixels now (else they are drawn when written, or by :meth:`SynthDataset.pixels`).
 

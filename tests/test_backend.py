@@ -455,33 +455,58 @@ def test_predict_with_model(model_client):
 
 
 @pytest.mark.parametrize(
-    ("task", "label_config", "status", "message"),
+    ("task", "cause", "message"),
     [
-        (make_task(3, "PIXELS", [{"x": "a"}]), LABEL_CONFIG, 400, "task 3: crowd_labels[0]: needs numeric"),
-        (make_task(3, "PIXELS", {"x": 1}), LABEL_CONFIG, 400, "task 3: crowd_labels: expected a list"),
+        (make_task(3, "PIXELS", [{"x": "a"}]), "task_input", "task 3: crowd_labels[0]: needs numeric"),
+        (make_task(3, "PIXELS", {"x": 1}), "task_input", "task 3: crowd_labels: expected a list"),
         (
             make_task(3, "PIXELS", [{"x": 1, "y": 1, "width": 2, "height": 2, "label": "cat"}]),
-            LABEL_CONFIG,
-            400,
+            "task_input",
             "task 3: label 'cat'",
         ),
-        (make_task(4, "data:image/png;base64,AAAA"), LABEL_CONFIG, 422, "task 4: image 'data:image/png"),
-        (make_task(4, "data:image/png;base64,@@"), LABEL_CONFIG, 422, "invalid base64"),
-        (make_task(5, "/data/local-files/?d=imgs/missing.png"), LABEL_CONFIG, 422, "task 5: image"),
-        (make_task(5, "/data/local-files/?d=../../etc/passwd"), LABEL_CONFIG, 422, "outside"),
-        (make_task(6, "/data/upload/1/x.png"), LABEL_CONFIG, 422, "LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY"),
-        (make_task(6, "ftp://host/x.png"), LABEL_CONFIG, 422, "expected an http(s) URL"),
-        ({"id": 9, "data": {"img": "x"}}, LABEL_CONFIG, 400, "task 9: data.image is missing"),
-        (make_task(3, "PIXELS"), None, 400, "label_config: required"),
-        (make_task(3, "PIXELS"), '<View><Image name="i" value="$image"/></View>', 400, "RectangleLabels"),
+        (make_task(4, "data:image/png;base64,AAAA"), "image_undecodable", "task 4: image 'data:image/png"),
+        (make_task(4, "data:image/png;base64,@@"), "image_undecodable", "invalid base64"),
+        (make_task(5, "/data/local-files/?d=imgs/missing.png"), "image_missing", "task 5: image"),
+        (make_task(5, "/data/local-files/?d=../../etc/passwd"), "image_reference", "outside"),
+        (make_task(6, "/data/upload/1/x.png"), "image_reference", "LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY"),
+        (make_task(6, "ftp://host/x.png"), "image_reference", "expected an http(s) URL"),
+        (make_task(6, "http://127.0.0.1:9/x.png"), "image_unreachable", "cannot be fetched"),
+        ({"id": 9, "data": {"img": "x"}}, "task_input", "task 9: data.image is missing"),
     ],
 )
-def test_predict_bad_tasks(model_client, task, label_config, status, message):
+def test_predict_bad_task_fails_alone(model_client, task, cause, message):
+    """A bad task between two good ones: HTTP 200, three entries in order, only the bad one an error."""
     client, _, _ = model_client
     if task["data"].get("image") == "PIXELS":
         task["data"]["image"] = data_uri(disc_image(32, []))
+    good = [make_task(i, data_uri(disc_image(48, [(20, 20, 8)], seed=i))) for i in (1, 2)]
+    resp = client.post("/predict", json={"tasks": [good[0], task, good[1]], "label_config": LABEL_CONFIG})
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert len(results) == 3
+    assert "result" in results[0] and "result" in results[2] and "error" not in results[0]
+    # No "result" key: Label Studio stores no prediction, so the task is retried by the next retrieval.
+    assert "result" not in results[1] and message in results[1]["error"]
+    assert results[1]["model_version"] == results[0]["model_version"]
+    text = client.get("/metrics").text
+    assert f'alc_task_failures_total{{cause="{cause}"}} 1.0' in text
+    assert 'alc_tasks_scored_total{outcome="ok"} 2.0' in text
+    if cause.startswith("image_"):
+        assert f'alc_image_load_failures_total{{cause="{cause[6:]}"}} 1.0' in text
+
+
+@pytest.mark.parametrize(
+    ("label_config", "message"),
+    [
+        (None, "label_config: required"),
+        ('<View><Image name="i" value="$image"/></View>', "RectangleLabels"),
+    ],
+)
+def test_predict_bad_label_config_fails_the_request(model_client, label_config, message):
+    client, _, _ = model_client
+    task = make_task(3, data_uri(disc_image(32, [])))
     resp = client.post("/predict", json={"tasks": [task], "label_config": label_config})
-    assert resp.status_code == status, resp.text
+    assert resp.status_code == 400, resp.text
     assert message in resp.json()["detail"]
     assert client.get("/health").status_code == 200  # still serving
 
@@ -491,10 +516,142 @@ def test_predict_corrupt_file_names_task_and_url(model_client):
     (root / "imgs" / "bad.png").write_bytes(b"\x89PNG not really")
     task = make_task(12, "/data/local-files/?d=imgs/bad.png")
     resp = client.post("/predict", json={"tasks": [task], "label_config": LABEL_CONFIG})
-    assert resp.status_code == 422
-    assert resp.json()["detail"].startswith(
+    assert resp.status_code == 200
+    assert resp.json()["results"][0]["error"].startswith(
         "task 12: image '/data/local-files/?d=imgs/bad.png': not a readable"
     )
+
+
+def test_predict_mixed_batch_streams_in_chunks(tmp_path, weights):
+    """PREDICT_BATCH=4, 11 tasks, 3 bad: 8 predictions, 3 errors, in order; never more than 4 images held."""
+    root = tmp_path / "files"
+    (root / "imgs").mkdir(parents=True)
+    settings = _settings(
+        tmp_path, MODEL_WEIGHTS=str(weights), LOCAL_FILES_DOCUMENT_ROOT=str(root), PREDICT_BATCH="4"
+    )
+    app = create_app(settings)
+    service = app.state.service
+    held, peak = [0], [0]
+    real_load, real_current = service.loader.load, service.current
+
+    def counting_load(url, *, task="?"):
+        image = real_load(url, task=task)
+        held[0] += 1
+        peak[0] = max(peak[0], held[0])
+        return image
+
+    class CountingDetector:
+        def __init__(self, inner):
+            self.inner, self.names = inner, inner.names
+
+        def predict(self, arrays, **kw):
+            assert len(arrays) <= 4
+            out = self.inner.predict(arrays, **kw)
+            held[0] -= len(arrays)  # the service drops the chunk before loading the next one
+            return out
+
+    service.loader.load = counting_load
+    service.current = lambda version=None: (CountingDetector(real_current()[0]), real_current()[1])
+    bad = {2, 5, 9}
+    tasks = []
+    for i in range(11):
+        if i in bad:
+            tasks.append(make_task(i, f"/data/local-files/?d=imgs/missing{i}.png"))
+        else:
+            (root / "imgs" / f"{i}.png").write_bytes(png_bytes(disc_image(48, [(24, 24, 9)], seed=i)))
+            tasks.append(make_task(i, f"/data/local-files/?d=imgs/{i}.png"))
+    resp = TestClient(app).post("/predict", json={"tasks": tasks, "label_config": LABEL_CONFIG})
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert [("error" in r) for r in results] == [i in bad for i in range(11)]
+    assert all(f"task {i}: image" in results[i]["error"] for i in bad)
+    assert peak[0] <= 4
+
+
+def test_inference_failure_of_one_image_fails_only_its_task(model_client):
+    """The batched pass fails; image by image, only the image the detector chokes on fails."""
+    client, app, _ = model_client
+    service = app.state.service
+    real, _ = service.current()
+
+    class Choking:
+        names = real.names
+
+        def predict(self, arrays, **kw):
+            if any(a.shape[0] == 40 for a in arrays):
+                raise RuntimeError("cannot run on a 40 px image")
+            return real.predict(arrays, **kw)
+
+    service.current = lambda version=None: (Choking(), version or service.latest_version())
+    tasks = [
+        make_task(i, data_uri(disc_image(size, [(16, 16, 6)], seed=i))) for i, size in enumerate([48, 40, 56])
+    ]
+    resp = client.post("/predict", json={"tasks": tasks, "label_config": LABEL_CONFIG})
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert ["error" in r for r in results] == [False, True, False]
+    assert results[1]["error"] == "task 1: inference failed (RuntimeError: cannot run on a 40 px image)"
+    assert 'alc_task_failures_total{cause="inference"} 1.0' in client.get("/metrics").text
+
+
+def test_version_activation_rollback_and_pinning(model_client, weights, tmp_path):
+    client, app, _ = model_client
+    task = make_task(1, data_uri(disc_image(64, [(20, 20, 9)])))
+    body = {"tasks": [task], "label_config": LABEL_CONFIG}
+    first = client.post("/predict", json=body).json()["results"][0]["model_version"]
+    second = app.state.service.registry.publish(weights, {"source": "test"}).version
+    assert client.post("/predict", json=body).json()["results"][0]["model_version"] == second
+    # A caller naming an existing older version gets it; an unknown name gets the active one.
+    assert (
+        client.post("/predict", json={**body, "model_version": first}).json()["results"][0]["model_version"]
+        == first
+    )
+    assert (
+        client.post("/predict", json={**body, "model_version": "v9999-x"}).json()["results"][0][
+            "model_version"
+        ]
+        == second
+    )
+    # Rollback: the older version serves by default, /setup and /health say so (Label Studio follows /setup).
+    resp = client.post(f"/versions/{first}/activate")
+    assert resp.status_code == 200 and resp.json() == {"model_version": first, "previous": second}
+    assert client.post("/predict", json=body).json()["results"][0]["model_version"] == first
+    health = client.get("/health").json()
+    assert health["serving_version"] == health["loaded_version"] == first
+    assert client.post("/setup", json={"schema": LABEL_CONFIG}).json()["model_version"] == first
+    assert client.get("/versions").json()["active"] == first
+    assert f'alc_serving_version_info{{version="{first}"}} 1.0' in client.get("/metrics").text
+    missing = client.post("/versions/v0042-20260101T000000/activate")
+    assert missing.status_code == 404 and "no complete model version" in missing.json()["detail"]
+    assert client.post("/versions/nonsense/activate").status_code == 404
+    # A version whose weights do not load is never made the active one.
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    broken = app.state.service.registry.publish(garbage, {"source": "test"}).version
+    app.state.service.registry.activate(first)  # publishing made it the latest; put the rollback back
+    failed = client.post(f"/versions/{broken}/activate")
+    assert failed.status_code == 500 and f"version {broken} could not be loaded" in failed.json()["detail"]
+    assert client.get("/versions").json()["active"] == first
+
+
+def test_metrics_exposition(model_client):
+    client, _, _ = model_client
+    client.get("/health")
+    client.get("/nowhere")
+    resp = client.get("/metrics")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    text = resp.text
+    assert 'alc_request_seconds_count{method="GET",route="/health"} 1.0' in text
+    assert 'alc_requests_total{method="GET",route="other",status="404"} 1.0' in text
+    for name in (
+        "alc_training_runs_total 0.0",
+        "alc_training_failures_total 0.0",
+        "alc_training_seconds_total 0.0",
+        'alc_queue_depth{queue="training"} 0.0',
+        "alc_writeback_failures_total 0.0",
+        "alc_serving_version_number 0.0",
+    ):
+        assert name in text, name
 
 
 def test_model_version_switch_is_picked_up(model_client, weights):

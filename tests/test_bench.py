@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from conftest import REPO, make_detections
 
+from bench.cost import instance_decisions, review
 from bench.loop import LoopConfig, _budget_counts, boxes_touched
 from bench.noise_quality import auroc, average_precision
+from bench.simulate import ARMS, parse_noise, parse_seed_list
+from bench.simulate import main as simulate_main
 from selection import Strategy
 
 
@@ -99,20 +102,309 @@ def test_simulate_tiny_runs_every_arm(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     arms = results["runs"][0]["arms"]
-    assert set(arms) == {
-        "noisy",
-        "full_expert",
-        "expert_budget",
-        "random_corrected",
-        "lsm_uncorrected",
-        "lsm_corrected",
-        "lsm_consensus",
-    }
+    assert set(arms) == set(ARMS)
     for arm in arms.values():
         assert 0.0 <= arm["ap50"] <= 1.0
     assert arms["full_expert"]["expert_fraction"] == 1.0
     assert arms["noisy"]["expert_images"] == 0
-    assert arms["lsm_corrected"]["expert_images"] == arms["random_corrected"]["expert_images"] > 0
+    assert arms["full"]["expert_images"] == arms["random_corrected"]["expert_images"] > 0
     assert "LSM + correction (full method)" in (out / "results.md").read_text()
-    for png in ("ap50_vs_budget.png", "noisy_found.png"):
+    for png in ("ap50_vs_budget.png", "noisy_found.png", "grade_pr.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_instance_decisions_count_every_crowd_box_and_every_drawn_box():
+    expert = make_detections([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]])
+    crowd = make_detections([[0, 0, 10, 10], [21, 21, 31, 31], [70, 70, 80, 80]])
+    d = instance_decisions(crowd, expert)
+    # confirm 1, move 1 (IoU 0.68), delete 1 (background), draw 1 (missed deposit).
+    assert (d.confirmed, d.moved, d.deleted, d.drawn) == (1, 1, 1, 1)
+    assert d.total == 4 and d.touched == 3 == boxes_touched(crowd, expert)
+    assert instance_decisions(expert, expert).total == 3  # confirming costs a decision too
+    assert instance_decisions(make_detections([]), expert).total == 3
+
+
+def test_review_answers_each_flagged_instance_from_the_expert_boxes():
+    expert = make_detections(
+        [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [52, 0, 62, 10], [80, 80, 90, 90], [0, 80, 10, 90]]
+    )
+    labels = make_detections(
+        [
+            [0, 0, 10, 10],  # not flagged: stays even though nobody checks it
+            [22, 2, 32, 12],  # flagged, badly placed: becomes expert box 1
+            [38, -2, 64, 12],  # flagged box-in-box: split into expert boxes 2 and 3
+            [100, 100, 110, 110],  # flagged, on nothing: deleted
+        ]
+    )
+    flagged = make_detections(
+        [
+            [22, 2, 32, 12],
+            [38, -2, 64, 12],
+            [100, 100, 110, 110],
+            [81, 81, 91, 91],  # a proposal on the unboxed deposit 4: added as the expert box
+            [120, 0, 130, 10],  # a proposal on nothing: not added
+        ],
+        scores=[0.5] * 5,
+    )
+    out, outcome = review(labels, flagged, expert)
+    assert (outcome.reviewed, outcome.replaced, outcome.split, outcome.deleted, outcome.added) == (
+        5,
+        1,
+        1,
+        1,
+        1,
+    )
+    assert outcome.extra_drawn == 1 and outcome.decisions == 6
+    got = sorted(map(tuple, out.xyxy.tolist()))
+    want = sorted(map(tuple, expert.xyxy[[0, 1, 2, 3, 4]].tolist()))
+    assert got == want  # deposit 5 was never flagged: still missing
+    assert out.score is None
+
+
+def test_review_without_flags_changes_nothing():
+    labels = make_detections([[0, 0, 10, 10]])
+    out, outcome = review(labels, make_detections([], scores=[]), make_detections([]))
+    assert outcome.decisions == 0
+    np.testing.assert_array_equal(out.xyxy, labels.xyxy)
+
+
+def test_parse_seed_list():
+    assert parse_seed_list("100, 101,7") == [100, 101, 7]
+    for bad, match in (
+        ("1,x", "not an integer"),
+        ("-1", "non-negative"),
+        ("3,3", "twice"),
+        (",", "at least"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            parse_seed_list(bad)
+
+
+def test_parse_noise_overrides_and_validation():
+    from synth import NoiseConfig
+
+    base = NoiseConfig()
+    cfg = parse_noise(["missed_rate=0.3", "localization_iou=0.3,0.6", "n_annotators=3"], base)
+    assert (cfg.missed_rate, cfg.localization_iou, cfg.n_annotators) == (0.3, (0.3, 0.6), 3)
+    for items, match in (
+        (["nope=1"], "unknown key 'nope'"),
+        (["missed_rate"], "KEY=VALUE"),
+        (["missed_rate=abc"], "missed_rate"),
+        (["localization_iou=0.3"], "2 comma-separated"),
+        (["missed_rate=1.5"], "missed_rate: expected in"),
+        (["n_annotators=2.5"], "n_annotators"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            parse_noise(items, base)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "2", "--seed-list", "1"], "not allowed with"),
+        (["--seed-list", "1,a"], "not an integer"),
+        (["--noise", "bogus=1"], "unknown key"),
+        (["--noise", "missed_rate=2"], "missed_rate"),
+        (["--final-recipe", "magic"], "invalid choice"),
+        (["--expert-repeat", "0"], "expert_repeat"),
+        (["--data", "/nonexistent-dir"], "no folder"),
+        (["--data", ".", "--noise", "missed_rate=0.1"], "simulated data only"),
+        (["--budget", "0.05", "--seed-fraction", "0.1"], "seed_fraction"),
+        (["--review-precision", "0.9", "--fix-precision", "0.8"], "review_precision"),
+    ],
+)
+def test_cli_rejects_bad_arguments(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        simulate_main([*args, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def _write_user_dataset(root: Path, *, splits: bool) -> None:
+    root.mkdir(parents=True)
+    (root / "img").mkdir()
+    images = []
+    for k in range(10):
+        (root / "img" / f"{k}.png").write_bytes(b"png")
+        entry = {"id": k + 1, "file_name": f"img/{k}.png", "width": 64, "height": 48}
+        if splits:
+            entry["split"] = "train" if k < 6 else "val" if k < 8 else "test"
+        images.append(entry)
+    cats = [{"id": 1, "name": "deposit"}, {"id": 2, "name": "other"}]
+    expert = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
+        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [30, 30, 10, 10]},
+    ]
+    crowd = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
+        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 5, 8, 8]},
+    ]
+    (root / "expert.json").write_text(
+        json.dumps({"images": images, "annotations": expert, "categories": cats})
+    )
+    crowd_images = [{k: v for k, v in im.items() if k != "split"} for im in images]
+    (root / "crowd.json").write_text(
+        json.dumps({"images": crowd_images, "annotations": crowd, "categories": cats})
+    )
+
+
+def test_user_dataset_loads_with_given_and_drawn_splits(tmp_path):
+    from bench.userdata import load_user_dataset
+
+    _write_user_dataset(tmp_path / "given", splits=True)
+    records, names = load_user_dataset(tmp_path / "given", seed=0)
+    assert names == ["deposit", "other"]
+    assert [r.split for r in records].count("train") == 6
+    first = records[0]
+    assert first.expert.class_id.tolist() == [0, 1] and len(first.crowd) == 2
+    assert first.crowd_noise.tolist() == ["clean", "background"]
+    assert first.missed.tolist() == [1]
+    assert first.path.is_file()
+
+    _write_user_dataset(tmp_path / "drawn", splits=False)
+    a, _ = load_user_dataset(tmp_path / "drawn", seed=0)
+    b, _ = load_user_dataset(tmp_path / "drawn", seed=1)
+    assert {r.split for r in a} == {"train", "val", "test"}
+    assert [r.split for r in a] != [r.split for r in b]  # each seed draws its own split
+
+
+def test_user_dataset_errors_name_the_problem(tmp_path):
+    from bench.userdata import load_user_dataset
+
+    with pytest.raises(FileNotFoundError, match=r"expert\.json"):
+        load_user_dataset(tmp_path, seed=0)
+    root = tmp_path / "ds"
+    _write_user_dataset(root, splits=True)
+    data = json.loads((root / "expert.json").read_text())
+    data["images"][0]["split"] = "training"
+    (root / "expert.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="split 'training'"):
+        load_user_dataset(root, seed=0)
+    data["images"][0]["split"] = "train"
+    data["categories"][1]["name"] = "else"
+    (root / "expert.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="categories"):
+        load_user_dataset(root, seed=0)
+
+
+def test_every_arm_runs_on_a_fake_detector(tmp_path):
+    """The whole benchmark (loops, arms, costs, calibration, tables, plots) with the fingerprint detector."""
+    import dataclasses
+
+    from bench_fakes import FakeWorkbench
+
+    import bench.simulate as sim
+    import synth
+    from bench.workbench import TRAIN_SPECS
+    from selection import LSMConfig
+
+    config = dataclasses.replace(synth.get_preset("tiny"), n_train=60, n_val=4, n_test=4)
+    records = synth.generate(config, 3, render=False).images
+    settings = sim.BenchSettings()
+    runs = []
+    original = sim.Workbench
+    sim.Workbench = FakeWorkbench
+    try:
+        for seed in (11, 12):
+            runs.append(
+                sim.run_seed(
+                    records, seed, work=tmp_path, spec=TRAIN_SPECS["tiny"], lsm=LSMConfig(), settings=settings
+                )
+            )
+    finally:
+        sim.Workbench = original
+    for run in runs:
+        arms = run["arms"]
+        assert set(arms) == set(sim.ARMS)
+        n = run["n_train"]
+        assert arms["full_expert"]["decision_fraction"] == 1.0 and arms["noisy"]["expert_decisions"] == 0
+        for name in ("finetune_random", "finetune_lsm", "random_corrected", "full", "full_consensus"):
+            assert arms[name]["expert_images"] == round(0.25 * n)
+            assert arms[name]["cost_fraction"] == max(
+                arms[name]["expert_fraction"], arms[name]["decision_fraction"]
+            )
+        # Reviews are charged on top of the bought images' decisions.
+        bought = arms["lsm_uncorrected"]["expert_decisions"]
+        assert arms["full"]["expert_decisions"] == bought + arms["full"]["corrections"]["review_decisions"]
+        assert arms["full"]["corrections"]["reviewed"] > 0
+        assert arms["finetune_lsm"]["expert_decisions"] == bought
+        assert {g["noise_type"] for g in run["grades"]["after"]} == {
+            "background",
+            "localization",
+            "box_in_box",
+            "missed",
+        }
+        json.dumps(run)
+    summary = sim.summarize(runs)
+    paired = {(p["a"], p["b"]): p for p in summary["paired"]}
+    p = paired[("full", "finetune_random")]
+    want = [(r["arms"]["full"]["ap50"] - r["arms"]["finetune_random"]["ap50"]) * 100 for r in runs]
+    assert list(p["per_seed"].values()) == pytest.approx(want)
+    assert p["wins"] == sum(d > 0 for d in want)
+    meta = {
+        "dataset": "fake",
+        "seeds": [11, 12],
+        "n_seeds": 2,
+        "budget": 0.25,
+        "command": "x",
+        "seconds": 1.0,
+        "device": "cpu",
+        "settings": dataclasses.asdict(settings),
+    }
+    sim.write_markdown(tmp_path / "results.md", summary, meta)
+    sim.write_plots(tmp_path, runs, summary)
+    text = (tmp_path / "results.md").read_text()
+    assert "Crowd model fine-tuned on the LSM images" in text and "cost: decisions" in text
+    for png in ("ap50_vs_budget.png", "noisy_found.png", "grade_pr.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_noise_overrides_reach_the_simulated_dataset(tmp_path):
+    import synth
+    from bench.simulate import _synth_records
+
+    base = _synth_records("tiny", 0, tmp_path, [])
+    noisier = _synth_records("tiny", 0, tmp_path, ["missed_rate=0.9", "background_rate=0.5"])
+    again = _synth_records("tiny", 0, tmp_path, ["missed_rate=0.9", "background_rate=0.5"])
+    dirs = sorted(p.name for p in (tmp_path / "seed0").iterdir())
+    assert dirs[0] == "data" and dirs[1].startswith("data-noise-") and len(dirs) == 2
+    config = synth.SynthDataset.load(tmp_path / "seed0" / dirs[1]).config
+    assert (config.noise.missed_rate, config.noise.background_rate) == (0.9, 0.5)
+    missed = [sum(len(r.missed) for r in recs) for recs in (base, noisier)]
+    assert missed[1] > missed[0]
+    assert [r.id for r in again] == [r.id for r in noisier]
+
+
+def test_grade_quality_hand_case():
+    from bench.noise_quality import grade_quality
+    from selection import score_image
+
+    crowd = make_detections([[0, 0, 20, 20], [100, 100, 120, 120], [200, 0, 220, 20]])
+    pred = make_detections([[0, 0, 20, 20], [50, 50, 70, 70], [150, 150, 170, 170]], scores=[0.95, 0.9, 0.9])
+    score = score_image(crowd, pred)
+    f = score.instances
+    assert f.noise_type[:3].tolist() == ["clean", "background", "background"]
+    assert set(f.action[3:].tolist()) == {"auto_fix"}  # two confident "missed" proposals
+    truth = np.array(["clean", "background", "clean"])  # the third crowd box is in fact right
+    missed = make_detections([[50, 50, 70, 70]])  # only one proposal is a real missed deposit
+    rows, curves = grade_quality(
+        [score], [truth], [missed], [pred], probability=[np.linspace(0.9, 0.1, len(f))]
+    )
+    q = {r.noise_type: r for r in rows}
+    bg_fixed = (f.noise_type == "background") & (f.action == "auto_fix")
+    assert q["background"].support == 1
+    assert q["background"].fix_precision == pytest.approx(1 / bg_fixed.sum())
+    assert q["missed"].fix_precision == 0.5 and q["missed"].fix_recall == 1.0
+    assert q["localization"].support == 0 and np.isnan(q["localization"].fix_recall)
+    # Ranked by the given probabilities, the real missed deposit (the higher of the two) comes first.
+    assert curves["missed"]["precision"][0] == 1.0 and curves["missed"]["recall"][-1] == 1.0
+
+
+def test_review_two_reviewed_boxes_do_not_split_into_the_same_deposits():
+    # Two small deposits inside two large boxes (IoU < 0.1 with both: no box stands for either).
+    expert = make_detections([[10, 10, 15, 15], [20, 10, 25, 15]])
+    labels = make_detections([[0, 0, 60, 60], [0, 0, 62, 62]])
+    out, outcome = review(labels, make_detections(labels.xyxy, scores=[0.5, 0.5]), expert)
+    assert (outcome.split, outcome.deleted, outcome.extra_drawn) == (1, 1, 1)
+    assert sorted(map(tuple, out.xyxy.tolist())) == sorted(map(tuple, expert.xyxy.tolist()))  # each once

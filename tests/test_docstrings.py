@@ -12,6 +12,7 @@ MODULES = [
     "formats.labelstudio",
     "selection.batch",
     "selection.boxes",
+    "selection.calibration",
     "selection.correction",
     "selection.lsm",
     "selection.rules",

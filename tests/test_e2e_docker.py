@@ -35,7 +35,7 @@ def _resolve(value: object, tmp_path: Path) -> str:
 def test_compose_parses_with_both_services_and_a_gpu_reservation() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"label-studio", "backend"}
+    assert set(services) == {"label-studio", "backend", "worker", "redis"}
     assert services["label-studio"]["image"].startswith("heartexlabs/label-studio:1.23")
     devices = services["backend"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
@@ -68,6 +68,31 @@ def test_compose_backend_environment_is_valid_settings(tmp_path: Path) -> None:
     assert settings.label_studio_url == "http://label-studio:8080"
     assert settings.device == "auto"
     assert settings.model_weights is None
+
+
+def test_compose_worker_and_redis_queue(tmp_path: Path) -> None:
+    """The worker runs the queue entry point with the backend's registry; Redis keeps jobs across restarts."""
+    from backend.settings import Settings
+
+    services = _compose()["services"]
+    worker, backend, redis = services["worker"], services["backend"], services["redis"]
+    assert worker["command"] == ["python", "-m", "backend.worker"]
+    assert worker["image"] == backend["image"]
+    assert worker["environment"]["REDIS_URL"] == backend["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert "models:/models" in worker["volumes"] and "models:/models" in backend["volumes"]
+    assert worker["environment"]["MODEL_DIR"] == backend["environment"]["MODEL_DIR"]
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    env = {k: _resolve(v, tmp_path) for k, v in worker["environment"].items()}
+    env.update(MODEL_DIR=str(tmp_path / "models"), LOCAL_FILES_DOCUMENT_ROOT=str(tmp_path))
+    assert Settings.from_env(env).redis_url == "redis://redis:6379/0"
+    out = subprocess.run(
+        [sys.executable, "-m", "backend.worker", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and "--heartbeat-grace" in out.stdout, out.stderr
 
 
 def _dockerfile_lines() -> list[str]:

@@ -309,8 +309,7 @@ def test_label_studio_export_of_an_imported_project_round_trips(
                 task.data["crowd_labels"], width=W, height=H, label_to_id=schema.label_ids
             )
             truth = [
-                regions_to_detections(a["result"], label_to_id=schema.label_ids)
-                for a in _ground_truth(task)
+                regions_to_detections(a["result"], label_to_id=schema.label_ids) for a in _ground_truth(task)
             ]
             who = [r.get("annotator") for r in task.data["crowd_labels"]]
             out[task.data["image_id"]] = (crowd, who, truth, task.data["image"])

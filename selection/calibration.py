@@ -1,0 +1,703 @@
+"""Grades learned from the images experts re-annotated (pure numpy).
+
+The LSM names a noise type for each instance (``selection.lsm``) and grades it with thresholds. Those
+thresholds are constants; on real data they do not transfer. Every image an expert re-annotated is a set of
+labelled examples for them: each crowd box the LSM named as an error of type T either is one (by the
+expert's boxes on that image) or is not, and each prediction the LSM reported as missed either is a deposit
+no crowd box covers or is not. This module turns those examples into one small decision rule per noise type
+and applies it to new findings:
+
+1. ``label_findings(crowd, pred, score, expert)``: the labelled examples of one re-annotated image (features
+   from ``instance_features``, targets from ``expert_truth``).
+2. ``fit_calibration(examples)``: per noise type, an L2-regularised logistic model of "the finding is a true
+   error" on the instance features; its two cut-offs are chosen on out-of-fold probabilities so that the
+   auto-fixed findings were true errors at least ``fix_precision`` of the time and the reviewed ones at least
+   ``review_precision`` of the time (Laplace-smoothed). A type with fewer than ``min_examples`` examples, or
+   fewer than ``min_class`` of either outcome, gets no rule (``TypeRule.fitted`` False): its findings keep
+   the LSM's own grades.
+3. ``regrade(score, crowd, pred, calibration)``: the same ``ImageScore`` with new grades and actions
+   (probability >= fix cut-off -> auto_fix (localization ``minor``, the others ``major``); >= review cut-off
+   -> review (``uncertain``); below -> keep (``clean``)). Types, severities, proposals and the image
+   discrepancy are unchanged, so ``correct_labels`` applies the result as it applies the LSM's own grades.
+   Box-in-box parts follow their parent.
+
+The whole calibration is a JSON-ready dict (``Calibration.to_dict`` / ``from_dict``), so a backend can store
+it with a model version. Truth from expert boxes (``expert_truth``) ignores classes (a crowd box with the
+wrong class is not one of these noise types).
+
+Example:
+    >>> import numpy as np
+    >>> from selection.calibration import FEATURES, LabelledFindings, fit_calibration
+    >>> examples = LabelledFindings(
+    ...     noise_type=np.array(["background"] * 4),
+    ...     features=np.zeros((4, len(FEATURES))),
+    ...     target=np.array([True, False, True, False]),
+    ... )
+    >>> fit_calibration(examples).rules["background"].fitted  # too few examples: the LSM's grades stay
+    False
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from selection.detections import Detections
+from selection.lsm import Action, Grade, ImageScore, InstanceFindings, NoiseType
+from selection.matching import assign, match_boxes, pair_geometry
+
+# The noise types a rule can be learned for, and the grade an automatic fix of each gets.
+CALIBRATED_TYPES: tuple[str, ...] = ("background", "localization", "box_in_box", "missed")
+_FIX_GRADE = {"localization": Grade.MINOR.value}
+FEATURES: tuple[str, ...] = (
+    "severity",
+    "confidence",
+    "log_size",
+    "proposal_iou",
+    "crowd_overlap",
+    "support",
+    "confident_inside",
+    "agreement",
+)
+_GRADE_ORDER = {g.value: k for k, g in enumerate(Grade)}
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """How expert boxes define the truth, and how the rules are fitted.
+
+    Attributes:
+        match_iou: IoU at which a crowd box (or a prediction) and an expert box are the same object.
+        clean_iou: a crowd box matched to an expert box at this IoU or more is correct; below it, it is a
+            localization error (the expert would move it).
+        near_iou: an unmatched crowd box overlapping an otherwise unlabelled expert box at this IoU or more
+            is a badly placed box for it (localization), not a box on background.
+        bib_ioa: share of an expert box inside a crowd box for it to count as enclosed; a crowd box
+            enclosing two or more expert boxes is box-in-box.
+        fix_precision: auto-fix only where at least this share of the findings were true errors.
+        review_precision: send to review only where at least this share were true errors; keep the rest.
+        min_examples: fewest labelled examples of a type to fit its rule.
+        min_class: fewest true errors and fewest non-errors of a type to fit its rule.
+        l2: L2 penalty on the standardised logistic coefficients (the intercept is not penalised).
+        folds: folds of the out-of-fold probabilities the cut-offs are chosen on.
+    """
+
+    match_iou: float = 0.5
+    clean_iou: float = 0.8
+    near_iou: float = 0.1
+    bib_ioa: float = 0.7
+    fix_precision: float = 0.8
+    review_precision: float = 0.4
+    min_examples: int = 20
+    min_class: int = 4
+    l2: float = 1.0
+    folds: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("match_iou", "clean_iou", "near_iou", "bib_ioa", "fix_precision", "review_precision"):
+            value = getattr(self, name)
+            if not 0.0 < float(value) <= 1.0:
+                raise ValueError(f"{name}: expected a value in (0, 1], got {value}")
+        if not self.near_iou <= self.match_iou <= self.clean_iou:
+            raise ValueError(
+                "near_iou, match_iou, clean_iou: expected near_iou <= match_iou <= clean_iou, got "
+                f"{self.near_iou}, {self.match_iou}, {self.clean_iou}"
+            )
+        if self.review_precision > self.fix_precision:
+            raise ValueError(
+                f"review_precision: expected at most fix_precision={self.fix_precision}, "
+                f"got {self.review_precision}"
+            )
+        if self.min_class < 1 or self.min_examples < 2 * self.min_class:
+            raise ValueError(
+                f"min_examples, min_class: expected min_class >= 1 and min_examples >= 2 * min_class, got "
+                f"{self.min_examples}, {self.min_class}"
+            )
+        if not self.l2 > 0:
+            raise ValueError(f"l2: expected a positive penalty, got {self.l2}")
+        if self.folds < 2:
+            raise ValueError(f"folds: expected at least 2, got {self.folds}")
+
+
+@dataclass(frozen=True)
+class ExpertTruth:
+    """What the expert's boxes say about one image's crowd boxes.
+
+    Attributes:
+        crowd_type: str (M,) per crowd box: ``clean``, ``localization``, ``box_in_box`` or ``background``.
+        crowd_expert: int64 (M,) the expert box each crowd box stands for (-1 for background and box-in-box).
+        missed: bool (E,) expert boxes no crowd box stands for, nor encloses as box-in-box.
+    """
+
+    crowd_type: np.ndarray
+    crowd_expert: np.ndarray
+    missed: np.ndarray
+
+
+def expert_truth(
+    crowd: Detections, expert: Detections, *, config: CalibrationConfig | None = None
+) -> ExpertTruth:
+    """Classify each crowd box of one image against the expert's boxes, and find the deposits it missed.
+
+    Rules (classes ignored): crowd and expert boxes are matched one-to-one at IoU >= ``match_iou``; a match
+    at IoU >= ``clean_iou`` is clean, below it localization. An unmatched crowd box enclosing two or more
+    expert boxes (IoA >= ``bib_ioa``) is box-in-box. The other unmatched crowd boxes are matched again to the
+    unmatched expert boxes at IoU >= ``near_iou`` (localization); what is left is background. An expert box
+    is missed when no crowd box stands for it and no box-in-box box encloses it.
+
+    Args:
+        crowd: M crowd boxes, pixels.
+        expert: E expert boxes of the same image, pixels.
+        config: the thresholds; ``CalibrationConfig()`` when None.
+
+    Returns:
+        The per-box truth.
+    """
+    cfg = config or CalibrationConfig()
+    m, e = len(crowd), len(expert)
+    ctype = np.full(m, NoiseType.BACKGROUND.value, dtype=object)
+    cexp = np.full(m, -1, np.int64)
+    taken = np.zeros(e, bool)
+    enclosed = np.zeros(e, bool)
+    if m and e:
+        first = match_boxes(crowd, expert, iou_threshold=cfg.match_iou)
+        ctype[first.crowd_idx] = np.where(
+            first.iou >= cfg.clean_iou, NoiseType.CLEAN.value, NoiseType.LOCALIZATION.value
+        )
+        cexp[first.crowd_idx] = first.pred_idx
+        taken[first.pred_idx] = True
+        iou, ioa = pair_geometry(crowd.xyxy, expert.xyxy)
+        free = np.ones(m, bool)
+        free[first.crowd_idx] = False
+        bib = free & (((ioa >= cfg.bib_ioa) & (iou < cfg.match_iou)).sum(axis=1) >= 2)
+        ctype[bib] = NoiseType.BOX_IN_BOX.value
+        if bib.any():
+            enclosed = (ioa[bib] >= cfg.bib_ioa).any(axis=0)
+        free &= ~bib
+        valid = (iou >= cfg.near_iou) & free[:, None] & ~taken[None, :]
+        rows, cols = assign(iou, valid)
+        ctype[rows] = NoiseType.LOCALIZATION.value
+        cexp[rows] = cols
+        taken[cols] = True
+    return ExpertTruth(crowd_type=ctype.astype(str), crowd_expert=cexp, missed=~taken & ~enclosed)
+
+
+def instance_features(
+    crowd: Detections,
+    pred: Detections,
+    findings: InstanceFindings,
+    *,
+    agreement: np.ndarray | None = None,
+) -> np.ndarray:
+    """Features of every instance of one image, the inputs of the calibrated rules.
+
+    Columns (``FEATURES``): the LSM's ``severity`` and ``confidence``; ``log_size`` = log(1 + sqrt(area)) of
+    the instance's own box (the crowd box, or the prediction for model instances); ``proposal_iou`` = IoU of
+    the own box with its proposed box (0 when the proposal is a drop); ``crowd_overlap`` = highest IoU with
+    another crowd box (duplicates); ``support`` = highest score of a prediction overlapping the own box at
+    IoU >= 0.1 (other than the instance itself); ``confident_inside`` = number of predictions with score
+    >= 0.5 lying mostly (IoA >= 0.7) inside the own box; ``agreement`` = the caller's per-crowd-box
+    annotator agreement in [0, 1] (NaN for model instances and when not given).
+
+    Args:
+        crowd: M crowd boxes the findings were computed from.
+        pred: K predictions the findings were computed from (unscored boxes count as score 1).
+        findings: the LSM's findings of this image.
+        agreement: optional float (M,) annotator agreement per crowd box.
+
+    Returns:
+        float64 (N, len(FEATURES)).
+
+    Raises:
+        ValueError: if ``agreement`` has the wrong shape or the findings do not index these boxes.
+    """
+    n = len(findings)
+    m = len(crowd)
+    if agreement is not None:
+        agreement = np.asarray(agreement, np.float64)
+        if agreement.shape != (m,):
+            raise ValueError(f"agreement: expected shape ({m},), got {agreement.shape}")
+    out = np.zeros((n, len(FEATURES)), np.float64)
+    if n == 0:
+        return out
+    from_crowd = findings.source == 0
+    idx = findings.index
+    if (from_crowd & (idx >= m)).any() or (~from_crowd & (idx >= len(pred))).any():
+        raise ValueError("findings: their indices do not fit these crowd boxes and predictions")
+    own = np.empty((n, 4), np.float64)
+    own[from_crowd] = crowd.xyxy[idx[from_crowd]]
+    own[~from_crowd] = pred.xyxy[idx[~from_crowd]]
+    pscore = np.ones(len(pred)) if pred.score is None else pred.score.astype(np.float64)
+    area = np.clip((own[:, 2] - own[:, 0]) * (own[:, 3] - own[:, 1]), 0.0, None)
+    proposed = findings.proposed_xyxy.astype(np.float64)
+    drop = np.isnan(proposed).any(axis=1)
+    prop_iou = np.zeros(n)
+    if (~drop).any():
+        pi, _ = pair_geometry(own[~drop], np.nan_to_num(proposed[~drop]))
+        prop_iou[~drop] = np.diag(pi) if pi.size else 0.0
+    crowd_overlap = np.zeros(n)
+    if m > 1:
+        ci, _ = pair_geometry(own, crowd.xyxy)
+        ci[np.flatnonzero(from_crowd), idx[from_crowd]] = 0.0  # not with itself
+        crowd_overlap = ci.max(axis=1)
+    support = np.zeros(n)
+    inside = np.zeros(n)
+    if len(pred):
+        pi, pa = pair_geometry(own, pred.xyxy)
+        w = np.where(pi >= 0.1, pscore[None, :], 0.0)
+        w[np.flatnonzero(~from_crowd), idx[~from_crowd]] = 0.0
+        support = w.max(axis=1)
+        inside = ((pa >= 0.7) & (pscore >= 0.5)[None, :]).sum(axis=1).astype(np.float64)
+    agree = np.full(n, np.nan)
+    if agreement is not None:
+        agree[from_crowd] = agreement[idx[from_crowd]]
+    out[:, 0] = findings.severity
+    out[:, 1] = findings.confidence
+    out[:, 2] = np.log1p(np.sqrt(area))
+    out[:, 3] = prop_iou
+    out[:, 4] = crowd_overlap
+    out[:, 5] = support
+    out[:, 6] = inside
+    out[:, 7] = agree
+    return out
+
+
+@dataclass(frozen=True)
+class LabelledFindings:
+    """Labelled examples: findings of calibrated types with features and whether each was a true error.
+
+    Attributes:
+        noise_type: str (N,) the type the LSM named.
+        features: float64 (N, len(FEATURES)).
+        target: bool (N,) True when the finding was a true error of that type.
+    """
+
+    noise_type: np.ndarray
+    features: np.ndarray
+    target: np.ndarray
+
+    def __post_init__(self) -> None:
+        nt = np.asarray(self.noise_type).astype(str)
+        feats = np.asarray(self.features, np.float64).reshape(-1, len(FEATURES))
+        target = np.asarray(self.target, bool)
+        if not nt.shape[0] == feats.shape[0] == target.shape[0]:
+            raise ValueError(
+                f"noise_type, features, target: expected equal lengths, got {nt.shape[0]}, "
+                f"{feats.shape[0]}, {target.shape[0]}"
+            )
+        for name, value in (("noise_type", nt), ("features", feats), ("target", target)):
+            object.__setattr__(self, name, value)
+
+    def __len__(self) -> int:
+        return int(self.target.shape[0])
+
+    @classmethod
+    def empty(cls) -> LabelledFindings:
+        """No examples."""
+        return cls(np.zeros(0, str), np.zeros((0, len(FEATURES))), np.zeros(0, bool))
+
+    @classmethod
+    def concat(cls, parts: Sequence[LabelledFindings]) -> LabelledFindings:
+        """All examples of ``parts``, in order."""
+        if not parts:
+            return cls.empty()
+        return cls(
+            np.concatenate([p.noise_type for p in parts]),
+            np.concatenate([p.features for p in parts]),
+            np.concatenate([p.target for p in parts]),
+        )
+
+
+def finding_targets(
+    crowd: Detections,
+    pred: Detections,
+    findings: InstanceFindings,
+    expert: Detections,
+    *,
+    config: CalibrationConfig | None = None,
+) -> np.ndarray:
+    """Per instance, whether the LSM's finding is a true error of the type it named (expert boxes as truth).
+
+    A crowd instance named T is a true error when ``expert_truth`` gives its box type T. A model instance
+    named missed is one when it matches (IoU >= ``match_iou``, one-to-one) an expert box that is missed.
+    Clean findings and box-in-box parts are False.
+
+    Args:
+        crowd: M crowd boxes; pred: K predictions; findings: the LSM's findings on them.
+        expert: the expert's boxes of the same image.
+        config: the thresholds; ``CalibrationConfig()`` when None.
+
+    Returns:
+        bool (N,).
+    """
+    cfg = config or CalibrationConfig()
+    truth = expert_truth(crowd, expert, config=cfg)
+    n = len(findings)
+    target = np.zeros(n, bool)
+    if n == 0:
+        return target
+    from_crowd = findings.source == 0
+    named = findings.noise_type.astype(str)
+    rows = np.flatnonzero(from_crowd)
+    target[rows] = (truth.crowd_type[findings.index[rows]] == named[rows]) & (
+        named[rows] != NoiseType.CLEAN.value
+    )
+    missed_rows = np.flatnonzero(~from_crowd & (named == NoiseType.MISSED.value) & (findings.parent < 0))
+    missed_expert = np.flatnonzero(truth.missed)
+    if missed_rows.size and missed_expert.size:
+        iou, _ = pair_geometry(pred.xyxy[findings.index[missed_rows]], expert.xyxy[missed_expert])
+        r, _ = assign(iou, iou >= cfg.match_iou)
+        target[missed_rows[r]] = True
+    return target
+
+
+def _calibrated_rows(findings: InstanceFindings) -> np.ndarray:
+    return np.flatnonzero(np.isin(findings.noise_type.astype(str), CALIBRATED_TYPES) & (findings.parent < 0))
+
+
+def label_findings(
+    crowd: Detections,
+    pred: Detections,
+    score: ImageScore,
+    expert: Detections,
+    *,
+    agreement: np.ndarray | None = None,
+    config: CalibrationConfig | None = None,
+) -> LabelledFindings:
+    """The labelled examples one re-annotated image gives: its findings of calibrated types, with targets.
+
+    Use predictions of a model that was not trained on this image's expert boxes (e.g. the model whose
+    findings sent the image to the experts): findings on a model's own training images are too good.
+
+    Args:
+        crowd: M crowd boxes; pred: K predictions; score: ``score_image(crowd, pred)``.
+        expert: the expert's boxes of this image.
+        agreement: optional float (M,) annotator agreement per crowd box.
+        config: the truth thresholds; ``CalibrationConfig()`` when None.
+
+    Returns:
+        One example per primary instance the LSM named background, localization, box-in-box or missed.
+    """
+    f = score.instances
+    rows = _calibrated_rows(f)
+    feats = instance_features(crowd, pred, f, agreement=agreement)
+    target = finding_targets(crowd, pred, f, expert, config=config)
+    return LabelledFindings(f.noise_type.astype(str)[rows], feats[rows], target[rows])
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
+    """Weights (F + 1,) of an L2-regularised logistic regression (last = intercept), Newton's method."""
+    n, d = x.shape
+    x1 = np.concatenate([x, np.ones((n, 1))], axis=1)
+    w = np.zeros(d + 1)
+    penalty = np.full(d + 1, l2)
+    penalty[-1] = 1e-6
+    for _ in range(50):
+        p = _sigmoid(x1 @ w)
+        grad = x1.T @ (p - y) + penalty * w
+        hess = (x1 * (p * (1.0 - p))[:, None]).T @ x1 + np.diag(penalty)
+        step = np.linalg.solve(hess, grad)
+        w = w - step
+        if np.max(np.abs(step)) < 1e-9:
+            break
+    return w
+
+
+def _cutoff(prob: np.ndarray, target: np.ndarray, precision: float) -> float:
+    """Lowest probability p such that the findings at or above p had smoothed precision >= ``precision``.
+
+    Returns +inf when no cut-off reaches it.
+    """
+    order = np.argsort(-prob, kind="mergesort")
+    hits = np.cumsum(target[order])
+    k = np.arange(1, len(order) + 1)
+    smoothed = (hits + 1.0) / (k + 2.0)
+    # Only cut between distinct probabilities.
+    last_of_tie = np.r_[prob[order][1:] != prob[order][:-1], True]
+    ok = np.flatnonzero((smoothed >= precision) & last_of_tie)
+    return float(prob[order][ok[-1]]) if ok.size else float("inf")
+
+
+@dataclass(frozen=True)
+class TypeRule:
+    """The calibrated rule of one noise type.
+
+    Attributes:
+        noise_type: the type.
+        fitted: False when there were too few examples (then the LSM's own grades are kept).
+        reason: why it is not fitted, or ``"fitted"``.
+        n_examples, n_errors: labelled examples and how many were true errors.
+        used: bool (F,) features the model uses (those with a value in every example).
+        mean, scale: float64 (F,) standardisation of the features.
+        coef: float64 (F + 1,) logistic weights on the standardised used features, intercept last.
+        fix_threshold: probability at or above which the finding is fixed automatically (inf: never).
+        review_threshold: probability at or above which it is reviewed (below: kept).
+    """
+
+    noise_type: str
+    fitted: bool
+    reason: str
+    n_examples: int
+    n_errors: int
+    used: np.ndarray = field(default_factory=lambda: np.zeros(len(FEATURES), bool))
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(len(FEATURES)))
+    scale: np.ndarray = field(default_factory=lambda: np.ones(len(FEATURES)))
+    coef: np.ndarray = field(default_factory=lambda: np.zeros(len(FEATURES) + 1))
+    fix_threshold: float = float("inf")
+    review_threshold: float = float("inf")
+
+    def probability(self, features: np.ndarray) -> np.ndarray:
+        """float64 (N,) probability that each finding is a true error; NaN everywhere when not fitted.
+
+        Args:
+            features: float64 (N, len(FEATURES)); NaN values are replaced by the training mean.
+        """
+        features = np.asarray(features, np.float64).reshape(-1, len(FEATURES))
+        if not self.fitted:
+            return np.full(features.shape[0], np.nan)
+        z = (features - self.mean) / self.scale
+        z = np.where(np.isnan(z), 0.0, z)[:, self.used]
+        return _sigmoid(z @ self.coef[:-1][self.used] + self.coef[-1])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (infinite thresholds as None)."""
+
+        def num(v: float) -> float | None:
+            return None if not np.isfinite(v) else float(v)
+
+        return {
+            "noise_type": self.noise_type,
+            "fitted": self.fitted,
+            "reason": self.reason,
+            "n_examples": self.n_examples,
+            "n_errors": self.n_errors,
+            "used": [bool(v) for v in self.used],
+            "mean": [float(v) for v in self.mean],
+            "scale": [float(v) for v in self.scale],
+            "coef": [float(v) for v in self.coef],
+            "fix_threshold": num(self.fix_threshold),
+            "review_threshold": num(self.review_threshold),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TypeRule:
+        """Inverse of ``to_dict``."""
+
+        def num(v: float | None) -> float:
+            return float("inf") if v is None else float(v)
+
+        return cls(
+            noise_type=str(data["noise_type"]),
+            fitted=bool(data["fitted"]),
+            reason=str(data["reason"]),
+            n_examples=int(data["n_examples"]),
+            n_errors=int(data["n_errors"]),
+            used=np.array(data["used"], bool),
+            mean=np.array(data["mean"], np.float64),
+            scale=np.array(data["scale"], np.float64),
+            coef=np.array(data["coef"], np.float64),
+            fix_threshold=num(data["fix_threshold"]),
+            review_threshold=num(data["review_threshold"]),
+        )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One rule per calibrated noise type (fitted or not) and the settings they were fitted with."""
+
+    rules: dict[str, TypeRule]
+    config: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    @property
+    def fitted_types(self) -> list[str]:
+        """The types whose findings are regraded."""
+        return [t for t, r in self.rules.items() if r.fitted]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, for storing next to a model version."""
+        from dataclasses import asdict
+
+        return {"config": asdict(self.config), "rules": {t: r.to_dict() for t, r in self.rules.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
+        """Inverse of ``to_dict``."""
+        return cls(
+            rules={t: TypeRule.from_dict(r) for t, r in data["rules"].items()},
+            config=CalibrationConfig(**data.get("config", {})),
+        )
+
+
+def _fit_type(noise_type: str, x: np.ndarray, y: np.ndarray, cfg: CalibrationConfig) -> TypeRule:
+    n, pos = len(y), int(y.sum())
+    if n < cfg.min_examples:
+        return TypeRule(noise_type, False, f"{n} examples, fewer than {cfg.min_examples}", n, pos)
+    if min(pos, n - pos) < cfg.min_class:
+        return TypeRule(
+            noise_type, False, f"{pos} true errors of {n}: fewer than {cfg.min_class} of one kind", n, pos
+        )
+    used = ~np.isnan(x).any(axis=0)
+    mean = np.where(used, np.nanmean(np.where(used, x, 0.0), axis=0), 0.0)
+    scale = np.where(used, x.std(axis=0), 1.0)
+    scale = np.where(~used | (scale < 1e-12), 1.0, scale)
+    z = ((np.where(used, x, 0.0) - mean) / scale)[:, used]
+    # Out-of-fold probabilities choose the cut-offs; the final model uses every example.
+    fold = np.arange(n) % cfg.folds
+    oof = np.empty(n)
+    for k in range(cfg.folds):
+        test = fold == k
+        if not test.any():
+            continue
+        w = _fit_logistic(z[~test], y[~test].astype(np.float64), cfg.l2)
+        oof[test] = _sigmoid(z[test] @ w[:-1] + w[-1])
+    w = _fit_logistic(z, y.astype(np.float64), cfg.l2)
+    coef = np.zeros(len(FEATURES) + 1)
+    coef[:-1][used] = w[:-1]
+    coef[-1] = w[-1]
+    fix = _cutoff(oof, y, cfg.fix_precision)
+    review = min(_cutoff(oof, y, cfg.review_precision), fix)
+    return TypeRule(noise_type, True, "fitted", n, pos, used, mean, scale, coef, fix, review)
+
+
+def fit_calibration(examples: LabelledFindings, *, config: CalibrationConfig | None = None) -> Calibration:
+    """Fit one rule per calibrated noise type on labelled examples (see the module docstring).
+
+    Args:
+        examples: from ``label_findings`` on the re-annotated images (``LabelledFindings.concat``).
+        config: settings; ``CalibrationConfig()`` when None.
+
+    Returns:
+        The calibration; types with too few examples have an unfitted rule and keep the LSM's grades.
+    """
+    cfg = config or CalibrationConfig()
+    rules = {}
+    for t in CALIBRATED_TYPES:
+        sel = examples.noise_type == t
+        rules[t] = _fit_type(t, examples.features[sel], examples.target[sel], cfg)
+    return Calibration(rules=rules, config=cfg)
+
+
+def error_probability(
+    crowd: Detections,
+    pred: Detections,
+    score: ImageScore,
+    calibration: Calibration,
+    *,
+    agreement: np.ndarray | None = None,
+) -> np.ndarray:
+    """float64 (N,) calibrated probability that each finding is a true error of its type.
+
+    NaN for clean findings, box-in-box parts and types without a fitted rule.
+    """
+    f = score.instances
+    prob = np.full(len(f), np.nan)
+    rows = _calibrated_rows(f)
+    if rows.size == 0 or not calibration.fitted_types:
+        return prob
+    feats = instance_features(crowd, pred, f, agreement=agreement)
+    named = f.noise_type.astype(str)
+    for t in calibration.fitted_types:
+        sel = rows[named[rows] == t]
+        if sel.size:
+            prob[sel] = calibration.rules[t].probability(feats[sel])
+    return prob
+
+
+def regrade(
+    crowd: Detections,
+    pred: Detections,
+    score: ImageScore,
+    calibration: Calibration,
+    *,
+    agreement: np.ndarray | None = None,
+) -> ImageScore:
+    """The LSM's verdict on one image with the grades and actions of the calibrated rules.
+
+    Findings of types without a fitted rule keep their grade and action; box-in-box parts take their
+    parent's. The image grade is recomputed (worst instance grade); everything else is unchanged.
+
+    Args:
+        crowd: M crowd boxes; pred: K predictions; score: ``score_image(crowd, pred)``.
+        calibration: from ``fit_calibration``.
+        agreement: optional float (M,) annotator agreement per crowd box (when the rules were fitted with it).
+
+    Returns:
+        A new ``ImageScore``.
+    """
+    f = score.instances
+    prob = error_probability(crowd, pred, score, calibration, agreement=agreement)
+    if np.isnan(prob).all():
+        return score
+    grade = f.grade.astype(str).astype(object)
+    action = f.action.astype(str).astype(object)
+    named = f.noise_type.astype(str)
+    for t in calibration.fitted_types:
+        rule = calibration.rules[t]
+        sel = np.flatnonzero((named == t) & ~np.isnan(prob))
+        p = prob[sel]
+        fix = p >= rule.fix_threshold
+        review = ~fix & (p >= rule.review_threshold)
+        grade[sel] = np.where(
+            fix,
+            _FIX_GRADE.get(t, Grade.MAJOR.value),
+            np.where(review, Grade.UNCERTAIN.value, Grade.CLEAN.value),
+        )
+        action[sel] = np.where(
+            fix, Action.AUTO_FIX.value, np.where(review, Action.REVIEW.value, Action.KEEP.value)
+        )
+    part = np.flatnonzero(f.parent >= 0)
+    if part.size:
+        parent_row = f.parent[part]  # crowd instances come first, in crowd order
+        grade[part] = grade[parent_row]
+        action[part] = action[parent_row]
+    grade = grade.astype(str)
+    action = action.astype(str)
+    worst = max((_GRADE_ORDER[g] for g in grade), default=0)
+    findings = InstanceFindings(
+        source=f.source,
+        index=f.index,
+        noise_type=f.noise_type,
+        severity=f.severity,
+        confidence=f.confidence,
+        grade=grade,
+        action=action,
+        proposed_xyxy=f.proposed_xyxy,
+        parent=f.parent,
+    )
+    return ImageScore(score.discrepancy, tuple(Grade)[worst], findings, score.n_crowd, score.n_pred)
+
+
+def precision_recall_curve(
+    prob: np.ndarray, target: np.ndarray, *, n_true: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision and recall of "probability >= t" for every distinct t, highest first.
+
+    Args:
+        prob: float (N,) scores of the findings.
+        target: bool (N,) whether each is a true error.
+        n_true: all true errors, found or not (recall's denominator); ``target.sum()`` when None.
+
+    Returns:
+        ``(precision, recall, threshold)``, float64 arrays of equal length (empty without findings).
+    """
+    prob = np.asarray(prob, np.float64)
+    target = np.asarray(target, bool)
+    keep = ~np.isnan(prob)
+    prob, target = prob[keep], target[keep]
+    total = int(target.sum()) if n_true is None else int(n_true)
+    if prob.size == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    order = np.argsort(-prob, kind="mergesort")
+    hits = np.cumsum(target[order]).astype(np.float64)
+    k = np.arange(1, prob.size + 1)
+    last = np.r_[prob[order][1:] != prob[order][:-1], True]
+    precision = (hits / k)[last]
+    recall = (hits / total if total else np.full(prob.size, np.nan))[last]
+    return precision, recall, prob[order][last]

@@ -1,0 +1,271 @@
+"""Grades learned from expert-re-annotated images: truth from expert boxes, fitting, fallback, regrading."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import make_detections
+
+from selection import Action, Grade, correct_labels, score_image
+from selection.calibration import (
+    FEATURES,
+    Calibration,
+    CalibrationConfig,
+    LabelledFindings,
+    error_probability,
+    expert_truth,
+    finding_targets,
+    fit_calibration,
+    instance_features,
+    label_findings,
+    precision_recall_curve,
+    regrade,
+)
+
+
+def test_expert_truth_names_every_kind_of_crowd_box():
+    expert = make_detections(
+        [
+            [0, 0, 10, 10],  # boxed well
+            [20, 0, 30, 10],  # boxed badly (IoU 0.68 with the crowd box)
+            [50, 0, 60, 10],  # boxed far off (IoU ~0.2): a badly placed box, not background
+            [0, 40, 10, 50],  # two deposits under one box
+            [12, 40, 22, 50],
+            [80, 80, 90, 90],  # missed
+        ]
+    )
+    crowd = make_detections(
+        [
+            [0, 0, 10, 10],
+            [21, 1, 31, 11],
+            [56, 4, 66, 14],
+            [-1, 39, 23, 51],
+            [100, 0, 110, 10],  # nothing there
+        ]
+    )
+    truth = expert_truth(crowd, expert)
+    assert truth.crowd_type.tolist() == ["clean", "localization", "localization", "box_in_box", "background"]
+    assert truth.crowd_expert.tolist() == [0, 1, 2, -1, -1]
+    # Deposits inside the box-in-box box are not missed; the lone unboxed one is.
+    assert truth.missed.tolist() == [False, False, False, False, False, True]
+
+
+def test_expert_truth_empty_sides():
+    none = make_detections([])
+    one = make_detections([[0, 0, 10, 10]])
+    assert expert_truth(one, none).crowd_type.tolist() == ["background"]
+    assert expert_truth(none, one).missed.tolist() == [True]
+    assert expert_truth(none, none).crowd_type.shape == (0,)
+
+
+def test_finding_targets_follow_the_expert_boxes():
+    expert = make_detections([[0, 0, 20, 20], [50, 50, 70, 70]])
+    crowd = make_detections([[0, 0, 20, 20], [100, 100, 120, 120]])  # clean, background
+    pred = make_detections(
+        [[0, 0, 20, 20], [51, 51, 71, 71], [130, 0, 150, 20]], scores=[0.9, 0.9, 0.9]
+    )  # agrees, a true missed deposit, a false "missed"
+    score = score_image(crowd, pred)
+    targets = finding_targets(crowd, pred, score.instances, expert)
+    named = score.instances.noise_type.tolist()
+    by_name = dict(zip([f"{t}{k}" for k, t in enumerate(named)], targets.tolist(), strict=True))
+    assert named[:2] == ["clean", "background"]
+    assert targets[1]  # the background box is on nothing
+    assert not targets[0]  # clean findings are never "errors"
+    missed = [k for k, t in enumerate(named) if t == "missed"]
+    proposals = score.instances.index[missed]
+    assert dict(zip(proposals.tolist(), targets[missed].tolist(), strict=True)) == {1: True, 2: False}, (
+        by_name
+    )
+
+
+def test_instance_features_shape_and_values():
+    crowd = make_detections([[0, 0, 10, 10], [0, 0, 10, 10]])  # a duplicate pair
+    pred = make_detections([[0, 0, 10, 10]], scores=[0.8])
+    score = score_image(crowd, pred)
+    feats = instance_features(crowd, pred, score.instances, agreement=np.array([1.0, 0.5]))
+    assert feats.shape == (len(score.instances), len(FEATURES))
+    col = dict(zip(FEATURES, feats[0], strict=True))
+    assert col["crowd_overlap"] == pytest.approx(1.0)
+    assert col["log_size"] == pytest.approx(np.log1p(10.0))
+    assert col["support"] == pytest.approx(0.8)
+    assert col["agreement"] == 1.0
+    assert np.isnan(instance_features(crowd, pred, score.instances)[:, FEATURES.index("agreement")]).all()
+    with pytest.raises(ValueError, match="agreement"):
+        instance_features(crowd, pred, score.instances, agreement=np.ones(3))
+
+
+def _synthetic(n: int, rng: np.random.Generator, noise_type: str = "background") -> LabelledFindings:
+    """Findings whose true-error odds grow with severity (and nothing else)."""
+    feats = rng.random((n, len(FEATURES)))
+    feats[:, FEATURES.index("agreement")] = np.nan
+    target = rng.random(n) < feats[:, 0] ** 3
+    return LabelledFindings(np.full(n, noise_type), feats, target)
+
+
+def test_fit_learns_the_informative_feature_and_sets_cutoffs(rng):
+    cal = fit_calibration(_synthetic(400, rng))
+    rule = cal.rules["background"]
+    assert rule.fitted and rule.reason == "fitted"
+    assert not rule.used[FEATURES.index("agreement")]  # never given: not used
+    weights = np.abs(rule.coef[:-1])
+    assert np.argmax(weights) == FEATURES.index("severity")
+    assert rule.coef[FEATURES.index("severity")] > 0
+    assert 0 < rule.review_threshold <= rule.fix_threshold < 1
+    # Held-out findings: those auto-fixed are mostly errors.
+    test = _synthetic(2000, np.random.default_rng(7))
+    p = rule.probability(test.features)
+    fixed = p >= rule.fix_threshold
+    assert fixed.sum() > 20
+    assert test.target[fixed].mean() >= 0.7
+    assert test.target[p < rule.review_threshold].mean() < 0.4
+
+
+@pytest.mark.parametrize(
+    ("n", "positives", "reason"),
+    [(10, 5, "fewer than 20"), (100, 2, "fewer than 4 of one kind"), (100, 99, "fewer than 4 of one kind")],
+)
+def test_fallback_with_too_few_examples(n, positives, reason):
+    target = np.zeros(n, bool)
+    target[:positives] = True
+    examples = LabelledFindings(np.full(n, "missed"), np.zeros((n, len(FEATURES))), target)
+    rule = fit_calibration(examples).rules["missed"]
+    assert not rule.fitted
+    assert reason in rule.reason
+    assert np.isnan(rule.probability(np.zeros((3, len(FEATURES))))).all()
+
+
+def test_empty_examples_fit_nothing():
+    cal = fit_calibration(LabelledFindings.empty())
+    assert cal.fitted_types == []
+    assert set(cal.rules) == {"background", "localization", "box_in_box", "missed"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"fix_precision": 0.3, "review_precision": 0.5}, "review_precision"),
+        ({"near_iou": 0.6}, "near_iou"),
+        ({"min_examples": 5, "min_class": 4}, "min_examples"),
+        ({"l2": 0.0}, "l2"),
+        ({"folds": 1}, "folds"),
+        ({"clean_iou": 1.5}, "clean_iou"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CalibrationConfig(**kwargs)
+
+
+def test_labelled_findings_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="equal lengths"):
+        LabelledFindings(np.array(["missed"]), np.zeros((2, len(FEATURES))), np.zeros(2, bool))
+
+
+def test_to_dict_round_trip(rng):
+    cal = fit_calibration(LabelledFindings.concat([_synthetic(200, rng), _synthetic(5, rng, "missed")]))
+    again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert again.fitted_types == cal.fitted_types == ["background"]
+    x = _synthetic(50, rng).features
+    np.testing.assert_allclose(
+        again.rules["background"].probability(x), cal.rules["background"].probability(x)
+    )
+    assert again.rules["missed"].fix_threshold == float("inf")
+
+
+def _image():
+    """One image: a clean box, a box on nothing, a badly placed box, and a deposit nobody boxed."""
+    crowd = make_detections([[0, 0, 20, 20], [100, 100, 120, 120], [40, 40, 60, 60]])
+    pred = make_detections([[0, 0, 20, 20], [44, 44, 64, 64], [150, 150, 170, 170]], scores=[0.9, 0.7, 0.6])
+    expert = make_detections([[0, 0, 20, 20], [44, 44, 64, 64], [150, 150, 170, 170]])
+    return crowd, pred, expert
+
+
+def _rule_always(noise_type: str, verdict: str) -> dict:
+    """A hand-made rule whose probability is 0.9 everywhere, with cut-offs that give ``verdict``."""
+    coef = [0.0] * len(FEATURES) + [float(np.log(9.0))]
+    cut = {"fix": (0.5, 0.2), "review": (0.95, 0.5), "keep": (0.99, 0.95)}[verdict]
+    return {
+        "noise_type": noise_type,
+        "fitted": True,
+        "reason": "fitted",
+        "n_examples": 100,
+        "n_errors": 50,
+        "used": [True] * (len(FEATURES) - 1) + [False],
+        "mean": [0.0] * len(FEATURES),
+        "scale": [1.0] * len(FEATURES),
+        "coef": coef,
+        "fix_threshold": cut[0],
+        "review_threshold": cut[1],
+    }
+
+
+@pytest.mark.parametrize(
+    ("verdict", "grade", "action"),
+    [("fix", "major", "auto_fix"), ("review", "uncertain", "review"), ("keep", "clean", "keep")],
+)
+def test_regrade_applies_the_rule_and_leaves_other_types(verdict, grade, action):
+    crowd, pred, _ = _image()
+    score = score_image(crowd, pred)
+    cal = Calibration.from_dict(
+        {
+            "rules": {
+                "background": _rule_always("background", verdict),
+                **{
+                    t: {**_rule_always(t, "keep"), "fitted": False}
+                    for t in ("localization", "box_in_box", "missed")
+                },
+            }
+        }
+    )
+    out = regrade(crowd, pred, score, cal)
+    f, g = score.instances, out.instances
+    bg = f.noise_type == "background"
+    assert bg.sum() == 1
+    assert g.grade[bg].tolist() == [grade] and g.action[bg].tolist() == [action]
+    np.testing.assert_array_equal(g.grade[~bg], f.grade[~bg])  # unfitted types keep the LSM's grade
+    np.testing.assert_array_equal(g.action[~bg], f.action[~bg])
+    assert out.discrepancy == score.discrepancy
+    order = {x.value: k for k, x in enumerate(Grade)}
+    assert out.grade == max(g.grade.tolist(), key=order.__getitem__)
+    fixed = correct_labels(crowd, pred, out)
+    assert fixed.counts["dropped"] == (1 if verdict == "fix" else 0)
+    probs = error_probability(crowd, pred, score, cal)
+    assert probs[bg] == pytest.approx([0.9])
+    assert np.isnan(probs[~bg]).all()
+
+
+def test_regrade_box_in_box_parts_follow_their_parent():
+    crowd = make_detections([[0, 0, 50, 30]])
+    pred = make_detections([[2, 2, 20, 25], [28, 3, 48, 27]], scores=[0.9, 0.9])
+    score = score_image(crowd, pred)
+    f = score.instances
+    assert f.noise_type[0] == "box_in_box" and (f.parent[1:] == 0).all()
+    rules = {
+        t: {**_rule_always(t, "keep"), "fitted": t == "box_in_box"}
+        for t in ("background", "localization", "box_in_box", "missed")
+    }
+    out = regrade(crowd, pred, score, Calibration.from_dict({"rules": rules}))
+    assert set(out.instances.action.tolist()) == {Action.KEEP.value}
+    assert set(out.instances.grade.tolist()) == {Grade.CLEAN.value}
+
+
+def test_label_findings_from_one_image():
+    crowd, pred, expert = _image()
+    score = score_image(crowd, pred)
+    examples = label_findings(crowd, pred, score, expert)
+    named = dict(zip(examples.noise_type.tolist(), examples.target.tolist(), strict=True))
+    assert named == {"background": True, "localization": True, "missed": True}
+    assert examples.features.shape == (3, len(FEATURES))
+
+
+def test_precision_recall_curve_hand_case():
+    precision, recall, threshold = precision_recall_curve(
+        np.array([0.9, 0.8, 0.8, 0.1, np.nan]), np.array([True, False, True, False, True]), n_true=4
+    )
+    # Cut at 0.9: 1/1; at 0.8 (tie, both in): 2/3; at 0.1: 2/4. Recall over the 4 true errors.
+    np.testing.assert_allclose(precision, [1.0, 2 / 3, 0.5])
+    np.testing.assert_allclose(recall, [0.25, 0.5, 0.5])
+    np.testing.assert_allclose(threshold, [0.9, 0.8, 0.1])
+    assert [a.size for a in precision_recall_curve(np.zeros(0), np.zeros(0, bool))] == [0, 0, 0]
