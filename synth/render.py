@@ -437,7 +437,8 @@ def render_scene(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     grain = _smooth_noise(shape, 0.7, rng)
     cyto = 0.60 + 0.05 * coarse + 0.05 * medium + 0.045 * grain
     lumen = 0.80 + 0.03 * coarse + 0.015 * medium + 0.02 * grain
-    side = 1.0 / (1.0 + np.exp(-(d * band.lumen_side - half - 3.0) / 2.0))
+    with np.errstate(over="ignore"):  # far from the band on a large frame exp overflows to inf: side 0
+        side = 1.0 / (1.0 + np.exp(-(d * band.lumen_side - half - 3.0) / 2.0))
     img = cyto * (1 - side) + lumen * side
 
     # Foot processes: a scalloped, slightly darker rim on the cell side of the band.
