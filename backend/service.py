@@ -46,6 +46,7 @@ from selection.detections import Detections
 
 if TYPE_CHECKING:
     from model.detector import Detector
+    from model.registry import ModelVersion
     from selection.calibration import Calibration
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,22 @@ def _task_name(task: Mapping[str, Any], index: int) -> str:
     return str(task["id"]) if "id" in task else f"#{index}"
 
 
+def _check_tiling(mv: ModelVersion, settings: Settings) -> None:
+    """Warn when a version trained by the backend saw another tile size than ``TILE_SIZE`` now gives it."""
+    options = mv.meta.get("train_options")
+    if not isinstance(options, Mapping):
+        return  # not trained here (e.g. MODEL_WEIGHTS): nothing is known about its training scale
+    trained = (options.get("tiling") or {}).get("size")
+    now = settings.tiling.size if settings.tiling is not None else None
+    if trained != now:
+        logger.warning(
+            "%s was trained on %s but predicts on %s (TILE_SIZE): objects change scale; retrain",
+            mv.version,
+            f"{trained} px tiles" if trained else "whole images",
+            f"{now} px tiles" if now else "whole images",
+        )
+
+
 class ModelService:
     """Holds the current detector and scores Label Studio tasks with it.
 
@@ -177,7 +194,6 @@ class ModelService:
         Raises:
             NoModelError: nothing published.
         """
-        from model.detector import load_detector
 
         with self._load_lock:
             mv = self.registry.get(version) if version is not None else self.registry.latest()
@@ -188,7 +204,7 @@ class ModelService:
                 )
             if mv.version == self._version:
                 return mv.version
-            detector = load_detector(mv, device=self.settings.device)
+            detector = self._load_version(mv)
             self.image_normalization(mv.version)  # a version with an unreadable one is not served
             with self._swap_lock:
                 old, self._detector, self._version = self._version, detector, mv.version
@@ -269,7 +285,6 @@ class ModelService:
 
     def _pinned_detector(self, version: str) -> Detector | None:
         """A detector of an older published version (kept for the last two asked for), or None if unknown."""
-        from model.detector import load_detector
 
         with self._load_lock:
             if version in self._pinned:
@@ -279,12 +294,24 @@ class ModelService:
                 mv = self.registry.get(version)
             except (KeyError, ValueError):
                 return None
-            detector = load_detector(mv, device=self.settings.device)
+            detector = self._load_version(mv)
             self.image_normalization(version)  # like an unloadable checkpoint, an unreadable one raises
             self._pinned[version] = detector
             while len(self._pinned) > 2:
                 self._pinned.popitem(last=False)
             return detector
+
+    def _load_version(self, mv: ModelVersion) -> Detector:
+        """Load a version with its family, tiled when ``TILE_SIZE`` is set."""
+        from model.detector import load_detector
+
+        detector = load_detector(mv, device=self.settings.device)
+        _check_tiling(mv, self.settings)
+        if self.settings.tiling is None:
+            return detector
+        from model.tiling import TiledDetector
+
+        return TiledDetector(detector, self.settings.tiling)
 
     def detect(self, images: Sequence[np.ndarray | LoadedImage]) -> tuple[list[Detections], list[str], str]:
         """Batched inference: one scored Detections per image, the model's class names, its version."""

@@ -23,6 +23,7 @@ from typing import Any
 from backend.roles import CrowdPolicy, annotation_email, check_roles, parse_emails
 from formats.images import DEFAULT_PERCENTILES, ImageNormalization, Normalize
 from model.detector import DEFAULT_FAMILY, PREDICT_CONF, family_names, get_family
+from model.tiling import MIN_TILE, Merge, TileConfig
 from selection.lsm import LSMConfig
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "lsm_as_dict",
     "lsm_from_env",
     "lsm_variables",
+    "tiling_from_env",
 ]
 
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -278,6 +280,38 @@ def lsm_from_env(environ: Mapping[str, str]) -> LSMConfig:
         raise SettingsError(f"{LSM_PREFIX}*: {exc}") from None
 
 
+_TILE_VARIABLES = {"size": "TILE_SIZE", "overlap": "TILE_OVERLAP", "merge": "TILE_MERGE"}
+
+
+def tiling_from_env(environ: Mapping[str, str]) -> TileConfig | None:
+    """Tiled prediction and training (``TILE_SIZE``, ``TILE_OVERLAP``, ``TILE_MERGE``), or ``None`` when off.
+
+    ``TILE_SIZE`` 0 (the default) turns tiling off; otherwise images larger than ``TILE_SIZE`` pixels are cut
+    into tiles overlapping by at least ``TILE_OVERLAP`` pixels (default 64, at most half a tile) and boxes are
+    merged across tiles by ``TILE_MERGE`` (``nms`` or ``wbf``); see ``model.tiling``.
+
+    Raises:
+        SettingsError: naming the variable.
+    """
+    size = _int(environ, "TILE_SIZE", 0, minimum=0)
+    if size == 0:
+        return None
+    if size < MIN_TILE:
+        raise SettingsError(f"TILE_SIZE: expected 0 (off) or a tile side >= {MIN_TILE} pixels, got {size}")
+    overlap = _int(environ, "TILE_OVERLAP", min(64, size // 2), minimum=0)
+    merge_text = _get(environ, "TILE_MERGE", Merge.NMS.value)
+    try:
+        merge = Merge(merge_text.lower())
+    except ValueError:
+        choices = ", ".join(m.value for m in Merge)
+        raise SettingsError(f"TILE_MERGE: expected one of {choices}, got {merge_text!r}") from None
+    try:
+        return TileConfig(size=size, overlap=overlap, merge=merge)
+    except ValueError as exc:
+        name, _, rest = str(exc).partition(": ")
+        raise SettingsError(f"{_TILE_VARIABLES.get(name, 'TILE_*')}: {rest or exc}") from None
+
+
 def lsm_as_dict(config: LSMConfig) -> dict[str, Any]:
     """``LSMConfig`` as JSON values (enums as their value), e.g. for a model version's meta."""
     out: dict[str, Any] = {}
@@ -318,6 +352,7 @@ class Settings:
         predict_conf: the prediction confidence floor (``PREDICT_CONF``): detections below it never reach
             the scorer.
         lsm: the LSM thresholds (``LSM_<FIELD>``), used for every scoring and recorded in version meta.
+        tiling: tiled prediction and training of images larger than ``TILE_SIZE`` (``None``: off).
         train_threads: torch CPU threads of the training process (0: all cores but one, at least 1), so
             that inference keeps a core during training.
         train_nice: niceness added to the training process (0-19; 19 also uses Linux's idle scheduling
@@ -356,6 +391,7 @@ class Settings:
     detector_family: str = DEFAULT_FAMILY
     predict_conf: float = PREDICT_CONF
     lsm: LSMConfig = field(default_factory=LSMConfig)
+    tiling: TileConfig | None = None
     train_threads: int = 0
     train_nice: int = 10
     redis_url: str | None = field(default=None, repr=False)
@@ -476,6 +512,7 @@ class Settings:
             detector_family=family_name,
             predict_conf=predict_conf,
             lsm=lsm,
+            tiling=tiling_from_env(environ),
             train_threads=_int(environ, "TRAIN_THREADS", 0, minimum=0),
             train_nice=_bounded_int(environ, "TRAIN_NICE", 10, low=0, high=19),
             redis_url=_redis_url(_get(environ, "REDIS_URL", "")),
@@ -488,7 +525,8 @@ class Settings:
         """Log the configuration without secrets."""
         logger.info(
             "settings: model_dir=%s device=%s family=%s label_studio=%s api_key=%s expert=%s crowd=%s "
-            "train_min=%d epochs=%d basic_auth=%s local_files_root=%s predict_conf=%s lsm=%s images=%s",
+            "train_min=%d epochs=%d basic_auth=%s local_files_root=%s predict_conf=%s lsm=%s images=%s "
+            "tiling=%s",
             self.model_dir,
             self.device,
             self.detector_family,
@@ -503,4 +541,5 @@ class Settings:
             self.predict_conf,
             lsm_as_dict(self.lsm),
             self.image_normalization.as_dict(),
+            self.tiling.as_dict() if self.tiling is not None else "off",
         )

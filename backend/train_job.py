@@ -68,6 +68,8 @@ def job_settings(settings: Settings) -> dict[str, Any]:
         # Every training image (a local file, or one saved at its own depth by the item builders) is
         # normalised with it by the dataset writer; the job records it in the version's meta.
         "image_normalization": settings.image_normalization.as_dict(),
+        # Large images train as tiles (TILE_SIZE), at the scale tiled prediction sees them.
+        "tiling": settings.tiling.as_dict() if settings.tiling is not None else None,
         "log_level": settings.log_level,
         "threads": settings.train_thread_count,
         "nice": settings.train_nice,
@@ -80,6 +82,7 @@ def run_job(job: dict[str, Any]) -> str:
     from model.dataset import LabeledImage
     from model.detector import DEFAULT_FAMILY, get_family
     from model.registry import ModelRegistry
+    from model.tiling import TileConfig, tile_dataset
     from selection.detections import Detections
 
     def items(key: str) -> list[LabeledImage]:
@@ -99,9 +102,14 @@ def run_job(job: dict[str, Any]) -> str:
     def on_epoch(epoch: int, total: int) -> None:
         progress_path.write_text(json.dumps({"epoch": epoch, "epochs": total}))
 
+    train, val = items("train"), items("val")
+    tiling = TileConfig(**job["tiling"]) if job.get("tiling") else None
+    if tiling is not None:  # large images train as tiles, at the scale tiled prediction sees them
+        train = tile_dataset(train, Path(job["work_dir"]) / "tiles" / "train", config=tiling)
+        val = tile_dataset(val, Path(job["work_dir"]) / "tiles" / "val", config=tiling)
     result = family.train(
-        train=items("train"),
-        val=items("val"),
+        train=train,
+        val=val,
         names=list(job["names"]),
         out_dir=Path(job["work_dir"]),
         init=job.get("init") or None,
@@ -124,7 +132,7 @@ def run_job(job: dict[str, Any]) -> str:
         "seconds": round(time.monotonic() - start, 1),
         "metrics": {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)},
         "names": list(job["names"]),
-        "train_options": result.options,
+        "train_options": {**result.options, "tiling": tiling.as_dict() if tiling is not None else None},
         "lsm": job.get("lsm") or {},
         "image_normalization": normalization.as_dict(),
         "trained_on": [int(t) for t in job.get("task_ids") or []],
