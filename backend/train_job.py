@@ -105,8 +105,9 @@ def run_job(job: dict[str, Any]) -> str:
     train, val = items("train"), items("val")
     tiling = TileConfig(**job["tiling"]) if job.get("tiling") else None
     if tiling is not None:  # large images train as tiles, at the scale tiled prediction sees them
-        train = tile_dataset(train, Path(job["work_dir"]) / "tiles" / "train", config=tiling)
-        val = tile_dataset(val, Path(job["work_dir"]) / "tiles" / "val", config=tiling)
+        tiles = Path(job["work_dir"]) / "tiles"
+        train = tile_dataset(train, tiles / "train", config=tiling, normalization=normalization)
+        val = tile_dataset(val, tiles / "val", config=tiling, normalization=normalization)
     result = family.train(
         train=train,
         val=val,

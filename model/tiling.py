@@ -60,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+from formats.images import ImageNormalization, normalize_image, read_image, write_image
 from model.dataset import LabeledImage
 from model.detector import PREDICT_CONF, Detector, ImageInput
 from selection.boxes import pair_geometry
@@ -357,15 +358,12 @@ def merge_tile_detections(
     return merged.clip(width, height)
 
 
-def _read_pixels(path: Path, index: int) -> np.ndarray:
-    """uint8 HxW (gray) or HxWx3 (RGB) pixels of an image file."""
-    from PIL import Image
-
+def _read_pixels(path: Path, index: int, normalization: ImageNormalization | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) RGB pixels of an image file, decoded at its own depth and normalised like every other
+    image the detectors see (``formats.images``; 8-bit files are unchanged under the default)."""
     if not path.is_file():
         raise FileNotFoundError(f"images[{index}]: no image file at {path}")
-    with Image.open(path) as img:
-        gray = img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-        return np.asarray(img.convert("L" if gray else "RGB"))
+    return normalize_image(read_image(path), normalization or ImageNormalization())
 
 
 def _image_size(image: ImageInput, index: int) -> tuple[int, int]:
@@ -504,6 +502,7 @@ def tile_dataset(
     config: TileConfig,
     min_visible: float = 0.25,
     negatives: float = 1.0,
+    normalization: ImageNormalization | None = None,
 ) -> list[LabeledImage]:
     """Training images as tiles: images larger than a tile become tile files with their boxes.
 
@@ -523,6 +522,9 @@ def tile_dataset(
         config: tile size and overlap.
         min_visible: share of a box's area that must lie in a tile for the box to be labelled there, (0, 1].
         negatives: empty tiles kept per tile with boxes, >= 0.
+        normalization: when given, each image is normalised whole (``formats.images.normalize_image``) and
+            its tiles written as 8-bit PNG: the pixels tiled prediction sees, since the backend normalises a
+            whole image before cutting it (a per-tile stretch would differ). None keeps the source's depth.
 
     Returns:
         The tiles (and untiled images), in input order, tiles row by row.
@@ -566,6 +568,22 @@ def tile_dataset(
         quota = min(len(empty), max(1 if negatives > 0 else 0, round(negatives * len(labelled))))
         spread = np.unique(np.linspace(0, len(empty) - 1, quota).round().astype(np.int64))
         chosen = empty[spread] if quota else np.zeros(0, np.int64)
+        if normalization is not None:
+            pixels = normalize_image(read_image(item.path), normalization)
+            if pixels.shape[:2] != (item.height, item.width):
+                raise ValueError(
+                    f"images[{index}]: {item.path} is {pixels.shape[1]}x{pixels.shape[0]}, labelled as "
+                    f"{item.width}x{item.height}"
+                )
+            for t in sorted([*labelled.tolist(), *chosen.tolist()]):
+                x0, y0, x1, y1 = windows[t].tolist()
+                path = write_image(out / f"{index:06d}_{item.path.stem}_x{x0}_y{y0}", pixels[y0:y1, x0:x1])
+                sel = np.flatnonzero(keep[t])
+                local = np.concatenate([lo[t, sel], hi[t, sel]], axis=1) - np.array([x0, y0, x0, y0])
+                tile_labels = Detections(local.astype(np.float32), labels.class_id[sel])
+                result.append(LabeledImage(path, tile_labels, x1 - x0, y1 - y0))
+                n_tiled += 1
+            continue
         suffix = ".tif" if item.path.suffix.lower() in (".tif", ".tiff") else ".png"
         with Image.open(item.path) as img:
             if (img.width, img.height) != (item.width, item.height):

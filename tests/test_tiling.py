@@ -277,6 +277,30 @@ def _labelled_png(path: Path, pixels: np.ndarray, boxes, classes=None) -> Labele
     return LabeledImage(path, make_detections(boxes, classes=classes), pixels.shape[1], pixels.shape[0])
 
 
+def test_tile_dataset_normalises_the_whole_image_like_prediction(tmp_path):
+    # 12-bit data in a 16-bit PNG: with a normalisation, the tiles are 8-bit crops of the image normalised
+    # whole (what the backend cuts at prediction time), not of a per-tile stretch.
+    from formats.images import ImageNormalization, normalize_image, read_image, write_image
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 4096, (300, 600), dtype=np.uint16)
+    pixels[:, :150] //= 8  # a dark left part: a per-tile stretch would brighten its tile
+    path = write_image(tmp_path / "frame16", pixels)
+    labels = Detections(np.array([[280, 100, 320, 140]], np.float32), np.zeros(1, np.int64))
+    item = LabeledImage(path, labels, 600, 300)
+    norm = ImageNormalization()
+    tiles = tile_dataset(
+        [item], tmp_path / "tiles", config=TileConfig(size=300, overlap=100), normalization=norm
+    )
+    whole = normalize_image(read_image(path), norm)
+    assert len(tiles) >= 2
+    for tile in tiles:
+        x0 = int(tile.path.stem.split("_x")[1].split("_")[0])
+        got = read_image(tile.path)
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, whole[:, x0 : x0 + 300])
+
+
 def test_tile_dataset_clips_boxes_and_drops_slivers(tmp_path):
     # 600 x 300, tiles of 300 overlapping >= 100 -> x 0/150/300, one row.
     pixels = np.random.default_rng(0).integers(0, 255, (300, 600), dtype=np.uint8)
