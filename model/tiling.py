@@ -21,7 +21,9 @@ deposits at the scale it will meet them.
   of one tile never merge (the inner detector already ran NMS on that tile). A group with a whole box gives
   that box (``nms``: the best-scored whole box; ``wbf``: the score-weighted mean of its whole boxes, with
   their mean score); a group of cut parts only (an object larger than the overlap) gives their union, which
-  restores the object's extent, at the best part's score.
+  restores the object's extent, at the best part's score. NMS is the default: it keeps a box the detector
+  actually drew; WBF pays off when tile views of one object disagree, which ``bench.tiling`` measures (both
+  merges on the same tile predictions) once its detector is trained well enough to tell.
 
 Why not SAHI (``sahi`` 0.12.8 installs here without touching a pin): its sliced prediction takes one of its
 own ``DetectionModel`` classes (we would wrap our ``Detector`` in a second model abstraction), predicts the
