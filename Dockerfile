@@ -28,6 +28,7 @@ COPY backend/ backend/
 COPY model/ model/
 COPY selection/ selection/
 COPY formats/ formats/
+COPY metrics/ metrics/
 
 RUN useradd --create-home --uid 1000 app \
     && mkdir -p /models /data "$YOLO_CONFIG_DIR" "$MPLCONFIGDIR" \

@@ -14,7 +14,7 @@ export XDG_CACHE_HOME := $(WORK)/xdg-cache
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-ls test test-fast lint demo calibrate simulate bench-speed bench-load clean help
+.PHONY: setup setup-ls test test-fast lint demo calibrate simulate bench-speed bench-load bench-bulk clean help
 
 help:
 	@echo "make demo   - set up, generate synthetic data, train, start Label Studio + backend"
@@ -68,6 +68,9 @@ bench-speed: setup
 # Replicas, RQ workers and Redis on localhost under load and faults (~10 min; --quick ~4 min).
 bench-load: setup
 	$(PY) -m bench.load
+
+bench-bulk: setup setup-ls
+	$(PY) -m bench.bulk
 
 clean:
 	rm -rf $(WORK)

@@ -20,8 +20,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from backend.bootstrap import project_id
+from backend.bootstrap.auto import AutoBootstrap
 from backend.images import ImageLoader
 from backend.labelconfig import LabelConfigError, parse_label_config
 from backend.lsclient import LabelStudioAuth, TaskWriteBack, make_sdk_client
@@ -85,6 +87,8 @@ def create_app(
         trainer = RedisTrainer(settings, service)
     if trainer is None:
         trainer = TrainingManager(settings, service, source=source)
+        if settings.label_studio_enabled or source is not None:
+            trainer.resume_bulk_scoring()  # a run this backend was doing when it stopped continues
     writeback: TaskWriteBack | None = None
     if settings.label_studio_enabled:
         url, key = str(settings.label_studio_url), str(settings.label_studio_api_key)
@@ -103,6 +107,12 @@ def create_app(
     app.state.trainer = trainer
     app.state.writeback = writeback
     app.state.metrics = metrics
+    auto_bootstrap = AutoBootstrap(settings, service, trainer)
+    # Calibration and the report read the project in this process (a queue trainer runs jobs elsewhere).
+    calibrator = (
+        trainer if isinstance(trainer, TrainingManager) else TrainingManager(settings, service, source=source)
+    )
+    app.state.calibrator = calibrator
 
     @app.middleware("http")
     async def timing(request: Request, call_next: Any) -> Any:
@@ -139,6 +149,7 @@ def create_app(
             "serving_version": active,
             "loaded_version": service.loaded_version,
             "training": trainer.status(),
+            "bulk_scoring": _bulk_status(trainer),
         }
 
     @app.post("/setup")
@@ -149,6 +160,7 @@ def create_app(
             except LabelConfigError as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=400)
             trainer.last_schema_xml = body.label_schema
+        auto_bootstrap.maybe_start(project_id(body.project))
         return {"model_version": service.latest_version() or UNTRAINED}
 
     @app.get("/versions")
@@ -178,6 +190,9 @@ def create_app(
             # Label Studio 1.23 sends no model_version here; other callers may pin a published version.
             scored = service.score_tasks(body.tasks, schema, version=body.model_version)
         except NoModelError as exc:
+            pid = project_id(body.project)
+            if auto_bootstrap.maybe_start(pid) or auto_bootstrap.running_for(pid):
+                exc = NoModelError(f"{exc}; a first model is being trained on the crowd labels (see /health)")
             return JSONResponse({"detail": str(exc)}, status_code=503)
         except LabelConfigError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=400)
@@ -220,7 +235,52 @@ def create_app(
             logger.exception("re-scoring request failed")
             return {"status": "error", "action": "RESCORE", "detail": str(exc)[:500]}
 
+    @app.post("/calibrate")
+    def calibrate(request: Request) -> Any:
+        """Fit the grades of the serving version (or ``&version=V``) on ``?project=N``'s expert tasks."""
+        pid = _project(request)
+        try:
+            return calibrator.calibrate(pid, version=request.query_params.get("version")).to_dict()
+        except NoModelError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=503)
+        except KeyError as exc:
+            return JSONResponse({"detail": str(exc.args[0])}, status_code=404)
+        except ValueError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/report")
+    def report(request: Request) -> Any:
+        """The project report: JSON, or a self-contained HTML page with ``&format=html``."""
+        from backend.report import build_report, render_html
+
+        pid = _project(request)
+        fmt = request.query_params.get("format", "json")
+        if fmt not in ("json", "html"):
+            return JSONResponse({"detail": f"format: json or html, not {fmt!r}"}, status_code=400)
+        try:
+            source = calibrator.source()
+            schema = parse_label_config(source.label_config(pid))
+            body = build_report(service, source.tasks(pid), schema, project=pid)
+        except NoModelError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=503)
+        except (ValueError, LabelConfigError) as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=400)
+        return HTMLResponse(render_html(body)) if fmt == "html" else body
+
     return app
+
+
+def _bulk_status(trainer: Any) -> dict[str, Any]:
+    """Bulk-scoring progress by project; a failure to read it is reported, never raised (see /health)."""
+    try:
+        return dict(trainer.bulk_status())
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def _project(request: Request) -> int | None:
+    project = request.query_params.get("project")
+    return int(project) if project and project.isdigit() else None
 
 
 def _queue_depth(trainer: Any) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Load task images: Label Studio uploads, Local Files, http(s) URLs and inline ``data:`` URIs.
+"""Load task images: Label Studio uploads, Local Files, cloud storages, http(s) URLs and ``data:`` URIs.
 
 * ``/data/upload/...`` and other Label-Studio-relative paths: fetched from ``LABEL_STUDIO_URL`` with the
   API key.
@@ -6,8 +6,16 @@
   path traversal outside the root refused), else fetched from Label Studio like an upload.
 * ``http(s)://...``: the key is sent only when the URL is on ``LABEL_STUDIO_URL``'s host, never elsewhere.
 * ``data:image/...;base64,...``: decoded inline.
+* ``s3://``, ``gs://``, ``azure-blob://`` URIs and Label Studio's storage proxy URLs (``/tasks/<id>/resolve/
+  ?fileuri=...``, ``/storage-data/...``): through Label Studio's resolve endpoints, never with cloud
+  credentials, and cached on disk (see :mod:`backend.storage`).
 
 Every failure raises :class:`ImageLoadError` naming the task and the URL (never the key).
+
+Resolvers return the decoded pixels at the file's own depth (:func:`_decode`); :meth:`ImageLoader.load`
+maps them to uint8 RGB with ``formats.images.normalize_image`` under the loader's ``IMAGE_NORMALIZE`` /
+``IMAGE_PERCENTILES`` (or the normalisation a model version was trained with), the same function the training
+dataset goes through.
 
 Sources are chosen by URL scheme from :data:`RESOLVERS` (``""`` is a path without a scheme); a new source is
 one resolver function added there (see docs/CONTRACTS.md, "How to add an image source").
@@ -28,6 +36,8 @@ import numpy as np
 import requests
 
 from backend.lsclient import LabelStudioAuth
+from backend.storage import CLOUD_SCHEMES, ImageCache, LabelStudioFiles, StorageError, is_label_studio_proxy
+from formats.images import ImageNormalization, decode_image, normalize_image
 
 if TYPE_CHECKING:
     from backend.settings import Settings
@@ -65,7 +75,8 @@ class LoadedImage:
     """A decoded image.
 
     Attributes:
-        pixels: uint8 (H, W, 3) RGB.
+        pixels: uint8 (H, W, 3) RGB from :meth:`ImageLoader.load`; from a resolver, the decoded pixels at
+            their own depth (see ``formats.images.decode_image``), normalised by ``load``.
         path: the file on disk when the image came from one (training links it instead of copying).
     """
 
@@ -93,6 +104,8 @@ class ImageLoader:
         auth: authorization for Label Studio-hosted images.
         document_root: ``LOCAL_FILES_DOCUMENT_ROOT``.
         timeout: seconds per HTTP request.
+        normalization: how decoded pixels become uint8 RGB when ``load`` is not given one.
+        cache: disk cache for images fetched from cloud storages through Label Studio (``None``: none).
     """
 
     def __init__(
@@ -102,11 +115,19 @@ class ImageLoader:
         auth: LabelStudioAuth | None = None,
         document_root: Path | None = None,
         timeout: float = 30.0,
+        normalization: ImageNormalization | None = None,
+        cache: ImageCache | None = None,
     ) -> None:
         self.label_studio_url = label_studio_url.rstrip("/") if label_studio_url else None
         self.auth = auth
         self.document_root = document_root.resolve() if document_root is not None else None
         self.timeout = timeout
+        self.normalization = normalization if normalization is not None else ImageNormalization()
+        self.storage = (
+            LabelStudioFiles(self.label_studio_url, auth, cache=cache, timeout=timeout, max_bytes=_MAX_BYTES)
+            if self.label_studio_url is not None and auth is not None
+            else None
+        )
 
     def local_path(self, url: str) -> Path | None:
         """The file a ``/data/local-files/?d=...`` URL names under the document root, if configured."""
@@ -123,15 +144,39 @@ class ImageLoader:
 
     @classmethod
     def from_settings(cls, settings: Settings, *, auth: LabelStudioAuth | None) -> ImageLoader:
-        """The loader the backend uses: Label Studio URL and ``LOCAL_FILES_DOCUMENT_ROOT`` from settings."""
+        """The loader the backend uses: Label Studio URL, ``LOCAL_FILES_DOCUMENT_ROOT``, the image cache."""
         return cls(
             label_studio_url=settings.label_studio_url,
             auth=auth,
             document_root=settings.local_files_document_root,
+            normalization=settings.image_normalization,
+            cache=(
+                ImageCache(settings.image_cache_dir, max_bytes=settings.image_cache_mb * 2**20)
+                if settings.image_cache_mb > 0
+                else None
+            ),
         )
 
-    def load(self, url: str, *, task: str = "?") -> LoadedImage:
-        """Load one image with the resolver of its URL scheme.
+    def load(
+        self, url: str, *, task: str = "?", normalization: ImageNormalization | None = None
+    ) -> LoadedImage:
+        """Load one image as uint8 RGB: :meth:`decode`, then ``formats.images.normalize_image``.
+
+        Args:
+            url: the task's image reference.
+            task: the task's id, for error messages.
+            normalization: how the decoded pixels become uint8 (default: the loader's); prediction passes
+                the one its model version was trained with.
+
+        Raises:
+            ImageLoadError: unknown scheme, file or HTTP error, or undecodable bytes.
+        """
+        decoded = self.decode(url, task=task)
+        pixels = normalize_image(decoded.pixels, normalization or self.normalization)
+        return LoadedImage(pixels, path=decoded.path)
+
+    def decode(self, url: str, *, task: str = "?") -> LoadedImage:
+        """Load one image with the resolver of its URL scheme, at the file's own depth (not normalised).
 
         Args:
             url: the task's image reference.
@@ -143,11 +188,16 @@ class ImageLoader:
         where = f"task {task}: image {_short(url)!r}"
         resolver = RESOLVERS.get(urlparse(url).scheme.lower())
         if resolver is None:
-            raise ImageLoadError(f"{where}: expected an http(s) URL, a Label Studio path or a data: URI")
+            raise ImageLoadError(
+                f"{where}: expected an http(s) URL, a Label Studio path, a cloud storage URI "
+                f"({', '.join(f'{s}://' for s in sorted(CLOUD_SCHEMES))}) or a data: URI"
+            )
         try:
-            return resolver(self, url, where)
+            return resolver(self, url, where, task)
         except ImageLoadError:
             raise
+        except StorageError as exc:
+            raise ImageLoadError(str(exc), cause=exc.cause) from None
         except requests.RequestException as exc:
             raise ImageLoadError(
                 f"{where}: cannot be fetched ({type(exc).__name__})", cause="unreachable"
@@ -173,12 +223,13 @@ class ImageLoader:
         return bytes(resp.content)
 
 
-Resolver = Callable[[ImageLoader, str, str], LoadedImage]
-"""``resolver(loader, url, where) -> LoadedImage``; failures raise :class:`ImageLoadError` starting with
-``where`` (``requests`` and ``OSError`` failures are turned into one by :meth:`ImageLoader.load`)."""
+Resolver = Callable[[ImageLoader, str, str, str], LoadedImage]
+"""``resolver(loader, url, where, task) -> LoadedImage`` (``task``: the task's id, for sources that resolve
+per task); failures raise :class:`ImageLoadError` starting with ``where`` (``requests``, ``OSError`` and
+:class:`~backend.storage.StorageError` failures are turned into one by :meth:`ImageLoader.load`)."""
 
 
-def _data_uri(loader: ImageLoader, url: str, where: str) -> LoadedImage:
+def _data_uri(loader: ImageLoader, url: str, where: str, task: str) -> LoadedImage:
     header, _, payload = url.partition(",")
     if ";base64" not in header:
         raise ImageLoadError(f"{where}: only base64 data URIs are supported")
@@ -200,12 +251,18 @@ def _local_file(loader: ImageLoader, url: str, where: str) -> LoadedImage | None
     return LoadedImage(_decode(path.read_bytes(), where), path=path)
 
 
-def _http(loader: ImageLoader, url: str, where: str) -> LoadedImage:
+def _http(loader: ImageLoader, url: str, where: str, task: str) -> LoadedImage:
+    if (
+        loader.storage is not None
+        and loader.storage.on_label_studio(url)
+        and is_label_studio_proxy(urlparse(url).path)
+    ):
+        return LoadedImage(_decode(loader.storage.fetch_proxied(url, where=where), where))
     local = _local_file(loader, url, where)
     return local if local is not None else LoadedImage(_decode(loader.get(url, where), where))
 
 
-def _label_studio_path(loader: ImageLoader, url: str, where: str) -> LoadedImage:
+def _label_studio_path(loader: ImageLoader, url: str, where: str, task: str) -> LoadedImage:
     """``/data/local-files/?d=...`` from the document root when set; other paths from Label Studio."""
     if not url.startswith("/"):
         raise ImageLoadError(f"{where}: expected an http(s) URL, a Label Studio path or a data: URI")
@@ -217,7 +274,19 @@ def _label_studio_path(loader: ImageLoader, url: str, where: str) -> LoadedImage
             f"{where}: a Label Studio path, but LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY are not set"
             + (" (or set LOCAL_FILES_DOCUMENT_ROOT)" if url.startswith("/data/local-files") else "")
         )
+    if loader.storage is not None and is_label_studio_proxy(urlparse(url).path):
+        return LoadedImage(_decode(loader.storage.fetch_proxied(url, where=where), where))
     return LoadedImage(_decode(loader.get(loader.label_studio_url + url, where), where))
+
+
+def _cloud_uri(loader: ImageLoader, url: str, where: str, task: str) -> LoadedImage:
+    """A cloud storage URI, resolved by Label Studio for the task (see :mod:`backend.storage`)."""
+    if loader.storage is None:
+        raise ImageLoadError(
+            f"{where}: a cloud storage URI is fetched through Label Studio: set LABEL_STUDIO_URL and "
+            "LABEL_STUDIO_API_KEY (the backend holds no cloud credentials)"
+        )
+    return LoadedImage(_decode(loader.storage.fetch_cloud(url, task=task, where=where), where))
 
 
 RESOLVERS: dict[str, Resolver] = {
@@ -225,19 +294,14 @@ RESOLVERS: dict[str, Resolver] = {
     "http": _http,
     "https": _http,
     "": _label_studio_path,
+    **dict.fromkeys(sorted(CLOUD_SCHEMES), _cloud_uri),
 }
 """URL scheme (lower case; ``""`` for a path) -> the resolver that loads it."""
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
-    """Bytes -> uint8 (H, W, 3) RGB through OpenCV.
-
-    Not through ``PIL.Image.open``: once ultralytics is imported it patches that function to pip-install a
-    HEIF plugin whenever Pillow cannot identify a file, which a corrupt upload must not trigger.
-    """
-    import cv2
-
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    if bgr is None or bgr.ndim != 3 or bgr.shape[0] == 0 or bgr.shape[1] == 0:
-        raise ImageLoadError(f"{where}: not a readable image ({len(data)} bytes)", cause="undecodable")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    """Bytes -> pixels at the file's own depth (``formats.images.decode_image``); errors name ``where``."""
+    try:
+        return decode_image(data)
+    except ValueError as exc:
+        raise ImageLoadError(f"{where}: {exc}", cause="undecodable") from None

@@ -23,13 +23,16 @@ and by every replica that reads the queue depth) re-queues it, up to ``RETRIES``
 append-only file on (``appendonly yes``, ``appendfsync everysec``), a Redis restart loses no queued job.
 
 Keys (prefix ``alc:``): ``train:<p>:queued`` (id of the queued job), ``train:<p>:lock`` (id of the running
-job, expiring unless refreshed), ``rescore:<p>:queued``, ``seen`` (expert-annotated task ids since the last
-training), ``training`` (hash: last job's state for ``/health``), ``stats`` (hash: runs, failures, seconds).
+job, expiring unless refreshed), ``rescore:<p>:queued``, ``rescore:jobs`` (project -> latest started
+bulk-scoring job; its ``meta["progress"]`` is the progress ``/health`` shows), ``seen`` (expert-annotated
+task ids since the last training), ``training`` (hash: last job's state for ``/health``), ``stats`` (hash:
+runs, failures, seconds).
 RQ's own keys live under ``rq:`` (queue ``alc-training``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -100,6 +103,10 @@ def _rescore_key(project: int | None) -> str:
     return f"{_PREFIX}rescore:{_project_key(project)}:queued"
 
 
+_BULK_JOBS = f"{_PREFIX}rescore:jobs"
+"""Hash: project -> id of its latest started bulk-scoring job (whose meta holds the progress)."""
+
+
 def _lock_key(project: int | None) -> str:
     return f"{_PREFIX}train:{_project_key(project)}:lock"
 
@@ -146,11 +153,15 @@ class RedisTrainer(TrainingManager):
         self._seen = _RedisSet(connection, f"{_PREFIX}seen")  # type: ignore[assignment]
         self._last_project: int | None = None
 
-    def request(self, project: int | None) -> str:
-        """Queue a training job for ``project`` unless one is already queued (then ``"pending"``)."""
+    def request(self, project: int | None, *, kind: str = "expert") -> str:
+        """Queue a training job for ``project`` unless one is already queued (then ``"pending"``).
+
+        ``kind="bootstrap"`` trains the first version on the crowd labels (``backend.bootstrap``); it shares
+        the project's queued mark and lock with expert trainings.
+        """
         self._seen.clear()
         self._last_project = project
-        job_id = self._enqueue(_queued_key(project), run_training, project, kind="train")
+        job_id = self._enqueue(_queued_key(project), run_training, project, kind="train", extra=(kind,))
         if job_id is None:
             return "pending"
         running = self.redis.get(_lock_key(project)) is not None
@@ -163,9 +174,16 @@ class RedisTrainer(TrainingManager):
         return "already queued" if job_id is None else "re-scoring queued"
 
     def _enqueue(
-        self, queued: str, func: Callable[..., Any], project: int | None, *, kind: str
+        self,
+        queued: str,
+        func: Callable[..., Any],
+        project: int | None,
+        *,
+        kind: str,
+        extra: tuple[Any, ...] = (),
     ) -> str | None:
-        """Enqueue ``func(project)`` and mark it in ``queued``, atomically; None if a live job is marked."""
+        """Enqueue ``func(project, *extra)`` and mark it in ``queued``, atomically; None if a live job is
+        marked."""
         from redis.exceptions import WatchError
         from rq import Retry
 
@@ -182,7 +200,7 @@ class RedisTrainer(TrainingManager):
                     pipe.set(queued, job_id)
                     self.queue.enqueue_call(
                         func,
-                        args=(project,),
+                        args=(project, *extra),
                         job_id=job_id,
                         timeout=JOB_TIMEOUT_S,
                         result_ttl=24 * 3600,
@@ -228,9 +246,34 @@ class RedisTrainer(TrainingManager):
             "pending": self.redis.get(_queued_key(self._last_project)) is not None,
             "new_expert_tasks": len(self._seen),
             "min_annotations": self.settings.train_min_annotations,
+            "kind": raw.get("kind") or None,
+            "progress": json.loads(raw.get("progress") or "{}") if raw.get("state") == "running" else {},
             "queue": self.queue_depth(),
             "backend": "redis",
         }
+
+    def bulk_status(self) -> dict[str, Any]:
+        """Each project's latest bulk-scoring job progress, from the job's meta (written by the worker).
+
+        A job that RQ no longer runs while its meta still says ``running`` (the worker died and the job was
+        not re-queued, or it failed outside the scoring) is shown with RQ's status instead.
+        """
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job, JobStatus
+
+        out: dict[str, Any] = {}
+        for raw_project, raw_id in self.redis.hgetall(_BULK_JOBS).items():
+            try:
+                job = Job.fetch(raw_id.decode(), connection=self.redis)
+            except NoSuchJobError:
+                continue
+            progress = dict(job.meta.get("progress") or {"state": "queued"})
+            status = job.get_status()
+            if progress.get("state") == "running" and status in (JobStatus.FAILED, JobStatus.STOPPED):
+                progress["state"] = str(status.value)
+            progress["job"] = job.id
+            out[raw_project.decode()] = progress
+        return out
 
     def training_counts(self) -> TrainingCounts:
         from redis.exceptions import RedisError
@@ -331,8 +374,9 @@ class _ProjectLock:
         self._redis.eval(_RELEASE, 1, _lock_key(self._project), self._job_id)
 
 
-def run_training(project: int | None) -> dict[str, Any]:
-    """The RQ job: one training of ``project`` under its lock; failures are recorded, not raised.
+def run_training(project: int | None, kind: str = "expert") -> dict[str, Any]:
+    """The RQ job: one training of ``project`` under its lock (``kind``: ``expert`` or ``bootstrap``, see
+    ``TrainingManager.train_once``); failures are recorded, not raised.
 
     Returns:
         ``{"version": ...}`` or ``{"error": ...}`` (also kept in the job's result).
@@ -349,10 +393,24 @@ def run_training(project: int | None) -> dict[str, Any]:
     lock.acquire()
     start = time.monotonic()
     redis.hset(
-        f"{_PREFIX}training", mapping={"state": "running", "project": _project_key(project), "job": job_id}
+        f"{_PREFIX}training",
+        mapping={
+            "state": "running",
+            "project": _project_key(project),
+            "job": job_id,
+            "kind": kind,
+            "progress": "{}",
+        },
     )
+    trainer = _worker_trainer(_context)
+
+    def report(state: dict[str, Any]) -> None:
+        # Epochs for /health on every replica (the job folder is on this worker's machine).
+        redis.hset(f"{_PREFIX}training", "progress", json.dumps(state))
+
+    trainer.on_progress = report
     try:
-        version = _worker_trainer(_context).train_once(project)
+        version = trainer.train_once(project, kind=kind)
     except Exception as exc:
         seconds = time.monotonic() - start
         logger.error("training job %s failed: %s", job_id, exc)
@@ -376,14 +434,36 @@ def run_rescore(project: int | None) -> dict[str, Any]:
     if _context is None:
         raise RuntimeError("run_rescore runs in `python -m backend.worker` (no worker context installed)")
     job = get_current_job()
+    on_progress = None
     if job is not None:  # started: a request from now on queues a new job
         job.connection.eval(_RELEASE, 1, _rescore_key(project), job.id)
+        job.connection.hset(_BULK_JOBS, _project_key(project), job.id)
+        on_progress = _meta_writer(job)
     try:
-        scored = _worker_trainer(_context).rescore(project)
+        scored = _worker_trainer(_context).rescore(project, on_progress=on_progress)
     except Exception as exc:
         logger.error("re-scoring project %s failed: %s", _project_key(project), exc)
         return {"error": str(exc)[:2000]}
     return {"scored": scored}
+
+
+def _meta_writer(job: Any, *, every_s: float = 1.0) -> Callable[[Any], None]:
+    """A progress callback saving ``job.meta["progress"]`` (at most once a second, and the last state), so
+    every replica's ``/health`` shows a worker's bulk scoring."""
+    last = [0.0]
+
+    def save(progress: Any) -> None:
+        now = time.monotonic()
+        if progress.state == "running" and now - last[0] < every_s:
+            return
+        last[0] = now
+        job.meta["progress"] = progress.as_dict()
+        try:
+            job.save_meta()
+        except Exception as exc:  # Redis briefly away: the next save tries again
+            logger.warning("saving bulk-scoring progress failed: %s", type(exc).__name__)
+
+    return save
 
 
 def _worker_trainer(context: WorkerContext) -> TrainingManager:

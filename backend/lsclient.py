@@ -81,7 +81,11 @@ def merge_task_data(client: Any, task_id: int, fields: Mapping[str, Any]) -> Non
         task_id: the task.
         fields: the keys to set (e.g. ``TaskFields.as_data()``).
     """
-    task = client.tasks.get(id=task_id)
+    # resolve_uri=false: read the stored references (``s3://...``), not the per-task proxy URLs Label Studio
+    # hands out by default, which would otherwise be written back in their place.
+    task = client.tasks.get(
+        id=task_id, request_options={"additional_query_parameters": {"resolve_uri": "false"}}
+    )
     data = dict(getattr(task, "data", None) or {})
     data.update(fields)
     client.tasks.update(id=task_id, data=data)

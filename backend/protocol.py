@@ -21,8 +21,9 @@ an annotator (one prediction per task, one region per box):
 * model boxes (missed, box-in-box parts) below ``SCORE_THRESHOLD`` are not shown; crowd boxes always are.
 
 Every region carries ``score`` (model confidence in [0, 1]) and ``meta: {"text": ["<type> · <grade> ·
-<action>"]}``; the prediction's ``score`` is the task's discrepancy so the Data Manager's "Prediction score"
-column sorts the most suspicious tasks first.
+<action>"]}`` (followed by `` · 2/3 annotators`` on a crowd box of a task that several crowd annotators
+labelled, see ``backend.crowd``); the prediction's ``score`` is the task's discrepancy so the Data Manager's
+"Prediction score" column sorts the most suspicious tasks first.
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ class RegionProposal:
         index: index of the instance in its source.
         drop: the box is proposed for deletion (a background crowd box).
         part: 1-based part number of a split box-in-box box, 0 otherwise.
+        votes: crowd annotators who drew this crowd box (0: unknown or a model box).
+        annotators: crowd annotators of the task (0: unknown).
     """
 
     xyxy: tuple[float, float, float, float]
@@ -128,6 +131,8 @@ class RegionProposal:
     index: int
     drop: bool = False
     part: int = 0
+    votes: int = 0
+    annotators: int = 0
 
     @property
     def region_id(self) -> str:
@@ -141,7 +146,10 @@ class RegionProposal:
     @property
     def meta_text(self) -> str:
         action = "drop — delete this box" if self.drop else self.action
-        return f"{self.noise_type} · {self.grade} · {action}"
+        text = f"{self.noise_type} · {self.grade} · {action}"
+        if self.votes and self.annotators > 1:
+            text += f" · {self.votes}/{self.annotators} annotators"
+        return text
 
 
 @dataclass(frozen=True)
@@ -175,7 +183,13 @@ def noise_types_text(noise_types: Sequence[str]) -> str:
 
 
 def proposals_from_score(
-    crowd: Detections, pred: Detections, score: ImageScore, *, score_threshold: float = 0.0
+    crowd: Detections,
+    pred: Detections,
+    score: ImageScore,
+    *,
+    score_threshold: float = 0.0,
+    votes: np.ndarray | None = None,
+    annotators: int = 0,
 ) -> list[RegionProposal]:
     """The LSM's findings of one image -> the proposed cleaned labels, as shown in Label Studio.
 
@@ -188,6 +202,9 @@ def proposals_from_score(
         pred: the model's predictions given to the LSM (pixels, scored; class ids already label indices).
         score: ``selection.lsm.score_image(crowd, pred)``.
         score_threshold: model boxes below this confidence are not proposed.
+        votes: optional int (M,) crowd annotators agreeing on each crowd box (``backend.crowd``), shown in
+            the crowd regions' meta text with ``annotators`` when there are several.
+        annotators: crowd annotators of the image.
 
     Returns:
         Crowd-sourced proposals in crowd order, then model-sourced ones (see the module docstring).
@@ -195,6 +212,8 @@ def proposals_from_score(
     Raises:
         ValueError: if ``score`` was not computed from ``crowd`` and ``pred``.
     """
+    if votes is not None and np.shape(votes) != (len(crowd),):
+        raise ValueError(f"votes: expected shape ({len(crowd)},), got {np.shape(votes)}")
     plan = plan_corrections(crowd, pred, score)
     inst = plan.findings
     out: list[RegionProposal] = []
@@ -230,6 +249,8 @@ def proposals_from_score(
                 index=idx,
                 drop=edit in (Edit.DROP.value, Edit.SPLIT.value),
                 part=part,
+                votes=int(votes[idx]) if votes is not None and from_crowd else 0,
+                annotators=annotators if votes is not None and from_crowd else 0,
             )
         )
     return out

@@ -9,10 +9,15 @@ it, so requests keep being served by the previous version meanwhile.
 Fault isolation: one bad task (missing, unreachable or undecodable image, malformed ``crowd_labels``) gets a
 failed :class:`ScoredTask` carrying the reason while every other task of the request is scored. Images are
 loaded, predicted and released in chunks of ``PREDICT_BATCH``: a request never holds all its images at once.
+
+Images are normalised to 8-bit with the normalisation recorded in the serving version's meta
+(``image_normalization``; ``IMAGE_NORMALIZE`` / ``IMAGE_PERCENTILES`` for versions without one), so a version
+always sees the pixels it was trained on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -23,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from backend.crowd import CrowdLabels, CrowdReader
 from backend.images import ImageLoader, ImageLoadError, LoadedImage
 from backend.labelconfig import LabelSchema
 from backend.protocol import (
@@ -33,12 +39,15 @@ from backend.protocol import (
     proposals_from_score,
     task_image_url,
 )
+from backend.roles import UserDirectory
 from backend.settings import Settings, lsm_as_dict
-from formats.labelstudio import CROWD_FIELD, crowd_labels_to_detections
+from formats.images import ImageNormalization
 from selection.detections import Detections
 
 if TYPE_CHECKING:
     from model.detector import Detector
+    from model.registry import ModelVersion
+    from selection.calibration import Calibration
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +64,9 @@ class NoModelError(RuntimeError):
 class TaskInputError(ValueError):
     """A task of the request is malformed (bad crowd labels, missing image field); names the task."""
 
+
+CALIBRATION_FILE = "calibration.json"
+"""A version's grade calibration (``backend.calibration``), in its registry folder beside the weights."""
 
 SCORE_ERROR_FIELD = "score_error"
 """Task data field holding why the task could not be scored ("" once it was scored)."""
@@ -104,6 +116,22 @@ def _task_name(task: Mapping[str, Any], index: int) -> str:
     return str(task["id"]) if "id" in task else f"#{index}"
 
 
+def _check_tiling(mv: ModelVersion, settings: Settings) -> None:
+    """Warn when a version trained by the backend saw another tile size than ``TILE_SIZE`` now gives it."""
+    options = mv.meta.get("train_options")
+    if not isinstance(options, Mapping):
+        return  # not trained here (e.g. MODEL_WEIGHTS): nothing is known about its training scale
+    trained = (options.get("tiling") or {}).get("size")
+    now = settings.tiling.size if settings.tiling is not None else None
+    if trained != now:
+        logger.warning(
+            "%s was trained on %s but predicts on %s (TILE_SIZE): objects change scale; retrain",
+            mv.version,
+            f"{trained} px tiles" if trained else "whole images",
+            f"{now} px tiles" if now else "whole images",
+        )
+
+
 class ModelService:
     """Holds the current detector and scores Label Studio tasks with it.
 
@@ -112,7 +140,9 @@ class ModelService:
         loader: image loader for task images.
     """
 
-    def __init__(self, settings: Settings, *, loader: ImageLoader) -> None:
+    def __init__(
+        self, settings: Settings, *, loader: ImageLoader, users: UserDirectory | None = None
+    ) -> None:
         from model.registry import ModelRegistry
 
         self.settings = settings
@@ -122,9 +152,17 @@ class ModelService:
         self._load_lock = threading.Lock()
         self._detector: Detector | None = None
         self._version: str | None = None
+        self._normalizations: dict[str, ImageNormalization] = {}
         self._pinned: OrderedDict[str, Detector] = OrderedDict()  # older versions asked for by name, LRU
         self._pool = ThreadPoolExecutor(max_workers=_LOAD_THREADS, thread_name_prefix="image-load")
         self._warned_unmapped: set[str] = set()
+        self._calibrations: dict[str, tuple[int, Calibration | None]] = {}
+        if users is None and settings.label_studio_enabled and settings.crowd.from_annotations:
+            from backend.lsclient import make_sdk_client
+
+            url, key = str(settings.label_studio_url), str(settings.label_studio_api_key)
+            users = UserDirectory(lambda: make_sdk_client(url, key))
+        self.crowd_reader = CrowdReader(settings.crowd, settings.expert, users=users)
 
     def publish_initial(self) -> None:
         """Publish ``MODEL_WEIGHTS`` as the first version when the registry is empty (a file copy, fast)."""
@@ -133,6 +171,7 @@ class ModelService:
                 "source": "MODEL_WEIGHTS",
                 "family": self.settings.detector_family,
                 "lsm": lsm_as_dict(self.settings.lsm),
+                "image_normalization": self.settings.image_normalization.as_dict(),
             }
             mv = self.registry.publish(self.settings.model_weights, meta)
             logger.info("published initial weights %s as %s", self.settings.model_weights, mv.version)
@@ -155,7 +194,6 @@ class ModelService:
         Raises:
             NoModelError: nothing published.
         """
-        from model.detector import load_detector
 
         with self._load_lock:
             mv = self.registry.get(version) if version is not None else self.registry.latest()
@@ -166,11 +204,33 @@ class ModelService:
                 )
             if mv.version == self._version:
                 return mv.version
-            detector = load_detector(mv, device=self.settings.device)
+            detector = self._load_version(mv)
+            self.image_normalization(mv.version)  # a version with an unreadable one is not served
             with self._swap_lock:
                 old, self._detector, self._version = self._version, detector, mv.version
             logger.info("model switched %s -> %s", old or "-", mv.version)
             return mv.version
+
+    def image_normalization(self, version: str) -> ImageNormalization:
+        """How images are normalised for ``version``: its meta's ``image_normalization`` (what it was trained
+        with), else the configured ``IMAGE_NORMALIZE``/``IMAGE_PERCENTILES``.
+
+        Raises:
+            ValueError: the meta's value is not a valid normalisation.
+            KeyError: no such version.
+        """
+        if version not in self._normalizations:
+            recorded = self.registry.get(version).meta.get("image_normalization")
+            try:
+                norm = (
+                    ImageNormalization.from_dict(recorded)
+                    if recorded is not None
+                    else self.settings.image_normalization
+                )
+            except ValueError as exc:
+                raise ValueError(f"model version {version}: meta.image_normalization: {exc}") from None
+            self._normalizations[version] = norm
+        return self._normalizations[version]
 
     def current(self, version: str | None = None) -> tuple[Detector, str]:
         """The detector to use now, loading or upgrading to the registry's latest version when needed.
@@ -203,9 +263,28 @@ class ModelService:
                 raise NoModelError(f"model version {latest} could not be loaded; see the backend log")
             return self._detector, str(self._version)
 
+    def calibration(self, version: str) -> Calibration | None:
+        """The stored calibration of ``version`` (``backend.calibration``), re-read when its file changes."""
+        from selection.calibration import Calibration
+
+        path = self.registry.versions_dir / version / CALIBRATION_FILE
+        try:  # one stat per task; the file is read again only when it changed
+            stamp = path.stat().st_mtime_ns
+        except (OSError, ValueError):
+            return None
+        cached = self._calibrations.get(version)
+        if cached is None or cached[0] != stamp:
+            try:
+                stored = json.loads(path.read_text(encoding="utf-8"))["calibration"]
+                cached = (stamp, None if stored is None else Calibration.from_dict(stored))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                logger.warning("calibration %s unreadable (%s); the LSM's grades are used", path, exc)
+                cached = (stamp, None)
+            self._calibrations[version] = cached
+        return cached[1]
+
     def _pinned_detector(self, version: str) -> Detector | None:
         """A detector of an older published version (kept for the last two asked for), or None if unknown."""
-        from model.detector import load_detector
 
         with self._load_lock:
             if version in self._pinned:
@@ -215,11 +294,24 @@ class ModelService:
                 mv = self.registry.get(version)
             except (KeyError, ValueError):
                 return None
-            detector = load_detector(mv, device=self.settings.device)
+            detector = self._load_version(mv)
+            self.image_normalization(version)  # like an unloadable checkpoint, an unreadable one raises
             self._pinned[version] = detector
             while len(self._pinned) > 2:
                 self._pinned.popitem(last=False)
             return detector
+
+    def _load_version(self, mv: ModelVersion) -> Detector:
+        """Load a version with its family, tiled when ``TILE_SIZE`` is set."""
+        from model.detector import load_detector
+
+        detector = load_detector(mv, device=self.settings.device)
+        _check_tiling(mv, self.settings)
+        if self.settings.tiling is None:
+            return detector
+        from model.tiling import TiledDetector
+
+        return TiledDetector(detector, self.settings.tiling)
 
     def detect(self, images: Sequence[np.ndarray | LoadedImage]) -> tuple[list[Detections], list[str], str]:
         """Batched inference: one scored Detections per image, the model's class names, its version."""
@@ -245,6 +337,7 @@ class ModelService:
         """
         detector, served = self.current(version)  # fail fast with 503 before downloading images
         names = list(detector.names)
+        normalization = self.image_normalization(served)
         label_map = schema.label_map(names)
         if label_map.unmapped:
             key = f"{names}->{schema.labels}"
@@ -268,8 +361,8 @@ class ModelService:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
             # Downloads and decoding overlap (sockets and cv2 release the GIL); order is kept.
-            images = list(self._pool.map(lambda item: self._load(tasks, *item), part))
-            loaded: list[tuple[int, LoadedImage, Detections]] = []
+            images = list(self._pool.map(lambda it: self._load(tasks, it[0], it[1], normalization), part))
+            loaded: list[tuple[int, LoadedImage, CrowdLabels]] = []
             for (i, _), image in zip(part, images, strict=True):
                 task = tasks[i]
                 try:
@@ -299,15 +392,17 @@ class ModelService:
         assert all(item is not None for item in out)  # every task got a result or an error
         return [item for item in out if item is not None]
 
-    def _load(self, tasks: Sequence[Mapping[str, Any]], i: int, url: str) -> LoadedImage | ImageLoadError:
+    def _load(
+        self, tasks: Sequence[Mapping[str, Any]], i: int, url: str, normalization: ImageNormalization
+    ) -> LoadedImage | ImageLoadError:
         try:
-            return self.loader.load(url, task=_task_name(tasks[i], i))
+            return self.loader.load(url, task=_task_name(tasks[i], i), normalization=normalization)
         except ImageLoadError as exc:
             return exc
 
     @staticmethod
     def _predict(
-        detector: Detector, loaded: Sequence[tuple[int, LoadedImage, Detections]], *, conf: float
+        detector: Detector, loaded: Sequence[tuple[int, LoadedImage, CrowdLabels]], *, conf: float
     ) -> list[Detections | Exception]:
         """One batched forward pass over a chunk; if it fails, image by image so one bad input fails alone."""
         if not loaded:
@@ -325,15 +420,27 @@ class ModelService:
         self,
         task: Mapping[str, Any],
         image: LoadedImage,
-        crowd: Detections,
+        labels: CrowdLabels,
         pred: Detections,
         schema: LabelSchema,
         version: str,
     ) -> ScoredTask:
+        from selection.calibration import regrade
         from selection.lsm import score_image
 
+        crowd = labels.detections
         score = score_image(crowd, pred, config=self.settings.lsm)
-        proposals = proposals_from_score(crowd, pred, score, score_threshold=self.settings.score_threshold)
+        calibration = self.calibration(version)
+        if calibration is not None:  # grades fitted on the project's expert tasks
+            score = regrade(crowd, pred, score, calibration, agreement=labels.agreement)
+        proposals = proposals_from_score(
+            crowd,
+            pred,
+            score,
+            score_threshold=self.settings.score_threshold,
+            votes=labels.votes,
+            annotators=labels.annotators,
+        )
         regions = build_regions(proposals, schema=schema, width=image.width, height=image.height)
         inst = score.instances
         types = [str(t) for t in inst.noise_type[inst.parent < 0]]
@@ -360,16 +467,11 @@ class ModelService:
             error_cause=cause,
         )
 
-    @staticmethod
-    def _crowd(task: Mapping[str, Any], index: int, image: LoadedImage, schema: LabelSchema) -> Detections:
-        data = task.get("data") or {}
-        records = data.get(CROWD_FIELD)
-        if records is None:
-            return Detections.empty()
+    def _crowd(
+        self, task: Mapping[str, Any], index: int, image: LoadedImage, schema: LabelSchema
+    ) -> CrowdLabels:
         try:
-            return crowd_labels_to_detections(
-                records, width=image.width, height=image.height, label_to_id=schema.label_ids
-            )
+            return self.crowd_reader.read(task, width=image.width, height=image.height, schema=schema)
         except ValueError as exc:
             raise TaskInputError(f"task {_task_name(task, index)}: {exc}") from None
 

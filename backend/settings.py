@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.roles import CrowdPolicy, annotation_email, check_roles, parse_emails
+from formats.images import DEFAULT_PERCENTILES, ImageNormalization, Normalize
 from model.detector import DEFAULT_FAMILY, PREDICT_CONF, family_names, get_family
+from model.tiling import MIN_TILE, Merge, TileConfig
 from selection.lsm import LSMConfig
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "lsm_as_dict",
     "lsm_from_env",
     "lsm_variables",
+    "tiling_from_env",
 ]
 
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
@@ -56,10 +60,14 @@ class ExpertMode(enum.Enum):
 
 @dataclass(frozen=True)
 class ExpertPolicy:
-    """Parsed ``EXPERT_MODE``: ``all`` | ``emails:a@x.org,b@y.org`` | ``ground_truth``."""
+    """Parsed ``EXPERT_MODE``: ``all`` | ``emails:a@x.org,b@y.org`` | ``ground_truth``.
+
+    ``crowd_emails`` (from ``CROWD_USERS=emails:...``) are never experts, even on a ground-truth annotation.
+    """
 
     mode: ExpertMode = ExpertMode.ALL
     emails: frozenset[str] = frozenset()
+    crowd_emails: frozenset[str] = frozenset()
 
     @classmethod
     def parse(cls, text: str) -> ExpertPolicy:
@@ -72,13 +80,10 @@ class ExpertPolicy:
         if head == ExpertMode.GROUND_TRUTH.value and not tail:
             return cls(ExpertMode.GROUND_TRUTH)
         if head == ExpertMode.EMAILS.value:
-            emails = frozenset(e.strip().lower() for e in tail.split(",") if e.strip())
-            bad = sorted(e for e in emails if "@" not in e)
-            if not emails or bad:
-                raise SettingsError(
-                    f"EXPERT_MODE: expected 'emails:' then comma-separated e-mail addresses, got {raw!r}"
-                )
-            return cls(ExpertMode.EMAILS, emails)
+            try:
+                return cls(ExpertMode.EMAILS, parse_emails("EXPERT_MODE", tail))
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from None
         raise SettingsError(
             f"EXPERT_MODE: expected 'all', 'ground_truth' or 'emails:a@x.org,b@y.org', got {raw!r}"
         )
@@ -92,18 +97,14 @@ class ExpertPolicy:
         """
         if annotation.get("was_cancelled"):
             return False
+        email = (user_email or annotation_email(annotation) or "").strip().lower() or None
+        if email is not None and email in self.crowd_emails:
+            return False
         if self.mode is ExpertMode.ALL:
             return True
         if self.mode is ExpertMode.GROUND_TRUTH:
             return bool(annotation.get("ground_truth"))
-        email = user_email
-        author = annotation.get("completed_by")
-        if email is None and isinstance(author, Mapping):
-            email = author.get("email")  # type: ignore[assignment]
-        if email is None and isinstance(annotation.get("created_username"), str):
-            # Label Studio writes "<email>, <id>" there.
-            email = str(annotation["created_username"]).split(",")[0]
-        return email is not None and str(email).strip().lower() in self.emails
+        return email is not None and email in self.emails
 
     def describe(self) -> str:
         """The policy as ``EXPERT_MODE`` text."""
@@ -163,6 +164,26 @@ def _float(environ: Mapping[str, str], name: str, default: float, *, low: float,
     return value
 
 
+def _image_normalization(environ: Mapping[str, str]) -> ImageNormalization:
+    """``IMAGE_NORMALIZE`` (auto | percentile | none) and ``IMAGE_PERCENTILES`` (``low,high``)."""
+    choices = ", ".join(m.value for m in Normalize)
+    mode = _get(environ, "IMAGE_NORMALIZE", Normalize.AUTO.value).lower()
+    if mode not in {m.value for m in Normalize}:
+        raise SettingsError(f"IMAGE_NORMALIZE: expected one of {choices}, got {mode!r}")
+    text = _get(environ, "IMAGE_PERCENTILES", ",".join(str(p) for p in DEFAULT_PERCENTILES))
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise SettingsError(
+            f"IMAGE_PERCENTILES: expected two numbers 'low,high' (e.g. 0.1,99.9), got {text!r}"
+        ) from None
+    try:
+        return ImageNormalization(Normalize(mode), (low, high))
+    except ValueError as exc:
+        raise SettingsError(f"IMAGE_PERCENTILES: {str(exc).removeprefix('percentiles: ')}") from None
+
+
 def _device(text: str) -> str:
     t = text.strip().lower()
     if t in ("auto", "cpu", "cuda") or (t.startswith("cuda:") and t[5:].isdigit()):
@@ -173,6 +194,24 @@ def _device(text: str) -> str:
             f"DEVICE: {text!r} (Apple GPU) is not supported by this backend; use auto, cpu, cuda or cuda:N"
         )
     raise SettingsError(f"DEVICE: expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+def _roles(environ: Mapping[str, str]) -> tuple[ExpertPolicy, CrowdPolicy]:
+    """``EXPERT_MODE`` and ``CROWD_*`` parsed and checked together (see ``backend.roles``)."""
+    expert = ExpertPolicy.parse(_get(environ, "EXPERT_MODE", "all"))
+    try:
+        crowd = CrowdPolicy.parse(
+            _get(environ, "CROWD_SOURCE", ""),
+            _get(environ, "CROWD_USERS", ""),
+            merge_iou=_float(environ, "CROWD_MERGE_IOU", 0.5, low=0.01, high=1.0),
+            min_votes=_int(environ, "CROWD_MIN_VOTES", 1, minimum=1),
+        )
+        check_roles(expert, crowd)
+    except SettingsError:
+        raise
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    return dataclasses.replace(expert, crowd_emails=crowd.emails), crowd
 
 
 LSM_PREFIX = "LSM_"
@@ -241,6 +280,38 @@ def lsm_from_env(environ: Mapping[str, str]) -> LSMConfig:
         raise SettingsError(f"{LSM_PREFIX}*: {exc}") from None
 
 
+_TILE_VARIABLES = {"size": "TILE_SIZE", "overlap": "TILE_OVERLAP", "merge": "TILE_MERGE"}
+
+
+def tiling_from_env(environ: Mapping[str, str]) -> TileConfig | None:
+    """Tiled prediction and training (``TILE_SIZE``, ``TILE_OVERLAP``, ``TILE_MERGE``), or ``None`` when off.
+
+    ``TILE_SIZE`` 0 (the default) turns tiling off; otherwise images larger than ``TILE_SIZE`` pixels are cut
+    into tiles overlapping by at least ``TILE_OVERLAP`` pixels (default 64, at most half a tile) and boxes are
+    merged across tiles by ``TILE_MERGE`` (``nms`` or ``wbf``); see ``model.tiling``.
+
+    Raises:
+        SettingsError: naming the variable.
+    """
+    size = _int(environ, "TILE_SIZE", 0, minimum=0)
+    if size == 0:
+        return None
+    if size < MIN_TILE:
+        raise SettingsError(f"TILE_SIZE: expected 0 (off) or a tile side >= {MIN_TILE} pixels, got {size}")
+    overlap = _int(environ, "TILE_OVERLAP", min(64, size // 2), minimum=0)
+    merge_text = _get(environ, "TILE_MERGE", Merge.NMS.value)
+    try:
+        merge = Merge(merge_text.lower())
+    except ValueError:
+        choices = ", ".join(m.value for m in Merge)
+        raise SettingsError(f"TILE_MERGE: expected one of {choices}, got {merge_text!r}") from None
+    try:
+        return TileConfig(size=size, overlap=overlap, merge=merge)
+    except ValueError as exc:
+        name, _, rest = str(exc).partition(": ")
+        raise SettingsError(f"{_TILE_VARIABLES.get(name, 'TILE_*')}: {rest or exc}") from None
+
+
 def lsm_as_dict(config: LSMConfig) -> dict[str, Any]:
     """``LSMConfig`` as JSON values (enums as their value), e.g. for a model version's meta."""
     out: dict[str, Any] = {}
@@ -266,6 +337,7 @@ class Settings:
             every prediction above ``predict_conf`` and the LSM's own ``score_floor``.
         local_files_document_root: read ``/data/local-files/?d=...`` straight from this folder.
         expert: which annotations are expert labels.
+        crowd: where crowd labels come from and who the crowd users are (``CROWD_*``, see ``backend.roles``).
         train_min_annotations: new expert-annotated tasks needed before an annotation event retrains.
         detector_family: the detector family new versions are trained with (``DETECTOR_FAMILY``); a version
             is always loaded with the family recorded in its meta.
@@ -275,9 +347,12 @@ class Settings:
         log_level: logging level name.
         work_dir: scratch folder for training datasets (default ``model_dir/work``).
         predict_batch: images per forward pass in ``/predict``.
+        image_cache_mb: bound of the disk cache of images fetched from cloud storages through Label Studio
+            (``IMAGE_CACHE_MB``, under ``<scratch_dir>/image-cache``; 0 disables it).
         predict_conf: the prediction confidence floor (``PREDICT_CONF``): detections below it never reach
             the scorer.
         lsm: the LSM thresholds (``LSM_<FIELD>``), used for every scoring and recorded in version meta.
+        tiling: tiled prediction and training of images larger than ``TILE_SIZE`` (``None``: off).
         train_threads: torch CPU threads of the training process (0: all cores but one, at least 1), so
             that inference keeps a core during training.
         train_nice: niceness added to the training process (0-19; 19 also uses Linux's idle scheduling
@@ -285,6 +360,12 @@ class Settings:
         redis_url: ``redis://host:port/db``: training and re-scoring jobs go to an RQ queue there, served by
             ``python -m backend.worker`` (``None``: they run in this process, one at a time).
         tasks_file: train from this JSON file instead of Label Studio (see ``backend.tasksfile``).
+        bootstrap: ``auto`` (``BOOTSTRAP``, the default): with an empty registry and no ``MODEL_WEIGHTS``,
+            the first project that calls the backend gets a first model trained on its crowd labels
+            (``backend.bootstrap``); ``off``: it waits for weights or expert annotations.
+        image_normalization: how decoded images become 8-bit (``IMAGE_NORMALIZE``, ``IMAGE_PERCENTILES``);
+            new versions are trained with it and record it in their meta, and a version predicts with the
+            one in its meta (this one for versions that have none).
     """
 
     model_dir: Path
@@ -295,6 +376,7 @@ class Settings:
     score_threshold: float = 0.25
     local_files_document_root: Path | None = None
     expert: ExpertPolicy = ExpertPolicy()
+    crowd: CrowdPolicy = field(default_factory=CrowdPolicy)
     train_min_annotations: int = 5
     train_epochs: int = 20
     train_imgsz: int = 0
@@ -305,18 +387,27 @@ class Settings:
     log_level: str = "INFO"
     work_dir: Path | None = None
     predict_batch: int = 16
+    image_cache_mb: int = 2048
     detector_family: str = DEFAULT_FAMILY
     predict_conf: float = PREDICT_CONF
     lsm: LSMConfig = field(default_factory=LSMConfig)
+    tiling: TileConfig | None = None
     train_threads: int = 0
     train_nice: int = 10
     redis_url: str | None = field(default=None, repr=False)
     tasks_file: Path | None = None
+    bootstrap: str = "auto"
+    image_normalization: ImageNormalization = field(default_factory=ImageNormalization)
 
     @property
     def scratch_dir(self) -> Path:
         """Where training datasets and job files go."""
         return self.work_dir if self.work_dir is not None else self.model_dir / "work"
+
+    @property
+    def image_cache_dir(self) -> Path:
+        """Where images fetched from cloud storages are cached (shared by every process of the backend)."""
+        return self.scratch_dir / "image-cache"
 
     @property
     def label_studio_enabled(self) -> bool:
@@ -393,6 +484,10 @@ class Settings:
                 f"predictions below PREDICT_CONF), got {predict_conf}"
             )
 
+        bootstrap = _get(environ, "BOOTSTRAP", "auto").lower()
+        if bootstrap not in ("auto", "off"):
+            raise SettingsError(f"BOOTSTRAP: expected auto or off, got {bootstrap!r}")
+        expert, crowd = _roles(environ)
         return cls(
             model_dir=model_dir,
             model_weights=weights,
@@ -401,7 +496,8 @@ class Settings:
             device=_device(_get(environ, "DEVICE", "auto")),
             score_threshold=_float(environ, "SCORE_THRESHOLD", 0.25, low=0.0, high=1.0),
             local_files_document_root=root,
-            expert=ExpertPolicy.parse(_get(environ, "EXPERT_MODE", "all")),
+            expert=expert,
+            crowd=crowd,
             train_min_annotations=_int(environ, "TRAIN_MIN_ANNOTATIONS", 5, minimum=1),
             train_epochs=_int(environ, "TRAIN_EPOCHS", 20, minimum=1),
             train_imgsz=_int(environ, "TRAIN_IMGSZ", 0, minimum=0),
@@ -412,30 +508,38 @@ class Settings:
             log_level=level,
             work_dir=Path(work_text).expanduser() if work_text else None,
             predict_batch=_int(environ, "PREDICT_BATCH", 16, minimum=1),
+            image_cache_mb=_int(environ, "IMAGE_CACHE_MB", 2048, minimum=0),
             detector_family=family_name,
             predict_conf=predict_conf,
             lsm=lsm,
+            tiling=tiling_from_env(environ),
             train_threads=_int(environ, "TRAIN_THREADS", 0, minimum=0),
             train_nice=_bounded_int(environ, "TRAIN_NICE", 10, low=0, high=19),
             redis_url=_redis_url(_get(environ, "REDIS_URL", "")),
             tasks_file=_tasks_file(_get(environ, "TASKS_FILE", "")),
+            bootstrap=bootstrap,
+            image_normalization=_image_normalization(environ),
         )
 
     def log_summary(self, logger: logging.Logger) -> None:
         """Log the configuration without secrets."""
         logger.info(
-            "settings: model_dir=%s device=%s family=%s label_studio=%s api_key=%s expert=%s train_min=%d "
-            "epochs=%d basic_auth=%s local_files_root=%s predict_conf=%s lsm=%s",
+            "settings: model_dir=%s device=%s family=%s label_studio=%s api_key=%s expert=%s crowd=%s "
+            "train_min=%d epochs=%d basic_auth=%s local_files_root=%s predict_conf=%s lsm=%s images=%s "
+            "tiling=%s",
             self.model_dir,
             self.device,
             self.detector_family,
             self.label_studio_url or "-",
             "set" if self.label_studio_api_key else "unset",
             self.expert.describe(),
+            self.crowd.describe(),
             self.train_min_annotations,
             self.train_epochs,
             "on" if self.basic_auth_enabled else "off",
             self.local_files_document_root or "-",
             self.predict_conf,
             lsm_as_dict(self.lsm),
+            self.image_normalization.as_dict(),
+            self.tiling.as_dict() if self.tiling is not None else "off",
         )

@@ -2,9 +2,10 @@
 
 The server writes ``JOB.json`` (dataset items, class names, detector family, options) and waits; this process
 trains through the family's ``train`` (``model.detector``), publishes the weights to the registry with the
-family, the training options and the LSM settings in the version meta, and writes ``result.json`` next to the
-job file (``{"version": ...}`` or ``{"error": ...}``). A separate process keeps the server responsive
-(training holds the GIL and the CPU) and lets a crash or out-of-memory kill only the job.
+family, the training options, the LSM settings and the image normalisation in the version meta, and writes
+``result.json`` next to the job file (``{"version": ...}`` or ``{"error": ...}``). A separate process keeps
+the server responsive (training holds the GIL and the CPU) and lets a crash or out-of-memory kill only the
+job.
 """
 
 from __future__ import annotations
@@ -14,19 +15,74 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from backend.settings import Settings
+
 logger = logging.getLogger(__name__)
+
+PROGRESS_NAME = "progress.json"
+"""Written next to the job file after each epoch: ``{"epoch": k, "epochs": n}`` (read for ``/health``)."""
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """One training image of a job: the file and its boxes (float32 (N, 4) pixels, int64 (N,) class ids)."""
+
+    path: Path
+    xyxy: np.ndarray
+    class_id: np.ndarray
+    width: int
+    height: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The item as the job file holds it (read back by :func:`run_job`)."""
+        return {
+            "path": str(self.path),
+            "xyxy": self.xyxy.tolist(),
+            "class_id": self.class_id.tolist(),
+            "width": self.width,
+            "height": self.height,
+        }
+
+
+def job_settings(settings: Settings) -> dict[str, Any]:
+    """The job fields every training takes from the backend's settings (expert trainings and the bootstrap):
+    registry, ``TRAIN_*`` options, device, family, LSM thresholds (for the meta), logging, threads, niceness.
+    """
+    from backend.settings import lsm_as_dict
+
+    return {
+        "model_dir": str(settings.model_dir),
+        "epochs": settings.train_epochs,
+        "imgsz": settings.train_imgsz or None,
+        "batch": settings.train_batch,
+        "device": settings.device,
+        "family": settings.detector_family,
+        "lsm": lsm_as_dict(settings.lsm),
+        # Every training image (a local file, or one saved at its own depth by the item builders) is
+        # normalised with it by the dataset writer; the job records it in the version's meta.
+        "image_normalization": settings.image_normalization.as_dict(),
+        # Large images train as tiles (TILE_SIZE), at the scale tiled prediction sees them.
+        "tiling": settings.tiling.as_dict() if settings.tiling is not None else None,
+        "log_level": settings.log_level,
+        "threads": settings.train_thread_count,
+        "nice": settings.train_nice,
+    }
 
 
 def run_job(job: dict[str, Any]) -> str:
     """Train and publish; returns the published version name."""
+    from formats.images import ImageNormalization
     from model.dataset import LabeledImage
     from model.detector import DEFAULT_FAMILY, get_family
     from model.registry import ModelRegistry
+    from model.tiling import TileConfig, tile_dataset
     from selection.detections import Detections
 
     def items(key: str) -> list[LabeledImage]:
@@ -39,10 +95,22 @@ def run_job(job: dict[str, Any]) -> str:
 
     family = get_family(str(job.get("family") or DEFAULT_FAMILY))
     imgsz = job.get("imgsz")
+    normalization = ImageNormalization.from_dict(job.get("image_normalization") or {})
     start = time.monotonic()
+    progress_path = Path(job["work_dir"]) / PROGRESS_NAME
+
+    def on_epoch(epoch: int, total: int) -> None:
+        progress_path.write_text(json.dumps({"epoch": epoch, "epochs": total}))
+
+    train, val = items("train"), items("val")
+    tiling = TileConfig(**job["tiling"]) if job.get("tiling") else None
+    if tiling is not None:  # large images train as tiles, at the scale tiled prediction sees them
+        tiles = Path(job["work_dir"]) / "tiles"
+        train = tile_dataset(train, tiles / "train", config=tiling, normalization=normalization)
+        val = tile_dataset(val, tiles / "val", config=tiling, normalization=normalization)
     result = family.train(
-        train=items("train"),
-        val=items("val"),
+        train=train,
+        val=val,
         names=list(job["names"]),
         out_dir=Path(job["work_dir"]),
         init=job.get("init") or None,
@@ -52,9 +120,11 @@ def run_job(job: dict[str, Any]) -> str:
         seed=int(job.get("seed", 0)),
         device=job.get("device", "auto"),
         threads=int(job["threads"]) if job.get("threads") else None,
+        on_epoch=on_epoch,
+        image_normalization=normalization,
     )
     meta = {
-        "source": "expert annotations",
+        "source": str(job.get("source") or "expert annotations"),
         "family": family.name,
         "n_train": len(job["train"]),
         "n_val": len(job["val"]),
@@ -63,9 +133,13 @@ def run_job(job: dict[str, Any]) -> str:
         "seconds": round(time.monotonic() - start, 1),
         "metrics": {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)},
         "names": list(job["names"]),
-        "train_options": result.options,
+        "train_options": {**result.options, "tiling": tiling.as_dict() if tiling is not None else None},
         "lsm": job.get("lsm") or {},
+        "image_normalization": normalization.as_dict(),
+        "trained_on": [int(t) for t in job.get("task_ids") or []],
     }
+    if job.get("project") is not None:
+        meta["project"] = job["project"]
     version = ModelRegistry(Path(job["model_dir"])).publish(result.weights, meta)
     return version.version
 

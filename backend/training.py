@@ -21,20 +21,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-from PIL import Image
-
+from backend.calibration import ProjectCalibration, calibrate_project
 from backend.images import ImageLoader
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema, parse_label_config
 from backend.lsclient import merge_task_data
 from backend.metrics import TrainingCounts
+from backend.roles import UserDirectory, expert_annotation
 from backend.service import ModelService, ScoredTask
-from backend.settings import ExpertPolicy, Settings, lsm_as_dict
+from backend.settings import ExpertMode, ExpertPolicy, Settings
+from backend.train_job import PROGRESS_NAME, TrainItem, job_settings
+from formats.images import write_image
 from formats.labelstudio import regions_to_detections
 
 logger = logging.getLogger(__name__)
@@ -78,34 +78,62 @@ class LabelStudioSource:
                 "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY: both needed to train from Label Studio"
             )
         self._client = make_sdk_client(str(settings.label_studio_url), str(settings.label_studio_api_key))
-        self._emails: dict[int, str] = {}
+        self.users = UserDirectory(lambda: self._client)
 
     def label_config(self, project: int | None) -> str:
         if project is None:
             raise ValueError("project: the webhook did not say which project to train on")
         return str(self._client.projects.get(id=project).label_config)
 
+    @property
+    def client(self) -> Any:
+        """The SDK client (bulk scoring writes through it: ``backend.bulk.LabelStudioWriter``)."""
+        return self._client
+
     def tasks(self, project: int | None) -> list[dict[str, Any]]:
+        return [task for page, _ in self.task_pages(project, 100) for task in page]
+
+    def task_pages(self, project: int | None, page_size: int) -> Iterator[tuple[list[dict[str, Any]], int]]:
+        """The project's tasks a page at a time, ordered by id, each with the project's task count.
+
+        Tasks carry ``annotations`` (with ``completed_by_email``) and ``predictions``.
+        """
         if project is None:
             raise ValueError("project: the webhook did not say which project to train on")
-        out = []
-        for task in self._client.tasks.list(project=project, fields="all", page_size=100):
-            item = _as_dict(task)
-            item["annotations"] = [_as_dict(a) for a in item.get("annotations") or []]
-            for ann in item["annotations"]:
-                author = ann.get("completed_by")
-                if isinstance(author, int):
-                    ann["completed_by_email"] = self._email(author)
-            out.append(item)
-        return out
-
-    def _email(self, user_id: int) -> str:
-        if user_id not in self._emails:
+        query = json.dumps({"ordering": ["tasks:id"]})
+        seen, number = 0, 1
+        while True:
             try:
-                self._emails[user_id] = str(self._client.users.get(id=user_id).email or "")
-            except Exception:  # a deleted or hidden user: not an expert
-                self._emails[user_id] = ""
-        return self._emails[user_id]
+                page = self._client.tasks.list(
+                    project=project,
+                    fields="all",
+                    page=number,
+                    page_size=page_size,
+                    query=query,
+                    # The stored image references (s3://...), the same ones /predict receives.
+                    resolve_uri=False,
+                )
+            except Exception as exc:  # Label Studio answers 404 for a page past the end
+                if number > 1 and getattr(exc, "status_code", None) == 404:
+                    return
+                raise
+            items = [self._item(task) for task in page.items or []]
+            total = int(getattr(page.response, "total", None) or 0)
+            seen += len(items)
+            yield items, total
+            if len(items) < page_size or seen >= total:
+                return
+            number += 1
+
+    def _item(self, task: Any) -> dict[str, Any]:
+        item = _as_dict(task)
+        item["annotations"] = [_as_dict(a) for a in item.get("annotations") or []]
+        item["predictions"] = [_as_dict(p) for p in item.get("predictions") or []]
+        for ann in item["annotations"]:
+            author = ann.get("completed_by")
+            if isinstance(author, int):
+                ann["completed_by_email"] = self.users.email(author) or ""
+        return item
 
     def publish(self, scored: Sequence[ScoredTask]) -> None:
         """Create each scored task's prediction, remove the ones it supersedes, merge the task fields.
@@ -137,39 +165,6 @@ class LabelStudioSource:
                 self._client.predictions.delete(id=old.id)
 
 
-def expert_annotation(task: Mapping[str, Any], policy: ExpertPolicy) -> dict[str, Any] | None:
-    """The task's most recent expert annotation (by ``updated_at``, then ``id``), or None."""
-    best: dict[str, Any] | None = None
-    for ann in task.get("annotations") or []:
-        if not isinstance(ann, Mapping):
-            continue
-        email = ann.get("completed_by_email")
-        if not policy.is_expert(ann, user_email=str(email) if email else None):
-            continue
-        key = (str(ann.get("updated_at") or ""), int(ann.get("id") or 0))
-        if best is None or key >= (str(best.get("updated_at") or ""), int(best.get("id") or 0)):
-            best = dict(ann)
-    return best
-
-
-@dataclass(frozen=True)
-class _Item:
-    path: Path
-    xyxy: np.ndarray
-    class_id: np.ndarray
-    width: int
-    height: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "xyxy": self.xyxy.tolist(),
-            "class_id": self.class_id.tolist(),
-            "width": self.width,
-            "height": self.height,
-        }
-
-
 def training_items(
     tasks: Sequence[Mapping[str, Any]],
     *,
@@ -178,12 +173,14 @@ def training_items(
     policy: ExpertPolicy,
     loader: ImageLoader,
     image_dir: Path,
-) -> list[_Item]:
+) -> list[TrainItem]:
     """Expert-annotated tasks -> training items (image on disk, boxes as model class ids).
 
     Labels map to ``names`` through ``schema.label_map`` read backwards (the same mapping ``/predict`` uses);
     labels that map to no model class (e.g. a ``background`` deletion label) are left out. Images from HTTP
-    or data URIs are saved under ``image_dir`` as PNG.
+    or data URIs are saved under ``image_dir`` at their own depth (``formats.images.write_image``: 16-bit
+    stays 16-bit), so that the dataset writer normalises them exactly as it normalises local files and as
+    ``/predict`` does.
 
     Raises:
         ValueError: no label of the config maps to a model class (training would see no boxes at all).
@@ -206,11 +203,10 @@ def training_items(
         if not isinstance(url, str):
             logger.warning("task %s: no data.%s; skipped for training", tid, schema.image_key)
             continue
-        image = loader.load(url, task=str(tid))
+        image = loader.decode(url, task=str(tid))
         path = image.path
         if path is None:
-            path = image_dir / f"task{tid}.png"
-            Image.fromarray(image.pixels).save(path)
+            path = write_image(image_dir / f"task{tid}", image.pixels)
         regions = [
             r
             for r in ann.get("result") or []
@@ -225,13 +221,66 @@ def training_items(
             from_name=schema.from_name,
         )
         items.append(
-            _Item(path=path, xyxy=det.xyxy, class_id=det.class_id, width=image.width, height=image.height)
+            TrainItem(path=path, xyxy=det.xyxy, class_id=det.class_id, width=image.width, height=image.height)
         )
     return items
 
 
 def count_expert_tasks(tasks: Sequence[Mapping[str, Any]], policy: ExpertPolicy) -> int:
     return sum(expert_annotation(t, policy) is not None for t in tasks)
+
+
+def read_job_progress(job_dir: Path) -> dict[str, Any]:
+    """The running job's progress (``{"epoch": k, "epochs": n}`` once an epoch ended), else ``{}``."""
+    try:
+        progress = json.loads((job_dir / PROGRESS_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return progress if isinstance(progress, dict) else {}
+
+
+def run_train_job(
+    job_dir: Path, job: Mapping[str, Any], *, on_progress: Callable[[dict[str, Any]], None] | None = None
+) -> str:
+    """Write ``job_dir/job.json``, run ``python -m backend.train_job`` on it as a child process, wait.
+
+    Args:
+        job_dir: the job's folder (the child writes ``train.log``, ``progress.json``, ``result.json`` there).
+        job: the job (see ``backend.train_job``).
+        on_progress: called with :func:`read_job_progress` about once a second while the child runs.
+
+    Returns:
+        The published version name.
+
+    Raises:
+        RuntimeError: the job failed (its error and the log's tail in the message).
+    """
+    job_path = job_dir / "job.json"
+    job_path.write_text(json.dumps(job))
+    log_path = job_dir / "train.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backend.train_job", str(job_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(Path(__file__).resolve().parents[1]),
+        )
+        while True:
+            try:
+                returncode = proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if on_progress is not None:
+                    on_progress(read_job_progress(job_dir))
+    result_path = job_dir / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if returncode != 0 or "version" not in result:
+        tail = log_path.read_text(errors="replace")[-800:]
+        raise RuntimeError(
+            f"training job exited with {returncode}: {result.get('error', 'no result')} "
+            f"(log {log_path}): {tail}"
+        )
+    return str(result["version"])
 
 
 class TrainingManager:
@@ -259,8 +308,14 @@ class TrainingManager:
         self._last_version: str | None = None
         self._last_seconds: float | None = None
         self._seen: set[int] = set()  # expert-annotated task ids seen by webhooks since the last training
+        self._bulk: dict[int | None, Any] = {}  # project -> its last bulk-scoring progress
         self.counts = TrainingCounts()  # finished jobs, for /metrics
+        self._pending_kind = "expert"  # "bootstrap": train the first version on crowd labels
+        self._kind: str | None = None
+        self._job_dir: Path | None = None
+        self.on_progress: Callable[[dict[str, Any]], None] | None = None  # e.g. a queue worker's reporter
         self.last_schema_xml: str | None = None
+        self._users: UserDirectory | None = None
 
     def source(self) -> TaskSource:
         if self._source is None:
@@ -277,6 +332,10 @@ class TrainingManager:
                 "pending": self._pending,
                 "new_expert_tasks": len(self._seen),
                 "min_annotations": self.settings.train_min_annotations,
+                "kind": self._kind,
+                "progress": read_job_progress(self._job_dir)
+                if self._state == "running" and self._job_dir is not None
+                else {},
             }
 
     def on_event(
@@ -292,7 +351,8 @@ class TrainingManager:
             return self.request(project)
         if action not in _TRAIN_ACTIONS or annotation is None:
             return "ignored"
-        if not self.settings.expert.is_expert(annotation):
+        email = self._author_email(annotation)
+        if not self.settings.expert.is_expert(annotation, user_email=email):
             return "not an expert annotation"
         task_id = annotation.get("task")
         if task_id is None and task is not None:
@@ -305,10 +365,26 @@ class TrainingManager:
             return f"not enough annotations ({n}/{self.settings.train_min_annotations})"
         return self.request(project)
 
-    def request(self, project: int | None) -> str:
-        """Queue a training job; ``"pending"`` when one is running (it will run once more after it)."""
+    def _author_email(self, annotation: Mapping[str, Any]) -> str | None:
+        """The author's e-mail: webhooks carry ``completed_by`` as a bare user id, resolved through the
+        Label Studio users API (cached) when the policy needs e-mails."""
+        if self.settings.expert.mode is ExpertMode.ALL and not self.settings.expert.crowd_emails:
+            return None
+        if self._users is None and self.settings.label_studio_enabled:
+            from backend.lsclient import make_sdk_client
+
+            url, key = str(self.settings.label_studio_url), str(self.settings.label_studio_api_key)
+            self._users = UserDirectory(lambda: make_sdk_client(url, key))
+        return self._users.author_email(annotation) if self._users is not None else None
+
+    def request(self, project: int | None, *, kind: str = "expert") -> str:
+        """Queue a training job; ``"pending"`` when one is running (it will run once more after it).
+
+        ``kind="bootstrap"`` trains the first version on the project's crowd labels (``backend.bootstrap``).
+        """
         with self._lock:
             self._seen.clear()
+            self._pending_kind = kind
             if project is not None:
                 self._pending_project = project
             if self._thread is not None and self._thread.is_alive():
@@ -324,12 +400,16 @@ class TrainingManager:
         with self._lock:
             return self.counts
 
-    def train_once(self, project: int | None) -> str:
+    def train_once(self, project: int | None, *, kind: str = "expert") -> str:
         """One job, synchronously (what a queue worker runs): train, publish, switch, re-score; the version.
+
+        ``kind="bootstrap"`` trains on the project's crowd labels instead of its expert annotations.
 
         Raises:
             Exception: whatever stopped the job (no expert tasks, Label Studio unreachable, training failed).
         """
+        if kind == "bootstrap":
+            return self._bootstrap_once(project)
         return self._train_once(project)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -349,10 +429,12 @@ class TrainingManager:
                     return
                 self._pending = False
                 project = self._pending_project
+                self._kind, self._pending_kind = self._pending_kind, "expert"
+                self._job_dir = None
                 self._state = "running"
             start = time.monotonic()
             try:
-                version = self._train_once(project)
+                version = self.train_once(project, kind=self._kind)
             except Exception as exc:
                 logger.error("training failed: %s", exc)
                 logger.debug("training failed", exc_info=True)
@@ -402,24 +484,16 @@ class TrainingManager:
         warm = latest if latest is not None and latest.family == family else None
         init = str(warm.weights) if warm is not None else self.settings.train_init
         job = {
+            **job_settings(self.settings),
             "work_dir": str(job_dir),
-            "model_dir": str(self.settings.model_dir),
             "names": names,
             "train": [it.as_json() for it in train],
             "val": [it.as_json() for it in val],
             "init": init,
-            "epochs": self.settings.train_epochs,
-            "imgsz": self.settings.train_imgsz or None,
-            "batch": self.settings.train_batch,
-            "device": self.settings.device,
-            "family": family,
-            "lsm": lsm_as_dict(self.settings.lsm),
-            "log_level": self.settings.log_level,
-            "threads": self.settings.train_thread_count,
-            "nice": self.settings.train_nice,
+            "task_ids": sorted(
+                int(t["id"]) for t in tasks if "id" in t and expert_annotation(t, self.settings.expert)
+            ),
         }
-        job_path = job_dir / "job.json"
-        job_path.write_text(json.dumps(job))
         logger.info(
             "training a %s detector on %d expert tasks (%d val) from %s, %d epochs",
             family,
@@ -428,35 +502,56 @@ class TrainingManager:
             Path(init).name or "the family's default",
             self.settings.train_epochs,
         )
-        log_path = job_dir / "train.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.run(
-                [sys.executable, "-m", "backend.train_job", str(job_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(Path(__file__).resolve().parents[1]),
-                check=False,
-            )
-        result_path = job_dir / "result.json"
-        result = json.loads(result_path.read_text()) if result_path.is_file() else {}
-        if proc.returncode != 0 or "version" not in result:
-            tail = log_path.read_text(errors="replace")[-800:]
-            raise RuntimeError(
-                f"training job exited with {proc.returncode}: {result.get('error', 'no result')} "
-                f"(log {log_path}): {tail}"
-            )
-        version = str(result["version"])
+        self._job_dir = job_dir
+        version = run_train_job(job_dir, job, on_progress=self.on_progress)
         self.service.switch(version)
+        self._calibrate_quietly(schema, tasks, version, project)
         logger.info("now serving %s; re-scoring the non-expert tasks", version)
-        self._rescore(source, schema, tasks)
+        self._rescore(source, schema, tasks, project)
         return version
 
-    def rescore(self, project: int | None) -> int:
-        """Bulk scoring: every non-expert task of the project with the serving version, published in chunks
-        (their superseded predictions removed); the number of tasks scored."""
+    def _bootstrap_once(self, project: int | None) -> str:
+        """Train the first version on the project's crowd labels (``backend.bootstrap``), then re-score."""
+        from backend.bootstrap import new_job_dir, prepare_bootstrap
+
+        source = self.source()
+        job_dir = new_job_dir(self.settings)
+        job = prepare_bootstrap(self.settings, source, project, loader=self.service.loader, job_dir=job_dir)
+        self._job_dir = job_dir
+        version = run_train_job(job_dir, job.job, on_progress=self.on_progress)
+        self.service.switch(version)
+        logger.info("now serving %s (bootstrapped from crowd labels); scoring the tasks", version)
+        self._rescore(source, job.schema, job.tasks, project)
+        return version
+
+    def calibrate(self, project: int | None, *, version: str | None = None) -> ProjectCalibration:
+        """Fit and store the grade calibration of ``version`` (default: the serving one) on the project's
+        expert tasks (``backend.calibration``)."""
         source = self.source()
         schema = parse_label_config(source.label_config(project))
-        return self._rescore(source, schema, source.tasks(project))
+        tasks = source.tasks(project)
+        return calibrate_project(self.service, tasks, schema, version=version, project=project)
+
+    def _calibrate_quietly(
+        self, schema: LabelSchema, tasks: Sequence[Mapping[str, Any]], version: str, project: int | None
+    ) -> None:
+        """Calibrate a new version before it re-scores; a failure leaves the LSM's grades (logged)."""
+        try:
+            calibrate_project(self.service, tasks, schema, version=version, project=project)
+        except Exception as exc:
+            logger.warning("calibration of %s failed (the LSM's grades apply): %s", version, exc)
+
+    def rescore(self, project: int | None, *, on_progress: Any = None) -> int:
+        """Bulk scoring (``backend.bulk``): every non-expert task of the project not yet scored by the
+        serving version, read page by page, scored in chunks, written back; the number of tasks scored.
+
+        Args:
+            project: the Label Studio project.
+            on_progress: also called with each ``backend.bulk.BulkProgress`` (a queue job's meta).
+        """
+        source = self.source()
+        schema = parse_label_config(source.label_config(project))
+        return int(self._bulk_score(source, schema, project, None, on_progress).scored)
 
     def request_rescore(self, project: int | None) -> str:
         """Run :meth:`rescore` in a background thread (one at a time); the status text at once."""
@@ -469,27 +564,95 @@ class TrainingManager:
             self._rescore_thread.start()
         return "re-scoring queued"
 
+    def bulk_status(self) -> dict[str, Any]:
+        """Each project's last bulk-scoring progress (``/health``'s ``bulk_scoring``), by project id."""
+        from backend.bulk import ProgressFile
+
+        with self._lock:
+            known = dict(self._bulk)
+        for saved in ProgressFile(self._bulk_dir()).load_all():  # runs of an earlier process
+            known.setdefault(saved.project, saved)
+        return {("none" if p is None else str(p)): prog.as_dict() for p, prog in known.items()}
+
+    def resume_bulk_scoring(self) -> list[int | None]:
+        """Restart the bulk-scoring runs an earlier process left ``running`` (it died or was stopped);
+        each continues where it stopped (tasks already scored are skipped). The projects resumed."""
+        from backend.bulk import ProgressFile
+
+        resumed = [p.project for p in ProgressFile(self._bulk_dir()).load_all() if p.state == "running"]
+        if not resumed:
+            return []
+        logger.info("resuming the bulk scoring of project(s) %s", ", ".join(map(str, resumed)))
+        with self._lock:  # one thread, the projects one after the other (as request_rescore runs them)
+            self._rescore_thread = threading.Thread(
+                target=self._resume_worker, args=(resumed,), name="rescore", daemon=True
+            )
+            self._rescore_thread.start()
+        return resumed
+
+    def _bulk_dir(self) -> Path:
+        return self.settings.scratch_dir / "bulk-scoring"
+
+    def _resume_worker(self, projects: Sequence[int | None]) -> None:
+        for project in projects:
+            self._rescore_worker(project)
+
     def _rescore_worker(self, project: int | None) -> None:
         try:
             self.rescore(project)
         except Exception as exc:  # a background job: report and carry on
             logger.error("re-scoring project %s failed: %s", project, exc)
 
-    def _rescore(self, source: TaskSource, schema: LabelSchema, tasks: Sequence[Mapping[str, Any]]) -> int:
-        """Score every non-expert task with the new model and publish (chunk errors are logged, not fatal)."""
-        remaining = [t for t in tasks if expert_annotation(t, self.settings.expert) is None]
-        chunk = max(1, self.settings.predict_batch)
-        done = 0
-        for start in range(0, len(remaining), chunk):
-            part = remaining[start : start + chunk]
-            try:
-                scored = self.service.score_tasks(part, schema)
-                source.publish(scored)
-                done += sum(s.ok for s in scored)
-            except Exception as exc:
-                logger.warning("re-scoring tasks %d..%d failed: %s", start, start + len(part) - 1, exc)
-        logger.info("re-scored %d/%d non-expert tasks", done, len(remaining))
-        return done
+    def _bulk_score(
+        self,
+        source: TaskSource,
+        schema: LabelSchema,
+        project: int | None,
+        tasks: Sequence[Mapping[str, Any]] | None,
+        on_progress: Any = None,
+    ) -> Any:
+        """Run ``backend.bulk.run_bulk_scoring``, its progress kept for ``/health`` and in a file."""
+        from backend.bulk import BulkProgress, ProgressFile, run_bulk_scoring
+
+        store = ProgressFile(self._bulk_dir())
+        last_saved = [0.0]
+
+        def keep(progress: BulkProgress) -> None:
+            with self._lock:
+                self._bulk[progress.project] = progress
+            now = time.monotonic()
+            if progress.state != "running" or now - last_saved[0] >= 1.0:
+                last_saved[0] = now
+                store.save(progress)
+            if on_progress is not None:
+                on_progress(progress)
+
+        return run_bulk_scoring(
+            project=project,
+            source=source,
+            service=self.service,
+            schema=schema,
+            is_expert=lambda task: expert_annotation(task, self.settings.expert) is not None,
+            chunk=max(1, self.settings.predict_batch),
+            tasks=tasks,
+            on_progress=keep,
+        )
+
+    def _rescore(
+        self,
+        source: TaskSource,
+        schema: LabelSchema,
+        tasks: Sequence[Mapping[str, Any]],
+        project: int | None = None,
+    ) -> int:
+        """Score the non-expert tasks with the new model and publish them (see :meth:`rescore`)."""
+        if project is None:
+            project = next((int(t["project"]) for t in tasks if isinstance(t.get("project"), int)), None)
+        try:
+            return int(self._bulk_score(source, schema, project, tasks).scored)
+        except Exception as exc:  # the new version serves anyway; POST /rescore finishes the job later
+            logger.warning("re-scoring project %s after the training failed: %s", project, exc)
+            return 0
 
 
 def _add_run(counts: TrainingCounts, seconds: float, *, failed: bool) -> TrainingCounts:

@@ -1,6 +1,8 @@
 """Train, predict and evaluate detectors on one simulated dataset, for the benchmark's arms.
 
 Only the detector interface is used (``model.detector``); the family is ``TrainSpec.family`` (default YOLO).
+With ``TrainSpec.tile`` set, frames larger than a tile are trained on as tiles (``model.tiling.tile_dataset``)
+and predicted tile by tile (``model.tiling.TiledDetector``), whatever the family.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from metrics.ap import APResult, evaluate_ap
 from model.dataset import LabeledImage
 from model.detector import DEFAULT_FAMILY, PREDICT_CONF, Detector, get_family
+from model.tiling import TileConfig, TiledDetector, tile_dataset
 from selection.detections import Detections
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ class TrainSpec:
         cleaning_init: where the first cleaning model starts: ``"noisy"`` fine-tunes the detector trained
             on the crowd labels (cheap labels as pre-training; there are no downloadable weights here),
             ``"scratch"`` trains from ``init`` on the expert seed set alone.
+        tile: tile side in pixels for frames larger than it (0: no tiling); then ``imgsz`` should equal it.
+        tile_overlap: minimum overlap of neighbouring tiles in pixels.
     """
 
     epochs: int = 30
@@ -52,6 +57,13 @@ class TrainSpec:
     family: str = DEFAULT_FAMILY
     init: str | None = None
     cleaning_init: str = "noisy"
+    tile: int = 0
+    tile_overlap: int = 64
+
+    @property
+    def tiling(self) -> TileConfig | None:
+        """The tiling of training and prediction, or ``None`` when ``tile`` is 0."""
+        return TileConfig(size=self.tile, overlap=self.tile_overlap) if self.tile else None
 
 
 # Per preset: how the detectors are trained (CPU-sized for tiny and quick).
@@ -60,6 +72,7 @@ TRAIN_SPECS: dict[str, TrainSpec] = {
     "small": TrainSpec(epochs=20, cleaning_epochs=20, warm_epochs=7, imgsz=160, batch=8),
     "quick": TrainSpec(epochs=30, cleaning_epochs=30, warm_epochs=10, imgsz=160, batch=8),
     "paper": TrainSpec(epochs=60, cleaning_epochs=60, warm_epochs=20, imgsz=320, batch=16),
+    "large": TrainSpec(epochs=30, cleaning_epochs=30, warm_epochs=10, imgsz=320, batch=16, tile=320),
 }
 
 
@@ -158,9 +171,15 @@ class Workbench:
                 if cached.pop("key", None) == key:
                     return TrainedModel(**{**cached, "name": name, "weights": Path(cached["weights"])})
         expert = {i: self.records[i].expert for i in self.val_ids}
+        train_set = self._labeled(ids, labels, repeats)
+        val_set = self._labeled(self.val_ids, expert)
+        tiling = self.spec.tiling
+        if tiling is not None:
+            train_set = tile_dataset(train_set, self.work_dir / name / "tiles" / "train", config=tiling)
+            val_set = tile_dataset(val_set, self.work_dir / name / "tiles" / "val", config=tiling)
         result = get_family(self.spec.family).train(
-            train=self._labeled(ids, labels, repeats),
-            val=self._labeled(self.val_ids, expert),
+            train=train_set,
+            val=val_set,
             names=self.names,
             out_dir=self.work_dir / name,
             init=init or self.spec.init,
@@ -184,7 +203,9 @@ class Workbench:
 
     def detector(self, weights: Path) -> Detector:
         if weights not in self._detectors:
-            self._detectors[weights] = get_family(self.spec.family).load(weights, device=self.spec.device)
+            detector = get_family(self.spec.family).load(weights, device=self.spec.device)
+            tiling = self.spec.tiling
+            self._detectors[weights] = detector if tiling is None else TiledDetector(detector, tiling)
         return self._detectors[weights]
 
     def predict(

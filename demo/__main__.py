@@ -8,8 +8,8 @@ Steps (each reuses what an earlier run left in ``.work/demo``):
    labels of a random seed set; both stages are cached in ``.work/demo/initial``;
 3. start Label Studio (SQLite, 127.0.0.1, port 8080 or the next free one) and the backend (9090 or next);
 4. create the project (labelling config, Local Files storage, tasks with crowd labels), import the seed set's
-   expert labels as annotations, connect the backend, retrieve predictions (which scores every task not yet
-   expert-annotated) and add a Data Manager tab sorted "most suspicious first";
+   expert labels as annotations, connect the backend, bulk-score every task not yet expert-annotated (the
+   backend's ``POST /rescore`` job) and add a Data Manager tab sorted "most suspicious first";
 5. print the URL, the login and what to click, and run until Ctrl-C, which stops both servers.
 """
 
@@ -389,39 +389,34 @@ def setup_project(
     return project, ml_id
 
 
-def score_all_tasks(ls: lsh.LabelStudioServer, project: int, backend_url: str, *, chunk: int = 60) -> None:
-    """Retrieve predictions for the tasks without an expert annotation not yet scored by the serving model.
+def score_all_tasks(project: int, backend_url: str) -> None:
+    """Bulk-score the project through the backend (``POST /rescore``, what ``python -m backend.score`` does).
 
-    Each "Retrieve predictions" call is synchronous and bounded by Label Studio's predict timeout; tasks
-    already scored by this version (an earlier run) are skipped so re-runs add no duplicate predictions.
-    Expert-annotated tasks (the seed set) are left out, as the backend leaves them out after a training:
-    they are no longer candidates for review.
+    The backend scores, in the background and in chunks, every task without an expert annotation that the
+    serving version has not scored yet (so a re-run of the demo scores nothing twice), writes the scores
+    back, and shows its progress in ``/health``; the seed set's expert-annotated tasks are left out, as
+    after a training: they are no longer candidates for review.
     """
-    version = requests.get(f"{backend_url}/health", timeout=10).json().get("latest_version")
-    tasks = [t for t in lsh.list_tasks(ls, project, ordering=("tasks:id",)) if not t.get("total_annotations")]
-    ids = [int(t["id"]) for t in tasks if version is None or t["data"].get("model_version") != version]
-    if not ids:
-        logger.info("predictions: all %d tasks already scored by %s", len(tasks), version)
-        return
-    for start in range(0, len(ids), chunk):
-        part = ids[start : start + chunk]
-        lsh.retrieve_predictions(ls, project, part)
-        logger.info("predictions: %d/%d tasks predicted", min(start + chunk, len(ids)), len(ids))
-    version = requests.get(f"{backend_url}/health", timeout=10).json().get("model_version")
-    wanted = {int(t["id"]) for t in tasks}
-    deadline = time.monotonic() + max(120, len(ids))
-    while True:  # the backend writes the fields into the tasks in the background, after answering
-        pending = [
-            t["id"]
-            for t in lsh.list_tasks(ls, project, ordering=("tasks:id",))
-            if int(t["id"]) in wanted and t["data"].get("model_version") != version
-        ]
-        if not pending:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(pending)} tasks without a score of {version}: {pending[:10]}")
-        time.sleep(1)
-    logger.info("scores: all %d tasks carry discrepancy and noise grade of %s", len(tasks), version)
+    from backend.score import follow
+
+    since = time.time()
+    resp = requests.post(f"{backend_url}/rescore", params={"project": project}, timeout=30)
+    resp.raise_for_status()
+    if resp.json().get("status") == "already running":
+        since = 0.0
+    final = follow(backend_url, project, since=since, interval=2.0, report=logger.info)
+    if final.get("state") != "done":
+        raise RuntimeError(
+            f"bulk scoring of project {project} ended {final.get('state')}: {final.get('error')}"
+        )
+    logger.info(
+        "scores: %d tasks scored, %d already scored by %s, %d expert-annotated, %d failed",
+        final["scored"],
+        final["skipped"],
+        final["version"],
+        final["expert"],
+        final["failed"],
+    )
 
 
 def print_summary(ls: lsh.LabelStudioServer, project: int, view: int, *, n_seed: int) -> None:
@@ -546,10 +541,10 @@ def main(argv: list[str] | None = None) -> int:
         _step(5, total, "project, storage, tasks, backend connection")
         project, _ml = setup_project(ls, data_dir, backend.url, initial.seed_image_ids)
 
-        _step(6, total, "retrieving predictions: the backend scores every task without an expert annotation")
+        _step(6, total, "bulk scoring: the backend scores every task without an expert annotation")
         t0 = time.monotonic()
-        score_all_tasks(ls, project, backend.url)
-        logger.info("predictions: done in %.0f s", time.monotonic() - t0)
+        score_all_tasks(project, backend.url)
+        logger.info("bulk scoring: done in %.0f s", time.monotonic() - t0)
         view = lsh.ensure_suspicious_view(ls, project)
         print_summary(ls, project, view, n_seed=len(initial.seed_image_ids))
 

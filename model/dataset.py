@@ -1,4 +1,11 @@
-"""Write labelled images as an ultralytics (YOLO) dataset folder with a data yaml."""
+"""Write labelled images as an ultralytics (YOLO) dataset folder with a data yaml.
+
+ultralytics reads the dataset's image files itself, with its own conversion (a 16-bit image keeps its high
+byte: 12-bit data becomes nearly black). So that training sees exactly the pixels prediction sees, an image is
+linked only when ``formats.images`` decodes it to 8-bit pixels the normalisation leaves unchanged (what
+ultralytics reads from it too); any other image (16-bit, float, every TIFF, every image under the
+``percentile`` mode) is written as an 8-bit PNG of ``formats.images.normalize_image``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from formats.images import ImageNormalization, normalize_image, read_image
 from formats.yolo import format_yolo_labels
 from selection.detections import Detections
 
@@ -24,7 +32,7 @@ class LabeledImage:
     """One image file with its boxes.
 
     Attributes:
-        path: the image file (any format ultralytics reads; grayscale PNG is fine).
+        path: the image file (any depth and format ``formats.images.read_image`` decodes: PNG, TIFF, JPEG...).
         labels: boxes in pixels of this image (scores, if any, are ignored).
         width: image width in pixels.
         height: image height in pixels.
@@ -56,6 +64,39 @@ def _trainable(labels: Detections, width: int, height: int) -> Detections:
     return Detections(xyxy=clipped.xyxy[keep], class_id=clipped.class_id[keep])
 
 
+# ultralytics reads multi-page, multi-band and oriented TIFFs by its own rules: always give it a PNG.
+_ALWAYS_CONVERTED = (".tif", ".tiff")
+
+
+def _place_image(item: LabeledImage, dst_stem: Path, normalization: ImageNormalization) -> bool:
+    """Link the image as ``dst_stem + suffix`` when ultralytics would read the pixels we would give it, else
+    write the normalised 8-bit PNG ``dst_stem.png``; True when converted.
+
+    Raises:
+        ValueError: the file does not decode, or its size is not the item's ``width`` x ``height``.
+    """
+    import cv2
+
+    src = item.path
+    pixels = read_image(src)
+    if pixels.shape[:2] != (item.height, item.width):
+        raise ValueError(
+            f"{src} is {pixels.shape[1]}x{pixels.shape[0]} pixels, but width x height say "
+            f"{item.width}x{item.height} (the labels would be scaled wrongly)"
+        )
+    suffix = src.suffix.lower()
+    if suffix not in _ALWAYS_CONVERTED and pixels.dtype == np.uint8 and not normalization.stretches(np.uint8):
+        dst = dst_stem.with_name(dst_stem.name + suffix)
+        _link_or_copy(src, dst)
+        return False
+    rgb = normalize_image(pixels, normalization)
+    out = rgb[:, :, 0] if pixels.ndim == 2 else rgb[:, :, ::-1]  # gray stays one channel; cv2 writes BGR
+    dst = dst_stem.with_name(dst_stem.name + ".png")
+    if not cv2.imwrite(str(dst), out):
+        raise OSError(f"cannot write {dst}")
+    return True
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     src = src.resolve()
     try:
@@ -65,7 +106,14 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _write_split(root: Path, split: str, images: Sequence[LabeledImage], num_classes: int) -> None:
+def _write_split(
+    root: Path,
+    split: str,
+    images: Sequence[LabeledImage],
+    num_classes: int,
+    normalization: ImageNormalization,
+) -> int:
+    """Write one split; returns how many images were converted rather than linked."""
     image_dir = root / "images" / split
     label_dir = root / "labels" / split
     for folder in (image_dir, label_dir):
@@ -74,6 +122,7 @@ def _write_split(root: Path, split: str, images: Sequence[LabeledImage], num_cla
         elif folder.exists():
             shutil.rmtree(folder)  # stale files from an earlier write would join the split
         folder.mkdir(parents=True)
+    converted = 0
     for index, item in enumerate(images):
         if not isinstance(item, LabeledImage):
             raise TypeError(f"{split}[{index}]: expected LabeledImage, got {type(item).__name__}")
@@ -86,9 +135,13 @@ def _write_split(root: Path, split: str, images: Sequence[LabeledImage], num_cla
             )
         # Image ids may repeat across source folders: the index prefix keeps the stems unique.
         stem = f"{index:06d}_{item.path.stem}"
-        _link_or_copy(item.path, image_dir / f"{stem}{item.path.suffix.lower()}")
+        try:
+            converted += _place_image(item, image_dir / stem, normalization)
+        except ValueError as exc:
+            raise ValueError(f"{split}[{index}].path: {exc}") from None
         labels = _trainable(item.labels, item.width, item.height)
         (label_dir / f"{stem}.txt").write_text(format_yolo_labels(labels, item.width, item.height))
+    return converted
 
 
 def write_yolo_dataset(
@@ -97,10 +150,13 @@ def write_yolo_dataset(
     val: Sequence[LabeledImage],
     names: Sequence[str],
     test: Sequence[LabeledImage] | None = None,
+    *,
+    normalization: ImageNormalization | None = None,
 ) -> Path:
     """Write an ultralytics dataset: ``images/<split>/`` symlinks, ``labels/<split>/*.txt``, ``data.yaml``.
 
-    Images are relative symlinks to the originals (copies where symlinks fail), named
+    Plain 8-bit images are relative symlinks to the originals (copies where symlinks fail); other images are
+    8-bit PNGs normalised with ``normalization`` (see the module docstring). Files are named
     ``<index>_<stem><suffix>`` so that equal file names from different folders do not collide. Images without
     boxes get an empty label file (background images). Re-writing a root replaces its splits and removes
     ultralytics' stale ``labels/*.cache``.
@@ -111,12 +167,15 @@ def write_yolo_dataset(
         val: validation images (ultralytics needs at least one).
         names: class names, index = class id.
         test: optional test images.
+        normalization: how images become 8-bit; must be the one prediction will use (default:
+            ``ImageNormalization()``, which links every 8-bit PNG/JPEG unchanged).
 
     Returns:
         Absolute path of ``root/data.yaml`` (its ``path:`` is the absolute root).
 
     Raises:
-        ValueError: empty ``train``/``val``/``names``, or a class id outside ``names``.
+        ValueError: empty ``train``/``val``/``names``, a class id outside ``names``, or an image file that
+            does not decode.
         FileNotFoundError: an image file is missing.
     """
     import yaml
@@ -128,6 +187,7 @@ def write_yolo_dataset(
         raise ValueError("train: expected at least one image, got none")
     if not val:
         raise ValueError("val: expected at least one image, got none (ultralytics validates on it)")
+    normalization = normalization if normalization is not None else ImageNormalization()
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     splits: dict[str, Sequence[LabeledImage]] = {"train": train, "val": val}
@@ -140,8 +200,9 @@ def write_yolo_dataset(
             for sub in ("images", "labels"):
                 if (root / sub / split).is_dir():
                     shutil.rmtree(root / sub / split)
+    converted = 0
     for split, images in splits.items():
-        _write_split(root, split, images, len(names))
+        converted += _write_split(root, split, images, len(names), normalization)
     data = {
         "path": str(root),
         **{split: f"images/{split}" for split in splits},
@@ -149,5 +210,11 @@ def write_yolo_dataset(
     }
     data_yaml = root / "data.yaml"
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
-    logger.info("wrote YOLO dataset %s (%s)", root, ", ".join(f"{s}={len(v)}" for s, v in splits.items()))
+    logger.info(
+        "wrote YOLO dataset %s (%s; %d images converted to 8-bit PNG, %s)",
+        root,
+        ", ".join(f"{s}={len(v)}" for s, v in splits.items()),
+        converted,
+        normalization.as_dict(),
+    )
     return data_yaml

@@ -54,6 +54,7 @@ from model.registry import LEGACY_FAMILY
 from selection.detections import Detections
 
 if TYPE_CHECKING:
+    from formats.images import ImageNormalization
     from model.dataset import LabeledImage
     from model.registry import ModelVersion
 
@@ -173,6 +174,7 @@ class DetectorFamily(Protocol):
         keep: Literal["best", "last"] = "best",
         on_epoch: EpochCallback | None = None,
         threads: int | None = None,
+        image_normalization: ImageNormalization | None = None,
     ) -> TrainResult:
         """Train a checkpoint, offline (nothing downloaded), writing only under ``out_dir``.
 
@@ -194,6 +196,9 @@ class DetectorFamily(Protocol):
             on_epoch: progress callback.
             threads: CPU threads the training may use (``None``: every core); the backend leaves cores to
                 inference with it (``TRAIN_THREADS``).
+            image_normalization: how image files become the 8-bit pixels the network trains on
+                (``formats.images``; ``None``: ``ImageNormalization()``). Prediction must be given arrays
+                normalised the same way.
         """
         ...
 

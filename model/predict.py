@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from formats.images import ImageNormalization, normalize_image, read_image
 from model.detector import PREDICT_CONF, ImageInput
 from model.device import configure_threads, import_ultralytics, resolve_device
 from selection.detections import Detections
@@ -37,6 +39,18 @@ def _as_source(image: ImageInput, index: int) -> str | np.ndarray:
             return np.ascontiguousarray(image[:, :, ::-1])  # RGB in, BGR for ultralytics
         raise ValueError(f"images[{index}]: expected an HxW or HxWx3 array, got shape {image.shape}")
     raise TypeError(f"images[{index}]: expected a path or a numpy array, got {type(image).__name__}")
+
+
+def _pixels(source: str | np.ndarray, index: int) -> np.ndarray:
+    """BGR pixels of a source: a path is read as the dataset writer reads it by default (``formats.images``,
+    ``ImageNormalization()``), not by ultralytics, which keeps the high byte of a 16-bit image."""
+    if isinstance(source, np.ndarray):
+        return source
+    try:
+        rgb = normalize_image(read_image(source), ImageNormalization())
+    except ValueError as exc:
+        raise ValueError(f"images[{index}]: {exc}") from None
+    return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
 def _to_detections(result: Any) -> Detections:
@@ -81,12 +95,16 @@ class YoloDetector:
         Args:
             weights: a ``.pt`` file written by ultralytics (e.g. ``TrainResult.weights``).
             device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-            threads: torch CPU threads for inference (default ``os.cpu_count()``).
+            threads: torch CPU threads for inference (default: all cores but one, at least one - as
+                ultralytics itself does: threads spinning at barriers while a core serves another process,
+                e.g. Label Studio on the same machine, made batched inference 14x slower on 2 cores).
             version: label stored as ``.version``.
 
         Raises:
             FileNotFoundError: no file at ``weights`` (nothing is downloaded).
         """
+        if threads is None:
+            threads = max(1, (os.cpu_count() or 1) - 1)
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"weights: no checkpoint file at {path}")
@@ -116,7 +134,8 @@ class YoloDetector:
         """Detect boxes in images.
 
         Args:
-            images: image paths, or uint8 arrays HxW (grayscale) or HxWx3 (RGB).
+            images: image paths (read with ``formats.images`` under the default ``ImageNormalization()``, one
+                chunk of ``batch`` at a time), or uint8 arrays HxW (grayscale) or HxWx3 (RGB).
             conf: minimum confidence kept, in [0, 1]; low by default so that callers threshold themselves.
             iou: NMS IoU threshold in [0, 1].
             imgsz: inference size in pixels; ``None`` uses the size the model was trained at.
@@ -141,7 +160,7 @@ class YoloDetector:
         out: list[Detections] = []
         with self._lock:
             for start in range(0, len(sources), batch):
-                chunk = sources[start : start + batch]
+                chunk = [_pixels(s, start + k) for k, s in enumerate(sources[start : start + batch])]
                 results = self._model.predict(chunk, stream=False, batch=len(chunk), **options)
                 out.extend(_to_detections(r) for r in results)
         return out

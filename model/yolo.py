@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from formats.images import ImageNormalization
 from model.dataset import LabeledImage, write_yolo_dataset
 from model.detector import EpochCallback, TrainResult
 from model.predict import YoloDetector
@@ -68,6 +69,7 @@ class YoloFamily:
         keep: Literal["best", "last"] = "best",
         on_epoch: EpochCallback | None = None,
         threads: int | None = None,
+        image_normalization: ImageNormalization | None = None,
     ) -> TrainResult:
         """Write the dataset to ``out_dir/dataset`` and train in ``out_dir/run`` (see ``DetectorFamily``).
 
@@ -80,7 +82,9 @@ class YoloFamily:
         out_dir = Path(out_dir)
         size = imgsz if imgsz is not None else yolo_imgsz([*train, *val])
         start_from = init if init is not None else self.default_init
-        data_yaml = write_yolo_dataset(out_dir / "dataset", train=train, val=val, names=names)
+        data_yaml = write_yolo_dataset(
+            out_dir / "dataset", train=train, val=val, names=names, normalization=image_normalization
+        )
         result = train_detector(
             data_yaml=data_yaml,
             init=start_from,

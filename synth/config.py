@@ -1,4 +1,5 @@
-"""Simulator settings: frozen dataclasses and the named presets (``tiny``, ``small``, ``quick``, ``paper``).
+"""Simulator settings: frozen dataclasses and the named presets (``tiny``, ``small``, ``quick``, ``paper``,
+``large``).
 
 Sizes that depend on the image (deposit radius, band thickness) are fractions of the image side, so one
 preset scales to another image size unchanged.
@@ -184,6 +185,21 @@ PRESETS: dict[str, SimConfig] = {
     "small": SimConfig(name="small", image_size=160, n_train=120, n_val=20, n_test=60),
     "quick": SimConfig(name="quick", image_size=160, n_train=240, n_val=40, n_test=80),
     "paper": SimConfig(name="paper", image_size=320, n_train=1200, n_val=200, n_test=300),
+    # TEM-sized frames: 2048 px with deposits of 15-60 px (radius 0.4-1.1 % of the side) along a thin
+    # membrane; more groups per frame. Made for tiling (bench.tiling); about 2 s per frame to render.
+    "large": SimConfig(
+        name="large",
+        image_size=2048,
+        n_train=12,
+        n_val=4,
+        n_test=12,
+        scene=SceneConfig(
+            deposit_groups=(6, 14),
+            deposit_radius=(0.004, 0.011),
+            band_thickness=(0.03, 0.05),
+            red_cells=(0, 3),
+        ),
+    ),
 }
 
 

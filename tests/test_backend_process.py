@@ -3,6 +3,7 @@ and ``python -m backend`` as a real subprocess on a free port."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -109,7 +110,11 @@ def test_training_publishes_switches_and_rescores(tmp_path):
     assert len(versions) in (2, 3) and versions[0] == first
     assert service.loaded_version == versions[-1] == status["last_version"]
     meta = service.registry.latest().meta
-    assert meta["n_train"] == 4 and meta["names"] == ["deposit"]
+    assert meta["n_train"] == 4 and meta["names"] == ["deposit"] and meta["trained_on"] == [1, 2, 3, 4]
+    # Calibrated after publishing, on the expert tasks as the first version (which trained on none) saw them.
+    stored = json.loads((service.registry.latest().weights.parent / "calibration.json").read_text())
+    assert stored["version"] == versions[-1] and stored["sources"] == {first: 4}, stored["message"]
+    assert meta["image_normalization"] == settings.image_normalization.as_dict()
     # Only the 2 non-expert tasks are re-scored (after each job), with the version serving at that time.
     rescored = [s.task_id for s in source.published]
     assert rescored == [5, 6] * (len(versions) - 1)

@@ -9,10 +9,19 @@ import pytest
 
 # Modules whose docstring examples are part of the documentation; add a module here when you add examples.
 MODULES = [
+    "backend.bootstrap",
+    "backend.bulk",
+    "backend.calibration",
+    "backend.export",
+    "backend.report",
+    "backend.score",
+    "backend.storage",
+    "formats.images",
     "formats.labelstudio",
     "selection.batch",
     "selection.boxes",
     "selection.calibration",
+    "selection.consensus",
     "selection.correction",
     "selection.lsm",
     "selection.rules",

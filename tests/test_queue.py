@@ -75,6 +75,23 @@ def test_requests_across_replicas_coalesce(tmp_path, redis_server):
     assert status["backend"] == "redis" and status["queue"] == {"training": 3}
 
 
+def test_a_bootstrap_goes_through_the_same_queue_and_lock(tmp_path, redis_server):
+    """BOOTSTRAP=auto with REDIS_URL: the bootstrap is a run_training job of kind "bootstrap" on a worker."""
+    from rq.job import Job
+
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    settings = _settings(tmp_path, url)
+    trainer = RedisTrainer(settings, ModelService(settings, loader=None))  # type: ignore[arg-type]
+    assert trainer.request(5, kind="bootstrap") == "training queued"
+    assert trainer.request(5) == "pending"  # one queued job per project, whatever its kind
+    redis = connect(url)
+    job = Job.fetch(redis.get("alc:train:5:queued").decode(), connection=redis)
+    assert job.func_name == "backend.jobs.run_training" and job.args == (5, "bootstrap")
+    redis.hset("alc:training", mapping={"state": "running", "kind": "bootstrap", "progress": '{"epoch": 2}'})
+    status = trainer.status()
+    assert status["kind"] == "bootstrap" and status["progress"] == {"epoch": 2}
+
+
 def test_backend_keeps_answering_while_redis_is_down(tmp_path):
     """Label Studio stops predicting with a backend whose /health fails: Redis trouble must not reach it."""
     from fastapi.testclient import TestClient
@@ -185,6 +202,14 @@ def test_two_workers_two_replicas_kill_a_worker_mid_training(tmp_path, redis_ser
         )
         scores = tmp_path / "models" / "work" / "scores.jsonl"
         _wait(lambda: len(scores.read_text().splitlines()) == len(scored) + 2, 120, "the bulk scoring", procs)
+
+        def bulk(replica: Proc) -> dict:
+            return requests.get(f"{replica.url}/health", timeout=10).json()["bulk_scoring"].get("1") or {}
+
+        # The worker's progress (job meta) shows on every replica's /health, not only the one asked.
+        _wait(lambda: all(bulk(r).get("state") == "done" for r in replicas), 60, "bulk progress", procs)
+        assert bulk(replicas[0])["scored"] == 2 and bulk(replicas[0])["expert"] == 4
+        assert bulk(replicas[0])["job"] == bulk(replicas[1])["job"]
 
         # kill -9 the worker running the next job: RQ re-queues it, the other worker publishes a version.
         runs_before = int(stats()["runs"])

@@ -1,0 +1,881 @@
+"""``python -m backend.export``: write a project's cleaned dataset (COCO, YOLO or Label Studio JSON).
+
+Per task, one of three sources gives the exported boxes:
+
+* ``expert``: the task's expert annotation (the backend's ``EXPERT_MODE`` policy; the most recent one);
+* ``auto-corrected``: the crowd labels (read as the backend reads them, ``CROWD_SOURCE``: the task field or
+  the crowd users' annotations, fused) with the confident fixes of the serving model applied -- the very
+  ``selection.correction.plan_corrections`` plan the backend renders as proposals (same ``LSM_*``
+  thresholds, predictions at the same ``PREDICT_CONF``), applied by ``correct_labels``;
+* ``crowd``: the crowd labels as they are, when the plan changes nothing.
+
+Instances the plan leaves for an expert (grade ``uncertain``, edit ``review``) stay as the crowd drew them
+(a prediction under review is not added) and are listed in ``review.json`` / ``review.csv``. ``manifest.json``
+records each image's source, the model version, the thresholds and the counts. ``SCORE_THRESHOLD`` only hides
+low-confidence model boxes from annotators; it changes neither the plan nor this export.
+
+Output (``--out DIR``, which must not exist or be empty; written to a temporary folder and renamed)::
+
+    DIR/manifest.json  DIR/review.json  DIR/review.csv
+    coco: DIR/annotations.json  DIR/images/<name>              (COCO file_name = <name>, image id = task id)
+    yolo: DIR/data.yaml  DIR/images/<name>  DIR/labels/<name without suffix>.txt
+    ls:   DIR/tasks.json  (Label Studio import form: the task data, one ground-truth-or-not annotation)
+
+Categories are the labelling config's labels without deletion labels (``background``, ``drop``...): boxes an
+expert labelled with one of those are left out. ``<name>`` is the task's ``image_id`` (or the image URL's file
+name) with the image's suffix, prefixed ``task<id>_`` when two tasks would share it.
+
+Settings come from the backend's environment variables (``Settings.from_env``); flags override them.
+Exit status: 0 done, 2 bad options or settings, 1 Label Studio, model or image failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import enum
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import numpy as np
+
+from backend.bootstrap import WEAK_MAP50, validation_map50
+from backend.crowd import CrowdReader
+from backend.images import ImageLoader, ImageLoadError, LoadedImage
+from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema
+from backend.roles import CrowdPolicy, expert_annotation
+from backend.settings import ExpertPolicy, Settings, SettingsError, lsm_as_dict
+from formats.labelstudio import regions_to_detections
+from selection.correction import CorrectionPlan, Edit, correct_labels, plan_corrections
+from selection.detections import Detections
+from selection.lsm import LSMConfig, score_image
+
+if TYPE_CHECKING:
+    from model.detector import Detector
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CleanedTask",
+    "Decision",
+    "ExportError",
+    "ExportFormat",
+    "ImageSource",
+    "ReviewItem",
+    "clean_tasks",
+    "decide",
+    "export_categories",
+    "main",
+    "review_items",
+    "write_export",
+]
+
+
+class ExportError(RuntimeError):
+    """The export cannot proceed (no such project, no model version, a bad task); the message says why."""
+
+
+class ExportFormat(enum.StrEnum):
+    """Output layouts."""
+
+    COCO = "coco"
+    YOLO = "yolo"
+    LS = "ls"
+
+
+class ImageSource(enum.StrEnum):
+    """Where an image's exported boxes come from."""
+
+    EXPERT = "expert"
+    AUTO_CORRECTED = "auto-corrected"
+    CROWD = "crowd"
+
+
+_APPLIED = ("moved", "dropped", "split", "added")
+"""``Correction.counts`` keys of edits that change the crowd labels."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What is exported for one image.
+
+    Attributes:
+        source: expert, auto-corrected (the plan changed something) or crowd.
+        labels: the exported boxes (pixels, unscored; class ids index the labelling config's labels).
+        plan: the correction plan (None for expert images).
+        counts: ``correct_labels`` counts (kept, moved, dropped, split, added, flagged, vetoed); empty for
+            expert images.
+        discrepancy: the image's LSM discrepancy (None for expert images).
+        grade: the image's worst grade (None for expert images).
+    """
+
+    source: ImageSource
+    labels: Detections
+    plan: CorrectionPlan | None = None
+    counts: Mapping[str, int] = field(default_factory=dict)
+    discrepancy: float | None = None
+    grade: str | None = None
+
+
+def decide(
+    crowd: Detections, pred: Detections | None, expert: Detections | None, *, config: LSMConfig
+) -> Decision:
+    """Decide one image's exported boxes: the expert's, else the crowd's with the plan's fixes applied.
+
+    Args:
+        crowd: the crowd boxes (pixels; class ids = label indices).
+        pred: the serving model's predictions (pixels, scored, class ids already label indices); may be None
+            only when ``expert`` is given.
+        expert: the expert annotation's boxes, or None when the image has none.
+        config: the LSM thresholds the backend scores with.
+
+    Returns:
+        The decision (see :class:`Decision`).
+
+    Raises:
+        ValueError: ``pred`` is None for an image without an expert annotation.
+
+    Example:
+        >>> crowd = Detections(np.array([[100, 100, 120, 120]]), np.array([0]))
+        >>> pred = Detections(np.array([[105, 100, 125, 120]]), np.array([0]), score=np.array([0.9]))
+        >>> d = decide(crowd, pred, None, config=LSMConfig())
+        >>> str(d.source), d.labels.xyxy.tolist(), d.counts["moved"]
+        ('auto-corrected', [[105.0, 100.0, 125.0, 120.0]], 1)
+        >>> str(decide(crowd, None, crowd, config=LSMConfig()).source)
+        'expert'
+    """
+    if expert is not None:
+        return Decision(ImageSource.EXPERT, Detections(expert.xyxy, expert.class_id))
+    if pred is None:
+        raise ValueError("pred: predictions are needed for an image without an expert annotation")
+    score = score_image(crowd, pred, config=config)
+    plan = plan_corrections(crowd, pred, score, config=config)
+    correction = correct_labels(crowd, pred, score, config=config)
+    changed = any(correction.counts[k] for k in _APPLIED)
+    return Decision(
+        source=ImageSource.AUTO_CORRECTED if changed else ImageSource.CROWD,
+        labels=correction.labels,
+        plan=plan,
+        counts=dict(correction.counts),
+        discrepancy=float(score.discrepancy),
+        grade=str(score.grade),
+    )
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """One instance the plan leaves for an expert (a row of the review file).
+
+    Attributes:
+        task_id: the Label Studio task.
+        image: the image's name in the export.
+        xyxy: the box in pixels (the crowd box, or the prediction for a model instance).
+        label: its label name.
+        noise_type: the LSM's noise type.
+        grade: always ``uncertain`` today (the grade that leads to review).
+        severity: in [0, 1].
+        confidence: the model's confidence behind the finding.
+        origin: ``crowd`` (a crowd box, kept in the export) or ``model`` (a prediction, not added).
+    """
+
+    task_id: int
+    image: str
+    xyxy: tuple[float, float, float, float]
+    label: str
+    noise_type: str
+    grade: str
+    severity: float
+    confidence: float
+    origin: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "image": self.image,
+            "box_xyxy": [round(v, 2) for v in self.xyxy],
+            "label": self.label,
+            "noise_type": self.noise_type,
+            "grade": self.grade,
+            "severity": round(self.severity, 4),
+            "confidence": round(self.confidence, 4),
+            "origin": self.origin,
+        }
+
+
+def review_items(
+    plan: CorrectionPlan, *, task_id: int, image: str, labels: Sequence[str]
+) -> list[ReviewItem]:
+    """The plan's ``review`` instances of one image as review-file rows.
+
+    Args:
+        plan: the image's correction plan.
+        task_id: the task id.
+        image: the image's name in the export.
+        labels: label names by class id (the labelling config's labels).
+    """
+    f = plan.findings
+    out = []
+    for i in np.flatnonzero(plan.edit == Edit.REVIEW.value):
+        cls = int(plan.class_id[i])
+        out.append(
+            ReviewItem(
+                task_id=task_id,
+                image=image,
+                xyxy=tuple(float(v) for v in plan.xyxy[i]),  # type: ignore[arg-type]
+                label=labels[cls] if 0 <= cls < len(labels) else str(cls),
+                noise_type=str(f.noise_type[i]),
+                grade=str(f.grade[i]),
+                severity=float(f.severity[i]),
+                confidence=float(f.confidence[i]),
+                origin="crowd" if int(f.source[i]) == 0 else "model",
+            )
+        )
+    return out
+
+
+def export_categories(schema: LabelSchema) -> tuple[list[str], np.ndarray]:
+    """The exported categories and the label -> category map.
+
+    Returns:
+        The config's labels without deletion labels, and int64 (n_labels,) category index per label
+        (-1 for a deletion label, whose boxes are not exported).
+    """
+    categories = [lab for lab in schema.labels if lab.casefold() not in DROP_LABEL_NAMES]
+    index = {lab: i for i, lab in enumerate(categories)}
+    return categories, np.array([index.get(lab, -1) for lab in schema.labels], np.int64)
+
+
+def _to_categories(labels: Detections, label_to_category: np.ndarray) -> Detections:
+    cat = label_to_category[labels.class_id] if len(labels) else labels.class_id
+    keep = cat >= 0
+    return Detections(labels.xyxy[keep], cat[keep].astype(np.int64))
+
+
+@dataclass(frozen=True)
+class CleanedTask:
+    """One exported image.
+
+    Attributes:
+        task_id: the Label Studio task.
+        name: the image's name in the export (relative POSIX path with suffix).
+        data: the task's data (written to the Label Studio export).
+        width, height: image size in pixels.
+        decision: what is exported and why.
+        labels: the exported boxes, class ids = category indices.
+        review: the instances left for an expert.
+    """
+
+    task_id: int
+    name: str
+    data: Mapping[str, Any]
+    width: int
+    height: int
+    decision: Decision
+    labels: Detections
+    review: tuple[ReviewItem, ...]
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._/-]+")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+def _url_path(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme == "data":
+        return ""
+    if parsed.path.startswith("/data/local-files"):
+        return unquote(parse_qs(parsed.query).get("d", [""])[0])
+    return unquote(parsed.path)
+
+
+def image_name(task: Mapping[str, Any], url: str) -> str:
+    """The image's name in the export: ``data.image_id`` (else the URL's file name) plus the image's suffix.
+
+    >>> image_name({"id": 3, "data": {"image_id": "train/000012"}}, "/data/local-files/?d=d/000012.png")
+    'train/000012.png'
+    >>> image_name({"id": 3, "data": {}}, "/data/upload/1/ab12cd34-scan 1.jpg")
+    'ab12cd34-scan_1.jpg'
+    >>> image_name({"id": 3, "data": {}}, "data:image/png;base64,AAAA")
+    'task3.png'
+    """
+    data = task.get("data") or {}
+    path = PurePosixPath(_url_path(url))
+    suffix = path.suffix.lower() if path.suffix.lower() in _IMAGE_SUFFIXES else ".png"
+    stem = str(data.get("image_id") or "") or (path.stem if path.name else "") or f"task{task.get('id')}"
+    parts = [p for p in _UNSAFE.sub("_", stem).split("/") if p not in ("", ".", "..")]
+    return "/".join(parts or [f"task{task.get('id')}"]) + suffix
+
+
+def _task_regions(ann: Mapping[str, Any], schema: LabelSchema) -> list[Mapping[str, Any]]:
+    return [r for r in ann.get("result") or [] if r.get("from_name") == schema.from_name]
+
+
+def clean_tasks(
+    tasks: Sequence[Mapping[str, Any]],
+    *,
+    schema: LabelSchema,
+    detector: Detector | None,
+    loader: ImageLoader,
+    policy: ExpertPolicy,
+    config: LSMConfig,
+    predict_conf: float,
+    batch: int = 16,
+    image_dir: Path | None = None,
+    progress: bool = False,
+    crowd_reader: CrowdReader | None = None,
+) -> list[CleanedTask]:
+    """Decide every task's exported boxes (images loaded and predicted in chunks of ``batch``).
+
+    Args:
+        tasks: Label Studio tasks with ``data`` and ``annotations`` (as ``LabelStudioSource.tasks`` gives
+            them: ``completed_by_email`` set for user ids).
+        schema: the project's labelling config.
+        detector: the serving model; None only when every task has an expert annotation.
+        loader: loads the task images (the backend's loader: same auth and document root).
+        policy: which annotations are expert annotations (``EXPERT_MODE``).
+        config: the LSM thresholds (``LSM_*``).
+        predict_conf: the prediction confidence floor (``PREDICT_CONF``).
+        batch: images per chunk (``PREDICT_BATCH``).
+        image_dir: when given, each image is written there under its export name.
+        progress: show a progress bar (tqdm, on stderr).
+        crowd_reader: reads each task's crowd boxes as the backend does (``CROWD_SOURCE``: the
+            ``crowd_labels`` field or crowd users' annotations, fused per annotator); default: the field.
+
+    Returns:
+        One :class:`CleanedTask` per task, in order.
+
+    Raises:
+        ExportError: a task's image cannot be loaded, its crowd labels or expert regions are malformed, or a
+            task needs the model and there is none.
+    """
+    from tqdm import tqdm
+
+    _, to_category = export_categories(schema)
+    reader = crowd_reader or CrowdReader(CrowdPolicy(), policy, users=None)
+    label_map = schema.label_map(detector.names) if detector is not None else None
+    if label_map is not None and label_map.unmapped:
+        logger.warning(
+            "model classes %s match no label of %s: their predictions are ignored",
+            list(label_map.unmapped),
+            list(schema.labels),
+        )
+    names: set[str] = set()
+    out: list[CleanedTask] = []
+    bar = tqdm(total=len(tasks), desc="exporting", unit="task", disable=not progress)
+    try:
+        for start in range(0, len(tasks), max(1, batch)):
+            chunk = tasks[start : start + max(1, batch)]
+            loaded: list[tuple[Mapping[str, Any], LoadedImage, str, Detections, Detections | None]] = []
+            for task in chunk:
+                tid = task.get("id", "?")
+                data = task.get("data") or {}
+                url = data.get(schema.image_key)
+                if not isinstance(url, str) or not url:
+                    raise ExportError(f"task {tid}: data.{schema.image_key} is missing or not a URL string")
+                try:
+                    image = loader.load(url, task=str(tid))
+                except ImageLoadError as exc:
+                    raise ExportError(str(exc)) from None
+                crowd, expert = _task_labels(task, schema, policy, reader, image)
+                name = image_name(task, url)
+                if name in names:
+                    parent, _, base = name.rpartition("/")
+                    name = f"{parent}/task{tid}_{base}" if parent else f"task{tid}_{base}"
+                names.add(name)
+                if image_dir is not None:
+                    _write_image(image, image_dir / name)
+                loaded.append((task, image, name, crowd, expert))
+            need = [i for i, item in enumerate(loaded) if item[4] is None]
+            preds: dict[int, Detections] = {}
+            if need:
+                if detector is None or label_map is None:
+                    raise ExportError("no model version: tasks without an expert annotation need the model")
+                found = detector.predict(
+                    [loaded[i][1].pixels for i in need], conf=predict_conf, batch=max(1, batch)
+                )
+                preds = {i: label_map.to_labels(p) for i, p in zip(need, found, strict=True)}
+            for i, (task, image, name, crowd, expert) in enumerate(loaded):
+                decision = decide(crowd, preds.get(i), expert, config=config)
+                tid = int(task["id"])
+                review = (
+                    review_items(decision.plan, task_id=tid, image=name, labels=schema.labels)
+                    if decision.plan is not None
+                    else []
+                )
+                out.append(
+                    CleanedTask(
+                        task_id=tid,
+                        name=name,
+                        data=dict(task.get("data") or {}),
+                        width=image.width,
+                        height=image.height,
+                        decision=decision,
+                        labels=_to_categories(decision.labels, to_category),
+                        review=tuple(review),
+                    )
+                )
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    return out
+
+
+def _task_labels(
+    task: Mapping[str, Any],
+    schema: LabelSchema,
+    policy: ExpertPolicy,
+    reader: CrowdReader,
+    image: LoadedImage,
+) -> tuple[Detections, Detections | None]:
+    """The task's crowd boxes and its expert boxes (None without an expert annotation), label indices."""
+    tid = task.get("id", "?")
+    try:
+        crowd = reader.read(task, width=image.width, height=image.height, schema=schema).detections
+    except ValueError as exc:
+        raise ExportError(f"task {tid}: {exc}") from None
+    ann = expert_annotation(task, policy)
+    if ann is None:
+        return crowd, None
+    try:
+        expert = regions_to_detections(
+            _task_regions(ann, schema),
+            label_to_id=schema.label_ids,
+            width=image.width,
+            height=image.height,
+            from_name=schema.from_name,
+        )
+    except ValueError as exc:
+        raise ExportError(f"task {tid}: expert annotation {ann.get('id', '?')}: {exc}") from None
+    return crowd, expert
+
+
+def _write_image(image: LoadedImage, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if image.path is not None and image.path.suffix.lower() == target.suffix:
+        shutil.copyfile(image.path, target)
+        return
+    from PIL import Image
+
+    Image.fromarray(image.pixels).save(target)
+
+
+def _counts(cleaned: Sequence[CleanedTask]) -> dict[str, Any]:
+    sources = Counter(str(c.decision.source) for c in cleaned)
+    edits: Counter[str] = Counter()
+    for c in cleaned:
+        edits.update({k: int(v) for k, v in c.decision.counts.items()})
+    return {
+        "images": len(cleaned),
+        "by_source": {s.value: sources.get(s.value, 0) for s in ImageSource},
+        "boxes": int(sum(len(c.labels) for c in cleaned)),
+        # crowd boxes on the images without an expert annotation (what the corrections act on)
+        "crowd_boxes": int(sum(edits.get(k, 0) for k in ("kept", "moved", "dropped", "split"))),
+        "review_instances": int(sum(len(c.review) for c in cleaned)),
+        "review_images": int(sum(bool(c.review) for c in cleaned)),
+        "edits": {k: edits.get(k, 0) for k in ("kept", "moved", "dropped", "split", "added", "flagged")},
+    }
+
+
+def build_manifest(
+    cleaned: Sequence[CleanedTask],
+    *,
+    fmt: ExportFormat,
+    project: int | None,
+    categories: Sequence[str],
+    model: Mapping[str, Any] | None,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The export's ``manifest.json``: sources, model version, thresholds, counts, one row per image.
+
+    Args:
+        cleaned: the exported tasks.
+        fmt: the output format.
+        project: the Label Studio project id.
+        categories: the exported category names (index = class id in the files).
+        model: ``{"version", "family", "source"}`` of the model version used, or None when none was needed.
+        settings: the settings in force (expert policy, ``PREDICT_CONF``, ``LSM_*``).
+    """
+    return {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "format": fmt.value,
+        "project": project,
+        "label_studio_url": settings.label_studio_url,
+        "categories": list(categories),
+        "model": dict(model) if model is not None else None,
+        "expert_mode": settings.expert.describe(),
+        "crowd": settings.crowd.describe(),
+        "predict_conf": settings.predict_conf,
+        "lsm": lsm_as_dict(settings.lsm),
+        "counts": _counts(cleaned),
+        "images": [
+            {
+                "task_id": c.task_id,
+                "image": c.name,
+                "source": str(c.decision.source),
+                "boxes": len(c.labels),
+                "review": len(c.review),
+                "discrepancy": None if c.decision.discrepancy is None else round(c.decision.discrepancy, 4),
+                "grade": c.decision.grade,
+                "edits": {k: int(v) for k, v in c.decision.counts.items() if v},
+            }
+            for c in cleaned
+        ],
+    }
+
+
+def write_export(
+    out_dir: Path,
+    cleaned: Sequence[CleanedTask],
+    *,
+    fmt: ExportFormat,
+    categories: Sequence[str],
+    schema: LabelSchema,
+    manifest: Mapping[str, Any],
+) -> None:
+    """Write the labels, the review file and the manifest into ``out_dir`` (images are written by
+    :func:`clean_tasks`).
+
+    Args:
+        out_dir: the export folder (created).
+        cleaned: the exported tasks.
+        fmt: the layout (module docstring).
+        categories: category names, index = class id of ``CleanedTask.labels``.
+        schema: the labelling config (control and object names of the Label Studio regions).
+        manifest: the manifest (:func:`build_manifest`).
+    """
+    from formats.coco import CocoImage, to_coco
+    from formats.labelstudio import detections_to_regions
+    from formats.yolo import write_yolo_labels
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fmt is ExportFormat.COCO:
+        coco = to_coco(
+            [CocoImage(c.task_id, c.name, c.width, c.height, c.labels) for c in cleaned],
+            categories=categories,
+        )
+        (out_dir / "annotations.json").write_text(json.dumps(coco, indent=1))
+    elif fmt is ExportFormat.YOLO:
+        import yaml
+
+        for c in cleaned:
+            label_path = (out_dir / "labels" / c.name).with_suffix(".txt")
+            write_yolo_labels(label_path, c.labels, c.width, c.height)
+        # No "path": ultralytics then resolves train/val against the file's own folder (a relative "path"
+        # would be taken from the current directory).
+        spec = {"train": "images", "val": "images", "names": dict(enumerate(categories))}
+        (out_dir / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    else:
+        tasks = []
+        for c in cleaned:
+            regions = detections_to_regions(
+                c.labels,
+                width=c.width,
+                height=c.height,
+                labels=categories,
+                from_name=schema.from_name,
+                to_name=schema.to_name,
+            )
+            tasks.append(
+                {
+                    "id": c.task_id,
+                    "data": dict(c.data),
+                    "annotations": [
+                        {"result": regions, "ground_truth": c.decision.source is ImageSource.EXPERT}
+                    ],
+                    "meta": {"cleaned_source": str(c.decision.source)},
+                }
+            )
+        (out_dir / "tasks.json").write_text(json.dumps(tasks, indent=1))
+    _write_review(out_dir, [r for c in cleaned for r in c.review])
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+REVIEW_COLUMNS = (
+    "task_id",
+    "image",
+    "x1",
+    "y1",
+    "x2",
+    "y2",
+    "label",
+    "noise_type",
+    "grade",
+    "severity",
+    "confidence",
+    "origin",
+)
+"""Columns of ``review.csv`` (box corners in pixels)."""
+
+
+def _write_review(out_dir: Path, items: Iterable[ReviewItem]) -> None:
+    rows = [r.as_json() for r in items]
+    (out_dir / "review.json").write_text(json.dumps(rows, indent=1))
+    with open(out_dir / "review.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(REVIEW_COLUMNS)
+        for r in rows:
+            x1, y1, x2, y2 = r["box_xyxy"]
+            fields = (r["label"], r["noise_type"], r["grade"], r["severity"], r["confidence"], r["origin"])
+            writer.writerow([r["task_id"], r["image"], x1, y1, x2, y2, *fields])
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+_FLAG_VARS = {
+    "url": "LABEL_STUDIO_URL",
+    "api_key": "LABEL_STUDIO_API_KEY",
+    "model_dir": "MODEL_DIR",
+    "document_root": "LOCAL_FILES_DOCUMENT_ROOT",
+    "expert_mode": "EXPERT_MODE",
+    "predict_conf": "PREDICT_CONF",
+    "device": "DEVICE",
+    "batch": "PREDICT_BATCH",
+}
+
+
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """The backend's settings from ``environ``, with the command line's flags and ``--set VAR=VALUE`` over it.
+
+    Raises:
+        SettingsError: as ``Settings.from_env`` (naming the variable).
+    """
+    env = dict(environ)
+    for item in args.set or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SettingsError(f"--set: expected VAR=VALUE, got {item!r}")
+        env[name.strip()] = value
+    for attr, var in _FLAG_VARS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            env[var] = str(value)
+    env.pop("MODEL_WEIGHTS", None)  # the export never publishes; a missing file must not stop it
+    return Settings.from_env(env)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m backend.export",
+        description="Write a Label Studio project's cleaned dataset: expert annotations where there are, "
+        "else the crowd labels with the serving model's confident corrections; uncertain instances go to a "
+        "review file. Settings: the backend's environment variables (MODEL_DIR, LABEL_STUDIO_URL, "
+        "LABEL_STUDIO_API_KEY, LOCAL_FILES_DOCUMENT_ROOT, EXPERT_MODE, PREDICT_CONF, LSM_*); flags override.",
+    )
+    parser.add_argument("--project", type=int, required=True, help="Label Studio project id")
+    parser.add_argument("--format", choices=[f.value for f in ExportFormat], required=True)
+    parser.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
+    parser.add_argument("--version", help="model version to use (default: the registry's latest)")
+    parser.add_argument("--no-images", action="store_true", help="do not copy the images (coco, yolo)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--url", help="LABEL_STUDIO_URL")
+    parser.add_argument("--api-key", help="LABEL_STUDIO_API_KEY")
+    parser.add_argument("--model-dir", help="MODEL_DIR")
+    parser.add_argument("--document-root", help="LOCAL_FILES_DOCUMENT_ROOT")
+    parser.add_argument("--expert-mode", help="EXPERT_MODE (all | ground_truth | emails:a@x,b@y)")
+    parser.add_argument("--predict-conf", help="PREDICT_CONF")
+    parser.add_argument("--device", help="DEVICE")
+    parser.add_argument("--batch", help="PREDICT_BATCH")
+    parser.add_argument(
+        "--set", action="append", metavar="VAR=VALUE", help="any backend setting, e.g. LSM_MATCH_IOU=0.4"
+    )
+    return parser.parse_args(argv)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"--out: {out} exists and is not an empty folder; choose a new one")
+
+
+def run_export(
+    settings: Settings,
+    *,
+    project: int,
+    fmt: ExportFormat,
+    out: Path,
+    version: str | None = None,
+    images: bool = True,
+    progress: bool = True,
+    source: Any = None,
+) -> dict[str, Any]:
+    """Export a project (what the CLI does); returns the manifest.
+
+    Args:
+        settings: the backend settings (Label Studio connection, registry, policies, thresholds).
+        project: the project id.
+        fmt: the output layout.
+        out: the output folder (must not exist, or be empty).
+        version: the model version (default: the registry's latest, the one the backend serves).
+        images: copy the images (coco, yolo).
+        progress: show a progress bar.
+        source: the task source (default: ``backend.training.LabelStudioSource(settings)``).
+
+    Raises:
+        ExportError: no such project, no model version when one is needed, unloadable images, bad tasks.
+    """
+    from backend.labelconfig import LabelConfigError, parse_label_config
+    from backend.lsclient import LabelStudioAuth
+    from backend.lsproject import api_error_message
+    from backend.training import LabelStudioSource, count_expert_tasks
+    from model.registry import ModelRegistry
+
+    _check_out(out)
+    if source is None:
+        if not settings.label_studio_enabled:
+            raise ExportError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or --url and --api-key) are needed")
+        source = LabelStudioSource(settings)
+    try:
+        config_xml = source.label_config(project)
+    except Exception as exc:
+        if getattr(exc, "status_code", None) == 404:
+            raise ExportError(
+                f"project {project}: not found in Label Studio at {settings.label_studio_url}"
+            ) from None
+        raise ExportError(f"project {project}: {api_error_message(exc)}") from None
+    try:
+        schema = parse_label_config(config_xml)
+    except LabelConfigError as exc:
+        raise ExportError(f"project {project}: {exc}") from None
+    tasks = source.tasks(project)
+    if not tasks:
+        raise ExportError(f"project {project}: has no tasks")
+
+    registry = ModelRegistry(settings.model_dir)
+    detector = None
+    model_info: dict[str, Any] | None = None
+    if count_expert_tasks(tasks, settings.expert) < len(tasks):
+        try:
+            mv = registry.get(version) if version else registry.latest()
+        except KeyError as exc:
+            raise ExportError(str(exc.args[0])) from None
+        if mv is None:
+            raise ExportError(
+                f"no model version in {settings.model_dir} (MODEL_DIR), and "
+                f"{len(tasks) - count_expert_tasks(tasks, settings.expert)} tasks have no expert annotation: "
+                f"train one first (python -m backend.bootstrap --project {project})"
+            )
+        from model.detector import load_detector
+
+        detector = load_detector(mv, device=settings.device)
+        model_info = {
+            "version": mv.version,
+            "family": mv.family,
+            "source": mv.meta.get("source"),
+            "validation_map50": validation_map50(mv.meta),
+        }
+        logger.info("predicting with %s", mv.version)
+    auth = (
+        LabelStudioAuth(str(settings.label_studio_url), str(settings.label_studio_api_key))
+        if settings.label_studio_enabled
+        else None
+    )
+    loader = ImageLoader.from_settings(settings, auth=auth)
+    categories, _ = export_categories(schema)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        with_images = images and fmt is not ExportFormat.LS
+        cleaned = clean_tasks(
+            tasks,
+            schema=schema,
+            detector=detector,
+            loader=loader,
+            policy=settings.expert,
+            config=settings.lsm,
+            predict_conf=settings.predict_conf,
+            batch=settings.predict_batch,
+            image_dir=staging / "images" if with_images else None,
+            progress=progress,
+            crowd_reader=CrowdReader(settings.crowd, settings.expert, users=None),
+        )
+        manifest = build_manifest(
+            cleaned, fmt=fmt, project=project, categories=categories, model=model_info, settings=settings
+        )
+        write_export(staging, cleaned, fmt=fmt, categories=categories, schema=schema, manifest=manifest)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the export; returns the exit status."""
+    args = parse_args(argv)
+    try:
+        settings = settings_from(args, os.environ)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "WARNING").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(settings.scratch_dir / "yolo-config"))
+    out = Path(args.out).expanduser()
+    try:
+        _check_out(out)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        manifest = run_export(
+            settings,
+            project=args.project,
+            fmt=ExportFormat(args.format),
+            out=out,
+            version=args.version,
+            images=not args.no_images,
+            progress=not args.no_progress,
+        )
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    counts = manifest["counts"]
+    by = counts["by_source"]
+    model = manifest["model"]
+    print(
+        f"project {args.project}: {counts['images']} images exported as {args.format} to {out} "
+        f"({by['expert']} expert, {by['auto-corrected']} auto-corrected, {by['crowd']} crowd); "
+        f"{counts['boxes']} boxes"
+    )
+    edits = ", ".join(f"{v} {k}" for k, v in counts["edits"].items() if v and k != "kept") or "none"
+    n_crowd = counts["crowd_boxes"]
+    if model is None:
+        print("no model needed (every image has an expert annotation)")
+    else:
+        quality = model["validation_map50"]
+        trained = f"{model['source'] or 'no source recorded'}" + (
+            f", validation mAP50 {quality:.3f}" if quality is not None else ""
+        )
+        print(f"model {model['version']} ({trained})")
+        print(f"corrections applied to {n_crowd} crowd boxes of non-expert images: {edits}")
+        if quality is not None and quality < WEAK_MAP50:
+            print(
+                f"warning: {model['version']} reported validation mAP50 {quality:.3f} (< {WEAK_MAP50}): a "
+                "model that misses most objects proposes deleting the crowd boxes it cannot see; check the "
+                "manifest before using this export, or train further first",
+                file=sys.stderr,
+            )
+    print(
+        f"review: {counts['review_instances']} uncertain instances on {counts['review_images']} images "
+        f"-> {out / 'review.csv'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

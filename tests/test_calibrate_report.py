@@ -1,0 +1,213 @@
+"""Project calibration (``backend.calibrate``) and the project report (``backend.report``), in-process.
+
+A fake detector (the ``model.detector.Detector`` interface: ``names``, ``predict``) predicts the one real
+object of every image. Each task's crowd labels hold that
+object and one more box the model does not see: on half the tasks a small box on background (a true crowd
+error), on the other half a large real object the expert also drew (the model missed it, so the LSM's
+``background`` finding is wrong). The box size separates the two, so a calibration can learn it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+sys.path.insert(0, str(Path(__file__).parent))
+from backend_helpers import LABEL_CONFIG, data_uri
+
+from backend.app import create_app
+from backend.calibration import type_table
+from backend.service import CALIBRATION_FILE
+from backend.settings import Settings
+from formats.labelstudio import detections_to_regions
+from selection.detections import Detections
+
+SIZE = 64
+REAL = [10.0, 10.0, 30.0, 30.0]
+SMALL = [40.0, 40.0, 46.0, 46.0]  # background: a true crowd error
+LARGE = [34.0, 34.0, 60.0, 60.0]  # a real object the model misses: not an error
+
+
+def _pct(box: list[float]) -> dict[str, Any]:
+    x1, y1, x2, y2 = box
+    return {
+        "x": 100 * x1 / SIZE,
+        "y": 100 * y1 / SIZE,
+        "width": 100 * (x2 - x1) / SIZE,
+        "height": 100 * (y2 - y1) / SIZE,
+        "label": "deposit",
+    }
+
+
+def _image(tid: int) -> str:
+    return data_uri(np.full((SIZE, SIZE, 3), tid, np.uint8))
+
+
+def _task(tid: int, extra: list[float], *, expert: bool) -> dict[str, Any]:
+    task: dict[str, Any] = {
+        "id": tid,
+        "data": {"image": _image(tid), "crowd_labels": [_pct(REAL), _pct(extra)]},
+        "annotations": [],
+    }
+    if expert:
+        truth = [REAL] + ([extra] if extra is LARGE else [])
+        dets = Detections(np.array(truth, np.float32), np.zeros(len(truth), np.int64))
+        result = detections_to_regions(
+            dets, width=SIZE, height=SIZE, labels=["deposit"], from_name="label", to_name="image"
+        )
+        task["annotations"] = [{"id": 1000 + tid, "result": result, "completed_by": 1}]
+    return task
+
+
+class FakeDetector:
+    """Predicts the real object of every image (score .9), never the large one."""
+
+    names = ("deposit",)
+
+    def predict(self, images: list[np.ndarray], *, conf: float, batch: int) -> list[Detections]:
+        assert all(image.shape == (SIZE, SIZE, 3) for image in images)
+        one = Detections(np.array([REAL], np.float32), np.zeros(1, np.int64), np.array([0.9]))
+        return [one for _ in images]
+
+
+class FakeSource:
+    """A project in memory (the ``backend.training.TaskSource`` interface)."""
+
+    def __init__(self, tasks: list[dict[str, Any]]) -> None:
+        self._tasks = tasks
+        self.published: list[Any] = []
+
+    def label_config(self, project: int | None) -> str:
+        return LABEL_CONFIG
+
+    def tasks(self, project: int | None) -> list[dict[str, Any]]:
+        return self._tasks
+
+    def publish(self, scored: Any) -> None:
+        self.published.extend(scored)
+
+
+def _project() -> list[dict[str, Any]]:
+    expert = [_task(t, SMALL if t % 2 else LARGE, expert=True) for t in range(1, 49)]
+    crowd_only = [_task(t, SMALL if t % 2 else LARGE, expert=False) for t in range(101, 105)]
+    crowd_only[0]["data"]["noise_grade"] = "major"
+    return expert + crowd_only
+
+
+@pytest.fixture
+def app_for(tmp_path, monkeypatch):
+    import model.detector
+    from model.registry import ModelRegistry
+
+    monkeypatch.setattr(model.detector, "load_detector", lambda mv, device=None: FakeDetector())
+    weights = tmp_path / "fake.pt"
+    weights.write_bytes(b"not read: the detector is faked")
+
+    def build(*trained_on: list[int]) -> tuple[TestClient, Any]:
+        """Versions trained on these task ids, oldest first; the last one serves."""
+        settings = Settings.from_env({"MODEL_DIR": str(tmp_path / "models"), "DEVICE": "cpu"})
+        for ids in trained_on:
+            ModelRegistry(settings.model_dir).publish(weights, {"family": "yolo", "trained_on": ids})
+        app = create_app(settings, source=FakeSource(_project()))
+        return TestClient(app), app
+
+    return build
+
+
+def _meta_of(client: TestClient, task: dict[str, Any], region_id: str) -> str:
+    body = {"tasks": [task], "label_config": LABEL_CONFIG}
+    result = client.post("/predict", json=body).json()["results"][0]["result"]
+    texts = [r["meta"]["text"][0] for r in result if r["id"] == region_id]
+    assert texts, [r["id"] for r in result]
+    return texts[0]
+
+
+def test_calibration_fits_on_untrained_expert_tasks_and_predict_regrades(app_for):
+    client, app = app_for(list(range(1, 9)))
+    probe = _task(150, LARGE, expert=False)  # a real object the model misses, drawn by the crowd
+    assert "background · major" in _meta_of(client, probe, "drop-crowd1")  # the LSM's constant grade
+
+    answer = client.post("/calibrate?project=1").json()
+    assert answer["n_tasks"] == 40 and answer["n_excluded"] == 8  # tasks 1..8 were trained on
+    assert answer["sources"] == {app.state.service.latest_version(): 40}
+    assert answer["fitted_types"] == ["background"]
+    row = {r["noise_type"]: r for r in answer["types"]}["background"]
+    assert row["examples"] == 40 and row["errors"] == 20 and row["fitted"]
+    assert row["precision_before"] == pytest.approx(0.5) and row["precision"] == pytest.approx(1.0)
+    assert row["recall"] == pytest.approx(1.0)
+    assert not {r["noise_type"]: r for r in answer["types"]}["missed"]["fitted"]
+
+    version = app.state.service.latest_version()
+    stored = Path(app.state.settings.model_dir) / "versions" / version / CALIBRATION_FILE
+    assert stored.is_file()
+    # The large box is kept now; a small stray box is still fixed.
+    assert "background · clean · keep" in _meta_of(client, probe, "crowd1-background")
+    small = _task(151, SMALL, expert=False)
+    assert "background · major · drop" in _meta_of(client, small, "drop-crowd1")
+
+
+def test_calibration_says_so_when_the_version_trained_on_every_expert_task(app_for):
+    client, app = app_for(list(range(1, 49)))
+    answer = client.post("/calibrate?project=1").json()
+    assert answer["n_tasks"] == 0 and answer["n_excluded"] == 48 and answer["calibration"] is None
+    assert "did not train on" in answer["message"]
+    version = app.state.service.latest_version()
+    assert not (Path(app.state.settings.model_dir) / "versions" / version / CALIBRATION_FILE).exists()
+
+
+def test_calibration_takes_examples_from_the_newest_version_not_trained_on_each_task(app_for):
+    client, app = app_for([], list(range(1, 9)), list(range(1, 49)))  # v3 trained on every expert task
+    first, second, third = app.state.service.versions()
+    answer = client.post("/calibrate?project=1").json()
+    assert answer["version"] == third and answer["n_excluded"] == 0
+    assert answer["sources"] == {first: 8, second: 40}
+    assert answer["fitted_types"] == ["background"]
+    assert (Path(app.state.settings.model_dir) / "versions" / third / CALIBRATION_FILE).is_file()
+    older = client.post(f"/calibrate?project=1&version={first}")
+    assert older.status_code == 200 and older.json()["sources"] == {first: 48}
+    unknown = client.post("/calibrate?project=1&version=v9999-20260101T000000")
+    assert unknown.status_code == 404 and "v9999" in unknown.json()["detail"]
+
+
+def test_report_json_and_html(app_for):
+    client, _ = app_for(list(range(1, 9)))
+    before = client.get("/report?project=1").json()
+    assert before["calibration"] is None
+    assert set(before["errors_remaining"]["basis"].values()) == {"severity"}
+    client.post("/calibrate?project=1")
+    report = client.get("/report?project=1").json()
+    assert report["expert_tasks"] == {"done": 48, "total": 52}
+    assert report["tasks_by_grade"]["major"] == 1 and report["tasks_by_grade"]["unscored"] == 3
+    errors = report["errors_remaining"]
+    assert errors["tasks"] == 4 and errors["basis"] == {"background": "calibrated"}
+    # Two small stray boxes (p ~ 1) and two large real ones (p ~ 0) remain.
+    assert errors["expected"] == pytest.approx(2.0, abs=0.3)
+    (version,) = report["versions"]
+    assert version["trained_on"] == 8 and version["tasks"] == 40 and version["calibrated"]
+    assert 0.4 < version["ap50"] < 1.0  # finds every real object, misses the large ones
+    assert report["calibration"]["types"][0]["noise_type"] == "background"
+
+    page = client.get("/report?project=1&format=html")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.text.count("data:image/png;base64,") == 3 and "Estimated label errors remaining" in page.text
+    assert client.get("/report?project=1&format=pdf").status_code == 400
+
+
+def test_type_table_without_examples():
+    rows = type_table({}, {})
+    assert [r["noise_type"] for r in rows] == ["background", "localization", "box_in_box", "missed"]
+    assert all(r["examples"] == 0 and r["precision"] is None and not r["fitted"] for r in rows)
+
+
+def test_report_and_calibrate_before_any_version(app_for):
+    client, _ = app_for()  # nothing published
+    report = client.get("/report?project=1").json()
+    assert report["serving_version"] is None and report["errors_remaining"] is None
+    assert report["versions"] == [] and report["expert_tasks"] == {"done": 48, "total": 52}
+    assert "data:image/png;base64," in client.get("/report?project=1&format=html").text
+    assert client.post("/calibrate?project=1").status_code == 503

@@ -1,0 +1,379 @@
+"""``backend.export``: the per-image decision, the review file, the manifest and the three layouts read back
+through ``formats/`` (a fake detector behind the detector interface; images as data URIs, no Label Studio)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import make_detections
+
+from backend.export import (
+    ExportError,
+    ExportFormat,
+    ImageSource,
+    build_manifest,
+    clean_tasks,
+    decide,
+    image_name,
+    run_export,
+    write_export,
+)
+from backend.images import ImageLoader
+from backend.labelconfig import parse_label_config
+from backend.protocol import proposals_from_score
+from backend.settings import ExpertPolicy, Settings
+from formats.coco import from_coco
+from formats.labelstudio import detections_to_crowd_labels, detections_to_regions, regions_to_detections
+from formats.yolo import read_yolo_labels
+from model.detector import Detector
+from selection.detections import Detections
+from selection.lsm import LSMConfig, score_image
+
+CONFIG_XML = (
+    '<View><Image name="image" value="$image"/><RectangleLabels name="label" toName="image">'
+    '<Label value="deposit"/><Label value="background"/></RectangleLabels></View>'
+)
+SCHEMA = parse_label_config(CONFIG_XML)
+EXPERT = "expert@lab.org"
+POLICY = ExpertPolicy.parse(f"emails:{EXPERT}")
+
+
+class WidthKeyedDetector:
+    """A fake detector: the predictions of an image are looked up by its width (each test image differs)."""
+
+    version = "v0001-fake"
+
+    def __init__(self, by_width: dict[int, Detections]) -> None:
+        self.names = ["deposit"]
+        self.by_width = by_width
+        self.calls: list[int] = []
+
+    def predict(self, images: Any, *, conf: float = 0.01, batch: int = 16) -> list[Detections]:
+        out = []
+        for im in images:
+            pred = self.by_width.get(int(np.asarray(im).shape[1]), Detections.empty(with_score=True))
+            self.calls.append(int(np.asarray(im).shape[1]))
+            assert pred.score is not None
+            out.append(pred.subset(pred.score >= conf))
+        return out
+
+
+def _uri(width: int, height: int = 100) -> str:
+    from backend_helpers import data_uri
+
+    return data_uri(np.full((height, width), 128, np.uint8))
+
+
+CLEAN = make_detections([[10, 10, 30, 30]])
+CLEAN_PRED = make_detections([[10, 10, 30, 30]], scores=[0.9])
+# A crowd box the model confirms, a crowd box on nothing (dropped), a prediction the crowd missed with a
+# middling score (uncertain: left for review, not added).
+NOISY = make_detections([[10, 10, 30, 30], [60, 60, 80, 80]])
+NOISY_PRED = make_detections([[10, 10, 30, 30], [100, 20, 120, 40]], scores=[0.9, 0.4])
+EXPERT_BOXES = make_detections([[5, 5, 25, 25], [40, 40, 60, 60]], classes=[0, 1])  # 2nd: "background"
+
+
+def _task(tid: int, width: int, crowd: Detections, *, expert: Detections | None = None) -> dict[str, Any]:
+    data = {
+        "image": _uri(width),
+        "image_id": f"img/{tid:03d}",
+        "crowd_labels": detections_to_crowd_labels(crowd, width=width, height=100, labels=SCHEMA.labels),
+    }
+    annotations = [
+        {
+            "id": 100 + tid,
+            "completed_by": 7,
+            "completed_by_email": "crowd@lab.org",
+            "result": detections_to_regions(
+                crowd, width=width, height=100, labels=SCHEMA.labels, from_name="label", to_name="image"
+            ),
+        }
+    ]
+    if expert is not None:
+        regions = detections_to_regions(
+            expert, width=width, height=100, labels=SCHEMA.labels, from_name="label", to_name="image"
+        )
+        annotations.append(
+            {"id": 200 + tid, "completed_by": 3, "completed_by_email": EXPERT, "result": regions}
+        )
+    return {"id": tid, "data": data, "annotations": annotations}
+
+
+def _tasks() -> list[dict[str, Any]]:
+    return [
+        _task(1, 150, NOISY, expert=EXPERT_BOXES),
+        _task(2, 160, NOISY),
+        _task(3, 170, CLEAN),
+    ]
+
+
+def _detector() -> WidthKeyedDetector:
+    return WidthKeyedDetector({150: NOISY_PRED, 160: NOISY_PRED, 170: CLEAN_PRED})
+
+
+def _clean(tasks: list[dict[str, Any]], detector: Detector | None, **kw: Any) -> Any:
+    return clean_tasks(
+        tasks,
+        schema=SCHEMA,
+        detector=detector,
+        loader=ImageLoader(),
+        policy=POLICY,
+        config=LSMConfig(),
+        predict_conf=0.01,
+        batch=2,
+        **kw,
+    )
+
+
+# --- the per-image decision --------------------------------------------------------------------------------
+
+
+def test_expert_annotation_wins_over_crowd_and_model():
+    d = decide(NOISY, NOISY_PRED, EXPERT_BOXES, config=LSMConfig())
+    assert d.source is ImageSource.EXPERT and d.plan is None and not d.counts
+    np.testing.assert_array_equal(d.labels.xyxy, EXPERT_BOXES.xyxy)
+    assert d.labels.score is None
+
+
+def test_confident_fixes_are_applied_and_uncertain_ones_left():
+    d = decide(NOISY, NOISY_PRED, None, config=LSMConfig())
+    assert d.source is ImageSource.AUTO_CORRECTED
+    np.testing.assert_array_equal(d.labels.xyxy, [[10, 10, 30, 30]])  # background box dropped, 0.4 not added
+    assert d.counts["dropped"] == 1 and d.counts["added"] == 0 and d.counts["flagged"] == 1
+    assert d.grade == "uncertain" and d.discrepancy is not None and d.discrepancy > 0
+
+
+def test_crowd_labels_the_model_confirms_are_exported_unchanged():
+    d = decide(CLEAN, CLEAN_PRED, None, config=LSMConfig())
+    assert d.source is ImageSource.CROWD
+    np.testing.assert_array_equal(d.labels.xyxy, CLEAN.xyxy)
+
+
+def test_an_image_without_expert_needs_predictions():
+    with pytest.raises(ValueError, match="pred: predictions are needed"):
+        decide(CLEAN, None, None, config=LSMConfig())
+
+
+def test_export_is_the_plan_annotators_see(rng):
+    """Exported boxes == the proposals shown in Label Studio, minus deletions and unadded predictions."""
+    from conftest import random_boxes
+
+    for _ in range(30):
+        crowd = make_detections(random_boxes(int(rng.integers(0, 6)), rng))
+        pred_boxes = np.concatenate([crowd.xyxy + rng.normal(0, 3, crowd.xyxy.shape), random_boxes(2, rng)])
+        pred_boxes = np.sort(pred_boxes.reshape(-1, 2, 2), axis=1).reshape(-1, 4)
+        pred = make_detections(pred_boxes, scores=rng.uniform(0.05, 1.0, len(pred_boxes)))
+        d = decide(crowd, pred, None, config=LSMConfig())
+        shown = proposals_from_score(crowd, pred, score_image(crowd, pred))
+        kept = [p.xyxy for p in shown if not p.drop and not (p.source == "model" and p.action == "review")]
+        np.testing.assert_allclose(d.labels.xyxy, np.array(kept, np.float32).reshape(-1, 4), atol=1e-4)
+
+
+# --- tasks -> cleaned images --------------------------------------------------------------------------------
+
+
+def test_clean_tasks_decides_each_task_and_lists_review_items():
+    detector = _detector()
+    cleaned = _clean(_tasks(), detector)
+    assert [str(c.decision.source) for c in cleaned] == ["expert", "auto-corrected", "crowd"]
+    assert sorted(detector.calls) == [160, 170]  # the expert image is not predicted
+    assert [c.name for c in cleaned] == ["img/001.png", "img/002.png", "img/003.png"]
+    # The expert's "background" box is a deletion label: not exported.
+    np.testing.assert_allclose(cleaned[0].labels.xyxy, [[5, 5, 25, 25]], atol=1e-3)
+    assert cleaned[0].labels.class_id.tolist() == [0]
+    (item,) = cleaned[1].review
+    assert (item.task_id, item.image, item.noise_type, item.grade, item.origin) == (
+        2,
+        "img/002.png",
+        "missed",
+        "uncertain",
+        "model",
+    )
+    assert item.xyxy == pytest.approx((100, 20, 120, 40)) and item.severity == pytest.approx(0.4)
+    assert not cleaned[2].review
+
+
+def test_clean_tasks_errors_name_the_task():
+    bad = _task(9, 150, CLEAN)
+    bad["data"]["crowd_labels"] = [{"x": 1, "y": 2, "label": "deposit"}]
+    with pytest.raises(ExportError, match=r"task 9: crowd_labels\[0\]: needs numeric"):
+        _clean([bad], _detector())
+    with pytest.raises(ExportError, match="no model version"):
+        _clean([_task(2, 160, NOISY)], None)
+    missing = _task(4, 150, CLEAN)
+    del missing["data"]["image"]
+    with pytest.raises(ExportError, match=r"task 4: data\.image is missing"):
+        _clean([missing], _detector())
+    # Every task expert-annotated: no model needed.
+    assert len(_clean([_task(1, 150, NOISY, expert=EXPERT_BOXES)], None)) == 1
+
+
+def test_image_names_stay_unique_and_inside_the_export():
+    tasks = [_task(1, 150, CLEAN), _task(2, 160, CLEAN)]
+    tasks[1]["data"]["image_id"] = tasks[0]["data"]["image_id"]
+    cleaned = _clean(tasks, _detector())
+    assert [c.name for c in cleaned] == ["img/001.png", "img/task2_001.png"]
+    assert image_name({"id": 5, "data": {"image_id": "../../etc/passwd"}}, "x.png") == "etc/passwd.png"
+
+
+# --- files: manifest, review, round trips through formats/ --------------------------------------------------
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(model_dir=tmp_path / "models", expert=POLICY)
+
+
+def _write(tmp_path: Path, fmt: ExportFormat) -> tuple[Path, list[Any]]:
+    cleaned = _clean(_tasks(), _detector(), image_dir=tmp_path / fmt.value / "images")
+    manifest = build_manifest(
+        cleaned,
+        fmt=fmt,
+        project=4,
+        categories=["deposit"],
+        model={"version": "v0001-fake", "family": "fake", "source": "test"},
+        settings=_settings(tmp_path),
+    )
+    out = tmp_path / fmt.value
+    write_export(out, cleaned, fmt=fmt, categories=["deposit"], schema=SCHEMA, manifest=manifest)
+    return out, cleaned
+
+
+def test_manifest_and_review_file(tmp_path):
+    out, cleaned = _write(tmp_path, ExportFormat.COCO)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["version"] == "v0001-fake" and manifest["project"] == 4
+    assert manifest["expert_mode"] == f"emails:{EXPERT}"
+    assert manifest["lsm"]["match_iou"] == LSMConfig().match_iou and manifest["predict_conf"] == 0.01
+    assert manifest["counts"]["by_source"] == {"expert": 1, "auto-corrected": 1, "crowd": 1}
+    assert manifest["counts"]["boxes"] == 3 and manifest["counts"]["review_instances"] == 1
+    assert manifest["counts"]["edits"]["dropped"] == 1 and manifest["counts"]["crowd_boxes"] == 3
+    rows = [(r["task_id"], r["source"], r["boxes"]) for r in manifest["images"]]
+    assert rows == [(1, "expert", 1), (2, "auto-corrected", 1), (3, "crowd", 1)]
+    review = json.loads((out / "review.json").read_text())
+    assert review == [item.as_json() for c in cleaned for item in c.review]
+    with open(out / "review.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert (row["task_id"], row["noise_type"], float(row["x1"])) == ("2", "missed", 100.0)
+
+
+def _expected(cleaned: list[Any]) -> dict[int, Detections]:
+    return {c.task_id: c.labels for c in cleaned}
+
+
+def _assert_same(read: dict[int, Detections], expected: dict[int, Detections]) -> None:
+    assert sorted(read) == sorted(expected)
+    for tid, dets in expected.items():
+        np.testing.assert_allclose(read[tid].xyxy, dets.xyxy, atol=0.01, err_msg=f"task {tid}")
+        np.testing.assert_array_equal(read[tid].class_id, dets.class_id)
+
+
+def test_coco_round_trip(tmp_path):
+    out, cleaned = _write(tmp_path, ExportFormat.COCO)
+    images = from_coco(json.loads((out / "annotations.json").read_text()))
+    _assert_same({i: im.detections for i, im in images.items()}, _expected(cleaned))
+    for im in images.values():
+        assert (out / "images" / im.file_name).is_file()
+
+
+def test_yolo_round_trip(tmp_path):
+    import yaml
+
+    out, cleaned = _write(tmp_path, ExportFormat.YOLO)
+    assert yaml.safe_load((out / "data.yaml").read_text())["names"] == {0: "deposit"}
+    read = {
+        c.task_id: read_yolo_labels((out / "labels" / c.name).with_suffix(".txt"), c.width, c.height)
+        for c in cleaned
+    }
+    _assert_same(read, _expected(cleaned))
+    assert all((out / "images" / c.name).is_file() for c in cleaned)
+    # ultralytics finds the images from anywhere (train/val resolve against the file's folder).
+    from model.device import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(str(out / "data.yaml"))
+    assert Path(data["train"]) == (out / "images").resolve() and data["names"] == {0: "deposit"}
+
+
+def test_label_studio_round_trip(tmp_path):
+    out, cleaned = _write(tmp_path, ExportFormat.LS)
+    tasks = json.loads((out / "tasks.json").read_text())
+    read = {
+        t["id"]: regions_to_detections(t["annotations"][0]["result"], label_to_id={"deposit": 0})
+        for t in tasks
+    }
+    _assert_same(read, _expected(cleaned))
+    assert [t["annotations"][0]["ground_truth"] for t in tasks] == [True, False, False]
+    assert tasks[1]["data"]["image_id"] == "img/002"
+
+
+# --- run_export: the errors a user meets --------------------------------------------------------------------
+
+
+class FakeSource:
+    def __init__(self, tasks: list[dict[str, Any]], *, missing: bool = False) -> None:
+        self._tasks = tasks
+        self._missing = missing
+
+    def label_config(self, project: int | None) -> str:
+        if self._missing:
+            err = RuntimeError("not found")
+            err.status_code = 404  # type: ignore[attr-defined]
+            raise err
+        return CONFIG_XML
+
+    def tasks(self, project: int | None) -> list[dict[str, Any]]:
+        return self._tasks
+
+
+def test_run_export_errors(tmp_path):
+    settings = _settings(tmp_path)
+    kw: dict[str, Any] = {"project": 4, "fmt": ExportFormat.COCO, "progress": False}
+    with pytest.raises(ExportError, match="project 4: not found in Label Studio"):
+        run_export(settings, out=tmp_path / "a", source=FakeSource([], missing=True), **kw)
+    with pytest.raises(ExportError, match="project 4: has no tasks"):
+        run_export(settings, out=tmp_path / "a", source=FakeSource([]), **kw)
+    with pytest.raises(ExportError, match=r"no model version in .*python -m backend.bootstrap --project 4"):
+        run_export(settings, out=tmp_path / "a", source=FakeSource(_tasks()), **kw)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(ExportError, match="is not an empty folder"):
+        run_export(settings, out=tmp_path / "full", source=FakeSource(_tasks()), **kw)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # nothing half-written
+
+
+def test_run_export_of_an_all_expert_project_needs_no_model(tmp_path):
+    settings = _settings(tmp_path)
+    tasks = [_task(1, 150, NOISY, expert=EXPERT_BOXES)]
+    manifest = run_export(
+        settings,
+        project=4,
+        fmt=ExportFormat.YOLO,
+        out=tmp_path / "out",
+        source=FakeSource(tasks),
+        progress=False,
+    )
+    assert manifest["model"] is None and manifest["counts"]["by_source"]["expert"] == 1
+    assert (tmp_path / "out" / "labels" / "img" / "001.txt").is_file()
+
+
+def test_crowd_from_annotations_as_the_backend_reads_it():
+    """CROWD_SOURCE=annotations: the crowd boxes are the crowd users' annotations (fused), not the field."""
+    from backend.crowd import CrowdReader
+    from backend.roles import CrowdPolicy
+
+    task = _task(2, 160, NOISY)
+    task["data"]["crowd_labels"] = []  # ignored under CROWD_SOURCE=annotations
+    reader = CrowdReader(CrowdPolicy.parse("annotations", "all_but_experts"), POLICY, users=None)
+    (from_annotations,) = _clean([task], _detector(), crowd_reader=reader)
+    (from_field,) = _clean([task], _detector())
+    assert from_annotations.decision.counts["dropped"] == 1  # NOISY's background box, from the annotation
+    np.testing.assert_allclose(from_annotations.labels.xyxy, [[10, 10, 30, 30]], atol=1e-3)
+    assert str(from_field.decision.source) == "auto-corrected"  # no crowd box: the model's 0.9 box is added
+    assert from_field.decision.counts["added"] == 1
