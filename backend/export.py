@@ -56,7 +56,7 @@ from backend.crowd import CrowdReader
 from backend.images import ImageLoader, ImageLoadError, LoadedImage
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema
 from backend.roles import CrowdPolicy, expert_annotation
-from backend.settings import ExpertPolicy, Settings, SettingsError, lsm_as_dict
+from backend.settings import ExpertPolicy, Settings, SettingsError, lsm_as_dict, settings_with_overrides
 from formats.labelstudio import regions_to_detections
 from selection.correction import CorrectionPlan, Edit, correct_labels, plan_corrections
 from selection.detections import Detections
@@ -651,18 +651,9 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     Raises:
         SettingsError: as ``Settings.from_env`` (naming the variable).
     """
-    env = dict(environ)
-    for item in args.set or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise SettingsError(f"--set: expected VAR=VALUE, got {item!r}")
-        env[name.strip()] = value
-    for attr, var in _FLAG_VARS.items():
-        value = getattr(args, attr, None)
-        if value is not None:
-            env[var] = str(value)
-    env.pop("MODEL_WEIGHTS", None)  # the export never publishes; a missing file must not stop it
-    return Settings.from_env(env)
+    flags = {var: getattr(args, attr, None) for attr, var in _FLAG_VARS.items()}
+    # The export never publishes: a missing MODEL_WEIGHTS file must not stop it.
+    return settings_with_overrides(environ, flags, assignments=args.set or [])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -543,3 +543,29 @@ class Settings:
             self.image_normalization.as_dict(),
             self.tiling.as_dict() if self.tiling is not None else "off",
         )
+
+
+def settings_with_overrides(
+    environ: Mapping[str, str],
+    flags: Mapping[str, Any],
+    *,
+    assignments: Sequence[str] = (),
+    without: Sequence[str] = ("MODEL_WEIGHTS",),
+) -> Settings:
+    """The backend's settings for a command-line tool: ``environ``, then ``VAR=VALUE`` ``assignments`` (a
+    ``--set`` option), then ``flags`` (variable name -> value; None = not given) over it, the ``without``
+    variables removed (tools that never publish initial weights must not fail on a missing file).
+
+    Raises:
+        SettingsError: a malformed assignment, or as ``Settings.from_env`` (naming the variable).
+    """
+    env = dict(environ)
+    for item in assignments:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise SettingsError(f"--set: expected VAR=VALUE, got {item!r}")
+        env[name.strip()] = value
+    env.update({var: str(value) for var, value in flags.items() if value is not None})
+    for var in without:
+        env.pop(var, None)
+    return Settings.from_env(env)

@@ -25,7 +25,7 @@ from backend.bootstrap import (
     validation_map50,
 )
 from backend.images import ImageLoader
-from backend.settings import Settings, SettingsError
+from backend.settings import Settings, SettingsError, settings_with_overrides
 
 __all__ = ["main", "run_bootstrap"]
 
@@ -140,13 +140,9 @@ _FLAG_VARS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bootstrap; returns the exit status."""
     args = parse_args(argv)
-    env = dict(os.environ)
-    for attr, var in _FLAG_VARS.items():
-        if getattr(args, attr) is not None:
-            env[var] = str(getattr(args, attr))
-    env.pop("MODEL_WEIGHTS", None)  # the bootstrap is what runs when there are none
-    try:
-        settings = Settings.from_env(env)
+    flags = {var: getattr(args, attr) for attr, var in _FLAG_VARS.items()}
+    try:  # MODEL_WEIGHTS dropped: the bootstrap is what runs when there are none
+        settings = settings_with_overrides(os.environ, flags)
     except SettingsError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
