@@ -55,6 +55,7 @@ from backend.bootstrap import WEAK_MAP50, validation_map50
 from backend.crowd import CrowdReader
 from backend.images import ImageLoader, ImageLoadError, LoadedImage
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema
+from backend.protocol import task_image_url
 from backend.roles import CrowdPolicy, expert_annotation
 from backend.settings import ExpertPolicy, Settings, SettingsError, lsm_as_dict, settings_with_overrides
 from formats.labelstudio import regions_to_detections
@@ -380,10 +381,10 @@ def clean_tasks(
             loaded: list[tuple[Mapping[str, Any], LoadedImage, str, Detections, Detections | None]] = []
             for task in chunk:
                 tid = task.get("id", "?")
-                data = task.get("data") or {}
-                url = data.get(schema.image_key)
-                if not isinstance(url, str) or not url:
-                    raise ExportError(f"task {tid}: data.{schema.image_key} is missing or not a URL string")
+                try:
+                    url = task_image_url(task, schema)
+                except ValueError as exc:
+                    raise ExportError(str(exc)) from None
                 try:
                     image = loader.load(url, task=str(tid))
                 except ImageLoadError as exc:

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from backend.crowd import CrowdReader
 from backend.images import ImageLoader, ImageLoadError
 from backend.labelconfig import DROP_LABEL_NAMES, LabelConfigError, LabelSchema, parse_label_config
+from backend.protocol import task_image_url
 from backend.roles import CrowdPolicy, annotation_email
 from backend.settings import ExpertPolicy, Settings
 from backend.train_job import TrainItem, job_settings
@@ -114,10 +115,10 @@ def crowd_training_items(
     items = []
     for task in tqdm(with_crowd, desc="reading crowd labels", unit="task", disable=not progress):
         tid = task.get("id", "?")
-        data = task.get("data") or {}
-        url = data.get(schema.image_key)
-        if not isinstance(url, str) or not url:
-            raise BootstrapError(f"task {tid}: data.{schema.image_key} is missing or not a URL string")
+        try:
+            url = task_image_url(task, schema)
+        except ValueError as exc:
+            raise BootstrapError(str(exc)) from None
         try:
             image = loader.decode(url, task=str(tid))
         except ImageLoadError as exc:
