@@ -24,7 +24,7 @@ import math
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -183,10 +183,14 @@ def run_seed(
     lsm: LSMConfig,
     settings: BenchSettings,
     names: Sequence[str] = ("deposit",),
+    threads: int | Callable[[], int] | None = None,
 ) -> dict[str, Any]:
-    """Every arm on one dataset with one seed; returns a JSON-ready record."""
+    """Every arm on one dataset with one seed; returns a JSON-ready record.
+
+    ``threads``: torch CPU threads per training (``None``: every core), or a function asked before each one.
+    """
     t0 = time.perf_counter()
-    bench = Workbench(records, work / "runs", spec, seed=seed, names=names)
+    bench = Workbench(records, work / "runs", spec, seed=seed, names=names, threads=threads)
     records_by_id = bench.records
     train_ids = bench.train_ids
     n_train = len(train_ids)
@@ -454,7 +458,8 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         f"# Active label cleaning, {meta['dataset']} (seeds {meta['seeds']}, budget {meta['budget']:.0%})",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Wall time: {meta['seconds'] / 60:.1f} min on {meta['device']}  ",
+        f"Wall time: {meta['seconds'] / 60:.1f} min on {meta['device']}"
+        f"{f', {jobs} seeds at a time' if (jobs := meta.get('jobs', 1)) > 1 else ''}  ",
         f"Final training of the cleaned-label arms: `{meta['settings']['final_recipe']}`, expert images "
         f"x{meta['settings']['expert_repeat']}; fine-tunes: `{meta['settings']['finetune_steps']}` steps; "
         f"consensus: `{meta['settings']['consensus']}`; calibrated "
@@ -708,6 +713,64 @@ def parse_noise(items: Sequence[str], base: Any) -> Any:
         raise ValueError(f"--noise: {exc}") from None
 
 
+def _one_seed(
+    seed: int,
+    *,
+    out: Path,
+    preset: str,
+    data: Path | None,
+    noise: Sequence[str],
+    spec: TrainSpec,
+    lsm: LSMConfig,
+    settings: BenchSettings,
+    share_cores: bool = False,
+) -> dict[str, Any]:
+    """Load or generate one seed's dataset and run every arm on it (also the body of a ``--jobs`` worker).
+
+    ``share_cores``: each training takes the machine's cores divided by the number of seeds running at that
+    moment (marker files under ``out/.running``), so the last seed of an uneven split gets every core.
+    """
+    names: Sequence[str] = ("deposit",)
+    if data is not None:
+        from bench.userdata import load_user_dataset
+
+        records, names = load_user_dataset(data, seed=seed)
+    else:
+        records = _synth_records(preset, seed, out, noise)
+    if not share_cores:
+        return run_seed(
+            records, seed, work=out / f"seed{seed}", spec=spec, lsm=lsm, settings=settings, names=names
+        )
+    import os
+
+    running = out / ".running"
+    running.mkdir(parents=True, exist_ok=True)
+    marker = running / f"seed{seed}"
+    marker.touch()
+
+    def threads() -> int:
+        return max(1, (os.cpu_count() or 1) // max(1, len(list(running.glob("seed*")))))
+
+    try:
+        return run_seed(
+            records,
+            seed,
+            work=out / f"seed{seed}",
+            spec=spec,
+            lsm=lsm,
+            settings=settings,
+            names=names,
+            threads=threads,
+        )
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _worker_init() -> None:
+    """A ``--jobs`` worker process: the parent's environment, its own logging, quiet progress bars."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(name)s: %(message)s")
+
+
 def _synth_records(preset: str, seed: int, out: Path, noise_items: Sequence[str]) -> list:
     """The simulated dataset of one seed (generated once under ``out``), with the noise overrides."""
     import synth
@@ -794,6 +857,12 @@ def main(argv: list[str] | None = None) -> int:
         "--data", type=Path, help="run on your own dataset (expert.json + crowd.json, see bench/userdata.py)"
     )
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="run seeds in this many worker processes at once, the CPU cores split between them (default 1)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.data is not None and args.noise:
@@ -825,6 +894,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.seeds is not None and args.seeds < 1:
         parser.error("--seeds: expected at least 1")
+    if args.jobs < 1:
+        parser.error("--jobs: expected at least 1")
     if args.data is not None and not args.data.is_dir():
         parser.error(f"--data: no folder at {args.data}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -838,27 +909,35 @@ def main(argv: list[str] | None = None) -> int:
     from model.device import resolve_device
 
     t0 = time.perf_counter()
-    runs = []
-    names: list[str] = ["deposit"]
-    for seed in seed_list:
-        if args.data is not None:
-            from bench.userdata import load_user_dataset
+    common = dict(
+        out=args.out,
+        preset=args.preset,
+        data=args.data,
+        noise=list(args.noise),
+        spec=spec,
+        lsm=lsm,
+        settings=settings,
+    )
+    runs: list[dict[str, Any]] = []
+    if args.jobs == 1:
+        for seed in seed_list:
+            runs.append(_one_seed(seed, **common))  # type: ignore[arg-type]
+            (args.out / "results.json").write_text(json.dumps({"runs": runs}, indent=1, default=str))
+    else:
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
 
-            records, names = load_user_dataset(args.data, seed=seed)
-        else:
-            records = _synth_records(args.preset, seed, args.out, args.noise)
-        runs.append(
-            run_seed(
-                records,
-                seed,
-                work=args.out / f"seed{seed}",
-                spec=spec,
-                lsm=lsm,
-                settings=settings,
-                names=names,
-            )
+        threads = max(1, (os.cpu_count() or 1) // args.jobs)
+        log.info(
+            "%d seeds in %d worker processes, %d torch thread(s) each", len(seed_list), args.jobs, threads
         )
-        (args.out / "results.json").write_text(json.dumps({"runs": runs}, indent=1, default=str))
+        with ProcessPoolExecutor(
+            max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+        ) as pool:
+            futures = [pool.submit(_one_seed, seed, share_cores=True, **common) for seed in seed_list]
+            runs = [future.result() for future in futures]  # seed order, whatever finishes first
+    meta_seconds = time.perf_counter() - t0
     summary = summarize(runs)
     meta = {
         "dataset": f"data {args.data}" if args.data else f"simulated, preset {args.preset}",
@@ -874,7 +953,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_spec": asdict(spec),
         "lsm": asdict(lsm),
         "device": resolve_device(args.device),
-        "seconds": time.perf_counter() - t0,
+        "seconds": meta_seconds,
+        "jobs": args.jobs,
         "command": "python -m bench.simulate " + shlex.join(sys.argv[1:] if argv is None else argv),
     }
     (args.out / "results.json").write_text(

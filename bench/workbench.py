@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,6 +97,9 @@ class Workbench:
         spec: training settings.
         seed: the training seed.
         names: class names, index = class id (the simulator's one class by default).
+        threads: torch CPU threads each training may use (``None``: every core), or a function asked at the
+            start of each training (``bench.simulate --jobs`` shares the cores among the seeds still running).
+            Not part of a training's identity: a cached training is reused whatever its thread count was.
     """
 
     def __init__(
@@ -107,8 +110,10 @@ class Workbench:
         *,
         seed: int,
         names: Sequence[str] = ("deposit",),
+        threads: int | Callable[[], int] | None = None,
     ) -> None:
         self.names = [str(n) for n in names]
+        self.threads = threads
         self.records = {r.id: r for r in records}
         self.train_ids = [r.id for r in records if r.split == "train"]
         self.val_ids = [r.id for r in records if r.split == "val"]
@@ -190,6 +195,7 @@ class Workbench:
             device=self.spec.device,
             validate=val_every_epoch,
             keep="last",
+            threads=self.threads() if callable(self.threads) else self.threads,
         )
         weights = result.weights
         ap = self.test_ap(weights)
