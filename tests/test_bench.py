@@ -89,8 +89,10 @@ def test_simulate_tiny_runs_every_arm(tmp_path: Path):
         "bench.simulate",
         "--preset",
         "tiny",
-        "--seeds",
-        "1",
+        "--seed-list",
+        "7,3",
+        "--jobs",
+        "2",
         "--rounds",
         "1",
         "--strategies",
@@ -101,6 +103,10 @@ def test_simulate_tiny_runs_every_arm(tmp_path: Path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
+    # two worker processes: the runs come back in the order the seeds were given, the core-sharing markers go
+    assert [run["seed"] for run in results["runs"]] == [7, 3]
+    assert results["meta"]["jobs"] == 2
+    assert not list((out / ".running").iterdir())
     arms = results["runs"][0]["arms"]
     assert set(arms) == set(ARMS)
     for arm in arms.values():
@@ -207,6 +213,7 @@ def test_parse_noise_overrides_and_validation():
         (["--noise", "missed_rate=2"], "missed_rate"),
         (["--final-recipe", "magic"], "invalid choice"),
         (["--expert-repeat", "0"], "expert_repeat"),
+        (["--jobs", "0"], "--jobs"),
         (["--data", "/nonexistent-dir"], "no folder"),
         (["--data", ".", "--noise", "missed_rate=0.1"], "simulated data only"),
         (["--budget", "0.05", "--seed-fraction", "0.1"], "seed_fraction"),
