@@ -300,7 +300,7 @@ def backend_env(
         "MODEL_WEIGHTS": str(weights),
         "WORK_DIR": str(work / "scratch"),
         "DEVICE": "cpu",
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO",  # the settings line (tiling=...) goes to the log
         "BOOTSTRAP": "off",
         "TILE_SIZE": str(tile) if mode == "tiled" else "0",
         "TILE_OVERLAP": str(overlap) if mode == "tiled" else "",
@@ -337,6 +337,7 @@ class ModeResult:
     processes: int
     samples: int
     seconds: float
+    tiling: str
 
     @property
     def peak_mib(self) -> float:
@@ -350,6 +351,25 @@ class ModeResult:
     @property
     def ok(self) -> bool:
         return self.status == 200 and self.results == self.tasks and self.errors == 0
+
+
+def logged_tiling(log: str) -> str | None:
+    """The ``tiling=`` value of the backend's settings line in its log (``off`` or the tile config), if any.
+
+    >>> logged_tiling("INFO backend: settings: model_dir=/m device=cpu tiling=off")
+    'off'
+    """
+    for line in log.splitlines():
+        if " settings: " in line and " tiling=" in line:
+            return line.rsplit(" tiling=", 1)[1].strip()
+    return None
+
+
+def check_tiling(mode: str, tiling: str | None, tile: int) -> None:
+    """Raise ``RuntimeError`` unless the backend logged the tiling ``mode`` asks for (``tile`` px tiles)."""
+    expected = "off" if mode == "resized" else f"{{'size': {tile},"
+    if tiling is None or not tiling.startswith(expected):
+        raise RuntimeError(f"{mode}: the backend logged tiling={tiling}, expected {expected}...")
 
 
 def count_outcomes(body: Mapping[str, Any]) -> tuple[int, int, str]:
@@ -375,6 +395,7 @@ def measure_mode(
     label_config: str,
     log: Path,
     timeout: float,
+    tile: int,
 ) -> ModeResult:
     """Start a fresh backend, warm it up with one small task, post every task in one ``/predict``, measure.
 
@@ -386,6 +407,7 @@ def measure_mode(
         label_config: the labelling config sent with each request.
         log: the backend's log file.
         timeout: seconds allowed for the big request.
+        tile: the tile side the tiled mode must run with (checked against the backend's log).
     """
     import psutil
     import requests
@@ -395,6 +417,8 @@ def measure_mode(
     proc = start_backend(env, log, wait_s=300)
     try:
         pid = proc.popen.pid
+        tiling = logged_tiling(proc.tail(100_000))
+        check_tiling(mode, tiling, tile)
         started = psutil.Process(pid).memory_info().rss / MIB
         resp = requests.post(
             f"{proc.url}/predict", json={"tasks": [warmup], "label_config": label_config}, timeout=600
@@ -433,6 +457,7 @@ def measure_mode(
         processes=sampler.processes,
         samples=sampler.samples,
         seconds=round(seconds, 2),
+        tiling=str(tiling),
     )
 
 
@@ -535,6 +560,7 @@ def format_report(report: Mapping[str, Any]) -> str:
             f"{m['peak_sampled_mib']:>15.0f} {m['hwm_mib']:>8.0f} {m['seconds']:>8.1f} {rate:>8.2f} "
             f"{m['results']:>8} {m['errors']:>7}  {'yes' if peak < TARGET_MIB else 'NO'}"
         )
+        lines.append(f"    backend settings: tiling={m['tiling']}")
         if m["first_error"]:
             lines.append(f"    first error: {m['first_error'][:300]}")
     lines.append(
@@ -608,7 +634,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             results.append(
                 measure_mode(
                     mode, env=env, tasks=tasks, warmup=warmup, label_config=LABEL_CONFIG_XML,
-                    log=work / "backend.log", timeout=args.timeout,
+                    log=work / "backend.log", timeout=args.timeout, tile=args.tile,
                 )
             )  # fmt: skip
     report: dict[str, Any] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,10 @@ from bench.memory import (
     RssSampler,
     backend_env,
     build_tasks,
+    check_tiling,
     count_outcomes,
     format_report,
+    logged_tiling,
     main,
     serve_folder,
     to_12bit,
@@ -95,6 +98,25 @@ def test_backend_env_per_mode(tmp_path: Path, mode, tile_size, overlap):
         backend_env("sliced", weights=tmp_path, work=tmp_path, tile=320, overlap=64)
 
 
+def test_tiling_read_from_the_backend_log_must_match_the_mode():
+    log = (
+        "INFO:     Started server process [1]\n"
+        "2026-11-28 10:24:26,610 INFO backend: settings: model_dir=/m device=cpu images={'mode': 'auto'} "
+        "tiling={'size': 320, 'overlap': 64, 'merge': 'nms'}\n"
+        "2026-11-28 10:24:26,934 INFO model.registry: published model version v0001\n"
+    )
+    tiling = logged_tiling(log)
+    assert tiling == "{'size': 320, 'overlap': 64, 'merge': 'nms'}"
+    check_tiling("tiled", tiling, 320)
+    check_tiling("resized", "off", 320)
+    with pytest.raises(RuntimeError, match="expected off"):
+        check_tiling("resized", tiling, 320)
+    with pytest.raises(RuntimeError, match=re.escape("expected {'size': 256,")):
+        check_tiling("tiled", tiling, 256)
+    with pytest.raises(RuntimeError, match="logged tiling=None"):
+        check_tiling("tiled", logged_tiling("no settings line"), 320)
+
+
 def test_count_outcomes():
     body = {"results": [{"result": [], "score": 0.0}, {"error": "task 2: a"}, {"error": "task 3: b"}]}
     assert count_outcomes(body) == (1, 2, "task 2: a")
@@ -118,7 +140,7 @@ def _result(mode: str, **changes) -> dict:
     values = dict(
         mode=mode, tasks=8, status=200, results=8, errors=0, first_error="", rss_started_mib=400.0,
         rss_loaded_mib=600.0, hwm_loaded_mib=650.0, peak_sampled_mib=1000.0, hwm_mib=1100.0, processes=1,
-        samples=50, seconds=4.0,
+        samples=50, seconds=4.0, tiling="off",
     )  # fmt: skip
     values.update(changes)
     return values
@@ -169,6 +191,7 @@ def test_report_table_shows_each_mode_the_target_and_the_first_error():
     assert "2.00" in resized.split()  # 8 tasks in 4 s
     assert tiled.endswith("NO") and tiled.split()[-3:-1] == ["7", "1"]
     assert "first error: task 3: HTTP 404" in text
+    assert "backend settings: tiling=off" in text
 
 
 @pytest.mark.parametrize(
