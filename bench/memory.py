@@ -625,6 +625,9 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         tasks = build_tasks(base_url, frames, args.tasks)
         warmup = {"id": 0, "data": {"image": f"{base_url}/{WARMUP_IMAGE}", "crowd_labels": []}}
         for mode in args.modes:
+            print(
+                f"bench.memory: {mode}: a fresh backend, then one /predict of {len(tasks)} tasks", flush=True
+            )
             work = out / mode
             shutil.rmtree(work, ignore_errors=True)  # a fresh registry: the weights are published again
             env = backend_env(
