@@ -14,7 +14,7 @@ export XDG_CACHE_HOME := $(WORK)/xdg-cache
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-ls test test-fast lint demo calibrate simulate bench-speed bench-load bench-bulk clean help
+.PHONY: setup setup-ls test test-fast lint demo calibrate simulate bench-speed bench-load bench-bulk bench-memory clean help
 
 help:
 	@echo "make demo   - set up, generate synthetic data, train, start Label Studio + backend"
@@ -74,6 +74,10 @@ bench-load: setup
 
 bench-bulk: setup setup-ls
 	$(PY) -m bench.bulk
+
+# Peak memory of the real backend process: one /predict of 100 tasks of 2048 px frames, resized and tiled.
+bench-memory: setup
+	$(PY) -m bench.memory
 
 clean:
 	rm -rf $(WORK)
