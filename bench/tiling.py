@@ -2,7 +2,7 @@
 
     python -m bench.tiling [--seed 0] [--n-train 4] [--n-val 1] [--n-test 6] [--tile 320] [--overlap 64]
                            [--imgsz 160] [--epochs 30] [--batch 8] [--frame-epochs 0] [--memory 10,100]
-                           [--memory-model 10] [--chunk 16] [--out .work/bench-tiling]
+                           [--memory-model 10] [--chunk 16] [--threads N] [--out .work/bench-tiling]
 
 One run, side by side, on the ``large`` simulator preset (2048 px frames, deposits of 15-60 px):
 
@@ -206,6 +206,7 @@ def run(args: argparse.Namespace) -> dict:
     tile_run = family.train(
         train=tiles_train, val=tiles_val, names=["deposit"], out_dir=out / "tile-model", epochs=args.epochs,
         batch=args.batch, imgsz=imgsz, seed=args.seed, device=args.device, validate=False, keep="last",
+        threads=args.threads,
     )  # fmt: skip
     report["training"] = {
         "tile_model": {
@@ -219,7 +220,7 @@ def run(args: argparse.Namespace) -> dict:
         frame_run = family.train(
             train=_labelled(train), val=_labelled(val), names=["deposit"], out_dir=out / "frame-model",
             epochs=args.frame_epochs, batch=args.batch, imgsz=imgsz, seed=args.seed, device=args.device,
-            validate=False, keep="last",
+            validate=False, keep="last", threads=args.threads,
         )  # fmt: skip
         report["training"]["frame_model"] = {
             "frames": len(train),
@@ -338,6 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--memory", type=_counts, default=[10, 100], help="frame counts: stub and resized")
     parser.add_argument("--memory-model", type=_counts, default=[10], help="frame counts: tiled YOLO")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads of the trainings (default: every core; 1 on a shared machine)",
+    )
     parser.add_argument("--out", default=".work/bench-tiling", help="work folder (datasets, runs)")
     parser.add_argument("--probe", type=Path, help=argparse.SUPPRESS)  # child: weights of the memory probe
     parser.add_argument("--probe-images", type=int, default=0, help=argparse.SUPPRESS)
