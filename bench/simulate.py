@@ -767,8 +767,17 @@ def _one_seed(
 
 
 def _worker_init() -> None:
-    """A ``--jobs`` worker process: the parent's environment, its own logging, quiet progress bars."""
+    """A ``--jobs`` worker process: its own logging, and it dies with the parent (Linux).
+
+    Without the death signal, killing the parent (not its process group) would leave workers training on.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)s %(name)s: %(message)s")
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _synth_records(preset: str, seed: int, out: Path, noise_items: Sequence[str]) -> list:
