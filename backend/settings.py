@@ -343,6 +343,10 @@ class Settings:
             is always loaded with the family recorded in its meta.
         train_epochs, train_imgsz (0 = the family chooses from the images), train_batch: training options.
         train_init: what a first training starts from (``""``: the family's default, e.g. yolov8n.yaml).
+        train_epoch_images: repeat the training images so that an epoch holds about this many
+            (``TRAIN_EPOCH_IMAGES``, ``model.dataset.epoch_repeats``; 0: each image once per epoch). The
+            benchmark's best equal-cost recipe fine-tunes on the expert images with as many steps per epoch as
+            the crowd model's training had: set it to the number of images the first model trained on.
         basic_auth_user, basic_auth_pass: when both set, every endpoint requires HTTP basic auth.
         log_level: logging level name.
         work_dir: scratch folder for training datasets (default ``model_dir/work``).
@@ -382,6 +386,7 @@ class Settings:
     train_imgsz: int = 0
     train_batch: int = 8
     train_init: str = ""
+    train_epoch_images: int = 0
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
@@ -500,6 +505,7 @@ class Settings:
             crowd=crowd,
             train_min_annotations=_int(environ, "TRAIN_MIN_ANNOTATIONS", 5, minimum=1),
             train_epochs=_int(environ, "TRAIN_EPOCHS", 20, minimum=1),
+            train_epoch_images=_int(environ, "TRAIN_EPOCH_IMAGES", 0, minimum=0),
             train_imgsz=_int(environ, "TRAIN_IMGSZ", 0, minimum=0),
             train_batch=_int(environ, "TRAIN_BATCH", 8, minimum=1),
             train_init=init,

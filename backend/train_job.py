@@ -60,6 +60,7 @@ def job_settings(settings: Settings) -> dict[str, Any]:
     return {
         "model_dir": str(settings.model_dir),
         "epochs": settings.train_epochs,
+        "epoch_images": settings.train_epoch_images,
         "imgsz": settings.train_imgsz or None,
         "batch": settings.train_batch,
         "device": settings.device,
@@ -79,7 +80,7 @@ def job_settings(settings: Settings) -> dict[str, Any]:
 def run_job(job: dict[str, Any]) -> str:
     """Train and publish; returns the published version name."""
     from formats.images import ImageNormalization
-    from model.dataset import LabeledImage
+    from model.dataset import LabeledImage, epoch_repeats
     from model.detector import DEFAULT_FAMILY, get_family
     from model.registry import ModelRegistry
     from model.tiling import TileConfig, tile_dataset
@@ -108,6 +109,10 @@ def run_job(job: dict[str, Any]) -> str:
         tiles = Path(job["work_dir"]) / "tiles"
         train = tile_dataset(train, tiles / "train", config=tiling, normalization=normalization)
         val = tile_dataset(val, tiles / "val", config=tiling, normalization=normalization)
+    # TRAIN_EPOCH_IMAGES: a few expert images get as many gradient steps per epoch as a full training (tiles
+    # count as images when tiling).
+    repeats = epoch_repeats(len(train), int(job.get("epoch_images") or 0))
+    train = [item for item in train for _ in range(repeats)]
     result = family.train(
         train=train,
         val=val,
@@ -127,6 +132,7 @@ def run_job(job: dict[str, Any]) -> str:
         "source": str(job.get("source") or "expert annotations"),
         "family": family.name,
         "n_train": len(job["train"]),
+        "epoch_repeats": repeats,
         "n_val": len(job["val"]),
         "epochs": int(job["epochs"]),
         "init": str(result.options.get("init", job.get("init") or family.default_init)),

@@ -51,6 +51,7 @@ from bench.noise_quality import (
 )
 from bench.workbench import TRAIN_SPECS, TrainSpec, Workbench
 from metrics.f1 import label_f1
+from model.dataset import epoch_repeats
 from selection import LSMConfig, Strategy
 from selection.calibration import CalibrationConfig, error_probability, regrade
 from selection.detections import Detections
@@ -274,7 +275,7 @@ def run_seed(
     # as the final training's (the same number of gradient steps).
     final_epoch = n_train + (settings.expert_repeat - 1) * len(lsm_loop.expert_ids)
     for name, loop in (("finetune_random", rand), ("finetune_lsm", lsm_loop)):
-        k = max(1, round(final_epoch / max(len(loop.expert_ids), 1)))
+        k = epoch_repeats(len(loop.expert_ids), final_epoch)
         repeats = {i: k for i in loop.expert_ids} if settings.finetune_steps == "matched" and k > 1 else None
         arm(name, expert_of(loop), loop.expert_ids, init=noisy.weights, repeats=repeats)
 

@@ -54,6 +54,27 @@ class LabeledImage:
             object.__setattr__(self, name, int(value))
 
 
+def epoch_repeats(n_images: int, epoch_images: int) -> int:
+    """How many times each of ``n_images`` training images appears per epoch so that an epoch holds about
+    ``epoch_images`` images (``TRAIN_EPOCH_IMAGES``; the benchmark's matched-steps fine-tunes use this rule).
+
+    A few expert images fine-tuned for a set number of epochs take few gradient steps; repeating them gives a
+    fine-tune as many steps as a training on the full set. ``epoch_images`` 0 (or no larger than
+    ``n_images``) means no repetition.
+
+    >>> epoch_repeats(24, 240), epoch_repeats(24, 0), epoch_repeats(300, 240), epoch_repeats(70, 240)
+    (10, 1, 1, 3)
+
+    Raises:
+        ValueError: a negative count.
+    """
+    if n_images < 0 or epoch_images < 0:
+        raise ValueError(f"expected counts >= 0, got n_images={n_images}, epoch_images={epoch_images}")
+    if n_images == 0 or epoch_images <= n_images:
+        return 1
+    return max(1, round(epoch_images / n_images))
+
+
 def _trainable(labels: Detections, width: int, height: int) -> Detections:
     """Unscored boxes clipped to the image, without those of zero width or height (YOLO cannot learn them)."""
     clipped = labels.clip(width, height)

@@ -69,6 +69,7 @@ def test_settings_defaults_and_secrets_hidden(tmp_path):
         ({"SCORE_THRESHOLD": "abc"}, "SCORE_THRESHOLD"),
         ({"TRAIN_MIN_ANNOTATIONS": "0"}, "TRAIN_MIN_ANNOTATIONS: expected an integer >= 1, got 0"),
         ({"TRAIN_EPOCHS": "x"}, "TRAIN_EPOCHS"),
+        ({"TRAIN_EPOCH_IMAGES": "-1"}, "TRAIN_EPOCH_IMAGES: expected an integer >= 0"),
         ({"EXPERT_MODE": "some"}, "EXPERT_MODE: expected 'all'"),
         ({"EXPERT_MODE": "emails:"}, "EXPERT_MODE: expected 'emails:'"),
         ({"EXPERT_MODE": "emails:bob"}, "EXPERT_MODE"),

@@ -667,3 +667,52 @@ def test_training_job_trains_and_records_with_the_normalisation_of_the_job(tmp_p
     assert received["normalization"] == norm
     meta = ModelRegistry(tmp_path / "models").get(version).meta
     assert meta["image_normalization"] == {"mode": "percentile", "percentiles": [2.0, 98.0]}
+
+
+@pytest.mark.parametrize(
+    ("epoch_images", "n_seen", "repeats"), [(0, 3, 1), (3, 3, 1), (30, 30, 10), (7, 6, 2)]
+)
+def test_training_job_repeats_the_images_to_the_epoch_size(
+    tmp_path, monkeypatch, epoch_images, n_seen, repeats
+):
+    """TRAIN_EPOCH_IMAGES: each image k times per epoch (model.dataset.epoch_repeats), in the meta."""
+    import model.detector as detector_module
+    from backend.settings import Settings
+    from backend.train_job import job_settings, run_job
+    from model.detector import TrainResult
+    from model.registry import ModelRegistry
+
+    seen: list[list[str]] = []
+
+    class Family:
+        name = "recorder"
+        default_init = ""
+
+        def train(self, *, out_dir, train, **options):
+            seen.append([str(it.path) for it in train])
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "w.pt").write_bytes(b"w")
+            return TrainResult(weights=out_dir / "w.pt", seconds=0.0, epochs=1, options={})
+
+    monkeypatch.setitem(detector_module._CACHE, "recorder", Family())
+    env = {"MODEL_DIR": str(tmp_path / "models"), "TRAIN_EPOCH_IMAGES": str(epoch_images)}
+    settings = Settings.from_env(env)
+    assert settings.train_epoch_images == epoch_images
+    items = [
+        {"path": str(tmp_path / f"{k}.png"), "xyxy": [], "class_id": [], "width": 4, "height": 4}
+        for k in range(3)
+    ]
+    job = {
+        **job_settings(settings),
+        "work_dir": str(tmp_path / "job"),
+        "names": ["deposit"],
+        "train": items,
+        "val": items[:1],
+        "family": "recorder",
+    }
+    version = run_job(job)
+    assert len(seen[0]) == n_seen
+    assert sorted(set(seen[0])) == sorted(it["path"] for it in items)
+    assert all(seen[0].count(it["path"]) == repeats for it in items)
+    meta = ModelRegistry(tmp_path / "models").get(version).meta
+    assert meta["epoch_repeats"] == repeats and meta["n_train"] == 3
