@@ -12,6 +12,7 @@ import numpy as np
 from bench.cost import instance_decisions, review
 from bench.workbench import TrainedModel, Workbench
 from metrics.f1 import label_f1
+from model.dataset import epoch_repeats
 from selection import (
     ImageScore,
     LSMConfig,
@@ -62,12 +63,16 @@ class LoopConfig:
         budget: share of the training images the experts re-annotate in total (seed set included).
         seed_fraction: share of the training images in the random seed set.
         rounds: selection rounds after the seed set.
+        cleaning_epoch_images: repeat the bought images so that each cleaning model's epoch holds about this
+            many (``model.dataset.epoch_repeats``, the rule of the matched fine-tunes and of the backend's
+            ``TRAIN_EPOCH_IMAGES``); 0: each bought image once per epoch.
     """
 
     strategy: Strategy
     budget: float = 0.25
     seed_fraction: float = 0.1
     rounds: int = 3
+    cleaning_epoch_images: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,8 +171,16 @@ def run_loop(
         )
         log.info("%s round %d: %d expert images, cleaning AP50 %.3f", name, round_no, len(expert), model.ap50)
 
+    def repeats() -> dict[str, int] | None:
+        k = epoch_repeats(len(expert), cfg.cleaning_epoch_images)
+        return {i: k for i in expert} if k > 1 else None
+
     model = bench.train(
-        f"{name}-r0", {i: records[i].expert for i in expert}, epochs=bench.spec.cleaning_epochs, init=init
+        f"{name}-r0",
+        {i: records[i].expert for i in expert},
+        epochs=bench.spec.cleaning_epochs,
+        init=init,
+        repeats=repeats(),
     )
     report(0, model)
     for round_no, batch in enumerate(per_round, start=1):
@@ -186,6 +199,7 @@ def run_loop(
             {i: records[i].expert for i in expert},
             epochs=bench.spec.warm_epochs,
             init=model.weights,
+            repeats=repeats(),
         )
         report(round_no, model)
 

@@ -104,6 +104,8 @@ class BenchSettings:
         finetune_steps: the fine-tune baselines train ``spec.epochs`` epochs over the bought images alone
             (``epochs``) or, by repeating them, as many gradient steps as the method's final training
             (``matched``).
+        cleaning_steps: the loop's cleaning models likewise: ``epochs`` (each bought image once per epoch) or
+            ``matched`` (repeated to the training split's size per epoch).
         fix_precision, review_precision: the calibration's precision targets for auto-fixing and for
             reviewing (``selection.calibration.CalibrationConfig``); a higher ``review_precision`` reviews
             fewer instances.
@@ -121,12 +123,15 @@ class BenchSettings:
     fix_precision: float = CalibrationConfig.fix_precision
     review_precision: float = CalibrationConfig.review_precision
     finetune_steps: str = "matched"
+    cleaning_steps: str = "epochs"
 
     def __post_init__(self) -> None:
         if self.final_recipe not in FINAL_RECIPES:
             raise ValueError(f"final_recipe: expected one of {FINAL_RECIPES}, got {self.final_recipe!r}")
         if self.consensus not in CONSENSUS_MODELS:
             raise ValueError(f"consensus: expected one of {CONSENSUS_MODELS}, got {self.consensus!r}")
+        if self.cleaning_steps not in FINETUNE_STEPS:
+            raise ValueError(f"cleaning_steps: expected one of {FINETUNE_STEPS}, got {self.cleaning_steps!r}")
         if self.finetune_steps not in FINETUNE_STEPS:
             raise ValueError(f"finetune_steps: expected one of {FINETUNE_STEPS}, got {self.finetune_steps!r}")
         if self.expert_repeat < 1:
@@ -251,6 +256,7 @@ def run_seed(
             budget=settings.budget,
             seed_fraction=settings.seed_fraction,
             rounds=settings.rounds,
+            cleaning_epoch_images=n_train if settings.cleaning_steps == "matched" else 0,
         )
         # The same generator seed for every strategy: they all start from the same random seed set.
         loops[strategy] = run_loop(
@@ -839,6 +845,13 @@ def main(argv: list[str] | None = None) -> int:
         help="fine-tune baselines: as many gradient steps as the final training (matched), or only as many "
         "epochs over their fewer images",
     )
+    parser.add_argument(
+        "--cleaning-steps",
+        choices=FINETUNE_STEPS,
+        default=BenchSettings.cleaning_steps,
+        help="the loop's cleaning models: epochs over the bought images only (epochs, the default), or "
+        "repeated to a full training's steps per epoch (matched)",
+    )
     parser.add_argument("--no-calibration", action="store_true", help="keep the LSM's own grades")
     parser.add_argument(
         "--fix-precision",
@@ -891,6 +904,7 @@ def main(argv: list[str] | None = None) -> int:
             expert_repeat=args.expert_repeat,
             consensus=args.consensus,
             finetune_steps=args.finetune_steps,
+            cleaning_steps=args.cleaning_steps,
             calibrate=not args.no_calibration,
             fix_precision=args.fix_precision,
             review_precision=args.review_precision,

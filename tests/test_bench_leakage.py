@@ -126,3 +126,33 @@ def test_images_bought_in_the_last_round_matter_from_that_round_on(records, tmp_
     np.testing.assert_array_equal(poisoned.examples.target[:n_before], clean.examples.target[:n_before])
     np.testing.assert_array_equal(poisoned.examples.features, clean.examples.features)
     assert not np.array_equal(poisoned.examples.target, clean.examples.target)
+
+
+def test_matched_cleaning_steps_repeat_the_bought_images_to_the_training_split(records, tmp_path):
+    """``LoopConfig.cleaning_epoch_images``: every cleaning model sees its bought images k times per epoch."""
+    from model.dataset import epoch_repeats
+
+    bench = FakeWorkbench(records, tmp_path, TRAIN_SPECS["tiny"], seed=3)
+    n_train = len(bench.train_ids)
+    cfg = LoopConfig(
+        Strategy.DISCREPANCY, budget=0.5, seed_fraction=0.1, rounds=3, cleaning_epoch_images=n_train
+    )
+    loop = run_loop(bench, cfg, np.random.default_rng(3), lsm=LSM, name="loop")
+    cleaning = [c for c in bench.calls if c["name"].startswith("loop-r")]
+    assert len(cleaning) == 4
+    sizes = [len(c["labels"]) for c in cleaning]
+    assert sizes == sorted(sizes) and sizes[-1] == len(loop.expert_ids)
+    for call, size in zip(cleaning, sizes, strict=True):
+        k = epoch_repeats(size, n_train)
+        assert k > 1
+        assert call["repeats"] == {i: k for i in call["labels"]}
+    # the default is one pass over the bought images
+    plain = FakeWorkbench(records, tmp_path / "plain", TRAIN_SPECS["tiny"], seed=3)
+    run_loop(
+        plain,
+        dataclasses.replace(cfg, cleaning_epoch_images=0),
+        np.random.default_rng(3),
+        lsm=LSM,
+        name="loop",
+    )
+    assert all(c["repeats"] is None for c in plain.calls if c["name"].startswith("loop-r"))
