@@ -735,7 +735,8 @@ def _one_seed(
     """Load or generate one seed's dataset and run every arm on it (also the body of a ``--jobs`` worker).
 
     ``share_cores``: each training takes the machine's cores divided by the number of seeds running at that
-    moment (marker files under ``out/.running``), so the last seed of an uneven split gets every core.
+    moment, in this or in another invocation on the same ``out`` (marker files ``out/.running/seed<N>-<pid>``;
+    markers of processes that died are not counted), so the last seed of an uneven split gets every core.
     """
     names: Sequence[str] = ("deposit",)
     if data is not None:
@@ -752,11 +753,11 @@ def _one_seed(
 
     running = out / ".running"
     running.mkdir(parents=True, exist_ok=True)
-    marker = running / f"seed{seed}"
+    marker = running / f"seed{seed}-{os.getpid()}"
     marker.touch()
 
     def threads() -> int:
-        return max(1, (os.cpu_count() or 1) // max(1, len(list(running.glob("seed*")))))
+        return max(1, (os.cpu_count() or 1) // max(1, _live_markers(running)))
 
     try:
         return run_seed(
@@ -771,6 +772,25 @@ def _one_seed(
         )
     finally:
         marker.unlink(missing_ok=True)
+
+
+def _live_markers(folder: Path) -> int:
+    """Markers ``seed<N>-<pid>`` in ``folder`` whose process is alive (stale ones are removed)."""
+    import os
+
+    alive = 0
+    for path in folder.glob("seed*-*"):
+        try:
+            os.kill(int(path.name.rsplit("-", 1)[1]), 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+            continue
+        except PermissionError:  # alive, another user's
+            pass
+        alive += 1
+    return alive
 
 
 def _worker_init() -> None:
@@ -952,9 +972,8 @@ def main(argv: list[str] | None = None) -> int:
         import os
         from concurrent.futures import ProcessPoolExecutor
 
-        threads = max(1, (os.cpu_count() or 1) // args.jobs)
         log.info(
-            "%d seeds in %d worker processes, %d torch thread(s) each", len(seed_list), args.jobs, threads
+            "%d seeds in %d worker processes sharing %d cores", len(seed_list), args.jobs, os.cpu_count()
         )
         with ProcessPoolExecutor(
             max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init

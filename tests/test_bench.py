@@ -106,7 +106,7 @@ def test_simulate_tiny_runs_every_arm(tmp_path: Path):
     # two worker processes: the runs come back in the order the seeds were given, the core-sharing markers go
     assert [run["seed"] for run in results["runs"]] == [7, 3]
     assert results["meta"]["jobs"] == 2
-    assert not list((out / ".running").iterdir())
+    assert not list((out / ".running").iterdir())  # each worker removed its own marker
     arms = results["runs"][0]["arms"]
     assert set(arms) == set(ARMS)
     for arm in arms.values():
@@ -415,3 +415,22 @@ def test_review_two_reviewed_boxes_do_not_split_into_the_same_deposits():
     out, outcome = review(labels, make_detections(labels.xyxy, scores=[0.5, 0.5]), expert)
     assert (outcome.split, outcome.deleted, outcome.extra_drawn) == (1, 1, 1)
     assert sorted(map(tuple, out.xyxy.tolist())) == sorted(map(tuple, expert.xyxy.tolist()))  # each once
+
+
+def test_live_markers_count_running_processes_and_drop_dead_ones(tmp_path):
+    """``--jobs`` shares the cores among seeds whose process is alive; a killed run's markers do not count."""
+    import os
+
+    from bench.simulate import _live_markers
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)
+    (tmp_path / f"seed0-{os.getpid()}").touch()
+    (tmp_path / f"seed1-{os.getppid()}").touch()
+    (tmp_path / f"seed2-{dead_pid}").touch()
+    (tmp_path / "seed3-notapid").touch()
+    assert _live_markers(tmp_path) == 2
+    assert not (tmp_path / f"seed2-{dead_pid}").exists()
+    assert (tmp_path / f"seed0-{os.getpid()}").exists()
