@@ -5,7 +5,8 @@
 #
 #   make setup setup-ls              # once: .venv (backend) and .venv-ls (Label Studio)
 #   bash docs/walkthrough.sh         # about 10 minutes on 2 CPU cores; everything lands in .work/walkthrough
-#   bash docs/walkthrough.sh 2>&1 | sed -u 's/.*\r//' > docs/results/walkthrough.txt   # the recorded run
+#   bash docs/walkthrough.sh 2>&1 | sed -u 's/\r$//; s/.*\r//' > docs/results/walkthrough.txt   # the recorded run
+#   (sed keeps the last state of each progress bar)
 #
 # Each command is printed (`$ ...`, variables other than the API key expanded) and then run exactly as
 # printed, followed by its output. Commands that run from the repository root, as USERS.md's do. The one
@@ -183,8 +184,10 @@ step "5. score every task (python -m backend.score)"
 cmd "python -m backend.score --project $PROJECT --backend $BACKEND"
 
 # ------------------------------------------------------------------------------------ sort, top 5 tasks
-TOP5="curl -s -G \"\$LABEL_STUDIO_URL/api/tasks?project=$PROJECT&page_size=5\" $AUTH --data-urlencode 'query={\"ordering\": [\"-tasks:data.discrepancy\"]}' | jq -r '.tasks[] | [.id, .data.image_id, .data.discrepancy, .data.noise_grade, .data.noise_types, .data.model_version] | @tsv'"
+QUERY='{"filters": {"conjunction": "and", "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}, "ordering": ["-tasks:data.discrepancy"]}'
+TOP5="curl -s -G \"\$LABEL_STUDIO_URL/api/tasks?project=$PROJECT&page_size=5\" $AUTH --data-urlencode 'query=$QUERY' | jq -r '.tasks[] | [.id, .data.image_id, .data.discrepancy, .data.noise_grade, .data.noise_types, .data.model_version] | @tsv'"
 step "6. the most suspicious tasks first (Data Manager: Order by discrepancy, descending; here its API)"
+note "the tasks without an annotation (filter Annotations = 0), most suspicious first:"
 note "task, image, discrepancy, grade, noise types, model version"
 cmd "$TOP5"
 
@@ -212,15 +215,15 @@ url, key = os.environ["LABEL_STUDIO_URL"], os.environ["LABEL_STUDIO_API_KEY"]
 project, n, expert_id, truth_path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 headers = {"Authorization": f"Token {key}"}
 truth = {Path(im.file_name).stem: im for im in from_coco(json.loads(Path(truth_path).read_text())).values()}
-query = json.dumps({"ordering": ["-tasks:data.discrepancy"]})
+query = sys.argv[5]  # the Data Manager query above: no annotation yet, most suspicious first
 resp = requests.get(
     f"{url}/api/tasks",
-    params={"project": project, "page_size": 1000, "query": query},
+    params={"project": project, "fields": "all", "page_size": 1000, "query": query},
     headers=headers,
     timeout=60,
 )
 resp.raise_for_status()
-todo = [t for t in resp.json()["tasks"] if not t["total_annotations"]][:n]
+todo = [t for t in resp.json()["tasks"] if not (t.get("annotations") or t.get("total_annotations"))][:n]
 for task in todo:
     image = truth[Path(task["data"]["image_id"]).name]
     result = detections_to_regions(
@@ -242,7 +245,7 @@ for task in todo:
     )
 EOF
 note "$W/expert.py is written by docs/walkthrough.sh: it submits, in the order above, the true boxes"
-cmd "python $W/expert.py $PROJECT $N_EXPERT $EXPERT_ID $W/data/tem/coco/expert_train.json"
+cmd "PYTHONPATH=. python $W/expert.py $PROJECT $N_EXPERT $EXPERT_ID $W/data/tem/coco/expert_train.json '$QUERY'"
 
 # ---------------------------------------------------------------------------------- retrain via webhook
 step "8. the webhooks start a training: wait for the new version and its re-scoring (GET /health)"
@@ -265,7 +268,7 @@ while :; do
 done
 cmd "curl -s $BACKEND/versions | jq -c ."
 cmd "grep -E 'training a|calibrat|now serving|re-scored|bulk scor' $W/backend.log | cut -c 12-"
-note "the order after the re-scoring by the new version (expert tasks have no discrepancy: they sort last)"
+note "the order after the re-scoring by the new version (the same query: tasks without an annotation)"
 cmd "$TOP5"
 
 # ----------------------------------------------------------------------------------------------- export
