@@ -4,7 +4,7 @@
 # discrepancy -> experts annotate -> retrain through the webhook -> export -> label F1 against the truth.
 #
 #   make setup setup-ls              # once: .venv (backend) and .venv-ls (Label Studio)
-#   bash docs/walkthrough.sh         # about 10 minutes on 2 CPU cores; everything lands in .work/walkthrough
+#   bash docs/walkthrough.sh         # about 3 minutes on 2 CPU cores; everything lands in .work/walkthrough
 #   bash docs/walkthrough.sh 2>&1 | sed -u 's/\r$//; s/.*\r//' > docs/results/walkthrough.txt   # the recorded run
 #   (sed keeps the last state of each progress bar)
 #
