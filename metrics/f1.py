@@ -1,13 +1,22 @@
-"""Agreement between two label sets of the same images: one-to-one box matches, precision, recall, F1."""
+"""Agreement between two label sets of the same images: one-to-one box matches, precision, recall, F1.
+
+``python -m metrics.f1 --truth expert.json crowd.json export/annotations.json`` prints each COCO file's F1
+against the true boxes (see :func:`main`).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path, PurePath
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from formats.coco import from_coco
 from selection.boxes import box_iou
 from selection.detections import Detections
 
@@ -104,3 +113,131 @@ def per_image_f1(
         matched = count_matches(ref, lab, iou=iou)
         out[i] = _rates(matched, len(lab) - matched, len(ref) - matched)[2]
     return out
+
+
+# ---------------------------------------------------------------- CLI: COCO files against a COCO truth
+
+
+def read_coco_labels(
+    path: Path, *, names: Sequence[str] | None = None
+) -> tuple[dict[str, Detections], list[str]]:
+    """A COCO detection file's boxes per image, keyed by file name stem (``images/a/0001.png`` -> ``0001``).
+
+    Args:
+        path: the COCO JSON file.
+        names: category names whose index the class ids must follow (matched case-insensitively); None keeps
+            the file's own order (category id - 1).
+
+    Returns:
+        The boxes per image stem (class ids index ``names``, else the file's categories), and the names.
+
+    Raises:
+        ValueError: the file is not COCO, two images share a stem, or a category is not among ``names``.
+    """
+    try:
+        coco = json.loads(Path(path).read_text())
+        images = from_coco(coco)
+    except (OSError, json.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a readable COCO detection file: {exc}") from None
+    by_id = {int(c["id"]): str(c["name"]) for c in coco.get("categories", [])}
+    own = [by_id.get(i, str(i)) for i in range(1, max(by_id, default=0) + 1)]
+    if names is None:
+        remap: np.ndarray = np.arange(len(own), dtype=np.int64)
+        names = own
+    else:
+        index = {n.lower(): i for i, n in enumerate(names)}
+        unknown = [n for n in own if n.lower() not in index]
+        if unknown:
+            raise ValueError(f"{path}: categories {unknown} are not among the truth's {list(names)}")
+        remap = np.array([index[n.lower()] for n in own], np.int64)
+    out: dict[str, Detections] = {}
+    for image in images.values():
+        stem = PurePath(image.file_name).stem
+        if stem in out:
+            raise ValueError(f"{path}: two images are named {stem!r} (images are matched by file name)")
+        dets = image.detections
+        if len(dets) and int(dets.class_id.max()) >= len(remap):
+            raise ValueError(f"{path}: image {image.file_name!r} has a category id without a category")
+        out[stem] = Detections(xyxy=dets.xyxy, class_id=remap[dets.class_id], score=dets.score)
+    return out, list(names)
+
+
+def expert_images(manifest: Path) -> set[str]:
+    """Stems of the images a ``python -m backend.export`` manifest took from an expert annotation."""
+    try:
+        rows = json.loads(Path(manifest).read_text())["images"]
+        return {PurePath(str(r["image"])).stem for r in rows if r.get("source") == "expert"}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{manifest}: not an export manifest (manifest.json): {exc}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m metrics.f1 --truth TRUTH.json LABELS.json...``: each labels file's F1 against the truth.
+
+    Images are matched by file name without folder and suffix; the comparison uses the images that the truth
+    and every labels file have (minus, with ``--manifest``, those an export took from expert annotations).
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> def coco(boxes):
+    ...     return json.dumps({"images": [{"id": 1, "file_name": "img/a.png", "width": 20, "height": 20}],
+    ...         "categories": [{"id": 1, "name": "deposit"}],
+    ...         "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": b}
+    ...                         for i, b in enumerate(boxes)]})
+    >>> _ = (d / "truth.json").write_text(coco([[0, 0, 10, 10], [10, 10, 5, 5]]))
+    >>> _ = (d / "crowd.json").write_text(coco([[0, 0, 10, 10], [15, 0, 5, 5]]))
+    >>> main(["--truth", str(d / "truth.json"), str(d / "crowd.json")])  # doctest: +NORMALIZE_WHITESPACE
+    truth: 2 boxes on 1 images; compared on 1 images (IoU >= 0.5)
+    labels      boxes  precision  recall     F1
+    crowd.json      2      0.500   0.500  0.500
+    0
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m metrics.f1",
+        description="Precision, recall and F1 of COCO label files against the true boxes.",
+    )
+    parser.add_argument("--truth", type=Path, required=True, help="COCO file of the true (expert) boxes")
+    parser.add_argument("labels", type=Path, nargs="+", help="COCO files to assess (e.g. crowd, an export)")
+    parser.add_argument(
+        "--manifest", type=Path, help="an export's manifest.json: leave out the images it took from experts"
+    )
+    parser.add_argument("--iou", type=float, default=0.5, help="IoU of a match (0.5)")
+    args = parser.parse_args(argv)
+    try:
+        truth, names = read_coco_labels(args.truth)
+        label_sets = [read_coco_labels(p, names=names)[0] for p in args.labels]
+        for path, labels in zip(args.labels, label_sets, strict=True):
+            extra = sorted(set(labels) - set(truth))
+            if extra:
+                raise ValueError(f"{path}: images {extra[:5]} are not in the truth {args.truth}")
+        keep = set(truth).intersection(*label_sets)
+        skipped = ""
+        if args.manifest is not None:
+            experts = expert_images(args.manifest) & keep
+            keep -= experts
+            skipped = f", {len(experts)} images with an expert annotation left out"
+        if not keep:
+            raise ValueError("no image is in the truth and in every labels file (matched by file name)")
+        stems = sorted(keep)
+        reference = [truth[s] for s in stems]
+        results = [label_f1(reference, [labels[s] for s in stems], iou=args.iou) for labels in label_sets]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n_truth = sum(len(d) for d in truth.values())
+    print(
+        f"truth: {n_truth} boxes on {len(truth)} images; compared on {len(stems)} images{skipped} "
+        f"(IoU >= {args.iou:g})"
+    )
+    width = max(len("labels"), *(len(p.name) for p in args.labels))
+    print(f"{'labels':<{width}}  boxes  precision  recall     F1")
+    for path, result in zip(args.labels, results, strict=True):
+        print(
+            f"{path.name:<{width}}  {result.tp + result.fp:5d}  {result.precision:9.3f}  "
+            f"{result.recall:6.3f}  {result.f1:5.3f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

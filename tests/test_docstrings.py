@@ -18,6 +18,7 @@ MODULES = [
     "backend.storage",
     "formats.images",
     "formats.labelstudio",
+    "metrics.f1",
     "selection.batch",
     "selection.boxes",
     "selection.calibration",

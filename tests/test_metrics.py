@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from conftest import make_detections, random_boxes
 
 from metrics.ap import APResult, ap_reference, evaluate_ap
-from metrics.f1 import count_matches, label_f1, per_image_f1
+from metrics.f1 import count_matches, label_f1, main, per_image_f1
 from selection.detections import Detections
 
 BOX = [0, 0, 10, 10]
@@ -260,3 +261,92 @@ def test_f1_rejects_bad_input(reference, labels, iou, error):
         label_f1(reference, labels, iou=iou)
     with pytest.raises(error):
         per_image_f1(reference, labels, iou=iou)
+
+
+# ---------------------------------------------------------------- python -m metrics.f1 on COCO files
+
+
+def _coco_file(path, images, *, categories=("deposit",)):
+    """Write a COCO file: ``images`` maps file_name -> [(x, y, w, h, category name)]."""
+    cat_id = {name: i + 1 for i, name in enumerate(categories)}
+    coco = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for n, i in cat_id.items()]}
+    for image_id, (file_name, boxes) in enumerate(images.items(), start=1):
+        coco["images"].append({"id": image_id, "file_name": file_name, "width": 100, "height": 100})
+        for x, y, w, h, name in boxes:
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": cat_id[name],
+                    "bbox": [x, y, w, h],
+                }
+            )
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_f1_cli_matches_by_file_name_and_category_name(tmp_path, capsys):
+    truth = _coco_file(
+        tmp_path / "truth.json",
+        {
+            "images/train/a.png": [(0, 0, 10, 10, "cell"), (50, 50, 10, 10, "deposit")],
+            "images/train/b.png": [],
+        },
+        categories=("deposit", "cell"),
+    )
+    # Other folders and suffixes, categories in another order and case: the same images and classes.
+    labels = _coco_file(
+        tmp_path / "labels.json",
+        {
+            "b.jpg": [(0, 0, 10, 10, "Deposit")],
+            "x/a.png": [(0, 0, 10, 10, "Cell"), (50, 50, 10, 10, "Deposit")],
+        },
+        categories=("Cell", "Deposit"),
+    )
+    wrong_class = _coco_file(tmp_path / "swapped.json", {"a.png": [(0, 0, 10, 10, "deposit")], "b.png": []})
+    assert main(["--truth", str(truth), str(labels), str(wrong_class)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "truth: 2 boxes on 2 images; compared on 2 images (IoU >= 0.5)"
+    # labels: 2 of 3 boxes right (b's box is a false positive); swapped: its box has the wrong class.
+    assert out[2].split() == ["labels.json", "3", "0.667", "1.000", "0.800"]
+    assert out[3].split() == ["swapped.json", "1", "0.000", "0.000", "0.000"]
+
+
+def test_f1_cli_leaves_out_expert_images_of_a_manifest(tmp_path, capsys):
+    truth = _coco_file(tmp_path / "truth.json", {"a.png": [(0, 0, 10, 10, "deposit")], "b.png": []})
+    labels = _coco_file(tmp_path / "export.json", {"a.png": [(0, 0, 10, 10, "deposit")], "b.png": []})
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"images": [{"image": "a.png", "source": "expert"}, {"image": "b.png"}]}))
+    assert main(["--truth", str(truth), "--manifest", str(manifest), str(labels)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        "truth: 1 boxes on 2 images; compared on 1 images, 1 images with an expert annotation left out "
+        "(IoU >= 0.5)"
+    )
+    assert out[2].split() == ["export.json", "0", "1.000", "1.000", "1.000"]  # b: nothing, rightly
+
+
+@pytest.mark.parametrize(
+    ("labels", "categories", "error"),
+    [
+        ({"c.png": []}, ("deposit",), "images ['c'] are not in the truth"),
+        ({"x/a.png": [], "y/a.png": []}, ("deposit",), "two images are named 'a'"),
+        ({"a.png": [(0, 0, 5, 5, "cell")]}, ("cell",), "categories ['cell'] are not among the truth's"),
+    ],
+)
+def test_f1_cli_rejects_mismatched_files(tmp_path, capsys, labels, categories, error):
+    truth = _coco_file(tmp_path / "truth.json", {"a.png": [(0, 0, 10, 10, "deposit")]})
+    path = _coco_file(tmp_path / "labels.json", labels, categories=categories)
+    assert main(["--truth", str(truth), str(path)]) == 2
+    assert error in capsys.readouterr().err
+
+
+def test_f1_cli_rejects_files_that_are_not_coco(tmp_path, capsys):
+    truth = _coco_file(tmp_path / "truth.json", {"a.png": []})
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": []}')
+    assert main(["--truth", str(truth), str(bad)]) == 2
+    assert "bad.json: not a readable COCO detection file" in capsys.readouterr().err
+    empty = _coco_file(tmp_path / "empty.json", {})
+    assert main(["--truth", str(truth), str(empty)]) == 2
+    assert "no image is in the truth and in every labels file" in capsys.readouterr().err
