@@ -428,9 +428,11 @@ def print_summary(ls: lsh.LabelStudioServer, project: int, view: int, *, n_seed:
         f"Label Studio:  {ls.url}/projects/{project}/data?tab={view}",
         f"Log in:        {ls.username}  /  {ls.password}",
         "",
-        f'The tab "{lsh.VIEW_TITLE}" is already sorted by discrepancy, highest first.',
+        f'The tab "{lsh.VIEW_TITLE}" is already sorted by discrepancy, highest first (tasks an expert has '
+        "annotated drop out of it).",
         "By hand in the Data Manager: Columns -> tick 'discrepancy', 'noise_grade', 'noise_types'; then the",
-        "Order by button (right of Filters) -> 'discrepancy', and its arrow button -> descending.",
+        "Order by button (right of Filters) -> 'discrepancy', and its arrow button -> descending; Filters ->",
+        "'Annotations' = 0 hides the tasks already annotated.",
         "Open a task, pick the model's prediction tab (v0...): each region's note names its noise and grade.",
         f"The {n_seed} seed-set tasks already carry the experts' labels (ground-truth annotations by the",
         "admin, imported before the backend was connected) and are not scored. Submit corrected boxes on",

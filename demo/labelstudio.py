@@ -49,6 +49,13 @@ BACKEND_PYTHON = REPO / ".venv" / "bin" / "python"
 DEFAULT_USERNAME = "admin@example.com"
 DISCREPANCY_ORDERING = ("-tasks:data.discrepancy",)
 VIEW_TITLE = "Most suspicious first"
+NOT_ANNOTATED_FILTER = {
+    "filter": "filter:tasks:total_annotations",
+    "operator": "equal",
+    "type": "Number",
+    "value": 0,
+}
+"""Data Manager filter: tasks without an annotation (Label Studio's *Annotations* column = 0)."""
 
 
 class ProcessStartError(RuntimeError):
@@ -457,7 +464,8 @@ def _columns(ls: LabelStudioServer, project: int) -> list[str]:
 
 
 def ensure_suspicious_view(ls: LabelStudioServer, project: int, *, title: str = VIEW_TITLE) -> int:
-    """A Data Manager tab sorted by ``discrepancy`` (descending) with its noise columns shown as numbers.
+    """A Data Manager tab of the tasks nobody annotated yet, sorted by ``discrepancy`` (descending), with its
+    noise columns shown as numbers.
 
     This is what a manager would click together by hand: the tab is created once and reused.
     """
@@ -471,7 +479,9 @@ def ensure_suspicious_view(ls: LabelStudioServer, project: int, *, title: str = 
         "ordering": list(DISCREPANCY_ORDERING),
         "type": "list",
         "target": "tasks",
-        "filters": {"conjunction": "and", "items": []},
+        # Annotated tasks keep the discrepancy they had before the expert saw them (only the others are
+        # re-scored): without this filter they would stay on top of the tab.
+        "filters": {"conjunction": "and", "items": [NOT_ANNOTATED_FILTER]},
         "hiddenColumns": {"explore": hidden, "labeling": [*hidden, "tasks:data.image"]},
         "columnsDisplayType": {"tasks:data.discrepancy": "Number", "tasks:data.image": "Image"},
     }

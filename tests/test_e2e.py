@@ -78,7 +78,7 @@ def test_ordering_by_discrepancy_puts_most_suspicious_first(e2e: E2EEnv) -> None
     assert values[0] > values[-1], "every task got the same discrepancy"
     # The control task (no crowd labels: nothing to contradict) ranks last.
     assert ranked[-1]["data"]["image_id"] == CONTROL_IMAGE_ID, [t["data"]["image_id"] for t in ranked]
-    # The Data Manager tab the demo creates gives the same order.
+    # The Data Manager tab the demo creates gives the same order, without the tasks an expert annotated.
     view = lsh.ensure_suspicious_view(e2e.ls, e2e.project)
     resp = requests.get(
         f"{e2e.ls.url}/api/tasks",
@@ -86,7 +86,9 @@ def test_ordering_by_discrepancy_puts_most_suspicious_first(e2e: E2EEnv) -> None
         headers=e2e.ls.headers,
         timeout=30,
     )
-    assert [t["id"] for t in resp.json()["tasks"]] == [t["id"] for t in ranked]
+    not_annotated = [t["id"] for t in ranked if t["total_annotations"] == 0]
+    assert [t["id"] for t in resp.json()["tasks"]] == not_annotated
+    assert len(not_annotated) >= 2
     # Ground truth of the simulator: the noisier half of the ranking holds at least as much true noise.
     truth = {r.key: int(np.sum(r.crowd_noise != "clean")) + len(r.missed) for r in e2e.dataset.images}
     noise = [truth.get(t["data"]["image_id"], 0) for t in ranked]
@@ -133,6 +135,16 @@ def test_expert_annotations_trigger_training_and_new_version_serves(e2e: E2EEnv)
     assert _health(e2e)["model_version"] == new_version
     lsh.wait_for_scores(e2e.ls, e2e.project, timeout=60)
     assert e2e.client.tasks.get(id=task_id).data["model_version"] == new_version
+    # The demo's tab leaves out what the expert annotated (it keeps its old discrepancy), keeps the rest.
+    view = lsh.ensure_suspicious_view(e2e.ls, e2e.project)
+    resp = requests.get(
+        f"{e2e.ls.url}/api/tasks",
+        params={"project": e2e.project, "view": view, "page_size": 100},
+        headers=e2e.ls.headers,
+        timeout=30,
+    )
+    listed = [t["id"] for t in resp.json()["tasks"]]
+    assert task_id in listed and not {t["id"] for t in ranked[:2]} & set(listed), listed
 
 
 def test_train_button_starts_training(e2e: E2EEnv) -> None:
