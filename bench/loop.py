@@ -27,10 +27,12 @@ from selection.calibration import (
     Calibration,
     CalibrationConfig,
     LabelledFindings,
+    error_probability,
     fit_calibration,
     label_findings,
     regrade,
 )
+from selection.correction import Correction
 from selection.detections import Detections
 
 log = logging.getLogger(__name__)
@@ -255,20 +257,28 @@ def corrected_labels(
     consensus: Mapping[str, Detections] | None = None,
     calibration: Calibration | None = None,
     reviews: bool = True,
+    review_budget: int | None = None,
 ) -> tuple[dict[str, Detections], dict[str, int]]:
     """Stage 2: expert labels on the re-annotated images, noise-graded corrections on the rest.
 
     Args:
         consensus: per remaining image, a second model's predictions that must agree with each fix.
         calibration: when given, the findings are regraded by it first (``selection.calibration.regrade``).
-        reviews: answer every instance sent to review from the expert's boxes (``bench.cost.review``) and
-            charge it; when False they are left unchanged and not charged.
+        reviews: answer the instances sent to review from the expert's boxes (``bench.cost.review``) and
+            charge them; when False they are left unchanged and not charged.
+        review_budget: the most instance decisions the reviews may cost (None: no limit). The instances sent
+            to review are answered most-likely-error first (calibrated error probability where a rule is
+            fitted, else the LSM's severity) until the next would go over it; the rest are left unchanged,
+            as unanswered reviews are, and not charged.
 
     Returns:
         The labels of every training image, and the summed counts: ``correct_labels``' (kept, moved,
         dropped, split, added, flagged, vetoed) and, with reviews, ``reviewed``, ``review_replaced``,
-        ``review_deleted``, ``review_split``, ``review_added``, ``review_decisions``.
+        ``review_deleted``, ``review_split``, ``review_added``, ``review_decisions`` and ``review_skipped``
+        (sent to review, not answered for lack of budget).
     """
+    if review_budget is not None and review_budget < 0:
+        raise ValueError(f"review_budget: expected >= 0 decisions or None, got {review_budget}")
     records = bench.records
     labels = {i: records[i].expert for i in loop.expert_ids}
     totals: dict[str, int] = {}
@@ -276,6 +286,8 @@ def corrected_labels(
     def add(key: str, value: int) -> None:
         totals[key] = totals.get(key, 0) + int(value)
 
+    fixes: dict[str, Correction] = {}
+    priority: dict[str, np.ndarray] = {}
     for i in loop.remaining_ids:
         crowd, pred, score = records[i].crowd, loop.preds[i], loop.scores[i]
         if calibration is not None:
@@ -287,16 +299,70 @@ def corrected_labels(
             consensus=None if consensus is None else consensus[i],
             config=lsm,
         )
+        fixes[i] = fix
         labels[i] = fix.labels
         for key, value in fix.counts.items():
             add(key, value)
-        if reviews:
-            labels[i], outcome = review(fix.labels, fix.flagged, records[i].expert)
-            for key in ("replaced", "deleted", "split", "added"):
-                add(f"review_{key}", getattr(outcome, key))
-            add("reviewed", outcome.reviewed)
-            add("review_decisions", outcome.decisions)
+        if reviews and len(fix.flagged):
+            prob = (
+                error_probability(crowd, pred, score, calibration)
+                if calibration is not None
+                else np.full(len(score.instances), np.nan)
+            )
+            rows = fix.flagged_rows
+            priority[i] = np.where(np.isnan(prob[rows]), fix.flagged.score, prob[rows])
+    if not reviews:
+        return labels, totals
+    for key in ("reviewed", "review_decisions", "review_skipped"):
+        add(key, 0)
+    answered = _reviews_within(fixes, priority, records, review_budget)
+    for i, fix in fixes.items():
+        chosen = answered.get(i)
+        if chosen is None or not chosen.any():
+            add("review_skipped", len(fix.flagged))
+            continue
+        flagged = fix.flagged
+        subset = Detections(flagged.xyxy[chosen], flagged.class_id[chosen], flagged.score[chosen])
+        labels[i], outcome = review(fix.labels, subset, records[i].expert)
+        for key in ("replaced", "deleted", "split", "added"):
+            add(f"review_{key}", getattr(outcome, key))
+        add("reviewed", outcome.reviewed)
+        add("review_decisions", outcome.decisions)
+        add("review_skipped", int((~chosen).sum()))
     return labels, totals
+
+
+def _reviews_within(
+    fixes: Mapping[str, Correction],
+    priority: Mapping[str, np.ndarray],
+    records: Mapping,
+    budget: int | None,
+) -> dict[str, np.ndarray]:
+    """Per image, which flagged instances are answered: all of them, or the most likely errors that fit.
+
+    A reviewed box-in-box box may cost more than one decision (its extra parts are drawn), so the choice is
+    checked against the oracle's real cost and shortened until it fits.
+    """
+    if budget is None:
+        return {i: np.ones(len(p), bool) for i, p in priority.items()}
+    order = sorted(
+        ((float(p[j]), i, j) for i, p in priority.items() for j in range(len(p))),
+        key=lambda t: (-t[0], t[1], t[2]),
+    )
+    k = min(len(order), budget)
+    while True:
+        chosen = {i: np.zeros(len(p), bool) for i, p in priority.items()}
+        for _, i, j in order[:k]:
+            chosen[i][j] = True
+        cost = 0
+        for i, mask in chosen.items():
+            if mask.any():
+                flagged = fixes[i].flagged
+                subset = Detections(flagged.xyxy[mask], flagged.class_id[mask], flagged.score[mask])
+                cost += review(fixes[i].labels, subset, records[i].expert)[1].decisions
+        if cost <= budget or k == 0:
+            return chosen
+        k = max(0, k - (cost - budget))
 
 
 def uncorrected_labels(bench: Workbench, loop: LoopResult) -> dict[str, Detections]:

@@ -24,7 +24,7 @@ import math
 import shlex
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,9 @@ class BenchSettings:
         fix_precision, review_precision: the calibration's precision targets for auto-fixing and for
             reviewing (``selection.calibration.CalibrationConfig``); a higher ``review_precision`` reviews
             fewer instances.
+        cost_limit: the share of a full re-annotation's instance decisions an arm with reviews may cost in
+            all: the reviews get what the bought images leave (most likely errors first, see
+            ``bench.loop.corrected_labels``); None answers every review whatever it costs.
     """
 
     budget: float = 0.25
@@ -123,7 +126,8 @@ class BenchSettings:
     fix_precision: float = CalibrationConfig.fix_precision
     review_precision: float = CalibrationConfig.review_precision
     finetune_steps: str = "matched"
-    cleaning_steps: str = "epochs"
+    cleaning_steps: str = "matched"
+    cost_limit: float | None = 0.27
 
     def __post_init__(self) -> None:
         if self.final_recipe not in FINAL_RECIPES:
@@ -140,11 +144,20 @@ class BenchSettings:
             raise ValueError("seed_fraction, budget: expected 0 < seed_fraction <= budget <= 1")
         if self.strategies[:2] != (Strategy.DISCREPANCY, Strategy.RANDOM):
             raise ValueError("strategies: expected discrepancy and random first")
+        if self.cost_limit is not None and not 0 < self.cost_limit <= 1:
+            raise ValueError(f"cost_limit: expected a share in (0, 1] or None, got {self.cost_limit}")
         self.calibration_config()  # validates the precision targets
 
     def calibration_config(self) -> CalibrationConfig:
         """The grade calibration's settings."""
         return CalibrationConfig(fix_precision=self.fix_precision, review_precision=self.review_precision)
+
+
+def _limit_note(settings: Mapping[str, Any]) -> str:
+    limit = settings.get("cost_limit")
+    if not settings.get("reviews") or limit is None:
+        return ""
+    return f", within {limit * 100:g} % of the instance decisions (most likely errors first)"
 
 
 def _label_set_quality(bench: Workbench, labels: dict[str, Detections]) -> float:
@@ -295,6 +308,10 @@ def run_seed(
         arm(name, labels, loop.expert_ids, init=init, repeats=repeats, counts=counts)
 
     def cleaned(loop: LoopResult, *, consensus=None, reviews: bool = settings.reviews):
+        budget = None
+        if settings.cost_limit is not None:
+            bought = sum(expert_decisions(records_by_id[i]) for i in loop.expert_ids)
+            budget = max(0, int(settings.cost_limit * all_decisions) - bought)
         return corrected_labels(
             bench,
             loop,
@@ -302,6 +319,7 @@ def run_seed(
             consensus=consensus,
             calibration=loop.calibration if settings.calibrate else None,
             reviews=reviews,
+            review_budget=budget,
         )
 
     labels, counts = cleaned(rand)
@@ -407,6 +425,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 [r["arms"][name]["boxes_touched"] / max(r["all_boxes_touched"], 1) for r in runs]
             ),
             "reviewed": _mean_std([float(r["arms"][name]["corrections"].get("reviewed", 0)) for r in runs]),
+            "review_skipped": _mean_std(
+                [float(r["arms"][name]["corrections"].get("review_skipped", 0)) for r in runs]
+            ),
             "label_f1": _mean_std([r["arms"][name]["label_f1"] for r in runs]),
         }
     detection = {
@@ -471,7 +492,9 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         f"x{meta['settings']['expert_repeat']}; fine-tunes: `{meta['settings']['finetune_steps']}` steps; "
         f"consensus: `{meta['settings']['consensus']}`; calibrated "
         f"grades: {'yes' if meta['settings']['calibrate'] else 'no'}; reviews answered and charged: "
-        f"{'yes' if meta['settings']['reviews'] else 'no'}",
+        f"{'yes' if meta['settings']['reviews'] else 'no'}"
+        f"{_limit_note(meta['settings'])}; cleaning models: "
+        f"`{meta['settings'].get('cleaning_steps', 'epochs')}` steps",
         "",
         f"**Headline: the full method reaches {_fmt(full['pct_of_full'])} % of full-expert AP50 at "
         f"{_fmt(full['cost_fraction'], 100)} % expert cost** (the larger of "
@@ -483,8 +506,8 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         "instance reviewed). The headline cost is the larger.",
         "",
         "| arm | AP50 (%) | % of full expert | Δ vs noisy (AP50 pts) | cost: images | cost: decisions | "
-        "cost (larger) | reviews | label F1 of training labels |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "cost (larger) | reviews | left unreviewed | label F1 of training labels |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, label in ARMS.items():
         a = summary["arms"][name]
@@ -492,6 +515,7 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
             f"| {label} | {_fmt(a['ap50'], 100)} | {_fmt(a['pct_of_full'])} | {_fmt(a['delta_vs_noisy'])} "
             f"| {_fmt(a['expert_fraction'], 100)} % | {_fmt(a['decision_fraction'], 100)} % "
             f"| {_fmt(a['cost_fraction'], 100)} % | {_fmt(a['reviewed'], 1, 0)} "
+            f"| {_fmt(a.get('review_skipped', (0.0, 0.0)), 1, 0)} "
             f"| {_fmt(a['label_f1'], 1, 3)} |"
         )
     lines += [
@@ -869,8 +893,8 @@ def main(argv: list[str] | None = None) -> int:
         "--cleaning-steps",
         choices=FINETUNE_STEPS,
         default=BenchSettings.cleaning_steps,
-        help="the loop's cleaning models: epochs over the bought images only (epochs, the default), or "
-        "repeated to a full training's steps per epoch (matched)",
+        help="the loop's cleaning models: repeated to a full training's steps per epoch (matched, the "
+        "default), or epochs over the bought images only (epochs)",
     )
     parser.add_argument("--no-calibration", action="store_true", help="keep the LSM's own grades")
     parser.add_argument(
@@ -887,6 +911,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--no-reviews", action="store_true", help="leave instances sent to review unanswered and uncharged"
+    )
+    parser.add_argument(
+        "--cost-limit",
+        type=float,
+        default=BenchSettings.cost_limit,
+        help="share of a full re-annotation's instance decisions an arm may cost, reviews included: reviews "
+        "are answered most likely error first until it is spent (default 0.27; 1 for no practical limit)",
     )
     parser.add_argument(
         "--noise",
@@ -929,6 +960,7 @@ def main(argv: list[str] | None = None) -> int:
             fix_precision=args.fix_precision,
             review_precision=args.review_precision,
             reviews=not args.no_reviews,
+            cost_limit=args.cost_limit,
         )
         if args.noise:
             import synth

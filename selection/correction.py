@@ -30,7 +30,7 @@ With ``config.class_aware`` only consensus boxes of the instance's class count.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -101,11 +101,13 @@ class Correction:
         counts: ``kept`` (crowd boxes unchanged), ``moved``, ``dropped`` (background boxes removed),
             ``split`` (box-in-box boxes replaced by parts), ``added`` (missed boxes and parts added),
             ``flagged``, ``vetoed`` (fixes the consensus refused; those are also flagged).
+        flagged_rows: int64 (F,) the instance (row of ``ImageScore.instances``) each flagged box stands for.
     """
 
     labels: Detections
     flagged: Detections
     counts: dict[str, int]
+    flagged_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def _consensus_votes(
@@ -301,4 +303,4 @@ def correct_labels(
         "flagged": int(flag.sum()),
         "vetoed": int(plan.vetoed.sum()),
     }
-    return Correction(labels=labels, flagged=flagged, counts=counts)
+    return Correction(labels=labels, flagged=flagged, counts=counts, flagged_rows=np.flatnonzero(flag))

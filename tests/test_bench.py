@@ -308,7 +308,7 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
 
     config = dataclasses.replace(synth.get_preset("tiny"), n_train=60, n_val=4, n_test=4)
     records = synth.generate(config, 3, render=False).images
-    settings = sim.BenchSettings()
+    settings = sim.BenchSettings(cost_limit=None)
     runs = []
     original = sim.Workbench
     sim.Workbench = FakeWorkbench
@@ -319,8 +319,21 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
                     records, seed, work=tmp_path, spec=TRAIN_SPECS["tiny"], lsm=LSMConfig(), settings=settings
                 )
             )
+        # With a cost limit the reviews stop where it is reached (here the bought images leave 5 points).
+        limited = sim.BenchSettings(budget=0.1, seed_fraction=0.05, cost_limit=0.05)
+        capped = sim.run_seed(
+            records, 11, work=tmp_path / "capped", spec=TRAIN_SPECS["tiny"], lsm=LSMConfig(), settings=limited
+        )
     finally:
         sim.Workbench = original
+    for name in ("random_corrected", "full", "full_consensus"):
+        arm = capped["arms"][name]
+        bought = arm["expert_decisions"] - arm["corrections"]["review_decisions"]
+        allowed = max(int(0.05 * capped["all_expert_decisions"]), bought)
+        assert arm["expert_decisions"] <= allowed
+        counts = arm["corrections"]
+        assert counts["review_skipped"] + counts["reviewed"] == counts["flagged"]
+    assert any(capped["arms"][n]["corrections"]["review_skipped"] > 0 for n in ("full", "random_corrected"))
     for run in runs:
         arms = run["arms"]
         assert set(arms) == set(sim.ARMS)

@@ -1,0 +1,110 @@
+"""Reviews within a decision budget: most likely errors first, never over the budget, nothing lost."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from bench_fakes import FakeWorkbench
+from conftest import make_detections
+
+import synth
+from bench.loop import LoopConfig, _reviews_within, corrected_labels, run_loop
+from bench.simulate import BenchSettings
+from bench.workbench import TRAIN_SPECS
+from selection import LSMConfig, Strategy
+from selection.correction import Correction
+
+LSM = LSMConfig()
+
+
+def _correction(labels, flagged, scores) -> Correction:
+    return Correction(
+        labels=make_detections(labels),
+        flagged=make_detections(flagged, scores=scores),
+        counts={},
+        flagged_rows=np.arange(len(flagged)),
+    )
+
+
+def test_most_likely_errors_are_answered_first_and_a_split_costs_its_extra_box():
+    # Three reviewed crowd boxes on nothing (one decision each), and one box around two deposits (two).
+    expert = make_detections([[200, 0, 210, 10], [212, 0, 222, 10]])
+    boxes = [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [198, -2, 224, 12]]
+    fixes = {"a": _correction(boxes, boxes, [0.5] * 4)}
+    records = {"a": SimpleNamespace(expert=expert)}
+    priority = {"a": np.array([0.2, 0.9, 0.5, 0.8])}
+
+    assert _reviews_within(fixes, priority, records, 2)["a"].tolist() == [False, True, False, False]
+    assert _reviews_within(fixes, priority, records, 3)["a"].tolist() == [False, True, False, True]
+    assert _reviews_within(fixes, priority, records, 4)["a"].tolist() == [False, True, True, True]
+    assert _reviews_within(fixes, priority, records, 0)["a"].tolist() == [False] * 4
+    assert _reviews_within(fixes, priority, records, None)["a"].tolist() == [True] * 4
+
+
+def test_priorities_are_compared_across_images():
+    fixes = {
+        "a": _correction([[0, 0, 10, 10]], [[0, 0, 10, 10]], [0.5]),
+        "b": _correction([[0, 0, 10, 10]], [[0, 0, 10, 10]], [0.5]),
+    }
+    records = {i: SimpleNamespace(expert=make_detections([])) for i in fixes}
+    chosen = _reviews_within(fixes, {"a": np.array([0.3]), "b": np.array([0.7])}, records, 1)
+    assert chosen["a"].tolist() == [False] and chosen["b"].tolist() == [True]
+
+
+@pytest.fixture(scope="module")
+def loop_and_bench(tmp_path_factory):
+    config = dataclasses.replace(synth.get_preset("tiny"), n_train=48, n_val=4, n_test=4)
+    records = synth.generate(config, 5, render=False).images
+    bench = FakeWorkbench(records, tmp_path_factory.mktemp("wb"), TRAIN_SPECS["tiny"], seed=3)
+    cfg = LoopConfig(strategy=Strategy.DISCREPANCY, budget=0.5, seed_fraction=0.1, rounds=3)
+    loop = run_loop(bench, cfg, np.random.default_rng(3), lsm=LSM, name="loop")
+    return bench, loop
+
+
+def test_budget_caps_the_charged_decisions_and_unanswered_reviews_keep_their_boxes(loop_and_bench):
+    bench, loop = loop_and_bench
+    _, all_counts = corrected_labels(bench, loop, lsm=LSM, reviews=True)
+    untouched, _ = corrected_labels(bench, loop, lsm=LSM, reviews=False)
+    flagged = all_counts["flagged"]
+    assert all_counts["reviewed"] == flagged > 4
+    assert all_counts.get("review_skipped", 0) == 0
+
+    none, counts = corrected_labels(bench, loop, lsm=LSM, reviews=True, review_budget=0)
+    assert counts.get("reviewed", 0) == 0 and counts.get("review_decisions", 0) == 0
+    assert counts["review_skipped"] == flagged
+    assert all(np.array_equal(none[i].xyxy, untouched[i].xyxy) for i in untouched)
+
+    previous = 0
+    for budget in (1, flagged // 3, flagged // 2, all_counts["review_decisions"]):
+        _, counts = corrected_labels(bench, loop, lsm=LSM, reviews=True, review_budget=budget)
+        assert counts["review_decisions"] <= budget
+        assert counts["reviewed"] + counts["review_skipped"] == flagged
+        assert counts["reviewed"] >= previous
+        previous = counts["reviewed"]
+    assert previous == flagged  # the unlimited run's own cost is enough for every review
+
+    with pytest.raises(ValueError, match="review_budget"):
+        corrected_labels(bench, loop, lsm=LSM, review_budget=-1)
+
+
+def test_cost_limit_setting_is_validated():
+    assert BenchSettings().cost_limit == 0.27
+    assert BenchSettings().cleaning_steps == "matched"
+    with pytest.raises(ValueError, match="cost_limit"):
+        BenchSettings(cost_limit=0.0)
+    with pytest.raises(ValueError, match="cost_limit"):
+        BenchSettings(cost_limit=1.5)
+
+
+def test_calibrated_priorities_stay_within_the_budget(loop_and_bench):
+    bench, loop = loop_and_bench
+    _, full = corrected_labels(bench, loop, lsm=LSM, calibration=loop.calibration, reviews=True)
+    budget = max(1, full.get("review_decisions", 0) // 2)
+    _, counts = corrected_labels(
+        bench, loop, lsm=LSM, calibration=loop.calibration, reviews=True, review_budget=budget
+    )
+    assert counts.get("review_decisions", 0) <= budget
+    assert counts.get("reviewed", 0) + counts.get("review_skipped", 0) == full["flagged"]
