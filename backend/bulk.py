@@ -3,16 +3,17 @@
 Flow: tasks are read from Label Studio a page at a time (ordered by id, so pages stay put while their tasks
 are written) -> each task is classified (:func:`scoring_state`): expert-annotated (left out), already scored
 by the serving version (skipped), or to score -> the tasks to score go through
-:meth:`backend.service.ModelService.score_tasks` in chunks of ``PREDICT_BATCH`` -> each chunk is written
-back while the next one is predicted.
+:meth:`backend.service.ModelService.score_tasks` in chunks of ``PREDICT_BATCH`` -> the scored tasks are
+written back ``WRITE_BATCH`` at a time while the next ones are predicted.
 
 Write-back to Label Studio (:class:`LabelStudioWriter`): one ``POST /api/projects/{id}/import/predictions``
-per chunk (Label Studio 1.23 stores each entry's ``model_version`` as given and validates the lot against the
-labelling config), then the task data fields, merged locally into the ``data`` the listing already returned
-(no GET per task; Label Studio replaces ``data`` as a whole), with a few ``PATCH /api/tasks/{id}`` in flight
-at once (Label Studio 1.23 has no bulk task update), and the superseded predictions of older versions
-deleted. The data fields go last, so ``data.model_version`` naming the serving version means the task's
-prediction is stored too.
+per write batch (Label Studio 1.23 stores each entry's ``model_version`` as given and validates the lot
+against the labelling config), then the task data fields, merged locally into the ``data`` the listing
+already returned (no GET per task; Label Studio replaces ``data`` as a whole), with a few
+``PATCH /api/tasks/{id}?review=1`` in flight at once (Label Studio 1.23 has no bulk task update;
+``LEAN_UPDATE`` says why the query), and the superseded predictions of older versions deleted. The data
+fields go last, so ``data.model_version`` naming the serving version means the task's prediction is stored
+too.
 
 Resumable: a task is *done* when its ``data.model_version`` is the serving version, it has no
 ``score_error``, and (when the listing shows predictions) it holds a prediction of that version made after
@@ -56,8 +57,16 @@ PAGE_SIZE = 100
 """Tasks per listing page (Label Studio's own default page size)."""
 WRITE_THREADS = 4
 """Task updates in flight at once (Label Studio answers several requests at a time)."""
+WRITE_BATCH = 64
+"""Scored tasks per write-back (one predictions import each): Label Studio 1.23 spent 8.3 ms of its CPU per
+prediction imported 16 at a time, 1.5 ms per prediction imported 96 at a time (measured here)."""
 CHUNKS_IN_FLIGHT = 2
-"""Chunks written back while the next one is predicted (bounds the memory of pending write-backs)."""
+"""Write-backs pending while the next tasks are predicted (bounds the memory of pending write-backs)."""
+LEAN_UPDATE = {"review": "1"}
+"""Query of each task update. Label Studio 1.23 loads the task it updates through its Data Manager query,
+with every computed column unless ``review`` is set (``tasks/api.py``, ``TaskAPI.get_queryset``: then only
+the annotators and reviewed columns); the update itself is the same. Measured here: 54 instead of 72 ms of
+Label Studio's CPU per update. A server that ignores the parameter does the full query, nothing else."""
 
 TaskState = Literal["expert", "done", "score"]
 
@@ -295,7 +304,11 @@ class LabelStudioWriter:
                         self._client.predictions.delete(id=int(old["id"]))
             data = task.get("data")
             if isinstance(data, Mapping):
-                self._client.tasks.update(id=task_id, data={**data, **scored.writeback()})
+                self._client.tasks.update(
+                    id=task_id,
+                    data={**data, **scored.writeback()},
+                    request_options={"additional_query_parameters": LEAN_UPDATE},
+                )
             else:  # listed without its data: read it first
                 from backend.lsclient import merge_task_data
 
@@ -441,6 +454,14 @@ def run_bulk_scoring(
             in_flight.popleft().result()
 
     todo: list[Mapping[str, Any]] = []
+    unwritten: list[tuple[ScoredTask, Mapping[str, Any]]] = []
+
+    def submit(*, final: bool) -> None:
+        nonlocal unwritten
+        if len(unwritten) >= max(chunk, WRITE_BATCH) or (final and unwritten):
+            drain(CHUNKS_IN_FLIGHT - 1)
+            in_flight.append(chunk_pool.submit(write, unwritten))
+            unwritten = []
 
     def flush(*, final: bool) -> None:
         nonlocal todo
@@ -449,10 +470,12 @@ def run_bulk_scoring(
             started = time.perf_counter()
             scored = service.score_tasks(part, schema, version=version)
             logger.debug("scored %d tasks in %.2f s", len(part), time.perf_counter() - started)
-            drain(CHUNKS_IN_FLIGHT - 1)
-            in_flight.append(chunk_pool.submit(write, list(zip(scored, part, strict=True))))
-            if stop is not None and stop.is_set():
+            unwritten.extend(zip(scored, part, strict=True))
+            stopping = stop is not None and stop.is_set()
+            submit(final=final or stopping)
+            if stopping:
                 raise _StopRequestedError
+        submit(final=final)
 
     try:
         for page, total in _pages(source, project, tasks):

@@ -171,6 +171,8 @@ BACKEND_PORT=${BACKEND_PORT:-$(free_port 9090)}
 BACKEND=http://127.0.0.1:$BACKEND_PORT
 note "train after $N_EXPERT expert annotations (the default is 5)"
 cmd "export TRAIN_MIN_ANNOTATIONS=$N_EXPERT"
+note "the benchmark's retraining recipe: the expert images repeated to the first model's $N_TRAIN images per epoch"
+cmd "export TRAIN_EPOCH_IMAGES=$N_TRAIN"
 cmd "setsid python -m backend --host 127.0.0.1 --port $BACKEND_PORT > $W/backend.log 2>&1 &"
 BACKEND_PID=$!
 wait_up "the backend" "$BACKEND/health" "$BACKEND_PID" 180 "$W/backend.log"

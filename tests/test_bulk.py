@@ -87,6 +87,7 @@ class PagedSource:
         self._tasks = tasks
         self._page = page
         self.published: list[ScoredTask] = []
+        self.batches: list[int] = []
         self.pages_read = 0
 
     def label_config(self, project):
@@ -102,6 +103,7 @@ class PagedSource:
 
     def publish(self, scored):
         self.published.extend(scored)
+        self.batches.append(len(scored))
         for item in scored:  # what Label Studio would now hold
             task = next(t for t in self._tasks if t["id"] == item.task_id)
             task["data"] = {**task["data"], **item.writeback()}
@@ -167,6 +169,25 @@ def test_bulk_scoring_pages_chunks_stops_and_resumes(tmp_path):
     assert source.pages_read - pages_before == 3  # 11 tasks in pages of 4
 
 
+def test_scored_chunks_are_written_back_in_batches(tmp_path, monkeypatch):
+    import backend.bulk as bulk
+
+    monkeypatch.setattr(bulk, "WRITE_BATCH", 6)
+    root = tmp_path / "files"
+    source = PagedSource(_tasks(root, n=11, n_expert=2), page=4)
+    done = run_bulk_scoring(
+        project=1,
+        source=source,
+        service=_service(tmp_path, root),
+        schema=parse_label_config(LABEL_CONFIG),
+        is_expert=expert,
+        chunk=3,
+    )
+    assert done.state == "done" and done.scored == 9
+    # pages of 4 (2 expert tasks on the first): chunks of 3 are predicted as they fill, written 6 at a time
+    assert source.batches == [6, 3]
+
+
 def test_bulk_scoring_needs_a_positive_chunk(tmp_path):
     with pytest.raises(ValueError, match="chunk"):
         run_bulk_scoring(
@@ -195,8 +216,9 @@ class RecordingClient:
                     raise RuntimeError("400: invalid prediction")
 
         class Tasks:
-            def update(self, id, data):
+            def update(self, id, data, request_options=None):
                 outer._record("update", (id, data))
+                outer._record("update_query", (request_options or {}).get("additional_query_parameters"))
 
             def get(self, id):
                 raise AssertionError("no GET per task: the listing gave the data")
@@ -240,6 +262,8 @@ def test_writer_imports_once_per_chunk_and_merges_listed_data():
     assert updates[1] == {"image": "a", "crowd_labels": [], **_scored(1).writeback()}
     assert updates[4] == {"image": "d", "score_error": "task: image not found"}
     assert set(updates) == {1, 2, 3, 4, 5}
+    queries = [args for name, args in client.calls if name == "update_query"]
+    assert queries == [{"review": "1"}] * 5  # Label Studio's lean task query (backend.bulk.LEAN_UPDATE)
 
 
 def test_writer_replaces_a_stale_prediction_of_the_same_version():
