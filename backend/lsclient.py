@@ -70,6 +70,13 @@ def make_sdk_client(base_url: str, api_key: str) -> Any:
     return LabelStudio(base_url=base_url, api_key=api_key, timeout=60)
 
 
+LEAN_UPDATE = {"review": "1"}
+"""Query of each task update. Label Studio 1.23 loads the task it updates through its Data Manager query,
+with every computed column unless ``review`` is set (``tasks/api.py``, ``TaskAPI.get_queryset``: then only
+the annotators and reviewed columns); the update itself is the same. Measured here: 54 instead of 72 ms of
+Label Studio's CPU per update. A server that ignores the parameter does the full query, nothing else."""
+
+
 def merge_task_data(client: Any, task_id: int, fields: Mapping[str, Any]) -> None:
     """Merge ``fields`` into a task's ``data`` in Label Studio: read the task, update, write the whole data.
 
@@ -88,7 +95,7 @@ def merge_task_data(client: Any, task_id: int, fields: Mapping[str, Any]) -> Non
     )
     data = dict(getattr(task, "data", None) or {})
     data.update(fields)
-    client.tasks.update(id=task_id, data=data)
+    client.tasks.update(id=task_id, data=data, request_options={"additional_query_parameters": LEAN_UPDATE})
 
 
 class TaskWriteBack:

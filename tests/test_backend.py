@@ -221,7 +221,8 @@ def test_merge_task_data_keeps_the_other_fields():
                 data["image"] = f"/tasks/{id}/resolve/?fileuri=czM6Ly9iL3gucG5n"
             return type("Task", (), {"data": data})()
 
-        def update(self, id, data):
+        def update(self, id, data, request_options=None):
+            assert request_options == {"additional_query_parameters": {"review": "1"}}  # the lean query
             self.data[id] = data
 
     client = type("Client", (), {"tasks": Tasks()})()
