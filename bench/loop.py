@@ -310,7 +310,8 @@ def corrected_labels(
                 else np.full(len(score.instances), np.nan)
             )
             rows = fix.flagged_rows
-            priority[i] = np.where(np.isnan(prob[rows]), fix.flagged.score, prob[rows])
+            severity = fix.flagged.score if fix.flagged.score is not None else np.zeros(len(rows))
+            priority[i] = np.where(np.isnan(prob[rows]), severity, prob[rows])
     if not reviews:
         return labels, totals
     for key in ("reviewed", "review_decisions", "review_skipped"):
@@ -321,9 +322,7 @@ def corrected_labels(
         if chosen is None or not chosen.any():
             add("review_skipped", len(fix.flagged))
             continue
-        flagged = fix.flagged
-        subset = Detections(flagged.xyxy[chosen], flagged.class_id[chosen], flagged.score[chosen])
-        labels[i], outcome = review(fix.labels, subset, records[i].expert)
+        labels[i], outcome = review(fix.labels, fix.flagged.subset(chosen), records[i].expert)
         for key in ("replaced", "deleted", "split", "added"):
             add(f"review_{key}", getattr(outcome, key))
         add("reviewed", outcome.reviewed)
@@ -357,9 +356,7 @@ def _reviews_within(
         cost = 0
         for i, mask in chosen.items():
             if mask.any():
-                flagged = fixes[i].flagged
-                subset = Detections(flagged.xyxy[mask], flagged.class_id[mask], flagged.score[mask])
-                cost += review(fixes[i].labels, subset, records[i].expert)[1].decisions
+                cost += review(fixes[i].labels, fixes[i].flagged.subset(mask), records[i].expert)[1].decisions
         if cost <= budget or k == 0:
             return chosen
         k = max(0, k - (cost - budget))
