@@ -30,6 +30,19 @@ def _health(env: E2EEnv) -> dict:
     return resp.json()
 
 
+def _suspicious_tab_ids(e2e: E2EEnv) -> list[int]:
+    """Task ids in the order of the demo's "Most suspicious first" tab (created if missing)."""
+    view = lsh.ensure_suspicious_view(e2e.ls, e2e.project)
+    resp = requests.get(
+        f"{e2e.ls.url}/api/tasks",
+        params={"project": e2e.project, "view": view, "page_size": 100},
+        headers=e2e.ls.headers,
+        timeout=30,
+    )
+    resp.raise_for_status()
+    return [t["id"] for t in resp.json()["tasks"]]
+
+
 def test_backend_is_connected_in_label_studio(e2e: E2EEnv) -> None:
     states = lsh.backend_state(e2e.ls, e2e.project)
     assert [s["id"] for s in states] == [e2e.ml_id]
@@ -79,15 +92,8 @@ def test_ordering_by_discrepancy_puts_most_suspicious_first(e2e: E2EEnv) -> None
     # The control task (no crowd labels: nothing to contradict) ranks last.
     assert ranked[-1]["data"]["image_id"] == CONTROL_IMAGE_ID, [t["data"]["image_id"] for t in ranked]
     # The Data Manager tab the demo creates gives the same order, without the tasks an expert annotated.
-    view = lsh.ensure_suspicious_view(e2e.ls, e2e.project)
-    resp = requests.get(
-        f"{e2e.ls.url}/api/tasks",
-        params={"project": e2e.project, "view": view, "page_size": 100},
-        headers=e2e.ls.headers,
-        timeout=30,
-    )
     not_annotated = [t["id"] for t in ranked if t["total_annotations"] == 0]
-    assert [t["id"] for t in resp.json()["tasks"]] == not_annotated
+    assert _suspicious_tab_ids(e2e) == not_annotated
     assert len(not_annotated) >= 2
     # Ground truth of the simulator: the noisier half of the ranking holds at least as much true noise.
     truth = {r.key: int(np.sum(r.crowd_noise != "clean")) + len(r.missed) for r in e2e.dataset.images}
@@ -136,14 +142,7 @@ def test_expert_annotations_trigger_training_and_new_version_serves(e2e: E2EEnv)
     lsh.wait_for_scores(e2e.ls, e2e.project, timeout=60)
     assert e2e.client.tasks.get(id=task_id).data["model_version"] == new_version
     # The demo's tab leaves out what the expert annotated (it keeps its old discrepancy), keeps the rest.
-    view = lsh.ensure_suspicious_view(e2e.ls, e2e.project)
-    resp = requests.get(
-        f"{e2e.ls.url}/api/tasks",
-        params={"project": e2e.project, "view": view, "page_size": 100},
-        headers=e2e.ls.headers,
-        timeout=30,
-    )
-    listed = [t["id"] for t in resp.json()["tasks"]]
+    listed = _suspicious_tab_ids(e2e)
     assert task_id in listed and not {t["id"] for t in ranked[:2]} & set(listed), listed
 
 
