@@ -50,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def format_table(types: Sequence[Mapping[str, Any]]) -> str:
     """The per-type rows of a calibration as a text table (precision/recall before (LSM) and after)."""
 
+    from selection.calibration import fitted_label
+
     def num(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 
@@ -58,7 +60,7 @@ def format_table(types: Sequence[Mapping[str, Any]]) -> str:
         f"{head[0]:<13}{head[1]:>9}{head[2]:>7}  {head[3]:>8}{head[4]:>7}  {head[5]:>9}{head[6]:>7}  fitted"
     ]
     for row in types:
-        fit = "yes" if row["fitted"] else f"no ({row['reason']})"
+        fit = fitted_label(row["fitted"], row["reason"])
         lines.append(
             f"{row['noise_type']:<13}{row['examples']:>9}{row['errors']:>7}  "
             f"{num(row['precision_before']):>8}{num(row['recall_before']):>7}  "

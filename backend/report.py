@@ -37,7 +37,7 @@ import numpy as np
 from backend.calibration import calibration_path, task_views, trained_on
 from backend.labelconfig import LabelSchema
 from backend.roles import expert_annotation
-from selection.calibration import error_probability
+from selection.calibration import error_probability, fitted_label
 
 if TYPE_CHECKING:
     from backend.service import ModelService
@@ -286,7 +286,7 @@ def render_html(report: Mapping[str, Any]) -> str:
                         r["recall"],
                         r["precision_before"],
                         r["recall_before"],
-                        "yes" if r["fitted"] else f"no ({r['reason']})",
+                        fitted_label(r["fitted"], r["reason"]),
                     ]
                     for r in cal.get("types") or []
                 ],

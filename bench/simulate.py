@@ -460,8 +460,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 )
             }
     for name in grades:
-        grades[name]["fitted_seeds"] = sum(
-            bool(r["grades"]["calibration"]["rules"].get(name, {}).get("fitted")) for r in runs
+        rules = [r["grades"]["calibration"]["rules"].get(name, {}) for r in runs]
+        grades[name]["fitted_seeds"] = sum(bool(rule.get("fitted")) for rule in rules)
+        grades[name]["rate_seeds"] = sum(
+            bool(rule.get("fitted")) and rule.get("reason") != "fitted" for rule in rules
         )
     return {
         "arms": arms,
@@ -566,10 +568,11 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         "",
         "Grades before and after calibration on the bought images (LSM loop, images not sent to experts). "
         "Fixed = auto-fixed; flagged = auto-fixed or sent to review; P@R≥0.5 = best precision of the "
-        "calibrated ranking at recall ≥ 0.5 (curves: `grade_pr.png`):",
+        "calibrated ranking at recall ≥ 0.5 (curves: `grade_pr.png`); a rate rule (too few examples for a "
+        "model) gives every finding of its type the same probability, so its curve is one point:",
         "",
         "| noise type | fixed P / R before | fixed P / R after | flagged P / R before | flagged P / R after "
-        "| P@R≥0.5 | rule fitted on |",
+        "| P@R≥0.5 | rule fitted on (a rate rule on) |",
         "|---|---|---|---|---|---|---|",
     ]
 
@@ -580,7 +583,7 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         lines.append(
             f"| {name} | {pr(g['before'], 'fix')} | {pr(g['after'], 'fix')} | {pr(g['before'], 'flag')} "
             f"| {pr(g['after'], 'flag')} | {_fmt(g['after']['precision_at_recall'], 1, 2)} "
-            f"| {g['fitted_seeds']} of {meta['n_seeds']} seeds |"
+            f"| {g['fitted_seeds']} of {meta['n_seeds']} seeds ({g.get('rate_seeds', 0)}) |"
         )
     path.write_text("\n".join(lines) + "\n")
 

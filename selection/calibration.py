@@ -13,8 +13,10 @@ and applies it to new findings:
    error" on the instance features; its two cut-offs are chosen on out-of-fold probabilities so that the
    auto-fixed findings were true errors at least ``fix_precision`` of the time and the reviewed ones at least
    ``review_precision`` of the time (Laplace-smoothed). A type with fewer than ``min_examples`` examples, or
-   fewer than ``min_class`` of either outcome, gets no rule (``TypeRule.fitted`` False): its findings keep
-   the LSM's own grades.
+   fewer than ``min_class`` of either outcome, is too thin for a model: with at least ``min_rate_examples``
+   examples it gets a *rate rule* instead (every finding of the type has the same probability, the
+   Laplace-smoothed share of its examples that were true errors, and the same cut-offs decide what that
+   share buys); with fewer, no rule (``TypeRule.fitted`` False) and its findings keep the LSM's own grades.
 3. ``regrade(score, crowd, pred, calibration)``: the same ``ImageScore`` with new grades and actions
    (probability >= fix cut-off -> auto_fix (localization ``minor``, the others ``major``); >= review cut-off
    -> review (``uncertain``); below -> keep (``clean``)). Types, severities, proposals and the image
@@ -81,6 +83,8 @@ class CalibrationConfig:
         review_precision: send to review only where at least this share were true errors; keep the rest.
         min_examples: fewest labelled examples of a type to fit its rule.
         min_class: fewest true errors and fewest non-errors of a type to fit its rule.
+        min_rate_examples: fewest labelled examples of a type for a rate rule when a model cannot be fitted
+            (0 turns rate rules off).
         l2: L2 penalty on the standardised logistic coefficients (the intercept is not penalised).
         folds: folds of the out-of-fold probabilities the cut-offs are chosen on.
     """
@@ -93,6 +97,7 @@ class CalibrationConfig:
     review_precision: float = 0.4
     min_examples: int = 20
     min_class: int = 4
+    min_rate_examples: int = 5
     l2: float = 1.0
     folds: int = 5
 
@@ -116,6 +121,8 @@ class CalibrationConfig:
                 f"min_examples, min_class: expected min_class >= 1 and min_examples >= 2 * min_class, got "
                 f"{self.min_examples}, {self.min_class}"
             )
+        if self.min_rate_examples < 0:
+            raise ValueError(f"min_rate_examples: expected 0 or more, got {self.min_rate_examples}")
         if not self.l2 > 0:
             raise ValueError(f"l2: expected a positive penalty, got {self.l2}")
         if self.folds < 2:
@@ -432,7 +439,7 @@ class TypeRule:
     Attributes:
         noise_type: the type.
         fitted: False when there were too few examples (then the LSM's own grades are kept).
-        reason: why it is not fitted, or ``"fitted"``.
+        reason: why it is not fitted, ``"fitted"`` for a model, or ``"rate of ..."`` for a rate rule.
         n_examples, n_errors: labelled examples and how many were true errors.
         used: bool (F,) features the model uses (those with a value in every example).
         mean, scale: float64 (F,) standardisation of the features.
@@ -508,6 +515,13 @@ class TypeRule:
         )
 
 
+def fitted_label(fitted: bool, reason: str) -> str:
+    """How a rule was fitted, for tables: ``yes`` (a model), the rate rule's reason, or ``no (why)``."""
+    if not fitted:
+        return f"no ({reason})"
+    return "yes" if reason == "fitted" else reason
+
+
 @dataclass(frozen=True)
 class Calibration:
     """One rule per calibrated noise type (fitted or not) and the settings they were fitted with."""
@@ -535,14 +549,39 @@ class Calibration:
         )
 
 
+def _rate_rule(noise_type: str, n: int, pos: int, why: str, cfg: CalibrationConfig) -> TypeRule:
+    """One probability for every finding of the type: the smoothed share of true errors among its examples."""
+    rate = (pos + 1.0) / (n + 2.0)
+    coef = np.zeros(len(FEATURES) + 1)
+    coef[-1] = np.log(rate / (1.0 - rate))
+    prob = np.full(n, rate)
+    target = np.zeros(n, bool)
+    target[:pos] = True
+    fix = _cutoff(prob, target, cfg.fix_precision)
+    review = min(_cutoff(prob, target, cfg.review_precision), fix)
+    return TypeRule(
+        noise_type,
+        True,
+        f"rate of {pos} true errors in {n} examples ({why})",
+        n,
+        pos,
+        coef=coef,
+        fix_threshold=fix,
+        review_threshold=review,
+    )
+
+
 def _fit_type(noise_type: str, x: np.ndarray, y: np.ndarray, cfg: CalibrationConfig) -> TypeRule:
     n, pos = len(y), int(y.sum())
+    thin = None
     if n < cfg.min_examples:
-        return TypeRule(noise_type, False, f"{n} examples, fewer than {cfg.min_examples}", n, pos)
-    if min(pos, n - pos) < cfg.min_class:
-        return TypeRule(
-            noise_type, False, f"{pos} true errors of {n}: fewer than {cfg.min_class} of one kind", n, pos
-        )
+        thin = f"{n} examples, fewer than {cfg.min_examples}"
+    elif min(pos, n - pos) < cfg.min_class:
+        thin = f"{pos} true errors of {n}: fewer than {cfg.min_class} of one kind"
+    if thin is not None:
+        if cfg.min_rate_examples and n >= cfg.min_rate_examples:
+            return _rate_rule(noise_type, n, pos, thin, cfg)
+        return TypeRule(noise_type, False, thin, n, pos)
     used = ~np.isnan(x).any(axis=0)
     mean = np.where(used, np.nanmean(np.where(used, x, 0.0), axis=0), 0.0)
     scale = np.where(used, x.std(axis=0), 1.0)

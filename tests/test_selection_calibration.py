@@ -14,10 +14,12 @@ from selection.calibration import (
     Calibration,
     CalibrationConfig,
     LabelledFindings,
+    TypeRule,
     error_probability,
     expert_truth,
     finding_targets,
     fit_calibration,
+    fitted_label,
     instance_features,
     label_findings,
     precision_recall_curve,
@@ -126,13 +128,46 @@ def test_fit_learns_the_informative_feature_and_sets_cutoffs(rng):
     ("n", "positives", "reason"),
     [(10, 5, "fewer than 20"), (100, 2, "fewer than 4 of one kind"), (100, 99, "fewer than 4 of one kind")],
 )
-def test_fallback_with_too_few_examples(n, positives, reason):
+def test_too_few_examples_for_a_model_give_a_rate_rule(n, positives, reason):
     target = np.zeros(n, bool)
     target[:positives] = True
     examples = LabelledFindings(np.full(n, "missed"), np.zeros((n, len(FEATURES))), target)
     rule = fit_calibration(examples).rules["missed"]
+    assert rule.fitted
+    assert rule.reason.startswith("rate of ") and reason in rule.reason
+    rate = (positives + 1) / (n + 2)
+    rng = np.random.default_rng(0)
+    np.testing.assert_allclose(rule.probability(rng.normal(size=(3, len(FEATURES)))), rate)
+    # The rate buys what the same share of true errors buys a model: fix at >= 0.8, review at >= 0.4.
+    assert (rule.fix_threshold <= rate) == (rate >= 0.8)
+    assert (rule.review_threshold <= rate) == (rate >= 0.4)
+    assert fitted_label(rule.fitted, rule.reason) == rule.reason
+    back = TypeRule.from_dict(json.loads(json.dumps(rule.to_dict())))
+    np.testing.assert_allclose(back.probability(np.zeros((1, len(FEATURES)))), rate)
+
+
+def test_rate_rule_regrades_every_finding_of_its_type_alike():
+    # Twelve box-in-box findings, all true errors: too few for a model, enough for a rate (13/14 >= 0.8).
+    examples = LabelledFindings(np.full(12, "box_in_box"), np.zeros((12, len(FEATURES))), np.ones(12, bool))
+    cal = fit_calibration(examples)
+    assert cal.fitted_types == ["box_in_box"]
+    rule = cal.rules["box_in_box"]
+    assert rule.probability(np.zeros((1, len(FEATURES))))[0] == pytest.approx(13 / 14)
+    assert rule.fix_threshold == pytest.approx(13 / 14)
+    # Half of them errors: every finding goes to review, none is fixed.
+    half = np.arange(12) < 6
+    rule = fit_calibration(LabelledFindings(np.full(12, "box_in_box"), np.zeros((12, len(FEATURES))), half))
+    rule = rule.rules["box_in_box"]
+    assert rule.fix_threshold == np.inf and rule.review_threshold == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("n", "min_rate"), [(4, 5), (50, 0)])
+def test_no_rule_below_the_rate_minimum(n, min_rate):
+    target = np.arange(n) < 2
+    examples = LabelledFindings(np.full(n, "missed"), np.zeros((n, len(FEATURES))), target)
+    rule = fit_calibration(examples, config=CalibrationConfig(min_rate_examples=min_rate)).rules["missed"]
     assert not rule.fitted
-    assert reason in rule.reason
+    assert fitted_label(rule.fitted, rule.reason).startswith("no (")
     assert np.isnan(rule.probability(np.zeros((3, len(FEATURES))))).all()
 
 
@@ -149,6 +184,7 @@ def test_empty_examples_fit_nothing():
         ({"near_iou": 0.6}, "near_iou"),
         ({"min_examples": 5, "min_class": 4}, "min_examples"),
         ({"l2": 0.0}, "l2"),
+        ({"min_rate_examples": -1}, "min_rate_examples"),
         ({"folds": 1}, "folds"),
         ({"clean_iou": 1.5}, "clean_iou"),
     ],
@@ -164,7 +200,7 @@ def test_labelled_findings_rejects_mismatched_lengths():
 
 
 def test_to_dict_round_trip(rng):
-    cal = fit_calibration(LabelledFindings.concat([_synthetic(200, rng), _synthetic(5, rng, "missed")]))
+    cal = fit_calibration(LabelledFindings.concat([_synthetic(200, rng), _synthetic(4, rng, "missed")]))
     again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
     assert again.fitted_types == cal.fitted_types == ["background"]
     x = _synthetic(50, rng).features
