@@ -9,6 +9,9 @@ Per task, one of three sources gives the exported boxes:
   thresholds, predictions at the same ``PREDICT_CONF``), applied by ``correct_labels``;
 * ``crowd``: the crowd labels as they are, when the plan changes nothing.
 
+Where the model version has a grade calibration (``backend.calibration``), the findings are regraded with it
+first, as ``/predict`` regrades them, so the export applies the fixes the annotators were shown.
+
 Instances the plan leaves for an expert (grade ``uncertain``, edit ``review``) stay as the crowd drew them
 (a prediction under review is not added) and are listed in ``review.json`` / ``review.csv``. ``manifest.json``
 records each image's source, the model version, the thresholds and the counts. ``SCORE_THRESHOLD`` only hides
@@ -20,6 +23,13 @@ Output (``--out DIR``, which must not exist or be empty; written to a temporary 
     coco: DIR/annotations.json  DIR/images/<name>              (COCO file_name = <name>, image id = task id)
     yolo: DIR/data.yaml  DIR/images/<name>  DIR/labels/<name without suffix>.txt
     ls:   DIR/tasks.json  (Label Studio import form: the task data, one ground-truth-or-not annotation)
+    --train-final: DIR/model/versions/<version>/weights.pt (+ meta.json), a registry of its own
+
+``--train-final`` is the full method's last step (``bench.simulate``'s full arm): the detector trained on the
+cleaned labels of every image, warm-started from the version that proposed the fixes, with the backend's
+``TRAIN_*`` settings; ``manifest.json`` gains ``final_model`` (version, init, sizes, validation mAP50). It is
+published to the export's own registry, never to ``MODEL_DIR``: a model trained on its own fixes would no
+longer find them, so the serving version stays the one trained on expert labels only.
 
 Categories are the labelling config's labels without deletion labels (``background``, ``drop``...): boxes an
 expert labelled with one of those are left out. ``<name>`` is the task's ``image_id`` (or the image URL's file
@@ -52,19 +62,21 @@ from urllib.parse import parse_qs, unquote, urlparse
 import numpy as np
 
 from backend.bootstrap import WEAK_MAP50, validation_map50
-from backend.crowd import CrowdReader
+from backend.crowd import CrowdLabels, CrowdReader
 from backend.images import ImageLoader, ImageLoadError, LoadedImage
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema
 from backend.protocol import task_image_url
 from backend.roles import CrowdPolicy, expert_annotation
 from backend.settings import ExpertPolicy, Settings, SettingsError, lsm_as_dict, settings_with_overrides
 from formats.labelstudio import regions_to_detections
+from selection.calibration import Calibration, regrade
 from selection.correction import CorrectionPlan, Edit, correct_labels, plan_corrections
 from selection.detections import Detections
 from selection.lsm import LSMConfig, score_image
 
 if TYPE_CHECKING:
     from model.detector import Detector
+    from model.registry import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +143,13 @@ class Decision:
 
 
 def decide(
-    crowd: Detections, pred: Detections | None, expert: Detections | None, *, config: LSMConfig
+    crowd: Detections,
+    pred: Detections | None,
+    expert: Detections | None,
+    *,
+    config: LSMConfig,
+    calibration: Calibration | None = None,
+    agreement: np.ndarray | None = None,
 ) -> Decision:
     """Decide one image's exported boxes: the expert's, else the crowd's with the plan's fixes applied.
 
@@ -141,6 +159,9 @@ def decide(
             only when ``expert`` is given.
         expert: the expert annotation's boxes, or None when the image has none.
         config: the LSM thresholds the backend scores with.
+        calibration: the model version's grade calibration (``backend.calibration``), applied as ``/predict``
+            applies it; None: the LSM's own grades.
+        agreement: float (M,) annotator agreement per crowd box, for the calibration (None: unknown).
 
     Returns:
         The decision (see :class:`Decision`).
@@ -162,6 +183,8 @@ def decide(
     if pred is None:
         raise ValueError("pred: predictions are needed for an image without an expert annotation")
     score = score_image(crowd, pred, config=config)
+    if calibration is not None:
+        score = regrade(crowd, pred, score, calibration, agreement=agreement)
     plan = plan_corrections(crowd, pred, score, config=config)
     correction = correct_labels(crowd, pred, score, config=config)
     changed = any(correction.counts[k] for k in _APPLIED)
@@ -336,6 +359,7 @@ def clean_tasks(
     image_dir: Path | None = None,
     progress: bool = False,
     crowd_reader: CrowdReader | None = None,
+    calibration: Calibration | None = None,
 ) -> list[CleanedTask]:
     """Decide every task's exported boxes (images loaded and predicted in chunks of ``batch``).
 
@@ -353,6 +377,8 @@ def clean_tasks(
         progress: show a progress bar (tqdm, on stderr).
         crowd_reader: reads each task's crowd boxes as the backend does (``CROWD_SOURCE``: the
             ``crowd_labels`` field or crowd users' annotations, fused per annotator); default: the field.
+        calibration: the model version's grade calibration (None: the LSM's own grades), as ``/predict``
+            regrades with it.
 
     Returns:
         One :class:`CleanedTask` per task, in order.
@@ -378,7 +404,7 @@ def clean_tasks(
     try:
         for start in range(0, len(tasks), max(1, batch)):
             chunk = tasks[start : start + max(1, batch)]
-            loaded: list[tuple[Mapping[str, Any], LoadedImage, str, Detections, Detections | None]] = []
+            loaded: list[tuple[Mapping[str, Any], LoadedImage, str, CrowdLabels, Detections | None]] = []
             for task in chunk:
                 tid = task.get("id", "?")
                 try:
@@ -408,7 +434,14 @@ def clean_tasks(
                 )
                 preds = {i: label_map.to_labels(p) for i, p in zip(need, found, strict=True)}
             for i, (task, image, name, crowd, expert) in enumerate(loaded):
-                decision = decide(crowd, preds.get(i), expert, config=config)
+                decision = decide(
+                    crowd.detections,
+                    preds.get(i),
+                    expert,
+                    config=config,
+                    calibration=calibration,
+                    agreement=crowd.agreement,
+                )
                 tid = int(task["id"])
                 review = (
                     review_items(decision.plan, task_id=tid, image=name, labels=schema.labels)
@@ -439,11 +472,11 @@ def _task_labels(
     policy: ExpertPolicy,
     reader: CrowdReader,
     image: LoadedImage,
-) -> tuple[Detections, Detections | None]:
-    """The task's crowd boxes and its expert boxes (None without an expert annotation), label indices."""
+) -> tuple[CrowdLabels, Detections | None]:
+    """The task's crowd labels and its expert boxes (None without an expert annotation), label indices."""
     tid = task.get("id", "?")
     try:
-        crowd = reader.read(task, width=image.width, height=image.height, schema=schema).detections
+        crowd = reader.read(task, width=image.width, height=image.height, schema=schema)
     except ValueError as exc:
         raise ExportError(f"task {tid}: {exc}") from None
     ann = expert_annotation(task, policy)
@@ -671,6 +704,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", help="model version to use (default: the registry's latest)")
     parser.add_argument("--no-images", action="store_true", help="do not copy the images (coco, yolo)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--train-final",
+        action="store_true",
+        help="then train the final detector on the export, from the serving version (TRAIN_* settings), "
+        "into OUT/model (coco or yolo with images)",
+    )
     parser.add_argument("--url", help="LABEL_STUDIO_URL")
     parser.add_argument("--api-key", help="LABEL_STUDIO_API_KEY")
     parser.add_argument("--model-dir", help="MODEL_DIR")
@@ -683,6 +722,147 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--set", action="append", metavar="VAR=VALUE", help="any backend setting, e.g. LSM_MATCH_IOU=0.4"
     )
     return parser.parse_args(argv)
+
+
+FINAL_SOURCE = "cleaned labels (python -m backend.export --train-final)"
+"""``meta["source"]`` of a detector trained on an export."""
+
+
+def final_training_job(
+    settings: Settings,
+    cleaned: Sequence[CleanedTask],
+    *,
+    image_dir: Path,
+    categories: Sequence[str],
+    init: ModelVersion | None,
+    job_dir: Path,
+    model_dir: Path,
+    project: int | None = None,
+) -> dict[str, Any]:
+    """The training job of the final detector on the exported labels (``backend.train_job``'s format).
+
+    The full method's last step: every image, with its exported boxes (the expert's, or the crowd's with the
+    confident fixes applied; uncertain instances as the crowd drew them), warm-started from ``init`` (the
+    version that proposed the fixes, as ``bench.simulate``'s ``warm_cleaning`` recipe) when its family is the
+    configured one, else from ``TRAIN_INIT``. Validation: a tenth of the expert images, held out, when there
+    are ten or more; else every expert image, trained on too (``val_held_out`` False); with no expert image,
+    the training images themselves.
+
+    Args:
+        settings: ``TRAIN_*``, ``DEVICE``, family, threads, as a webhook training takes them.
+        cleaned: the exported tasks (:func:`clean_tasks`).
+        image_dir: where the export wrote the images (``<out>/images``).
+        categories: class names (index = class id of ``CleanedTask.labels``).
+        init: the version to start from.
+        job_dir: the job's scratch folder.
+        model_dir: the registry the final detector is published to (not the serving one).
+        project: recorded in the meta.
+    """
+    from backend.train_job import TrainItem, job_settings
+
+    items = {
+        c.task_id: TrainItem(
+            path=image_dir / c.name,
+            xyxy=c.labels.xyxy.astype(np.float32),
+            class_id=c.labels.class_id.astype(np.int64),
+            width=c.width,
+            height=c.height,
+        )
+        for c in cleaned
+    }
+    expert = sorted(c.task_id for c in cleaned if c.decision.source is ImageSource.EXPERT)
+    n_val = len(expert) // 10 if len(expert) >= 10 else 0
+    held_out = set(expert[:: max(1, len(expert) // max(1, n_val))][:n_val]) if n_val else set()
+    train = [items[t] for t in sorted(items) if t not in held_out]
+    val = [items[t] for t in sorted(held_out or expert)] or train
+    family = settings.detector_family
+    warm = init if init is not None and init.family == family else None
+    return {
+        **job_settings(settings),
+        "model_dir": str(model_dir),
+        "work_dir": str(job_dir),
+        "names": list(categories),
+        "train": [it.as_json() for it in train],
+        "val": [it.as_json() for it in val],
+        "init": str(warm.weights) if warm is not None else settings.train_init,
+        "source": FINAL_SOURCE,
+        "project": project,
+        "task_ids": sorted(items),
+        "val_held_out": bool(held_out),
+    }
+
+
+def train_final(
+    settings: Settings,
+    cleaned: Sequence[CleanedTask],
+    *,
+    out: Path,
+    categories: Sequence[str],
+    init: ModelVersion | None,
+    project: int | None = None,
+) -> dict[str, Any]:
+    """Train the final detector on an export in ``out`` (images in ``out/images``) and publish it to the
+    registry ``out/model``; returns the manifest's ``final_model`` entry.
+
+    Raises:
+        ExportError: the training failed (the export itself stays as written).
+    """
+    import time
+
+    from backend.training import run_train_job
+    from model.registry import ModelRegistry
+
+    job_dir = settings.scratch_dir / f"final-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    job_dir.mkdir(parents=True, exist_ok=True)
+    job = final_training_job(
+        settings,
+        cleaned,
+        image_dir=out / "images",
+        categories=categories,
+        init=init,
+        job_dir=job_dir,
+        model_dir=out / "model",
+        project=project,
+    )
+    logger.info(
+        "training the final detector on %d exported images (%d validation) from %s, %d epochs",
+        len(job["train"]),
+        len(job["val"]),
+        Path(job["init"]).name or "the family's default",
+        job["epochs"],
+    )
+    try:
+        version = run_train_job(job_dir, job)
+    except RuntimeError as exc:
+        raise ExportError(f"the final training failed; the export in {out} is complete: {exc}") from None
+    mv = ModelRegistry(out / "model").get(version)
+    return {
+        "version": version,
+        "weights": str(mv.weights.relative_to(out)),
+        "family": mv.family,
+        "init": job["init"] or None,
+        "epochs": job["epochs"],
+        "n_train": len(job["train"]),
+        "n_val": len(job["val"]),
+        "val_held_out": job["val_held_out"],
+        "validation_map50": validation_map50(mv.meta),
+        "seconds": mv.meta.get("seconds"),
+    }
+
+
+def _version_calibration(version: ModelVersion) -> Calibration | None:
+    """The version's stored grade calibration, as ``/predict`` reads it (unreadable: a warning, and None)."""
+    from backend.calibration import calibration_path
+    from backend.service import read_calibration
+
+    path = calibration_path(version)
+    if not path.is_file():
+        return None
+    try:
+        return read_calibration(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("calibration %s unreadable (%s); the LSM's grades are used", path, exc)
+        return None
 
 
 def _check_out(out: Path) -> None:
@@ -700,6 +880,7 @@ def run_export(
     images: bool = True,
     progress: bool = True,
     source: Any = None,
+    final: bool = False,
 ) -> dict[str, Any]:
     """Export a project (what the CLI does); returns the manifest.
 
@@ -712,9 +893,12 @@ def run_export(
         images: copy the images (coco, yolo).
         progress: show a progress bar.
         source: the task source (default: ``backend.training.LabelStudioSource(settings)``).
+        final: then train the final detector on the export (:func:`train_final`; needs the images) and add
+            it to the manifest as ``final_model``.
 
     Raises:
-        ExportError: no such project, no model version when one is needed, unloadable images, bad tasks.
+        ExportError: no such project, no model version when one is needed, unloadable images, bad tasks, a
+            final training without images, or a failed final training (the export stays written).
     """
     from backend.labelconfig import LabelConfigError, parse_label_config
     from backend.lsclient import LabelStudioAuth
@@ -723,6 +907,10 @@ def run_export(
     from model.registry import ModelRegistry
 
     _check_out(out)
+    if final and (fmt is ExportFormat.LS or not images):
+        raise ExportError(
+            "--train-final trains on the exported images: use --format coco or yolo, without --no-images"
+        )
     if source is None:
         if not settings.label_studio_enabled:
             raise ExportError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or --url and --api-key) are needed")
@@ -745,6 +933,8 @@ def run_export(
 
     registry = ModelRegistry(settings.model_dir)
     detector = None
+    serving: ModelVersion | None = None
+    calibration: Calibration | None = None
     model_info: dict[str, Any] | None = None
     if count_expert_tasks(tasks, settings.expert) < len(tasks):
         try:
@@ -760,11 +950,14 @@ def run_export(
         from model.detector import load_detector
 
         detector = load_detector(mv, device=settings.device)
+        serving = mv
+        calibration = _version_calibration(mv)
         model_info = {
             "version": mv.version,
             "family": mv.family,
             "source": mv.meta.get("source"),
             "validation_map50": validation_map50(mv.meta),
+            "calibrated_types": None if calibration is None else calibration.fitted_types,
         }
         logger.info("predicting with %s", mv.version)
     auth = (
@@ -790,6 +983,7 @@ def run_export(
             image_dir=staging / "images" if with_images else None,
             progress=progress,
             crowd_reader=CrowdReader(settings.crowd, settings.expert, users=None),
+            calibration=calibration,
         )
         manifest = build_manifest(
             cleaned, fmt=fmt, project=project, categories=categories, model=model_info, settings=settings
@@ -801,6 +995,13 @@ def run_export(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if final:
+        if serving is None:  # every task expert-annotated: start from the latest version, if any
+            serving = registry.latest()
+        manifest["final_model"] = train_final(
+            settings, cleaned, out=out, categories=categories, init=serving, project=project
+        )
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -832,6 +1033,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             version=args.version,
             images=not args.no_images,
             progress=not args.no_progress,
+            final=args.train_final,
         )
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -866,6 +1068,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"review: {counts['review_instances']} uncertain instances on {counts['review_images']} images "
         f"-> {out / 'review.csv'}"
     )
+    final = manifest.get("final_model")
+    if final is not None:
+        quality = final["validation_map50"]
+        held = "held-out expert images" if final["val_held_out"] else "images it also trained on"
+        print(
+            f"final detector {final['version']}: {final['n_train']} images, {final['epochs']} epochs from "
+            f"{Path(final['init']).name if final['init'] else 'the default'}; validation mAP50 "
+            f"{'n/a' if quality is None else f'{quality:.3f}'} on {final['n_val']} {held} -> "
+            f"{out / final['weights']}"
+        )
     return 0
 
 

@@ -45,6 +45,8 @@ from formats.images import ImageNormalization
 from selection.detections import Detections
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from model.detector import Detector
     from model.registry import ModelVersion
     from selection.calibration import Calibration
@@ -67,6 +69,19 @@ class TaskInputError(ValueError):
 
 CALIBRATION_FILE = "calibration.json"
 """A version's grade calibration (``backend.calibration``), in its registry folder beside the weights."""
+
+
+def read_calibration(path: Path) -> Calibration | None:
+    """The calibration stored at ``path`` (a ``CALIBRATION_FILE``); None when it stores none (nothing fitted).
+
+    Raises:
+        OSError, ValueError, KeyError, TypeError: the file is missing or unreadable.
+    """
+    from selection.calibration import Calibration
+
+    stored = json.loads(path.read_text(encoding="utf-8"))["calibration"]
+    return None if stored is None else Calibration.from_dict(stored)
+
 
 SCORE_ERROR_FIELD = "score_error"
 """Task data field holding why the task could not be scored ("" once it was scored)."""
@@ -265,8 +280,6 @@ class ModelService:
 
     def calibration(self, version: str) -> Calibration | None:
         """The stored calibration of ``version`` (``backend.calibration``), re-read when its file changes."""
-        from selection.calibration import Calibration
-
         path = self.registry.versions_dir / version / CALIBRATION_FILE
         try:  # one stat per task; the file is read again only when it changed
             stamp = path.stat().st_mtime_ns
@@ -275,8 +288,7 @@ class ModelService:
         cached = self._calibrations.get(version)
         if cached is None or cached[0] != stamp:
             try:
-                stored = json.loads(path.read_text(encoding="utf-8"))["calibration"]
-                cached = (stamp, None if stored is None else Calibration.from_dict(stored))
+                cached = (stamp, read_calibration(path))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 logger.warning("calibration %s unreadable (%s); the LSM's grades are used", path, exc)
                 cached = (stamp, None)

@@ -377,3 +377,101 @@ def test_crowd_from_annotations_as_the_backend_reads_it():
     np.testing.assert_allclose(from_annotations.labels.xyxy, [[10, 10, 30, 30]], atol=1e-3)
     assert str(from_field.decision.source) == "auto-corrected"  # no crowd box: the model's 0.9 box is added
     assert from_field.decision.counts["added"] == 1
+
+
+def test_export_regrades_with_the_versions_calibration_as_predict_does():
+    """A stored calibration that learnt "background findings are never errors" keeps the box the LSM drops."""
+    from selection.calibration import FEATURES, LabelledFindings, fit_calibration
+
+    n = 20
+    never = fit_calibration(
+        LabelledFindings(np.full(n, "background"), np.zeros((n, len(FEATURES))), np.zeros(n, bool))
+    )
+    task = _task(2, 160, NOISY)
+    (plain,) = _clean([task], _detector())
+    (calibrated,) = _clean([task], _detector(), calibration=never)
+    assert plain.decision.counts["dropped"] == 1
+    assert calibrated.decision.counts["dropped"] == 0
+    np.testing.assert_allclose(calibrated.labels.xyxy, NOISY.xyxy, atol=1e-3)
+    assert str(calibrated.decision.source) == "crowd"
+
+
+def test_run_export_reads_the_stored_calibration(tmp_path, monkeypatch):
+    import model.detector
+    from backend.calibration import calibration_path
+    from model.registry import ModelRegistry
+    from selection.calibration import FEATURES, LabelledFindings, fit_calibration
+
+    settings = _settings(tmp_path)
+    weights = tmp_path / "fake.pt"
+    weights.write_bytes(b"not read: the detector is faked")
+    mv = ModelRegistry(settings.model_dir).publish(weights, {"family": "yolo"})
+    monkeypatch.setattr(model.detector, "load_detector", lambda version, device=None: _detector())
+    n = 20
+    never = fit_calibration(
+        LabelledFindings(np.full(n, "background"), np.zeros((n, len(FEATURES))), np.zeros(n, bool))
+    )
+    kw: dict[str, Any] = {"project": 4, "fmt": ExportFormat.COCO, "progress": False}
+    before = run_export(settings, out=tmp_path / "a", source=FakeSource(_tasks()), **kw)
+    calibration_path(mv).write_text(json.dumps({"calibration": never.to_dict()}))
+    after = run_export(settings, out=tmp_path / "b", source=FakeSource(_tasks()), **kw)
+    assert before["model"]["calibrated_types"] is None and before["counts"]["edits"]["dropped"] == 1
+    assert after["model"]["calibrated_types"] == ["background"] and after["counts"]["edits"]["dropped"] == 0
+    calibration_path(mv).write_text("{not json")
+    unreadable = run_export(settings, out=tmp_path / "c", source=FakeSource(_tasks()), **kw)
+    assert unreadable["model"]["calibrated_types"] is None  # the LSM's grades, as /predict falls back
+
+
+def test_train_final_needs_the_images(tmp_path):
+    settings = _settings(tmp_path)
+    for fmt, images in ((ExportFormat.LS, True), (ExportFormat.YOLO, False)):
+        with pytest.raises(ExportError, match="--train-final trains on the exported images"):
+            run_export(
+                settings,
+                project=4,
+                fmt=fmt,
+                out=tmp_path / "a",
+                source=FakeSource(_tasks()),
+                progress=False,
+                images=images,
+                final=True,
+            )
+    assert not (tmp_path / "a").exists()
+
+
+def test_final_training_job_holds_out_a_tenth_of_the_expert_images(tmp_path):
+    from backend.export import FINAL_SOURCE, final_training_job
+
+    tasks = [_task(t, 100 + t, NOISY, expert=EXPERT_BOXES if t <= 20 else None) for t in range(1, 31)]
+    detector = WidthKeyedDetector({100 + t: NOISY_PRED for t in range(1, 31)})
+    cleaned = _clean(tasks, detector)
+    job = final_training_job(
+        _settings(tmp_path),
+        cleaned,
+        image_dir=tmp_path / "images",
+        categories=["deposit"],
+        init=None,
+        job_dir=tmp_path / "job",
+        model_dir=tmp_path / "model",
+    )
+    assert job["source"] == FINAL_SOURCE and job["names"] == ["deposit"] and job["val_held_out"]
+    assert len(job["val"]) == 2 and len(job["train"]) == 28 and job["task_ids"] == list(range(1, 31))
+    val_paths = {v["path"] for v in job["val"]}
+    assert not val_paths & {t["path"] for t in job["train"]}
+    # The held-out images are expert images; the auto-corrected ones train with the crowd's dropped box gone.
+    expert_names = {str(tmp_path / "images" / c.name) for c in cleaned if c.task_id <= 20}
+    assert val_paths <= expert_names
+    corrected = [t for t in job["train"] if t["path"] == str(tmp_path / "images" / cleaned[25].name)]
+    assert corrected
+    np.testing.assert_allclose(corrected[0]["xyxy"], [[10, 10, 30, 30]], atol=1e-3)
+    # Fewer than ten expert images: all of them validate, and train too.
+    few = final_training_job(
+        _settings(tmp_path),
+        cleaned[15:],
+        image_dir=tmp_path / "images",
+        categories=["deposit"],
+        init=None,
+        job_dir=tmp_path / "job",
+        model_dir=tmp_path / "model",
+    )
+    assert not few["val_held_out"] and len(few["val"]) == 5 and len(few["train"]) == 15
