@@ -2,19 +2,29 @@
 
 ``evaluate_ap`` runs faster-coco-eval's ``COCOeval`` (the reference); ``ap_reference`` is an independent numpy
 implementation of the same rules, used to cross-check it.
+``python -m metrics.ap --truth TEST.json --images ROOT WEIGHTS...`` prints detectors' AP on a labelled image
+set (see :func:`main`).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from selection.boxes import box_iou
 from selection.detections import Detections
+
+if TYPE_CHECKING:
+    from model.detector import Detector
 
 logger = logging.getLogger(__name__)
 
@@ -209,3 +219,65 @@ def ap_reference(
         ]
         per_class.append(_class_ap(gt_c, pred_c, iou_threshold))
     return float(np.mean(per_class)) if per_class else math.nan
+
+
+def _load_model(path: Path, device: str) -> tuple[str, Detector]:
+    """A detector from a weights file (its family from a registry ``meta.json`` beside it, else YOLO)."""
+    from model.detector import LEGACY_FAMILY, get_family
+
+    if not path.is_file():
+        raise ValueError(f"{path}: no such weights file")
+    meta_path = path.with_name("meta.json")
+    family = LEGACY_FAMILY
+    label = path.name
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        family = str(meta.get("family") or LEGACY_FAMILY)
+        label = str(meta.get("version") or path.parent.name)
+    return label, get_family(family).load(path, device=device)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m metrics.ap --truth TEST.json --images ROOT WEIGHTS...``: each detector's AP on the images.
+
+    Every image of the COCO file (``file_name`` relative to ``ROOT``) is predicted at confidence 0.001 (as
+    the benchmark evaluates) and scored against its boxes; one row per weights file (a registry version's
+    ``weights.pt``, e.g. the export's ``--train-final`` model and the serving one). Exit 2 on bad input.
+    """
+    from metrics.f1 import read_coco_labels
+
+    parser = argparse.ArgumentParser(
+        prog="python -m metrics.ap", description="COCO AP50 and AP50-95 of detectors on a labelled image set."
+    )
+    parser.add_argument("--truth", type=Path, required=True, help="COCO file of the true boxes")
+    parser.add_argument("--images", type=Path, required=True, help="folder the COCO file_name paths start in")
+    parser.add_argument(
+        "weights", type=Path, nargs="+", help="weights files (e.g. MODEL_DIR/versions/V/weights.pt)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    args = parser.parse_args(argv)
+    try:
+        truth, names = read_coco_labels(args.truth)
+        coco = json.loads(args.truth.read_text())
+        files = {Path(im["file_name"]).stem: args.images / im["file_name"] for im in coco["images"]}
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        if missing:
+            raise ValueError(f"{len(missing)} images not found under {args.images}, e.g. {missing[0]}")
+        stems = sorted(files)
+        models = [_load_model(p, args.device) for p in args.weights]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    gt = [truth.get(s, Detections.empty()) for s in stems]
+    print(f"truth: {sum(len(g) for g in gt)} boxes on {len(stems)} images ({', '.join(names)})")
+    width = max(len("model"), *(len(label) for label, _ in models))
+    print(f"{'model':<{width}}   AP50  AP50-95")
+    for label, detector in models:
+        pred = detector.predict([files[s] for s in stems], conf=0.001, batch=16)
+        result = evaluate_ap(gt, list(pred), num_classes=max(1, len(names)))
+        print(f"{label:<{width}}  {result.ap50:5.3f}    {result.ap50_95:5.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

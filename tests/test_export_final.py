@@ -95,3 +95,27 @@ def test_train_final_command_line(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "final detector v" in printed and str(out / "model" / "versions") in printed
     assert "on 1 images it also trained on" in printed
+
+    # metrics.ap scores both detectors on a labelled image set: here the export itself.
+    from metrics.ap import main as ap_main
+
+    final = json.loads((out / "manifest.json").read_text())["final_model"]
+    serving = ModelRegistry(settings.model_dir).latest()
+    assert serving is not None
+    code = ap_main(
+        [
+            "--truth",
+            str(out / "annotations.json"),
+            "--images",
+            str(out / "images"),
+            str(out / final["weights"]),
+            str(serving.weights),
+        ]
+    )
+    assert code == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].startswith("truth: ") and "on 4 images (Deposit)" in rows[0]
+    assert [r.split()[0] for r in rows[2:]] == [final["version"], serving.version]
+    assert all(0.0 <= float(v) <= 1.0 for r in rows[2:] for v in r.split()[1:])
+    bad = ap_main(["--truth", str(out / "annotations.json"), "--images", str(tmp_path), str(serving.weights)])
+    assert bad == 2 and "4 images not found under" in capsys.readouterr().err
