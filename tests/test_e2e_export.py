@@ -148,6 +148,18 @@ def test_export_round_trip(
     assert export_main(["--project", "9999", "--format", "ls", "--out", str(tmp_path / "x")]) == 1
     assert not (tmp_path / "x").exists()
 
+    # The final detector on the cleaned labels (one tiny epoch), from the serving version, own registry.
+    monkeypatch.setenv("TRAIN_EPOCHS", "1")
+    args = ["--project", str(project), "--format", "yolo", "--out", str(tmp_path / "final"), "--no-progress"]
+    assert export_main([*args, "--train-final"]) == 0
+    final = json.loads((tmp_path / "final" / "manifest.json").read_text())["final_model"]
+    assert final["init"] == str(mv.weights) and final["n_train"] == len(DISCS) and final["epochs"] == 1
+    assert final["n_val"] == len(EXPERT_IMAGES) and not final["val_held_out"]
+    trained = ModelRegistry(tmp_path / "final" / "model").get(final["version"])
+    assert trained.weights.is_file() and trained.meta["project"] == project
+    latest = ModelRegistry(models).latest()
+    assert latest is not None and latest.version == mv.version  # the serving registry is untouched
+
     # Read back through formats/.
     coco = from_coco(json.loads((tmp_path / "coco" / "annotations.json").read_text()))
     from_coco_files = _by_image({im.file_name: im.detections for im in coco.values()})
