@@ -289,9 +289,8 @@ def corrected_labels(
     fixes: dict[str, Correction] = {}
     priority: dict[str, np.ndarray] = {}
     for i in loop.remaining_ids:
-        crowd, pred, score = records[i].crowd, loop.preds[i], loop.scores[i]
-        if calibration is not None:
-            score = regrade(crowd, pred, score, calibration)
+        crowd, pred, own = records[i].crowd, loop.preds[i], loop.scores[i]
+        score = own if calibration is None else regrade(crowd, pred, own, calibration)
         fix = correct_labels(
             crowd,
             pred,
@@ -305,7 +304,7 @@ def corrected_labels(
             add(key, value)
         if reviews and len(fix.flagged):
             prob = (
-                error_probability(crowd, pred, score, calibration)
+                error_probability(crowd, pred, own, calibration)
                 if calibration is not None
                 else np.full(len(score.instances), np.nan)
             )

@@ -569,7 +569,7 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         "Grades before and after calibration on the bought images (LSM loop, images not sent to experts). "
         "Fixed = auto-fixed; flagged = auto-fixed or sent to review; P@R≥0.5 = best precision of the "
         "calibrated ranking at recall ≥ 0.5 (curves: `grade_pr.png`); a rate rule (too few examples for a "
-        "model) gives every finding of its type the same probability, so its curve is one point:",
+        "model) gives one probability per LSM action, so its curve has a point per action:",
         "",
         "| noise type | fixed P / R before | fixed P / R after | flagged P / R before | flagged P / R after "
         "| P@R≥0.5 | rule fitted on (a rate rule on) |",

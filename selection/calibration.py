@@ -13,10 +13,12 @@ and applies it to new findings:
    error" on the instance features; its two cut-offs are chosen on out-of-fold probabilities so that the
    auto-fixed findings were true errors at least ``fix_precision`` of the time and the reviewed ones at least
    ``review_precision`` of the time (Laplace-smoothed). A type with fewer than ``min_examples`` examples, or
-   fewer than ``min_class`` of either outcome, is too thin for a model: with at least ``min_rate_examples``
-   examples it gets a *rate rule* instead (every finding of the type has the same probability, the
-   Laplace-smoothed share of its examples that were true errors, and the same cut-offs decide what that
-   share buys); with fewer, no rule (``TypeRule.fitted`` False) and its findings keep the LSM's own grades.
+   fewer than ``min_class`` of either outcome, is too thin for a model: it gets a *rate rule* instead, one
+   probability per action the LSM gave (auto-fix, review, keep) that has at least ``min_rate_examples``
+   examples, the Laplace-smoothed share of those examples that were true errors; a finding is auto-fixed
+   when its rate reaches ``fix_precision``, reviewed when it reaches ``review_precision``, else kept. Findings
+   of an action without enough examples, and types with no such action, keep the LSM's own grades
+   (``TypeRule.fitted`` False when no action qualifies).
 3. ``regrade(score, crowd, pred, calibration)``: the same ``ImageScore`` with new grades and actions
    (probability >= fix cut-off -> auto_fix (localization ``minor``, the others ``major``); >= review cut-off
    -> review (``uncertain``); below -> keep (``clean``)). Types, severities, proposals and the image
@@ -83,8 +85,8 @@ class CalibrationConfig:
         review_precision: send to review only where at least this share were true errors; keep the rest.
         min_examples: fewest labelled examples of a type to fit its rule.
         min_class: fewest true errors and fewest non-errors of a type to fit its rule.
-        min_rate_examples: fewest labelled examples of a type for a rate rule when a model cannot be fitted
-            (0 turns rate rules off).
+        min_rate_examples: fewest labelled examples of one LSM action of a type for a rate rule on that action
+            when a model cannot be fitted (0 turns rate rules off).
         l2: L2 penalty on the standardised logistic coefficients (the intercept is not penalised).
         folds: folds of the out-of-fold probabilities the cut-offs are chosen on.
     """
@@ -280,22 +282,26 @@ class LabelledFindings:
         noise_type: str (N,) the type the LSM named.
         features: float64 (N, len(FEATURES)).
         target: bool (N,) True when the finding was a true error of that type.
+        action: str (N,) the LSM's own action for the finding (``keep``, ``auto_fix``, ``review``; rate rules
+            are kept per action); ``""`` where unknown (None: unknown for all).
     """
 
     noise_type: np.ndarray
     features: np.ndarray
     target: np.ndarray
+    action: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         nt = np.asarray(self.noise_type).astype(str)
         feats = np.asarray(self.features, np.float64).reshape(-1, len(FEATURES))
         target = np.asarray(self.target, bool)
-        if not nt.shape[0] == feats.shape[0] == target.shape[0]:
+        action = np.full(nt.shape[0], "") if self.action is None else np.asarray(self.action).astype(str)
+        if not nt.shape[0] == feats.shape[0] == target.shape[0] == action.shape[0]:
             raise ValueError(
-                f"noise_type, features, target: expected equal lengths, got {nt.shape[0]}, "
-                f"{feats.shape[0]}, {target.shape[0]}"
+                f"noise_type, features, target, action: expected equal lengths, got {nt.shape[0]}, "
+                f"{feats.shape[0]}, {target.shape[0]}, {action.shape[0]}"
             )
-        for name, value in (("noise_type", nt), ("features", feats), ("target", target)):
+        for name, value in (("noise_type", nt), ("features", feats), ("target", target), ("action", action)):
             object.__setattr__(self, name, value)
 
     def __len__(self) -> int:
@@ -315,6 +321,7 @@ class LabelledFindings:
             np.concatenate([p.noise_type for p in parts]),
             np.concatenate([p.features for p in parts]),
             np.concatenate([p.target for p in parts]),
+            np.concatenate([p.action for p in parts if p.action is not None]),
         )
 
 
@@ -392,7 +399,9 @@ def label_findings(
     rows = _calibrated_rows(f)
     feats = instance_features(crowd, pred, f, agreement=agreement)
     target = finding_targets(crowd, pred, f, expert, config=config)
-    return LabelledFindings(f.noise_type.astype(str)[rows], feats[rows], target[rows])
+    return LabelledFindings(
+        f.noise_type.astype(str)[rows], feats[rows], target[rows], f.action.astype(str)[rows]
+    )
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -446,6 +455,8 @@ class TypeRule:
         coef: float64 (F + 1,) logistic weights on the standardised used features, intercept last.
         fix_threshold: probability at or above which the finding is fixed automatically (inf: never).
         review_threshold: probability at or above which it is reviewed (below: kept).
+        rates: for a rate rule, the LSM's action -> the probability of every finding the LSM gave that action
+            (the smoothed share of true errors among those examples); empty for a model.
     """
 
     noise_type: str
@@ -459,16 +470,23 @@ class TypeRule:
     coef: np.ndarray = field(default_factory=lambda: np.zeros(len(FEATURES) + 1))
     fix_threshold: float = float("inf")
     review_threshold: float = float("inf")
+    rates: dict[str, float] = field(default_factory=dict)
 
-    def probability(self, features: np.ndarray) -> np.ndarray:
+    def probability(self, features: np.ndarray, action: np.ndarray | None = None) -> np.ndarray:
         """float64 (N,) probability that each finding is a true error; NaN everywhere when not fitted.
 
         Args:
             features: float64 (N, len(FEATURES)); NaN values are replaced by the training mean.
+            action: str (N,) the LSM's own action for each finding; a rate rule reads it (NaN for an action
+                it has no rate for, and everywhere without it), a model ignores it.
         """
         features = np.asarray(features, np.float64).reshape(-1, len(FEATURES))
         if not self.fitted:
             return np.full(features.shape[0], np.nan)
+        if self.rates:
+            if action is None:
+                return np.full(features.shape[0], np.nan)
+            return np.array([self.rates.get(str(a), np.nan) for a in np.asarray(action)], np.float64)
         z = (features - self.mean) / self.scale
         z = np.where(np.isnan(z), 0.0, z)[:, self.used]
         return _sigmoid(z @ self.coef[:-1][self.used] + self.coef[-1])
@@ -491,6 +509,7 @@ class TypeRule:
             "coef": [float(v) for v in self.coef],
             "fix_threshold": num(self.fix_threshold),
             "review_threshold": num(self.review_threshold),
+            "rates": {str(k): float(v) for k, v in self.rates.items()},
         }
 
     @classmethod
@@ -512,6 +531,7 @@ class TypeRule:
             coef=np.array(data["coef"], np.float64),
             fix_threshold=num(data["fix_threshold"]),
             review_threshold=num(data["review_threshold"]),
+            rates={str(k): float(v) for k, v in (data.get("rates") or {}).items()},
         )
 
 
@@ -549,29 +569,39 @@ class Calibration:
         )
 
 
-def _rate_rule(noise_type: str, n: int, pos: int, why: str, cfg: CalibrationConfig) -> TypeRule:
-    """One probability for every finding of the type: the smoothed share of true errors among its examples."""
-    rate = (pos + 1.0) / (n + 2.0)
-    coef = np.zeros(len(FEATURES) + 1)
-    coef[-1] = np.log(rate / (1.0 - rate))
-    prob = np.full(n, rate)
-    target = np.zeros(n, bool)
-    target[:pos] = True
-    fix = _cutoff(prob, target, cfg.fix_precision)
-    review = min(_cutoff(prob, target, cfg.review_precision), fix)
+def _rate_rule(
+    noise_type: str, action: np.ndarray, y: np.ndarray, why: str, cfg: CalibrationConfig
+) -> TypeRule:
+    """Per LSM action with at least ``min_rate_examples`` examples, one probability for its findings: the
+    Laplace-smoothed share of true errors among them. Findings of other actions keep the LSM's grade."""
+    n, pos = len(y), int(y.sum())
+    rates: dict[str, float] = {}
+    parts = []
+    for a in sorted(set(action.tolist())):
+        sel = action == a
+        k, hit = int(sel.sum()), int(y[sel].sum())
+        if a and k >= cfg.min_rate_examples:
+            rates[a] = (hit + 1.0) / (k + 2.0)
+            parts.append(f"{a} {hit}/{k}")
+    if not rates:
+        return TypeRule(
+            noise_type, False, f"{why}; no LSM action has {cfg.min_rate_examples} examples", n, pos
+        )
     return TypeRule(
         noise_type,
         True,
-        f"rate of {pos} true errors in {n} examples ({why})",
+        f"rate of true errors per LSM action: {', '.join(parts)} ({why})",
         n,
         pos,
-        coef=coef,
-        fix_threshold=fix,
-        review_threshold=review,
+        fix_threshold=cfg.fix_precision,
+        review_threshold=cfg.review_precision,
+        rates=rates,
     )
 
 
-def _fit_type(noise_type: str, x: np.ndarray, y: np.ndarray, cfg: CalibrationConfig) -> TypeRule:
+def _fit_type(
+    noise_type: str, x: np.ndarray, y: np.ndarray, action: np.ndarray, cfg: CalibrationConfig
+) -> TypeRule:
     n, pos = len(y), int(y.sum())
     thin = None
     if n < cfg.min_examples:
@@ -580,7 +610,7 @@ def _fit_type(noise_type: str, x: np.ndarray, y: np.ndarray, cfg: CalibrationCon
         thin = f"{pos} true errors of {n}: fewer than {cfg.min_class} of one kind"
     if thin is not None:
         if cfg.min_rate_examples and n >= cfg.min_rate_examples:
-            return _rate_rule(noise_type, n, pos, thin, cfg)
+            return _rate_rule(noise_type, action, y, thin, cfg)
         return TypeRule(noise_type, False, thin, n, pos)
     used = ~np.isnan(x).any(axis=0)
     mean = np.where(used, np.nanmean(np.where(used, x, 0.0), axis=0), 0.0)
@@ -619,7 +649,8 @@ def fit_calibration(examples: LabelledFindings, *, config: CalibrationConfig | N
     rules = {}
     for t in CALIBRATED_TYPES:
         sel = examples.noise_type == t
-        rules[t] = _fit_type(t, examples.features[sel], examples.target[sel], cfg)
+        action = examples.action if examples.action is not None else np.full(len(examples), "")
+        rules[t] = _fit_type(t, examples.features[sel], examples.target[sel], action[sel], cfg)
     return Calibration(rules=rules, config=cfg)
 
 
@@ -633,7 +664,9 @@ def error_probability(
 ) -> np.ndarray:
     """float64 (N,) calibrated probability that each finding is a true error of its type.
 
-    NaN for clean findings, box-in-box parts and types without a fitted rule.
+    NaN for clean findings, box-in-box parts, types without a fitted rule, and findings of an LSM action a
+    rate rule has no rate for. ``score`` is the LSM's own verdict (``score_image``), not a regraded one: rate
+    rules read the LSM's actions.
     """
     f = score.instances
     prob = np.full(len(f), np.nan)
@@ -645,7 +678,7 @@ def error_probability(
     for t in calibration.fitted_types:
         sel = rows[named[rows] == t]
         if sel.size:
-            prob[sel] = calibration.rules[t].probability(feats[sel])
+            prob[sel] = calibration.rules[t].probability(feats[sel], f.action.astype(str)[sel])
     return prob
 
 

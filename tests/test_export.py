@@ -385,7 +385,9 @@ def test_export_regrades_with_the_versions_calibration_as_predict_does():
 
     n = 20
     never = fit_calibration(
-        LabelledFindings(np.full(n, "background"), np.zeros((n, len(FEATURES))), np.zeros(n, bool))
+        LabelledFindings(
+            np.full(n, "background"), np.zeros((n, len(FEATURES))), np.zeros(n, bool), np.full(n, "auto_fix")
+        )
     )
     task = _task(2, 160, NOISY)
     (plain,) = _clean([task], _detector())
@@ -409,7 +411,9 @@ def test_run_export_reads_the_stored_calibration(tmp_path, monkeypatch):
     monkeypatch.setattr(model.detector, "load_detector", lambda version, device=None: _detector())
     n = 20
     never = fit_calibration(
-        LabelledFindings(np.full(n, "background"), np.zeros((n, len(FEATURES))), np.zeros(n, bool))
+        LabelledFindings(
+            np.full(n, "background"), np.zeros((n, len(FEATURES))), np.zeros(n, bool), np.full(n, "auto_fix")
+        )
     )
     kw: dict[str, Any] = {"project": 4, "fmt": ExportFormat.COCO, "progress": False}
     before = run_export(settings, out=tmp_path / "a", source=FakeSource(_tasks()), **kw)

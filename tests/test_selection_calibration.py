@@ -124,51 +124,88 @@ def test_fit_learns_the_informative_feature_and_sets_cutoffs(rng):
     assert test.target[p < rule.review_threshold].mean() < 0.4
 
 
+def _examples(noise_type: str, target, action) -> LabelledFindings:
+    target = np.asarray(target, bool)
+    return LabelledFindings(
+        np.full(len(target), noise_type), np.zeros((len(target), len(FEATURES))), target, np.asarray(action)
+    )
+
+
 @pytest.mark.parametrize(
     ("n", "positives", "reason"),
     [(10, 5, "fewer than 20"), (100, 2, "fewer than 4 of one kind"), (100, 99, "fewer than 4 of one kind")],
 )
 def test_too_few_examples_for_a_model_give_a_rate_rule(n, positives, reason):
-    target = np.zeros(n, bool)
-    target[:positives] = True
-    examples = LabelledFindings(np.full(n, "missed"), np.zeros((n, len(FEATURES))), target)
-    rule = fit_calibration(examples).rules["missed"]
+    target = np.arange(n) < positives
+    rule = fit_calibration(_examples("missed", target, np.full(n, "auto_fix"))).rules["missed"]
     assert rule.fitted
-    assert rule.reason.startswith("rate of ") and reason in rule.reason
+    assert rule.reason.startswith("rate of true errors per LSM action: auto_fix") and reason in rule.reason
     rate = (positives + 1) / (n + 2)
     rng = np.random.default_rng(0)
-    np.testing.assert_allclose(rule.probability(rng.normal(size=(3, len(FEATURES)))), rate)
-    # The rate buys what the same share of true errors buys a model: fix at >= 0.8, review at >= 0.4.
-    assert (rule.fix_threshold <= rate) == (rate >= 0.8)
-    assert (rule.review_threshold <= rate) == (rate >= 0.4)
+    x = rng.normal(size=(3, len(FEATURES)))
+    np.testing.assert_allclose(rule.probability(x, np.full(3, "auto_fix")), rate)
+    assert np.isnan(rule.probability(x, np.full(3, "review"))).all()  # no rate: the LSM's grade stays
+    assert np.isnan(rule.probability(x)).all()
+    assert (rule.fix_threshold, rule.review_threshold) == (0.8, 0.4)
     assert fitted_label(rule.fitted, rule.reason) == rule.reason
     back = TypeRule.from_dict(json.loads(json.dumps(rule.to_dict())))
-    np.testing.assert_allclose(back.probability(np.zeros((1, len(FEATURES)))), rate)
+    np.testing.assert_allclose(back.probability(x[:1], np.array(["auto_fix"])), rate)
 
 
-def test_rate_rule_regrades_every_finding_of_its_type_alike():
-    # Twelve box-in-box findings, all true errors: too few for a model, enough for a rate (13/14 >= 0.8).
-    examples = LabelledFindings(np.full(12, "box_in_box"), np.zeros((12, len(FEATURES))), np.ones(12, bool))
+def test_rate_rule_keeps_one_rate_per_lsm_action():
+    # 19 examples, too few for a model. Box-in-box the LSM fixed: 10 of 10 true errors (11/12 >= 0.8: still
+    # fixed); the ones it sent to review: 2 of 6 (3/8 < 0.4: now kept); the ones it kept: 3 examples only (no
+    # rate: its grade stays).
+    target = [True] * 10 + [True, True, False, False, False, False] + [False] * 3
+    action = ["auto_fix"] * 10 + ["review"] * 6 + ["keep"] * 3
+    rule = fit_calibration(_examples("box_in_box", target, action)).rules["box_in_box"]
+    assert rule.fitted and rule.rates == pytest.approx({"auto_fix": 11 / 12, "review": 3 / 8})
+    assert "auto_fix 10/10, review 2/6" in rule.reason
+    prob = rule.probability(np.zeros((3, len(FEATURES))), np.array(["auto_fix", "review", "keep"]))
+    np.testing.assert_allclose(prob[:2], [11 / 12, 3 / 8])
+    assert np.isnan(prob[2])
+
+
+def test_rate_rules_regrade_each_action_by_its_own_rate():
+    """In an image with a background box the LSM fixes and a missed object it sends to review, a calibration
+    that learnt "fixed backgrounds are errors, reviewed misses are not" keeps the first fix, drops the review."""
+    crowd = make_detections([[10, 10, 30, 30]])
+    pred = make_detections([[100, 100, 130, 130]], scores=[0.3])
+    score = score_image(crowd, pred)
+    named = dict(zip(score.instances.noise_type.astype(str), score.instances.action.astype(str), strict=True))
+    assert named == {"background": "auto_fix", "missed": "review"}
+    examples = LabelledFindings.concat(
+        [
+            _examples("background", np.ones(8, bool), ["auto_fix"] * 8),
+            _examples("missed", np.zeros(8, bool), ["review"] * 8),
+        ]
+    )
     cal = fit_calibration(examples)
-    assert cal.fitted_types == ["box_in_box"]
-    rule = cal.rules["box_in_box"]
-    assert rule.probability(np.zeros((1, len(FEATURES))))[0] == pytest.approx(13 / 14)
-    assert rule.fix_threshold == pytest.approx(13 / 14)
-    # Half of them errors: every finding goes to review, none is fixed.
-    half = np.arange(12) < 6
-    rule = fit_calibration(LabelledFindings(np.full(12, "box_in_box"), np.zeros((12, len(FEATURES))), half))
-    rule = rule.rules["box_in_box"]
-    assert rule.fix_threshold == np.inf and rule.review_threshold == pytest.approx(0.5)
+    assert set(cal.fitted_types) == {"background", "missed"}
+    after = regrade(crowd, pred, score, cal)
+    actions = dict(
+        zip(after.instances.noise_type.astype(str), after.instances.action.astype(str), strict=True)
+    )
+    assert actions == {"background": "auto_fix", "missed": "keep"}
+    np.testing.assert_allclose(error_probability(crowd, pred, score, cal)[:2], [9 / 10, 1 / 10])
 
 
 @pytest.mark.parametrize(("n", "min_rate"), [(4, 5), (50, 0)])
 def test_no_rule_below_the_rate_minimum(n, min_rate):
     target = np.arange(n) < 2
-    examples = LabelledFindings(np.full(n, "missed"), np.zeros((n, len(FEATURES))), target)
+    examples = _examples("missed", target, np.full(n, "review"))
     rule = fit_calibration(examples, config=CalibrationConfig(min_rate_examples=min_rate)).rules["missed"]
     assert not rule.fitted
     assert fitted_label(rule.fitted, rule.reason).startswith("no (")
-    assert np.isnan(rule.probability(np.zeros((3, len(FEATURES))))).all()
+    assert np.isnan(rule.probability(np.zeros((3, len(FEATURES))), np.full(3, "review"))).all()
+
+
+def test_examples_without_actions_get_no_rate_rule():
+    """Examples labelled without the LSM's actions (``action`` None) cannot say which grade a rate belongs to."""
+    examples = LabelledFindings(np.full(12, "box_in_box"), np.zeros((12, len(FEATURES))), np.ones(12, bool))
+    assert (examples.action == "").all()
+    rule = fit_calibration(examples).rules["box_in_box"]
+    assert not rule.fitted and "no LSM action has 5 examples" in rule.reason
 
 
 def test_empty_examples_fit_nothing():
