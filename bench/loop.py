@@ -29,6 +29,7 @@ from selection.calibration import (
     LabelledFindings,
     error_probability,
     fit_calibration,
+    fix_findings,
     label_findings,
     regrade,
 )
@@ -249,6 +250,10 @@ def _pick(
     return [ids[k] for k in idx], [scores[k] for k in idx]
 
 
+UNANSWERED = ("keep", "likelier")
+"""What becomes of an instance sent to review that the budget leaves unanswered (``corrected_labels``)."""
+
+
 def corrected_labels(
     bench: Workbench,
     loop: LoopResult,
@@ -258,6 +263,7 @@ def corrected_labels(
     calibration: Calibration | None = None,
     reviews: bool = True,
     review_budget: int | None = None,
+    unanswered: str = "keep",
 ) -> tuple[dict[str, Detections], dict[str, int]]:
     """Stage 2: expert labels on the re-annotated images, noise-graded corrections on the rest.
 
@@ -268,17 +274,22 @@ def corrected_labels(
             charge them; when False they are left unchanged and not charged.
         review_budget: the most instance decisions the reviews may cost (None: no limit). The instances sent
             to review are answered most-likely-error first (calibrated error probability where a rule is
-            fitted, else the LSM's severity) until the next would go over it; the rest are left unchanged,
-            as unanswered reviews are, and not charged.
+            fitted, else the LSM's severity) until the next would go over it; the rest are not charged.
+        unanswered: what the instances the budget leaves unanswered become: ``keep`` (as the crowd drew
+            them) or ``likelier`` (fixed when their calibrated error probability is at least 0.5, the likelier
+            label; kept otherwise, and where no rule gives a probability).
 
     Returns:
         The labels of every training image, and the summed counts: ``correct_labels``' (kept, moved,
         dropped, split, added, flagged, vetoed) and, with reviews, ``reviewed``, ``review_replaced``,
-        ``review_deleted``, ``review_split``, ``review_added``, ``review_decisions`` and ``review_skipped``
-        (sent to review, not answered for lack of budget).
+        ``review_deleted``, ``review_split``, ``review_added``, ``review_decisions``, ``review_skipped``
+        (sent to review, not answered for lack of budget, left as the crowd drew them) and ``likelier_fixed``
+        (not answered, fixed as the likelier label instead; counted in the edits too).
     """
     if review_budget is not None and review_budget < 0:
         raise ValueError(f"review_budget: expected >= 0 decisions or None, got {review_budget}")
+    if unanswered not in UNANSWERED:
+        raise ValueError(f"unanswered: expected one of {list(UNANSWERED)}, got {unanswered!r}")
     records = bench.records
     labels = {i: records[i].expert for i in loop.expert_ids}
     totals: dict[str, int] = {}
@@ -286,42 +297,86 @@ def corrected_labels(
     def add(key: str, value: int) -> None:
         totals[key] = totals.get(key, 0) + int(value)
 
+    graded: dict[str, ImageScore] = {}
     fixes: dict[str, Correction] = {}
     priority: dict[str, np.ndarray] = {}
-    for i in loop.remaining_ids:
-        crowd, pred, own = records[i].crowd, loop.preds[i], loop.scores[i]
-        score = own if calibration is None else regrade(crowd, pred, own, calibration)
-        fix = correct_labels(
-            crowd,
-            pred,
+    probs: dict[str, np.ndarray] = {}
+
+    def correct(i: str, score: ImageScore) -> Correction:
+        return correct_labels(
+            records[i].crowd,
+            loop.preds[i],
             score,
             consensus=None if consensus is None else consensus[i],
             config=lsm,
         )
-        fixes[i] = fix
+
+    for i in loop.remaining_ids:
+        crowd, pred, own = records[i].crowd, loop.preds[i], loop.scores[i]
+        score = own if calibration is None else regrade(crowd, pred, own, calibration)
+        graded[i] = score
+        fixes[i] = fix = correct(i, score)
         labels[i] = fix.labels
-        for key, value in fix.counts.items():
-            add(key, value)
         if reviews and len(fix.flagged):
             prob = (
                 error_probability(crowd, pred, own, calibration)
                 if calibration is not None
                 else np.full(len(score.instances), np.nan)
             )
+            probs[i] = prob
             rows = fix.flagged_rows
             severity = fix.flagged.score if fix.flagged.score is not None else np.zeros(len(rows))
             priority[i] = np.where(np.isnan(prob[rows]), severity, prob[rows])
     if not reviews:
+        for fix in fixes.values():
+            for key, value in fix.counts.items():
+                add(key, value)
         return labels, totals
-    for key in ("reviewed", "review_decisions", "review_skipped"):
+
+    def settle(answered: Mapping[str, np.ndarray]) -> dict[str, tuple[Correction, np.ndarray, int]]:
+        """Per image: its correction once the unanswered instances are settled, the answered flags of that
+        correction's flagged instances, and how many instances were fixed as the likelier label."""
+        out = {}
+        for i, fix in fixes.items():
+            chosen = answered.get(i, np.zeros(len(fix.flagged), bool))
+            if unanswered == "likelier" and i in probs and (~chosen).any():
+                rows = fix.flagged_rows[~chosen]
+                p = probs[i][rows]
+                likely = rows[~np.isnan(p) & (p >= 0.5)]
+                if likely.size:
+                    settled = correct(i, fix_findings(graded[i], likely))
+                    kept = np.isin(settled.flagged_rows, fix.flagged_rows[chosen])
+                    out[i] = (settled, kept, int(likely.size))
+                    continue
+            out[i] = (fix, chosen, 0)
+        return out
+
+    # Settling can change what an answered review costs (a split box's parts, say): shrink the budget until
+    # the answered reviews fit it on the settled labels.
+    limit = review_budget
+    while True:
+        answered = _reviews_within(fixes, priority, records, limit)
+        settled = settle(answered)
+        outcomes = {
+            i: review(fix.labels, fix.flagged.subset(chosen), records[i].expert)
+            for i, (fix, chosen, _) in settled.items()
+            if chosen.any()
+        }
+        cost = sum(outcome.decisions for _, outcome in outcomes.values())
+        if review_budget is None or limit is None or cost <= review_budget or limit == 0:
+            break
+        limit = max(0, limit - (cost - review_budget))
+    for key in ("reviewed", "review_decisions", "review_skipped", "likelier_fixed"):
         add(key, 0)
-    answered = _reviews_within(fixes, priority, records, review_budget)
-    for i, fix in fixes.items():
-        chosen = answered.get(i)
-        if chosen is None or not chosen.any():
+    for i, (fix, chosen, likely) in settled.items():
+        for key, value in fix.counts.items():
+            add(key, value)
+        add("likelier_fixed", likely)
+        labels[i] = fix.labels
+        if i not in outcomes:
             add("review_skipped", len(fix.flagged))
             continue
-        labels[i], outcome = review(fix.labels, fix.flagged.subset(chosen), records[i].expert)
+        labels[i], outcome = outcomes[i]
         for key in ("replaced", "deleted", "split", "added"):
             add(f"review_{key}", getattr(outcome, key))
         add("reviewed", outcome.reviewed)

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.loop import (
+    UNANSWERED,
     LoopConfig,
     LoopResult,
     boxes_touched,
@@ -112,6 +113,9 @@ class BenchSettings:
         cost_limit: the share of a full re-annotation's instance decisions an arm with reviews may cost in
             all: the reviews get what the bought images leave (most likely errors first, see
             ``bench.loop.corrected_labels``); None answers every review whatever it costs.
+        unanswered: what an instance sent to review becomes when the cost limit leaves it unanswered:
+            ``keep`` (the crowd's label) or ``likelier`` (fixed when its calibrated error probability is at
+            least 0.5) (``bench.loop.UNANSWERED``).
     """
 
     budget: float = 0.25
@@ -128,6 +132,7 @@ class BenchSettings:
     finetune_steps: str = "matched"
     cleaning_steps: str = "matched"
     cost_limit: float | None = 0.27
+    unanswered: str = "keep"
 
     def __post_init__(self) -> None:
         if self.final_recipe not in FINAL_RECIPES:
@@ -146,6 +151,8 @@ class BenchSettings:
             raise ValueError("strategies: expected discrepancy and random first")
         if self.cost_limit is not None and not 0 < self.cost_limit <= 1:
             raise ValueError(f"cost_limit: expected a share in (0, 1] or None, got {self.cost_limit}")
+        if self.unanswered not in UNANSWERED:
+            raise ValueError(f"unanswered: expected one of {list(UNANSWERED)}, got {self.unanswered!r}")
         self.calibration_config()  # validates the precision targets
 
     def calibration_config(self) -> CalibrationConfig:
@@ -157,7 +164,10 @@ def _limit_note(settings: Mapping[str, Any]) -> str:
     limit = settings.get("cost_limit")
     if not settings.get("reviews") or limit is None:
         return ""
-    return f", within {limit * 100:g} % of the instance decisions (most likely errors first)"
+    note = f", within {limit * 100:g} % of the instance decisions (most likely errors first)"
+    if settings.get("unanswered", "keep") == "likelier":
+        note += "; unanswered ones take the likelier label (fixed at calibrated p >= 0.5)"
+    return note
 
 
 def _label_set_quality(bench: Workbench, labels: dict[str, Detections]) -> float:
@@ -320,6 +330,7 @@ def run_seed(
             calibration=loop.calibration if settings.calibrate else None,
             reviews=reviews,
             review_budget=budget,
+            unanswered=settings.unanswered,
         )
 
     labels, counts = cleaned(rand)
@@ -923,6 +934,13 @@ def main(argv: list[str] | None = None) -> int:
         "are answered most likely error first until it is spent (default 0.27; 1 for no practical limit)",
     )
     parser.add_argument(
+        "--unanswered",
+        choices=UNANSWERED,
+        default=BenchSettings.unanswered,
+        help="instances the cost limit leaves unreviewed: keep the crowd's label, or take the likelier one "
+        "(fixed when the calibrated error probability is >= 0.5)",
+    )
+    parser.add_argument(
         "--noise",
         action="append",
         default=[],
@@ -964,6 +982,7 @@ def main(argv: list[str] | None = None) -> int:
             review_precision=args.review_precision,
             reviews=not args.no_reviews,
             cost_limit=args.cost_limit,
+            unanswered=args.unanswered,
         )
         if args.noise:
             import synth

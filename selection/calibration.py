@@ -682,6 +682,38 @@ def error_probability(
     return prob
 
 
+def fix_findings(score: ImageScore, rows: np.ndarray) -> ImageScore:
+    """The same verdict with the findings ``rows`` (primary instances) fixed automatically.
+
+    Their grade becomes ``minor`` (localization) or ``major`` and their action ``auto_fix``; box-in-box parts
+    follow their parent; the image grade is recomputed. Used when nobody will review a finding and its
+    calibrated error probability says the fix is the likelier label (``bench.loop.corrected_labels``).
+
+    Example:
+        >>> from selection.lsm import score_image
+        >>> crowd = Detections(np.array([[10, 10, 30, 30]]), np.array([0]))
+        >>> pred = Detections(np.array([[100, 100, 130, 130]]), np.array([0]), score=np.array([0.3]))
+        >>> s = score_image(crowd, pred)
+        >>> s.instances.action.tolist(), fix_findings(s, np.array([1])).instances.action.tolist()
+        (['auto_fix', 'review'], ['auto_fix', 'auto_fix'])
+    """
+    rows = np.asarray(rows, np.int64)
+    if rows.size == 0:
+        return score
+    f = score.instances
+    grade = f.grade.astype(str).astype(object)
+    action = f.action.astype(str).astype(object)
+    named = f.noise_type.astype(str)
+    for r in rows:
+        grade[r] = _FIX_GRADE.get(named[r], Grade.MAJOR.value)
+        action[r] = Action.AUTO_FIX.value
+    part = np.flatnonzero(f.parent >= 0)
+    if part.size:
+        grade[part] = grade[f.parent[part]]
+        action[part] = action[f.parent[part]]
+    return _with_grades(score, grade.astype(str), action.astype(str))
+
+
 def regrade(
     crowd: Detections,
     pred: Detections,
@@ -729,8 +761,12 @@ def regrade(
         parent_row = f.parent[part]  # crowd instances come first, in crowd order
         grade[part] = grade[parent_row]
         action[part] = action[parent_row]
-    grade = grade.astype(str)
-    action = action.astype(str)
+    return _with_grades(score, grade.astype(str), action.astype(str))
+
+
+def _with_grades(score: ImageScore, grade: np.ndarray, action: np.ndarray) -> ImageScore:
+    """``score`` with new per-instance grades and actions; the image grade is the worst instance grade."""
+    f = score.instances
     worst = max((_GRADE_ORDER[g] for g in grade), default=0)
     findings = InstanceFindings(
         source=f.source,

@@ -108,3 +108,54 @@ def test_calibrated_priorities_stay_within_the_budget(loop_and_bench):
     )
     assert counts.get("review_decisions", 0) <= budget
     assert counts.get("reviewed", 0) + counts.get("review_skipped", 0) == full["flagged"]
+
+
+def _rates(review_rate: float):
+    """A calibration that gives every finding the LSM sent to review the probability ``review_rate``."""
+    from selection.calibration import CALIBRATED_TYPES, Calibration, TypeRule
+
+    rules = {
+        t: TypeRule(
+            t,
+            True,
+            "rate (test)",
+            10,
+            5,
+            fix_threshold=0.8,
+            review_threshold=0.4,
+            rates={"review": review_rate},
+        )
+        for t in CALIBRATED_TYPES
+    }
+    return Calibration(rules=rules)
+
+
+def test_unanswered_reviews_take_the_likelier_label(loop_and_bench):
+    bench, loop = loop_and_bench
+    kw = {"lsm": LSM, "reviews": True, "review_budget": 0}
+    kept, keep_counts = corrected_labels(bench, loop, calibration=_rates(0.6), **kw)
+    likely, counts = corrected_labels(bench, loop, calibration=_rates(0.6), unanswered="likelier", **kw)
+    flagged = keep_counts["flagged"]
+    assert flagged > 4 and keep_counts["review_skipped"] == flagged and keep_counts["likelier_fixed"] == 0
+    assert counts["likelier_fixed"] == flagged and counts["review_skipped"] == 0 and counts["reviewed"] == 0
+    # Fixing every p = 0.6 finding is what a calibration that fixes them outright gives.
+    fixed, _ = corrected_labels(bench, loop, lsm=LSM, calibration=_rates(0.9), reviews=False)
+    assert all(np.array_equal(likely[i].xyxy, fixed[i].xyxy) for i in fixed)
+    assert any(not np.array_equal(likely[i].xyxy, kept[i].xyxy) for i in kept)
+    # Below 0.5 the crowd's label is the likelier one: nothing changes.
+    doubtful, counts = corrected_labels(bench, loop, calibration=_rates(0.45), unanswered="likelier", **kw)
+    assert counts["likelier_fixed"] == 0
+    assert all(np.array_equal(doubtful[i].xyxy, kept[i].xyxy) for i in kept)
+    # With a budget, the answered reviews still fit it and the rest are settled.
+    _, full = corrected_labels(bench, loop, lsm=LSM, calibration=_rates(0.6), reviews=True)
+    budget = max(1, full["review_decisions"] // 2)
+    _, part = corrected_labels(
+        bench, loop, lsm=LSM, calibration=_rates(0.6), review_budget=budget, unanswered="likelier"
+    )
+    assert 0 < part["review_decisions"] <= budget
+    assert part["reviewed"] > 0 and part["likelier_fixed"] > 0 and part["review_skipped"] == 0
+    assert part["reviewed"] + part["likelier_fixed"] == full["flagged"]
+    with pytest.raises(ValueError, match="unanswered"):
+        corrected_labels(bench, loop, lsm=LSM, unanswered="guess")
+    with pytest.raises(ValueError, match="unanswered"):
+        BenchSettings(unanswered="guess")

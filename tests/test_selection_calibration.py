@@ -168,7 +168,7 @@ def test_rate_rule_keeps_one_rate_per_lsm_action():
 
 def test_rate_rules_regrade_each_action_by_its_own_rate():
     """In an image with a background box the LSM fixes and a missed object it sends to review, a calibration
-    that learnt "fixed backgrounds are errors, reviewed misses are not" keeps the first fix, drops the review."""
+    that learnt "fixed backgrounds are errors, reviewed misses are not" keeps the fix and drops the review."""
     crowd = make_detections([[10, 10, 30, 30]])
     pred = make_detections([[100, 100, 130, 130]], scores=[0.3])
     score = score_image(crowd, pred)
@@ -201,7 +201,7 @@ def test_no_rule_below_the_rate_minimum(n, min_rate):
 
 
 def test_examples_without_actions_get_no_rate_rule():
-    """Examples labelled without the LSM's actions (``action`` None) cannot say which grade a rate belongs to."""
+    """Examples without the LSM's actions (``action`` None) cannot say which grade a rate belongs to."""
     examples = LabelledFindings(np.full(12, "box_in_box"), np.zeros((12, len(FEATURES))), np.ones(12, bool))
     assert (examples.action == "").all()
     rule = fit_calibration(examples).rules["box_in_box"]
