@@ -116,6 +116,7 @@ class BenchSettings:
         unanswered: what an instance sent to review becomes when the cost limit leaves it unanswered:
             ``keep`` (the crowd's label) or ``likelier`` (fixed when its calibrated error probability is at
             least 0.5) (``bench.loop.UNANSWERED``).
+        min_rate_examples: rate rules for types too thin for a model (``CalibrationConfig``; 0: off).
     """
 
     budget: float = 0.25
@@ -133,6 +134,7 @@ class BenchSettings:
     cleaning_steps: str = "matched"
     cost_limit: float | None = 0.27
     unanswered: str = "keep"
+    min_rate_examples: int = CalibrationConfig.min_rate_examples
 
     def __post_init__(self) -> None:
         if self.final_recipe not in FINAL_RECIPES:
@@ -157,7 +159,11 @@ class BenchSettings:
 
     def calibration_config(self) -> CalibrationConfig:
         """The grade calibration's settings."""
-        return CalibrationConfig(fix_precision=self.fix_precision, review_precision=self.review_precision)
+        return CalibrationConfig(
+            fix_precision=self.fix_precision,
+            review_precision=self.review_precision,
+            min_rate_examples=self.min_rate_examples,
+        )
 
 
 def _limit_note(settings: Mapping[str, Any]) -> str:
@@ -941,6 +947,13 @@ def main(argv: list[str] | None = None) -> int:
         "(fixed when the calibrated error probability is >= 0.5)",
     )
     parser.add_argument(
+        "--min-rate-examples",
+        type=int,
+        default=BenchSettings.min_rate_examples,
+        help="calibration: a rate rule per LSM action with at least this many examples for a type too thin "
+        "for a model (default 0: off; dev notes section 7)",
+    )
+    parser.add_argument(
         "--noise",
         action="append",
         default=[],
@@ -983,6 +996,7 @@ def main(argv: list[str] | None = None) -> int:
             reviews=not args.no_reviews,
             cost_limit=args.cost_limit,
             unanswered=args.unanswered,
+            min_rate_examples=args.min_rate_examples,
         )
         if args.noise:
             import synth

@@ -13,12 +13,12 @@ and applies it to new findings:
    error" on the instance features; its two cut-offs are chosen on out-of-fold probabilities so that the
    auto-fixed findings were true errors at least ``fix_precision`` of the time and the reviewed ones at least
    ``review_precision`` of the time (Laplace-smoothed). A type with fewer than ``min_examples`` examples, or
-   fewer than ``min_class`` of either outcome, is too thin for a model: it gets a *rate rule* instead, one
-   probability per action the LSM gave (auto-fix, review, keep) that has at least ``min_rate_examples``
-   examples, the Laplace-smoothed share of those examples that were true errors; a finding is auto-fixed
-   when its rate reaches ``fix_precision``, reviewed when it reaches ``review_precision``, else kept. Findings
-   of an action without enough examples, and types with no such action, keep the LSM's own grades
-   (``TypeRule.fitted`` False when no action qualifies).
+   fewer than ``min_class`` of either outcome, is too thin for a model: it gets no rule (``TypeRule.fitted``
+   False) and its findings keep the LSM's own grades. Optionally (``min_rate_examples`` > 0, off by default)
+   it gets a *rate rule* instead: one probability per action the LSM gave (auto-fix, review, keep) that has
+   at least ``min_rate_examples`` examples, the Laplace-smoothed share of those examples that were true
+   errors; a finding is auto-fixed when its rate reaches ``fix_precision``, reviewed when it reaches
+   ``review_precision``, else kept; findings of other actions keep the LSM's grades.
 3. ``regrade(score, crowd, pred, calibration)``: the same ``ImageScore`` with new grades and actions
    (probability >= fix cut-off -> auto_fix (localization ``minor``, the others ``major``); >= review cut-off
    -> review (``uncertain``); below -> keep (``clean``)). Types, severities, proposals and the image
@@ -86,7 +86,9 @@ class CalibrationConfig:
         min_examples: fewest labelled examples of a type to fit its rule.
         min_class: fewest true errors and fewest non-errors of a type to fit its rule.
         min_rate_examples: fewest labelled examples of one LSM action of a type for a rate rule on that action
-            when a model cannot be fitted (0 turns rate rules off).
+            when a model cannot be fitted; 0 (the default) turns rate rules off. Off because on the
+            development seeds they never raised the corrected labels' F1 and once lowered it (a rate from 12
+            examples demoted fixes that were right; ``docs/results/dev-notes-issue7.txt`` section 7).
         l2: L2 penalty on the standardised logistic coefficients (the intercept is not penalised).
         folds: folds of the out-of-fold probabilities the cut-offs are chosen on.
     """
@@ -99,7 +101,7 @@ class CalibrationConfig:
     review_precision: float = 0.4
     min_examples: int = 20
     min_class: int = 4
-    min_rate_examples: int = 5
+    min_rate_examples: int = 0
     l2: float = 1.0
     folds: int = 5
 

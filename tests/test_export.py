@@ -381,13 +381,14 @@ def test_crowd_from_annotations_as_the_backend_reads_it():
 
 def test_export_regrades_with_the_versions_calibration_as_predict_does():
     """A stored calibration that learnt "background findings are never errors" keeps the box the LSM drops."""
-    from selection.calibration import FEATURES, LabelledFindings, fit_calibration
+    from selection.calibration import FEATURES, CalibrationConfig, LabelledFindings, fit_calibration
 
     n = 20
     never = fit_calibration(
         LabelledFindings(
             np.full(n, "background"), np.zeros((n, len(FEATURES))), np.zeros(n, bool), np.full(n, "auto_fix")
-        )
+        ),
+        config=CalibrationConfig(min_rate_examples=5),  # a rate rule: "the LSM's background fixes were wrong"
     )
     task = _task(2, 160, NOISY)
     (plain,) = _clean([task], _detector())
@@ -402,7 +403,7 @@ def test_run_export_reads_the_stored_calibration(tmp_path, monkeypatch):
     import model.detector
     from backend.calibration import calibration_path
     from model.registry import ModelRegistry
-    from selection.calibration import FEATURES, LabelledFindings, fit_calibration
+    from selection.calibration import FEATURES, CalibrationConfig, LabelledFindings, fit_calibration
 
     settings = _settings(tmp_path)
     weights = tmp_path / "fake.pt"
@@ -413,7 +414,8 @@ def test_run_export_reads_the_stored_calibration(tmp_path, monkeypatch):
     never = fit_calibration(
         LabelledFindings(
             np.full(n, "background"), np.zeros((n, len(FEATURES))), np.zeros(n, bool), np.full(n, "auto_fix")
-        )
+        ),
+        config=CalibrationConfig(min_rate_examples=5),  # a rate rule: "the LSM's background fixes were wrong"
     )
     kw: dict[str, Any] = {"project": 4, "fmt": ExportFormat.COCO, "progress": False}
     before = run_export(settings, out=tmp_path / "a", source=FakeSource(_tasks()), **kw)

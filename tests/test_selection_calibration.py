@@ -124,6 +124,10 @@ def test_fit_learns_the_informative_feature_and_sets_cutoffs(rng):
     assert test.target[p < rule.review_threshold].mean() < 0.4
 
 
+RATES = CalibrationConfig(min_rate_examples=5)
+"""Rate rules on (they are off by default)."""
+
+
 def _examples(noise_type: str, target, action) -> LabelledFindings:
     target = np.asarray(target, bool)
     return LabelledFindings(
@@ -137,7 +141,7 @@ def _examples(noise_type: str, target, action) -> LabelledFindings:
 )
 def test_too_few_examples_for_a_model_give_a_rate_rule(n, positives, reason):
     target = np.arange(n) < positives
-    rule = fit_calibration(_examples("missed", target, np.full(n, "auto_fix"))).rules["missed"]
+    rule = fit_calibration(_examples("missed", target, np.full(n, "auto_fix")), config=RATES).rules["missed"]
     assert rule.fitted
     assert rule.reason.startswith("rate of true errors per LSM action: auto_fix") and reason in rule.reason
     rate = (positives + 1) / (n + 2)
@@ -158,7 +162,7 @@ def test_rate_rule_keeps_one_rate_per_lsm_action():
     # rate: its grade stays).
     target = [True] * 10 + [True, True, False, False, False, False] + [False] * 3
     action = ["auto_fix"] * 10 + ["review"] * 6 + ["keep"] * 3
-    rule = fit_calibration(_examples("box_in_box", target, action)).rules["box_in_box"]
+    rule = fit_calibration(_examples("box_in_box", target, action), config=RATES).rules["box_in_box"]
     assert rule.fitted and rule.rates == pytest.approx({"auto_fix": 11 / 12, "review": 3 / 8})
     assert "auto_fix 10/10, review 2/6" in rule.reason
     prob = rule.probability(np.zeros((3, len(FEATURES))), np.array(["auto_fix", "review", "keep"]))
@@ -180,7 +184,7 @@ def test_rate_rules_regrade_each_action_by_its_own_rate():
             _examples("missed", np.zeros(8, bool), ["review"] * 8),
         ]
     )
-    cal = fit_calibration(examples)
+    cal = fit_calibration(examples, config=RATES)
     assert set(cal.fitted_types) == {"background", "missed"}
     after = regrade(crowd, pred, score, cal)
     actions = dict(
@@ -190,11 +194,12 @@ def test_rate_rules_regrade_each_action_by_its_own_rate():
     np.testing.assert_allclose(error_probability(crowd, pred, score, cal)[:2], [9 / 10, 1 / 10])
 
 
-@pytest.mark.parametrize(("n", "min_rate"), [(4, 5), (50, 0)])
+@pytest.mark.parametrize(("n", "min_rate"), [(4, 5), (50, 0), (50, None)])
 def test_no_rule_below_the_rate_minimum(n, min_rate):
     target = np.arange(n) < 2
     examples = _examples("missed", target, np.full(n, "review"))
-    rule = fit_calibration(examples, config=CalibrationConfig(min_rate_examples=min_rate)).rules["missed"]
+    config = None if min_rate is None else CalibrationConfig(min_rate_examples=min_rate)  # None: default, off
+    rule = fit_calibration(examples, config=config).rules["missed"]
     assert not rule.fitted
     assert fitted_label(rule.fitted, rule.reason).startswith("no (")
     assert np.isnan(rule.probability(np.zeros((3, len(FEATURES))), np.full(3, "review"))).all()
@@ -204,7 +209,7 @@ def test_examples_without_actions_get_no_rate_rule():
     """Examples without the LSM's actions (``action`` None) cannot say which grade a rate belongs to."""
     examples = LabelledFindings(np.full(12, "box_in_box"), np.zeros((12, len(FEATURES))), np.ones(12, bool))
     assert (examples.action == "").all()
-    rule = fit_calibration(examples).rules["box_in_box"]
+    rule = fit_calibration(examples, config=RATES).rules["box_in_box"]
     assert not rule.fitted and "no LSM action has 5 examples" in rule.reason
 
 
