@@ -501,6 +501,7 @@ def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 1) -> str:
 def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) -> None:
     """The tables of ``results.md``."""
     full = summary["arms"]["full"]
+    rates = bool(meta["settings"].get("min_rate_examples"))
     lines = [
         f"# Active label cleaning, {meta['dataset']} (seeds {meta['seeds']}, budget {meta['budget']:.0%})",
         "",
@@ -585,11 +586,16 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         "",
         "Grades before and after calibration on the bought images (LSM loop, images not sent to experts). "
         "Fixed = auto-fixed; flagged = auto-fixed or sent to review; P@R≥0.5 = best precision of the "
-        "calibrated ranking at recall ≥ 0.5 (curves: `grade_pr.png`); a rate rule (too few examples for a "
-        "model) gives one probability per LSM action, so its curve has a point per action:",
+        "calibrated ranking at recall ≥ 0.5 (curves: `grade_pr.png`)"
+        + (
+            "; a rate rule (too few examples for a model) gives one probability per LSM action, so its curve "
+            "has a point per action:"
+            if rates
+            else ":"
+        ),
         "",
         "| noise type | fixed P / R before | fixed P / R after | flagged P / R before | flagged P / R after "
-        "| P@R≥0.5 | rule fitted on (a rate rule on) |",
+        f"| P@R≥0.5 | rule fitted on{' (a rate rule on)' if rates else ''} |",
         "|---|---|---|---|---|---|---|",
     ]
 
@@ -600,7 +606,8 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         lines.append(
             f"| {name} | {pr(g['before'], 'fix')} | {pr(g['after'], 'fix')} | {pr(g['before'], 'flag')} "
             f"| {pr(g['after'], 'flag')} | {_fmt(g['after']['precision_at_recall'], 1, 2)} "
-            f"| {g['fitted_seeds']} of {meta['n_seeds']} seeds ({g.get('rate_seeds', 0)}) |"
+            f"| {g['fitted_seeds']} of {meta['n_seeds']} seeds"
+            + (f" ({g.get('rate_seeds', 0)}) |" if rates else " |")
         )
     path.write_text("\n".join(lines) + "\n")
 
