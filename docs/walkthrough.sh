@@ -15,8 +15,9 @@
 # are stopped on exit, also after an error or Ctrl-C.
 #
 # Settings (environment): WALKTHROUGH_DIR (.work/walkthrough, emptied at start), N_TRAIN (80 images),
-# BOOTSTRAP_EPOCHS (60), N_EXPERT (10: tasks the expert annotates = TRAIN_MIN_ANNOTATIONS), LS_PORT and
-# BACKEND_PORT (default: 8080 and 9090, or the next free port).
+# BOOTSTRAP_EPOCHS (60), N_EXPERT (10: tasks the expert annotates = TRAIN_MIN_ANNOTATIONS), N_TEST (60 test
+# images, never imported: the detectors are measured on them), LS_PORT and BACKEND_PORT (default: 8080 and
+# 9090, or the next free port).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,6 +25,7 @@ W=${WALKTHROUGH_DIR:-.work/walkthrough}
 N_TRAIN=${N_TRAIN:-80}
 BOOTSTRAP_EPOCHS=${BOOTSTRAP_EPOCHS:-60}
 N_EXPERT=${N_EXPERT:-10}
+N_TEST=${N_TEST:-60}
 for exe in .venv/bin/python .venv-ls/bin/label-studio; do
     [[ -x $exe ]] || { echo "error: $exe is missing: run make setup setup-ls first" >&2; exit 2; }
 done
@@ -128,7 +130,7 @@ rm -rf "$W"
 mkdir -p "$W"
 export YOLO_CONFIG_DIR=$PWD/$W/yolo-config MPLCONFIGDIR=$PWD/$W/mpl  # as the Makefile does: nothing writes to ~
 cmd "source .venv/bin/activate"
-cmd "python -m synth --preset tiny --seed 7 --n-train $N_TRAIN --out $W/data/tem --no-contact-sheet"
+cmd "python -m synth --preset tiny --seed 7 --n-train $N_TRAIN --n-test $N_TEST --out $W/data/tem --no-contact-sheet"
 note "the simulator's COCO files hold every image's crowd (crowd_train.json) and expert (expert_train.json) boxes;"
 note "the expert boxes of the first 5 images stand for a lab's already reviewed images:"
 cmd "jq '(.images |= .[:5]) | [.images[].id] as \$ids | .annotations |= map(select(.image_id as \$i | \$ids | index(\$i)))' $W/data/tem/coco/expert_train.json > $W/data/tem/coco/expert_seed.json"
@@ -274,14 +276,19 @@ note "the order after the re-scoring by the new version (the same query: tasks w
 cmd "$TOP5"
 
 # ----------------------------------------------------------------------------------------------- export
-step "9. export the cleaned dataset (python -m backend.export)"
-cmd "python -m backend.export --project $PROJECT --format coco --out $W/export-coco"
+step "9. export the cleaned dataset and train the final detector on it (python -m backend.export --train-final)"
+cmd "python -m backend.export --project $PROJECT --format coco --out $W/export-coco --train-final"
 cmd "head -4 $W/export-coco/review.csv"
 cmd "jq -c '.model, .counts' $W/export-coco/manifest.json"
 
 # ---------------------------------------------------------------------------------------------- quality
 step "10. crowd labels and the export against the simulator's true boxes (python -m metrics.f1)"
 cmd "python -m metrics.f1 --truth $W/data/tem/coco/expert_train.json --manifest $W/export-coco/manifest.json $W/data/tem/coco/crowd_train.json $W/export-coco/annotations.json"
+
+# ------------------------------------------------------------------------------------------- detectors
+step "11. the three detectors on $N_TEST test images no one labelled in Label Studio (python -m metrics.ap)"
+note "the first model (crowd labels), the webhook's retrained one (expert tasks), the final one (the export)"
+cmd "python -m metrics.ap --truth $W/data/tem/coco/expert_test.json --images $W/data/tem $W/models/versions/$FIRST_VERSION/weights.pt $W/models/versions/\$(cat $W/models/LATEST)/weights.pt $W/export-coco/model/versions/*/weights.pt"
 
 end_step
 printf '\n=== wall time per step\n'
