@@ -253,6 +253,9 @@ def _pick(
 UNANSWERED = ("keep", "likelier")
 """What becomes of an instance sent to review that the budget leaves unanswered (``corrected_labels``)."""
 
+REVIEW_ORDERS = ("likely", "uncertain", "random")
+"""Which instances sent to review a limited budget answers first (``corrected_labels``)."""
+
 
 def corrected_labels(
     bench: Workbench,
@@ -264,6 +267,7 @@ def corrected_labels(
     reviews: bool = True,
     review_budget: int | None = None,
     unanswered: str = "keep",
+    review_order: str = "likely",
 ) -> tuple[dict[str, Detections], dict[str, int]]:
     """Stage 2: expert labels on the re-annotated images, noise-graded corrections on the rest.
 
@@ -275,6 +279,9 @@ def corrected_labels(
         review_budget: the most instance decisions the reviews may cost (None: no limit). The instances sent
             to review are answered most-likely-error first (calibrated error probability where a rule is
             fitted, else the LSM's severity) until the next would go over it; the rest are not charged.
+        review_order: which instances a limited budget answers first: ``likely`` (the most likely errors:
+            calibrated error probability, else severity), ``uncertain`` (probability closest to 0.5) or
+            ``random`` (a fixed-seed shuffle).
         unanswered: what the instances the budget leaves unanswered become: ``keep`` (as the crowd drew
             them) or ``likelier`` (fixed when their calibrated error probability is at least 0.5, the likelier
             label; kept otherwise, and where no rule gives a probability).
@@ -290,6 +297,9 @@ def corrected_labels(
         raise ValueError(f"review_budget: expected >= 0 decisions or None, got {review_budget}")
     if unanswered not in UNANSWERED:
         raise ValueError(f"unanswered: expected one of {list(UNANSWERED)}, got {unanswered!r}")
+    if review_order not in REVIEW_ORDERS:
+        raise ValueError(f"review_order: expected one of {list(REVIEW_ORDERS)}, got {review_order!r}")
+    shuffle = np.random.default_rng(0)
     records = bench.records
     labels = {i: records[i].expert for i in loop.expert_ids}
     totals: dict[str, int] = {}
@@ -326,7 +336,13 @@ def corrected_labels(
             probs[i] = prob
             rows = fix.flagged_rows
             severity = fix.flagged.score if fix.flagged.score is not None else np.zeros(len(rows))
-            priority[i] = np.where(np.isnan(prob[rows]), severity, prob[rows])
+            chance = np.where(np.isnan(prob[rows]), severity, prob[rows])
+            if review_order == "uncertain":
+                priority[i] = -np.abs(chance - 0.5)
+            elif review_order == "random":
+                priority[i] = shuffle.random(len(rows))
+            else:
+                priority[i] = chance
     if not reviews:
         for fix in fixes.values():
             for key, value in fix.counts.items():

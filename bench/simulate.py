@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.loop import (
+    REVIEW_ORDERS,
     UNANSWERED,
     LoopConfig,
     LoopResult,
@@ -117,6 +118,7 @@ class BenchSettings:
             ``keep`` (the crowd's label) or ``likelier`` (fixed when its calibrated error probability is at
             least 0.5) (``bench.loop.UNANSWERED``).
         min_rate_examples: rate rules for types too thin for a model (``CalibrationConfig``; 0: off).
+        review_order: which reviews the cost limit answers first (``bench.loop.REVIEW_ORDERS``).
     """
 
     budget: float = 0.25
@@ -134,6 +136,7 @@ class BenchSettings:
     cleaning_steps: str = "matched"
     cost_limit: float | None = 0.27
     unanswered: str = "keep"
+    review_order: str = "likely"
     min_rate_examples: int = CalibrationConfig.min_rate_examples
 
     def __post_init__(self) -> None:
@@ -153,6 +156,10 @@ class BenchSettings:
             raise ValueError("strategies: expected discrepancy and random first")
         if self.cost_limit is not None and not 0 < self.cost_limit <= 1:
             raise ValueError(f"cost_limit: expected a share in (0, 1] or None, got {self.cost_limit}")
+        if self.review_order not in REVIEW_ORDERS:
+            raise ValueError(
+                f"review_order: expected one of {list(REVIEW_ORDERS)}, got {self.review_order!r}"
+            )
         if self.unanswered not in UNANSWERED:
             raise ValueError(f"unanswered: expected one of {list(UNANSWERED)}, got {self.unanswered!r}")
         self.calibration_config()  # validates the precision targets
@@ -170,7 +177,11 @@ def _limit_note(settings: Mapping[str, Any]) -> str:
     limit = settings.get("cost_limit")
     if not settings.get("reviews") or limit is None:
         return ""
-    note = f", within {limit * 100:g} % of the instance decisions (most likely errors first)"
+    first = {"likely": "most likely errors", "uncertain": "most uncertain", "random": "in random order"}
+    order = first[settings.get("review_order", "likely")]
+    note = f", within {limit * 100:g} % of the instance decisions ({order}" + (
+        " first)" if order != "in random order" else ")"
+    )
     if settings.get("unanswered", "keep") == "likelier":
         note += "; unanswered ones take the likelier label (fixed at calibrated p >= 0.5)"
     return note
@@ -337,6 +348,7 @@ def run_seed(
             reviews=reviews,
             review_budget=budget,
             unanswered=settings.unanswered,
+            review_order=settings.review_order,
         )
 
     labels, counts = cleaned(rand)
@@ -954,6 +966,13 @@ def main(argv: list[str] | None = None) -> int:
         "(fixed when the calibrated error probability is >= 0.5)",
     )
     parser.add_argument(
+        "--review-order",
+        choices=REVIEW_ORDERS,
+        default=BenchSettings.review_order,
+        help="which reviews the cost limit answers first: the most likely errors (default), the most "
+        "uncertain (probability nearest 0.5), or in random order",
+    )
+    parser.add_argument(
         "--min-rate-examples",
         type=int,
         default=BenchSettings.min_rate_examples,
@@ -1003,6 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
             reviews=not args.no_reviews,
             cost_limit=args.cost_limit,
             unanswered=args.unanswered,
+            review_order=args.review_order,
             min_rate_examples=args.min_rate_examples,
         )
         if args.noise:

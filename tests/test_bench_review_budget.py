@@ -159,3 +159,55 @@ def test_unanswered_reviews_take_the_likelier_label(loop_and_bench):
         corrected_labels(bench, loop, lsm=LSM, unanswered="guess")
     with pytest.raises(ValueError, match="unanswered"):
         BenchSettings(unanswered="guess")
+
+
+def test_review_orders_spend_the_same_budget_on_different_instances(loop_and_bench, monkeypatch):
+    """``likely`` answers the highest error probabilities first, ``uncertain`` those nearest 0.5, ``random``
+    any; each within the budget."""
+    import bench.loop
+    from bench.loop import REVIEW_ORDERS
+    from selection.calibration import CALIBRATED_TYPES, Calibration, TypeRule
+
+    bench_, loop = loop_and_bench
+    # Findings the LSM sent to review get 0.9 (background), 0.5 (missed) or 0.1 (the other types).
+    rates = {"background": 0.9, "missed": 0.5}
+    rules = {
+        t: TypeRule(
+            t,
+            True,
+            "rate (test)",
+            10,
+            5,
+            fix_threshold=0.95,
+            review_threshold=0.05,
+            rates={"review": rates.get(t, 0.1)},
+        )
+        for t in CALIBRATED_TYPES
+    }
+    cal = Calibration(rules=rules)
+    _, full = corrected_labels(bench_, loop, lsm=LSM, calibration=cal, reviews=True)
+    budget = max(1, full["review_decisions"] // 3)
+    seen: dict[str, dict] = {}
+    within = bench.loop._reviews_within
+    for order in REVIEW_ORDERS:
+
+        def spy(fixes, priority, records, limit, order=order):
+            seen[order] = {i: p.copy() for i, p in priority.items()}
+            return within(fixes, priority, records, limit)
+
+        monkeypatch.setattr(bench.loop, "_reviews_within", spy)
+        _, counts = corrected_labels(
+            bench_, loop, lsm=LSM, calibration=cal, review_budget=budget, review_order=order
+        )
+        assert 0 < counts["review_decisions"] <= budget
+    likely = np.concatenate(list(seen["likely"].values()))
+    uncertain = np.concatenate(list(seen["uncertain"].values()))
+    assert set(np.round(likely, 6)) <= {0.9, 0.5, 0.1} and 0.9 in np.round(likely, 6)
+    # Nearest 0.5 first: the missed findings (0.5) rank above the background ones (0.9).
+    np.testing.assert_allclose(uncertain, -np.abs(likely - 0.5))
+    randomly = np.concatenate(list(seen["random"].values()))
+    assert randomly.shape == likely.shape and not np.allclose(randomly, likely)
+    with pytest.raises(ValueError, match="review_order"):
+        corrected_labels(bench_, loop, lsm=LSM, review_order="loudest")
+    with pytest.raises(ValueError, match="review_order"):
+        BenchSettings(review_order="loudest")
