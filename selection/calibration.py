@@ -649,9 +649,9 @@ def fit_calibration(examples: LabelledFindings, *, config: CalibrationConfig | N
     """
     cfg = config or CalibrationConfig()
     rules = {}
+    action = examples.action if examples.action is not None else np.full(len(examples), "")
     for t in CALIBRATED_TYPES:
         sel = examples.noise_type == t
-        action = examples.action if examples.action is not None else np.full(len(examples), "")
         rules[t] = _fit_type(t, examples.features[sel], examples.target[sel], action[sel], cfg)
     return Calibration(rules=rules, config=cfg)
 
@@ -709,11 +709,7 @@ def fix_findings(score: ImageScore, rows: np.ndarray) -> ImageScore:
     for r in rows:
         grade[r] = _FIX_GRADE.get(named[r], Grade.MAJOR.value)
         action[r] = Action.AUTO_FIX.value
-    part = np.flatnonzero(f.parent >= 0)
-    if part.size:
-        grade[part] = grade[f.parent[part]]
-        action[part] = action[f.parent[part]]
-    return _with_grades(score, grade.astype(str), action.astype(str))
+    return _with_grades(score, grade, action)
 
 
 def regrade(
@@ -758,17 +754,20 @@ def regrade(
         action[sel] = np.where(
             fix, Action.AUTO_FIX.value, np.where(review, Action.REVIEW.value, Action.KEEP.value)
         )
+    return _with_grades(score, grade, action)
+
+
+def _with_grades(score: ImageScore, grade: np.ndarray, action: np.ndarray) -> ImageScore:
+    """``score`` with new per-instance grades and actions (object arrays, changed here): box-in-box parts take
+    their parent's, and the image grade is the worst instance grade."""
+    f = score.instances
     part = np.flatnonzero(f.parent >= 0)
     if part.size:
         parent_row = f.parent[part]  # crowd instances come first, in crowd order
         grade[part] = grade[parent_row]
         action[part] = action[parent_row]
-    return _with_grades(score, grade.astype(str), action.astype(str))
-
-
-def _with_grades(score: ImageScore, grade: np.ndarray, action: np.ndarray) -> ImageScore:
-    """``score`` with new per-instance grades and actions; the image grade is the worst instance grade."""
-    f = score.instances
+    grade = grade.astype(str)
+    action = action.astype(str)
     worst = max((_GRADE_ORDER[g] for g in grade), default=0)
     findings = InstanceFindings(
         source=f.source,
