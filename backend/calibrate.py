@@ -48,23 +48,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def format_table(types: Sequence[Mapping[str, Any]]) -> str:
-    """The per-type rows of a calibration as a text table (precision/recall before (LSM) and after)."""
+    """The per-type rows of a calibration as a text table (precision/recall before (LSM) and after, and the
+    type's weight in the discrepancy)."""
 
     from selection.calibration import fitted_label
 
     def num(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 
-    head = ("type", "examples", "errors", "LSM prec", "recall", "precision", "recall")
+    head = ("type", "examples", "errors", "LSM prec", "recall", "precision", "recall", "weight")
     lines = [
-        f"{head[0]:<13}{head[1]:>9}{head[2]:>7}  {head[3]:>8}{head[4]:>7}  {head[5]:>9}{head[6]:>7}  fitted"
+        f"{head[0]:<13}{head[1]:>9}{head[2]:>7}  {head[3]:>8}{head[4]:>7}  {head[5]:>9}{head[6]:>7}"
+        f"{head[7]:>8}  fitted"
     ]
     for row in types:
         fit = fitted_label(row["fitted"], row["reason"])
         lines.append(
             f"{row['noise_type']:<13}{row['examples']:>9}{row['errors']:>7}  "
             f"{num(row['precision_before']):>8}{num(row['recall_before']):>7}  "
-            f"{num(row['precision']):>9}{num(row['recall']):>7}  {fit}"
+            f"{num(row['precision']):>9}{num(row['recall']):>7}{num(row.get('weight')):>8}  {fit}"
         )
     return "\n".join(lines)
 

@@ -41,6 +41,7 @@ from formats.labelstudio import regions_to_detections
 from selection.calibration import (
     CALIBRATED_TYPES,
     Calibration,
+    CalibrationConfig,
     LabelledFindings,
     fit_calibration,
     label_findings,
@@ -184,14 +185,19 @@ def _pr(flag: np.ndarray, target: np.ndarray) -> tuple[float | None, float | Non
 
 
 def type_table(
-    rules: Mapping[str, Mapping[str, Any]], stats: Mapping[str, Mapping[str, np.ndarray]]
+    rules: Mapping[str, Mapping[str, Any]],
+    stats: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    weight_prior: float = CalibrationConfig.weight_prior,
 ) -> list[dict[str, Any]]:
-    """Per calibrated noise type: examples, true errors, fitted (why not) and precision/recall of the
-    findings acted on (auto-fix or review) before (LSM grades) and after calibration.
+    """Per calibrated noise type: examples, true errors, fitted (why not), precision/recall of the
+    findings acted on (auto-fix or review) before (LSM grades) and after calibration, and the weight of the
+    type's severities in the task's discrepancy (``Calibration.type_weight``).
 
     Args:
         rules: ``Calibration.to_dict()["rules"]`` (missing types: not fitted, no examples).
         stats: per type ``target``, ``before``, ``after`` bool arrays over its examples.
+        weight_prior: the calibration's ``weight_prior``.
     """
     out = []
     for t in CALIBRATED_TYPES:
@@ -211,6 +217,7 @@ def type_table(
                 "recall_before": r0,
                 "precision": p1,
                 "recall": r1,
+                "weight": (int(target.sum()) + weight_prior) / (int(target.size) + weight_prior),
             }
         )
     return out
@@ -353,7 +360,7 @@ def calibrate_project(
             entry["before"].append(before[sel])
             entry["after"].append(after[sel])
     merged = {t: {k: np.concatenate(v) for k, v in s.items()} for t, s in stats.items()}
-    table = type_table(calibration.to_dict()["rules"], merged)
+    table = type_table(calibration.to_dict()["rules"], merged, weight_prior=calibration.config.weight_prior)
     fitted = calibration.fitted_types
     sources = ", ".join(f"{n} by {v}" for v, n in sorted(used.items()))
     message = (

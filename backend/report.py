@@ -275,6 +275,7 @@ def render_html(report: Mapping[str, Any]) -> str:
                     "recall",
                     "LSM precision",
                     "LSM recall",
+                    "weight in the discrepancy",
                     "fitted",
                 ],
                 [
@@ -286,6 +287,7 @@ def render_html(report: Mapping[str, Any]) -> str:
                         r["recall"],
                         r["precision_before"],
                         r["recall_before"],
+                        r.get("weight"),
                         fitted_label(r["fitted"], r["reason"]),
                     ]
                     for r in cal.get("types") or []

@@ -32,6 +32,7 @@ from selection.calibration import (
     fix_findings,
     label_findings,
     regrade,
+    weigh,
 )
 from selection.correction import Correction
 from selection.detections import Detections
@@ -69,6 +70,9 @@ class LoopConfig:
         cleaning_epoch_images: repeat the bought images so that each cleaning model's epoch holds about this
             many (``model.dataset.epoch_repeats``, the rule of the matched fine-tunes and of the backend's
             ``TRAIN_EPOCH_IMAGES``); 0: each bought image once per epoch.
+        weigh: once a calibration is fitted (from the second selection round on), rank by the discrepancy
+            weighted by each type's share of true errors on the images bought so far
+            (``selection.calibration.weigh``), as the backend ranks a calibrated project's tasks.
     """
 
     strategy: Strategy
@@ -76,6 +80,7 @@ class LoopConfig:
     seed_fraction: float = 0.1
     rounds: int = 3
     cleaning_epoch_images: int = 0
+    weigh: bool = True
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,9 @@ def run_loop(
     for round_no, batch in enumerate(per_round, start=1):
         remaining = [i for i in train_ids if i not in set(expert)]
         preds = bench.predict(model.weights, remaining)
-        picked, picked_scores = _pick(bench, cfg.strategy, remaining, preds, batch, rng, lsm)
+        picked, picked_scores = _pick(
+            bench, cfg.strategy, remaining, preds, batch, rng, lsm, fitted if cfg.weigh else None
+        )
         expert.extend(picked)
         # Bought now: their expert boxes label the findings that the model had on them.
         examples.extend(
@@ -229,12 +236,15 @@ def _pick(
     budget: int,
     rng: np.random.Generator,
     lsm: LSMConfig,
+    calibration: Calibration | None = None,
 ) -> tuple[list[str], list[ImageScore]]:
-    """The images to buy next, and the LSM's findings on them."""
+    """The images to buy next, and the LSM's findings on them (with the LSM's own discrepancy: the
+    calibration examples read the findings only). ``calibration``: rank by the weighted discrepancy."""
     records = bench.records
     crowds = [records[i].crowd for i in ids]
     scores = score_images(crowds, [preds[i] for i in ids], config=lsm)
-    discrepancy = np.array([s.discrepancy for s in scores])
+    ranked = scores if calibration is None else [weigh(s, calibration, config=lsm) for s in scores]
+    discrepancy = np.array([s.discrepancy for s in ranked])
     uncertainty = np.array([model_uncertainty(preds[i]) for i in ids])
     features = np.stack(
         [image_features(records[i].crowd, preds[i], records[i].width, records[i].height) for i in ids]

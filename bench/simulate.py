@@ -55,7 +55,7 @@ from bench.workbench import TRAIN_SPECS, TrainSpec, Workbench
 from metrics.f1 import label_f1
 from model.dataset import epoch_repeats
 from selection import LSMConfig, Strategy
-from selection.calibration import CalibrationConfig, error_probability, regrade
+from selection.calibration import CalibrationConfig, error_probability, regrade, weigh
 from selection.detections import Detections
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ PAIRS: tuple[tuple[str, str], ...] = (
 FINAL_RECIPES = ("scratch", "warm_cleaning", "warm_crowd")
 CONSENSUS_MODELS = ("crossfit", "crowd")
 FINETUNE_STEPS = ("matched", "epochs")
+IMAGE_SCORES = ("weighted", "raw")
 CURVE_POINTS = 40
 
 
@@ -119,6 +120,9 @@ class BenchSettings:
             least 0.5) (``bench.loop.UNANSWERED``).
         min_rate_examples: rate rules for types too thin for a model (``CalibrationConfig``; 0: off).
         review_order: which reviews the cost limit answers first (``bench.loop.REVIEW_ORDERS``).
+        image_score: how the LSM loop ranks images once a calibration is fitted, and how its noisy-image
+            detection is scored: ``weighted`` (the discrepancy with each finding weighted by its type's
+            share of true errors on the bought images, ``selection.calibration.weigh``) or ``raw``.
     """
 
     budget: float = 0.25
@@ -138,6 +142,7 @@ class BenchSettings:
     unanswered: str = "keep"
     review_order: str = "likely"
     min_rate_examples: int = CalibrationConfig.min_rate_examples
+    image_score: str = "weighted"
 
     def __post_init__(self) -> None:
         if self.final_recipe not in FINAL_RECIPES:
@@ -160,6 +165,8 @@ class BenchSettings:
             raise ValueError(
                 f"review_order: expected one of {list(REVIEW_ORDERS)}, got {self.review_order!r}"
             )
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score: expected one of {list(IMAGE_SCORES)}, got {self.image_score!r}")
         if self.unanswered not in UNANSWERED:
             raise ValueError(f"unanswered: expected one of {list(UNANSWERED)}, got {self.unanswered!r}")
         self.calibration_config()  # validates the precision targets
@@ -297,6 +304,7 @@ def run_seed(
             seed_fraction=settings.seed_fraction,
             rounds=settings.rounds,
             cleaning_epoch_images=n_train if settings.cleaning_steps == "matched" else 0,
+            weigh=settings.image_score == "weighted",
         )
         # The same generator seed for every strategy: they all start from the same random seed set.
         loops[strategy] = run_loop(
@@ -369,14 +377,24 @@ def run_seed(
     # Noise detection quality, on the images the LSM did not send to the experts, same predictions.
     ids = lsm_loop.remaining_ids
     positive = np.array([is_noisy(records_by_id[i]) for i in ids])
-    ours = np.array([lsm_loop.scores[i].discrepancy for i in ids])
+    raw = np.array([lsm_loop.scores[i].discrepancy for i in ids])
+    fitted = lsm_loop.calibration
+    assert fitted is not None
+    weighted = np.array([weigh(lsm_loop.scores[i], fitted, config=lsm).discrepancy for i in ids])
+    ours = weighted if settings.image_score == "weighted" else raw
     crowds = [records_by_id[i].crowd for i in ids]
     preds = [lsm_loop.preds[i] for i in ids]
     peer = cleanlab_scores(crowds, preds)
     chance = np.random.default_rng(seed + 1).random(len(ids))
     detection: dict[str, Any] = {
         name: {"auroc": auroc(s, positive), "ap": average_precision(s, positive)}
-        for name, s in (("lsm", ours), ("cleanlab", peer), ("random", chance))
+        for name, s in (
+            ("lsm", ours),
+            ("lsm_weighted", weighted),
+            ("lsm_raw", raw),
+            ("cleanlab", peer),
+            ("random", chance),
+        )
     }
     detection["noisy_share"] = float(positive.mean()) if len(positive) else float("nan")
     noise = [records_by_id[i].crowd_noise for i in ids]
@@ -461,7 +479,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         }
     detection = {
         k: {m: _mean_std([r["detection"][k][m] for r in runs]) for m in ("auroc", "ap")}
-        for k in ("lsm", "cleanlab", "random")
+        for k in ("lsm", "lsm_weighted", "lsm_raw", "cleanlab", "random")
+        if all(k in r["detection"] for r in runs)
     }
     types: dict[str, dict[str, tuple[float, float]]] = {}
     for t in runs[0]["instance_types"]:
@@ -526,7 +545,8 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         f"grades: {'yes' if meta['settings']['calibrate'] else 'no'}; reviews answered and charged: "
         f"{'yes' if meta['settings']['reviews'] else 'no'}"
         f"{_limit_note(meta['settings'])}; cleaning models: "
-        f"`{meta['settings'].get('cleaning_steps', 'epochs')}` steps",
+        f"`{meta['settings'].get('cleaning_steps', 'epochs')}` steps; image score: "
+        f"`{meta['settings'].get('image_score', 'raw')}`",
         "",
         f"**Headline: the full method reaches {_fmt(full['pct_of_full'])} % of full-expert AP50 at "
         f"{_fmt(full['cost_fraction'], 100)} % expert cost** (the larger of "
@@ -570,12 +590,18 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         "| scorer | AUROC | AP |",
         "|---|---|---|",
     ]
+    weighted = meta["settings"].get("image_score", "raw") == "weighted"
     names = {
-        "lsm": "LSM discrepancy",
+        "lsm": "LSM discrepancy" + (", weighted by type (the method's image score)" if weighted else ""),
+        "lsm_raw" if weighted else "lsm_weighted": (
+            "LSM discrepancy, unweighted" if weighted else "LSM discrepancy, weighted by type"
+        ),
         "cleanlab": "cleanlab ObjectLab (same predictions)",
         "random": "random",
     }
     for k, label in names.items():
+        if k not in summary["detection"]:
+            continue
         d = summary["detection"][k]
         lines.append(f"| {label} | {_fmt(d['auroc'], 1, 3)} | {_fmt(d['ap'], 1, 3)} |")
     lines += [
@@ -973,6 +999,14 @@ def main(argv: list[str] | None = None) -> int:
         "uncertain (probability nearest 0.5), or in random order",
     )
     parser.add_argument(
+        "--image-score",
+        choices=IMAGE_SCORES,
+        default=BenchSettings.image_score,
+        help="how the LSM loop ranks images once grades are calibrated, and how its noisy-image detection is "
+        "scored: the discrepancy weighted by each noise type's share of true errors on the bought images "
+        "(default) or the LSM's own",
+    )
+    parser.add_argument(
         "--min-rate-examples",
         type=int,
         default=BenchSettings.min_rate_examples,
@@ -1024,6 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
             unanswered=args.unanswered,
             review_order=args.review_order,
             min_rate_examples=args.min_rate_examples,
+            image_score=args.image_score,
         )
         if args.noise:
             import synth

@@ -119,6 +119,11 @@ def app_for(tmp_path, monkeypatch):
     return build
 
 
+def _task_score(client: TestClient, task: dict[str, Any]) -> float:
+    body = {"tasks": [task], "label_config": LABEL_CONFIG}
+    return float(client.post("/predict", json=body).json()["results"][0]["score"])
+
+
 def _meta_of(client: TestClient, task: dict[str, Any], region_id: str) -> str:
     body = {"tasks": [task], "label_config": LABEL_CONFIG}
     result = client.post("/predict", json=body).json()["results"][0]["result"]
@@ -131,6 +136,7 @@ def test_calibration_fits_on_untrained_expert_tasks_and_predict_regrades(app_for
     client, app = app_for(list(range(1, 9)))
     probe = _task(150, LARGE, expert=False)  # a real object the model misses, drawn by the crowd
     assert "background · major" in _meta_of(client, probe, "drop-crowd1")  # the LSM's constant grade
+    raw = _task_score(client, probe)
 
     answer = client.post("/calibrate?project=1").json()
     assert answer["n_tasks"] == 40 and answer["n_excluded"] == 8  # tasks 1..8 were trained on
@@ -141,6 +147,7 @@ def test_calibration_fits_on_untrained_expert_tasks_and_predict_regrades(app_for
     assert row["precision_before"] == pytest.approx(0.5) and row["precision"] == pytest.approx(1.0)
     assert row["recall"] == pytest.approx(1.0)
     assert not {r["noise_type"]: r for r in answer["types"]}["missed"]["fitted"]
+    assert row["weight"] == pytest.approx(22 / 42)  # 20 true errors of 40, two pseudo-errors
 
     version = app.state.service.latest_version()
     stored = Path(app.state.settings.model_dir) / "versions" / version / CALIBRATION_FILE
@@ -149,6 +156,10 @@ def test_calibration_fits_on_untrained_expert_tasks_and_predict_regrades(app_for
     assert "background · clean · keep" in _meta_of(client, probe, "crowd1-background")
     small = _task(151, SMALL, expert=False)
     assert "background · major · drop" in _meta_of(client, small, "drop-crowd1")
+    # The task's priority (the prediction's score) is now the type-weighted discrepancy: the probe's one
+    # finding, a background box, counts 22/42 of its severity (sum aggregation: -log(1 - score) is linear).
+    weighted = _task_score(client, probe)
+    assert np.log1p(-weighted) / np.log1p(-raw) == pytest.approx(22 / 42, rel=2e-3)
 
 
 def test_calibration_says_so_when_the_version_trained_on_every_expert_task(app_for):

@@ -24,6 +24,7 @@ from selection.calibration import (
     label_findings,
     precision_recall_curve,
     regrade,
+    weigh,
 )
 
 
@@ -229,6 +230,7 @@ def test_empty_examples_fit_nothing():
         ({"min_rate_examples": -1}, "min_rate_examples"),
         ({"folds": 1}, "folds"),
         ({"clean_iou": 1.5}, "clean_iou"),
+        ({"weight_prior": 0.0}, "weight_prior"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, match):
@@ -347,3 +349,63 @@ def test_precision_recall_curve_hand_case():
     np.testing.assert_allclose(recall, [0.25, 0.5, 0.5])
     np.testing.assert_allclose(threshold, [0.9, 0.8, 0.1])
     assert [a.size for a in precision_recall_curve(np.zeros(0), np.zeros(0, bool))] == [0, 0, 0]
+
+
+def _counts_rule(noise_type: str, n: int, errors: int) -> TypeRule:
+    return TypeRule(noise_type, False, "thin", n_examples=n, n_errors=errors)
+
+
+def test_type_weight_is_the_share_of_true_errors_shrunk_towards_one():
+    cal = Calibration(
+        rules={"missed": _counts_rule("missed", 38, 8), "background": _counts_rule("background", 0, 0)},
+        config=CalibrationConfig(weight_prior=2.0),
+    )
+    assert cal.type_weight("missed") == pytest.approx(10 / 40)
+    assert cal.type_weight("background") == 1.0  # no examples: the LSM's own weight
+    assert cal.type_weight("localization") == 1.0  # no rule at all
+    assert cal.type_weight("clean") == 1.0
+    assert cal.type_weights()["missed"] == pytest.approx(0.25)
+    again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert again.type_weight("missed") == pytest.approx(0.25)
+    # More evidence, less shrinkage: the weight approaches the observed share.
+    many = Calibration(rules={"missed": _counts_rule("missed", 4000, 800)})
+    assert many.type_weight("missed") == pytest.approx(0.2, abs=1e-3)
+
+
+def _two_images():
+    """A: two unlabelled predictions (missed, 0.8 and 0.7). B: a crowd box on nothing (background)."""
+    a = (
+        make_detections(np.zeros((0, 4))),
+        make_detections([[10, 10, 30, 30], [60, 60, 80, 80]], scores=[0.8, 0.7]),
+    )
+    b = (make_detections([[50, 50, 70, 70]]), make_detections(np.zeros((0, 4)), scores=np.zeros(0)))
+    return a, b
+
+
+def test_weigh_ranks_the_types_experts_confirmed_first():
+    (ca, pa), (cb, pb) = _two_images()
+    sa, sb = score_image(ca, pa), score_image(cb, pb)
+    assert sa.instances.noise_type.tolist() == ["missed", "missed"]
+    assert sb.instances.noise_type.tolist() == ["background"]
+    assert sa.discrepancy > sb.discrepancy  # the LSM's own order: the missed object first
+    # The experts confirmed 2 of 40 missed findings and 36 of 40 boxes on background.
+    cal = Calibration(
+        rules={"missed": _counts_rule("missed", 40, 2), "background": _counts_rule("background", 40, 36)}
+    )
+    wa, wb = weigh(sa, cal), weigh(sb, cal)
+    assert wb.discrepancy > wa.discrepancy
+    # Only the image discrepancy changes.
+    for field in ("noise_type", "severity", "grade", "action"):
+        np.testing.assert_array_equal(getattr(wa.instances, field), getattr(sa.instances, field))
+    assert wa.grade == sa.grade
+
+
+def test_weigh_without_examples_keeps_the_discrepancy_and_commutes_with_regrade():
+    crowd, pred, _ = _image()
+    score = score_image(crowd, pred)
+    assert weigh(score, Calibration(rules={})).discrepancy == pytest.approx(score.discrepancy)
+    cal = fit_calibration(label_findings(crowd, pred, score, _image()[2]))
+    a = weigh(regrade(crowd, pred, score, cal), cal)
+    b = regrade(crowd, pred, weigh(score, cal), cal)
+    assert a.discrepancy == pytest.approx(b.discrepancy)
+    np.testing.assert_array_equal(a.instances.action, b.instances.action)

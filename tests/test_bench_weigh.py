@@ -1,0 +1,79 @@
+"""The LSM loop ranks by the type-weighted discrepancy once the bought images have calibrated the types."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from bench_fakes import FakeWorkbench
+
+import synth
+from bench.loop import LoopConfig, _pick, run_loop
+from bench.workbench import TRAIN_SPECS
+from selection import LSMConfig, Strategy
+from selection.calibration import Calibration, TypeRule
+from selection.detections import Detections
+
+LSM = LSMConfig()
+
+
+@pytest.fixture(scope="module")
+def records():
+    config = dataclasses.replace(synth.get_preset("tiny"), n_train=24, n_val=4, n_test=4)
+    return synth.generate(config, 7, render=False).images
+
+
+def _scenario(records, tmp_path):
+    """Two candidates. M: two confident predictions in corners no crowd box covers (missed). B: one crowd box
+    with no prediction near it (background). Every other crowd box is predicted exactly."""
+    bench = FakeWorkbench(records, tmp_path, TRAIN_SPECS["tiny"], seed=3)
+    m_id, b_id = [i for i in bench.train_ids if len(bench.records[i].crowd) >= 1][:2]
+    m = bench.records[m_id]
+    lo, hi = m.crowd.xyxy[:, :2].min(axis=1), m.crowd.xyxy[:, 2:].max(axis=1)
+    clear = np.flatnonzero((lo >= 14) & (hi <= min(m.width, m.height) - 14))
+    bench.records[m_id] = dataclasses.replace(m, crowd=m.crowd.subset(clear))
+    corners = np.array([[0, 0, 12, 12], [m.width - 12, m.height - 12, m.width, m.height]], np.float32)
+    xyxy = np.concatenate([m.crowd.xyxy[clear], corners])
+    preds = {
+        m_id: Detections(xyxy, np.zeros(len(xyxy), np.int64), np.r_[np.full(len(clear), 0.95), 0.8, 0.75])
+    }
+    xyxy = bench.records[b_id].crowd.xyxy[1:]
+    preds[b_id] = Detections(xyxy, np.zeros(len(xyxy), np.int64), np.full(len(xyxy), 0.95))
+    return bench, m_id, b_id, preds
+
+
+def test_pick_follows_the_weighted_discrepancy(records, tmp_path):
+    bench, m_id, b_id, preds = _scenario(records, tmp_path)
+    ids = [m_id, b_id]
+    raw, scores = _pick(bench, Strategy.DISCREPANCY, ids, preds, 1, np.random.default_rng(0), LSM)
+    assert raw == [m_id]  # two missed objects outweigh one box on background
+    assert [str(t) for t in scores[0].instances.noise_type].count("missed") == 2
+    # The experts confirmed 1 of 40 missed findings and 38 of 40 boxes on background.
+    cal = Calibration(
+        rules={
+            "missed": TypeRule("missed", False, "thin", n_examples=40, n_errors=1),
+            "background": TypeRule("background", False, "thin", n_examples=40, n_errors=38),
+        }
+    )
+    weighted, wscores = _pick(bench, Strategy.DISCREPANCY, ids, preds, 1, np.random.default_rng(0), LSM, cal)
+    assert weighted == [b_id]
+    # The findings handed on to the calibration examples are the LSM's own (unweighted discrepancy).
+    own = _pick(bench, Strategy.DISCREPANCY, [b_id], preds, 1, np.random.default_rng(0), LSM)[1][0]
+    assert wscores[0].discrepancy == pytest.approx(own.discrepancy)
+
+
+def test_the_first_round_is_unweighted_and_the_switch_turns_weighting_off(records, tmp_path):
+    def run(weigh: bool):
+        bench = FakeWorkbench(records, tmp_path / str(weigh), TRAIN_SPECS["tiny"], seed=3)
+        cfg = LoopConfig(strategy=Strategy.DISCREPANCY, budget=0.75, seed_fraction=0.1, rounds=3, weigh=weigh)
+        loop = run_loop(bench, cfg, np.random.default_rng(3), lsm=LSM, name="loop")
+        return bench, loop
+
+    on_bench, on = run(True)
+    off_bench, off = run(False)
+    # Seed set and the first round's picks (no calibration yet) are the same; trainings r0 and r1 match.
+    assert [c["labels"].keys() for c in on_bench.calls[:2]] == [
+        c["labels"].keys() for c in off_bench.calls[:2]
+    ]
+    assert on.expert_ids != off.expert_ids  # later rounds rank differently
