@@ -222,3 +222,16 @@ def test_report_and_calibrate_before_any_version(app_for):
     assert report["versions"] == [] and report["expert_tasks"] == {"done": 48, "total": 52}
     assert "data:image/png;base64," in client.get("/report?project=1&format=html").text
     assert client.post("/calibrate?project=1").status_code == 503
+
+
+def test_format_table_shows_each_types_weight_in_the_discrepancy():
+    from backend.calibrate import format_table
+
+    target = np.array([True] * 3 + [False] * 7)
+    stats = {"background": {"target": target, "before": np.ones(10, bool), "after": target}}
+    rows = type_table({"background": {"fitted": False, "reason": "10 examples, fewer than 20"}}, stats)
+    text = format_table(rows)
+    head, background, localization = text.splitlines()[:3]
+    assert head.split()[-2:] == ["weight", "fitted"]
+    assert "0.42" in background.split()  # (3 + 2) / (10 + 2)
+    assert localization.split()[:3] == ["localization", "0", "0"] and "1.00" in localization.split()
