@@ -55,7 +55,7 @@ from bench.workbench import TRAIN_SPECS, TrainSpec, Workbench
 from metrics.f1 import label_f1
 from model.dataset import epoch_repeats
 from selection import LSMConfig, Strategy
-from selection.calibration import CalibrationConfig, error_probability, regrade, weigh
+from selection.calibration import Calibration, CalibrationConfig, error_probability, regrade, weigh
 from selection.detections import Detections
 
 log = logging.getLogger(__name__)
@@ -513,6 +513,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         grades[name]["rate_seeds"] = sum(
             bool(rule.get("fitted")) and rule.get("reason") != "fitted" for rule in rules
         )
+        grades[name]["weight"] = _mean_std(
+            [Calibration.from_dict(r["grades"]["calibration"]).type_weight(name) for r in runs]
+        )
     return {
         "arms": arms,
         "paired": [_paired(runs, a, b) for a, b in PAIRS],
@@ -624,7 +627,8 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         "",
         "Grades before and after calibration on the bought images (LSM loop, images not sent to experts). "
         "Fixed = auto-fixed; flagged = auto-fixed or sent to review; P@R≥0.5 = best precision of the "
-        "calibrated ranking at recall ≥ 0.5 (curves: `grade_pr.png`)"
+        "calibrated ranking at recall ≥ 0.5 (curves: `grade_pr.png`); weight = the type's share of true "
+        "errors among the bought images' findings, two pseudo-errors added (`selection.calibration.weigh`)"
         + (
             "; a rate rule (too few examples for a model) gives one probability per LSM action, so its curve "
             "has a point per action:"
@@ -633,8 +637,8 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         ),
         "",
         "| noise type | fixed P / R before | fixed P / R after | flagged P / R before | flagged P / R after "
-        f"| P@R≥0.5 | rule fitted on{' (a rate rule on)' if rates else ''} |",
-        "|---|---|---|---|---|---|---|",
+        f"| P@R≥0.5 | rule fitted on{' (a rate rule on)' if rates else ''} | weight in the image score |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def pr(g: dict[str, Any], kind: str) -> str:
@@ -645,7 +649,8 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
             f"| {name} | {pr(g['before'], 'fix')} | {pr(g['after'], 'fix')} | {pr(g['before'], 'flag')} "
             f"| {pr(g['after'], 'flag')} | {_fmt(g['after']['precision_at_recall'], 1, 2)} "
             f"| {g['fitted_seeds']} of {meta['n_seeds']} seeds"
-            + (f" ({g.get('rate_seeds', 0)}) |" if rates else " |")
+            + (f" ({g.get('rate_seeds', 0)})" if rates else "")
+            + (f" | {_fmt(g['weight'], 1, 2)} |" if "weight" in g else " | n/a |")
         )
     path.write_text("\n".join(lines) + "\n")
 

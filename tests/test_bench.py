@@ -378,6 +378,13 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
     assert "Crowd model fine-tuned on the LSM images" in text and "cost: decisions" in text
     for png in ("ap50_vs_budget.png", "noisy_found.png", "grade_pr.png"):
         assert (tmp_path / png).stat().st_size > 1000
+    # The method's image score is the type-weighted discrepancy; the unweighted one is reported beside it.
+    for run in runs:
+        assert run["detection"]["lsm"] == run["detection"]["lsm_weighted"]
+        assert set(run["detection"]) >= {"lsm_raw", "cleanlab", "random"}
+    assert "LSM discrepancy, unweighted" in text and "weight in the image score" in text
+    weights = [summary["grades"][t]["weight"][0] for t in ("background", "localization", "missed")]
+    assert all(0.0 < w <= 1.0 for w in weights)
 
 
 def test_noise_overrides_reach_the_simulated_dataset(tmp_path):
