@@ -28,7 +28,7 @@ and applies it to new findings:
    severities weighted by their type's share of true errors on the re-annotated images
    (``Calibration.type_weight``, shrunk towards 1 by ``weight_prior`` pseudo-examples). The LSM's own
    discrepancy counts a finding of a type experts rarely confirm (on the simulator: localization about
-   0.15, missed about 0.3) as much as one they almost always confirm (box-in-box about 0.9); weighed, the
+   0.2, missed about 0.3) as much as one they almost always confirm (box-in-box above 0.9); weighed, the
    images ranked first are those whose findings are of the kinds experts did confirm.
 
 The whole calibration is a JSON-ready dict (``Calibration.to_dict`` / ``from_dict``), so a backend can store
