@@ -43,6 +43,7 @@ from selection.calibration import (
     Calibration,
     CalibrationConfig,
     LabelledFindings,
+    confirmed_share,
     fit_calibration,
     label_findings,
     regrade,
@@ -217,7 +218,7 @@ def type_table(
                 "recall_before": r0,
                 "precision": p1,
                 "recall": r1,
-                "weight": (int(target.sum()) + weight_prior) / (int(target.size) + weight_prior),
+                "weight": confirmed_share(int(target.sum()), int(target.size), weight_prior),
             }
         )
     return out

@@ -378,9 +378,9 @@ def run_seed(
     ids = lsm_loop.remaining_ids
     positive = np.array([is_noisy(records_by_id[i]) for i in ids])
     raw = np.array([lsm_loop.scores[i].discrepancy for i in ids])
-    fitted = lsm_loop.calibration
-    assert fitted is not None
-    weighted = np.array([weigh(lsm_loop.scores[i], fitted, config=lsm).discrepancy for i in ids])
+    calibration = lsm_loop.calibration
+    assert calibration is not None
+    weighted = np.array([weigh(lsm_loop.scores[i], calibration, config=lsm).discrepancy for i in ids])
     ours = weighted if settings.image_score == "weighted" else raw
     crowds = [records_by_id[i].crowd for i in ids]
     preds = [lsm_loop.preds[i] for i in ids]
@@ -401,8 +401,6 @@ def run_seed(
     missed = [records_by_id[i].expert.subset(records_by_id[i].missed) for i in ids]
     before = [lsm_loop.scores[i] for i in ids]
     types = instance_quality(before, noise, missed, preds)
-    calibration = lsm_loop.calibration
-    assert calibration is not None
     after = [
         regrade(records_by_id[i].crowd, lsm_loop.preds[i], s, calibration)
         for i, s in zip(ids, before, strict=True)

@@ -555,6 +555,12 @@ def fitted_label(fitted: bool, reason: str) -> str:
     return "yes" if reason == "fitted" else reason
 
 
+def confirmed_share(errors: int, examples: int, prior: float) -> float:
+    """The share of ``examples`` findings that were true errors, counting ``prior`` pseudo-examples that
+    were: in (0, 1], 1 without examples (a type's weight in ``weigh``)."""
+    return (errors + prior) / (examples + prior)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """One rule per calibrated noise type (fitted or not) and the settings they were fitted with."""
@@ -568,12 +574,11 @@ class Calibration:
         return [t for t, r in self.rules.items() if r.fitted]
 
     def type_weight(self, noise_type: str) -> float:
-        """The share of the type's labelled findings that were true errors, counting ``weight_prior``
-        pseudo-examples that were: in (0, 1]; 1 for a type without examples or not calibrated (``clean``)."""
+        """``confirmed_share`` of the type's labelled findings: 1 for a type without examples or not
+        calibrated (``clean``)."""
         rule = self.rules.get(str(noise_type))
         n, k = (rule.n_examples, rule.n_errors) if rule is not None else (0, 0)
-        prior = self.config.weight_prior
-        return (k + prior) / (n + prior)
+        return confirmed_share(k, n, self.config.weight_prior)
 
     def type_weights(self) -> dict[str, float]:
         """``type_weight`` of every calibrated type, for reports."""
