@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from conftest import TEST_DEVICE
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +80,7 @@ def tiny_weights() -> Path:
         epochs=1,
         imgsz=96,
         batch=8,
-        device="cpu",
+        device=TEST_DEVICE,
     )
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = CACHE / "weights.pt.part"

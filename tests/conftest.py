@@ -16,6 +16,10 @@ for _var, _sub in (("YOLO_CONFIG_DIR", "yolo-config"), ("MPLCONFIGDIR", "mpl")):
 
 from selection.detections import Detections  # noqa: E402
 
+TEST_DEVICE = os.environ.get("TEST_DEVICE", "cpu")
+"""Where the model and backend tests that train and predict run: the CPU, or ``TEST_DEVICE=cuda`` on a machine
+with a GPU (the same tests then exercise the CUDA paths: bf16 training, prediction, the served backend)."""
+
 
 def make_detections(boxes, classes=None, scores=None) -> Detections:
     """Detections from a list of [x1, y1, x2, y2] pixel boxes; class 0 unless given."""

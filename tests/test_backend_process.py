@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from backend_helpers import LABEL_CONFIG, REPO, disc_image, png_bytes, random_scene, tiny_weights
+from backend_helpers import LABEL_CONFIG, REPO, TEST_DEVICE, disc_image, png_bytes, random_scene, tiny_weights
 
 from backend.images import ImageLoader
 from backend.service import ModelService
@@ -88,7 +89,7 @@ def test_training_publishes_switches_and_rescores(tmp_path):
             "MODEL_DIR": str(tmp_path / "models"),
             "MODEL_WEIGHTS": str(weights),
             "LOCAL_FILES_DOCUMENT_ROOT": str(root),
-            "DEVICE": "cpu",
+            "DEVICE": TEST_DEVICE,
             "TRAIN_EPOCHS": "1",
             "TRAIN_IMGSZ": "96",
             "TRAIN_MIN_ANNOTATIONS": "1",
@@ -109,6 +110,12 @@ def test_training_publishes_switches_and_rescores(tmp_path):
     # initial + the job (+ one re-run when the second request came after the job had started)
     assert len(versions) in (2, 3) and versions[0] == first
     assert service.loaded_version == versions[-1] == status["last_version"]
+    # Trained and served on TEST_DEVICE: bf16 autocast on CUDA, full precision on the CPU.
+    detector, _ = service.current()
+    on_cuda = TEST_DEVICE.startswith("cuda")
+    assert str(getattr(detector, "device", "")).startswith("cuda" if on_cuda else "cpu")
+    run_args = [yaml.safe_load(p.read_text()) for p in (tmp_path / "models").rglob("args.yaml")]
+    assert run_args and all(a["amp"] == ("bf16" if on_cuda else False) for a in run_args)
     meta = service.registry.latest().meta
     assert meta["n_train"] == 4 and meta["names"] == ["deposit"] and meta["trained_on"] == [1, 2, 3, 4]
     # Calibrated after publishing, on the expert tasks as the first version (which trained on none) saw them.
@@ -127,7 +134,7 @@ def test_training_failure_keeps_previous_model(tmp_path):
     root = tmp_path / "files"
     tasks = _tasks(root, n=2, n_expert=0)
     settings = Settings.from_env(
-        {"MODEL_DIR": str(tmp_path / "models"), "MODEL_WEIGHTS": str(weights), "DEVICE": "cpu"}
+        {"MODEL_DIR": str(tmp_path / "models"), "MODEL_WEIGHTS": str(weights), "DEVICE": TEST_DEVICE}
     )
     service = ModelService(settings, loader=ImageLoader(document_root=root))
     service.publish_initial()
@@ -152,7 +159,7 @@ def test_bulk_rescore_endpoint_scores_every_non_expert_task(tmp_path):
             "MODEL_DIR": str(tmp_path / "models"),
             "MODEL_WEIGHTS": str(tiny_weights()),
             "LOCAL_FILES_DOCUMENT_ROOT": str(root),
-            "DEVICE": "cpu",
+            "DEVICE": TEST_DEVICE,
         }
     )
     source = InjectedSource(tasks)
@@ -183,7 +190,7 @@ def test_backend_runs_as_a_process(tmp_path):
         "MODEL_DIR": str(tmp_path / "models"),
         "MODEL_WEIGHTS": str(weights),
         "LOCAL_FILES_DOCUMENT_ROOT": str(root),
-        "DEVICE": "cpu",
+        "DEVICE": TEST_DEVICE,
         "LOG_LEVEL": "INFO",
         "LABEL_STUDIO_API_KEY": "do-not-log-me",
         "YOLO_CONFIG_DIR": str(REPO / ".work" / "yolo-config"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import make_detections
+from conftest import TEST_DEVICE, make_detections
 from PIL import Image
 
 from model.dataset import LabeledImage, write_yolo_dataset
@@ -441,7 +441,7 @@ def tiny_run(tmp_path_factory):
         imgsz=128,
         batch=8,
         seed=0,
-        device="cpu",
+        device=TEST_DEVICE,
         on_epoch=lambda e, n: progress.append((e, n)),
     )
     return root, items, data_yaml, result, progress
@@ -457,10 +457,12 @@ def test_tiny_train_predict_warm_start_and_registry(tiny_run):
     assert progress == [(1, 2), (2, 2)]
     assert "metrics/mAP50(B)" in result.metrics
     assert not (root / "runs" / "train" / "results.png").exists()  # plots=False
+    run_args = yaml.safe_load((root / "runs" / "train" / "args.yaml").read_text())
+    assert run_args["amp"] == ("bf16" if TEST_DEVICE.startswith("cuda") else False)  # bf16 autocast on CUDA
 
     registry = ModelRegistry(root / "models")
     published = registry.publish(result.weights, {"metrics": result.metrics, "family": "yolo"})
-    detector = load_detector(ModelRegistry(root / "models").latest(), device="cpu")
+    detector = load_detector(ModelRegistry(root / "models").latest(), device=TEST_DEVICE)
     assert isinstance(detector, Detector)
     assert detector.names == ["deposit"] and detector.version == published.version
 
@@ -489,7 +491,7 @@ def test_tiny_train_predict_warm_start_and_registry(tiny_run):
         imgsz=128,
         batch=8,
         seed=0,
-        device="cpu",
+        device=TEST_DEVICE,
         val=False,
     )
     assert warm.weights.is_file() and warm.weights.name == "last.pt" and warm.epochs == 1
@@ -507,12 +509,12 @@ def test_yolo_family_trains_at_the_images_size_and_keeps_last(tmp_path):
         out_dir=tmp_path / "out",
         epochs=1,
         batch=4,
-        device="cpu",
+        device=TEST_DEVICE,
         validate=True,
         keep="last",
     )
     assert result.options == {"imgsz": 128, "init": "yolov8n.yaml"}
     assert result.weights.name == "last.pt" and result.weights.is_relative_to(tmp_path / "out" / "run")
     assert (tmp_path / "out" / "dataset" / "data.yaml").is_file()
-    detector = family.load(result.weights, device="cpu", version="v")
+    detector = family.load(result.weights, device=TEST_DEVICE, version="v")
     assert detector.version == "v" and len(detector.predict([items[0].path])) == 1
