@@ -409,7 +409,10 @@ def run_seed(
         error_probability(records_by_id[i].crowd, lsm_loop.preds[i], s, calibration)
         for i, s in zip(ids, before, strict=True)
     ]
-    grades_before, _ = grade_quality(before, noise, missed, preds)
+    # Before calibration the ranking is the LSM's own severity: a precision-recall curve for every type, also
+    # those no rule could be fitted for.
+    severities = [s.instances.severity for s in before]
+    grades_before, curves_before = grade_quality(before, noise, missed, preds, probability=severities)
     grades_after, curves = grade_quality(after, noise, missed, preds, probability=probs)
     return {
         "seed": seed,
@@ -425,6 +428,7 @@ def run_seed(
             "after": [asdict(g) for g in grades_after],
             "calibration": calibration.to_dict(),
             "pr_curves": {t: _curve_points(c) for t, c in curves.items()},
+            "pr_curves_before": {t: _curve_points(c) for t, c in curves_before.items()},
         },
         "seconds": time.perf_counter() - t0,
     }
@@ -624,9 +628,11 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
     lines += [
         "",
         "Grades before and after calibration on the bought images (LSM loop, images not sent to experts). "
-        "Fixed = auto-fixed; flagged = auto-fixed or sent to review; P@R≥0.5 = best precision of the "
-        "calibrated ranking at recall ≥ 0.5 (curves: `grade_pr.png`); weight = the type's share of true "
-        "errors among the bought images' findings, two pseudo-errors added (`selection.calibration.weigh`)"
+        "Fixed = auto-fixed; flagged = auto-fixed or sent to review; P@R≥0.5 = best precision at recall "
+        "≥ 0.5 of the LSM's severity ranking (before) and of the calibrated ranking (after; n/a where no "
+        "rule was fitted, whose findings keep the LSM's grades) (curves: `grade_pr.png`); weight = the "
+        "type's share of true errors among the bought images' findings, two pseudo-errors added "
+        "(`selection.calibration.weigh`)"
         + (
             "; a rate rule (too few examples for a model) gives one probability per LSM action, so its curve "
             "has a point per action:"
@@ -635,8 +641,9 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         ),
         "",
         "| noise type | fixed P / R before | fixed P / R after | flagged P / R before | flagged P / R after "
-        f"| P@R≥0.5 | rule fitted on{' (a rate rule on)' if rates else ''} | weight in the image score |",
-        "|---|---|---|---|---|---|---|---|",
+        "| P@R≥0.5 before | P@R≥0.5 after "
+        f"| rule fitted on{' (a rate rule on)' if rates else ''} | weight in the image score |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def pr(g: dict[str, Any], kind: str) -> str:
@@ -645,7 +652,8 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
     for name, g in summary["grades"].items():
         lines.append(
             f"| {name} | {pr(g['before'], 'fix')} | {pr(g['after'], 'fix')} | {pr(g['before'], 'flag')} "
-            f"| {pr(g['after'], 'flag')} | {_fmt(g['after']['precision_at_recall'], 1, 2)} "
+            f"| {pr(g['after'], 'flag')} | {_fmt(g['before']['precision_at_recall'], 1, 2)} "
+            f"| {_fmt(g['after']['precision_at_recall'], 1, 2)} "
             f"| {g['fitted_seeds']} of {meta['n_seeds']} seeds"
             + (f" ({g.get('rate_seeds', 0)})" if rates else "")
             + (f" | {_fmt(g['weight'], 1, 2)} |" if "weight" in g else " | n/a |")
@@ -728,10 +736,14 @@ def write_plots(out: Path, runs: list[dict[str, Any]], summary: dict[str, Any]) 
     types = list(runs[0]["grades"]["pr_curves"])
     fig, axes = plt.subplots(1, len(types), figsize=(3.2 * len(types), 3.4), sharey=True)
     for ax, t in zip(np.atleast_1d(axes), types, strict=True):
-        for run in runs:
+        for k, run in enumerate(runs):
+            color = f"C{k % 10}"
             curve = run["grades"]["pr_curves"][t]
             if curve["recall"]:
-                ax.plot(curve["recall"], curve["precision"], alpha=0.7, label=f"seed {run['seed']}")
+                ax.plot(curve["recall"], curve["precision"], c=color, alpha=0.7, label=f"seed {run['seed']}")
+            severity = run["grades"].get("pr_curves_before", {}).get(t, {"recall": []})
+            if severity["recall"]:
+                ax.plot(severity["recall"], severity["precision"], c=color, ls="--", alpha=0.5)
             for when, marker in (("before", "o"), ("after", "*")):
                 g = next(x for x in run["grades"][when] if x["noise_type"] == t)
                 ax.plot(g["fix_recall"], g["fix_precision"], marker, c="k", ms=6 if marker == "o" else 9)
@@ -741,10 +753,12 @@ def write_plots(out: Path, runs: list[dict[str, Any]], summary: dict[str, Any]) 
         ax.set_ylim(0, 1.02)
         ax.set_title(t, fontsize=9)
         ax.set_xlabel("recall")
-    np.atleast_1d(axes)[0].set_ylabel("precision (calibrated ranking)")
+    np.atleast_1d(axes)[0].set_ylabel("precision")
     np.atleast_1d(axes)[0].legend(fontsize=6, loc="lower left")
     fig.suptitle(
-        "Grades: PR of the calibrated probability; o = LSM auto-fix, * = calibrated auto-fix", fontsize=9
+        "Grades: PR of the calibrated probability (solid) and of the LSM's severity (dashed); "
+        "o = LSM auto-fix, * = calibrated auto-fix",
+        fontsize=9,
     )
     fig.tight_layout()
     fig.savefig(out / "grade_pr.png", dpi=120)

@@ -383,6 +383,14 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
         assert run["detection"]["lsm"] == run["detection"]["lsm_weighted"]
         assert set(run["detection"]) >= {"lsm_raw", "cleanlab", "random"}
     assert "LSM discrepancy, unweighted" in text and "weight in the image score" in text
+    # Every type has a precision-recall curve of the LSM's own severity ranking, fitted rule or not.
+    assert "P@R≥0.5 before | P@R≥0.5 after" in text
+    for run in runs:
+        assert set(run["grades"]["pr_curves_before"]) == set(run["grades"]["pr_curves"])
+    before = [summary["grades"][t]["before"]["precision_at_recall"][0] for t in summary["grades"]]
+    after = [summary["grades"][t]["after"]["precision_at_recall"][0] for t in summary["grades"]]
+    assert any(0.0 < p <= 1.0 for p in before)
+    assert all(np.isfinite(b) for b, a in zip(before, after, strict=True) if np.isfinite(a))
     weights = [summary["grades"][t]["weight"][0] for t in ("background", "localization", "missed")]
     assert all(0.0 < w <= 1.0 for w in weights)
 
