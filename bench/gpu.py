@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.workbench import TRAIN_SPECS, Workbench
-from model.detector import get_family
+from model.detector import Detector, get_family
 from selection.boxes import box_iou
 from selection.detections import Detections
 
@@ -78,20 +78,19 @@ def agreement(
     }
 
 
-def _predict_ms(weights: Path, paths: list[Path], device: str, batch: int) -> tuple[float, list[Detections]]:
+def _predict_ms(detector: Detector, paths: list[Path], batch: int) -> tuple[float, list[Detections]]:
     """Milliseconds per image of one pass over ``paths`` (after a warm-up pass), and its predictions."""
-    detector = get_family("yolo").load(weights, device=device)
-    detector.predict(paths[: max(batch, 1)], batch=batch)  # warm-up: CUDA context, cudnn autotuning, caches
-    if device.startswith("cuda"):
-        import torch
+    import torch
 
-        torch.cuda.synchronize()
+    def sync() -> None:  # CUDA runs asynchronously: wait for it before reading the clock
+        if str(getattr(detector, "device", "cpu")).startswith("cuda"):
+            torch.cuda.synchronize()
+
+    detector.predict(paths[:batch], batch=batch)  # warm-up: CUDA context, cudnn autotuning, caches
+    sync()
     start = time.perf_counter()
     preds = detector.predict(paths, batch=batch)
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - start) * 1000.0 / len(paths), preds
 
 
@@ -145,8 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     speed: dict[tuple[str, int], float] = {}
     preds: dict[str, list[Detections]] = {}
     for role, device in devices.items():
+        detector = get_family("yolo").load(full.weights, device=device)  # once per device, both batch sizes
         for batch in (1, 32):
-            speed[role, batch], preds[role] = _predict_ms(full.weights, paths, device, batch)
+            speed[role, batch], preds[role] = _predict_ms(detector, paths, batch)
     agree = agreement(preds["cpu"], preds["gpu"])
 
     name = torch.cuda.get_device_name(cuda) if cuda.startswith("cuda") else f"{cuda} (a dry run: no GPU)"

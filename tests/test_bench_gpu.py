@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_detections
 
 from bench.gpu import agreement, main
-from selection.detections import Detections
 
 
 def _dets(boxes, scores):
-    xyxy = np.array(boxes, np.float32).reshape(-1, 4)
-    return Detections(xyxy, np.zeros(len(boxes), np.int64), np.array(scores, np.float32))
+    return make_detections(boxes, scores=np.asarray(scores, np.float32))
 
 
 def test_agreement_counts_matched_boxes_of_both_sides_and_the_worst_score_gap():
