@@ -81,7 +81,7 @@ PAIRS: tuple[tuple[str, str], ...] = (
 FINAL_RECIPES = ("scratch", "warm_cleaning", "warm_crowd")
 CONSENSUS_MODELS = ("crossfit", "crowd")
 FINETUNE_STEPS = ("matched", "epochs")
-IMAGE_SCORES = ("weighted", "raw")
+IMAGE_SCORES = ("weighted", "type", "raw")
 CURVE_POINTS = 40
 
 
@@ -121,8 +121,10 @@ class BenchSettings:
         min_rate_examples: rate rules for types too thin for a model (``CalibrationConfig``; 0: off).
         review_order: which reviews the cost limit answers first (``bench.loop.REVIEW_ORDERS``).
         image_score: how the LSM loop ranks images once a calibration is fitted, and how its noisy-image
-            detection is scored: ``weighted`` (the discrepancy with each finding weighted by its type's
-            share of true errors on the bought images, ``selection.calibration.weigh``) or ``raw``.
+            detection is scored: ``weighted`` (the discrepancy with each finding weighted by the share of true
+            errors among the bought images' findings of its type at least as severe,
+            ``selection.calibration.weigh``), ``type`` (one weight per type: its share of true errors among
+            all its findings) or ``raw``.
     """
 
     budget: float = 0.25
@@ -177,6 +179,7 @@ class BenchSettings:
             fix_precision=self.fix_precision,
             review_precision=self.review_precision,
             min_rate_examples=self.min_rate_examples,
+            weight_by_severity=self.image_score != "type",
         )
 
 
@@ -304,7 +307,7 @@ def run_seed(
             seed_fraction=settings.seed_fraction,
             rounds=settings.rounds,
             cleaning_epoch_images=n_train if settings.cleaning_steps == "matched" else 0,
-            weigh=settings.image_score == "weighted",
+            weigh=settings.image_score != "raw",
         )
         # The same generator seed for every strategy: they all start from the same random seed set.
         loops[strategy] = run_loop(
@@ -380,8 +383,13 @@ def run_seed(
     raw = np.array([lsm_loop.scores[i].discrepancy for i in ids])
     calibration = lsm_loop.calibration
     assert calibration is not None
-    weighted = np.array([weigh(lsm_loop.scores[i], calibration, config=lsm).discrepancy for i in ids])
-    ours = weighted if settings.image_score == "weighted" else raw
+
+    def weighed(by_severity: bool) -> np.ndarray:
+        cal = replace(calibration, config=replace(calibration.config, weight_by_severity=by_severity))
+        return np.array([weigh(lsm_loop.scores[i], cal, config=lsm).discrepancy for i in ids])
+
+    weighted, by_type = weighed(True), weighed(False)
+    ours = {"weighted": weighted, "type": by_type, "raw": raw}[settings.image_score]
     crowds = [records_by_id[i].crowd for i in ids]
     preds = [lsm_loop.preds[i] for i in ids]
     peer = cleanlab_scores(crowds, preds)
@@ -391,6 +399,7 @@ def run_seed(
         for name, s in (
             ("lsm", ours),
             ("lsm_weighted", weighted),
+            ("lsm_type", by_type),
             ("lsm_raw", raw),
             ("cleanlab", peer),
             ("random", chance),
@@ -481,7 +490,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         }
     detection = {
         k: {m: _mean_std([r["detection"][k][m] for r in runs]) for m in ("auroc", "ap")}
-        for k in ("lsm", "lsm_weighted", "lsm_raw", "cleanlab", "random")
+        for k in ("lsm", "lsm_weighted", "lsm_type", "lsm_raw", "cleanlab", "random")
         if all(k in r["detection"] for r in runs)
     }
     types: dict[str, dict[str, tuple[float, float]]] = {}
@@ -595,15 +604,15 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         "| scorer | AUROC | AP |",
         "|---|---|---|",
     ]
-    weighted = meta["settings"].get("image_score", "raw") == "weighted"
-    names = {
-        "lsm": "LSM discrepancy" + (", weighted by type (the method's image score)" if weighted else ""),
-        "lsm_raw" if weighted else "lsm_weighted": (
-            "LSM discrepancy, unweighted" if weighted else "LSM discrepancy, weighted by type"
-        ),
-        "cleanlab": "cleanlab ObjectLab (same predictions)",
-        "random": "random",
+    image_score = meta["settings"].get("image_score", "raw")
+    variants = {
+        "weighted": "LSM discrepancy, weighted by type and severity",
+        "type": "LSM discrepancy, weighted by type only",
+        "raw": "LSM discrepancy, unweighted",
     }
+    names = {"lsm": f"{variants.get(image_score, 'LSM discrepancy')} (the method's image score)"}
+    names.update({f"lsm_{k}": v for k, v in variants.items() if k != image_score})
+    names.update({"cleanlab": "cleanlab ObjectLab (same predictions)", "random": "random"})
     for k, label in names.items():
         if k not in summary["detection"]:
             continue
@@ -1020,8 +1029,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=IMAGE_SCORES,
         default=BenchSettings.image_score,
         help="how the LSM loop ranks images once grades are calibrated, and how its noisy-image detection is "
-        "scored: the discrepancy weighted by each noise type's share of true errors on the bought images "
-        "(default) or the LSM's own",
+        "scored: the discrepancy with each finding weighted by the share of true errors among the bought "
+        "images' findings of its type at least as severe (default), by its type's share alone (type), or "
+        "the LSM's own (raw)",
     )
     parser.add_argument(
         "--min-rate-examples",

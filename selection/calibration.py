@@ -25,11 +25,14 @@ and applies it to new findings:
    discrepancy are unchanged, so ``correct_labels`` applies the result as it applies the LSM's own grades.
    Box-in-box parts follow their parent.
 4. ``weigh(score, calibration)``: the same ``ImageScore`` with the image discrepancy recomputed from
-   severities weighted by their type's share of true errors on the re-annotated images
-   (``Calibration.type_weight``, shrunk towards 1 by ``weight_prior`` pseudo-examples). The LSM's own
-   discrepancy counts a finding of a type experts rarely confirm (on the simulator: localization about
-   0.2, missed about 0.3) as much as one they almost always confirm (box-in-box above 0.9); weighed, the
-   images ranked first are those whose findings are of the kinds experts did confirm.
+   severities weighted by the share of true errors among the re-annotated images' findings of the same type
+   that were at least as severe (``Calibration.type_weight``, shrunk towards 1 by ``weight_prior``
+   pseudo-examples). The LSM's own discrepancy counts a finding of a type experts rarely confirm (on the
+   simulator: localization about 0.2, missed about 0.3) as much as one they almost always confirm
+   (box-in-box above 0.9); and within a type, the severe findings are the ones experts confirm (a crowd box
+   a confident prediction overlaps at IoU 0.3 is displaced; one at IoU 0.7 is usually the model's own
+   imprecision). Weighed, the images ranked first are those whose findings are of the kinds, and the
+   severities, that experts did confirm.
 
 The whole calibration is a JSON-ready dict (``Calibration.to_dict`` / ``from_dict``), so a backend can store
 it with a model version. Truth from expert boxes (``expert_truth``) ignores classes (a crowd box with the
@@ -50,7 +53,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -99,6 +102,9 @@ class CalibrationConfig:
         folds: folds of the out-of-fold probabilities the cut-offs are chosen on.
         weight_prior: pseudo-examples, all true errors, added to each type's examples when its share of true
             errors weighs the image discrepancy (``weigh``); a type with no examples weighs 1, the LSM's own.
+        weight_by_severity: a finding weighs the share of true errors among its type's examples that were at
+            least as severe (True, the default); False: among all its type's examples, whatever their
+            severity (one weight per type).
     """
 
     match_iou: float = 0.5
@@ -113,6 +119,7 @@ class CalibrationConfig:
     l2: float = 1.0
     folds: int = 5
     weight_prior: float = 2.0
+    weight_by_severity: bool = True
 
     def __post_init__(self) -> None:
         for name in ("match_iou", "clean_iou", "near_iou", "bib_ioa", "fix_precision", "review_precision"):
@@ -470,6 +477,9 @@ class TypeRule:
         review_threshold: probability at or above which it is reviewed (below: kept).
         rates: for a rate rule, the LSM's action -> the probability of every finding the LSM gave that action
             (the smoothed share of true errors among those examples); empty for a model.
+        severities: float64 (n_examples,) the examples' LSM severities, ascending, and ``errors`` bool
+            (n_examples,) whether each was a true error: the severity-conditional weight of ``weigh``. Empty
+            in a calibration stored before they were kept (then the type's weight is one share).
     """
 
     noise_type: str
@@ -484,6 +494,8 @@ class TypeRule:
     fix_threshold: float = float("inf")
     review_threshold: float = float("inf")
     rates: dict[str, float] = field(default_factory=dict)
+    severities: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    errors: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def probability(self, features: np.ndarray, action: np.ndarray | None = None) -> np.ndarray:
         """float64 (N,) probability that each finding is a true error; NaN everywhere when not fitted.
@@ -523,6 +535,8 @@ class TypeRule:
             "fix_threshold": num(self.fix_threshold),
             "review_threshold": num(self.review_threshold),
             "rates": {str(k): float(v) for k, v in self.rates.items()},
+            "severities": [float(v) for v in self.severities],
+            "errors": [bool(v) for v in self.errors],
         }
 
     @classmethod
@@ -545,6 +559,8 @@ class TypeRule:
             fix_threshold=num(data["fix_threshold"]),
             review_threshold=num(data["review_threshold"]),
             rates={str(k): float(v) for k, v in (data.get("rates") or {}).items()},
+            severities=np.array(data.get("severities") or [], np.float64),
+            errors=np.array(data.get("errors") or [], bool),
         )
 
 
@@ -579,6 +595,24 @@ class Calibration:
         rule = self.rules.get(str(noise_type))
         n, k = (rule.n_examples, rule.n_errors) if rule is not None else (0, 0)
         return confirmed_share(k, n, self.config.weight_prior)
+
+    def severity_weight(self, noise_type: str, severity: np.ndarray) -> np.ndarray:
+        """float64, the shape of ``severity``: the weight ``weigh`` gives findings of ``noise_type``.
+
+        With ``config.weight_by_severity`` and the rule's examples kept: the ``confirmed_share`` of the
+        type's examples whose severity was at least the finding's (a finding more severe than every example
+        weighs 1, the LSM's own). Otherwise ``type_weight`` for every finding.
+        """
+        severity = np.asarray(severity, np.float64)
+        rule = self.rules.get(str(noise_type))
+        if rule is None or not self.config.weight_by_severity or rule.severities.size == 0:
+            return np.full(severity.shape, self.type_weight(noise_type))
+        # Examples at least as severe: those from the first index with severity >= s (ascending order).
+        first = np.searchsorted(rule.severities, severity, side="left")
+        errors_above = np.concatenate([np.cumsum(rule.errors[::-1])[::-1], [0]])
+        n = rule.severities.size - first
+        prior = self.config.weight_prior
+        return (errors_above[first] + prior) / (n + prior)  # confirmed_share, for every finding at once
 
     def type_weights(self) -> dict[str, float]:
         """``type_weight`` of every calibrated type, for reports."""
@@ -680,7 +714,10 @@ def fit_calibration(examples: LabelledFindings, *, config: CalibrationConfig | N
     action = examples.action if examples.action is not None else np.full(len(examples), "")
     for t in CALIBRATED_TYPES:
         sel = examples.noise_type == t
-        rules[t] = _fit_type(t, examples.features[sel], examples.target[sel], action[sel], cfg)
+        rule = _fit_type(t, examples.features[sel], examples.target[sel], action[sel], cfg)
+        severity = examples.features[sel, FEATURES.index("severity")]
+        order = np.argsort(severity, kind="stable")
+        rules[t] = replace(rule, severities=severity[order], errors=examples.target[sel][order])
     return Calibration(rules=rules, config=cfg)
 
 
@@ -713,12 +750,13 @@ def error_probability(
 
 
 def weigh(score: ImageScore, calibration: Calibration, *, config: LSMConfig | None = None) -> ImageScore:
-    """The same verdict with the image discrepancy recomputed from type-weighted severities.
+    """The same verdict with the image discrepancy recomputed from severities weighted by type and severity.
 
-    Each primary finding's severity is multiplied by ``calibration.type_weight`` of its type and the products
-    are aggregated as the LSM aggregates severities (``config``: the settings ``score`` was computed with).
-    Findings, grades and actions are unchanged. It commutes with ``regrade`` (which leaves types and
-    severities alone).
+    Each primary finding's severity is multiplied by ``calibration.severity_weight`` of its type at its
+    severity (the share of true errors among the labelled findings of that type at least as severe) and the
+    products are aggregated as the LSM aggregates severities (``config``: the settings ``score`` was
+    computed with). Findings, grades and actions are unchanged. It commutes with ``regrade`` (which leaves
+    types and severities alone).
 
     Example:
         >>> import numpy as np
@@ -733,14 +771,26 @@ def weigh(score: ImageScore, calibration: Calibration, *, config: LSMConfig | No
         >>> s = score_image(crowd, pred)
         >>> round(s.discrepancy, 3), round(weigh(s, cal).discrepancy, 3)
         (0.352, 0.237)
-    """
-    from dataclasses import replace
 
+        With the examples' severities kept (as ``fit_calibration`` keeps them), a finding weighs the share
+        among the examples at least as severe: here 1 of the 2 missed findings at severity >= 0.7 was real.
+
+        >>> sev = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
+        >>> missed = TypeRule("missed", False, "thin", 5, 1, severities=sev,
+        ...                   errors=np.array([False, False, False, False, True]))
+        >>> cal = Calibration(rules={"missed": missed})
+        >>> cal.severity_weight("missed", np.array([0.0, 0.7, 0.95])).round(2).tolist()
+        [0.43, 0.75, 1.0]
+    """
     cfg = config or LSMConfig()
     f = score.instances
     primary = f.parent < 0
     named = f.noise_type[primary].astype(str)
-    weights = np.array([calibration.type_weight(t) for t in named], np.float64)
+    severity = f.severity[primary].astype(np.float64)
+    weights = np.ones(severity.shape[0])
+    for t in set(named.tolist()):
+        sel = named == t
+        weights[sel] = calibration.severity_weight(t, severity[sel])
     value = aggregate(
         f.severity[primary] * weights, cfg.aggregation, temperature=cfg.temperature, sum_scale=cfg.sum_scale
     )

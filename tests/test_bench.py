@@ -378,11 +378,14 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
     assert "Crowd model fine-tuned on the LSM images" in text and "cost: decisions" in text
     for png in ("ap50_vs_budget.png", "noisy_found.png", "grade_pr.png"):
         assert (tmp_path / png).stat().st_size > 1000
-    # The method's image score is the type-weighted discrepancy; the unweighted one is reported beside it.
+    # The method's image score is the discrepancy weighted by type and severity; the type-only weighted and
+    # the unweighted ones are reported beside it.
     for run in runs:
         assert run["detection"]["lsm"] == run["detection"]["lsm_weighted"]
-        assert set(run["detection"]) >= {"lsm_raw", "cleanlab", "random"}
-    assert "LSM discrepancy, unweighted" in text and "weight in the image score" in text
+        assert set(run["detection"]) >= {"lsm_type", "lsm_raw", "cleanlab", "random"}
+    assert "weighted by type and severity (the method's image score)" in text
+    assert "LSM discrepancy, weighted by type only" in text and "LSM discrepancy, unweighted" in text
+    assert "weight in the image score" in text
     # Every type has a precision-recall curve of the LSM's own severity ranking, fitted rule or not.
     assert "P@R≥0.5 before | P@R≥0.5 after" in text
     for run in runs:

@@ -409,3 +409,68 @@ def test_weigh_without_examples_keeps_the_discrepancy_and_commutes_with_regrade(
     b = regrade(crowd, pred, weigh(score, cal), cal)
     assert a.discrepancy == pytest.approx(b.discrepancy)
     np.testing.assert_array_equal(a.instances.action, b.instances.action)
+
+
+def _severity_rule(noise_type: str, severities, errors) -> TypeRule:
+    sev = np.asarray(severities, np.float64)
+    err = np.asarray(errors, bool)
+    return TypeRule(noise_type, False, "thin", len(sev), int(err.sum()), severities=sev, errors=err)
+
+
+def test_severity_weight_is_the_share_of_true_errors_among_the_examples_at_least_as_severe():
+    # Ten localization examples; only the two most severe were true errors (as on the simulator, where a
+    # displaced box is far from the model's box and the model's own imprecision is not).
+    sev = np.linspace(0.05, 0.95, 10)
+    rule = _severity_rule("localization", sev, sev > 0.8)
+    cal = Calibration(rules={"localization": rule}, config=CalibrationConfig(weight_prior=2.0))
+    got = cal.severity_weight("localization", np.array([0.0, 0.05, 0.5, 0.85, 0.95, 0.99]))
+    # >= 0.0 and >= 0.05: all ten (2 errors); >= 0.5: five (2); >= 0.85: 0.85, 0.95 (2); >= 0.99: none.
+    np.testing.assert_allclose(got, [4 / 12, 4 / 12, 4 / 7, 4 / 4, 3 / 3, 1.0])
+    assert got[0] == pytest.approx(cal.type_weight("localization"))  # at severity 0: the type's one share
+    # Without the tables (a calibration stored before they were kept), or switched off: the type's share.
+    again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_allclose(again.severity_weight("localization", np.array([0.5, 0.9])), got[[2, 4]])
+    stored = cal.to_dict()
+    del stored["rules"]["localization"]["severities"], stored["rules"]["localization"]["errors"]
+    old = Calibration.from_dict(stored)
+    np.testing.assert_allclose(old.severity_weight("localization", np.array([0.5, 0.9])), 4 / 12)
+    flat = Calibration(rules=cal.rules, config=CalibrationConfig(weight_by_severity=False))
+    np.testing.assert_allclose(flat.severity_weight("localization", np.array([0.5, 0.9])), 4 / 12)
+    # Types without a rule weigh 1 at any severity.
+    np.testing.assert_allclose(cal.severity_weight("missed", np.array([0.2, 0.9])), 1.0)
+
+
+def test_fit_calibration_keeps_each_types_example_severities_in_order():
+    crowd, pred, expert = _image()
+    score = score_image(crowd, pred)
+    examples = label_findings(crowd, pred, score, expert)
+    cal = fit_calibration(LabelledFindings.concat([examples, examples]))
+    for t, rule in cal.rules.items():
+        sel = examples.noise_type == t
+        assert rule.severities.size == rule.errors.size == rule.n_examples == 2 * sel.sum()
+        assert np.all(np.diff(rule.severities) >= 0)
+        assert int(rule.errors.sum()) == rule.n_errors
+        np.testing.assert_allclose(
+            np.sort(rule.severities), np.sort(np.tile(examples.features[sel, FEATURES.index("severity")], 2))
+        )
+
+
+def test_weigh_ranks_a_severe_finding_of_a_rarely_confirmed_type_above_a_mild_one():
+    """Two images, one localization finding each: the severe one (a confident prediction far off the crowd
+    box) keeps its full weight once the examples say the severe localization findings were the true errors,
+    while one weight per type shrinks both alike."""
+    crowd = make_detections([[100, 100, 140, 140]])
+    severe = make_detections([[112, 112, 152, 152]], scores=[0.9])  # IoU about 0.3
+    mild = make_detections([[104, 104, 144, 144]], scores=[0.9])  # IoU about 0.7
+    s_severe, s_mild = score_image(crowd, severe), score_image(crowd, mild)
+    assert s_severe.instances.noise_type.tolist() == s_mild.instances.noise_type.tolist() == ["localization"]
+    assert s_severe.instances.severity[0] > s_mild.instances.severity[0]
+    sev = np.linspace(0.05, 0.95, 40)
+    loc = _severity_rule("localization", sev, sev > s_severe.instances.severity[0] - 0.05)
+    by_severity = Calibration(rules={"localization": loc})
+    by_type = Calibration(rules={"localization": loc}, config=CalibrationConfig(weight_by_severity=False))
+    w_severe, w_mild = weigh(s_severe, by_severity).discrepancy, weigh(s_mild, by_severity).discrepancy
+    t_severe, t_mild = weigh(s_severe, by_type).discrepancy, weigh(s_mild, by_type).discrepancy
+    assert w_severe == pytest.approx(s_severe.discrepancy)  # more severe than every example: weight 1
+    assert t_severe < 0.5 * s_severe.discrepancy  # one share per type, (4 + 2) / (40 + 2)
+    assert w_severe / w_mild > t_severe / t_mild  # the gap between them widens
