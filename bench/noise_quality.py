@@ -121,7 +121,7 @@ def fiftyone_scores(
 
     FiftyOne runs in its own environment (``python``, e.g. ``.venv-fo/bin/python`` from ``make
     setup-fiftyone``) through ``bench/fiftyone_peer.py``; its database and home folder are kept under
-    ``workdir``. FiftyOne gives no image-level score that counts every kind of label error, so the image score
+    ``workdir`` (the database folder is removed afterwards). FiftyOne gives no image-level score that counts every kind of label error, so the image score
     is the number of crowd boxes it deems spurious plus the predictions it deems missing, plus the largest
     class or localization mistakenness of the image's crowd boxes (in [0, 1], so it orders images with equal
     counts).
@@ -140,6 +140,7 @@ def fiftyone_scores(
     """
     import json
     import os
+    import shutil
     import subprocess
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -166,15 +167,19 @@ def fiftyone_scores(
         FIFTYONE_DO_NOT_TRACK="true",
     )
     script = Path(__file__).with_name("fiftyone_peer.py")
-    run = subprocess.run(
-        [str(python), str(script), str(src), str(dst)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    try:
+        run = subprocess.run(
+            [str(python), str(script), str(src), str(dst)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    finally:
+        # The samples were throwaway; the database folder (about 300 MB of journal) is not kept.
+        shutil.rmtree(workdir / "db", ignore_errors=True)
     if run.returncode != 0 or not dst.exists():
         tail = "\n".join((run.stdout + run.stderr).strip().splitlines()[-8:])
         raise RuntimeError(f"FiftyOne peer ({python}) failed with exit code {run.returncode}:\n{tail}")

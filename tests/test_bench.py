@@ -484,6 +484,7 @@ def test_fiftyone_scores_sends_the_boxes_and_counts_its_findings(tmp_path):
     # fixed fields: image a has one spurious box and a localization mistake, b two missing objects, c none.
     body = (
         "images = json.load(open(src))['images']\n"
+        "os.makedirs(os.environ['FIFTYONE_DATABASE_DIR'])\n"
         "seen = {'images': images, 'home': os.environ['HOME'], 'db': os.environ['FIFTYONE_DATABASE_DIR'],"
         " 'track': os.environ['FIFTYONE_DO_NOT_TRACK']}\n"
         "json.dump(seen, open(os.path.join(os.path.dirname(dst), 'seen.json'), 'w'))\n"
@@ -518,6 +519,7 @@ def test_fiftyone_scores_sends_the_boxes_and_counts_its_findings(tmp_path):
     assert seen["images"][2]["pred"] == []
     # Nothing written to ~: FiftyOne's home and database live in the work folder, and no usage tracking.
     assert Path(seen["home"]).parent == work and Path(seen["db"]).parent == work and seen["track"] == "true"
+    assert not (work / "db").exists()  # the throwaway database is removed
 
 
 def test_fiftyone_scores_reports_a_failing_peer(tmp_path):
