@@ -121,10 +121,10 @@ def fiftyone_scores(
 
     FiftyOne runs in its own environment (``python``, e.g. ``.venv-fo/bin/python`` from ``make
     setup-fiftyone``) through ``bench/fiftyone_peer.py``; its database and home folder are kept under
-    ``workdir`` (the database folder is removed afterwards). FiftyOne gives no image-level score that counts every kind of label error, so the image score
-    is the number of crowd boxes it deems spurious plus the predictions it deems missing, plus the largest
-    class or localization mistakenness of the image's crowd boxes (in [0, 1], so it orders images with equal
-    counts).
+    ``workdir`` (the database folder is removed afterwards). FiftyOne gives no image-level score that counts
+    every kind of label error, so the image score is the number of crowd boxes it deems spurious plus the
+    predictions it deems missing, plus the largest class or localization mistakenness of the image's crowd
+    boxes (in [0, 1], so it orders images with equal counts).
 
     Args:
         ids: image ids; sizes: (width, height) per image; crowds: crowd boxes; preds: scored predictions.
