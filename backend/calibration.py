@@ -192,8 +192,9 @@ def type_table(
     weight_prior: float = CalibrationConfig.weight_prior,
 ) -> list[dict[str, Any]]:
     """Per calibrated noise type: examples, true errors, fitted (why not), precision/recall of the
-    findings acted on (auto-fix or review) before (LSM grades) and after calibration, and the weight of the
-    type's severities in the task's discrepancy (``Calibration.type_weight``).
+    findings acted on (auto-fix or review) before (LSM grades) and after calibration, and the type's share of
+    true errors (``Calibration.type_weight``: the weight of its least severe findings in the task's
+    discrepancy; a finding weighs the share among the type's examples at least as severe).
 
     Args:
         rules: ``Calibration.to_dict()["rules"]`` (missing types: not fitted, no examples).
