@@ -26,7 +26,7 @@ and applies it to new findings:
    Box-in-box parts follow their parent.
 4. ``weigh(score, calibration)``: the same ``ImageScore`` with the image discrepancy recomputed from
    severities weighted by the share of true errors among the re-annotated images' findings of the same type
-   that were at least as severe (``Calibration.type_weight``, shrunk towards 1 by ``weight_prior``
+   that were at least as severe (``Calibration.severity_weight``, shrunk towards 1 by ``weight_prior``
    pseudo-examples). The LSM's own discrepancy counts a finding of a type experts rarely confirm (on the
    simulator: localization about 0.2, missed about 0.3) as much as one they almost always confirm
    (box-in-box above 0.9); and within a type, the severe findings are the ones experts confirm (a crowd box
@@ -792,7 +792,7 @@ def weigh(score: ImageScore, calibration: Calibration, *, config: LSMConfig | No
         sel = named == t
         weights[sel] = calibration.severity_weight(t, severity[sel])
     value = aggregate(
-        f.severity[primary] * weights, cfg.aggregation, temperature=cfg.temperature, sum_scale=cfg.sum_scale
+        severity * weights, cfg.aggregation, temperature=cfg.temperature, sum_scale=cfg.sum_scale
     )
     return replace(score, discrepancy=value)
 
