@@ -423,17 +423,10 @@ def run_seed(
     # After, the calibrated error probability where a rule was fitted; findings of a type without a rule keep
     # the LSM's grades, so their ranking stays the severity (the reviews' order too, ``corrected_labels``).
     severities = [s.instances.severity for s in before]
-    probs = [
-        np.where(np.isnan(p), sev, p)
-        for p, sev in zip(
-            (
-                error_probability(records_by_id[i].crowd, lsm_loop.preds[i], s, calibration)
-                for i, s in zip(ids, before, strict=True)
-            ),
-            severities,
-            strict=True,
-        )
-    ]
+    probs = []
+    for i, s in zip(ids, before, strict=True):
+        p = error_probability(records_by_id[i].crowd, lsm_loop.preds[i], s, calibration)
+        probs.append(np.where(np.isnan(p), s.instances.severity, p))
     grades_before, curves_before = grade_quality(before, noise, missed, preds, probability=severities)
     grades_after, curves = grade_quality(after, noise, missed, preds, probability=probs)
     return {
