@@ -32,12 +32,16 @@ from selection.calibration import (
     fix_findings,
     label_findings,
     regrade,
+    residual_errors,
     weigh,
 )
 from selection.correction import Correction
 from selection.detections import Detections
 
 log = logging.getLogger(__name__)
+
+PURCHASES = ("discrepancy", "residual")
+"""What the ``discrepancy`` strategy buys by once a calibration is fitted (``LoopConfig.purchase``)."""
 
 # Crowd noise types (as the simulator records them) that are label errors; "bib_inner" boxes are correct.
 ERROR_TYPES = ("background", "localization", "box_in_box")
@@ -73,6 +77,10 @@ class LoopConfig:
         weigh: once a calibration is fitted (from the second selection round on), rank by the discrepancy
             weighted by each type's share of true errors on the images bought so far
             (``selection.calibration.weigh``), as the backend ranks a calibrated project's tasks.
+        purchase: what the ``discrepancy`` strategy buys once a calibration is fitted: ``discrepancy`` (the
+            images ranked first by the discrepancy, weighted when ``weigh``) or ``residual`` (the images with
+            the most expected errors the calibrated correction would leave,
+            ``selection.calibration.residual_errors``).
     """
 
     strategy: Strategy
@@ -81,6 +89,11 @@ class LoopConfig:
     rounds: int = 3
     cleaning_epoch_images: int = 0
     weigh: bool = True
+    purchase: str = "discrepancy"
+
+    def __post_init__(self) -> None:
+        if self.purchase not in PURCHASES:
+            raise ValueError(f"purchase: expected one of {list(PURCHASES)}, got {self.purchase!r}")
 
 
 @dataclass(frozen=True)
@@ -195,7 +208,15 @@ def run_loop(
         remaining = [i for i in train_ids if i not in set(expert)]
         preds = bench.predict(model.weights, remaining)
         picked, picked_scores = _pick(
-            bench, cfg.strategy, remaining, preds, batch, rng, lsm, fitted if cfg.weigh else None
+            bench,
+            cfg.strategy,
+            remaining,
+            preds,
+            batch,
+            rng,
+            lsm,
+            fitted if cfg.weigh or cfg.purchase == "residual" else None,
+            purchase=cfg.purchase,
         )
         expert.extend(picked)
         # Bought now: their expert boxes label the findings that the model had on them.
@@ -237,14 +258,26 @@ def _pick(
     rng: np.random.Generator,
     lsm: LSMConfig,
     calibration: Calibration | None = None,
+    *,
+    purchase: str = "discrepancy",
 ) -> tuple[list[str], list[ImageScore]]:
     """The images to buy next, and the LSM's findings on them (with the LSM's own discrepancy: the
-    calibration examples read the findings only). ``calibration``: rank by the weighted discrepancy."""
+    calibration examples read the findings only). ``calibration``: rank by the weighted discrepancy, or with
+    ``purchase="residual"`` by the expected errors the calibrated correction would leave."""
     records = bench.records
     crowds = [records[i].crowd for i in ids]
     scores = score_images(crowds, [preds[i] for i in ids], config=lsm)
-    ranked = scores if calibration is None else [weigh(s, calibration, config=lsm) for s in scores]
-    discrepancy = np.array([s.discrepancy for s in ranked])
+    if calibration is None:
+        discrepancy = np.array([s.discrepancy for s in scores])
+    elif purchase == "residual":
+        discrepancy = np.array(
+            [
+                residual_errors(records[i].crowd, preds[i], s, calibration)
+                for i, s in zip(ids, scores, strict=True)
+            ]
+        )
+    else:
+        discrepancy = np.array([weigh(s, calibration, config=lsm).discrepancy for s in scores])
     uncertainty = np.array([model_uncertainty(preds[i]) for i in ids])
     features = np.stack(
         [image_features(records[i].crowd, preds[i], records[i].width, records[i].height) for i in ids]

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.loop import (
+    PURCHASES,
     REVIEW_ORDERS,
     UNANSWERED,
     LoopConfig,
@@ -126,6 +127,13 @@ class BenchSettings:
             errors among the bought images' findings of its type at least as severe,
             ``selection.calibration.weigh``), ``type`` (one weight per type: its share of true errors among
             all its findings) or ``raw``.
+        purchase: what the LSM loop buys once a calibration is fitted (``bench.loop.LoopConfig.purchase``):
+            ``discrepancy`` (the images first by the image score) or ``residual`` (the most expected errors
+            the calibrated correction would leave).
+        replicates: every arm's detector is trained this many times on the same inputs, with the training
+            seeds ``seed``, ``seed + 1000``, ...; its AP figures are the mean (``ap50_replicates``: each).
+            The first training's weights are the ones later stages start from, so the arms' inputs do not
+            depend on it. 1: one training per arm.
         fiftyone: the Python interpreter of a FiftyOne environment (``make setup-fiftyone``); when given,
             FiftyOne Brain's ``compute_mistakenness`` scores the noisy images on the same predictions as a
             second peer (``bench.noise_quality.fiftyone_scores``); None: not run.
@@ -149,6 +157,8 @@ class BenchSettings:
     review_order: str = "likely"
     min_rate_examples: int = CalibrationConfig.min_rate_examples
     image_score: str = "weighted"
+    purchase: str = "discrepancy"
+    replicates: int = 1
     fiftyone: str | None = None
 
     def __post_init__(self) -> None:
@@ -160,6 +170,8 @@ class BenchSettings:
             raise ValueError(f"cleaning_steps: expected one of {FINETUNE_STEPS}, got {self.cleaning_steps!r}")
         if self.finetune_steps not in FINETUNE_STEPS:
             raise ValueError(f"finetune_steps: expected one of {FINETUNE_STEPS}, got {self.finetune_steps!r}")
+        if self.replicates < 1:
+            raise ValueError(f"replicates: expected >= 1, got {self.replicates}")
         if self.expert_repeat < 1:
             raise ValueError(f"expert_repeat: expected >= 1, got {self.expert_repeat}")
         if not 0 < self.seed_fraction <= self.budget <= 1:
@@ -174,6 +186,8 @@ class BenchSettings:
             )
         if self.image_score not in IMAGE_SCORES:
             raise ValueError(f"image_score: expected one of {list(IMAGE_SCORES)}, got {self.image_score!r}")
+        if self.purchase not in PURCHASES:
+            raise ValueError(f"purchase: expected one of {list(PURCHASES)}, got {self.purchase!r}")
         if self.unanswered not in UNANSWERED:
             raise ValueError(f"unanswered: expected one of {list(UNANSWERED)}, got {self.unanswered!r}")
         self.calibration_config()  # validates the precision targets
@@ -200,6 +214,15 @@ def _limit_note(settings: Mapping[str, Any]) -> str:
     if settings.get("unanswered", "keep") == "likelier":
         note += "; unanswered ones take the likelier label (fixed at calibrated p >= 0.5)"
     return note
+
+
+def _replicates_note(replicates: int) -> str:
+    if replicates <= 1:
+        return ""
+    return (
+        f"; every arm's detector trained {replicates} times on the same inputs (training seeds seed, "
+        f"seed + 1000{', ...' if replicates > 2 else ''}), AP the mean"
+    )
 
 
 def _label_set_quality(bench: Workbench, labels: dict[str, Detections]) -> float:
@@ -252,6 +275,11 @@ def run_seed(
     """
     t0 = time.perf_counter()
     bench = Workbench(records, work / "runs", spec, seed=seed, names=names, threads=threads)
+    # Further trainings of each arm on the same inputs, with other training seeds (``settings.replicates``).
+    replicas = [
+        Workbench(records, work / f"replicate{r}", spec, seed=seed + 1000 * r, names=names, threads=threads)
+        for r in range(1, settings.replicates)
+    ]
     records_by_id = bench.records
     train_ids = bench.train_ids
     n_train = len(train_ids)
@@ -271,14 +299,17 @@ def run_seed(
         counts: dict[str, int] | None = None,
     ):
         model = bench.train(name, labels, init=init, repeats=repeats)
+        again = [replica.train(name, labels, init=init, repeats=repeats) for replica in replicas]
+        trainings = [model, *again]
         images = len(expert_ids) / n_train
         decisions = sum(expert_decisions(records_by_id[i]) for i in expert_ids)
         decisions += (counts or {}).get("review_decisions", 0)
         decision_share = decisions / max(all_decisions, 1)
         arms[name] = {
-            "ap50": model.ap50,
-            "ap50_95": model.ap50_95,
-            "train_seconds": model.seconds,
+            "ap50": float(np.mean([m.ap50 for m in trainings])),
+            "ap50_95": float(np.mean([m.ap50_95 for m in trainings])),
+            "ap50_replicates": [m.ap50 for m in trainings],
+            "train_seconds": sum(m.seconds for m in trainings),
             "expert_images": len(expert_ids),
             "expert_fraction": images,
             "boxes_touched": sum(
@@ -313,6 +344,7 @@ def run_seed(
             rounds=settings.rounds,
             cleaning_epoch_images=n_train if settings.cleaning_steps == "matched" else 0,
             weigh=settings.image_score != "raw",
+            purchase=settings.purchase,
         )
         # The same generator seed for every strategy: they all start from the same random seed set.
         loops[strategy] = run_loop(
@@ -566,7 +598,9 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         f"{'yes' if meta['settings']['reviews'] else 'no'}"
         f"{_limit_note(meta['settings'])}; cleaning models: "
         f"`{meta['settings'].get('cleaning_steps', 'epochs')}` steps; image score: "
-        f"`{meta['settings'].get('image_score', 'raw')}`",
+        f"`{meta['settings'].get('image_score', 'raw')}`; the LSM buys by: "
+        f"`{meta['settings'].get('purchase', 'discrepancy')}`"
+        f"{_replicates_note(meta['settings'].get('replicates', 1))}",
         "",
         f"**Headline: the full method reaches {_fmt(full['pct_of_full'])} % of full-expert AP50 at "
         f"{_fmt(full['cost_fraction'], 100)} % expert cost** (the larger of "
@@ -1058,6 +1092,22 @@ def main(argv: list[str] | None = None) -> int:
         "the LSM's own (raw)",
     )
     parser.add_argument(
+        "--replicates",
+        type=int,
+        default=BenchSettings.replicates,
+        help="train every arm's detector this many times on the same inputs (training seeds seed, seed + "
+        "1000, ...) and report the mean AP; the training's own noise shrinks, the cost grows with it "
+        "(default 1)",
+    )
+    parser.add_argument(
+        "--purchase",
+        choices=PURCHASES,
+        default=BenchSettings.purchase,
+        help="what the LSM loop buys once grades are calibrated: the images first by the image score "
+        "(discrepancy, the default) or by the expected errors the calibrated correction would leave on them "
+        "(residual)",
+    )
+    parser.add_argument(
         "--min-rate-examples",
         type=int,
         default=BenchSettings.min_rate_examples,
@@ -1110,6 +1160,8 @@ def main(argv: list[str] | None = None) -> int:
             review_order=args.review_order,
             min_rate_examples=args.min_rate_examples,
             image_score=args.image_score,
+            purchase=args.purchase,
+            replicates=args.replicates,
             fiftyone=args.fiftyone,
         )
         if args.noise:

@@ -870,6 +870,62 @@ def regrade(
     return _with_grades(score, grade, action)
 
 
+def residual_errors(
+    crowd: Detections,
+    pred: Detections,
+    score: ImageScore,
+    calibration: Calibration,
+    *,
+    agreement: np.ndarray | None = None,
+) -> float:
+    """Expected label errors the calibrated correction would leave on one image: what re-annotating it adds.
+
+    Each primary non-clean finding is a true error with probability ``p``: the calibrated error probability
+    where a rule gives one, else the share of true errors among the labelled findings of its type at least
+    as severe (``Calibration.severity_weight``, the weight ``weigh`` gives it). The calibrated grades
+    (``regrade``) decide what the correction does with it: an automatic fix leaves an error when the finding
+    was not one (``1 - p``); a kept or reviewed finding leaves one when it was (``p``; reviews are not
+    counted as answered, since the cost limit leaves most unanswered). The sum ranks images by what an
+    expert's re-annotation would fix that the correction would not: an image whose errors the correction
+    fixes reliably (a confident background box) is worth less to buy than its discrepancy says.
+
+    Args:
+        crowd, pred: the image's crowd boxes and predictions; score: the LSM's own verdict on them
+            (``score_image``, not regraded: rules read the LSM's actions).
+        calibration: from ``fit_calibration``.
+        agreement: optional float (M,) annotator agreement per crowd box.
+
+    Example:
+        >>> import numpy as np
+        >>> from selection.lsm import score_image
+        >>> crowd = Detections(np.array([[100, 100, 120, 120]]), np.array([0]))
+        >>> pred = Detections(np.array([[10, 10, 30, 30]]), np.array([0]), score=np.array([0.9]))
+        >>> s = score_image(crowd, pred)  # a background crowd box and a missed deposit, both auto-fixed
+        >>> round(residual_errors(crowd, pred, s, Calibration(rules={})), 2)  # no examples: both errors
+        0.0
+
+        Experts confirmed 4 of 18 missed findings (weight (4 + 2) / (18 + 2) = 0.3): the automatic fix of
+        the missed one is wrong with probability 0.7.
+
+        >>> missed = TypeRule("missed", False, "thin", n_examples=18, n_errors=4)
+        >>> round(residual_errors(crowd, pred, s, Calibration(rules={"missed": missed})), 2)
+        0.7
+    """
+    f = score.instances
+    named = f.noise_type.astype(str)
+    rows = np.flatnonzero((f.parent < 0) & (named != NoiseType.CLEAN.value))
+    if rows.size == 0:
+        return 0.0
+    prob = error_probability(crowd, pred, score, calibration, agreement=agreement)[rows]
+    for t in set(named[rows].tolist()):
+        sel = (named[rows] == t) & np.isnan(prob)
+        if sel.any():
+            prob[sel] = calibration.severity_weight(t, f.severity[rows][sel])
+    action = regrade(crowd, pred, score, calibration, agreement=agreement).instances.action.astype(str)[rows]
+    left = np.where(action == Action.AUTO_FIX.value, 1.0 - prob, prob)
+    return float(left.sum())
+
+
 def _with_grades(score: ImageScore, grade: np.ndarray, action: np.ndarray) -> ImageScore:
     """``score`` with new per-instance grades and actions (object arrays, changed here): box-in-box parts take
     their parent's, and the image grade is the worst instance grade."""

@@ -568,3 +568,66 @@ def test_fiftyone_peer_runs_compute_mistakenness(tmp_path):
     assert rows[0]["possible_spurious"] == 1
     assert rows[1]["possible_spurious"] == 0 and rows[1]["mistakenness_loc"] > 0.0
     assert score[2] == 0.0 and score[0] > score[2] and score[1] > score[2]
+
+
+def test_replicates_average_each_arms_trainings_and_change_no_input(tmp_path):
+    """``--replicates 2``: every arm is trained again with training seed + 1000 on the same inputs, its AP
+    is the mean of both, and nothing the arms are trained on changes (the first training's weights are the
+    ones later stages start from)."""
+    import dataclasses
+
+    from bench_fakes import FakeWorkbench
+
+    import bench.simulate as sim
+    import synth
+    from bench.workbench import TRAIN_SPECS
+    from selection import LSMConfig
+
+    class SeededFake(FakeWorkbench):
+        """The fingerprint detector, whose test AP also depends on the training seed."""
+
+        instances: list[SeededFake] = []
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            SeededFake.instances.append(self)
+
+        def train(self, name, labels, **kwargs):
+            model = super().train(name, labels, **kwargs)
+            shift = 0.1 if self.seed >= 1000 else 0.0
+            return dataclasses.replace(model, ap50=model.ap50 * (1 - shift))
+
+    config = dataclasses.replace(synth.get_preset("tiny"), n_train=40, n_val=4, n_test=4)
+    records = synth.generate(config, 3, render=False).images
+    original = sim.Workbench
+    sim.Workbench = SeededFake
+    try:
+        runs = {}
+        for k in (1, 2):
+            SeededFake.instances = []
+            settings = sim.BenchSettings(cost_limit=None, replicates=k)
+            runs[k] = sim.run_seed(
+                records,
+                5,
+                work=tmp_path / str(k),
+                spec=TRAIN_SPECS["tiny"],
+                lsm=LSMConfig(),
+                settings=settings,
+            )
+            benches = list(SeededFake.instances)
+    finally:
+        sim.Workbench = original
+    main, replica = benches
+    assert replica.seed == 1005 and replica.work_dir == tmp_path / "2" / "replicate1"
+    assert [c["name"] for c in replica.calls] == list(sim.ARMS)  # one more training per arm, nothing else
+    for name in sim.ARMS:
+        one, two = runs[1]["arms"][name], runs[2]["arms"][name]
+        assert one["ap50_replicates"] == [one["ap50"]]
+        first, second = two["ap50_replicates"]
+        assert first == pytest.approx(one["ap50"]) and second == pytest.approx(0.9 * first)
+        assert two["ap50"] == pytest.approx((first + second) / 2)
+        # The same inputs: labels, costs and corrections do not depend on the replicates.
+        for key in ("label_f1", "expert_decisions", "corrections"):
+            assert two[key] == one[key]
+    with pytest.raises(ValueError, match="replicates"):
+        sim.BenchSettings(replicates=0)

@@ -42,9 +42,11 @@ def _poison(records, ids: set[str]) -> list:
     return out
 
 
-def _run(records, tmp_path, strategy: Strategy) -> tuple[FakeWorkbench, LoopResult]:
+def _run(
+    records, tmp_path, strategy: Strategy, purchase: str = "discrepancy"
+) -> tuple[FakeWorkbench, LoopResult]:
     bench = FakeWorkbench(records, tmp_path, TRAIN_SPECS["tiny"], seed=3)
-    cfg = LoopConfig(strategy=strategy, budget=0.5, seed_fraction=0.1, rounds=3)
+    cfg = LoopConfig(strategy=strategy, budget=0.5, seed_fraction=0.1, rounds=3, purchase=purchase)
     loop = run_loop(bench, cfg, np.random.default_rng(3), lsm=LSM, name="loop")
     return bench, loop
 
@@ -66,12 +68,19 @@ def _same_findings(a: LoopResult, b: LoopResult) -> None:
             np.testing.assert_array_equal(getattr(fa, field), getattr(fb, field))
 
 
-@pytest.mark.parametrize("strategy", [Strategy.DISCREPANCY, Strategy.RANDOM])
-def test_never_bought_expert_boxes_change_nothing_but_the_reviews(records, tmp_path, strategy):
-    clean_bench, clean = _run(records, tmp_path / "a", strategy)
+@pytest.mark.parametrize(
+    ("strategy", "purchase"),
+    [
+        (Strategy.DISCREPANCY, "discrepancy"),
+        (Strategy.DISCREPANCY, "residual"),
+        (Strategy.RANDOM, "discrepancy"),
+    ],
+)
+def test_never_bought_expert_boxes_change_nothing_but_the_reviews(records, tmp_path, strategy, purchase):
+    clean_bench, clean = _run(records, tmp_path / "a", strategy, purchase)
     rest = set(clean.remaining_ids)
     assert rest
-    bench, poisoned = _run(_poison(records, rest), tmp_path / "b", strategy)
+    bench, poisoned = _run(_poison(records, rest), tmp_path / "b", strategy, purchase)
 
     assert poisoned.expert_ids == clean.expert_ids  # selection
     assert len(bench.calls) == len(clean_bench.calls)

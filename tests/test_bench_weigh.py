@@ -1,4 +1,5 @@
-"""The LSM loop ranks by the type-weighted discrepancy once the bought images have calibrated the types."""
+"""The LSM loop ranks by the type-weighted discrepancy once the bought images have calibrated the types (or,
+with ``purchase="residual"``, by the errors the calibrated correction would leave)."""
 
 from __future__ import annotations
 
@@ -46,9 +47,9 @@ def _scenario(records, tmp_path):
 def test_pick_follows_the_weighted_discrepancy(records, tmp_path):
     bench, m_id, b_id, preds = _scenario(records, tmp_path)
     ids = [m_id, b_id]
-    raw, scores = _pick(bench, Strategy.DISCREPANCY, ids, preds, 1, np.random.default_rng(0), LSM)
+    raw, raw_scores = _pick(bench, Strategy.DISCREPANCY, ids, preds, 1, np.random.default_rng(0), LSM)
     assert raw == [m_id]  # two missed objects outweigh one box on background
-    assert [str(t) for t in scores[0].instances.noise_type].count("missed") == 2
+    assert [str(t) for t in raw_scores[0].instances.noise_type].count("missed") == 2
     # The experts confirmed 1 of 40 missed findings and 38 of 40 boxes on background.
     cal = Calibration(
         rules={
@@ -61,6 +62,13 @@ def test_pick_follows_the_weighted_discrepancy(records, tmp_path):
     # The findings handed on to the calibration examples are the LSM's own (unweighted discrepancy).
     own = _pick(bench, Strategy.DISCREPANCY, [b_id], preds, 1, np.random.default_rng(0), LSM)[1][0]
     assert wscores[0].discrepancy == pytest.approx(own.discrepancy)
+    # Bought by what the correction would leave: the background box is fixed and nearly always an error,
+    # the two missed findings' fixes nearly always wrong, so M is worth an expert's time and B is not.
+    residual, rscores = _pick(
+        bench, Strategy.DISCREPANCY, ids, preds, 1, np.random.default_rng(0), LSM, cal, purchase="residual"
+    )
+    assert residual == [m_id]
+    assert rscores[0].discrepancy == pytest.approx(raw_scores[0].discrepancy)
 
 
 def test_the_first_round_is_unweighted_and_the_switch_turns_weighting_off(records, tmp_path):
@@ -77,3 +85,8 @@ def test_the_first_round_is_unweighted_and_the_switch_turns_weighting_off(record
         c["labels"].keys() for c in off_bench.calls[:2]
     ]
     assert on.expert_ids != off.expert_ids  # later rounds rank differently
+
+
+def test_loop_config_rejects_an_unknown_purchase():
+    with pytest.raises(ValueError, match="purchase"):
+        LoopConfig(strategy=Strategy.DISCREPANCY, purchase="cheapest")

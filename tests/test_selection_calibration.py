@@ -24,6 +24,7 @@ from selection.calibration import (
     label_findings,
     precision_recall_curve,
     regrade,
+    residual_errors,
     weigh,
 )
 
@@ -474,3 +475,42 @@ def test_weigh_ranks_a_severe_finding_of_a_rarely_confirmed_type_above_a_mild_on
     assert w_severe == pytest.approx(s_severe.discrepancy)  # more severe than every example: weight 1
     assert t_severe < 0.5 * s_severe.discrepancy  # one share per type, (4 + 2) / (40 + 2)
     assert w_severe / w_mild > t_severe / t_mild  # the gap between them widens
+
+
+@pytest.mark.parametrize(("verdict", "left"), [("fix", 0.1), ("review", 0.9), ("keep", 0.9)])
+def test_residual_errors_counts_what_the_calibrated_correction_would_leave(verdict, left):
+    """A fitted rule says the background box is an error with probability 0.9: fixing it leaves an error
+    with probability 0.1, keeping or reviewing it (reviews are not counted as answered) 0.9. The other
+    findings have no rule: each counts its severity weight, 1 without examples, and the LSM's action."""
+    crowd, pred, _ = _image()
+    score = score_image(crowd, pred)
+    rules = {"background": _rule_always("background", verdict)}
+    cal = Calibration.from_dict({"rules": rules})
+    f = score.instances
+    others = (f.parent < 0) & (f.noise_type != "background") & (f.noise_type != "clean")
+    assert others.sum() == 2  # the badly placed box and the unboxed deposit
+    unfixed = int(np.sum(others & (f.action != Action.AUTO_FIX.value)))  # weight 1: an error if left alone
+    assert residual_errors(crowd, pred, score, cal) == pytest.approx(left + unfixed)
+
+
+def test_residual_errors_ranks_the_image_the_correction_cannot_clean_first():
+    """Image A's unlabelled predictions are rarely real deposits (2 of 40 confirmed), image B's box on
+    nothing nearly always an error (36 of 40). Weighed, B ranks first: its finding is the likelier error.
+    But the correction fixes both (the LSM auto-fixes them), so A's fixes are the ones likely wrong: an
+    expert's re-annotation of A corrects more than the correction would."""
+    (ca, pa), (cb, pb) = _two_images()
+    sa, sb = score_image(ca, pa), score_image(cb, pb)
+    assert sa.instances.action.tolist() == ["auto_fix", "auto_fix"]
+    assert sb.instances.action.tolist() == ["auto_fix"]
+    cal = Calibration(
+        rules={"missed": _counts_rule("missed", 40, 2), "background": _counts_rule("background", 40, 36)}
+    )
+    assert weigh(sb, cal).discrepancy > weigh(sa, cal).discrepancy
+    ra, rb = residual_errors(ca, pa, sa, cal), residual_errors(cb, pb, sb, cal)
+    assert ra == pytest.approx(2 * (1 - 4 / 42))
+    assert rb == pytest.approx(1 - 38 / 42)
+    assert ra > rb
+    # No findings, nothing left.
+    empty = make_detections(np.zeros((0, 4)))
+    none = make_detections(np.zeros((0, 4)), scores=np.zeros(0))
+    assert residual_errors(empty, none, score_image(empty, none), cal) == 0.0
