@@ -73,7 +73,7 @@ calibrate: setup
 
 # The reported run (~2 h on 2 cores); regenerates docs/results/quick/ from its output.
 simulate: setup setup-fiftyone
-	$(PY) -m bench.simulate --preset quick --seed-list 0,1,2,3,4 --budget 0.1 --seed-fraction 0.04 --jobs 2 --fiftyone $(FO_VENV)/bin/python --out $(WORK)/simulate/quick
+	$(PY) -m bench.simulate --preset quick --seed-list 0,1,2,3,4 --budget 0.1 --seed-fraction 0.04 --replicates 2 --jobs 2 --fiftyone $(FO_VENV)/bin/python --out $(WORK)/simulate/quick
 	mkdir -p docs/results/quick && rm -f docs/results/quick/*
 	cp $(WORK)/simulate/quick/results.json $(WORK)/simulate/quick/results.md $(WORK)/simulate/quick/*.png docs/results/quick/
 
