@@ -213,6 +213,8 @@ def test_parse_noise_overrides_and_validation():
         (["--noise", "missed_rate=2"], "missed_rate"),
         (["--final-recipe", "magic"], "invalid choice"),
         (["--expert-repeat", "0"], "expert_repeat"),
+        (["--replicates", "0"], "replicates"),
+        (["--purchase", "cheapest"], "invalid choice"),
         (["--jobs", "0"], "--jobs"),
         (["--data", "/nonexistent-dir"], "no folder"),
         (["--data", ".", "--noise", "missed_rate=0.1"], "simulated data only"),
