@@ -577,6 +577,7 @@ def test_replicates_average_each_arms_trainings_and_change_no_input(tmp_path):
     is the mean of both, and nothing the arms are trained on changes (the first training's weights are the
     ones later stages start from)."""
     import dataclasses
+    from typing import ClassVar
 
     from bench_fakes import FakeWorkbench
 
@@ -588,7 +589,7 @@ def test_replicates_average_each_arms_trainings_and_change_no_input(tmp_path):
     class SeededFake(FakeWorkbench):
         """The fingerprint detector, whose test AP also depends on the training seed."""
 
-        instances: list[SeededFake] = []
+        instances: ClassVar[list[SeededFake]] = []
 
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
@@ -620,7 +621,7 @@ def test_replicates_average_each_arms_trainings_and_change_no_input(tmp_path):
     finally:
         sim.Workbench = original
     main, replica = benches
-    assert replica.seed == 1005 and replica.work_dir == tmp_path / "2" / "replicate1"
+    assert main.seed == 5 and replica.seed == 1005 and replica.work_dir == tmp_path / "2" / "replicate1"
     assert [c["name"] for c in replica.calls] == list(sim.ARMS)  # one more training per arm, nothing else
     for name in sim.ARMS:
         one, two = runs[1]["arms"][name], runs[2]["arms"][name]
