@@ -846,8 +846,15 @@ def regrade(
     Returns:
         A new ``ImageScore``.
     """
+    return _regrade_with(
+        score, calibration, error_probability(crowd, pred, score, calibration, agreement=agreement)
+    )
+
+
+def _regrade_with(score: ImageScore, calibration: Calibration, prob: np.ndarray) -> ImageScore:
+    """``regrade`` from the findings' error probabilities (``error_probability``), computed once by callers
+    that also need them."""
     f = score.instances
-    prob = error_probability(crowd, pred, score, calibration, agreement=agreement)
     if np.isnan(prob).all():
         return score
     grade = f.grade.astype(str).astype(object)
@@ -916,12 +923,13 @@ def residual_errors(
     rows = np.flatnonzero((f.parent < 0) & (named != NoiseType.CLEAN.value))
     if rows.size == 0:
         return 0.0
-    prob = error_probability(crowd, pred, score, calibration, agreement=agreement)[rows]
+    calibrated = error_probability(crowd, pred, score, calibration, agreement=agreement)
+    action = _regrade_with(score, calibration, calibrated).instances.action.astype(str)[rows]
+    prob = calibrated[rows]
     for t in set(named[rows].tolist()):
         sel = (named[rows] == t) & np.isnan(prob)
         if sel.any():
             prob[sel] = calibration.severity_weight(t, f.severity[rows][sel])
-    action = regrade(crowd, pred, score, calibration, agreement=agreement).instances.action.astype(str)[rows]
     left = np.where(action == Action.AUTO_FIX.value, 1.0 - prob, prob)
     return float(left.sum())
 
