@@ -80,6 +80,8 @@ PAIRS: tuple[tuple[str, str], ...] = (
     ("full", "finetune_lsm"),
     ("full", "random_corrected"),
 )
+# The arms the paired comparisons read (``BenchSettings.compared_replicates``).
+COMPARED_ARMS: tuple[str, ...] = tuple(dict.fromkeys(name for pair in PAIRS for name in pair))
 FINAL_RECIPES = ("scratch", "warm_cleaning", "warm_crowd")
 CONSENSUS_MODELS = ("crossfit", "crowd")
 FINETUNE_STEPS = ("matched", "epochs")
@@ -134,6 +136,10 @@ class BenchSettings:
             seeds ``seed``, ``seed + 1000``, ...; its AP figures are the mean (``ap50_replicates``: each).
             The first training's weights are the ones later stages start from, so the arms' inputs do not
             depend on it. 1: one training per arm.
+        compared_replicates: trainings of the arms the paired comparisons read (``COMPARED_ARMS``: the full
+            method and the equal-cost baselines it is measured against), when more than ``replicates``; a
+            per-seed difference of a point or less needs more than two trainings per arm to be measured
+            (dev notes section 12). None: ``replicates``.
         fiftyone: the Python interpreter of a FiftyOne environment (``make setup-fiftyone``); when given,
             FiftyOne Brain's ``compute_mistakenness`` scores the noisy images on the same predictions as a
             second peer (``bench.noise_quality.fiftyone_scores``); None: not run.
@@ -159,6 +165,7 @@ class BenchSettings:
     image_score: str = "weighted"
     purchase: str = "discrepancy"
     replicates: int = 1
+    compared_replicates: int | None = None
     fiftyone: str | None = None
 
     def __post_init__(self) -> None:
@@ -172,6 +179,11 @@ class BenchSettings:
             raise ValueError(f"finetune_steps: expected one of {FINETUNE_STEPS}, got {self.finetune_steps!r}")
         if self.replicates < 1:
             raise ValueError(f"replicates: expected >= 1, got {self.replicates}")
+        if self.compared_replicates is not None and self.compared_replicates < self.replicates:
+            raise ValueError(
+                f"compared_replicates: expected >= replicates ({self.replicates}) or None, got "
+                f"{self.compared_replicates}"
+            )
         if self.expert_repeat < 1:
             raise ValueError(f"expert_repeat: expected >= 1, got {self.expert_repeat}")
         if not 0 < self.seed_fraction <= self.budget <= 1:
@@ -191,6 +203,12 @@ class BenchSettings:
         if self.unanswered not in UNANSWERED:
             raise ValueError(f"unanswered: expected one of {list(UNANSWERED)}, got {self.unanswered!r}")
         self.calibration_config()  # validates the precision targets
+
+    def trainings(self, arm: str) -> int:
+        """How many times the detector of ``arm`` is trained."""
+        if arm in COMPARED_ARMS and self.compared_replicates is not None:
+            return self.compared_replicates
+        return self.replicates
 
     def calibration_config(self) -> CalibrationConfig:
         """The grade calibration's settings."""
@@ -216,13 +234,21 @@ def _limit_note(settings: Mapping[str, Any]) -> str:
     return note
 
 
-def _replicates_note(replicates: int) -> str:
-    if replicates <= 1:
+def _replicates_note(replicates: int, compared: int | None = None) -> str:
+    compared = replicates if compared is None else compared
+    if compared <= 1:
         return ""
-    return (
-        f"; every arm's detector trained {replicates} times on the same inputs (training seeds seed, "
-        f"seed + 1000{', ...' if replicates > 2 else ''}), AP the mean"
-    )
+    seeds = f"training seeds seed, seed + 1000{', ...' if compared > 2 else ''}"
+    if replicates <= 1:
+        note = "; every arm's detector trained once"
+    else:
+        note = f"; every arm's detector trained {replicates} times on the same inputs ({seeds}), AP the mean"
+    if compared > replicates:
+        arms = ", ".join(f"`{a}`" for a in COMPARED_ARMS)
+        note += f"; the compared arms ({arms}) {compared} times" + (
+            "" if replicates > 1 else f" ({seeds}), AP the mean"
+        )
+    return note
 
 
 def _label_set_quality(bench: Workbench, labels: dict[str, Detections]) -> float:
@@ -278,7 +304,7 @@ def run_seed(
     # Further trainings of each arm on the same inputs, with other training seeds (``settings.replicates``).
     replicas = [
         Workbench(records, work / f"replicate{r}", spec, seed=seed + 1000 * r, names=names, threads=threads)
-        for r in range(1, settings.replicates)
+        for r in range(1, max(settings.trainings(a) for a in ARMS))
     ]
     records_by_id = bench.records
     train_ids = bench.train_ids
@@ -299,7 +325,10 @@ def run_seed(
         counts: dict[str, int] | None = None,
     ):
         model = bench.train(name, labels, init=init, repeats=repeats)
-        again = [replica.train(name, labels, init=init, repeats=repeats) for replica in replicas]
+        again = [
+            replica.train(name, labels, init=init, repeats=repeats)
+            for replica in replicas[: settings.trainings(name) - 1]
+        ]
         trainings = [model, *again]
         images = len(expert_ids) / n_train
         decisions = sum(expert_decisions(records_by_id[i]) for i in expert_ids)
@@ -585,6 +614,9 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
     """The tables of ``results.md``."""
     full = summary["arms"]["full"]
     rates = bool(meta["settings"].get("min_rate_examples"))
+    replicates = _replicates_note(
+        meta["settings"].get("replicates", 1), meta["settings"].get("compared_replicates")
+    )
     lines = [
         f"# Active label cleaning, {meta['dataset']} (seeds {meta['seeds']}, budget {meta['budget']:.0%})",
         "",
@@ -600,7 +632,7 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         f"`{meta['settings'].get('cleaning_steps', 'epochs')}` steps; image score: "
         f"`{meta['settings'].get('image_score', 'raw')}`; the LSM buys by: "
         f"`{meta['settings'].get('purchase', 'discrepancy')}`"
-        f"{_replicates_note(meta['settings'].get('replicates', 1))}",
+        f"{replicates}",
         "",
         f"**Headline: the full method reaches {_fmt(full['pct_of_full'])} % of full-expert AP50 at "
         f"{_fmt(full['cost_fraction'], 100)} % expert cost** (the larger of "
@@ -1100,6 +1132,13 @@ def main(argv: list[str] | None = None) -> int:
         "(default 1)",
     )
     parser.add_argument(
+        "--compared-replicates",
+        type=int,
+        default=BenchSettings.compared_replicates,
+        help="train the arms the paired comparisons read (the full method, finetune_random, finetune_lsm, "
+        "random_corrected) this many times instead (at least --replicates; default: --replicates)",
+    )
+    parser.add_argument(
         "--purchase",
         choices=PURCHASES,
         default=BenchSettings.purchase,
@@ -1162,6 +1201,7 @@ def main(argv: list[str] | None = None) -> int:
             image_score=args.image_score,
             purchase=args.purchase,
             replicates=args.replicates,
+            compared_replicates=args.compared_replicates,
             fiftyone=args.fiftyone,
         )
         if args.noise:

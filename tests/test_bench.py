@@ -214,6 +214,7 @@ def test_parse_noise_overrides_and_validation():
         (["--final-recipe", "magic"], "invalid choice"),
         (["--expert-repeat", "0"], "expert_repeat"),
         (["--replicates", "0"], "replicates"),
+        (["--replicates", "2", "--compared-replicates", "1"], "compared_replicates"),
         (["--purchase", "cheapest"], "invalid choice"),
         (["--jobs", "0"], "--jobs"),
         (["--data", "/nonexistent-dir"], "no folder"),
@@ -634,3 +635,48 @@ def test_replicates_average_each_arms_trainings_and_change_no_input(tmp_path):
             assert two[key] == one[key]
     with pytest.raises(ValueError, match="replicates"):
         sim.BenchSettings(replicates=0)
+
+
+def test_compared_replicates_train_only_the_compared_arms_more(tmp_path):
+    """``--compared-replicates 3`` with ``--replicates 2``: the arms the paired comparisons read get a third
+    training (training seed + 2000, its own folder), every other arm stays at two, and the AP is the mean of
+    each arm's own trainings."""
+    import dataclasses
+
+    from bench_fakes import FakeWorkbench
+
+    import bench.simulate as sim
+    import synth
+    from bench.workbench import TRAIN_SPECS
+    from selection import LSMConfig
+
+    benches: list[FakeWorkbench] = []
+
+    class Recorded(FakeWorkbench):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            benches.append(self)
+
+    config = dataclasses.replace(synth.get_preset("tiny"), n_train=40, n_val=4, n_test=4)
+    records = synth.generate(config, 3, render=False).images
+    original = sim.Workbench
+    sim.Workbench = Recorded
+    try:
+        settings = sim.BenchSettings(cost_limit=None, replicates=2, compared_replicates=3)
+        run = sim.run_seed(
+            records, 5, work=tmp_path, spec=TRAIN_SPECS["tiny"], lsm=LSMConfig(), settings=settings
+        )
+    finally:
+        sim.Workbench = original
+    main, second, third = benches
+    assert main.seed == 5
+    assert (second.seed, third.seed) == (1005, 2005)
+    assert third.work_dir == tmp_path / "replicate2"
+    assert [c["name"] for c in second.calls] == list(sim.ARMS)
+    assert [c["name"] for c in third.calls] == [a for a in sim.ARMS if a in sim.COMPARED_ARMS]
+    assert set(sim.COMPARED_ARMS) == {"full", "finetune_random", "finetune_lsm", "random_corrected"}
+    for name, arm in run["arms"].items():
+        assert len(arm["ap50_replicates"]) == (3 if name in sim.COMPARED_ARMS else 2)
+        assert arm["ap50"] == pytest.approx(np.mean(arm["ap50_replicates"]))
+    with pytest.raises(ValueError, match="compared_replicates"):
+        sim.BenchSettings(replicates=2, compared_replicates=1)
