@@ -301,7 +301,8 @@ def run_seed(
     """
     t0 = time.perf_counter()
     bench = Workbench(records, work / "runs", spec, seed=seed, names=names, threads=threads)
-    # Further trainings of each arm on the same inputs, with other training seeds (``settings.replicates``).
+    # Further trainings of each arm on the same inputs, with other training seeds (``settings.trainings``:
+    # ``replicates``, or ``compared_replicates`` for the compared arms); replica r trains seed + 1000 * r.
     replicas = [
         Workbench(records, work / f"replicate{r}", spec, seed=seed + 1000 * r, names=names, threads=threads)
         for r in range(1, max(settings.trainings(a) for a in ARMS))
