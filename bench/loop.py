@@ -28,6 +28,7 @@ from selection.calibration import (
     CalibrationConfig,
     LabelledFindings,
     error_probability,
+    expected_decisions,
     fit_calibration,
     fix_findings,
     label_findings,
@@ -40,7 +41,7 @@ from selection.detections import Detections
 
 log = logging.getLogger(__name__)
 
-PURCHASES = ("discrepancy", "residual")
+PURCHASES = ("discrepancy", "residual", "density")
 """What the ``discrepancy`` strategy buys by once a calibration is fitted (``LoopConfig.purchase``)."""
 
 # Crowd noise types (as the simulator records them) that are label errors; "bib_inner" boxes are correct.
@@ -80,7 +81,9 @@ class LoopConfig:
         purchase: what the ``discrepancy`` strategy buys once a calibration is fitted: ``discrepancy`` (the
             images ranked first by the discrepancy, weighted when ``weigh``) or ``residual`` (the images with
             the most expected errors the calibrated correction would leave,
-            ``selection.calibration.residual_errors``).
+            ``selection.calibration.residual_errors``) or ``density`` (those errors per expected instance
+            decision of re-annotating the image, ``selection.calibration.expected_decisions``, plus one: the
+            decisions the purchase leaves for reviews count too).
     """
 
     strategy: Strategy
@@ -215,7 +218,7 @@ def run_loop(
             batch,
             rng,
             lsm,
-            fitted if cfg.weigh or cfg.purchase == "residual" else None,
+            fitted if cfg.weigh or cfg.purchase != "discrepancy" else None,
             purchase=cfg.purchase,
         )
         expert.extend(picked)
@@ -263,16 +266,17 @@ def _pick(
 ) -> tuple[list[str], list[ImageScore]]:
     """The images to buy next, and the LSM's findings on them (with the LSM's own discrepancy: the
     calibration examples read the findings only). ``calibration``: rank by the weighted discrepancy, or with
-    ``purchase="residual"`` by the expected errors the calibrated correction would leave."""
+    ``purchase="residual"`` by the expected errors the calibrated correction would leave (``"density"``: per
+    expected decision)."""
     records = bench.records
     crowds = [records[i].crowd for i in ids]
     scores = score_images(crowds, [preds[i] for i in ids], config=lsm)
     if calibration is None:
         discrepancy = np.array([s.discrepancy for s in scores])
-    elif purchase == "residual":
+    elif purchase in ("residual", "density"):
         discrepancy = np.array(
             [
-                residual_errors(records[i].crowd, preds[i], s, calibration)
+                _purchase_value(records[i], preds[i], s, calibration, purchase)
                 for i, s in zip(ids, scores, strict=True)
             ]
         )
@@ -291,6 +295,16 @@ def _pick(
         rng=rng,
     )
     return [ids[k] for k in idx], [scores[k] for k in idx]
+
+
+def _purchase_value(
+    record, pred: Detections, score: ImageScore, calibration: Calibration, purchase: str
+) -> float:
+    """What buying one image is worth under ``purchase`` ("residual" or "density")."""
+    left = residual_errors(record.crowd, pred, score, calibration)
+    if purchase == "density":
+        return left / (1.0 + expected_decisions(record.crowd, pred, score, calibration))
+    return left
 
 
 UNANSWERED = ("keep", "likelier")

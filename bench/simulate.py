@@ -130,8 +130,8 @@ class BenchSettings:
             ``selection.calibration.weigh``), ``type`` (one weight per type: its share of true errors among
             all its findings) or ``raw``.
         purchase: what the LSM loop buys once a calibration is fitted (``bench.loop.LoopConfig.purchase``):
-            ``discrepancy`` (the images first by the image score) or ``residual`` (the most expected errors
-            the calibrated correction would leave).
+            ``discrepancy`` (the images first by the image score), ``residual`` (the most expected errors
+            the calibrated correction would leave) or ``density`` (those errors per expected decision).
         replicates: every arm's detector is trained this many times on the same inputs, with the training
             seeds ``seed``, ``seed + 1000``, ...; its AP figures are the mean (``ap50_replicates``: each).
             The first training's weights are the ones later stages start from, so the arms' inputs do not
@@ -1144,8 +1144,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=PURCHASES,
         default=BenchSettings.purchase,
         help="what the LSM loop buys once grades are calibrated: the images first by the image score "
-        "(discrepancy, the default) or by the expected errors the calibrated correction would leave on them "
-        "(residual)",
+        "(discrepancy, the default), by the expected errors the calibrated correction would leave on them "
+        "(residual), or by those errors per expected instance decision of re-annotating them (density)",
     )
     parser.add_argument(
         "--min-rate-examples",

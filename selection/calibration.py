@@ -918,11 +918,52 @@ def residual_errors(
         >>> round(residual_errors(crowd, pred, s, Calibration(rules={"missed": missed})), 2)
         0.7
     """
+    _, prob, action = _finding_probabilities(crowd, pred, score, calibration, agreement)
+    left = np.where(action == Action.AUTO_FIX.value, 1.0 - prob, prob)
+    return float(left.sum())
+
+
+def expected_decisions(
+    crowd: Detections,
+    pred: Detections,
+    score: ImageScore,
+    calibration: Calibration,
+    *,
+    agreement: np.ndarray | None = None,
+) -> float:
+    """Expected instance decisions of re-annotating one image (``bench.cost.instance_decisions``): one per
+    crowd box (confirmed, moved or deleted) plus the deposits the expert would draw, each missed finding
+    counted with its error probability (as in ``residual_errors``).
+
+    Example:
+        >>> import numpy as np
+        >>> from selection.lsm import score_image
+        >>> crowd = Detections(np.array([[100, 100, 120, 120]]), np.array([0]))
+        >>> pred = Detections(np.array([[10, 10, 30, 30]]), np.array([0]), score=np.array([0.9]))
+        >>> s = score_image(crowd, pred)
+        >>> missed = TypeRule("missed", False, "thin", n_examples=18, n_errors=4)
+        >>> round(expected_decisions(crowd, pred, s, Calibration(rules={"missed": missed})), 2)  # 1 + 0.3
+        1.3
+    """
+    rows, prob, _ = _finding_probabilities(crowd, pred, score, calibration, agreement)
+    named = score.instances.noise_type.astype(str)[rows]
+    return float(len(crowd) + prob[named == NoiseType.MISSED.value].sum())
+
+
+def _finding_probabilities(
+    crowd: Detections,
+    pred: Detections,
+    score: ImageScore,
+    calibration: Calibration,
+    agreement: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The primary non-clean findings' rows, their error probabilities (calibrated where a rule gives one,
+    else ``Calibration.severity_weight``) and their calibrated actions."""
     f = score.instances
     named = f.noise_type.astype(str)
     rows = np.flatnonzero((f.parent < 0) & (named != NoiseType.CLEAN.value))
     if rows.size == 0:
-        return 0.0
+        return rows, np.zeros(0), np.zeros(0, dtype=str)
     calibrated = error_probability(crowd, pred, score, calibration, agreement=agreement)
     action = _regrade_with(score, calibration, calibrated).instances.action.astype(str)[rows]
     prob = calibrated[rows]
@@ -930,8 +971,7 @@ def residual_errors(
         sel = (named[rows] == t) & np.isnan(prob)
         if sel.any():
             prob[sel] = calibration.severity_weight(t, f.severity[rows][sel])
-    left = np.where(action == Action.AUTO_FIX.value, 1.0 - prob, prob)
-    return float(left.sum())
+    return rows, prob, action
 
 
 def _with_grades(score: ImageScore, grade: np.ndarray, action: np.ndarray) -> ImageScore:

@@ -73,6 +73,7 @@ def _same_findings(a: LoopResult, b: LoopResult) -> None:
     [
         (Strategy.DISCREPANCY, "discrepancy"),
         (Strategy.DISCREPANCY, "residual"),
+        (Strategy.DISCREPANCY, "density"),
         (Strategy.RANDOM, "discrepancy"),
     ],
 )

@@ -1,5 +1,6 @@
 """The LSM loop ranks by the type-weighted discrepancy once the bought images have calibrated the types (or,
-with ``purchase="residual"``, by the errors the calibrated correction would leave)."""
+with ``purchase="residual"``, by the errors the calibrated correction would leave, or with ``"density"`` by
+those errors per expected decision)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import synth
 from bench.loop import LoopConfig, _pick, run_loop
 from bench.workbench import TRAIN_SPECS
 from selection import LSMConfig, Strategy
-from selection.calibration import Calibration, TypeRule
+from selection.calibration import Calibration, TypeRule, expected_decisions, residual_errors
 from selection.detections import Detections
+from selection.lsm import score_image
 
 LSM = LSMConfig()
 
@@ -69,6 +71,32 @@ def test_pick_follows_the_weighted_discrepancy(records, tmp_path):
     )
     assert residual == [m_id]
     assert rscores[0].discrepancy == pytest.approx(raw_scores[0].discrepancy)
+
+
+def test_density_buys_the_errors_a_decision_fixes_most_of(records, tmp_path):
+    bench, m_id, b_id, preds = _scenario(records, tmp_path)
+    # C: no crowd box and one confident prediction: a missed deposit that costs one decision to draw.
+    c_id = next(i for i in bench.train_ids if i not in (m_id, b_id))
+    c = bench.records[c_id]
+    bench.records[c_id] = dataclasses.replace(c, crowd=c.crowd.subset(np.zeros(0, np.int64)))
+    preds[c_id] = Detections(np.array([[2, 2, 14, 14]], np.float32), np.zeros(1, np.int64), np.array([0.8]))
+    cal = Calibration(rules={"missed": TypeRule("missed", False, "thin", n_examples=40, n_errors=1)})
+    ids = [m_id, b_id, c_id]
+    m = bench.records[m_id]
+    score = score_image(m.crowd, preds[m_id], config=LSM)
+    # M leaves two wrong fixes (each 39 / 42: 1 + 2 pseudo-errors in 40 + 2), at the price of its crowd
+    # boxes and the two deposits it would draw.
+    assert residual_errors(m.crowd, preds[m_id], score, cal) == pytest.approx(2 * 39 / 42)
+    assert expected_decisions(m.crowd, preds[m_id], score, cal) == pytest.approx(len(m.crowd) + 2 * 3 / 42)
+    assert len(m.crowd) >= 2
+
+    def pick(purchase):
+        return _pick(
+            bench, Strategy.DISCREPANCY, ids, preds, 1, np.random.default_rng(0), LSM, cal, purchase=purchase
+        )[0]
+
+    assert pick("residual") == [m_id]  # the most errors left
+    assert pick("density") == [c_id]  # the most left per decision: 0.93 / 2.07 against 1.86 / (1 + M's)
 
 
 def test_the_first_round_is_unweighted_and_the_switch_turns_weighting_off(records, tmp_path):
