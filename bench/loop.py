@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 PURCHASES = ("discrepancy", "residual", "density")
 """What the ``discrepancy`` strategy buys by once a calibration is fitted (``LoopConfig.purchase``)."""
+CALIBRATION_SAMPLES = ("bought", "random")
+"""The findings the calibration handed on to the correction is fitted on (``LoopConfig.calibrate_on``)."""
 
 # Crowd noise types (as the simulator records them) that are label errors; "bib_inner" boxes are correct.
 ERROR_TYPES = ("background", "localization", "box_in_box")
@@ -93,10 +95,15 @@ class LoopConfig:
     cleaning_epoch_images: int = 0
     weigh: bool = True
     purchase: str = "discrepancy"
+    calibrate_on: str = "bought"
 
     def __post_init__(self) -> None:
         if self.purchase not in PURCHASES:
             raise ValueError(f"purchase: expected one of {list(PURCHASES)}, got {self.purchase!r}")
+        if self.calibrate_on not in CALIBRATION_SAMPLES:
+            raise ValueError(
+                f"calibrate_on: expected one of {list(CALIBRATION_SAMPLES)}, got {self.calibrate_on!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -247,9 +254,63 @@ def run_loop(
         )
     )
     all_examples = LabelledFindings.concat(examples)
-    if fitted is None:
+    if cfg.calibrate_on == "random" and cfg.strategy != Strategy.RANDOM:
+        sample = _crossfit_examples(
+            bench,
+            expert,
+            expert[:first],
+            name=name,
+            init=init,
+            lsm=lsm,
+            calibration=calibration,
+            epoch_images=cfg.cleaning_epoch_images,
+        )
+        fitted = fit_calibration(sample, config=calibration)
+    elif fitted is None:
         fitted = fit_calibration(all_examples, config=calibration)
     return LoopResult(cfg, expert, model, reports, remaining, preds, scores, all_examples, fitted)
+
+
+def _repeats(ids: Sequence[str], epoch_images: int) -> dict[str, int] | None:
+    k = epoch_repeats(len(ids), epoch_images)
+    return {i: k for i in ids} if k > 1 else None
+
+
+def _crossfit_examples(
+    bench: Workbench,
+    bought: Sequence[str],
+    seed_set: Sequence[str],
+    *,
+    name: str,
+    init: Path | None,
+    lsm: LSMConfig,
+    calibration: CalibrationConfig | None,
+    epoch_images: int,
+) -> LabelledFindings:
+    """Labelled findings of the random seed set, each half scored by a cleaning model trained like the first
+    one (``cleaning_epochs`` from ``init``) on every bought image except that half."""
+    records = bench.records
+    halves = [list(seed_set[0::2]), list(seed_set[1::2])]
+    parts: list[LabelledFindings] = []
+    for k, half in enumerate(halves):
+        if not half:
+            continue
+        held = set(half)
+        train = [i for i in bought if i not in held]
+        model = bench.train(
+            f"{name}-crossfit{k}",
+            {i: records[i].expert for i in train},
+            epochs=bench.spec.cleaning_epochs,
+            init=init,
+            repeats=_repeats(train, epoch_images),
+        )
+        preds = bench.predict(model.weights, half)
+        scores = score_images([records[i].crowd for i in half], [preds[i] for i in half], config=lsm)
+        parts.extend(
+            label_findings(records[i].crowd, preds[i], s, records[i].expert, config=calibration)
+            for i, s in zip(half, scores, strict=True)
+        )
+    return LabelledFindings.concat(parts)
 
 
 def _pick(

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.loop import (
+    CALIBRATION_SAMPLES,
     PURCHASES,
     REVIEW_ORDERS,
     UNANSWERED,
@@ -132,6 +133,10 @@ class BenchSettings:
         purchase: what the LSM loop buys once a calibration is fitted (``bench.loop.LoopConfig.purchase``):
             ``discrepancy`` (the images first by the image score), ``residual`` (the most expected errors
             the calibrated correction would leave) or ``density`` (those errors per expected decision).
+        calibrate_on: the labelled findings the correction's calibration is fitted on
+            (``bench.loop.LoopConfig.calibrate_on``): ``bought`` (every image bought after the seed set) or
+            ``random`` (a random sample: the random strategy's picks; the seed set, cross-fitted, for the
+            others).
         replicates: every arm's detector is trained this many times on the same inputs, with the training
             seeds ``seed``, ``seed + 1000``, ...; its AP figures are the mean (``ap50_replicates``: each).
             The first training's weights are the ones later stages start from, so the arms' inputs do not
@@ -164,6 +169,7 @@ class BenchSettings:
     min_rate_examples: int = CalibrationConfig.min_rate_examples
     image_score: str = "weighted"
     purchase: str = "discrepancy"
+    calibrate_on: str = "bought"
     replicates: int = 1
     compared_replicates: int | None = None
     fiftyone: str | None = None
@@ -200,6 +206,10 @@ class BenchSettings:
             raise ValueError(f"image_score: expected one of {list(IMAGE_SCORES)}, got {self.image_score!r}")
         if self.purchase not in PURCHASES:
             raise ValueError(f"purchase: expected one of {list(PURCHASES)}, got {self.purchase!r}")
+        if self.calibrate_on not in CALIBRATION_SAMPLES:
+            raise ValueError(
+                f"calibrate_on: expected one of {list(CALIBRATION_SAMPLES)}, got {self.calibrate_on!r}"
+            )
         if self.unanswered not in UNANSWERED:
             raise ValueError(f"unanswered: expected one of {list(UNANSWERED)}, got {self.unanswered!r}")
         self.calibration_config()  # validates the precision targets
@@ -218,6 +228,12 @@ class BenchSettings:
             min_rate_examples=self.min_rate_examples,
             weight_by_severity=self.image_score != "type",
         )
+
+
+def _calibrate_on_note(settings: Mapping[str, Any]) -> str:
+    if settings.get("calibrate_on", "bought") == "bought":
+        return ""
+    return "; the LSM's correction is calibrated on the random seed set (cross-fitted)"
 
 
 def _limit_note(settings: Mapping[str, Any]) -> str:
@@ -375,6 +391,7 @@ def run_seed(
             cleaning_epoch_images=n_train if settings.cleaning_steps == "matched" else 0,
             weigh=settings.image_score != "raw",
             purchase=settings.purchase,
+            calibrate_on=settings.calibrate_on,
         )
         # The same generator seed for every strategy: they all start from the same random seed set.
         loops[strategy] = run_loop(
@@ -633,6 +650,7 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         f"`{meta['settings'].get('cleaning_steps', 'epochs')}` steps; image score: "
         f"`{meta['settings'].get('image_score', 'raw')}`; the LSM buys by: "
         f"`{meta['settings'].get('purchase', 'discrepancy')}`"
+        f"{_calibrate_on_note(meta['settings'])}"
         f"{replicates}",
         "",
         f"**Headline: the full method reaches {_fmt(full['pct_of_full'])} % of full-expert AP50 at "
@@ -1148,6 +1166,14 @@ def main(argv: list[str] | None = None) -> int:
         "(residual), or by those errors per expected instance decision of re-annotating them (density)",
     )
     parser.add_argument(
+        "--calibrate-on",
+        choices=CALIBRATION_SAMPLES,
+        default=BenchSettings.calibrate_on,
+        help="the labelled findings the correction's calibration is fitted on: every image bought after the "
+        "seed set (bought, the default) or a random sample (random: the random strategy's picks; for the LSM "
+        "the seed set scored by two cross-fitted cleaning models)",
+    )
+    parser.add_argument(
         "--min-rate-examples",
         type=int,
         default=BenchSettings.min_rate_examples,
@@ -1201,6 +1227,7 @@ def main(argv: list[str] | None = None) -> int:
             min_rate_examples=args.min_rate_examples,
             image_score=args.image_score,
             purchase=args.purchase,
+            calibrate_on=args.calibrate_on,
             replicates=args.replicates,
             compared_replicates=args.compared_replicates,
             fiftyone=args.fiftyone,

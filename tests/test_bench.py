@@ -216,6 +216,7 @@ def test_parse_noise_overrides_and_validation():
         (["--replicates", "0"], "replicates"),
         (["--replicates", "2", "--compared-replicates", "1"], "compared_replicates"),
         (["--purchase", "cheapest"], "invalid choice"),
+        (["--calibrate-on", "everything"], "invalid choice"),
         (["--jobs", "0"], "--jobs"),
         (["--data", "/nonexistent-dir"], "no folder"),
         (["--data", ".", "--noise", "missed_rate=0.1"], "simulated data only"),
