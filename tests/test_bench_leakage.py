@@ -43,10 +43,17 @@ def _poison(records, ids: set[str]) -> list:
 
 
 def _run(
-    records, tmp_path, strategy: Strategy, purchase: str = "discrepancy"
+    records, tmp_path, strategy: Strategy, purchase: str = "discrepancy", calibrate_on: str = "bought"
 ) -> tuple[FakeWorkbench, LoopResult]:
     bench = FakeWorkbench(records, tmp_path, TRAIN_SPECS["tiny"], seed=3)
-    cfg = LoopConfig(strategy=strategy, budget=0.5, seed_fraction=0.1, rounds=3, purchase=purchase)
+    cfg = LoopConfig(
+        strategy=strategy,
+        budget=0.5,
+        seed_fraction=0.1,
+        rounds=3,
+        purchase=purchase,
+        calibrate_on=calibrate_on,
+    )
     loop = run_loop(bench, cfg, np.random.default_rng(3), lsm=LSM, name="loop")
     return bench, loop
 
@@ -69,19 +76,22 @@ def _same_findings(a: LoopResult, b: LoopResult) -> None:
 
 
 @pytest.mark.parametrize(
-    ("strategy", "purchase"),
+    ("strategy", "purchase", "calibrate_on"),
     [
-        (Strategy.DISCREPANCY, "discrepancy"),
-        (Strategy.DISCREPANCY, "residual"),
-        (Strategy.DISCREPANCY, "density"),
-        (Strategy.RANDOM, "discrepancy"),
+        (Strategy.DISCREPANCY, "discrepancy", "bought"),
+        (Strategy.DISCREPANCY, "residual", "bought"),
+        (Strategy.DISCREPANCY, "density", "bought"),
+        (Strategy.DISCREPANCY, "discrepancy", "random"),
+        (Strategy.RANDOM, "discrepancy", "bought"),
     ],
 )
-def test_never_bought_expert_boxes_change_nothing_but_the_reviews(records, tmp_path, strategy, purchase):
-    clean_bench, clean = _run(records, tmp_path / "a", strategy, purchase)
+def test_never_bought_expert_boxes_change_nothing_but_the_reviews(
+    records, tmp_path, strategy, purchase, calibrate_on
+):
+    clean_bench, clean = _run(records, tmp_path / "a", strategy, purchase, calibrate_on)
     rest = set(clean.remaining_ids)
     assert rest
-    bench, poisoned = _run(_poison(records, rest), tmp_path / "b", strategy, purchase)
+    bench, poisoned = _run(_poison(records, rest), tmp_path / "b", strategy, purchase, calibrate_on)
 
     assert poisoned.expert_ids == clean.expert_ids  # selection
     assert len(bench.calls) == len(clean_bench.calls)
