@@ -28,11 +28,11 @@ from selection.calibration import (
     CalibrationConfig,
     LabelledFindings,
     error_probability,
-    expected_decisions,
     fit_calibration,
     fix_findings,
     label_findings,
     regrade,
+    residual_density,
     residual_errors,
     weigh,
 )
@@ -84,8 +84,8 @@ class LoopConfig:
             images ranked first by the discrepancy, weighted when ``weigh``) or ``residual`` (the images with
             the most expected errors the calibrated correction would leave,
             ``selection.calibration.residual_errors``) or ``density`` (those errors per expected instance
-            decision of re-annotating the image, ``selection.calibration.expected_decisions``, plus one: the
-            decisions the purchase leaves for reviews count too).
+            decision of re-annotating the image, ``selection.calibration.residual_density``: the decisions
+            the purchase leaves for reviews count too).
     """
 
     strategy: Strategy
@@ -203,8 +203,7 @@ def run_loop(
         log.info("%s round %d: %d expert images, cleaning AP50 %.3f", name, round_no, len(expert), model.ap50)
 
     def repeats() -> dict[str, int] | None:
-        k = epoch_repeats(len(expert), cfg.cleaning_epoch_images)
-        return {i: k for i in expert} if k > 1 else None
+        return _repeats(expert, cfg.cleaning_epoch_images)
 
     model = bench.train(
         f"{name}-r0",
@@ -335,11 +334,9 @@ def _pick(
     if calibration is None:
         discrepancy = np.array([s.discrepancy for s in scores])
     elif purchase in ("residual", "density"):
+        value = residual_density if purchase == "density" else residual_errors
         discrepancy = np.array(
-            [
-                _purchase_value(records[i], preds[i], s, calibration, purchase)
-                for i, s in zip(ids, scores, strict=True)
-            ]
+            [value(records[i].crowd, preds[i], s, calibration) for i, s in zip(ids, scores, strict=True)]
         )
     else:
         discrepancy = np.array([weigh(s, calibration, config=lsm).discrepancy for s in scores])
@@ -356,16 +353,6 @@ def _pick(
         rng=rng,
     )
     return [ids[k] for k in idx], [scores[k] for k in idx]
-
-
-def _purchase_value(
-    record, pred: Detections, score: ImageScore, calibration: Calibration, purchase: str
-) -> float:
-    """What buying one image is worth under ``purchase`` ("residual" or "density")."""
-    left = residual_errors(record.crowd, pred, score, calibration)
-    if purchase == "density":
-        return left / (1.0 + expected_decisions(record.crowd, pred, score, calibration))
-    return left
 
 
 UNANSWERED = ("keep", "likelier")

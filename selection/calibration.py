@@ -919,8 +919,7 @@ def residual_errors(
         0.7
     """
     _, prob, action = _finding_probabilities(crowd, pred, score, calibration, agreement)
-    left = np.where(action == Action.AUTO_FIX.value, 1.0 - prob, prob)
-    return float(left.sum())
+    return _errors_left(prob, action)
 
 
 def expected_decisions(
@@ -945,8 +944,41 @@ def expected_decisions(
         >>> round(expected_decisions(crowd, pred, s, Calibration(rules={"missed": missed})), 2)  # 1 + 0.3
         1.3
     """
-    rows, prob, _ = _finding_probabilities(crowd, pred, score, calibration, agreement)
-    named = score.instances.noise_type.astype(str)[rows]
+    named, prob, _ = _finding_probabilities(crowd, pred, score, calibration, agreement)
+    return _decisions(crowd, named, prob)
+
+
+def residual_density(
+    crowd: Detections,
+    pred: Detections,
+    score: ImageScore,
+    calibration: Calibration,
+    *,
+    agreement: np.ndarray | None = None,
+) -> float:
+    """``residual_errors / (1 + expected_decisions)``, from one pass over the findings: the errors an expert's
+    re-annotation would fix beyond the correction, per decision it costs (the one added keeps an image with
+    nothing to decide finite).
+
+    Example:
+        >>> import numpy as np
+        >>> from selection.lsm import score_image
+        >>> crowd = Detections(np.array([[100, 100, 120, 120]]), np.array([0]))
+        >>> pred = Detections(np.array([[10, 10, 30, 30]]), np.array([0]), score=np.array([0.9]))
+        >>> s = score_image(crowd, pred)
+        >>> missed = TypeRule("missed", False, "thin", n_examples=18, n_errors=4)
+        >>> round(residual_density(crowd, pred, s, Calibration(rules={"missed": missed})), 3)  # 0.7 / 2.3
+        0.304
+    """
+    named, prob, action = _finding_probabilities(crowd, pred, score, calibration, agreement)
+    return _errors_left(prob, action) / (1.0 + _decisions(crowd, named, prob))
+
+
+def _errors_left(prob: np.ndarray, action: np.ndarray) -> float:
+    return float(np.where(action == Action.AUTO_FIX.value, 1.0 - prob, prob).sum())
+
+
+def _decisions(crowd: Detections, named: np.ndarray, prob: np.ndarray) -> float:
     return float(len(crowd) + prob[named == NoiseType.MISSED.value].sum())
 
 
@@ -957,13 +989,13 @@ def _finding_probabilities(
     calibration: Calibration,
     agreement: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The primary non-clean findings' rows, their error probabilities (calibrated where a rule gives one,
+    """The primary non-clean findings' types, their error probabilities (calibrated where a rule gives one,
     else ``Calibration.severity_weight``) and their calibrated actions."""
     f = score.instances
     named = f.noise_type.astype(str)
     rows = np.flatnonzero((f.parent < 0) & (named != NoiseType.CLEAN.value))
     if rows.size == 0:
-        return rows, np.zeros(0), np.zeros(0, dtype=str)
+        return np.zeros(0, dtype=str), np.zeros(0), np.zeros(0, dtype=str)
     calibrated = error_probability(crowd, pred, score, calibration, agreement=agreement)
     action = _regrade_with(score, calibration, calibrated).instances.action.astype(str)[rows]
     prob = calibrated[rows]
@@ -971,7 +1003,7 @@ def _finding_probabilities(
         sel = (named[rows] == t) & np.isnan(prob)
         if sel.any():
             prob[sel] = calibration.severity_weight(t, f.severity[rows][sel])
-    return rows, prob, action
+    return named[rows], prob, action
 
 
 def _with_grades(score: ImageScore, grade: np.ndarray, action: np.ndarray) -> ImageScore:
