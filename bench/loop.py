@@ -41,8 +41,9 @@ from selection.detections import Detections
 
 log = logging.getLogger(__name__)
 
-PURCHASES = ("discrepancy", "residual", "density")
-"""What the ``discrepancy`` strategy buys by once a calibration is fitted (``LoopConfig.purchase``)."""
+PURCHASES = ("discrepancy", "residual", "density", "oracle")
+"""What the ``discrepancy`` strategy buys by once a calibration is fitted (``LoopConfig.purchase``);
+``oracle`` is a diagnostic that reads the truth (``true_errors``), from the first round on."""
 CALIBRATION_SAMPLES = ("bought", "random")
 """The findings the calibration handed on to the correction is fitted on (``LoopConfig.calibrate_on``)."""
 
@@ -53,6 +54,15 @@ ERROR_TYPES = ("background", "localization", "box_in_box")
 def is_noisy(record) -> bool:
     """True when the image has at least one crowd label error (a wrong box or a missed deposit)."""
     return bool(len(record.missed)) or bool(np.isin(record.crowd_noise, ERROR_TYPES).any())
+
+
+def true_errors(record) -> int:
+    """The crowd label errors of one image, read from the simulator's truth: wrong boxes plus missed deposits.
+
+    Only the ``oracle`` purchase reads it before an image is bought: an upper bound on what ranking the
+    images by their label noise can buy, never a method.
+    """
+    return len(record.missed) + int(np.isin(record.crowd_noise, ERROR_TYPES).sum())
 
 
 def boxes_touched(crowd: Detections, expert: Detections) -> int:
@@ -85,7 +95,9 @@ class LoopConfig:
             the most expected errors the calibrated correction would leave,
             ``selection.calibration.residual_errors``) or ``density`` (those errors per expected instance
             decision of re-annotating the image, ``selection.calibration.residual_density``: the decisions
-            the purchase leaves for reviews count too).
+            the purchase leaves for reviews count too), or ``oracle``, a diagnostic that reads the truth:
+            from the first round on, the images with the most true label errors (``true_errors``; ties by the
+            discrepancy). It bounds what ranking by label noise can buy; its loop is not leak-free.
     """
 
     strategy: Strategy
@@ -327,11 +339,16 @@ def _pick(
     """The images to buy next, and the LSM's findings on them (with the LSM's own discrepancy: the
     calibration examples read the findings only). ``calibration``: rank by the weighted discrepancy, or with
     ``purchase="residual"`` by the expected errors the calibrated correction would leave (``"density"``: per
-    expected decision)."""
+    expected decision; ``"oracle"``: by the true label errors, whatever the calibration)."""
     records = bench.records
     crowds = [records[i].crowd for i in ids]
     scores = score_images(crowds, [preds[i] for i in ids], config=lsm)
-    if calibration is None:
+    if purchase == "oracle":
+        plain = np.array([s.discrepancy for s in scores])
+        # Ties (many images hold as many errors) go to the larger discrepancy: the added term is below 1.
+        errors = np.array([true_errors(records[i]) for i in ids], dtype=float)
+        discrepancy = errors + plain / (1.0 + plain.max(initial=0.0))
+    elif calibration is None:
         discrepancy = np.array([s.discrepancy for s in scores])
     elif purchase in ("residual", "density"):
         value = residual_density if purchase == "density" else residual_errors

@@ -132,7 +132,9 @@ class BenchSettings:
             all its findings) or ``raw``.
         purchase: what the LSM loop buys once a calibration is fitted (``bench.loop.LoopConfig.purchase``):
             ``discrepancy`` (the images first by the image score), ``residual`` (the most expected errors
-            the calibrated correction would leave) or ``density`` (those errors per expected decision).
+            the calibrated correction would leave), ``density`` (those errors per expected decision) or
+            ``oracle`` (a diagnostic: the most true label errors, read from the simulator's truth, from the
+            first round on; the LSM-side arms then know what no method can).
         calibrate_on: the labelled findings the correction's calibration is fitted on
             (``bench.loop.LoopConfig.calibrate_on``): ``bought`` (every image bought after the seed set) or
             ``random`` (a random sample: the random strategy's picks; the seed set, cross-fitted, for the
@@ -228,6 +230,12 @@ class BenchSettings:
             min_rate_examples=self.min_rate_examples,
             weight_by_severity=self.image_score != "type",
         )
+
+
+def _purchase_note(settings: Mapping[str, Any]) -> str:
+    if settings.get("purchase") == "oracle":
+        return " (a diagnostic that reads the truth: the LSM-side arms are not a method)"
+    return ""
 
 
 def _calibrate_on_note(settings: Mapping[str, Any]) -> str:
@@ -649,7 +657,7 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         f"{_limit_note(meta['settings'])}; cleaning models: "
         f"`{meta['settings'].get('cleaning_steps', 'epochs')}` steps; image score: "
         f"`{meta['settings'].get('image_score', 'raw')}`; the LSM buys by: "
-        f"`{meta['settings'].get('purchase', 'discrepancy')}`"
+        f"`{meta['settings'].get('purchase', 'discrepancy')}`{_purchase_note(meta['settings'])}"
         f"{_calibrate_on_note(meta['settings'])}"
         f"{replicates}",
         "",
@@ -1163,7 +1171,9 @@ def main(argv: list[str] | None = None) -> int:
         default=BenchSettings.purchase,
         help="what the LSM loop buys once grades are calibrated: the images first by the image score "
         "(discrepancy, the default), by the expected errors the calibrated correction would leave on them "
-        "(residual), or by those errors per expected instance decision of re-annotating them (density)",
+        "(residual), or by those errors per expected instance decision of re-annotating them (density); "
+        "oracle, a diagnostic, buys the images with the most true label errors from the first round on "
+        "(it reads the truth)",
     )
     parser.add_argument(
         "--calibrate-on",

@@ -1,6 +1,6 @@
 """The LSM loop ranks by the type-weighted discrepancy once the bought images have calibrated the types (or,
 with ``purchase="residual"``, by the errors the calibrated correction would leave, or with ``"density"`` by
-those errors per expected decision)."""
+those errors per expected decision; the ``"oracle"`` diagnostic by the true label errors)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from bench_fakes import FakeWorkbench
 
 import synth
-from bench.loop import LoopConfig, _pick, run_loop
+from bench.loop import LoopConfig, _pick, run_loop, true_errors
 from bench.workbench import TRAIN_SPECS
 from selection import LSMConfig, Strategy
 from selection.calibration import Calibration, TypeRule, expected_decisions, residual_errors
@@ -97,6 +97,27 @@ def test_density_buys_the_errors_a_decision_fixes_most_of(records, tmp_path):
 
     assert pick("residual") == [m_id]  # the most errors left
     assert pick("density") == [c_id]  # the most left per decision: 0.93 / 2.07 against 1.86 / (1 + M's)
+
+
+def test_the_oracle_buys_the_most_true_errors_calibrated_or_not(records, tmp_path):
+    bench, m_id, b_id, preds = _scenario(records, tmp_path)
+    # The truth: B's crowd holds three wrong boxes, M's none (its two "missed" findings stay findings only).
+    b = bench.records[b_id]
+    noise = np.array(["background"] * 3 + ["clean"] * (len(b.crowd) - 3))[: len(b.crowd)]
+    bench.records[b_id] = dataclasses.replace(b, crowd_noise=noise)
+    m = bench.records[m_id]
+    bench.records[m_id] = dataclasses.replace(
+        m, crowd_noise=np.array(["clean"] * len(m.crowd)), missed=np.zeros(0, np.int64)
+    )
+    assert true_errors(bench.records[m_id]) == 0 and true_errors(bench.records[b_id]) == min(3, len(b.crowd))
+    ids = [m_id, b_id]
+    assert _pick(bench, Strategy.DISCREPANCY, ids, preds, 1, np.random.default_rng(0), LSM)[0] == [m_id]
+    picked, scores = _pick(
+        bench, Strategy.DISCREPANCY, ids, preds, 1, np.random.default_rng(0), LSM, None, purchase="oracle"
+    )
+    assert picked == [b_id]
+    # The findings handed on to the calibration are still the LSM's own.
+    assert scores[0].discrepancy == pytest.approx(score_image(b.crowd, preds[b_id], config=LSM).discrepancy)
 
 
 def test_the_first_round_is_unweighted_and_the_switch_turns_weighting_off(records, tmp_path):
