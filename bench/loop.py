@@ -53,7 +53,7 @@ ERROR_TYPES = ("background", "localization", "box_in_box")
 
 def is_noisy(record) -> bool:
     """True when the image has at least one crowd label error (a wrong box or a missed deposit)."""
-    return bool(len(record.missed)) or bool(np.isin(record.crowd_noise, ERROR_TYPES).any())
+    return true_errors(record) > 0
 
 
 def true_errors(record) -> int:
