@@ -31,6 +31,7 @@ from selection.calibration import (
     fit_calibration,
     fix_findings,
     label_findings,
+    missed_boosted,
     regrade,
     residual_density,
     residual_errors,
@@ -41,7 +42,7 @@ from selection.detections import Detections
 
 log = logging.getLogger(__name__)
 
-PURCHASES = ("discrepancy", "residual", "density", "oracle")
+PURCHASES = ("discrepancy", "missed", "residual", "density", "oracle")
 """What the ``discrepancy`` strategy buys by once a calibration is fitted (``LoopConfig.purchase``);
 ``oracle`` is a diagnostic that reads the truth (``true_errors``), from the first round on."""
 CALIBRATION_SAMPLES = ("bought", "random")
@@ -91,7 +92,9 @@ class LoopConfig:
             weighted by each type's share of true errors on the images bought so far
             (``selection.calibration.weigh``), as the backend ranks a calibrated project's tasks.
         purchase: what the ``discrepancy`` strategy buys once a calibration is fitted: ``discrepancy`` (the
-            images ranked first by the discrepancy, weighted when ``weigh``) or ``residual`` (the images with
+            images ranked first by the discrepancy, weighted when ``weigh``) or ``missed`` (the weighted
+            severities summed plus the expected missed objects, ``selection.calibration.missed_boosted``:
+            the errors only a re-annotation fixes count twice) or ``residual`` (the images with
             the most expected errors the calibrated correction would leave,
             ``selection.calibration.residual_errors``) or ``density`` (those errors per expected instance
             decision of re-annotating the image, ``selection.calibration.residual_density``: the decisions
@@ -338,8 +341,9 @@ def _pick(
 ) -> tuple[list[str], list[ImageScore]]:
     """The images to buy next, and the LSM's findings on them (with the LSM's own discrepancy: the
     calibration examples read the findings only). ``calibration``: rank by the weighted discrepancy, or with
-    ``purchase="residual"`` by the expected errors the calibrated correction would leave (``"density"``: per
-    expected decision; ``"oracle"``: by the true label errors, whatever the calibration)."""
+    ``purchase="missed"`` by the weighted severities plus the expected missed objects, ``"residual"`` by the
+    expected errors the calibrated correction would leave (``"density"``: per expected decision;
+    ``"oracle"``: by the true label errors, whatever the calibration)."""
     records = bench.records
     crowds = [records[i].crowd for i in ids]
     scores = score_images(crowds, [preds[i] for i in ids], config=lsm)
@@ -350,8 +354,8 @@ def _pick(
         discrepancy = errors + plain / (1.0 + plain.max(initial=0.0))
     elif calibration is None:
         discrepancy = np.array([s.discrepancy for s in scores])
-    elif purchase in ("residual", "density"):
-        value = residual_density if purchase == "density" else residual_errors
+    elif purchase in ("missed", "residual", "density"):
+        value = {"missed": missed_boosted, "residual": residual_errors, "density": residual_density}[purchase]
         discrepancy = np.array(
             [value(records[i].crowd, preds[i], s, calibration) for i, s in zip(ids, scores, strict=True)]
         )

@@ -131,10 +131,11 @@ class BenchSettings:
             ``selection.calibration.weigh``), ``type`` (one weight per type: its share of true errors among
             all its findings) or ``raw``.
         purchase: what the LSM loop buys once a calibration is fitted (``bench.loop.LoopConfig.purchase``):
-            ``discrepancy`` (the images first by the image score), ``residual`` (the most expected errors
-            the calibrated correction would leave), ``density`` (those errors per expected decision) or
-            ``oracle`` (a diagnostic: the most true label errors, read from the simulator's truth, from the
-            first round on; the LSM-side arms then know what no method can).
+            ``discrepancy`` (the images first by the image score), ``missed`` (the weighted severities
+            plus the expected missed objects, which the correction cannot fix), ``residual`` (the most
+            expected errors the calibrated correction would leave), ``density`` (those errors per expected
+            decision) or ``oracle`` (a diagnostic: the most true label errors, read from the simulator's
+            truth, from the first round on; the LSM-side arms then know what no method can).
         calibrate_on: the labelled findings the correction's calibration is fitted on
             (``bench.loop.LoopConfig.calibrate_on``): ``bought`` (every image bought after the seed set) or
             ``random`` (a random sample: the random strategy's picks; the seed set, cross-fitted, for the
@@ -1170,7 +1171,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=PURCHASES,
         default=BenchSettings.purchase,
         help="what the LSM loop buys once grades are calibrated: the images first by the image score "
-        "(discrepancy, the default), by the expected errors the calibrated correction would leave on them "
+        "(discrepancy, the default), by it plus the expected missed objects, which only a re-annotation "
+        "fixes (missed), by the expected errors the calibrated correction would leave on them "
         "(residual), or by those errors per expected instance decision of re-annotating them (density); "
         "oracle, a diagnostic, buys the images with the most true label errors from the first round on "
         "(it reads the truth)",

@@ -783,6 +783,17 @@ def weigh(score: ImageScore, calibration: Calibration, *, config: LSMConfig | No
         [0.43, 0.75, 1.0]
     """
     cfg = config or LSMConfig()
+    value = aggregate(
+        _weighted_severities(score, calibration),
+        cfg.aggregation,
+        temperature=cfg.temperature,
+        sum_scale=cfg.sum_scale,
+    )
+    return replace(score, discrepancy=value)
+
+
+def _weighted_severities(score: ImageScore, calibration: Calibration) -> np.ndarray:
+    """Each primary finding's severity times ``calibration.severity_weight`` of its type at that severity."""
     f = score.instances
     primary = f.parent < 0
     named = f.noise_type[primary].astype(str)
@@ -791,10 +802,7 @@ def weigh(score: ImageScore, calibration: Calibration, *, config: LSMConfig | No
     for t in set(named.tolist()):
         sel = named == t
         weights[sel] = calibration.severity_weight(t, severity[sel])
-    value = aggregate(
-        severity * weights, cfg.aggregation, temperature=cfg.temperature, sum_scale=cfg.sum_scale
-    )
-    return replace(score, discrepancy=value)
+    return severity * weights
 
 
 def fix_findings(score: ImageScore, rows: np.ndarray) -> ImageScore:
@@ -920,6 +928,39 @@ def residual_errors(
     """
     _, prob, action = _finding_probabilities(crowd, pred, score, calibration, agreement)
     return _errors_left(prob, action)
+
+
+def missed_boosted(
+    crowd: Detections,
+    pred: Detections,
+    score: ImageScore,
+    calibration: Calibration,
+    *,
+    agreement: np.ndarray | None = None,
+) -> float:
+    """The weighted severities summed (what ``weigh`` aggregates into the discrepancy) plus the expected
+    missed objects (each ``missed`` finding's error probability, as in ``residual_errors``).
+
+    The weighted discrepancy counts an image's likely errors of every type, so it prefers busy images, where
+    re-annotating buys many errors at once. But the correction fixes the crowd's wrong boxes well and missed
+    objects poorly: a missed deposit the experts do not draw stays missed in the cleaned labels. Counting each
+    likely missed object a second time ranks the images whose errors only a re-annotation fixes higher while
+    keeping the preference for busy images (``residual_errors`` alone drops it and buys emptier images).
+
+    Example:
+        >>> import numpy as np
+        >>> from selection.lsm import score_image
+        >>> crowd = Detections(np.array([[100, 100, 120, 120]]), np.array([0]))
+        >>> pred = Detections(np.array([[10, 10, 30, 30]]), np.array([0]), score=np.array([0.9]))
+        >>> s = score_image(crowd, pred)  # a background crowd box (severity 1.0), a missed deposit (0.9)
+        >>> missed = TypeRule("missed", False, "thin", n_examples=18, n_errors=4)
+        >>> cal = Calibration(rules={"missed": missed})  # the missed finding weighs 0.3, background 1.0
+        >>> round(missed_boosted(crowd, pred, s, cal), 2)  # 1.0 * 1.0 + 0.9 * 0.3, plus 0.3
+        1.57
+    """
+    named, prob, _ = _finding_probabilities(crowd, pred, score, calibration, agreement)
+    missed = float(prob[named == NoiseType.MISSED.value].sum())
+    return float(_weighted_severities(score, calibration).sum()) + missed
 
 
 def expected_decisions(

@@ -79,6 +79,7 @@ def _same_findings(a: LoopResult, b: LoopResult) -> None:
     ("strategy", "purchase", "calibrate_on"),
     [
         (Strategy.DISCREPANCY, "discrepancy", "bought"),
+        (Strategy.DISCREPANCY, "missed", "bought"),
         (Strategy.DISCREPANCY, "residual", "bought"),
         (Strategy.DISCREPANCY, "density", "bought"),
         (Strategy.DISCREPANCY, "discrepancy", "random"),

@@ -1,6 +1,7 @@
 """The LSM loop ranks by the type-weighted discrepancy once the bought images have calibrated the types (or,
-with ``purchase="residual"``, by the errors the calibrated correction would leave, or with ``"density"`` by
-those errors per expected decision; the ``"oracle"`` diagnostic by the true label errors)."""
+with ``purchase="missed"``, by it plus the expected missed objects, with ``"residual"`` by the errors the
+calibrated correction would leave, or with ``"density"`` by those errors per expected decision; the
+``"oracle"`` diagnostic by the true label errors)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,29 @@ def test_pick_follows_the_weighted_discrepancy(records, tmp_path):
     )
     assert residual == [m_id]
     assert rscores[0].discrepancy == pytest.approx(raw_scores[0].discrepancy)
+
+
+def test_missed_buys_the_image_whose_missed_objects_only_a_reannotation_fixes(records, tmp_path):
+    """The experts confirmed 8 of 40 missed findings and half of the boxes on background. Weighted, B's one
+    likely error outranks M's two unlikelier ones; counting M's expected missed deposits again (the
+    correction cannot draw them) buys M."""
+    bench, m_id, b_id, preds = _scenario(records, tmp_path)
+    cal = Calibration(
+        rules={
+            "missed": TypeRule("missed", False, "thin", n_examples=40, n_errors=8),
+            "background": TypeRule("background", False, "thin", n_examples=40, n_errors=20),
+        }
+    )
+
+    def pick(purchase):
+        rng = np.random.default_rng(0)
+        return _pick(bench, Strategy.DISCREPANCY, [m_id, b_id], preds, 1, rng, LSM, cal, purchase=purchase)
+
+    assert pick("discrepancy")[0] == [b_id]
+    picked, scores = pick("missed")
+    assert picked == [m_id]
+    m = bench.records[m_id]
+    assert scores[0].discrepancy == pytest.approx(score_image(m.crowd, preds[m_id], config=LSM).discrepancy)
 
 
 def test_density_buys_the_errors_a_decision_fixes_most_of(records, tmp_path):

@@ -22,6 +22,7 @@ from selection.calibration import (
     fitted_label,
     instance_features,
     label_findings,
+    missed_boosted,
     precision_recall_curve,
     regrade,
     residual_errors,
@@ -491,6 +492,34 @@ def test_residual_errors_counts_what_the_calibrated_correction_would_leave(verdi
     assert others.sum() == 2  # the badly placed box and the unboxed deposit
     unfixed = int(np.sum(others & (f.action != Action.AUTO_FIX.value)))  # weight 1: an error if left alone
     assert residual_errors(crowd, pred, score, cal) == pytest.approx(left + unfixed)
+
+
+def test_missed_boosted_counts_a_likely_missed_object_again_and_keeps_busy_images_first():
+    """Experts confirmed half of the missed findings and half of the boxes on background, so both types
+    weigh (20 + 2) / (40 + 2). A holds two missed findings, B one box on background, C three; D one missed
+    finding. Weighted, the busy C ranks first; the boost counts each missed finding's error probability
+    again (the correction cannot draw a deposit), which lifts A above C but not D above C."""
+    (ca, pa), (cb, pb) = _two_images()
+    cc = make_detections([[10, 10, 30, 30], [50, 50, 70, 70], [100, 100, 120, 120]])
+    cd, pd = make_detections(np.zeros((0, 4))), make_detections([[10, 10, 30, 30]], scores=[0.8])
+    none = make_detections(np.zeros((0, 4)), scores=np.zeros(0))
+    images = {"A": (ca, pa), "B": (cb, pb), "C": (cc, none), "D": (cd, pd)}
+    scores = {k: score_image(c, p) for k, (c, p) in images.items()}
+    assert scores["C"].instances.noise_type.tolist() == ["background"] * 3
+    cal = Calibration(
+        rules={"missed": _counts_rule("missed", 40, 20), "background": _counts_rule("background", 40, 20)}
+    )
+    w = 22 / 42
+    boosted = {k: missed_boosted(*images[k], scores[k], cal) for k in images}
+    weighted = {k: weigh(scores[k], cal).discrepancy for k in images}
+    for k, s in scores.items():
+        f = s.instances
+        missed = int(np.sum(f.noise_type == "missed"))
+        assert boosted[k] == pytest.approx(w * float(f.severity[f.parent < 0].sum()) + w * missed)
+    assert sorted(weighted, key=weighted.get, reverse=True)[0] == "C"
+    assert boosted["A"] > boosted["C"] > boosted["D"] > boosted["B"]
+    # Nothing found, nothing to buy.
+    assert missed_boosted(cd, none, score_image(cd, none), cal) == 0.0
 
 
 def test_residual_errors_ranks_the_image_the_correction_cannot_clean_first():
