@@ -69,7 +69,7 @@ from backend.protocol import task_image_url
 from backend.roles import CrowdPolicy, expert_annotation
 from backend.settings import ExpertPolicy, Settings, SettingsError, lsm_as_dict, settings_with_overrides
 from formats.labelstudio import regions_to_detections
-from selection.calibration import Calibration, regrade, weigh
+from selection.calibration import Calibration, calibrated_verdict
 from selection.correction import CorrectionPlan, Edit, correct_labels, plan_corrections
 from selection.detections import Detections
 from selection.lsm import LSMConfig, score_image
@@ -184,8 +184,7 @@ def decide(
         raise ValueError("pred: predictions are needed for an image without an expert annotation")
     score = score_image(crowd, pred, config=config)
     if calibration is not None:
-        score = regrade(crowd, pred, score, calibration, agreement=agreement)
-        score = weigh(score, calibration, config=config)
+        score = calibrated_verdict(crowd, pred, score, calibration, agreement=agreement, config=config)
     plan = plan_corrections(crowd, pred, score, config=config)
     correction = correct_labels(crowd, pred, score, config=config)
     changed = any(correction.counts[k] for k in _APPLIED)

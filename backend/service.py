@@ -437,15 +437,16 @@ class ModelService:
         schema: LabelSchema,
         version: str,
     ) -> ScoredTask:
-        from selection.calibration import regrade, weigh
+        from selection.calibration import calibrated_verdict
         from selection.lsm import score_image
 
         crowd = labels.detections
         score = score_image(crowd, pred, config=self.settings.lsm)
         calibration = self.calibration(version)
         if calibration is not None:  # grades and type weights fitted on the project's expert tasks
-            score = regrade(crowd, pred, score, calibration, agreement=labels.agreement)
-            score = weigh(score, calibration, config=self.settings.lsm)
+            score = calibrated_verdict(
+                crowd, pred, score, calibration, agreement=labels.agreement, config=self.settings.lsm
+            )
         proposals = proposals_from_score(
             crowd,
             pred,

@@ -24,27 +24,27 @@ from selection import (
     select,
 )
 from selection.calibration import (
+    DEFAULT_PRIORITY,
+    PRIORITIES,
     Calibration,
     CalibrationConfig,
     LabelledFindings,
     error_probability,
     fit_calibration,
     fix_findings,
+    image_priority,
     label_findings,
-    missed_boosted,
     regrade,
-    residual_density,
-    residual_errors,
-    weigh,
 )
 from selection.correction import Correction
 from selection.detections import Detections
 
 log = logging.getLogger(__name__)
 
-PURCHASES = ("discrepancy", "missed", "residual", "density", "oracle")
-"""What the ``discrepancy`` strategy buys by once a calibration is fitted (``LoopConfig.purchase``);
-``oracle`` is a diagnostic that reads the truth (``true_errors``), from the first round on."""
+PURCHASES = (*PRIORITIES, "oracle")
+"""What the ``discrepancy`` strategy buys by once a calibration is fitted (``LoopConfig.purchase``): a rule of
+``selection.calibration.image_priority``, the backend's as well, or ``oracle``, a diagnostic that reads the
+truth (``true_errors``), from the first round on."""
 CALIBRATION_SAMPLES = ("bought", "random")
 """The findings the calibration handed on to the correction is fitted on (``LoopConfig.calibrate_on``)."""
 
@@ -91,10 +91,11 @@ class LoopConfig:
         weigh: once a calibration is fitted (from the second selection round on), rank by the discrepancy
             weighted by each type's share of true errors on the images bought so far
             (``selection.calibration.weigh``), as the backend ranks a calibrated project's tasks.
-        purchase: what the ``discrepancy`` strategy buys once a calibration is fitted: ``discrepancy`` (the
-            images ranked first by the discrepancy, weighted when ``weigh``) or ``missed`` (the weighted
-            severities summed plus the expected missed objects, ``selection.calibration.missed_boosted``:
-            the errors only a re-annotation fixes count twice) or ``residual`` (the images with
+        purchase: what the ``discrepancy`` strategy buys once a calibration is fitted, a rule of
+            ``selection.calibration.image_priority`` (the backend orders tasks by the default one):
+            ``discrepancy`` (the images ranked first by the discrepancy, weighted when ``weigh``) or
+            ``missed`` (the weighted severities plus the expected missed objects, aggregated: the errors
+            only a re-annotation fixes count twice) or ``residual`` (the images with
             the most expected errors the calibrated correction would leave,
             ``selection.calibration.residual_errors``) or ``density`` (those errors per expected instance
             decision of re-annotating the image, ``selection.calibration.residual_density``: the decisions
@@ -109,7 +110,7 @@ class LoopConfig:
     rounds: int = 3
     cleaning_epoch_images: int = 0
     weigh: bool = True
-    purchase: str = "discrepancy"
+    purchase: str = DEFAULT_PRIORITY
     calibrate_on: str = "bought"
 
     def __post_init__(self) -> None:
@@ -337,7 +338,7 @@ def _pick(
     lsm: LSMConfig,
     calibration: Calibration | None = None,
     *,
-    purchase: str = "discrepancy",
+    purchase: str = DEFAULT_PRIORITY,
 ) -> tuple[list[str], list[ImageScore]]:
     """The images to buy next, and the LSM's findings on them (with the LSM's own discrepancy: the
     calibration examples read the findings only). ``calibration``: rank by the weighted discrepancy, or with
@@ -354,13 +355,13 @@ def _pick(
         discrepancy = errors + plain / (1.0 + plain.max(initial=0.0))
     elif calibration is None:
         discrepancy = np.array([s.discrepancy for s in scores])
-    elif purchase in ("missed", "residual", "density"):
-        value = {"missed": missed_boosted, "residual": residual_errors, "density": residual_density}[purchase]
-        discrepancy = np.array(
-            [value(records[i].crowd, preds[i], s, calibration) for i, s in zip(ids, scores, strict=True)]
-        )
     else:
-        discrepancy = np.array([weigh(s, calibration, config=lsm).discrepancy for s in scores])
+        discrepancy = np.array(
+            [
+                image_priority(records[i].crowd, preds[i], s, calibration, rule=purchase, config=lsm)
+                for i, s in zip(ids, scores, strict=True)
+            ]
+        )
     uncertainty = np.array([model_uncertainty(preds[i]) for i in ids])
     features = np.stack(
         [image_features(records[i].crowd, preds[i], records[i].width, records[i].height) for i in ids]

@@ -58,7 +58,15 @@ from bench.workbench import TRAIN_SPECS, TrainSpec, Workbench
 from metrics.f1 import label_f1
 from model.dataset import epoch_repeats
 from selection import LSMConfig, Strategy
-from selection.calibration import Calibration, CalibrationConfig, error_probability, regrade, weigh
+from selection.calibration import (
+    DEFAULT_PRIORITY,
+    Calibration,
+    CalibrationConfig,
+    error_probability,
+    image_priority,
+    regrade,
+    weigh,
+)
 from selection.detections import Detections
 
 log = logging.getLogger(__name__)
@@ -87,6 +95,8 @@ FINAL_RECIPES = ("scratch", "warm_cleaning", "warm_crowd")
 CONSENSUS_MODELS = ("crossfit", "crowd")
 FINETUNE_STEPS = ("matched", "epochs")
 IMAGE_SCORES = ("weighted", "type", "raw")
+# Purchases whose ``image_priority`` replaces the image score as the method's noisy-image detection score.
+PRIORITY_SCORES = ("missed", "residual", "density")
 CURVE_POINTS = 40
 
 
@@ -130,7 +140,8 @@ class BenchSettings:
             errors among the bought images' findings of its type at least as severe,
             ``selection.calibration.weigh``), ``type`` (one weight per type: its share of true errors among
             all its findings) or ``raw``.
-        purchase: what the LSM loop buys once a calibration is fitted (``bench.loop.LoopConfig.purchase``):
+        purchase: what the LSM loop buys once a calibration is fitted (``bench.loop.LoopConfig.purchase``,
+            a rule of ``selection.calibration.image_priority``, which the backend's task order follows):
             ``discrepancy`` (the images first by the image score), ``missed`` (the weighted severities
             plus the expected missed objects, which the correction cannot fix), ``residual`` (the most
             expected errors the calibrated correction would leave), ``density`` (those errors per expected
@@ -171,7 +182,7 @@ class BenchSettings:
     review_order: str = "likely"
     min_rate_examples: int = CalibrationConfig.min_rate_examples
     image_score: str = "weighted"
-    purchase: str = "discrepancy"
+    purchase: str = DEFAULT_PRIORITY
     calibrate_on: str = "bought"
     replicates: int = 1
     compared_replicates: int | None = None
@@ -483,6 +494,20 @@ def run_seed(
 
     weighted, by_type = weighed(True), weighed(False)
     ours = {"weighted": weighted, "type": by_type, "raw": raw}[settings.image_score]
+    if settings.purchase in PRIORITY_SCORES:  # the loop ranked by another rule: that is the method's score
+        ours = np.array(
+            [
+                image_priority(
+                    records_by_id[i].crowd,
+                    lsm_loop.preds[i],
+                    lsm_loop.scores[i],
+                    calibration,
+                    rule=settings.purchase,
+                    config=lsm,
+                )
+                for i in ids
+            ]
+        )
     crowds = [records_by_id[i].crowd for i in ids]
     preds = [lsm_loop.preds[i] for i in ids]
     peer = cleanlab_scores(crowds, preds)
@@ -710,8 +735,13 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         "type": "LSM discrepancy, weighted by type only",
         "raw": "LSM discrepancy, unweighted",
     }
-    names = {"lsm": f"{variants.get(image_score, 'LSM discrepancy')} (the method's image score)"}
-    names.update({f"lsm_{k}": v for k, v in variants.items() if k != image_score})
+    purchase = meta["settings"].get("purchase", "discrepancy")
+    if purchase in PRIORITY_SCORES:
+        names = {"lsm": f"LSM image priority, rule `{purchase}` (the method's image score)"}
+        names.update({f"lsm_{k}": v for k, v in variants.items()})
+    else:
+        names = {"lsm": f"{variants.get(image_score, 'LSM discrepancy')} (the method's image score)"}
+        names.update({f"lsm_{k}": v for k, v in variants.items() if k != image_score})
     names["cleanlab"] = "cleanlab ObjectLab (same predictions)"
     names["fiftyone"] = "FiftyOne Brain `compute_mistakenness` (same predictions)"
     names["random"] = "random"
@@ -1170,12 +1200,13 @@ def main(argv: list[str] | None = None) -> int:
         "--purchase",
         choices=PURCHASES,
         default=BenchSettings.purchase,
-        help="what the LSM loop buys once grades are calibrated: the images first by the image score "
-        "(discrepancy, the default), by it plus the expected missed objects, which only a re-annotation "
+        help="what the LSM loop buys once grades are calibrated (selection.calibration.image_priority, the "
+        "rule the backend orders tasks by): the images first by the image score "
+        "(discrepancy), by it plus the expected missed objects, which only a re-annotation "
         "fixes (missed), by the expected errors the calibrated correction would leave on them "
         "(residual), or by those errors per expected instance decision of re-annotating them (density); "
         "oracle, a diagnostic, buys the images with the most true label errors from the first round on "
-        "(it reads the truth)",
+        f"(it reads the truth); default: {BenchSettings.purchase}",
     )
     parser.add_argument(
         "--calibrate-on",

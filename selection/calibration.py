@@ -33,6 +33,9 @@ and applies it to new findings:
    a confident prediction overlaps at IoU 0.3 is displaced; one at IoU 0.7 is usually the model's own
    imprecision). Weighed, the images ranked first are those whose findings are of the kinds, and the
    severities, that experts did confirm.
+5. ``image_priority(crowd, pred, score, calibration, rule=...)``: the one value both the backend's task order
+   and the benchmark's purchases follow: the weighted discrepancy (``discrepancy``) or the weighted severities
+   with each likely missed object counted once more (``missed``), aggregated as the LSM aggregates.
 
 The whole calibration is a JSON-ready dict (``Calibration.to_dict`` / ``from_dict``), so a backend can store
 it with a model version. Truth from expert boxes (``expert_truth``) ignores classes (a crowd box with the
@@ -930,22 +933,50 @@ def residual_errors(
     return _errors_left(prob, action)
 
 
-def missed_boosted(
+PRIORITIES: tuple[str, ...] = ("discrepancy", "missed", "residual", "density")
+"""The rules ``image_priority`` ranks images by once a calibration is fitted."""
+DEFAULT_PRIORITY = "discrepancy"
+"""The rule the backend orders a calibrated project's tasks by and the benchmark's LSM loop buys by."""
+
+
+def image_priority(
     crowd: Detections,
     pred: Detections,
     score: ImageScore,
     calibration: Calibration,
     *,
+    rule: str = DEFAULT_PRIORITY,
     agreement: np.ndarray | None = None,
+    config: LSMConfig | None = None,
 ) -> float:
-    """The weighted severities summed (what ``weigh`` aggregates into the discrepancy) plus the expected
-    missed objects (each ``missed`` finding's error probability, as in ``residual_errors``).
+    """How much an expert's re-annotation of one image is worth, once a calibration is fitted: the one rule
+    the backend orders a project's tasks by (the ``discrepancy`` it writes to the Data Manager) and the
+    benchmark's LSM loop buys by (``bench.loop.LoopConfig.purchase``).
 
-    The weighted discrepancy counts an image's likely errors of every type, so it prefers busy images, where
-    re-annotating buys many errors at once. But the correction fixes the crowd's wrong boxes well and missed
-    objects poorly: a missed deposit the experts do not draw stays missed in the cleaned labels. Counting each
-    likely missed object a second time ranks the images whose errors only a re-annotation fixes higher while
-    keeping the preference for busy images (``residual_errors`` alone drops it and buys emptier images).
+    Rules:
+        ``discrepancy``: ``weigh(score, calibration).discrepancy``, the LSM aggregation of the severities,
+        each weighted by the share of true errors among the labelled findings of its type at least as severe.
+        ``missed``: the same aggregation over those weighted severities and, once more, each ``missed``
+        finding's error probability (as in ``residual_errors``). The weighted discrepancy counts an image's
+        likely errors of every type, so it prefers busy images, where re-annotating buys many errors at once.
+        But the correction fixes the crowd's wrong boxes well and missed objects poorly: a missed deposit the
+        experts do not draw stays missed in the cleaned labels. Counting each likely missed object a second
+        time ranks the images whose errors only a re-annotation fixes higher while keeping the preference for
+        busy images. Under the default ``sum`` aggregation it is ``1 - exp(-(weighted severities + expected
+        missed objects) / sum_scale)``.
+        ``residual`` (``residual_errors``) and ``density`` (``residual_density``): expected errors the
+        correction would leave, and those per expected decision; not in [0, 1], tried and not taken.
+
+    Args:
+        crowd, pred: the image's crowd boxes and predictions; score: the LSM's own verdict on them
+            (``score_image``, not regraded: rules read the LSM's actions).
+        calibration: from ``fit_calibration``.
+        rule: one of ``PRIORITIES``.
+        agreement: optional float (M,) annotator agreement per crowd box.
+        config: the LSM settings ``score`` was computed with (``LSMConfig()`` when None).
+
+    Raises:
+        ValueError: an unknown ``rule``.
 
     Example:
         >>> import numpy as np
@@ -955,12 +986,56 @@ def missed_boosted(
         >>> s = score_image(crowd, pred)  # a background crowd box (severity 1.0), a missed deposit (0.9)
         >>> missed = TypeRule("missed", False, "thin", n_examples=18, n_errors=4)
         >>> cal = Calibration(rules={"missed": missed})  # the missed finding weighs 0.3, background 1.0
-        >>> round(missed_boosted(crowd, pred, s, cal), 2)  # 1.0 * 1.0 + 0.9 * 0.3, plus 0.3
-        1.57
+        >>> round(image_priority(crowd, pred, s, cal, rule="discrepancy"), 3)  # 1 - exp(-(1.0 + 0.27) / 3)
+        0.345
+        >>> round(image_priority(crowd, pred, s, cal, rule="missed"), 3)  # 1 - exp(-(1.0 + 0.27 + 0.3) / 3)
+        0.407
     """
+    if rule == "discrepancy":
+        return float(weigh(score, calibration, config=config).discrepancy)
+    if rule == "residual":
+        return residual_errors(crowd, pred, score, calibration, agreement=agreement)
+    if rule == "density":
+        return residual_density(crowd, pred, score, calibration, agreement=agreement)
+    if rule != "missed":
+        raise ValueError(f"rule: expected one of {list(PRIORITIES)}, got {rule!r}")
+    cfg = config or LSMConfig()
     named, prob, _ = _finding_probabilities(crowd, pred, score, calibration, agreement)
-    missed = float(prob[named == NoiseType.MISSED.value].sum())
-    return float(_weighted_severities(score, calibration).sum()) + missed
+    severities = np.concatenate(
+        [_weighted_severities(score, calibration), prob[named == NoiseType.MISSED.value]]
+    )
+    return aggregate(severities, cfg.aggregation, temperature=cfg.temperature, sum_scale=cfg.sum_scale)
+
+
+def calibrated_verdict(
+    crowd: Detections,
+    pred: Detections,
+    score: ImageScore,
+    calibration: Calibration,
+    *,
+    agreement: np.ndarray | None = None,
+    config: LSMConfig | None = None,
+    rule: str = DEFAULT_PRIORITY,
+) -> ImageScore:
+    """The LSM's verdict on one image as a calibrated project shows it: the grades and actions of the
+    calibrated rules (``regrade``) and, as the image discrepancy, ``image_priority`` by ``rule`` (the
+    backend's ``/predict`` and export; the benchmark's purchases rank by the same value).
+
+    Example:
+        >>> import numpy as np
+        >>> from selection.lsm import score_image
+        >>> crowd = Detections(np.array([[100, 100, 120, 120]]), np.array([0]))
+        >>> pred = Detections(np.array([[10, 10, 30, 30]]), np.array([0]), score=np.array([0.9]))
+        >>> s = score_image(crowd, pred)
+        >>> cal = Calibration(rules={"missed": TypeRule("missed", False, "thin", n_examples=18, n_errors=4)})
+        >>> v = calibrated_verdict(crowd, pred, s, cal)
+        >>> v.discrepancy == image_priority(crowd, pred, s, cal)
+        True
+        >>> v.instances.action.tolist() == regrade(crowd, pred, s, cal).instances.action.tolist()
+        True
+    """
+    priority = image_priority(crowd, pred, score, calibration, rule=rule, agreement=agreement, config=config)
+    return replace(regrade(crowd, pred, score, calibration, agreement=agreement), discrepancy=priority)
 
 
 def expected_decisions(

@@ -312,7 +312,7 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
 
     config = dataclasses.replace(synth.get_preset("tiny"), n_train=60, n_val=4, n_test=4)
     records = synth.generate(config, 3, render=False).images
-    settings = sim.BenchSettings(cost_limit=None)
+    settings = sim.BenchSettings(cost_limit=None, purchase="discrepancy")
     runs = []
     original = sim.Workbench
     sim.Workbench = FakeWorkbench
@@ -401,6 +401,52 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
     assert [np.isfinite(b) for b in before] == [np.isfinite(a) for a in after]
     weights = [summary["grades"][t]["weight"][0] for t in ("background", "localization", "missed")]
     assert all(0.0 < w <= 1.0 for w in weights)
+
+
+def test_a_priority_purchase_scores_the_noisy_images_by_that_priority(tmp_path, monkeypatch):
+    """With ``purchase="missed"`` the LSM ranks by ``image_priority(rule="missed")``, so the noisy-image
+    detection reports that as the method's score and the weighted discrepancy beside it. Negating the
+    priority the benchmark scores with turns its AUROC into 1 - AUROC and leaves the other scorers alone."""
+    import dataclasses
+
+    from bench_fakes import FakeWorkbench
+
+    import bench.simulate as sim
+    import synth
+    from bench.workbench import TRAIN_SPECS
+    from selection import LSMConfig
+
+    config = dataclasses.replace(synth.get_preset("tiny"), n_train=60, n_val=4, n_test=4)
+    records = synth.generate(config, 3, render=False).images
+    settings = sim.BenchSettings(cost_limit=None, purchase="missed")
+    monkeypatch.setattr(sim, "Workbench", FakeWorkbench)
+    rules = []
+
+    def run(work):
+        return sim.run_seed(
+            records, 11, work=work, spec=TRAIN_SPECS["tiny"], lsm=LSMConfig(), settings=settings
+        )
+
+    first = run(tmp_path / "a")
+    plain = first["detection"]
+    real = sim.image_priority
+
+    def negated(*args, **kwargs):
+        rules.append(kwargs["rule"])
+        return -real(*args, **kwargs)
+
+    monkeypatch.setattr(sim, "image_priority", negated)
+    flipped = run(tmp_path / "b")["detection"]
+    assert rules and set(rules) == {"missed"}
+    assert flipped["lsm"]["auroc"] == pytest.approx(1 - plain["lsm"]["auroc"])
+    for k in ("lsm_weighted", "lsm_type", "lsm_raw", "cleanlab"):
+        assert flipped[k] == plain[k]
+    meta = {"dataset": "fake", "seeds": [11], "n_seeds": 1, "budget": 0.25, "command": "x", "seconds": 1.0}
+    meta |= {"device": "cpu", "settings": dataclasses.asdict(settings)}
+    sim.write_markdown(tmp_path / "results.md", sim.summarize([first]), meta)
+    text = (tmp_path / "results.md").read_text()
+    assert "LSM image priority, rule `missed` (the method's image score)" in text
+    assert "| LSM discrepancy, weighted by type and severity |" in text
 
 
 def test_noise_overrides_reach_the_simulated_dataset(tmp_path):

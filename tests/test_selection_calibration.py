@@ -8,21 +8,24 @@ import numpy as np
 import pytest
 from conftest import make_detections
 
-from selection import Action, Grade, correct_labels, score_image
+from selection import Action, Grade, LSMConfig, correct_labels, score_image
 from selection.calibration import (
+    DEFAULT_PRIORITY,
     FEATURES,
+    PRIORITIES,
     Calibration,
     CalibrationConfig,
     LabelledFindings,
     TypeRule,
+    calibrated_verdict,
     error_probability,
     expert_truth,
     finding_targets,
     fit_calibration,
     fitted_label,
+    image_priority,
     instance_features,
     label_findings,
-    missed_boosted,
     precision_recall_curve,
     regrade,
     residual_errors,
@@ -494,11 +497,11 @@ def test_residual_errors_counts_what_the_calibrated_correction_would_leave(verdi
     assert residual_errors(crowd, pred, score, cal) == pytest.approx(left + unfixed)
 
 
-def test_missed_boosted_counts_a_likely_missed_object_again_and_keeps_busy_images_first():
+def test_missed_priority_counts_a_likely_missed_object_again_and_keeps_busy_images_first():
     """Experts confirmed half of the missed findings and half of the boxes on background, so both types
     weigh (20 + 2) / (40 + 2). A holds two missed findings, B one box on background, C three; D one missed
-    finding. Weighted, the busy C ranks first; the boost counts each missed finding's error probability
-    again (the correction cannot draw a deposit), which lifts A above C but not D above C."""
+    finding. Weighted, the busy C ranks first; the ``missed`` rule counts each missed finding's error
+    probability again (the correction cannot draw a deposit), which lifts A above C but not D above C."""
     (ca, pa), (cb, pb) = _two_images()
     cc = make_detections([[10, 10, 30, 30], [50, 50, 70, 70], [100, 100, 120, 120]])
     cd, pd = make_detections(np.zeros((0, 4))), make_detections([[10, 10, 30, 30]], scores=[0.8])
@@ -509,17 +512,44 @@ def test_missed_boosted_counts_a_likely_missed_object_again_and_keeps_busy_image
     cal = Calibration(
         rules={"missed": _counts_rule("missed", 40, 20), "background": _counts_rule("background", 40, 20)}
     )
-    w = 22 / 42
-    boosted = {k: missed_boosted(*images[k], scores[k], cal) for k in images}
-    weighted = {k: weigh(scores[k], cal).discrepancy for k in images}
+    w, scale = 22 / 42, LSMConfig().sum_scale
+    boosted = {k: image_priority(*images[k], scores[k], cal, rule="missed") for k in images}
+    weighted = {k: image_priority(*images[k], scores[k], cal, rule="discrepancy") for k in images}
     for k, s in scores.items():
         f = s.instances
         missed = int(np.sum(f.noise_type == "missed"))
-        assert boosted[k] == pytest.approx(w * float(f.severity[f.parent < 0].sum()) + w * missed)
+        summed = w * float(f.severity[f.parent < 0].sum()) + w * missed
+        assert boosted[k] == pytest.approx(1 - np.exp(-summed / scale))  # the LSM's sum aggregation
+        assert weighted[k] == weigh(s, cal).discrepancy
     assert sorted(weighted, key=weighted.get, reverse=True)[0] == "C"
     assert boosted["A"] > boosted["C"] > boosted["D"] > boosted["B"]
+    # Another aggregation takes the missed probabilities as further values: the max is the largest of them.
+    peak = image_priority(cd, pd, scores["D"], cal, rule="missed", config=LSMConfig(aggregation="max"))
+    assert peak == pytest.approx(max(w * float(scores["D"].instances.severity.max()), w))
     # Nothing found, nothing to buy.
-    assert missed_boosted(cd, none, score_image(cd, none), cal) == 0.0
+    assert image_priority(cd, none, score_image(cd, none), cal, rule="missed") == 0.0
+    with pytest.raises(ValueError, match="rule: expected one of"):
+        image_priority(ca, pa, scores["A"], cal, rule="busiest")
+
+
+def test_calibrated_verdict_is_the_regraded_verdict_ranked_by_the_priority_rule():
+    """What ``/predict`` and the export show: ``regrade``'s grades and actions, ``image_priority`` as the
+    discrepancy (under the default rule the weighted discrepancy, as before the rule had a name)."""
+    (ca, pa), _ = _two_images()
+    s = score_image(ca, pa)
+    cal = Calibration(rules={"missed": _counts_rule("missed", 40, 2)})
+    regraded = regrade(ca, pa, s, cal)
+    for rule in PRIORITIES:
+        v = calibrated_verdict(ca, pa, s, cal, rule=rule)
+        assert v.discrepancy == image_priority(ca, pa, s, cal, rule=rule)
+        assert v.instances.action.tolist() == regraded.instances.action.tolist()
+        assert v.grade == regraded.grade
+    assert (
+        calibrated_verdict(ca, pa, s, cal, rule="discrepancy").discrepancy == weigh(regraded, cal).discrepancy
+    )
+    default = calibrated_verdict(ca, pa, s, cal).discrepancy
+    assert default == image_priority(ca, pa, s, cal, rule=DEFAULT_PRIORITY)
+    assert image_priority(ca, pa, s, cal, rule="residual") == residual_errors(ca, pa, s, cal)
 
 
 def test_residual_errors_ranks_the_image_the_correction_cannot_clean_first():
