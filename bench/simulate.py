@@ -95,8 +95,19 @@ FINAL_RECIPES = ("scratch", "warm_cleaning", "warm_crowd")
 CONSENSUS_MODELS = ("crossfit", "crowd")
 FINETUNE_STEPS = ("matched", "epochs")
 IMAGE_SCORES = ("weighted", "type", "raw")
-# Purchases whose ``image_priority`` replaces the image score as the method's noisy-image detection score.
+# Purchases by an ``image_priority`` other than the image score: it is scored as a noisy-image detector too.
 PRIORITY_SCORES = ("missed", "residual", "density")
+# The noisy-image scorers of ``results.json`` (``detection``), in the order of the table.
+DETECTION_SCORERS = (
+    "lsm",
+    "lsm_weighted",
+    "lsm_type",
+    "lsm_raw",
+    "lsm_priority",
+    "cleanlab",
+    "fiftyone",
+    "random",
+)
 CURVE_POINTS = 40
 
 
@@ -494,8 +505,9 @@ def run_seed(
 
     weighted, by_type = weighed(True), weighed(False)
     ours = {"weighted": weighted, "type": by_type, "raw": raw}[settings.image_score]
-    if settings.purchase in PRIORITY_SCORES:  # the loop ranked by another rule: that is the method's score
-        ours = np.array(
+    scorers = [("lsm", ours), ("lsm_weighted", weighted), ("lsm_type", by_type), ("lsm_raw", raw)]
+    if settings.purchase in PRIORITY_SCORES:  # what the loop bought by, scored as a noisy-image detector too
+        priority = np.array(
             [
                 image_priority(
                     records_by_id[i].crowd,
@@ -508,11 +520,11 @@ def run_seed(
                 for i in ids
             ]
         )
+        scorers.append(("lsm_priority", priority))
     crowds = [records_by_id[i].crowd for i in ids]
     preds = [lsm_loop.preds[i] for i in ids]
     peer = cleanlab_scores(crowds, preds)
     chance = np.random.default_rng(seed + 1).random(len(ids))
-    scorers = [("lsm", ours), ("lsm_weighted", weighted), ("lsm_type", by_type), ("lsm_raw", raw)]
     scorers += [("cleanlab", peer), ("random", chance)]
     if settings.fiftyone:
         sizes = [(records_by_id[i].width, records_by_id[i].height) for i in ids]
@@ -609,7 +621,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         }
     detection = {
         k: {m: _mean_std([r["detection"][k][m] for r in runs]) for m in ("auroc", "ap")}
-        for k in ("lsm", "lsm_weighted", "lsm_type", "lsm_raw", "cleanlab", "fiftyone", "random")
+        for k in DETECTION_SCORERS
         if all(k in r["detection"] for r in runs)
     }
     types: dict[str, dict[str, tuple[float, float]]] = {}
@@ -735,13 +747,10 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         "type": "LSM discrepancy, weighted by type only",
         "raw": "LSM discrepancy, unweighted",
     }
+    names = {"lsm": f"{variants.get(image_score, 'LSM discrepancy')} (the method's image score)"}
+    names.update({f"lsm_{k}": v for k, v in variants.items() if k != image_score})
     purchase = meta["settings"].get("purchase", "discrepancy")
-    if purchase in PRIORITY_SCORES:
-        names = {"lsm": f"LSM image priority, rule `{purchase}` (the method's image score)"}
-        names.update({f"lsm_{k}": v for k, v in variants.items()})
-    else:
-        names = {"lsm": f"{variants.get(image_score, 'LSM discrepancy')} (the method's image score)"}
-        names.update({f"lsm_{k}": v for k, v in variants.items() if k != image_score})
+    names["lsm_priority"] = f"LSM image priority, rule `{purchase}` (what the LSM loop bought by)"
     names["cleanlab"] = "cleanlab ObjectLab (same predictions)"
     names["fiftyone"] = "FiftyOne Brain `compute_mistakenness` (same predictions)"
     names["random"] = "random"

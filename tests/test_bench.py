@@ -387,6 +387,7 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
     for run in runs:
         assert run["detection"]["lsm"] == run["detection"]["lsm_weighted"]
         assert set(run["detection"]) >= {"lsm_type", "lsm_raw", "cleanlab", "random"}
+        assert "lsm_priority" not in run["detection"]  # the loop bought by the image score itself
     assert "weighted by type and severity (the method's image score)" in text
     assert "LSM discrepancy, weighted by type only" in text and "LSM discrepancy, unweighted" in text
     assert "weight in the image score" in text
@@ -403,10 +404,10 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
     assert all(0.0 < w <= 1.0 for w in weights)
 
 
-def test_a_priority_purchase_scores_the_noisy_images_by_that_priority(tmp_path, monkeypatch):
-    """With ``purchase="missed"`` the LSM ranks by ``image_priority(rule="missed")``, so the noisy-image
-    detection reports that as the method's score and the weighted discrepancy beside it. Negating the
-    priority the benchmark scores with turns its AUROC into 1 - AUROC and leaves the other scorers alone."""
+def test_a_priority_purchase_is_scored_as_a_noisy_image_detector_too(tmp_path, monkeypatch):
+    """With ``purchase="missed"`` the LSM buys by ``image_priority(rule="missed")``; the noisy-image
+    detection reports it beside the method's image score (the weighted discrepancy). Negating the priority
+    the benchmark scores with turns its AUROC into 1 - AUROC and leaves the other scorers alone."""
     import dataclasses
 
     from bench_fakes import FakeWorkbench
@@ -438,15 +439,15 @@ def test_a_priority_purchase_scores_the_noisy_images_by_that_priority(tmp_path, 
     monkeypatch.setattr(sim, "image_priority", negated)
     flipped = run(tmp_path / "b")["detection"]
     assert rules and set(rules) == {"missed"}
-    assert flipped["lsm"]["auroc"] == pytest.approx(1 - plain["lsm"]["auroc"])
-    for k in ("lsm_weighted", "lsm_type", "lsm_raw", "cleanlab"):
+    assert flipped["lsm_priority"]["auroc"] == pytest.approx(1 - plain["lsm_priority"]["auroc"])
+    for k in ("lsm", "lsm_weighted", "lsm_type", "lsm_raw", "cleanlab"):
         assert flipped[k] == plain[k]
     meta = {"dataset": "fake", "seeds": [11], "n_seeds": 1, "budget": 0.25, "command": "x", "seconds": 1.0}
     meta |= {"device": "cpu", "settings": dataclasses.asdict(settings)}
     sim.write_markdown(tmp_path / "results.md", sim.summarize([first]), meta)
     text = (tmp_path / "results.md").read_text()
-    assert "LSM image priority, rule `missed` (the method's image score)" in text
-    assert "| LSM discrepancy, weighted by type and severity |" in text
+    assert "| LSM image priority, rule `missed` (what the LSM loop bought by) |" in text
+    assert "LSM discrepancy, weighted by type and severity (the method's image score)" in text
 
 
 def test_noise_overrides_reach_the_simulated_dataset(tmp_path):
