@@ -23,8 +23,8 @@ an annotator (one prediction per task, one region per box):
 Every region carries ``score`` (model confidence in [0, 1]) and ``meta: {"text": ["<type> · <grade> ·
 <action>"]}`` (followed by `` · 2/3 annotators`` on a crowd box of a task that several crowd annotators
 labelled, see ``backend.crowd``); the prediction's ``score`` is the task's discrepancy (weighted by noise
-type once the version is calibrated: ``selection.calibration.image_priority``, the rule the benchmark's LSM
-buys by) so the Data Manager's "Prediction
+type once the version is calibrated, ``selection.calibration.calibrated_verdict``, the order the
+benchmark's LSM loop buys in) so the Data Manager's "Prediction
 score" column sorts the most suspicious tasks first.
 """
 

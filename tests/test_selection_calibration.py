@@ -532,23 +532,21 @@ def test_missed_priority_counts_a_likely_missed_object_again_and_keeps_busy_imag
         image_priority(ca, pa, scores["A"], cal, rule="busiest")
 
 
-def test_calibrated_verdict_is_the_regraded_verdict_ranked_by_the_priority_rule():
-    """What ``/predict`` and the export show: ``regrade``'s grades and actions, ``image_priority`` as the
-    discrepancy (under the default rule the weighted discrepancy, as before the rule had a name)."""
+def test_calibrated_verdict_is_regraded_and_ranked_as_the_benchmark_buys():
+    """What ``/predict`` and the export show: ``regrade``'s grades and actions and the weighted discrepancy,
+    which is the benchmark's default purchase: the backend's task order is the order the LSM loop buys in. A
+    default rule other than ``discrepancy`` would fail here: it needs a Data Manager field of its own."""
     (ca, pa), _ = _two_images()
     s = score_image(ca, pa)
     cal = Calibration(rules={"missed": _counts_rule("missed", 40, 2)})
     regraded = regrade(ca, pa, s, cal)
+    v = calibrated_verdict(ca, pa, s, cal)
+    assert v.instances.action.tolist() == regraded.instances.action.tolist()
+    assert v.grade == regraded.grade
+    assert v.discrepancy == weigh(regraded, cal).discrepancy != s.discrepancy
+    assert v.discrepancy == image_priority(ca, pa, s, cal, rule=DEFAULT_PRIORITY)
     for rule in PRIORITIES:
-        v = calibrated_verdict(ca, pa, s, cal, rule=rule)
-        assert v.discrepancy == image_priority(ca, pa, s, cal, rule=rule)
-        assert v.instances.action.tolist() == regraded.instances.action.tolist()
-        assert v.grade == regraded.grade
-    assert (
-        calibrated_verdict(ca, pa, s, cal, rule="discrepancy").discrepancy == weigh(regraded, cal).discrepancy
-    )
-    default = calibrated_verdict(ca, pa, s, cal).discrepancy
-    assert default == image_priority(ca, pa, s, cal, rule=DEFAULT_PRIORITY)
+        assert np.isfinite(image_priority(ca, pa, s, cal, rule=rule))
     assert image_priority(ca, pa, s, cal, rule="residual") == residual_errors(ca, pa, s, cal)
 
 
