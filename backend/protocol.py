@@ -22,10 +22,10 @@ an annotator (one prediction per task, one region per box):
 
 Every region carries ``score`` (model confidence in [0, 1]) and ``meta: {"text": ["<type> · <grade> ·
 <action>"]}`` (followed by `` · 2/3 annotators`` on a crowd box of a task that several crowd annotators
-labelled, see ``backend.crowd``); the prediction's ``score`` is the task's discrepancy (weighted by noise
-type once the version is calibrated, ``selection.calibration.calibrated_verdict``, the order the
-benchmark's LSM loop buys in) so the Data Manager's "Prediction
-score" column sorts the most suspicious tasks first.
+labelled, see ``backend.crowd``); the prediction's ``score`` is the task's ``priority`` (the LSM's discrepancy
+until the version is calibrated, then ``selection.calibration.image_priority`` by ``DEFAULT_PRIORITY``, the
+order the benchmark's LSM loop buys in) so the Data Manager's "Prediction score" column sorts the tasks an
+expert should re-annotate first on top.
 """
 
 from __future__ import annotations
@@ -156,9 +156,16 @@ class RegionProposal:
 
 @dataclass(frozen=True)
 class TaskFields:
-    """The task data fields the backend writes back to Label Studio."""
+    """The task data fields the backend writes back to Label Studio.
+
+    ``discrepancy`` says how noisy the task's crowd labels look (the LSM's discrepancy, weighted by noise type
+    and severity once the version is calibrated); ``priority`` is the order experts should re-annotate in
+    (the discrepancy until the version is calibrated, then ``image_priority``, which counts the likely missed
+    objects again: only a re-annotation fixes them).
+    """
 
     discrepancy: float
+    priority: float
     noise_grade: str
     noise_types: str
     model_version: str
@@ -166,6 +173,7 @@ class TaskFields:
     def as_data(self) -> dict[str, Any]:
         return {
             "discrepancy": round(float(self.discrepancy), 4),
+            "priority": round(float(self.priority), 4),
             "noise_grade": self.noise_grade,
             "noise_types": self.noise_types,
             "model_version": self.model_version,
@@ -300,11 +308,9 @@ def build_regions(
     )
 
 
-def build_prediction(
-    regions: list[dict[str, Any]], *, discrepancy: float, model_version: str
-) -> dict[str, Any]:
+def build_prediction(regions: list[dict[str, Any]], *, score: float, model_version: str) -> dict[str, Any]:
     """One entry of ``/predict``'s ``results``: ``{"result", "score", "model_version"}``."""
-    return {"result": regions, "score": round(float(discrepancy), 4), "model_version": model_version}
+    return {"result": regions, "score": round(float(score), 4), "model_version": model_version}
 
 
 def task_image_url(task: Mapping[str, Any], schema: LabelSchema) -> str:

@@ -437,13 +437,23 @@ class ModelService:
         schema: LabelSchema,
         version: str,
     ) -> ScoredTask:
-        from selection.calibration import calibrated_verdict
+        from selection.calibration import DEFAULT_PRIORITY, calibrated_verdict, image_priority
         from selection.lsm import score_image
 
         crowd = labels.detections
         score = score_image(crowd, pred, config=self.settings.lsm)
+        priority = score.discrepancy  # uncalibrated: the LSM's own order, as the benchmark's first rounds buy
         calibration = self.calibration(version)
         if calibration is not None:  # grades and type weights fitted on the project's expert tasks
+            priority = image_priority(
+                crowd,
+                pred,
+                score,
+                calibration,
+                rule=DEFAULT_PRIORITY,
+                agreement=labels.agreement,
+                config=self.settings.lsm,
+            )
             score = calibrated_verdict(
                 crowd, pred, score, calibration, agreement=labels.agreement, config=self.settings.lsm
             )
@@ -460,13 +470,14 @@ class ModelService:
         types = [str(t) for t in inst.noise_type[inst.parent < 0]]
         fields = TaskFields(
             discrepancy=float(score.discrepancy),
+            priority=float(priority),
             noise_grade=str(score.grade),
             noise_types=noise_types_text(types),
             model_version=version,
         )
         return ScoredTask(
             task_id=_task_id(task),
-            prediction=build_prediction(regions, discrepancy=score.discrepancy, model_version=version),
+            prediction=build_prediction(regions, score=priority, model_version=version),
             fields=fields,
         )
 

@@ -39,7 +39,7 @@ REPO = lsh.REPO
 PROJECT_TITLE = "Deposits: active label cleaning"
 BACKEND_TITLE = "active-label-cleaning"
 # Task data fields the backend writes; an expert-annotated task drops them (it is out of the review pool).
-SCORE_FIELDS = ("discrepancy", "noise_grade", "noise_types", "model_version")
+SCORE_FIELDS = ("discrepancy", "priority", "noise_grade", "noise_types", "model_version")
 
 
 @dataclass(frozen=True)
@@ -363,7 +363,7 @@ def setup_project(
             client,
             PROJECT_TITLE,
             label_config,
-            description="Synthetic deposits with crowd labels; sort by discrepancy to review the noisiest.",
+            description="Synthetic deposits with crowd labels; sort by priority to re-annotate the noisiest.",
         )
         lsh.add_local_storage(client, project, data_dir)
         tasks = json.loads((data_dir / "label_studio" / "tasks.json").read_text())
@@ -421,18 +421,21 @@ def score_all_tasks(project: int, backend_url: str) -> None:
 
 def print_summary(ls: lsh.LabelStudioServer, project: int, view: int, *, n_seed: int) -> None:
     tasks = lsh.list_tasks(ls, project)
-    top = [t for t in tasks if t["data"].get("discrepancy") is not None][:5]
+    top = [t for t in tasks if t["data"].get("priority") is not None][:5]
     lines = [
         "",
         "=" * 78,
         f"Label Studio:  {ls.url}/projects/{project}/data?tab={view}",
         f"Log in:        {ls.username}  /  {ls.password}",
         "",
-        f'The tab "{lsh.VIEW_TITLE}" is already sorted by discrepancy, highest first (tasks an expert has '
+        f'The tab "{lsh.VIEW_TITLE}" is already sorted by priority, highest first (tasks an expert has '
         "annotated drop out of it).",
-        "By hand in the Data Manager: Columns -> tick 'discrepancy', 'noise_grade', 'noise_types'; then the",
-        "Order by button (right of Filters) -> 'discrepancy', and its arrow button -> descending; Filters ->",
-        "'Annotations' = 0 hides the tasks already annotated.",
+        "By hand in the Data Manager: Columns -> tick 'priority', 'discrepancy', 'noise_grade',",
+        "'noise_types'; then the Order by button (right of Filters) -> 'priority', and its arrow button ->",
+        "descending;",
+        "Filters -> 'Annotations' = 0 hides the tasks already annotated. 'discrepancy' says how noisy a task",
+        "looks; 'priority' (equal to it until the model is calibrated on expert tasks) also counts the",
+        "likely missed deposits again, which only an expert's re-annotation adds.",
         "Open a task, pick the model's prediction tab (v0...): each region's note names its noise and grade.",
         f"The {n_seed} seed-set tasks already carry the experts' labels (ground-truth annotations by the",
         "admin, imported before the backend was connected) and are not scored. Submit corrected boxes on",
@@ -444,7 +447,8 @@ def print_summary(ls: lsh.LabelStudioServer, project: int, view: int, *, n_seed:
     for t in top:
         d = t["data"]
         lines.append(
-            f"  task {t['id']:>5}  discrepancy {d.get('discrepancy'):.3f}  {d.get('noise_grade', ''):<9} "
+            f"  task {t['id']:>5}  priority {d.get('priority'):.3f}  discrepancy {d.get('discrepancy'):.3f}  "
+            f"{d.get('noise_grade', ''):<9} "
             f"{d.get('noise_types', '')}"
         )
     lines += ["", "Ctrl-C stops Label Studio and the backend.", "=" * 78]

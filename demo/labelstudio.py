@@ -10,10 +10,10 @@ Label Studio facts these helpers rely on (checked against 1.23.2):
 * connecting an ML backend makes Label Studio register a webhook ``<backend>/webhook`` for *all* actions,
   so ``ANNOTATION_CREATED`` reaches the backend without a separate ``POST /api/webhooks``;
 * ``PATCH /api/tasks/{id} {"data": ...}`` replaces the whole ``data`` dict (it does not merge);
-* the Data Manager orders by a task data field with ``query={"ordering": ["-tasks:data.discrepancy"]}``;
+* the Data Manager orders by a task data field with ``query={"ordering": ["-tasks:data.priority"]}``;
 * the "Prediction score" column averages only predictions whose ``model_version`` equals the project's
   ``model_version``, which Label Studio sets to the ML backend's *title* on connection: it stays empty for
-  backend predictions, so the ``discrepancy`` data column is what sorts "most suspicious first".
+  backend predictions, so the ``priority`` data column is what sorts "most suspicious first".
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 LS_BIN = REPO / ".venv-ls" / "bin" / "label-studio"
 BACKEND_PYTHON = REPO / ".venv" / "bin" / "python"
 DEFAULT_USERNAME = "admin@example.com"
-DISCREPANCY_ORDERING = ("-tasks:data.discrepancy",)
+PRIORITY_ORDERING = ("-tasks:data.priority",)
 VIEW_TITLE = "Most suspicious first"
 NOT_ANNOTATED_FILTER = {
     "filter": "filter:tasks:total_annotations",
@@ -390,10 +390,10 @@ def list_tasks(
     ls: LabelStudioServer,
     project: int,
     *,
-    ordering: Sequence[str] = DISCREPANCY_ORDERING,
+    ordering: Sequence[str] = PRIORITY_ORDERING,
     page_size: int = 100,
 ) -> list[dict[str, Any]]:
-    """All tasks of a project in Data Manager order (e.g. ``-tasks:data.discrepancy``), with predictions."""
+    """All tasks of a project in Data Manager order (e.g. ``-tasks:data.priority``), with predictions."""
     query = urllib.parse.quote(json.dumps({"ordering": list(ordering)}))
     tasks: list[dict[str, Any]] = []
     page = 1
@@ -445,7 +445,12 @@ def task_predictions(ls: LabelStudioServer, task_id: int) -> list[dict[str, Any]
     return list(resp.json())
 
 
-SCORE_COLUMNS = ("tasks:data.discrepancy", "tasks:data.noise_grade", "tasks:data.noise_types")
+SCORE_COLUMNS = (
+    "tasks:data.priority",
+    "tasks:data.discrepancy",
+    "tasks:data.noise_grade",
+    "tasks:data.noise_types",
+)
 
 
 def _columns(ls: LabelStudioServer, project: int) -> list[str]:
@@ -464,8 +469,8 @@ def _columns(ls: LabelStudioServer, project: int) -> list[str]:
 
 
 def ensure_suspicious_view(ls: LabelStudioServer, project: int, *, title: str = VIEW_TITLE) -> int:
-    """A Data Manager tab of the tasks nobody annotated yet, sorted by ``discrepancy`` (descending), with its
-    noise columns shown as numbers.
+    """A Data Manager tab of the tasks nobody annotated yet, sorted by ``priority`` (descending: the order
+    experts should re-annotate in), with its noise columns shown as numbers.
 
     This is what a manager would click together by hand: the tab is created once and reused.
     """
@@ -476,14 +481,18 @@ def ensure_suspicious_view(ls: LabelStudioServer, project: int, *, title: str = 
     hidden = [*(c for c in _columns(ls, project) if c not in shown), "tasks:data"]
     data: dict[str, Any] = {
         "title": title,
-        "ordering": list(DISCREPANCY_ORDERING),
+        "ordering": list(PRIORITY_ORDERING),
         "type": "list",
         "target": "tasks",
-        # Annotated tasks keep the discrepancy they had before the expert saw them (only the others are
+        # Annotated tasks keep the priority they had before the expert saw them (only the others are
         # re-scored): without this filter they would stay on top of the tab.
         "filters": {"conjunction": "and", "items": [NOT_ANNOTATED_FILTER]},
         "hiddenColumns": {"explore": hidden, "labeling": [*hidden, "tasks:data.image"]},
-        "columnsDisplayType": {"tasks:data.discrepancy": "Number", "tasks:data.image": "Image"},
+        "columnsDisplayType": {
+            "tasks:data.priority": "Number",
+            "tasks:data.discrepancy": "Number",
+            "tasks:data.image": "Image",
+        },
     }
     if existing:  # refresh it: columns appear as the backend writes new fields
         resp = requests.patch(

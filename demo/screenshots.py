@@ -1,7 +1,7 @@
 """Screenshots of the running demo with headless Chromium over the DevTools protocol (docs/img/*.png).
 
 ``python -m demo.screenshots --url http://127.0.0.1:8080 --project 1 --view 1 --task 7 --password ...``
-logs in through Label Studio's form, then captures the Data Manager tab sorted by discrepancy (scrolled
+logs in through Label Studio's form, then captures the Data Manager tab sorted by priority (scrolled
 down ``--scroll-rows`` rows) and a task's labelling page. Needs ``chromium`` on PATH (Debian:
 ``apt-get install chromium``); writes only under --out.
 """

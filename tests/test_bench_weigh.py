@@ -147,7 +147,14 @@ def test_the_oracle_buys_the_most_true_errors_calibrated_or_not(records, tmp_pat
 def test_the_first_round_is_unweighted_and_the_switch_turns_weighting_off(records, tmp_path):
     def run(weigh: bool):
         bench = FakeWorkbench(records, tmp_path / str(weigh), TRAIN_SPECS["tiny"], seed=3)
-        cfg = LoopConfig(strategy=Strategy.DISCREPANCY, budget=0.75, seed_fraction=0.1, rounds=3, weigh=weigh)
+        cfg = LoopConfig(
+            strategy=Strategy.DISCREPANCY,
+            budget=0.75,
+            seed_fraction=0.1,
+            rounds=3,
+            weigh=weigh,
+            purchase="discrepancy",  # the switch is the discrepancy purchase's (another rule always weighs)
+        )
         loop = run_loop(bench, cfg, np.random.default_rng(3), lsm=LSM, name="loop")
         return bench, loop
 

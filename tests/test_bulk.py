@@ -239,7 +239,9 @@ def _scored(task_id: int, *, ok: bool = True) -> ScoredTask:
 
     if not ok:
         return ScoredTask(task_id, {"model_version": V, "error": "x"}, None, error="task: image not found")
-    fields = TaskFields(discrepancy=0.5, noise_grade="minor", noise_types="missed:1", model_version=V)
+    fields = TaskFields(
+        discrepancy=0.5, priority=0.6, noise_grade="minor", noise_types="missed:1", model_version=V
+    )
     return ScoredTask(task_id, {"result": [], "score": 0.5, "model_version": V}, fields)
 
 

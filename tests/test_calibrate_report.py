@@ -162,6 +162,42 @@ def test_calibration_fits_on_untrained_expert_tasks_and_predict_regrades(app_for
     assert np.log1p(-weighted) / np.log1p(-raw) == pytest.approx(22 / 42, rel=2e-3)
 
 
+def test_priority_counts_the_likely_missed_objects_once_the_version_is_calibrated(app_for):
+    """The ``priority`` field (and the prediction's score) orders the tasks as the benchmark's LSM loop buys:
+    the discrepancy until the version is calibrated, then ``image_priority`` by ``DEFAULT_PRIORITY``. A task
+    whose crowd left out the object the model sees holds a missed finding, which the priority counts again."""
+    from backend.labelconfig import parse_label_config
+    from selection.calibration import DEFAULT_PRIORITY, image_priority
+    from selection.lsm import score_image
+
+    client, app = app_for(list(range(1, 9)))
+    service = app.state.service
+    schema = parse_label_config(LABEL_CONFIG)
+    task = _task(160, SMALL, expert=False)
+    task["data"]["crowd_labels"] = [_pct(SMALL)]  # the real object is missed, a stray box is drawn
+    (before,) = service.score_tasks([task], schema)
+    assert before.fields.priority == before.fields.discrepancy
+    assert before.prediction["score"] == pytest.approx(before.fields.priority, abs=1e-4)
+
+    assert client.post("/calibrate?project=1").status_code == 200
+    (after,) = service.score_tasks([task], schema)
+    version = service.latest_version()
+    calibration = service.calibration(version)
+    assert calibration is not None
+    crowd = Detections(np.array([SMALL], np.float32), np.zeros(1, np.int64))
+    pred = FakeDetector().predict([np.zeros((SIZE, SIZE, 3))], conf=0.0, batch=1)[0]
+    score = score_image(crowd, pred, config=app.state.settings.lsm)
+    assert "missed" in score.instances.noise_type.tolist()
+    want = image_priority(
+        crowd, pred, score, calibration, rule=DEFAULT_PRIORITY, config=app.state.settings.lsm
+    )
+    assert after.fields.priority == pytest.approx(want, abs=1e-6)
+    assert after.prediction["score"] == pytest.approx(want, abs=1e-4)
+    if DEFAULT_PRIORITY == "missed":
+        assert after.fields.priority > after.fields.discrepancy
+    assert after.fields.as_data()["priority"] == round(after.fields.priority, 4)
+
+
 def test_calibration_says_so_when_the_version_trained_on_every_expert_task(app_for):
     client, app = app_for(list(range(1, 49)))
     answer = client.post("/calibrate?project=1").json()

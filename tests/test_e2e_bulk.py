@@ -141,7 +141,7 @@ def test_bulk_scoring_500_tasks_resumes_after_a_kill_and_skips_on_rerun(
                 data = task["data"]
                 assert data["model_version"] == version and data["score_error"] == "", data
                 assert data["noise_grade"] in ("clean", "minor", "major", "uncertain")
-                assert ours[0]["score"] == pytest.approx(data["discrepancy"], abs=1e-4)
+                assert ours[0]["score"] == pytest.approx(data["priority"], abs=1e-4)
                 assert data["crowd_labels"] == tasks[i]["data"]["crowd_labels"]  # merged, not replaced
 
         cli = subprocess.run(

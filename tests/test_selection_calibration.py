@@ -532,10 +532,10 @@ def test_missed_priority_counts_a_likely_missed_object_again_and_keeps_busy_imag
         image_priority(ca, pa, scores["A"], cal, rule="busiest")
 
 
-def test_calibrated_verdict_is_regraded_and_ranked_as_the_benchmark_buys():
-    """What ``/predict`` and the export show: ``regrade``'s grades and actions and the weighted discrepancy,
-    which is the benchmark's default purchase: the backend's task order is the order the LSM loop buys in. A
-    default rule other than ``discrepancy`` would fail here: it needs a Data Manager field of its own."""
+def test_calibrated_verdict_is_regraded_and_weighted():
+    """What ``/predict`` and the export show: ``regrade``'s grades and actions and the weighted discrepancy
+    (the noise score; the backend's ``priority`` is ``image_priority`` by ``DEFAULT_PRIORITY``, see
+    ``tests/test_calibrate_report.py``)."""
     (ca, pa), _ = _two_images()
     s = score_image(ca, pa)
     cal = Calibration(rules={"missed": _counts_rule("missed", 40, 2)})
@@ -544,7 +544,8 @@ def test_calibrated_verdict_is_regraded_and_ranked_as_the_benchmark_buys():
     assert v.instances.action.tolist() == regraded.instances.action.tolist()
     assert v.grade == regraded.grade
     assert v.discrepancy == weigh(regraded, cal).discrepancy != s.discrepancy
-    assert v.discrepancy == image_priority(ca, pa, s, cal, rule=DEFAULT_PRIORITY)
+    assert v.discrepancy == image_priority(ca, pa, s, cal, rule="discrepancy")
+    assert DEFAULT_PRIORITY in PRIORITIES
     for rule in PRIORITIES:
         assert np.isfinite(image_priority(ca, pa, s, cal, rule=rule))
     assert image_priority(ca, pa, s, cal, rule="residual") == residual_errors(ca, pa, s, cal)
