@@ -40,6 +40,7 @@ from typing import Any, Literal, Protocol
 
 from backend.labelconfig import LabelSchema
 from backend.lsclient import LEAN_UPDATE
+from backend.protocol import TaskFields
 from backend.service import SCORE_ERROR_FIELD, ModelService, ScoredTask
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ CHUNKS_IN_FLIGHT = 2
 """Write-backs pending while the next tasks are predicted (bounds the memory of pending write-backs)."""
 
 
+_FIELD_NAMES = tuple(TaskFields.__dataclass_fields__)
+"""The task data fields every scoring writes: a task missing one is scored again."""
 TaskState = Literal["expert", "done", "score"]
 
 
@@ -87,10 +90,11 @@ def scoring_state(
 
     Returns:
         ``"expert"`` (an expert annotated it: not a candidate for review), ``"done"`` (already scored by
-        ``version``: fields written, no error, and its prediction stored when the task lists predictions),
-        or ``"score"``.
+        ``version``: every field of ``TaskFields`` written, no error, and its prediction stored when the task
+        lists predictions), or ``"score"``.
 
-    >>> task = {"data": {"model_version": "v0002-x"}, "predictions": [{"model_version": "v0002-x"}]}
+    >>> fields = {"discrepancy": 0.2, "priority": 0.3, "noise_grade": "minor", "noise_types": "missed:1"}
+    >>> task = {"data": {**fields, "model_version": "v0002-x"}, "predictions": [{"model_version": "v0002-x"}]}
     >>> scoring_state(task, "v0002-x", lambda t: False)
     'done'
     >>> scoring_state(task, "v0003-y", lambda t: False)
@@ -102,6 +106,8 @@ def scoring_state(
         return "expert"
     data = task.get("data") or {}
     if data.get("model_version") != version or data.get(SCORE_ERROR_FIELD):
+        return "score"
+    if any(name not in data for name in _FIELD_NAMES):  # written by a backend with fewer fields (no priority)
         return "score"
     if "predictions" in task and not current_prediction(task, version):
         return "score"

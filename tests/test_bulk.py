@@ -26,6 +26,12 @@ OLD = "v0001-20261127T000000"
 ALL_POLICY = ExpertPolicy.parse("all")
 
 
+def _data(**extra):
+    """The data of a task this backend scored with version V (every field it writes)."""
+    fields = {"discrepancy": 0.2, "priority": 0.3, "noise_grade": "minor", "noise_types": "missed:1"}
+    return {**fields, "model_version": V, **extra}
+
+
 def expert(task):
     return expert_annotation(task, ALL_POLICY) is not None
 
@@ -35,18 +41,20 @@ def expert(task):
     [
         ({"data": {}}, "score"),
         ({"data": {"model_version": OLD}}, "score"),
-        ({"data": {"model_version": V}}, "done"),  # listed without predictions: the fields decide
-        ({"data": {"model_version": V}, "predictions": [{"model_version": V}]}, "done"),
+        ({"data": _data()}, "done"),  # listed without predictions: the fields decide
+        ({"data": _data(), "predictions": [{"model_version": V}]}, "done"),
+        # Scored by this version before the backend wrote `priority`: scored again, so the field appears.
+        ({"data": {k: v for k, v in _data().items() if k != "priority"}}, "score"),
         (
-            {"data": {"model_version": V}, "predictions": [{"model_version": OLD}]},
+            {"data": _data(), "predictions": [{"model_version": OLD}]},
             "score",
         ),  # lost its prediction
-        ({"data": {"model_version": V, "score_error": "task 3: image not found"}}, "score"),
-        ({"data": {"model_version": V, "score_error": ""}, "predictions": [{"model_version": V}]}, "done"),
+        ({"data": _data(score_error="task 3: image not found")}, "score"),
+        ({"data": _data(score_error=""), "predictions": [{"model_version": V}]}, "done"),
         ({"data": {}, "annotations": [{"id": 1, "result": []}]}, "expert"),
         (  # a (crowd) annotation changed after the prediction: scored again
             {
-                "data": {"model_version": V},
+                "data": _data(),
                 "predictions": [{"model_version": V, "created_at": "2026-11-28T09:00:00Z"}],
                 "annotations": [{"id": 1, "updated_at": "2026-11-28T09:30:00+00:00"}],
             },
@@ -54,7 +62,7 @@ def expert(task):
         ),
         (
             {
-                "data": {"model_version": V},
+                "data": _data(),
                 "predictions": [{"model_version": V, "created_at": "2026-11-28T09:00:00Z"}],
                 "annotations": [{"id": 1, "updated_at": "2026-11-28T08:30:00+00:00"}],
             },
