@@ -62,16 +62,26 @@ class ProcessStartError(RuntimeError):
     """A managed child process exited or did not become healthy in time (message has its log tail)."""
 
 
+_HANDED_OUT: set[int] = set()
+"""Ports ``free_port`` returned in this process."""
+
+
 def free_port(preferred: int | None = None, *, host: str = "127.0.0.1", tries: int = 50) -> int:
     """A TCP port free on ``host``: ``preferred`` or the next free one after it, else any free port.
+
+    A port is handed out once per process. Label Studio and the backend each pick their port when they are
+    created, before either binds, so two picks that both found the same port free would start the backend on
+    Label Studio's port (its ``/health`` then answers for the backend, and connecting fails with a 404).
 
     Args:
         preferred: first port to try (e.g. 8080); None asks the OS for an ephemeral port.
         host: interface to test.
-        tries: how many consecutive ports after ``preferred`` to try.
+        tries: how many consecutive ports after ``preferred`` to try, and how many ephemeral ones.
     """
     candidates = [] if preferred is None else list(range(preferred, preferred + tries))
-    for port in [*candidates, 0]:
+    for port in [*candidates, *[0] * tries]:
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             # Servers bind with SO_REUSEADDR, so a port in TIME_WAIT after a restart is free for them too.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -79,7 +89,10 @@ def free_port(preferred: int | None = None, *, host: str = "127.0.0.1", tries: i
                 sock.bind((host, port))
             except OSError:
                 continue
-            return int(sock.getsockname()[1])
+            got = int(sock.getsockname()[1])
+        if got not in _HANDED_OUT:
+            _HANDED_OUT.add(got)
+            return got
     raise OSError(f"preferred={preferred}: no free port found on {host}")
 
 

@@ -53,6 +53,15 @@ def test_free_port_skips_a_busy_preferred_port() -> None:
         probe.bind(("127.0.0.1", port))  # really free
 
 
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    """Label Studio and the backend pick their ports before either binds: a port still free is not handed
+    out again (a CI run once started the backend on Label Studio's port)."""
+    first = free_port()
+    assert free_port(first) != first  # free, but already handed out
+    ports = [free_port() for _ in range(20)]
+    assert len(set(ports)) == len(ports) and first not in ports
+
+
 def test_start_waits_for_health_and_stop_ends_the_whole_group(tmp_path: Path) -> None:
     port = free_port()
     script = tmp_path / "server.py"
