@@ -60,6 +60,7 @@ from model.dataset import epoch_repeats
 from selection import LSMConfig, Strategy
 from selection.calibration import (
     DEFAULT_PRIORITY,
+    PRIORITIES,
     Calibration,
     CalibrationConfig,
     error_probability,
@@ -96,7 +97,7 @@ CONSENSUS_MODELS = ("crossfit", "crowd")
 FINETUNE_STEPS = ("matched", "epochs")
 IMAGE_SCORES = ("weighted", "type", "raw")
 # Purchases by an ``image_priority`` other than the image score: it is scored as a noisy-image detector too.
-PRIORITY_SCORES = ("missed", "residual", "density")
+PRIORITY_SCORES = tuple(rule for rule in PRIORITIES if rule != "discrepancy")
 # The noisy-image scorers of ``results.json`` (``detection``), in the order of the table.
 DETECTION_SCORERS = (
     "lsm",
