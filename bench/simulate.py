@@ -54,6 +54,7 @@ from bench.noise_quality import (
     grade_quality,
     instance_quality,
 )
+from bench.wallclock import WallClock
 from bench.workbench import TRAIN_SPECS, TrainSpec, Workbench
 from metrics.f1 import label_f1
 from model.dataset import epoch_repeats
@@ -675,6 +676,18 @@ def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
 
 
+def _wall_note(meta: dict[str, Any]) -> str:
+    """This invocation's wall time, and the resumed run's in all when it took more than one invocation."""
+    note = f"{meta['seconds'] / 60:.1f} min"
+    if meta.get("invocations", 1) > 1:
+        note += (
+            f" (this invocation; {meta['seconds_all_invocations'] / 3600:.1f} h over the "
+            f"{meta['invocations']} invocations of this command on this folder, each resuming from the "
+            "trainings the earlier ones finished)"
+        )
+    return note
+
+
 def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) -> None:
     """The tables of ``results.md``."""
     full = summary["arms"]["full"]
@@ -686,7 +699,7 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         f"# Active label cleaning, {meta['dataset']} (seeds {meta['seeds']}, budget {meta['budget']:.0%})",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Wall time: {meta['seconds'] / 60:.1f} min on {meta['device']}"
+        f"Wall time: {_wall_note(meta)} on {meta['device']}"
         f"{f', {jobs} seeds at a time' if (jobs := meta.get('jobs', 1)) > 1 else ''}  ",
         f"Final training of the cleaned-label arms: `{meta['settings']['final_recipe']}`, expert images "
         f"x{meta['settings']['expert_repeat']}; fine-tunes: `{meta['settings']['finetune_steps']}` steps; "
@@ -1307,7 +1320,51 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     from model.device import resolve_device
 
-    t0 = time.perf_counter()
+    command = "python -m bench.simulate " + shlex.join(sys.argv[1:] if argv is None else argv)
+    clock = WallClock(args.out, command)
+    with clock:
+        runs = _run_seeds(args, seed_list, spec=spec, lsm=lsm, settings=settings)
+    wall = clock.total()
+    summary = summarize(runs)
+    meta = {
+        "dataset": f"data {args.data}" if args.data else f"simulated, preset {args.preset}",
+        "preset": args.preset,
+        "data": None if args.data is None else str(args.data),
+        "noise": list(args.noise),
+        "seeds": seed_list,
+        "n_seeds": len(seed_list),
+        "budget": args.budget,
+        "rounds": args.rounds,
+        "seed_fraction": args.seed_fraction,
+        "settings": {**asdict(settings), "strategies": [s.value for s in settings.strategies]},
+        "train_spec": asdict(spec),
+        "lsm": asdict(lsm),
+        "device": resolve_device(args.device),
+        "seconds": clock.seconds,
+        # Every invocation of this command on this folder: a resumed run's cost, not only its last part.
+        "seconds_all_invocations": wall.seconds,
+        "invocations": wall.invocations,
+        "jobs": args.jobs,
+        "command": command,
+    }
+    (args.out / "results.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1, default=str)
+    )
+    write_markdown(args.out / "results.md", summary, meta)
+    write_plots(args.out, runs, summary)
+    print((args.out / "results.md").read_text())
+    return 0
+
+
+def _run_seeds(
+    args: argparse.Namespace,
+    seed_list: list[int],
+    *,
+    spec: TrainSpec,
+    lsm: LSMConfig,
+    settings: BenchSettings,
+) -> list[dict[str, Any]]:
+    """Every seed's record, in ``seed_list`` order (``args.jobs`` seeds at a time)."""
     common = dict(
         out=args.out,
         preset=args.preset,
@@ -1335,33 +1392,7 @@ def main(argv: list[str] | None = None) -> int:
         ) as pool:
             futures = [pool.submit(_one_seed, seed, share_cores=True, **common) for seed in seed_list]
             runs = [future.result() for future in futures]  # seed order, whatever finishes first
-    meta_seconds = time.perf_counter() - t0
-    summary = summarize(runs)
-    meta = {
-        "dataset": f"data {args.data}" if args.data else f"simulated, preset {args.preset}",
-        "preset": args.preset,
-        "data": None if args.data is None else str(args.data),
-        "noise": list(args.noise),
-        "seeds": seed_list,
-        "n_seeds": len(seed_list),
-        "budget": args.budget,
-        "rounds": args.rounds,
-        "seed_fraction": args.seed_fraction,
-        "settings": {**asdict(settings), "strategies": [s.value for s in settings.strategies]},
-        "train_spec": asdict(spec),
-        "lsm": asdict(lsm),
-        "device": resolve_device(args.device),
-        "seconds": meta_seconds,
-        "jobs": args.jobs,
-        "command": "python -m bench.simulate " + shlex.join(sys.argv[1:] if argv is None else argv),
-    }
-    (args.out / "results.json").write_text(
-        json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1, default=str)
-    )
-    write_markdown(args.out / "results.md", summary, meta)
-    write_plots(args.out, runs, summary)
-    print((args.out / "results.md").read_text())
-    return 0
+    return runs
 
 
 if __name__ == "__main__":

@@ -106,6 +106,10 @@ def test_simulate_tiny_runs_every_arm(tmp_path: Path):
     # two worker processes: the runs come back in the order the seeds were given, the core-sharing markers go
     assert [run["seed"] for run in results["runs"]] == [7, 3]
     assert results["meta"]["jobs"] == 2
+    # this invocation's wall time is on record for a resumed run to add to
+    assert results["meta"]["invocations"] == 1
+    assert results["meta"]["seconds_all_invocations"] == pytest.approx(results["meta"]["seconds"])
+    assert len(list((out / ".invocations").glob("*.json"))) == 1
     assert not list((out / ".running").iterdir())  # each worker removed its own marker
     arms = results["runs"][0]["arms"]
     assert set(arms) == set(ARMS)
@@ -380,6 +384,13 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
     sim.write_plots(tmp_path, runs, summary)
     text = (tmp_path / "results.md").read_text()
     assert "Crowd model fine-tuned on the LSM images" in text and "cost: decisions" in text
+    assert "Wall time: 0.0 min on cpu  " in text  # one invocation: nothing about earlier ones
+    resumed = {**meta, "seconds": 600.0, "seconds_all_invocations": 5 * 3600.0, "invocations": 3}
+    sim.write_markdown(tmp_path / "resumed.md", summary, resumed)
+    assert (
+        "10.0 min (this invocation; 5.0 h over the 3 invocations of this command"
+        in (tmp_path / "resumed.md").read_text()
+    )
     for png in ("ap50_vs_budget.png", "noisy_found.png", "grade_pr.png"):
         assert (tmp_path / png).stat().st_size > 1000
     # The method's image score is the discrepancy weighted by type and severity; the type-only weighted and

@@ -16,6 +16,7 @@ MODULES = [
     "backend.report",
     "backend.score",
     "backend.storage",
+    "bench.wallclock",
     "formats.images",
     "formats.labelstudio",
     "metrics.f1",
