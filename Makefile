@@ -71,7 +71,7 @@ demo: setup setup-ls
 calibrate: setup
 	$(PY) -m bench.calibrate --preset quick --out $(WORK)/calibrate
 
-# The reported run (~4½ h on 2 cores from nothing: every arm trained twice, the four compared arms four times); regenerates docs/results/quick/ from its output.
+# The reported run (~8 h on 2 cores from nothing, resumable: every arm trained twice, the four compared arms four times); regenerates docs/results/quick/ from its output.
 simulate: setup setup-fiftyone
 	$(PY) -m bench.simulate --preset quick --seed-list 0,1,2,3,4 --budget 0.1 --seed-fraction 0.04 --replicates 2 --compared-replicates 4 --jobs 2 --fiftyone $(FO_VENV)/bin/python --out $(WORK)/simulate/quick
 	mkdir -p docs/results/quick && rm -f docs/results/quick/*

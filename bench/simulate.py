@@ -389,6 +389,7 @@ def run_seed(
             "ap50_95": float(np.mean([m.ap50_95 for m in trainings])),
             "ap50_replicates": [m.ap50 for m in trainings],
             "train_seconds": sum(m.seconds for m in trainings),
+            "train_threads": [m.threads for m in trainings],
             "expert_images": len(expert_ids),
             "expert_fraction": images,
             "boxes_touched": sum(
@@ -688,6 +689,19 @@ def _wall_note(meta: dict[str, Any]) -> str:
     return note
 
 
+def _threads_note(meta: dict[str, Any]) -> str:
+    """Which torch thread counts the arms' trainings used (a CPU-trained detector depends on it)."""
+    counts = meta.get("train_threads")
+    if not counts:
+        return ""
+    parts = [
+        f"{n} trainings with {key} thread{'s' if key != '1' else ''}" if key != "unknown" else f"{n} unknown"
+        for key, n in counts.items()
+    ]
+    how = f"`--threads {meta['threads']}`" if meta.get("threads") else "cores shared among the running seeds"
+    return f"; torch threads per training ({how}): {', '.join(parts)}"
+
+
 def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) -> None:
     """The tables of ``results.md``."""
     full = summary["arms"]["full"]
@@ -700,7 +714,8 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         "",
         f"Command: `{meta['command']}`  ",
         f"Wall time: {_wall_note(meta)} on {meta['device']}"
-        f"{f', {jobs} seeds at a time' if (jobs := meta.get('jobs', 1)) > 1 else ''}  ",
+        f"{f', {jobs} seeds at a time' if (jobs := meta.get('jobs', 1)) > 1 else ''}"
+        f"{_threads_note(meta)}  ",
         f"Final training of the cleaned-label arms: `{meta['settings']['final_recipe']}`, expert images "
         f"x{meta['settings']['expert_repeat']}; fine-tunes: `{meta['settings']['finetune_steps']}` steps; "
         f"consensus: `{meta['settings']['consensus']}`; calibrated "
@@ -1010,12 +1025,15 @@ def _one_seed(
     lsm: LSMConfig,
     settings: BenchSettings,
     share_cores: bool = False,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Load or generate one seed's dataset and run every arm on it (also the body of a ``--jobs`` worker).
 
     ``share_cores``: each training takes the machine's cores divided by the number of seeds running at that
     moment, in this or in another invocation on the same ``out`` (marker files ``out/.running/seed<N>-<pid>``;
     markers of processes that died are not counted), so the last seed of an uneven split gets every core.
+    ``threads``: every training takes exactly this many torch threads instead (``--threads``; reproducible,
+    as the thread count changes a CPU-trained detector).
     """
     names: Sequence[str] = ("deposit",)
     if data is not None:
@@ -1024,9 +1042,16 @@ def _one_seed(
         records, names = load_user_dataset(data, seed=seed)
     else:
         records = _synth_records(preset, seed, out, noise)
-    if not share_cores:
+    if not share_cores or threads is not None:
         return run_seed(
-            records, seed, work=out / f"seed{seed}", spec=spec, lsm=lsm, settings=settings, names=names
+            records,
+            seed,
+            work=out / f"seed{seed}",
+            spec=spec,
+            lsm=lsm,
+            settings=settings,
+            names=names,
+            threads=threads,
         )
     import os
 
@@ -1035,7 +1060,7 @@ def _one_seed(
     marker = running / f"seed{seed}-{os.getpid()}"
     marker.touch()
 
-    def threads() -> int:
+    def shared() -> int:
         return max(1, (os.cpu_count() or 1) // max(1, _live_markers(running)))
 
     try:
@@ -1047,7 +1072,7 @@ def _one_seed(
             lsm=lsm,
             settings=settings,
             names=names,
-            threads=threads,
+            threads=shared,
         )
     finally:
         marker.unlink(missing_ok=True)
@@ -1264,6 +1289,14 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="run seeds in this many worker processes at once, the CPU cores split between them (default 1)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads of every training (default: the cores divided among the seeds running at "
+        "that moment). On the CPU the thread count changes the trained detector; a fixed count makes a run "
+        "reproducible on the same machine however its seeds are scheduled or resumed",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.data is not None and args.noise:
@@ -1308,6 +1341,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds: expected at least 1")
     if args.jobs < 1:
         parser.error("--jobs: expected at least 1")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads: expected at least 1, got {args.threads}")
     if args.data is not None and not args.data.is_dir():
         parser.error(f"--data: no folder at {args.data}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -1344,6 +1379,8 @@ def main(argv: list[str] | None = None) -> int:
         # Every invocation of this command on this folder: a resumed run's cost, not only its last part.
         "seconds_all_invocations": wall.seconds,
         "invocations": wall.invocations,
+        "threads": args.threads,
+        "train_threads": _thread_counts(runs),
         "jobs": args.jobs,
         "command": command,
     }
@@ -1354,6 +1391,17 @@ def main(argv: list[str] | None = None) -> int:
     write_plots(args.out, runs, summary)
     print((args.out / "results.md").read_text())
     return 0
+
+
+def _thread_counts(runs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many of the runs' trainings used each torch thread count ("unknown": trained before it was)."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        for arm in run["arms"].values():
+            for n in arm.get("train_threads", []):
+                key = "unknown" if n is None else str(n)
+                counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _run_seeds(
@@ -1377,7 +1425,7 @@ def _run_seeds(
     runs: list[dict[str, Any]] = []
     if args.jobs == 1:
         for seed in seed_list:
-            runs.append(_one_seed(seed, **common))  # type: ignore[arg-type]
+            runs.append(_one_seed(seed, threads=args.threads, **common))  # type: ignore[arg-type]
             (args.out / "results.json").write_text(json.dumps({"runs": runs}, indent=1, default=str))
     else:
         import multiprocessing
@@ -1390,7 +1438,10 @@ def _run_seeds(
         with ProcessPoolExecutor(
             max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
         ) as pool:
-            futures = [pool.submit(_one_seed, seed, share_cores=True, **common) for seed in seed_list]
+            futures = [
+                pool.submit(_one_seed, seed, share_cores=True, threads=args.threads, **common)
+                for seed in seed_list
+            ]
             runs = [future.result() for future in futures]  # seed order, whatever finishes first
     return runs
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -85,6 +86,9 @@ class TrainedModel:
     seconds: float
     ap50: float
     ap50_95: float
+    # Torch CPU threads it trained with; on the CPU the thread count changes the detector (the same seed and
+    # thread count give the same one). None: trained before this was recorded.
+    threads: int | None = None
 
 
 class Workbench:
@@ -182,6 +186,7 @@ class Workbench:
         if tiling is not None:
             train_set = tile_dataset(train_set, self.work_dir / name / "tiles" / "train", config=tiling)
             val_set = tile_dataset(val_set, self.work_dir / name / "tiles" / "val", config=tiling)
+        threads = self.threads() if callable(self.threads) else self.threads
         result = get_family(self.spec.family).train(
             train=train_set,
             val=val_set,
@@ -195,12 +200,17 @@ class Workbench:
             device=self.spec.device,
             validate=val_every_epoch,
             keep="last",
-            threads=self.threads() if callable(self.threads) else self.threads,
+            threads=threads,
         )
         weights = result.weights
         ap = self.test_ap(weights)
         trained = TrainedModel(
-            name=name, weights=weights, seconds=result.seconds, ap50=ap.ap50, ap50_95=ap.ap50_95
+            name=name,
+            weights=weights,
+            seconds=result.seconds,
+            ap50=ap.ap50,
+            ap50_95=ap.ap50_95,
+            threads=threads if threads is not None else os.cpu_count(),
         )
         done.write_text(json.dumps({**asdict(trained), "weights": str(trained.weights), "key": key}))
         index.write_text(json.dumps({**known, key: name}))

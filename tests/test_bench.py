@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,10 @@ def test_simulate_tiny_runs_every_arm(tmp_path: Path):
     assert results["meta"]["invocations"] == 1
     assert results["meta"]["seconds_all_invocations"] == pytest.approx(results["meta"]["seconds"])
     assert len(list((out / ".invocations").glob("*.json"))) == 1
+    # every training's torch thread count is on record (it changes a CPU-trained detector)
+    recorded = [n for run in results["runs"] for arm in run["arms"].values() for n in arm["train_threads"]]
+    assert recorded and all(isinstance(n, int) and 1 <= n <= (os.cpu_count() or 1) for n in recorded)
+    assert sum(results["meta"]["train_threads"].values()) == len(recorded)
     assert not list((out / ".running").iterdir())  # each worker removed its own marker
     arms = results["runs"][0]["arms"]
     assert set(arms) == set(ARMS)
@@ -222,6 +227,7 @@ def test_parse_noise_overrides_and_validation():
         (["--purchase", "cheapest"], "invalid choice"),
         (["--calibrate-on", "everything"], "invalid choice"),
         (["--jobs", "0"], "--jobs"),
+        (["--threads", "0"], "--threads: expected at least 1"),
         (["--data", "/nonexistent-dir"], "no folder"),
         (["--data", ".", "--noise", "missed_rate=0.1"], "simulated data only"),
         (["--budget", "0.05", "--seed-fraction", "0.1"], "seed_fraction"),
@@ -385,12 +391,24 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "Crowd model fine-tuned on the LSM images" in text and "cost: decisions" in text
     assert "Wall time: 0.0 min on cpu  " in text  # one invocation: nothing about earlier ones
-    resumed = {**meta, "seconds": 600.0, "seconds_all_invocations": 5 * 3600.0, "invocations": 3}
+    resumed = {
+        **meta,
+        "seconds": 600.0,
+        "seconds_all_invocations": 5 * 3600.0,
+        "invocations": 3,
+        "train_threads": {"1": 10, "2": 3, "unknown": 4},
+    }
     sim.write_markdown(tmp_path / "resumed.md", summary, resumed)
+    resumed_text = (tmp_path / "resumed.md").read_text()
+    assert "10.0 min (this invocation; 5.0 h over the 3 invocations of this command" in resumed_text
     assert (
-        "10.0 min (this invocation; 5.0 h over the 3 invocations of this command"
-        in (tmp_path / "resumed.md").read_text()
-    )
+        "torch threads per training (cores shared among the running seeds): 10 trainings with 1 thread, "
+        "3 trainings with 2 threads, 4 unknown"
+    ) in resumed_text
+    assert "torch threads" not in text  # nothing recorded, nothing claimed
+    # What the trainings recorded is counted across seeds and arms (the fake records no thread count).
+    n_trainings = sum(len(a["train_threads"]) for r in runs for a in r["arms"].values())
+    assert n_trainings > 0 and sim._thread_counts(runs) == {"unknown": n_trainings}
     for png in ("ap50_vs_budget.png", "noisy_found.png", "grade_pr.png"):
         assert (tmp_path / png).stat().st_size > 1000
     # The method's image score is the discrepancy weighted by type and severity; the type-only weighted and
@@ -511,9 +529,24 @@ def test_review_two_reviewed_boxes_do_not_split_into_the_same_deposits():
     assert sorted(map(tuple, out.xyxy.tolist())) == sorted(map(tuple, expert.xyxy.tolist()))  # each once
 
 
+def test_threads_option_fixes_every_trainings_thread_count(tmp_path, monkeypatch):
+    """``--threads N``: N torch threads per training, however many seeds run; else the cores are shared."""
+    import bench.simulate as sim
+
+    seen = {}
+    monkeypatch.setattr(sim, "_synth_records", lambda *a: [])
+    monkeypatch.setattr(sim, "run_seed", lambda records, seed, **kw: seen.setdefault(seed, kw["threads"]))
+    common = dict(out=tmp_path, preset="tiny", data=None, noise=[], spec=None, lsm=None, settings=None)
+    sim._one_seed(1, share_cores=True, threads=1, **common)
+    sim._one_seed(2, share_cores=True, **common)
+    sim._one_seed(3, threads=3, **common)
+    sim._one_seed(4, **common)
+    assert seen[1] == 1 and seen[3] == 3 and seen[4] is None  # None: every core
+    assert callable(seen[2]) and seen[2]() == max(1, (os.cpu_count() or 1))  # its own marker is gone: all
+
+
 def test_live_markers_count_running_processes_and_drop_dead_ones(tmp_path):
     """``--jobs`` shares the cores among seeds whose process is alive; a killed run's markers do not count."""
-    import os
 
     from bench.simulate import _live_markers
 

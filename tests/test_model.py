@@ -518,3 +518,33 @@ def test_yolo_family_trains_at_the_images_size_and_keeps_last(tmp_path):
     assert (tmp_path / "out" / "dataset" / "data.yaml").is_file()
     detector = family.load(result.weights, device=TEST_DEVICE, version="v")
     assert detector.version == "v" and len(detector.predict([items[0].path])) == 1
+
+
+@pytest.mark.slow
+def test_cpu_training_is_repeatable_at_a_fixed_thread_count(tiny_run):
+    """The same data, seed and torch thread count give the same detector (what ``--threads`` relies on)."""
+    import torch
+
+    from model.train import train_detector
+
+    root, _items, data_yaml, _result, _progress = tiny_run
+    weights = []
+    for name in ("first", "again"):
+        run = train_detector(
+            data_yaml=data_yaml,
+            init="yolov8n.yaml",
+            out_dir=root / "repeat",
+            name=name,
+            epochs=1,
+            imgsz=96,
+            batch=8,
+            seed=3,
+            device="cpu",
+            val=False,
+            threads=1,
+        )
+        model = torch.load(run.weights, map_location="cpu", weights_only=False)["model"]
+        weights.append({k: v.float() for k, v in model.state_dict().items()})
+    assert weights[0].keys() == weights[1].keys()
+    for key, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][key]), key
