@@ -1042,7 +1042,8 @@ def _one_seed(
         records, names = load_user_dataset(data, seed=seed)
     else:
         records = _synth_records(preset, seed, out, noise)
-    if not share_cores or threads is not None:
+
+    def run(per_training: int | Callable[[], int] | None) -> dict[str, Any]:
         return run_seed(
             records,
             seed,
@@ -1051,8 +1052,11 @@ def _one_seed(
             lsm=lsm,
             settings=settings,
             names=names,
-            threads=threads,
+            threads=per_training,
         )
+
+    if not share_cores or threads is not None:
+        return run(threads)
     import os
 
     running = out / ".running"
@@ -1064,16 +1068,7 @@ def _one_seed(
         return max(1, (os.cpu_count() or 1) // max(1, _live_markers(running)))
 
     try:
-        return run_seed(
-            records,
-            seed,
-            work=out / f"seed{seed}",
-            spec=spec,
-            lsm=lsm,
-            settings=settings,
-            names=names,
-            threads=shared,
-        )
+        return run(shared)
     finally:
         marker.unlink(missing_ok=True)
 
