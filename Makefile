@@ -71,11 +71,12 @@ demo: setup setup-ls
 calibrate: setup
 	$(PY) -m bench.calibrate --preset quick --out $(WORK)/calibrate
 
-# The reported run (~8 h on 2 cores from nothing, resumable: every arm trained twice, the four compared arms four times); regenerates docs/results/quick/ from its output.
+# The reported run (~8 h on 2 cores from nothing, resumable: every arm trained twice, the four compared arms four times); regenerates docs/results/quick/ and the README's verdict block from its output.
 simulate: setup setup-fiftyone
 	$(PY) -m bench.simulate --preset quick --seed-list 0,1,2,3,4 --budget 0.1 --seed-fraction 0.04 --replicates 2 --compared-replicates 4 --jobs 2 --fiftyone $(FO_VENV)/bin/python --out $(WORK)/simulate/quick
 	mkdir -p docs/results/quick && rm -f docs/results/quick/*
 	cp $(WORK)/simulate/quick/results.json $(WORK)/simulate/quick/results.md $(WORK)/simulate/quick/*.png docs/results/quick/
+	$(PY) -m bench.acceptance docs/results/quick/results.json --readme README.md
 
 bench-speed: setup
 	$(PY) -m bench.speed

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bench import acceptance
 from bench.loop import (
     CALIBRATION_SAMPLES,
     PURCHASES,
@@ -846,6 +847,13 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
             + (f" ({g.get('rate_seeds', 0)})" if rates else "")
             + (f" | {_fmt(g['weight'], 1, 2)} |" if "weight" in g else " | n/a |")
         )
+    if summary.get("acceptance"):
+        lines += [
+            "",
+            "Against the method's targets (`bench.acceptance`; where a target reads two ways, the stricter):",
+            "",
+            acceptance.to_markdown(summary["acceptance"]),
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -1379,6 +1387,7 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": args.jobs,
         "command": command,
     }
+    summary["acceptance"] = [asdict(c) for c in acceptance.check(runs, meta)]
     (args.out / "results.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1, default=str)
     )

@@ -116,6 +116,13 @@ def test_simulate_tiny_runs_every_arm(tmp_path: Path):
     assert recorded and all(isinstance(n, int) and 1 <= n <= (os.cpu_count() or 1) for n in recorded)
     assert sum(results["meta"]["train_threads"].values()) == len(recorded)
     assert not list((out / ".running").iterdir())  # each worker removed its own marker
+    # the verdict against the method's targets is computed from the same records and rendered
+    verdict = {c["key"]: c for c in results["summary"]["acceptance"]}
+    assert {"quality", "cost", "finetune_random", "finetune_lsm", "selection", "grades", "wall_time"} <= set(
+        verdict
+    )
+    assert all(c["met"] in (True, False) for c in verdict.values())
+    assert "targets met." in (out / "results.md").read_text()
     arms = results["runs"][0]["arms"]
     assert set(arms) == set(ARMS)
     for arm in arms.values():

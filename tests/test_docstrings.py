@@ -16,6 +16,7 @@ MODULES = [
     "backend.report",
     "backend.score",
     "backend.storage",
+    "bench.acceptance",
     "bench.wallclock",
     "formats.images",
     "formats.labelstudio",

@@ -1,0 +1,155 @@
+"""bench.acceptance: the verdict against the method's targets, read from a results.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import acceptance
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(seed: int, *, full: float, expert: float = 0.80, **arms: float) -> dict:
+    """One seed's record with the figures the checks read (AP50 as fractions)."""
+    names = {"finetune_random": 0.70, "finetune_lsm": 0.75, "random_corrected": 0.76, **arms}
+    record = {
+        "seed": seed,
+        "arms": {
+            "full": {
+                "ap50": full,
+                "expert_fraction": 0.1,
+                "decision_fraction": 0.2699,
+                "train_seconds": 600.0,
+            },
+            "full_expert": {"ap50": expert, "train_seconds": [600.0, 600.0]},
+            **{name: {"ap50": ap, "train_seconds": 0.0} for name, ap in names.items()},
+        },
+        "detection": {"lsm": {"auroc": 0.95}, "cleanlab": {"auroc": 0.88}},
+        "grades": {
+            "after": [
+                {"noise_type": "background", "precision_at_recall": 0.9},
+                {"noise_type": "missed", "precision_at_recall": 0.7},
+            ]
+        },
+    }
+    return record
+
+
+def _by_key(criteria: list[acceptance.Criterion]) -> dict[str, acceptance.Criterion]:
+    return {c.key: c for c in criteria}
+
+
+def test_a_run_that_meets_every_target_is_met_everywhere() -> None:
+    runs = [_run(s, full=0.79) for s in range(5)]
+    got = _by_key(acceptance.check(runs, {"settings": {"cost_limit": 0.27}, "seconds": 3600.0, "jobs": 1}))
+    assert got["quality"].met and got["quality"].measured == "98.8 %"
+    assert "stretch met" in got["quality"].note
+    assert got["cost"].met
+    assert got["finetune_random"].met and got["finetune_lsm"].met and got["selection"].met
+    assert got["grades"].met and got["auroc_cleanlab"].met
+    assert "auroc_fiftyone" not in got  # not run: no verdict claimed
+    # 1 h recorded; training: 5 seeds x (600 + 2 x 600) s = 2.5 h, one at a time: >= 2.5 h from nothing
+    assert got["wall_time"].met and "≥ 2.5 h from nothing" in got["wall_time"].measured
+
+
+def test_two_points_on_four_of_five_seeds_takes_the_stricter_reading() -> None:
+    # full - finetune_lsm: +4, +4, +1, +1, +1 -> +2.2 on average, better on 5 of 5 but by >= 2 on only 2
+    runs = [_run(s, full=0.79 if s < 2 else 0.76, finetune_lsm=0.75) for s in range(5)]
+    c = _by_key(acceptance.check(runs, {}))["finetune_lsm"]
+    assert c.met is False
+    assert c.measured == "+2.2 on average; ≥ 2 on 2 of 5 seeds"
+    assert "better at all on 5 of 5 seeds (the lenient reading: met)" in c.note
+    assert c.per_seed == "0: +4.0, 1: +4.0, 2: +1.0, 3: +1.0, 4: +1.0"
+
+
+@pytest.mark.parametrize(
+    ("diffs", "met"),
+    [
+        ((+1, +1, +1, +1, -1), True),  # 4 of 5
+        ((+1, +1, +1, -1, -1), False),  # 3 of 5
+        ((+1, +1, +1, 0, +1), True),
+        ((+1, +1, +1, 0, 0), False),  # a tie is not a win
+    ],
+)
+def test_selection_needs_four_wins_of_five(diffs: tuple[int, ...], met: bool) -> None:
+    runs = [_run(s, full=0.78, random_corrected=0.78 - d / 100) for s, d in enumerate(diffs)]
+    assert _by_key(acceptance.check(runs, {}))["selection"].met is met
+
+
+def test_k_of_n_scales_with_the_number_of_seeds() -> None:
+    assert [acceptance._needed(n) for n in (1, 2, 3, 5, 8, 10)] == [1, 2, 3, 4, 7, 8]
+
+
+def test_quality_cost_auroc_and_grades_can_each_fail() -> None:
+    runs = [_run(s, full=0.74) for s in range(5)]  # 92.5 % of full expert
+    runs[3]["arms"]["full"]["decision_fraction"] = 0.2712  # one seed over the limit: 27.1 %
+    runs[0]["grades"]["after"][1]["precision_at_recall"] = 0.1  # missed: mean (0.1 + 4 x 0.7) / 5 = 0.58
+    for r in runs:
+        r["detection"]["cleanlab"]["auroc"] = 0.92  # +0.03
+    got = _by_key(acceptance.check(runs, {}))
+    assert got["quality"].met is False and "stretch not met" in got["quality"].note
+    assert got["cost"].met is False and "3: 27.1" in got["cost"].per_seed
+    assert got["grades"].met is False and "missed 0.58" in got["grades"].measured
+    assert got["auroc_cleanlab"].met is False and "≥ 0.05 on 0 of 5 seeds" in got["auroc_cleanlab"].note
+
+
+def test_a_resumed_runs_wall_time_counts_every_invocation_and_cached_trainings() -> None:
+    runs = [_run(s, full=0.79) for s in range(2)]
+    meta = {"seconds": 600.0, "seconds_all_invocations": 4 * 3600.0, "invocations": 3, "jobs": 2}
+    wall = _by_key(acceptance.check(runs, meta))["wall_time"]
+    assert wall.met is False and wall.measured.startswith("4.0 h recorded over 3 invocations")
+    # a run that only reused cached trainings took minutes, but the trainings it reused did not
+    cached = _by_key(acceptance.check(runs * 4, {"seconds": 60.0, "jobs": 1}))["wall_time"]
+    assert cached.met is False and "≥ 4.0 h from nothing" in cached.measured
+
+
+def test_a_run_without_the_arms_is_not_judged_on_them() -> None:
+    runs = [{"seed": 0, "arms": {"full": {"ap50": 0.8}, "full_expert": {"ap50": 0.8}}}]
+    assert [c.key for c in acceptance.check(runs, {})] == ["quality"]
+
+
+def test_markdown_lists_every_verdict() -> None:
+    runs = [_run(s, full=0.79) for s in range(5)]
+    criteria = acceptance.check(runs, {"seconds": 10.0})
+    text = acceptance.to_markdown([c.__dict__ for c in criteria])  # as results.json stores them
+    assert text.startswith(f"{len(criteria)} of {len(criteria)} targets met.")
+    assert text.count("**met**") == len(criteria) and "not met" not in text
+
+
+def test_readme_block_is_replaced_between_its_markers_only(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{acceptance.BEGIN}\nold verdict\n{acceptance.END}\nafter\n")
+    acceptance.write_readme_block(readme, "new verdict")
+    assert (
+        readme.read_text() == f"# Title\n\nbefore\n{acceptance.BEGIN}\nnew verdict\n{acceptance.END}\nafter\n"
+    )
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="expected one line"):
+        acceptance.write_readme_block(readme, "x")
+    assert readme.read_text() == "no markers\n"  # nothing lost
+
+
+def test_cli_writes_the_readme_and_rejects_bad_input(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    runs = [_run(s, full=0.79) for s in range(5)]
+    results.write_text(
+        json.dumps({"meta": {"command": "python -m bench.simulate x", "seconds": 5.0}, "runs": runs})
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{acceptance.BEGIN}\n{acceptance.END}\n")
+    cmd = [sys.executable, "-m", "bench.acceptance", str(results), "--readme", str(readme)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "8 of 8 targets met." in readme.read_text() and "python -m bench.simulate x" in proc.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    for path, message in ((bad, "not JSON"), (tmp_path / "none.json", "no such file")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.acceptance", str(path)], cwd=REPO, capture_output=True, text=True
+        )
+        assert proc.returncode == 2 and message in proc.stderr
