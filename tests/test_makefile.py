@@ -1,0 +1,54 @@
+"""The Makefile's benchmark targets: the check on other seeds runs the reported run's protocol."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+def _simulate_args(*make_args: str) -> list[str]:
+    """The arguments `make -n` would pass to bench.simulate (nothing is run)."""
+    proc = subprocess.run(["make", "-n", *make_args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "-m bench.simulate" in line]
+    assert len(lines) == 1, proc.stdout
+    words = shlex.split(lines[0])
+    return words[words.index("bench.simulate") + 1 :]
+
+
+def _options(args: list[str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for i, word in enumerate(args):
+        if word.startswith("--"):
+            value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else ""
+            found.setdefault(word, []).append(value)
+    return found
+
+
+def test_simulate_check_runs_the_reported_protocol_on_other_seeds() -> None:
+    reported = _options(_simulate_args("simulate"))
+    check = _options(_simulate_args("simulate-check", "SEEDS=200,201"))
+    assert reported["--seed-list"] == ["0,1,2,3,4"] and check["--seed-list"] == ["200,201"]
+    assert check["--out"] != reported["--out"]  # never resumes from, or overwrites, the reported run
+    for key in ("--seed-list", "--out"):
+        del reported[key], check[key]
+    assert check == reported
+
+
+def test_simulate_check_passes_each_noise_override_and_keeps_its_own_folder() -> None:
+    plain = _options(_simulate_args("simulate-check", "SEEDS=200"))
+    noisy = _options(
+        _simulate_args("simulate-check", "SEEDS=200", "NOISE=missed_rate=0.35 localization_iou=0.3,0.6")
+    )
+    assert noisy["--noise"] == ["missed_rate=0.35", "localization_iou=0.3,0.6"]
+    assert "--noise" not in plain
+    assert noisy["--out"] != plain["--out"]
+    assert noisy["--out"][0].endswith("check-200-missed_rate-0.35_localization_iou-0.3-0.6")
