@@ -74,12 +74,12 @@ calibrate: setup
 # The reported protocol: a 10 % image budget, every arm trained twice, the four compared arms four times.
 PROTOCOL := --budget 0.1 --seed-fraction 0.04 --replicates 2 --compared-replicates 4 --jobs 2
 
-# The reported run (~8 h on 2 cores from nothing, resumable); regenerates docs/results/quick/ and the README's verdict block from its output.
+# The reported run (~8 h on 2 cores from nothing, resumable); regenerates docs/results/quick/ and the README's generated results block from its output.
 simulate: setup setup-fiftyone
 	$(PY) -m bench.simulate --preset quick --seed-list 0,1,2,3,4 $(PROTOCOL) --fiftyone $(FO_VENV)/bin/python --out $(WORK)/simulate/quick
 	mkdir -p docs/results/quick && rm -f docs/results/quick/*
 	cp $(WORK)/simulate/quick/results.json $(WORK)/simulate/quick/results.md $(WORK)/simulate/quick/*.png docs/results/quick/
-	$(PY) -m bench.acceptance docs/results/quick/results.json --readme README.md
+	$(PY) -m bench.readme docs/results/quick/results.json README.md
 
 # The same protocol on seeds nothing was tuned on, or another noise mix (resumable; ~1.6 h per seed from nothing):
 #   make simulate-check SEEDS=5,6,7

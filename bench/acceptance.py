@@ -6,8 +6,8 @@ average and on ≥ 4 of 5 seeds; LSM + correction better than random + correctio
 grades ≥ 0.6 precise at recall ≥ 0.5 for every noise type; a noisy-image AUROC ≥ cleanlab ObjectLab's + 0.05;
 FiftyOne Brain as a second peer; and a run that fits one working session. ``bench.simulate`` stores the
 verdict in ``results.json`` (``summary.acceptance``) and renders it at the end of ``results.md``;
-``python -m bench.acceptance RESULTS_JSON --readme README.md`` writes the same table into the README between
-its markers, so the README's verdict is regenerated with the results, never typed.
+``python -m bench.acceptance RESULTS_JSON`` prints it for any finished run, and ``python -m bench.readme``
+writes it into the README with the results tables, so the README's verdict is regenerated, never typed.
 
 Where a target can be read two ways ("≥ 2 points on ≥ 4 of 5 seeds": better on them, or better by 2 points on
 them), the check takes the stricter reading and its note gives the other. "k of n seeds" scales with the run:
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +35,6 @@ MARGIN = 2.0  # AP50 points over each equal-cost fine-tune
 GRADE_PRECISION = 0.6  # at recall >= 0.5
 AUROC_MARGIN = 0.05  # over cleanlab ObjectLab
 SESSION_HOURS = 3.0  # one working session on the 2-core machine
-
-BEGIN = "<!-- acceptance:begin (written by python -m bench.acceptance; do not edit) -->"
-END = "<!-- acceptance:end -->"
 
 
 @dataclass(frozen=True)
@@ -286,54 +282,35 @@ def to_markdown(criteria: Sequence[Criterion | Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_readme_block(readme: Path, block: str) -> None:
-    """Replace the text between the README's acceptance markers by ``block``.
-
-    Raises:
-        ValueError: the README lacks the markers, or has them more than once or out of order.
-    """
-    text = readme.read_text()
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(
-            f"{readme}: expected one line {BEGIN!r} followed by one line {END!r} to write the verdict between"
-        )
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-    readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{block}\n{END}", text))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.acceptance",
         description="Check a bench.simulate run against the method's targets; print the verdict as markdown.",
     )
     parser.add_argument("results", type=Path, help="a bench.simulate results.json")
-    parser.add_argument("--readme", type=Path, help="also write the verdict between this file's markers")
     parser.add_argument(
         "--session-hours", type=float, default=SESSION_HOURS, help="the wall time one session allows"
     )
     args = parser.parse_args(argv)
     if args.session_hours <= 0:
         parser.error(f"--session-hours: expected a positive number, got {args.session_hours}")
-    try:
-        results = json.loads(args.results.read_text())
-    except FileNotFoundError:
-        parser.error(f"{args.results}: no such file (run python -m bench.simulate first)")
-    except json.JSONDecodeError as err:
-        parser.error(f"{args.results}: not JSON ({err})")
-    if not isinstance(results, dict) or "meta" not in results or "runs" not in results:
-        parser.error(f"{args.results}: expected a finished bench.simulate results.json (meta and runs)")
+    results = load_results(args.results, parser)
     criteria = check(results["runs"], results["meta"], session_hours=args.session_hours)
-    block = (
-        f"Checked by `python -m bench.acceptance {args.results}` against the run "
-        f"`{results['meta'].get('command', '?')}`:\n\n{to_markdown(criteria)}"
-    )
-    if args.readme is not None:
-        try:
-            write_readme_block(args.readme, block)
-        except (OSError, ValueError) as err:
-            parser.error(str(err))
-    print(block)
+    print(to_markdown(criteria))
     return 0
+
+
+def load_results(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """A finished run's ``results.json``; a missing, broken or unfinished one exits 2 through ``parser``."""
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        parser.error(f"{path}: no such file (run python -m bench.simulate first)")
+    except json.JSONDecodeError as err:
+        parser.error(f"{path}: not JSON ({err})")
+    if not isinstance(results, dict) or not {"meta", "summary", "runs"} <= set(results):
+        parser.error(f"{path}: expected a finished bench.simulate results.json (meta, summary and runs)")
+    return results
 
 
 if __name__ == "__main__":
