@@ -81,7 +81,7 @@ simulate: setup setup-fiftyone
 	cp $(WORK)/simulate/quick/results.json $(WORK)/simulate/quick/results.md $(WORK)/simulate/quick/*.png docs/results/quick/
 	$(PY) -m bench.readme docs/results/quick/results.json README.md
 
-# The same protocol on seeds nothing was tuned on, or another noise mix (resumable; ~1.6 h per seed from nothing):
+# The same protocol on seeds nothing was tuned on, or another noise mix (resumable; from nothing ~3.1 h per pair of seeds, ~1.9 h for a seed alone):
 #   make simulate-check SEEDS=5,6,7
 #   make simulate-check SEEDS=200,201 NOISE="missed_rate=0.35 localization_iou=0.3,0.6"
 SEEDS ?= 5,6,7
