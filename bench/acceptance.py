@@ -113,11 +113,18 @@ def _cost(runs: Sequence[Mapping[str, Any]], limit: float) -> Criterion | None:
     )
 
 
-def _over(runs: Sequence[Mapping[str, Any]], other: str) -> Criterion | None:
+def _full_minus(runs: Sequence[Mapping[str, Any]], other: str) -> list[float] | None:
+    """Per seed, the full method's AP50 minus ``other``'s (points); None when either arm is missing."""
     full, base = _arm_ap(runs, "full"), _arm_ap(runs, other)
     if full is None or base is None:
         return None
-    diffs = [f - b for f, b in zip(full, base, strict=True)]
+    return [f - b for f, b in zip(full, base, strict=True)]
+
+
+def _over(runs: Sequence[Mapping[str, Any]], other: str) -> Criterion | None:
+    diffs = _full_minus(runs, other)
+    if diffs is None:
+        return None
     n, need = len(diffs), _needed(len(diffs))
     by_margin = sum(d >= MARGIN for d in diffs)
     better = sum(d > 0 for d in diffs)
@@ -134,10 +141,9 @@ def _over(runs: Sequence[Mapping[str, Any]], other: str) -> Criterion | None:
 
 
 def _selection(runs: Sequence[Mapping[str, Any]]) -> Criterion | None:
-    full, rand = _arm_ap(runs, "full"), _arm_ap(runs, "random_corrected")
-    if full is None or rand is None:
+    diffs = _full_minus(runs, "random_corrected")
+    if diffs is None:
         return None
-    diffs = [f - r for f, r in zip(full, rand, strict=True)]
     n, need = len(diffs), _needed(len(diffs))
     better = sum(d > 0 for d in diffs)
     return Criterion(
