@@ -226,7 +226,8 @@ def _wall(
     # spread over the seeds run at once, bounds a run from nothing from below (the cleaning loops and the
     # consensus folds come on top).
     jobs = max(int(meta.get("jobs", 1) or 1), 1)
-    fresh = _training_hours(runs) / jobs
+    trained = _training_hours(runs)
+    fresh = trained / jobs
     return Criterion(
         key="wall_time",
         target=f"the run fits one working session ({session_hours:g} h on the machine it ran on)",
@@ -235,7 +236,7 @@ def _wall(
         + f"; ≥ {fresh:.1f} h from nothing",
         per_seed="",
         met=max(hours, fresh) <= session_hours,
-        note=f"from nothing: the arms' {_training_hours(runs):.1f} h of recorded training, {jobs} at a time "
+        note=f"from nothing: the arms' {trained:.1f} h of recorded training, {jobs} at a time "
         "(cleaning models and consensus not counted); recorded: every invocation of the command on its "
         "folder that left a record",
     )

@@ -753,6 +753,15 @@ def _paired_table(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _verdict(criteria: Sequence[Any]) -> list[str]:
+    """The verdict against the method's targets, as ``results.md`` and the README show it."""
+    return [
+        "Against the method's targets (`bench.acceptance`; where a target reads two ways, the stricter):",
+        "",
+        acceptance.to_markdown(criteria),
+    ]
+
+
 def readme_block(results: Mapping[str, Any], source: str) -> str:
     """The README's generated results: the headline, every arm, the paired differences and the verdict.
 
@@ -776,9 +785,7 @@ def readme_block(results: Mapping[str, Any], source: str) -> str:
             "",
             *_paired_table(summary),
             "",
-            "Against the method's targets (`bench.acceptance`; where a target reads two ways, the stricter):",
-            "",
-            acceptance.to_markdown(acceptance.check(runs, meta)),
+            *_verdict(acceptance.check(runs, meta)),
         ]
     )
 
@@ -898,12 +905,7 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
             + (f" | {_fmt(g['weight'], 1, 2)} |" if "weight" in g else " | n/a |")
         )
     if summary.get("acceptance"):
-        lines += [
-            "",
-            "Against the method's targets (`bench.acceptance`; where a target reads two ways, the stricter):",
-            "",
-            acceptance.to_markdown(summary["acceptance"]),
-        ]
+        lines += ["", *_verdict(summary["acceptance"])]
     path.write_text("\n".join(lines) + "\n")
 
 
