@@ -15,7 +15,7 @@ export XDG_CACHE_HOME := $(WORK)/xdg-cache
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-ls setup-fiftyone test test-fast lint demo calibrate simulate simulate-check bench-speed bench-load bench-bulk bench-memory clean help
+.PHONY: setup setup-ls setup-fiftyone test test-fast lint demo calibrate simulate simulate-check simulate-heldout bench-speed bench-load bench-bulk bench-memory clean help
 
 help:
 	@echo "make demo   - set up, generate synthetic data, train, start Label Studio + backend"
@@ -92,6 +92,14 @@ space := $(empty) $(empty)
 CHECK_OUT ?= $(WORK)/simulate/check-$(subst $(comma),-,$(SEEDS))$(if $(NOISE),-$(subst =,-,$(subst $(space),_,$(subst $(comma),-,$(strip $(NOISE))))))
 simulate-check: setup setup-fiftyone
 	$(PY) -m bench.simulate --preset quick --seed-list $(SEEDS) $(PROTOCOL) $(foreach n,$(NOISE),--noise $(n)) --fiftyone $(FO_VENV)/bin/python --out $(CHECK_OUT)
+
+# The README's held-out seeds 5, 6 and 7 (simulate-check's run and folder, ~5 h from nothing, resumable);
+# regenerates docs/results/heldout/ and the README's generated held-out block from its output.
+simulate-heldout: setup setup-fiftyone
+	$(MAKE) simulate-check SEEDS=5,6,7 NOISE=
+	mkdir -p docs/results/heldout && rm -f docs/results/heldout/*
+	cp $(WORK)/simulate/check-5-6-7/results.json $(WORK)/simulate/check-5-6-7/results.md $(WORK)/simulate/check-5-6-7/*.png docs/results/heldout/
+	$(PY) -m bench.readme --block heldout docs/results/heldout/results.json README.md
 
 bench-speed: setup
 	$(PY) -m bench.speed

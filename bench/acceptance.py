@@ -58,7 +58,7 @@ class Criterion:
     note: str = ""
 
 
-def _needed(n: int) -> int:
+def needed(n: int) -> int:
     """Seeds of ``n`` a "≥ 4 of 5 seeds" target needs."""
     return math.ceil(0.8 * n - 1e-9)
 
@@ -125,7 +125,7 @@ def _over(runs: Sequence[Mapping[str, Any]], other: str) -> Criterion | None:
     diffs = _full_minus(runs, other)
     if diffs is None:
         return None
-    n, need = len(diffs), _needed(len(diffs))
+    n, need = len(diffs), needed(len(diffs))
     by_margin = sum(d >= MARGIN for d in diffs)
     better = sum(d > 0 for d in diffs)
     mean = _mean(diffs)
@@ -144,7 +144,7 @@ def _selection(runs: Sequence[Mapping[str, Any]]) -> Criterion | None:
     diffs = _full_minus(runs, "random_corrected")
     if diffs is None:
         return None
-    n, need = len(diffs), _needed(len(diffs))
+    n, need = len(diffs), needed(len(diffs))
     better = sum(d > 0 for d in diffs)
     return Criterion(
         key="selection",

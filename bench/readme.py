@@ -1,36 +1,197 @@
 """Writes a ``bench.simulate`` run's results into the README, between its markers, so they are never typed.
 
     python -m bench.readme docs/results/quick/results.json README.md
+    python -m bench.readme --block heldout docs/results/heldout/results.json README.md
 
-The block holds the headline, every arm's figures, the paired per-seed differences and the verdict against the
-method's targets (``bench.acceptance``), all read from the run's ``results.json``. Everything outside the
-markers is left as it is; a README without them is left untouched and the command exits 2.
+Two blocks, each between its own pair of markers:
+
+- ``results`` (the reported run): the headline, every arm's figures, the paired per-seed differences and the
+  verdict against the method's targets (``bench.acceptance``);
+- ``heldout`` (the same protocol on seeds nothing was tuned on, ``make simulate-heldout``): the full method
+  and its three equal-cost comparisons seed by seed, each difference with the standard error its trainings
+  give, and the verdict.
+
+Both are read from the run's ``results.json``. Everything outside the chosen block's markers is left as it is;
+a README without them is left untouched and the command exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from bench import acceptance
 from bench.acceptance import load_results
 from bench.simulate import readme_block
 
 BEGIN = "<!-- results:begin (written by python -m bench.readme; do not edit) -->"
 END = "<!-- results:end -->"
+BLOCKS = ("results", "heldout")
+# The held-out table's comparisons: (arm, column heading), each as the full method minus the arm.
+_AGAINST = (
+    ("finetune_lsm", "− `finetune_lsm`"),
+    ("finetune_random", "− `finetune_random`"),
+    ("random_corrected", "− random + correction"),
+)
+_PEERS = (("cleanlab", "AUROC − ObjectLab"), ("fiftyone", "AUROC − FiftyOne"))
 
 
-def write_block(readme: Path, block: str) -> None:
-    """Replace the text between the README's markers by ``block``.
+def markers(block: str = "results") -> tuple[str, str]:
+    """The begin and end lines of a block (``results`` or ``heldout``)."""
+    if block not in BLOCKS:
+        raise ValueError(f"block: expected one of {BLOCKS}, got {block!r}")
+    if block == "results":
+        return BEGIN, END
+    return f"<!-- {block}:begin (written by python -m bench.readme --block {block}; do not edit) -->", (
+        f"<!-- {block}:end -->"
+    )
+
+
+def write_block(readme: Path, text: str, *, block: str = "results") -> None:
+    """Replace the text between the README's markers of ``block`` by ``text``.
 
     Raises:
         ValueError: the README lacks the markers, or has them more than once or out of order.
     """
-    text = readme.read_text()
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"{readme}: expected one line {BEGIN!r}, later one line {END!r}, to write between")
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-    readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{block}\n{END}", text))
+    begin, end = markers(block)
+    doc = readme.read_text()
+    if doc.count(begin) != 1 or doc.count(end) != 1 or doc.index(begin) > doc.index(end):
+        raise ValueError(f"{readme}: expected one line {begin!r}, later one line {end!r}, to write between")
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    readme.write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", doc))
+
+
+def written_block(readme_text: str, block: str = "results") -> str | None:
+    """What a README holds between ``block``'s markers (None where it has no such block)."""
+    begin, end = markers(block)
+    if begin not in readme_text or end not in readme_text:
+        return None
+    return readme_text[readme_text.index(begin) + len(begin) + 1 : readme_text.index(end) - 1]
+
+
+def _replicates(arm: Mapping[str, Any]) -> list[float]:
+    values = arm.get("ap50_replicates") or [arm["ap50"]]
+    return [float(v) * 100 for v in values]
+
+
+def _difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[float, float]:
+    """AP50 of ``a`` minus ``b`` (points; each the mean of its trainings), and the difference's standard
+    error from the spread of each arm's trainings (nan where an arm was trained once)."""
+    xs, ys = _replicates(a), _replicates(b)
+    diff = sum(xs) / len(xs) - sum(ys) / len(ys)
+    if len(xs) < 2 or len(ys) < 2:
+        return diff, math.nan
+
+    def var(v: Sequence[float]) -> float:
+        m = sum(v) / len(v)
+        return sum((x - m) ** 2 for x in v) / (len(v) - 1)
+
+    return diff, math.sqrt(var(xs) / len(xs) + var(ys) / len(ys))
+
+
+def _signed(value: float, se: float = math.nan, digits: int = 1) -> str:
+    text = f"{value:+.{digits}f}".replace("-", "−")
+    return text if math.isnan(se) else f"{text} ± {se:.{digits}f}"
+
+
+def seed_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The full method and its equal-cost comparisons, one row per seed and a row of means.
+
+    Args:
+        runs: ``results.json``'s ``runs`` (one record per seed, each with ``arms`` and ``detection``).
+
+    Returns:
+        Markdown lines: AP50 of the full method, its share of the full-expert detector's, its cost (the larger
+        share), its AP50 minus each comparison's (± the standard error of the trainings), and its noisy-image
+        AUROC minus each peer's on the same predictions.
+    """
+    head = ["seed", "full method AP50", "% of full expert", "cost"]
+    head += [h for _, h in _AGAINST] + [h for _, h in _PEERS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    sums: dict[str, list[float]] = {}
+    for run in runs:
+        arms, det = run["arms"], run.get("detection", {})
+        full = arms["full"]
+        pct = 100 * float(full["ap50"]) / float(arms["full_expert"]["ap50"])
+        cells = [str(run["seed"]), f"{float(full['ap50']) * 100:.1f}", f"{pct:.1f} %"]
+        cells.append(f"{float(full['cost_fraction']) * 100:.1f} %")
+        sums.setdefault("ap", []).append(float(full["ap50"]) * 100)
+        sums.setdefault("pct", []).append(pct)
+        sums.setdefault("cost", []).append(float(full["cost_fraction"]) * 100)
+        for arm, _ in _AGAINST:
+            if arm in arms:
+                diff, se = _difference(full, arms[arm])
+                cells.append(_signed(diff, se))
+                sums.setdefault(arm, []).append(diff)
+            else:
+                cells.append("n/a")
+        for peer, _ in _PEERS:
+            if peer in det and "lsm" in det:
+                diff = float(det["lsm"]["auroc"]) - float(det[peer]["auroc"])
+                cells.append(_signed(diff, digits=3))
+                sums.setdefault(peer, []).append(diff)
+            else:
+                cells.append("n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+
+    def mean(key: str) -> float:
+        values = sums.get(key, [])
+        return sum(values) / len(values) if values else math.nan
+
+    n = len(runs)
+    cells = ["mean", f"{mean('ap'):.1f}", f"{mean('pct'):.1f} %", f"{mean('cost'):.1f} %"]
+    for arm, _ in _AGAINST:
+        values = sums.get(arm, [])
+        cells.append(
+            f"{_signed(mean(arm))} (better on {sum(v > 0 for v in values)} of {n})" if values else "n/a"
+        )
+    for peer, _ in _PEERS:
+        values = sums.get(peer, [])
+        cells.append(_signed(mean(peer), digits=3) if values else "n/a")
+    lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def heldout_block(results: Mapping[str, Any], source: str) -> str:
+    """The README's held-out block: the run, its per-seed table and the verdict against the targets.
+
+    Args:
+        results: a finished run's ``results.json`` (``meta``, ``runs``).
+        source: the path the results were read from, named in the block.
+    """
+    meta, runs = results["meta"], results["runs"]
+    noise = meta.get("noise") or []
+    mix = f"noise overrides {', '.join(f'`{n}`' for n in noise)}" if noise else "the default noise mix"
+    hours = float(meta.get("seconds_all_invocations", meta.get("seconds", 0.0))) / 3600
+    invocations = int(meta.get("invocations", 1))
+    return "\n".join(
+        [
+            f"Generated by `python -m bench.readme --block heldout {source}` from the run "
+            f"`{meta.get('command', '?')}` (seeds {meta.get('seeds')}, {mix}; {hours:.1f} h over "
+            f"{invocations} invocation{'s' if invocations != 1 else ''}). Differences in AP50 points, "
+            "± the standard error of each arm's trainings; AUROC on the images not sent to experts, "
+            "same predictions:",
+            "",
+            *seed_table(runs),
+            "",
+            "Against the method's targets (`bench.acceptance`; where a target reads two ways, the stricter; "
+            f'"4 of 5 seeds" is {acceptance.needed(len(runs))} of {len(runs)} here):',
+            "",
+            acceptance.to_markdown(acceptance.check(runs, meta)),
+        ]
+    )
+
+
+def render(results: Mapping[str, Any], source: str, block: str = "results") -> str:
+    """The text of ``block`` for the run ``results`` read from ``source``."""
+    if block == "heldout":
+        return heldout_block(results, source)
+    markers(block)  # validates the name
+    return readme_block(results, source)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,14 +200,21 @@ def main(argv: list[str] | None = None) -> int:
         description="Write a bench.simulate run's tables and verdict into a README between its markers.",
     )
     parser.add_argument("results", type=Path, help="a finished bench.simulate results.json")
-    parser.add_argument("readme", type=Path, help=f"the markdown file holding the markers {BEGIN} ... {END}")
+    parser.add_argument("readme", type=Path, help="the markdown file holding the block's markers")
+    parser.add_argument(
+        "--block",
+        choices=BLOCKS,
+        default="results",
+        help="results: the reported run's tables; heldout: a check on other seeds, seed by seed "
+        "(each between its own markers, see the module's docstring)",
+    )
     args = parser.parse_args(argv)
     results = load_results(args.results, parser)
     try:
-        write_block(args.readme, readme_block(results, str(args.results)))
+        write_block(args.readme, render(results, str(args.results), args.block), block=args.block)
     except (OSError, ValueError) as err:
         parser.error(str(err))
-    print(f"{args.readme}: results of {args.results} written between the markers")
+    print(f"{args.readme}: results of {args.results} written between the {args.block} markers")
     return 0
 
 

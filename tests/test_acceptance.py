@@ -82,7 +82,7 @@ def test_selection_needs_four_wins_of_five(diffs: tuple[int, ...], met: bool) ->
 
 
 def test_k_of_n_scales_with_the_number_of_seeds() -> None:
-    assert [acceptance._needed(n) for n in (1, 2, 3, 5, 8, 10)] == [1, 2, 3, 4, 7, 8]
+    assert [acceptance.needed(n) for n in (1, 2, 3, 5, 8, 10)] == [1, 2, 3, 4, 7, 8]
 
 
 def test_quality_cost_auroc_and_grades_can_each_fail() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -79,9 +80,62 @@ def test_cli_leaves_the_readme_as_it_was_on_bad_input(tmp_path: Path) -> None:
         assert doc.read_text() == "no markers\n"
 
 
-def test_the_readmes_block_is_what_the_committed_results_give() -> None:
-    """A hand edit of the README's generated block, or results.json changed without rewriting it, fails."""
+def test_the_readmes_blocks_are_what_the_committed_results_give() -> None:
+    """A hand edit of a generated block, or a results.json changed without rewriting it, fails.
+
+    Each block names the results it was generated from in its first line; the reported run's block must be
+    there, the held-out block wherever its markers are.
+    """
     text = (REPO / "README.md").read_text()
-    written = text[text.index(readme.BEGIN) + len(readme.BEGIN) + 1 : text.index(readme.END) - 1]
-    expected = readme.readme_block(json.loads(REPORTED.read_text()), "docs/results/quick/results.json")
-    assert written == expected, "run: python -m bench.readme docs/results/quick/results.json README.md"
+    checked = []
+    for block in readme.BLOCKS:
+        written = readme.written_block(text, block)
+        if written is None:
+            continue
+        source = re.search(r"python -m bench\.readme (?:--block \w+ )?(\S+)`", written)
+        assert source, f"the {block} block does not name its results.json"
+        expected = readme.render(json.loads((REPO / source[1]).read_text()), source[1], block)
+        flag = "" if block == "results" else f"--block {block} "
+        assert written == expected, f"run: python -m bench.readme {flag}{source[1]} README.md"
+        checked.append(block)
+    assert "results" in checked
+
+
+def test_the_heldout_block_shows_each_seed_as_its_runs_give_it() -> None:
+    results = json.loads(REPORTED.read_text())
+    text = readme.heldout_block(results, "r.json")
+    runs = results["runs"]
+    rows = [line for line in text.splitlines() if re.match(r"\| (\d+|mean) \|", line)]
+    assert [row.split(" | ")[0] for row in rows] == [f"| {r['seed']}" for r in runs] + ["| mean"]
+    first = runs[0]["arms"]
+    cells = rows[0].strip("| ").split(" | ")
+    assert cells[1] == f"{first['full']['ap50'] * 100:.1f}"
+    assert cells[2] == f"{100 * first['full']['ap50'] / first['full_expert']['ap50']:.1f} %"
+    lsm = (first["full"]["ap50"] - first["finetune_lsm"]["ap50"]) * 100
+    assert cells[4].startswith(f"{lsm:+.1f}".replace("-", "−") + " ± ")
+    det = runs[0]["detection"]
+    assert cells[7] == f"{det['lsm']['auroc'] - det['cleanlab']['auroc']:+.3f}".replace("-", "−")
+    pct = results["summary"]["arms"]["full"]["pct_of_full"][0]
+    assert rows[-1].strip("| ").split(" | ")[2] == f"{pct:.1f} %"
+    assert "targets met." in text and results["meta"]["command"] in text
+
+
+def test_a_difference_carries_the_standard_error_of_both_arms_trainings() -> None:
+    # 90 and 92 against 80 twice: 11 points, se = sqrt(var(90, 92) / 2 + 0) = 1.
+    diff, se = readme._difference(
+        {"ap50": 0.91, "ap50_replicates": [0.90, 0.92]}, {"ap50": 0.8, "ap50_replicates": [0.8, 0.8]}
+    )
+    assert diff == pytest.approx(11.0) and se == pytest.approx(1.0)
+    diff, se = readme._difference({"ap50": 0.91}, {"ap50": 0.8, "ap50_replicates": [0.8, 0.8]})
+    assert diff == pytest.approx(11.0) and se != se  # one training: no error to give
+
+
+def test_each_block_is_written_between_its_own_markers(tmp_path: Path) -> None:
+    begin, end = readme.markers("heldout")
+    doc = tmp_path / "README.md"
+    doc.write_text(f"{readme.BEGIN}\nreported\n{readme.END}\n{begin}\nold\n{end}\n")
+    readme.write_block(doc, "held out", block="heldout")
+    assert doc.read_text() == f"{readme.BEGIN}\nreported\n{readme.END}\n{begin}\nheld out\n{end}\n"
+    assert readme.written_block(doc.read_text(), "heldout") == "held out"
+    with pytest.raises(ValueError, match="block"):
+        readme.markers("other")
