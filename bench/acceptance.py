@@ -289,6 +289,33 @@ def to_markdown(criteria: Sequence[Criterion | Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def one_training(runs: Sequence[Mapping[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The runs as if every arm had been trained once: each arm's AP50 is that of its ``k``-th training.
+
+    A run with ``--replicates R`` trains each arm R times (training seeds seed, seed + 1000, ...) and
+    reports the mean; its ``k``-th trainings are what a one-training run with the same thread counts would
+    have trained for ``k = 0``, so the verdict on them shows how much it rests on the training's own noise.
+
+    Raises:
+        ValueError: ``k`` is negative, or an arm was trained ``k`` times or fewer (named with its seed).
+    """
+    if k < 0:
+        raise ValueError(f"training: expected a training index >= 0, got {k}")
+    out = []
+    for run in runs:
+        arms = {}
+        for name, arm in run.get("arms", {}).items():
+            trainings = arm.get("ap50_replicates") or [arm["ap50"]]
+            if k >= len(trainings):
+                raise ValueError(
+                    f"training: seed {run.get('seed')}'s arm {name} was trained {len(trainings)} time(s), "
+                    f"no training {k}"
+                )
+            arms[name] = {**arm, "ap50": trainings[k], "ap50_replicates": [trainings[k]]}
+        out.append({**run, "arms": arms})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.acceptance",
@@ -298,11 +325,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--session-hours", type=float, default=SESSION_HOURS, help="the wall time one session allows"
     )
+    parser.add_argument(
+        "--training",
+        type=int,
+        default=None,
+        metavar="K",
+        help="judge each arm by its K-th training alone (0: the training seed, 1: seed + 1000, ...) instead "
+        "of the mean of its trainings; the wall-time target is left out (the run's time is all trainings')",
+    )
     args = parser.parse_args(argv)
     if args.session_hours <= 0:
         parser.error(f"--session-hours: expected a positive number, got {args.session_hours}")
     results = load_results(args.results, parser)
-    criteria = check(results["runs"], results["meta"], session_hours=args.session_hours)
+    runs = results["runs"]
+    if args.training is not None:
+        try:
+            runs = one_training(runs, args.training)
+        except ValueError as err:
+            parser.error(str(err))
+    criteria = check(runs, results["meta"], session_hours=args.session_hours)
+    if args.training is not None:
+        criteria = [c for c in criteria if c.key != "wall_time"]
+        print(f"Each arm judged by its training {args.training} alone (the wall-time target left out).\n")
     print(to_markdown(criteria))
     return 0
 

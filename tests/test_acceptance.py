@@ -143,3 +143,32 @@ def test_cli_prints_the_verdict_and_rejects_bad_input(tmp_path: Path) -> None:
             [sys.executable, "-m", "bench.acceptance", str(path)], cwd=REPO, capture_output=True, text=True
         )
         assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_one_training_judges_each_arm_by_that_training_alone(tmp_path: Path) -> None:
+    runs = [_run(s, full=0.79) for s in range(5)]
+    for run in runs:
+        # Mean 0.79, but the second training alone is below finetune_lsm (0.75) + 2 points.
+        run["arms"]["full"]["ap50_replicates"] = [0.82, 0.76]
+        for name, arm in run["arms"].items():
+            if name != "full":
+                arm["ap50_replicates"] = [arm["ap50"], arm["ap50"]]
+    assert _by_key(acceptance.check(runs, {}))["finetune_lsm"].met
+    first, second = acceptance.one_training(runs, 0), acceptance.one_training(runs, 1)
+    assert first[0]["arms"]["full"]["ap50"] == 0.82 and second[0]["arms"]["full"]["ap50"] == 0.76
+    assert runs[0]["arms"]["full"]["ap50"] == 0.79  # the input is left as it was
+    assert _by_key(acceptance.check(first, {}))["finetune_lsm"].met
+    assert not _by_key(acceptance.check(second, {}))["finetune_lsm"].met
+    with pytest.raises(ValueError, match="seed 0's arm full was trained 2 time"):
+        acceptance.one_training(runs, 2)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"meta": {"seconds": 5.0}, "summary": {}, "runs": runs}))
+    for k, code, text in ((1, 0, "training 1 alone"), (2, 2, "no training 2"), (-1, 2, ">= 0")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.acceptance", str(results), "--training", str(k)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == code and text in (proc.stdout + proc.stderr)
+    assert "fits one working session" not in proc.stdout
