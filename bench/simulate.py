@@ -94,6 +94,11 @@ PAIRS: tuple[tuple[str, str], ...] = (
 )
 # The arms the paired comparisons read (``BenchSettings.compared_replicates``).
 COMPARED_ARMS: tuple[str, ...] = tuple(dict.fromkeys(name for pair in PAIRS for name in pair))
+# The arms the method's targets read (``bench.acceptance``): the compared arms, the full-expert reference
+# and the crowd-trained detector the fine-tunes and the reference start from. `--verdict-only` trains these.
+VERDICT_ARMS: tuple[str, ...] = tuple(
+    name for name in ARMS if name in {"noisy", "full_expert", *COMPARED_ARMS}
+)
 FINAL_RECIPES = ("scratch", "warm_cleaning", "warm_crowd")
 CONSENSUS_MODELS = ("crossfit", "crowd")
 FINETUNE_STEPS = ("matched", "epochs")
@@ -176,6 +181,9 @@ class BenchSettings:
         fiftyone: the Python interpreter of a FiftyOne environment (``make setup-fiftyone``); when given,
             FiftyOne Brain's ``compute_mistakenness`` scores the noisy images on the same predictions as a
             second peer (``bench.noise_quality.fiftyone_scores``); None: not run.
+        verdict_only: train only ``VERDICT_ARMS``, the arms the method's targets read; the expert-only
+            detector, LSM selection without correction and the consensus arm (with its two cross-fitted
+            detectors) are left out, about a quarter of a seed's training.
     """
 
     budget: float = 0.25
@@ -201,6 +209,7 @@ class BenchSettings:
     replicates: int = 1
     compared_replicates: int | None = None
     fiftyone: str | None = None
+    verdict_only: bool = False
 
     def __post_init__(self) -> None:
         if self.final_recipe not in FINAL_RECIPES:
@@ -242,6 +251,10 @@ class BenchSettings:
             raise ValueError(f"unanswered: expected one of {list(UNANSWERED)}, got {self.unanswered!r}")
         self.calibration_config()  # validates the precision targets
 
+    def runs_arm(self, arm: str) -> bool:
+        """Whether ``arm`` is trained at all."""
+        return arm in VERDICT_ARMS or not self.verdict_only
+
     def trainings(self, arm: str) -> int:
         """How many times the detector of ``arm`` is trained."""
         if arm in COMPARED_ARMS and self.compared_replicates is not None:
@@ -282,6 +295,13 @@ def _limit_note(settings: Mapping[str, Any]) -> str:
     if settings.get("unanswered", "keep") == "likelier":
         note += "; unanswered ones take the likelier label (fixed at calibrated p >= 0.5)"
     return note
+
+
+def _verdict_only_note(settings: Mapping[str, Any]) -> str:
+    if not settings.get("verdict_only"):
+        return ""
+    left_out = ", ".join(f"`{a}`" for a in ARMS if a not in VERDICT_ARMS)
+    return f"; only the arms the targets read (`--verdict-only`; left out: {left_out})"
 
 
 def _replicates_note(replicates: int, compared: int | None = None) -> str:
@@ -355,14 +375,15 @@ def run_seed(
     # ``replicates``, or ``compared_replicates`` for the compared arms); replica r trains seed + 1000 * r.
     replicas = [
         Workbench(records, work / f"replicate{r}", spec, seed=seed + 1000 * r, names=names, threads=threads)
-        for r in range(1, max(settings.trainings(a) for a in ARMS))
+        for r in range(1, max(settings.trainings(a) for a in ARMS if settings.runs_arm(a)))
     ]
     records_by_id = bench.records
     train_ids = bench.train_ids
     n_train = len(train_ids)
     all_touched = sum(boxes_touched(records_by_id[i].crowd, records_by_id[i].expert) for i in train_ids)
     all_decisions = sum(expert_decisions(records_by_id[i]) for i in train_ids)
-    steps = tqdm(total=len(ARMS) + len(settings.strategies), desc=f"seed {seed}", unit="step")
+    n_arms = sum(settings.runs_arm(a) for a in ARMS)
+    steps = tqdm(total=n_arms + len(settings.strategies), desc=f"seed {seed}", unit="step")
 
     arms: dict[str, dict[str, Any]] = {}
 
@@ -445,7 +466,8 @@ def run_seed(
     def expert_of(loop: LoopResult) -> dict[str, Detections]:
         return {i: records_by_id[i].expert for i in loop.expert_ids}
 
-    arm("expert_budget", expert_of(rand), rand.expert_ids)
+    if settings.runs_arm("expert_budget"):
+        arm("expert_budget", expert_of(rand), rand.expert_ids)
     # The equal-cost baselines: the crowd-trained detector fine-tuned on the bought images alone, as many
     # epochs as the method's final training; "matched" also repeats the images so that an epoch is as long
     # as the final training's (the same number of gradient steps).
@@ -483,17 +505,19 @@ def run_seed(
 
     labels, counts = cleaned(rand)
     final("random_corrected", labels, rand, counts)
-    final("lsm_uncorrected", uncorrected_labels(bench, lsm_loop), lsm_loop, None)
+    if settings.runs_arm("lsm_uncorrected"):
+        final("lsm_uncorrected", uncorrected_labels(bench, lsm_loop), lsm_loop, None)
     labels, counts = cleaned(lsm_loop)
     final("full", labels, lsm_loop, counts)
-    if settings.consensus == "crowd":
-        consensus = bench.predict(noisy.weights, lsm_loop.remaining_ids)
-    else:
-        # Automatic fixes only: the consensus must not learn from reviews it is not charged for.
-        auto_labels, _ = cleaned(lsm_loop, reviews=False)
-        consensus = crossfit_consensus(bench, lsm_loop, auto_labels)
-    labels, counts = cleaned(lsm_loop, consensus=consensus)
-    final("full_consensus", labels, lsm_loop, counts)
+    if settings.runs_arm("full_consensus"):
+        if settings.consensus == "crowd":
+            consensus = bench.predict(noisy.weights, lsm_loop.remaining_ids)
+        else:
+            # Automatic fixes only: the consensus must not learn from reviews it is not charged for.
+            auto_labels, _ = cleaned(lsm_loop, reviews=False)
+            consensus = crossfit_consensus(bench, lsm_loop, auto_labels)
+        labels, counts = cleaned(lsm_loop, consensus=consensus)
+        final("full_consensus", labels, lsm_loop, counts)
     steps.close()
 
     # Noise detection quality, on the images the LSM did not send to the experts, same predictions.
@@ -598,11 +622,14 @@ def _paired(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means and standard deviations over seeds of every figure the tables show, and paired differences."""
+    """Means and standard deviations over seeds of every figure the tables show, and paired differences.
+
+    Every arm trained on every seed is summarized (``--verdict-only`` leaves some out).
+    """
     full = [r["arms"]["full_expert"]["ap50"] for r in runs]
     noisy = [r["arms"]["noisy"]["ap50"] for r in runs]
     arms = {}
-    for name in ARMS:
+    for name in (a for a in ARMS if all(a in r["arms"] for r in runs)):
         ap = [r["arms"][name]["ap50"] for r in runs]
         arms[name] = {
             "ap50": _mean_std(ap),
@@ -725,6 +752,8 @@ def _arms_table(summary: Mapping[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, label in ARMS.items():
+        if name not in summary["arms"]:
+            continue  # not trained (--verdict-only)
         a = summary["arms"][name]
         lines.append(
             f"| {label} | {_fmt(a['ap50'], 100)} | {_fmt(a['pct_of_full'])} | {_fmt(a['delta_vs_noisy'])} "
@@ -813,7 +842,7 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         f"`{meta['settings'].get('image_score', 'raw')}`; the LSM buys by: "
         f"`{meta['settings'].get('purchase', 'discrepancy')}`{_purchase_note(meta['settings'])}"
         f"{_calibrate_on_note(meta['settings'])}"
-        f"{replicates}",
+        f"{replicates}{_verdict_only_note(meta['settings'])}",
         "",
         _headline(summary),
         "",
@@ -937,6 +966,8 @@ def write_plots(out: Path, runs: list[dict[str, Any]], summary: dict[str, Any]) 
         ("finetune_random", "v"),
         ("expert_budget", "^"),
     ):
+        if name not in arms:
+            continue
         ax.plot(
             arms[name]["expert_fraction"][0] * 100,
             arms[name]["ap50"][0] * 100,
@@ -1300,6 +1331,13 @@ def main(argv: list[str] | None = None) -> int:
         "random_corrected) this many times instead (at least --replicates; default: --replicates)",
     )
     parser.add_argument(
+        "--verdict-only",
+        action="store_true",
+        help="train only the arms the method's targets read (noisy, full expert, the two fine-tunes, "
+        "random + correction, the full method): no expert-only, no LSM without correction, no consensus "
+        "arm; about a quarter less training per seed",
+    )
+    parser.add_argument(
         "--purchase",
         choices=PURCHASES,
         default=BenchSettings.purchase,
@@ -1385,6 +1423,7 @@ def main(argv: list[str] | None = None) -> int:
             replicates=args.replicates,
             compared_replicates=args.compared_replicates,
             fiftyone=args.fiftyone,
+            verdict_only=args.verdict_only,
         )
         if args.noise:
             import synth

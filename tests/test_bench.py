@@ -779,3 +779,82 @@ def test_compared_replicates_train_only_the_compared_arms_more(tmp_path):
         assert arm["ap50"] == pytest.approx(np.mean(arm["ap50_replicates"]))
     with pytest.raises(ValueError, match="compared_replicates"):
         sim.BenchSettings(replicates=2, compared_replicates=1)
+
+
+def test_verdict_only_trains_the_arms_the_targets_read_and_changes_none_of_them(tmp_path):
+    """``--verdict-only``: no expert-only, LSM-without-correction or consensus training (nor its two folds);
+    the arms it trains get the same inputs and figures as in a run of every arm; tables, plots and the
+    verdict are written from what it has."""
+    import dataclasses
+
+    from bench_fakes import FakeWorkbench
+
+    import bench.simulate as sim
+    import synth
+    from bench import acceptance
+    from bench.workbench import TRAIN_SPECS
+    from selection import LSMConfig
+
+    benches: list[FakeWorkbench] = []
+
+    class Recorded(FakeWorkbench):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            benches.append(self)
+
+    config = dataclasses.replace(synth.get_preset("tiny"), n_train=40, n_val=4, n_test=4)
+    records = synth.generate(config, 3, render=False).images
+    original = sim.Workbench
+    sim.Workbench = Recorded
+    try:
+        every = sim.run_seed(
+            records,
+            5,
+            work=tmp_path / "every",
+            spec=TRAIN_SPECS["tiny"],
+            lsm=LSMConfig(),
+            settings=sim.BenchSettings(cost_limit=None),
+        )
+        settings = sim.BenchSettings(cost_limit=None, verdict_only=True)
+        some = sim.run_seed(
+            records, 5, work=tmp_path / "some", spec=TRAIN_SPECS["tiny"], lsm=LSMConfig(), settings=settings
+        )
+    finally:
+        sim.Workbench = original
+    assert sim.VERDICT_ARMS == (
+        "noisy",
+        "full_expert",
+        "finetune_random",
+        "finetune_lsm",
+        "random_corrected",
+        "full",
+    )
+    trained = [c["name"] for c in benches[-1].calls]
+    assert not {"expert_budget", "lsm_uncorrected", "full_consensus"} & set(trained)
+    assert not any(name.startswith("consensus") for name in trained)
+    assert any(name.startswith("consensus") for name in (c["name"] for c in benches[0].calls))
+    assert tuple(some["arms"]) == sim.VERDICT_ARMS
+    for name in sim.VERDICT_ARMS:
+        assert some["arms"][name] == every["arms"][name]
+    assert some["detection"] == every["detection"]
+    assert json.dumps(some["grades"], sort_keys=True) == json.dumps(every["grades"], sort_keys=True)  # nan
+    summary = sim.summarize([some])
+    assert tuple(summary["arms"]) == sim.VERDICT_ARMS
+    meta = {
+        "dataset": "fake",
+        "seeds": [5],
+        "n_seeds": 1,
+        "budget": 0.25,
+        "command": "x",
+        "seconds": 1.0,
+        "device": "cpu",
+        "settings": dataclasses.asdict(settings),
+    }
+    sim.write_markdown(tmp_path / "results.md", summary, meta)
+    sim.write_plots(tmp_path, [some], summary)
+    text = (tmp_path / "results.md").read_text()
+    assert "only the arms the targets read (`--verdict-only`; left out: `expert_budget`" in text
+    assert "| LSM + correction (full method) |" in text and "LSM selection, no correction |" not in text
+    assert (tmp_path / "ap50_vs_budget.png").stat().st_size > 1000
+    keys = {c.key for c in acceptance.check([some], meta)}
+    assert {"quality", "cost", "finetune_random", "finetune_lsm", "selection", "grades"} <= keys
