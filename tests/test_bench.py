@@ -316,6 +316,31 @@ def test_user_dataset_errors_name_the_problem(tmp_path):
         load_user_dataset(root, seed=0)
 
 
+def _fake_meta(seeds: list[int], settings) -> dict:
+    """The ``meta`` of results.json a fake run's tables need."""
+    import dataclasses
+
+    return {
+        "dataset": "fake",
+        "seeds": seeds,
+        "n_seeds": len(seeds),
+        "budget": settings.budget,
+        "command": "x",
+        "seconds": 1.0,
+        "device": "cpu",
+        "settings": dataclasses.asdict(settings),
+    }
+
+
+def _write_tables(out: Path, runs: list, summary: dict, meta: dict) -> str:
+    """results.md and the plots in ``out``; returns results.md's text."""
+    import bench.simulate as sim
+
+    sim.write_markdown(out / "results.md", summary, meta)
+    sim.write_plots(out, runs, summary)
+    return (out / "results.md").read_text()
+
+
 def test_every_arm_runs_on_a_fake_detector(tmp_path):
     """The whole benchmark (loops, arms, costs, calibration, tables, plots) with the fingerprint detector."""
     import dataclasses
@@ -383,19 +408,8 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
     want = [(r["arms"]["full"]["ap50"] - r["arms"]["finetune_random"]["ap50"]) * 100 for r in runs]
     assert list(p["per_seed"].values()) == pytest.approx(want)
     assert p["wins"] == sum(d > 0 for d in want)
-    meta = {
-        "dataset": "fake",
-        "seeds": [11, 12],
-        "n_seeds": 2,
-        "budget": 0.25,
-        "command": "x",
-        "seconds": 1.0,
-        "device": "cpu",
-        "settings": dataclasses.asdict(settings),
-    }
-    sim.write_markdown(tmp_path / "results.md", summary, meta)
-    sim.write_plots(tmp_path, runs, summary)
-    text = (tmp_path / "results.md").read_text()
+    meta = _fake_meta([11, 12], settings)
+    text = _write_tables(tmp_path, runs, summary, meta)
     assert "Crowd model fine-tuned on the LSM images" in text and "cost: decisions" in text
     assert "Wall time: 0.0 min on cpu  " in text  # one invocation: nothing about earlier ones
     resumed = {
@@ -736,18 +750,12 @@ def test_replicates_average_each_arms_trainings_and_change_no_input(tmp_path):
         sim.BenchSettings(replicates=0)
 
 
-def test_compared_replicates_train_only_the_compared_arms_more(tmp_path):
-    """``--compared-replicates 3`` with ``--replicates 2``: the arms the paired comparisons read get a third
-    training (training seed + 2000, its own folder), every other arm stays at two, and the AP is the mean of
-    each arm's own trainings."""
-    import dataclasses
-
+def _recording_workbench(monkeypatch) -> list:
+    """bench.simulate's Workbench replaced by the fingerprint fake; every one created is recorded, the main
+    one first, then the replicas."""
     from bench_fakes import FakeWorkbench
 
     import bench.simulate as sim
-    import synth
-    from bench.workbench import TRAIN_SPECS
-    from selection import LSMConfig
 
     benches: list[FakeWorkbench] = []
 
@@ -756,17 +764,32 @@ def test_compared_replicates_train_only_the_compared_arms_more(tmp_path):
             super().__init__(*args, **kwargs)
             benches.append(self)
 
-    config = dataclasses.replace(synth.get_preset("tiny"), n_train=40, n_val=4, n_test=4)
-    records = synth.generate(config, 3, render=False).images
-    original = sim.Workbench
-    sim.Workbench = Recorded
-    try:
-        settings = sim.BenchSettings(cost_limit=None, replicates=2, compared_replicates=3)
-        run = sim.run_seed(
-            records, 5, work=tmp_path, spec=TRAIN_SPECS["tiny"], lsm=LSMConfig(), settings=settings
-        )
-    finally:
-        sim.Workbench = original
+    monkeypatch.setattr(sim, "Workbench", Recorded)
+    return benches
+
+
+def _tiny_records(n_train: int = 40) -> list:
+    import dataclasses
+
+    import synth
+
+    config = dataclasses.replace(synth.get_preset("tiny"), n_train=n_train, n_val=4, n_test=4)
+    return synth.generate(config, 3, render=False).images
+
+
+def test_compared_replicates_train_only_the_compared_arms_more(tmp_path, monkeypatch):
+    """``--compared-replicates 3`` with ``--replicates 2``: the arms the paired comparisons read get a third
+    training (training seed + 2000, its own folder), every other arm stays at two, and the AP is the mean of
+    each arm's own trainings."""
+    import bench.simulate as sim
+    from bench.workbench import TRAIN_SPECS
+    from selection import LSMConfig
+
+    benches = _recording_workbench(monkeypatch)
+    settings = sim.BenchSettings(cost_limit=None, replicates=2, compared_replicates=3)
+    run = sim.run_seed(
+        _tiny_records(), 5, work=tmp_path, spec=TRAIN_SPECS["tiny"], lsm=LSMConfig(), settings=settings
+    )
     main, second, third = benches
     assert main.seed == 5
     assert (second.seed, third.seed) == (1005, 2005)
@@ -781,46 +804,27 @@ def test_compared_replicates_train_only_the_compared_arms_more(tmp_path):
         sim.BenchSettings(replicates=2, compared_replicates=1)
 
 
-def test_verdict_only_trains_the_arms_the_targets_read_and_changes_none_of_them(tmp_path):
+def test_verdict_only_trains_the_arms_the_targets_read_and_changes_none_of_them(tmp_path, monkeypatch):
     """``--verdict-only``: no expert-only, LSM-without-correction or consensus training (nor its two folds);
     the arms it trains get the same inputs and figures as in a run of every arm; tables, plots and the
     verdict are written from what it has."""
-    import dataclasses
-
-    from bench_fakes import FakeWorkbench
 
     import bench.simulate as sim
-    import synth
     from bench import acceptance
     from bench.workbench import TRAIN_SPECS
     from selection import LSMConfig
 
-    benches: list[FakeWorkbench] = []
+    benches = _recording_workbench(monkeypatch)
+    records = _tiny_records()
 
-    class Recorded(FakeWorkbench):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            benches.append(self)
+    def run(folder: str, settings):
+        return sim.run_seed(
+            records, 5, work=tmp_path / folder, spec=TRAIN_SPECS["tiny"], lsm=LSMConfig(), settings=settings
+        )
 
-    config = dataclasses.replace(synth.get_preset("tiny"), n_train=40, n_val=4, n_test=4)
-    records = synth.generate(config, 3, render=False).images
-    original = sim.Workbench
-    sim.Workbench = Recorded
-    try:
-        every = sim.run_seed(
-            records,
-            5,
-            work=tmp_path / "every",
-            spec=TRAIN_SPECS["tiny"],
-            lsm=LSMConfig(),
-            settings=sim.BenchSettings(cost_limit=None),
-        )
-        settings = sim.BenchSettings(cost_limit=None, verdict_only=True)
-        some = sim.run_seed(
-            records, 5, work=tmp_path / "some", spec=TRAIN_SPECS["tiny"], lsm=LSMConfig(), settings=settings
-        )
-    finally:
-        sim.Workbench = original
+    every = run("every", sim.BenchSettings(cost_limit=None))
+    settings = sim.BenchSettings(cost_limit=None, verdict_only=True)
+    some = run("some", settings)
     assert sim.VERDICT_ARMS == (
         "noisy",
         "full_expert",
@@ -840,19 +844,8 @@ def test_verdict_only_trains_the_arms_the_targets_read_and_changes_none_of_them(
     assert json.dumps(some["grades"], sort_keys=True) == json.dumps(every["grades"], sort_keys=True)  # nan
     summary = sim.summarize([some])
     assert tuple(summary["arms"]) == sim.VERDICT_ARMS
-    meta = {
-        "dataset": "fake",
-        "seeds": [5],
-        "n_seeds": 1,
-        "budget": 0.25,
-        "command": "x",
-        "seconds": 1.0,
-        "device": "cpu",
-        "settings": dataclasses.asdict(settings),
-    }
-    sim.write_markdown(tmp_path / "results.md", summary, meta)
-    sim.write_plots(tmp_path, [some], summary)
-    text = (tmp_path / "results.md").read_text()
+    meta = _fake_meta([5], settings)
+    text = _write_tables(tmp_path, [some], summary, meta)
     assert "only the arms the targets read (`--verdict-only`; left out: `expert_budget`" in text
     assert "| LSM + correction (full method) |" in text and "LSM selection, no correction |" not in text
     assert (tmp_path / "ap50_vs_budget.png").stat().st_size > 1000
