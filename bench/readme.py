@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,12 +92,7 @@ def _difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[float, floa
     diff = sum(xs) / len(xs) - sum(ys) / len(ys)
     if len(xs) < 2 or len(ys) < 2:
         return diff, math.nan
-
-    def var(v: Sequence[float]) -> float:
-        m = sum(v) / len(v)
-        return sum((x - m) ** 2 for x in v) / (len(v) - 1)
-
-    return diff, math.sqrt(var(xs) / len(xs) + var(ys) / len(ys))
+    return diff, math.sqrt(statistics.variance(xs) / len(xs) + statistics.variance(ys) / len(ys))
 
 
 def _signed(value: float, se: float = math.nan, digits: int = 1) -> str:
