@@ -1,4 +1,4 @@
-"""The Makefile's benchmark targets: the check on other seeds runs the reported run's protocol."""
+"""The Makefile's benchmark targets: the checks on other seeds run the protocol they name."""
 
 from __future__ import annotations
 
@@ -52,3 +52,25 @@ def test_simulate_check_passes_each_noise_override_and_keeps_its_own_folder() ->
     assert "--noise" not in plain
     assert noisy["--out"] != plain["--out"]
     assert noisy["--out"][0].endswith("check-200-missed_rate-0.35_localization_iou-0.3-0.6")
+
+
+def test_simulate_check_with_session_runs_the_session_protocol_in_a_folder_of_its_own() -> None:
+    session = _options(_simulate_args("simulate-session"))
+    check = _options(_simulate_args("simulate-check", "SEEDS=200,201", "SESSION=1"))
+    reported_protocol = _options(_simulate_args("simulate-check", "SEEDS=200,201"))
+    assert check["--out"] != reported_protocol["--out"]  # the two protocols never share a run folder
+    assert check["--out"][0].endswith("check-200-201-session")
+    assert "--verdict-only" in check and "--verdict-only" not in reported_protocol
+    for key in ("--seed-list", "--out"):
+        del session[key], check[key]
+    assert check == session
+
+
+def test_the_held_out_targets_run_seeds_5_6_7_with_their_own_protocol() -> None:
+    heldout = _options(_simulate_args("simulate-heldout"))
+    heldout_session = _options(_simulate_args("simulate-heldout-session"))
+    assert heldout["--seed-list"] == heldout_session["--seed-list"] == ["5,6,7"]
+    # simulate-heldout always runs the reported protocol
+    assert _options(_simulate_args("simulate-heldout", "SESSION=1")) == heldout
+    assert heldout == _options(_simulate_args("simulate-check", "SEEDS=5,6,7"))
+    assert heldout_session == _options(_simulate_args("simulate-check", "SEEDS=5,6,7", "SESSION=1"))

@@ -92,7 +92,7 @@ def test_the_readmes_blocks_are_what_the_committed_results_give() -> None:
         written = readme.written_block(text, block)
         if written is None:
             continue
-        source = re.search(r"python -m bench\.readme (?:--block \w+ )?(\S+)`", written)
+        source = re.search(r"python -m bench\.readme (?:--block [\w-]+ )?(\S+)`", written)
         assert source, f"the {block} block does not name its results.json"
         expected = readme.render(json.loads((REPO / source[1]).read_text()), source[1], block)
         flag = "" if block == "results" else f"--block {block} "
