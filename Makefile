@@ -99,7 +99,7 @@ NOISE ?=
 comma := ,
 empty :=
 space := $(empty) $(empty)
-# SESSION=1 runs the session-sized protocol instead, in a folder of its own (~1.4 h for three seeds from nothing):
+# SESSION=1 runs the session-sized protocol instead, in a folder of its own (1.3 h for three seeds from nothing):
 #   make simulate-check SEEDS=200,201,202 SESSION=1
 CHECK_PROTOCOL = $(if $(SESSION),$(SESSION_PROTOCOL),$(PROTOCOL))
 CHECK_OUT ?= $(WORK)/simulate/check-$(subst $(comma),-,$(SEEDS))$(if $(NOISE),-$(subst =,-,$(subst $(space),_,$(subst $(comma),-,$(strip $(NOISE))))))$(if $(SESSION),-session)
@@ -114,7 +114,7 @@ simulate-heldout: setup setup-fiftyone
 	cp $(WORK)/simulate/check-5-6-7/results.json $(WORK)/simulate/check-5-6-7/results.md $(WORK)/simulate/check-5-6-7/*.png docs/results/heldout/
 	$(PY) -m bench.readme --block heldout docs/results/heldout/results.json README.md
 
-# The session-sized protocol on the held-out seeds 5, 6 and 7 (~1.4 h from nothing, resumable); regenerates
+# The session-sized protocol on the held-out seeds 5, 6 and 7 (1.3 h from nothing, measured; resumable); regenerates
 # docs/results/heldout-session/ and the README's generated heldout-session block from its output.
 simulate-heldout-session: setup setup-fiftyone
 	$(MAKE) simulate-check SEEDS=5,6,7 NOISE= SESSION=1

@@ -3,7 +3,7 @@
     python -m bench.readme docs/results/quick/results.json README.md
     python -m bench.readme --block heldout docs/results/heldout/results.json README.md
 
-Three blocks, each between its own pair of markers:
+Four blocks, each between its own pair of markers:
 
 - ``results`` (the reported run): the headline, every arm's figures, the paired per-seed differences and the
   verdict against the method's targets (``bench.acceptance``);
