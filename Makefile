@@ -71,15 +71,21 @@ demo: setup setup-ls
 calibrate: setup
 	$(PY) -m bench.calibrate --preset quick --out $(WORK)/calibrate
 
+# Publishes a finished run: copies its results into docs/results/NAME/ and has bench.readme write them
+# between the README's BLOCK markers.   $(call publish,RUN_FOLDER,NAME,BLOCK)
+define publish
+mkdir -p docs/results/$(2) && rm -f docs/results/$(2)/*
+cp $(1)/results.json $(1)/results.md $(1)/*.png docs/results/$(2)/
+$(PY) -m bench.readme $(if $(filter results,$(3)),,--block $(3) )docs/results/$(2)/results.json README.md
+endef
+
 # The reported protocol: a 10 % image budget, every arm trained twice, the four compared arms four times.
 PROTOCOL := --budget 0.1 --seed-fraction 0.04 --replicates 2 --compared-replicates 4 --jobs 2
 
 # The reported run (~8 h on 2 cores from nothing, resumable); regenerates docs/results/quick/ and the README's generated results block from its output.
 simulate: setup setup-fiftyone
 	$(PY) -m bench.simulate --preset quick --seed-list 0,1,2,3,4 $(PROTOCOL) --fiftyone $(FO_VENV)/bin/python --out $(WORK)/simulate/quick
-	mkdir -p docs/results/quick && rm -f docs/results/quick/*
-	cp $(WORK)/simulate/quick/results.json $(WORK)/simulate/quick/results.md $(WORK)/simulate/quick/*.png docs/results/quick/
-	$(PY) -m bench.readme docs/results/quick/results.json README.md
+	$(call publish,$(WORK)/simulate/quick,quick,results)
 
 # The session-sized protocol: the reported seeds, one training of each arm the targets read, one torch thread per
 # training, three seeds at a time (2.2 h on 2 cores from nothing, measured; resumable); regenerates
@@ -87,9 +93,7 @@ simulate: setup setup-fiftyone
 SESSION_PROTOCOL := --budget 0.1 --seed-fraction 0.04 --verdict-only --jobs 3 --threads 1
 simulate-session: setup setup-fiftyone
 	$(PY) -m bench.simulate --preset quick --seed-list 0,1,2,3,4 $(SESSION_PROTOCOL) --fiftyone $(FO_VENV)/bin/python --out $(WORK)/simulate/session
-	mkdir -p docs/results/session && rm -f docs/results/session/*
-	cp $(WORK)/simulate/session/results.json $(WORK)/simulate/session/results.md $(WORK)/simulate/session/*.png docs/results/session/
-	$(PY) -m bench.readme --block session docs/results/session/results.json README.md
+	$(call publish,$(WORK)/simulate/session,session,session)
 
 # The same protocol on seeds nothing was tuned on, or another noise mix (resumable; from nothing ~3.1 h per pair of seeds, ~1.9 h for a seed alone):
 #   make simulate-check SEEDS=5,6,7
@@ -110,17 +114,13 @@ simulate-check: setup setup-fiftyone
 # regenerates docs/results/heldout/ and the README's generated held-out block from its output.
 simulate-heldout: setup setup-fiftyone
 	$(MAKE) simulate-check SEEDS=5,6,7 NOISE= SESSION=
-	mkdir -p docs/results/heldout && rm -f docs/results/heldout/*
-	cp $(WORK)/simulate/check-5-6-7/results.json $(WORK)/simulate/check-5-6-7/results.md $(WORK)/simulate/check-5-6-7/*.png docs/results/heldout/
-	$(PY) -m bench.readme --block heldout docs/results/heldout/results.json README.md
+	$(call publish,$(WORK)/simulate/check-5-6-7,heldout,heldout)
 
 # The session-sized protocol on the held-out seeds 5, 6 and 7 (1.3 h from nothing, measured; resumable); regenerates
 # docs/results/heldout-session/ and the README's generated heldout-session block from its output.
 simulate-heldout-session: setup setup-fiftyone
 	$(MAKE) simulate-check SEEDS=5,6,7 NOISE= SESSION=1
-	mkdir -p docs/results/heldout-session && rm -f docs/results/heldout-session/*
-	cp $(WORK)/simulate/check-5-6-7-session/results.json $(WORK)/simulate/check-5-6-7-session/results.md $(WORK)/simulate/check-5-6-7-session/*.png docs/results/heldout-session/
-	$(PY) -m bench.readme --block heldout-session docs/results/heldout-session/results.json README.md
+	$(call publish,$(WORK)/simulate/check-5-6-7-session,heldout-session,heldout-session)
 
 bench-speed: setup
 	$(PY) -m bench.speed
