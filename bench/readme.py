@@ -3,14 +3,15 @@
     python -m bench.readme docs/results/quick/results.json README.md
     python -m bench.readme --block heldout docs/results/heldout/results.json README.md
 
-Four blocks, each between its own pair of markers:
+Five blocks, each between its own pair of markers:
 
 - ``results`` (the reported run): the headline, every arm's figures, the paired per-seed differences and the
   verdict against the method's targets (``bench.acceptance``);
 - ``heldout`` (the same protocol on seeds nothing was tuned on, ``make simulate-heldout``), ``session``
   (one training per arm on the reported seeds, the run that fits a working session, ``make
-  simulate-session``) and ``heldout-session`` (that protocol on the held-out seeds, ``make
-  simulate-heldout-session``): the full method and its three equal-cost comparisons seed by seed, each
+  simulate-session``), ``heldout-session`` (that protocol on the held-out seeds, ``make
+  simulate-heldout-session``) and ``noise-session`` (that protocol on other seeds and another noise mix,
+  ``make simulate-noise-session``): the full method and its three equal-cost comparisons seed by seed, each
   difference with the standard error its trainings give, and the verdict.
 
 Each is read from its run's ``results.json``. Everything outside the chosen block's markers is left as it is;
@@ -33,12 +34,15 @@ from bench.simulate import readme_block
 
 BEGIN = "<!-- results:begin (written by python -m bench.readme; do not edit) -->"
 END = "<!-- results:end -->"
-BLOCKS = ("results", "heldout", "session", "heldout-session")
+BLOCKS = ("results", "heldout", "session", "heldout-session", "noise-session")
 # What a seed-by-seed block (every block but the reported run's) shows, in its first sentence.
 _SEED_BLOCKS = {
     "heldout": "the reported protocol on seeds nothing was tuned on",
     "session": "the session-sized protocol (one training per arm) on the reported seeds",
     "heldout-session": "the session-sized protocol (one training per arm) on seeds nothing was tuned on",
+    "noise-session": (
+        "the session-sized protocol (one training per arm) on seeds and a noise mix nothing was tuned on"
+    ),
 }
 # The held-out table's comparisons: (arm, column heading), each as the full method minus the arm.
 _AGAINST = (
@@ -166,7 +170,7 @@ def seed_block(results: Mapping[str, Any], source: str, block: str = "heldout") 
     Args:
         results: a finished run's ``results.json`` (``meta``, ``runs``).
         source: the path the results were read from, named in the block.
-        block: ``heldout``, ``session`` or ``heldout-session`` (named in the block's first line).
+        block: one of ``BLOCKS`` but ``results`` (named in the block's first line).
     """
     if block not in _SEED_BLOCKS:
         raise ValueError(f"block: expected one of {tuple(_SEED_BLOCKS)}, got {block!r}")
@@ -213,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=BLOCKS,
         default="results",
         help="results: the reported run's tables; heldout: a check on other seeds, seed by seed; session: "
-        "the session-sized run, seed by seed; heldout-session: that protocol on other seeds (each between "
-        "its own markers, see the module's docstring)",
+        "the session-sized run, seed by seed; heldout-session, noise-session: that protocol on other seeds, "
+        "and on another noise mix (each between its own markers, see the module's docstring)",
     )
     args = parser.parse_args(argv)
     results = load_results(args.results, parser)

@@ -74,3 +74,37 @@ def test_the_held_out_targets_run_seeds_5_6_7_with_their_own_protocol() -> None:
     assert _options(_simulate_args("simulate-heldout", "SESSION=1")) == heldout
     assert heldout == _options(_simulate_args("simulate-check", "SEEDS=5,6,7"))
     assert heldout_session == _options(_simulate_args("simulate-check", "SEEDS=5,6,7", "SESSION=1"))
+
+
+def test_the_noise_check_target_runs_the_session_protocol_on_its_seeds_and_mix() -> None:
+    noise = _options(_simulate_args("simulate-noise-session"))
+    assert noise["--seed-list"] == ["200,201"]
+    assert noise["--noise"] == ["missed_rate=0.35", "localization_iou=0.3,0.6"]
+    assert noise == _options(
+        _simulate_args(
+            "simulate-check", "SEEDS=200,201", "NOISE=missed_rate=0.35 localization_iou=0.3,0.6", "SESSION=1"
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "name"),
+    [
+        ("simulate", "quick"),
+        ("simulate-session", "session"),
+        ("simulate-heldout", "heldout"),
+        ("simulate-heldout-session", "heldout-session"),
+        ("simulate-noise-session", "noise-session"),
+    ],
+)
+def test_each_published_run_is_copied_from_the_folder_it_ran_in(target: str, name: str) -> None:
+    """A publishing target must copy the run it just made, not another folder's results."""
+    out = _options(_simulate_args(target))["--out"][0]
+    proc = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True, timeout=60)
+    copies = [shlex.split(line) for line in proc.stdout.splitlines() if line.startswith("cp ")]
+    assert len(copies) == 1, proc.stdout
+    assert copies[0][1] == f"{out}/results.json" and copies[0][-1] == f"docs/results/{name}/"
+    block = [line for line in proc.stdout.splitlines() if "-m bench.readme" in line]
+    assert len(block) == 1 and f"docs/results/{name}/results.json README.md" in block[0]
+    if name != "quick":
+        assert f"--block {name} " in block[0]
