@@ -224,8 +224,8 @@ def _wall(
     invocations = int(meta.get("invocations", 1))
     # A run that reused cached trainings took less than one from nothing: the arms' recorded training time,
     # spread over the seeds run at once, bounds a run from nothing from below (the cleaning loops and the
-    # consensus folds come on top).
-    jobs = max(int(meta.get("jobs", 1) or 1), 1)
+    # consensus folds come on top). No more seeds train at once than the run has.
+    jobs = max(min(int(meta.get("jobs", 1) or 1), len(runs)), 1)
     trained = _training_hours(runs)
     fresh = trained / jobs
     return Criterion(

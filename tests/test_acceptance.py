@@ -108,6 +108,14 @@ def test_a_resumed_runs_wall_time_counts_every_invocation_and_cached_trainings()
     assert cached.met is False and "≥ 4.0 h from nothing" in cached.measured
 
 
+def test_the_bound_from_nothing_trains_no_more_seeds_at_once_than_the_run_has() -> None:
+    runs = [_run(s, full=0.79) for s in range(2)]  # 2 x 0.5 h of training
+    three = _by_key(acceptance.check(runs, {"seconds": 60.0, "jobs": 3}))["wall_time"]
+    assert "≥ 0.5 h from nothing" in three.measured and "2 at a time" in three.note
+    one = _by_key(acceptance.check(runs, {"seconds": 60.0, "jobs": 1}))["wall_time"]
+    assert "≥ 1.0 h from nothing" in one.measured and "1 at a time" in one.note
+
+
 def test_a_run_without_the_arms_is_not_judged_on_them() -> None:
     runs = [{"seed": 0, "arms": {"full": {"ap50": 0.8}, "full_expert": {"ap50": 0.8}}}]
     assert [c.key for c in acceptance.check(runs, {})] == ["quality"]
