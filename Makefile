@@ -106,7 +106,9 @@ space := $(empty) $(empty)
 # SESSION=1 runs the session-sized protocol instead, in a folder of its own (1.3 h for three seeds from nothing):
 #   make simulate-check SEEDS=200,201,202 SESSION=1
 CHECK_PROTOCOL = $(if $(SESSION),$(SESSION_PROTOCOL),$(PROTOCOL))
-CHECK_OUT ?= $(WORK)/simulate/check-$(subst $(comma),-,$(SEEDS))$(if $(NOISE),-$(subst =,-,$(subst $(space),_,$(subst $(comma),-,$(strip $(NOISE))))))$(if $(SESSION),-session)
+# A check's run folder:   $(call check_out,SEEDS,NOISE,SESSION)   (commas in SEEDS or NOISE as $(comma))
+check_out = $(WORK)/simulate/check-$(subst $(comma),-,$(1))$(if $(2),-$(subst =,-,$(subst $(space),_,$(subst $(comma),-,$(strip $(2))))))$(if $(3),-session)
+CHECK_OUT ?= $(call check_out,$(SEEDS),$(NOISE),$(SESSION))
 simulate-check: setup setup-fiftyone
 	$(PY) -m bench.simulate --preset quick --seed-list $(SEEDS) $(CHECK_PROTOCOL) $(foreach n,$(NOISE),--noise $(n)) --fiftyone $(FO_VENV)/bin/python --out $(CHECK_OUT)
 
@@ -114,13 +116,13 @@ simulate-check: setup setup-fiftyone
 # regenerates docs/results/heldout/ and the README's generated held-out block from its output.
 simulate-heldout: setup setup-fiftyone
 	$(MAKE) simulate-check SEEDS=5,6,7 NOISE= SESSION=
-	$(call publish,$(WORK)/simulate/check-5-6-7,heldout,heldout)
+	$(call publish,$(call check_out,5$(comma)6$(comma)7,,),heldout,heldout)
 
 # The session-sized protocol on the held-out seeds 5, 6 and 7 (1.3 h from nothing, measured; resumable); regenerates
 # docs/results/heldout-session/ and the README's generated heldout-session block from its output.
 simulate-heldout-session: setup setup-fiftyone
 	$(MAKE) simulate-check SEEDS=5,6,7 NOISE= SESSION=1
-	$(call publish,$(WORK)/simulate/check-5-6-7-session,heldout-session,heldout-session)
+	$(call publish,$(call check_out,5$(comma)6$(comma)7,,1),heldout-session,heldout-session)
 
 # The session-sized protocol on seeds 200 and 201 with a noise mix nothing was tuned on (crowd missed rate 0.35
 # instead of 0.25, displaced boxes at IoU 0.3-0.6 instead of 0.2-0.7; 40 min from nothing, measured; resumable);
@@ -128,7 +130,7 @@ simulate-heldout-session: setup setup-fiftyone
 NOISE_CHECK := missed_rate=0.35 localization_iou=0.3,0.6
 simulate-noise-session: setup setup-fiftyone
 	$(MAKE) simulate-check SEEDS=200,201 NOISE="$(NOISE_CHECK)" SESSION=1
-	$(call publish,$(WORK)/simulate/check-200-201-missed_rate-0.35_localization_iou-0.3-0.6-session,noise-session,noise-session)
+	$(call publish,$(call check_out,200$(comma)201,$(NOISE_CHECK),1),noise-session,noise-session)
 
 bench-speed: setup
 	$(PY) -m bench.speed
