@@ -15,7 +15,7 @@ export XDG_CACHE_HOME := $(WORK)/xdg-cache
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-ls setup-fiftyone test test-fast lint demo calibrate simulate simulate-check simulate-heldout simulate-heldout-session simulate-noise-session simulate-session bench-speed bench-load bench-bulk bench-memory clean help
+.PHONY: setup setup-ls setup-fiftyone test test-fast lint demo calibrate simulate simulate-check simulate-heldout simulate-heldout-session simulate-noise-session simulate-session readme-overview publish-check bench-speed bench-load bench-bulk bench-memory clean help
 
 help:
 	@echo "make demo   - set up, generate synthetic data, train, start Label Studio + backend"
@@ -71,13 +71,22 @@ demo: setup setup-ls
 calibrate: setup
 	$(PY) -m bench.calibrate --preset quick --out $(WORK)/calibrate
 
-# Publishes a finished run: copies its results into docs/results/NAME/ and has bench.readme write them
-# between the README's BLOCK markers.   $(call publish,RUN_FOLDER,NAME,BLOCK)
+# The published runs the README's overview table lists, the reported run first (those present, in this order).
+OVERVIEW_RUNS = $(wildcard $(foreach r,quick session heldout heldout-session,docs/results/$(r)/results.json) docs/results/check-*/results.json docs/results/noise-session/results.json)
+
+# Publishes a finished run: copies its results into docs/results/NAME/, has bench.readme write them between
+# the README's BLOCK markers (none for BLOCK "-"), and rewrites the overview table.
+#   $(call publish,RUN_FOLDER,NAME,BLOCK)
 define publish
 mkdir -p docs/results/$(2) && rm -f docs/results/$(2)/*
 cp $(1)/results.json $(1)/results.md $(1)/*.png docs/results/$(2)/
-$(PY) -m bench.readme $(if $(filter results,$(3)),,--block $(3) )docs/results/$(2)/results.json README.md
+$(if $(filter -,$(3)),,$(PY) -m bench.readme $(if $(filter results,$(3)),,--block $(3) )docs/results/$(2)/results.json README.md)
+$(MAKE) --no-print-directory readme-overview
 endef
+
+# Rewrites the README's overview table from the published runs' results.json (no training).
+readme-overview: setup
+	$(PY) -m bench.readme --block overview $(OVERVIEW_RUNS) README.md
 
 # The reported protocol: a 10 % image budget, every arm trained twice, the four compared arms four times.
 PROTOCOL := --budget 0.1 --seed-fraction 0.04 --replicates 2 --compared-replicates 4 --jobs 2
@@ -111,6 +120,13 @@ check_out = $(WORK)/simulate/check-$(subst $(comma),-,$(1))$(if $(2),-$(subst =,
 CHECK_OUT ?= $(call check_out,$(SEEDS),$(NOISE),$(SESSION))
 simulate-check: setup setup-fiftyone
 	$(PY) -m bench.simulate --preset quick --seed-list $(SEEDS) $(CHECK_PROTOCOL) $(foreach n,$(NOISE),--noise $(n)) --fiftyone $(FO_VENV)/bin/python --out $(CHECK_OUT)
+
+# Publishes a finished check (same SEEDS, NOISE and SESSION as its simulate-check) under its folder's name in
+# docs/results/, and lists it in the README's overview table; it gets no block of its own.
+#   make publish-check SEEDS=300,301,302 SESSION=1
+publish-check: setup
+	test -f $(CHECK_OUT)/results.json || { echo "publish-check: no finished run in $(CHECK_OUT); run make simulate-check with the same SEEDS, NOISE and SESSION first" >&2; exit 2; }
+	$(call publish,$(CHECK_OUT),$(notdir $(CHECK_OUT)),-)
 
 # The README's held-out seeds 5, 6 and 7 (simulate-check's run and folder, ~5 h from nothing, resumable);
 # regenerates docs/results/heldout/ and the README's generated held-out block from its output.

@@ -2,6 +2,7 @@
 
     python -m bench.readme docs/results/quick/results.json README.md
     python -m bench.readme --block heldout docs/results/heldout/results.json README.md
+    python -m bench.readme --block overview docs/results/quick/results.json OTHER/results.json... README.md
 
 Five blocks, each between its own pair of markers:
 
@@ -14,8 +15,14 @@ Five blocks, each between its own pair of markers:
   ``make simulate-noise-session``): the full method and its three equal-cost comparisons seed by seed, each
   difference with the standard error its trainings give, and the verdict.
 
-Each is read from its run's ``results.json``. Everything outside the chosen block's markers is left as it is;
-a README without them is left untouched and the command exits 2.
+A sixth, ``overview``, is read from several runs' ``results.json`` (the reported run first): one row per run
+with the figures the targets read (their means, and on how many seeds each comparison holds), then the same
+figures pooled over every seed nothing was tuned on (the seeds of the other runs with the reported run's
+noise mix and purchase, each seed once), so a reader sees at a glance which results hold beyond the reported
+seeds (``make readme-overview`` lists every published run; each publishing target runs it).
+
+Each other block is read from its run's ``results.json``. Everything outside the chosen block's markers is
+left as it is; a README without them is left untouched and the command exits 2.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from bench.simulate import readme_block
 
 BEGIN = "<!-- results:begin (written by python -m bench.readme; do not edit) -->"
 END = "<!-- results:end -->"
-BLOCKS = ("results", "heldout", "session", "heldout-session", "noise-session")
+BLOCKS = ("results", "heldout", "session", "heldout-session", "noise-session", "overview")
 # What a seed-by-seed block (every block but the reported run's) shows, in its first sentence.
 _SEED_BLOCKS = {
     "heldout": "the reported protocol on seeds nothing was tuned on",
@@ -197,10 +204,145 @@ def seed_block(results: Mapping[str, Any], source: str, block: str = "heldout") 
     )
 
 
+def _trainings(meta: Mapping[str, Any]) -> int:
+    """How many times the run trained each compared arm."""
+    settings = meta.get("settings", {}) or {}
+    return int(settings.get("compared_replicates") or settings.get("replicates") or 1)
+
+
+def _noise(meta: Mapping[str, Any]) -> str:
+    noise = meta.get("noise") or []
+    return ", ".join(f"`{n}`" for n in noise) if noise else "default"
+
+
+def _row_figures(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The overview's figure cells for a set of seeds: % of full expert, cost, the three comparisons (mean,
+    and on how many seeds each holds: by 2 points for the fine-tunes, at all for random + correction) and
+    the AUROC margin over ObjectLab (mean, and on how many seeds it reaches 0.05), and the noise type whose
+    calibrated grades are least precise at recall 0.5 (mean over the seeds)."""
+    n = len(runs)
+    full = [float(r["arms"]["full"]["ap50"]) for r in runs]
+    expert = [float(r["arms"]["full_expert"]["ap50"]) for r in runs]
+    pct = [100 * f / e for f, e in zip(full, expert, strict=True)]
+    cost = [100 * float(r["arms"]["full"]["cost_fraction"]) for r in runs]
+    cells = [f"{statistics.fmean(pct):.1f} %", f"{max(cost):.1f} %"]
+    for arm, _ in _AGAINST:
+        diffs = [_difference(r["arms"]["full"], r["arms"][arm])[0] for r in runs if arm in r["arms"]]
+        if len(diffs) < n:
+            cells.append("n/a")
+            continue
+        if arm == "random_corrected":
+            held = f"better on {sum(d > 0 for d in diffs)} of {n}"
+        else:
+            held = f"≥ {acceptance.MARGIN:g} on {sum(d >= acceptance.MARGIN for d in diffs)} of {n}"
+        cells.append(f"{_signed(statistics.fmean(diffs))} ({held})")
+    det = [r.get("detection", {}) for r in runs]
+    if all("lsm" in d and "cleanlab" in d for d in det):
+        diffs = [float(d["lsm"]["auroc"]) - float(d["cleanlab"]["auroc"]) for d in det]
+        reach = sum(x >= acceptance.AUROC_MARGIN for x in diffs)
+        cells.append(
+            f"{_signed(statistics.fmean(diffs), digits=3)} (≥ {acceptance.AUROC_MARGIN:g} on {reach} of {n})"
+        )
+    else:
+        cells.append("n/a")
+    by_type: dict[str, list[float]] = {}
+    for r in runs:
+        for g in (r.get("grades") or {}).get("after", []):
+            by_type.setdefault(g["noise_type"], []).append(float(g["precision_at_recall"]))
+    if by_type and all(len(v) == n for v in by_type.values()):
+        weakest = min(by_type, key=lambda t: statistics.fmean(by_type[t]))
+        cells.append(f"{weakest} {statistics.fmean(by_type[weakest]):.2f}")
+    else:
+        cells.append("n/a")
+    return cells
+
+
+def overview_block(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """Every published run in one table, and the seeds nothing was tuned on pooled.
+
+    Args:
+        results: (path, ``results.json``) of each run, the reported run first: its seeds are the reported
+            ones, its noise mix and purchase the defaults the pooled row requires.
+
+    Returns:
+        The block's markdown: one row per run (trainings per compared arm, seeds, noise mix, the full
+        method's share of full expert and its largest cost on any seed, its margins over the three equal-cost
+        comparisons, the AUROC margin over ObjectLab, the verdict's count and the wall time), then the pooled
+        row.
+    """
+    if not results:
+        raise ValueError("overview: expected at least one results.json (the reported run first)")
+    head = [
+        "run",
+        "trainings per compared arm",
+        "seeds",
+        "noise mix",
+        "full method, % of full expert",
+        "cost (largest)",
+        *(h for _, h in _AGAINST),
+        "AUROC − ObjectLab",
+        "calibrated grades, weakest type",
+        "targets met",
+        "wall time",
+    ]
+    lines = [
+        "Generated by `python -m bench.readme --block overview "
+        + " ".join(path for path, _ in results)
+        + " README.md` from those runs' `results.json` (the first is the reported run). Means over each "
+        "run's seeds; in brackets, on how many seeds a comparison holds (by 2 points for the fine-tunes, at "
+        "all for random + correction, by 0.05 for the AUROC); the grades' precision at recall 0.5 (target "
+        "0.6); the last row pools every seed, other than the reported run's, that was run with its noise mix "
+        "and purchase, each seed once:",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    first_meta = results[0][1]["meta"]
+    reported = {int(s) for s in first_meta.get("seeds", [])}
+    purchase = (first_meta.get("settings", {}) or {}).get("purchase")
+    pooled: dict[int, Mapping[str, Any]] = {}
+    pooled_from: list[str] = []
+    pooled_trainings: set[int] = set()
+    for path, res in results:
+        meta, runs = res["meta"], res["runs"]
+        verdict = acceptance.check(runs, meta)
+        hours = float(meta.get("seconds_all_invocations", meta.get("seconds", 0.0))) / 3600
+        folder = Path(path).parent.name
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        cells = [f"[{folder}]({Path(path).parent.as_posix()}/results.md)", str(_trainings(meta)), seeds]
+        cells += [_noise(meta), *_row_figures(runs)]
+        invocations = int(meta.get("invocations", 1))
+        wall = f"{hours:.1f} h" + (f" over {invocations} invocations" if invocations > 1 else "")
+        cells += [f"{sum(c.met is True for c in verdict)} of {len(verdict)}", wall]
+        lines.append("| " + " | ".join(cells) + " |")
+        same = not meta.get("noise") and (meta.get("settings", {}) or {}).get("purchase") == purchase
+        if same and path != results[0][0]:
+            fresh = [r for r in runs if int(r["seed"]) not in reported and int(r["seed"]) not in pooled]
+            pooled.update({int(r["seed"]): r for r in fresh})
+            if fresh:
+                pooled_from.append(folder)
+                pooled_trainings.add(_trainings(meta))
+    if pooled:
+        runs = [pooled[s] for s in sorted(pooled)]
+        cells = [
+            f"**pooled: seeds nothing was tuned on, default mix** ({', '.join(pooled_from)})",
+            " or ".join(str(t) for t in sorted(pooled_trainings)),
+            ", ".join(str(s) for s in sorted(pooled)),
+            "default",
+            *_row_figures(runs),
+            "—",
+            "—",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render(results: Mapping[str, Any], source: str, block: str = "results") -> str:
     """The text of ``block`` for the run ``results`` read from ``source``."""
     if block in _SEED_BLOCKS:
         return seed_block(results, source, block)
+    if block == "overview":
+        return overview_block([(source, results)])
     markers(block)  # validates the name
     return readme_block(results, source)
 
@@ -210,7 +352,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.readme",
         description="Write a bench.simulate run's tables and verdict into a README between its markers.",
     )
-    parser.add_argument("results", type=Path, help="a finished bench.simulate results.json")
+    parser.add_argument(
+        "results",
+        type=Path,
+        nargs="+",
+        help="a finished bench.simulate results.json (for --block overview: several, the reported run first)",
+    )
     parser.add_argument("readme", type=Path, help="the markdown file holding the block's markers")
     parser.add_argument(
         "--block",
@@ -218,15 +365,23 @@ def main(argv: list[str] | None = None) -> int:
         default="results",
         help="results: the reported run's tables; heldout: a check on other seeds, seed by seed; session: "
         "the session-sized run, seed by seed; heldout-session, noise-session: that protocol on other seeds, "
-        "and on another noise mix (each between its own markers, see the module's docstring)",
+        "and on another noise mix; overview: several runs, one row each, and the seeds nothing was tuned on "
+        "pooled (each between its own markers, see the module's docstring)",
     )
     args = parser.parse_args(argv)
-    results = load_results(args.results, parser)
+    if args.block != "overview" and len(args.results) != 1:
+        parser.error(f"--block {args.block}: expected one results.json, got {len(args.results)}")
+    loaded = [(str(path), load_results(path, parser)) for path in args.results]
     try:
-        write_block(args.readme, render(results, str(args.results), args.block), block=args.block)
+        if args.block == "overview":
+            text = overview_block(loaded)
+        else:
+            text = render(loaded[0][1], loaded[0][0], args.block)
+        write_block(args.readme, text, block=args.block)
     except (OSError, ValueError) as err:
         parser.error(str(err))
-    print(f"{args.readme}: results of {args.results} written between the {args.block} markers")
+    sources = ", ".join(path for path, _ in loaded)
+    print(f"{args.readme}: results of {sources} written between the {args.block} markers")
     return 0
 
 

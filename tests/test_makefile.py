@@ -108,3 +108,29 @@ def test_each_published_run_is_copied_from_the_folder_it_ran_in(target: str, nam
     assert len(block) == 1 and f"docs/results/{name}/results.json README.md" in block[0]
     if name != "quick":
         assert f"--block {name} " in block[0]
+    assert proc.stdout.splitlines()[-1].endswith("readme-overview")  # the overview table is rewritten last
+
+
+def test_publish_check_copies_the_check_it_names_and_lists_it_in_the_overview_only() -> None:
+    args = ["SEEDS=300,301,302", "SESSION=1"]
+    out = _options(_simulate_args("simulate-check", *args))["--out"][0]
+    proc = subprocess.run(
+        ["make", "-n", "publish-check", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    lines = proc.stdout.splitlines()
+    copies = [shlex.split(line) for line in lines if line.startswith("cp ")]
+    assert len(copies) == 1 and copies[0][1] == f"{out}/results.json"
+    assert copies[0][-1] == f"docs/results/{Path(out).name}/"
+    assert not [line for line in lines if "-m bench.readme" in line]  # no block of its own
+    assert lines[-1].endswith("readme-overview")
+
+
+def test_the_overview_lists_the_reported_run_first_and_every_published_run() -> None:
+    proc = subprocess.run(
+        ["make", "-n", "readme-overview"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    line = next(line for line in proc.stdout.splitlines() if "--block overview" in line)
+    paths = [a for a in shlex.split(line) if a.endswith("results.json")]
+    assert paths[0] == "docs/results/quick/results.json"
+    published = sorted(str(p.relative_to(REPO)) for p in (REPO / "docs" / "results").glob("*/results.json"))
+    assert sorted(paths) == published

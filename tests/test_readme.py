@@ -92,13 +92,29 @@ def test_the_readmes_blocks_are_what_the_committed_results_give() -> None:
         written = readme.written_block(text, block)
         if written is None:
             continue
+        if block == "overview":
+            named = re.search(r"python -m bench\.readme --block overview (.+?) README\.md`", written)
+            assert named, "the overview block does not name its results.json files"
+            paths = named[1].split()
+            expected = readme.overview_block([(p, json.loads((REPO / p).read_text())) for p in paths])
+            assert written == expected, (
+                f"run: make readme-overview (python -m bench.readme --block overview {named[1]} README.md)"
+            )
+            published = sorted(
+                str(p.relative_to(REPO)) for p in (REPO / "docs" / "results").glob("*/results.json")
+            )
+            assert sorted(paths) == published, (
+                "the overview must list every published run: make readme-overview"
+            )
+            checked.append(block)
+            continue
         source = re.search(r"python -m bench\.readme (?:--block [\w-]+ )?(\S+)`", written)
         assert source, f"the {block} block does not name its results.json"
         expected = readme.render(json.loads((REPO / source[1]).read_text()), source[1], block)
         flag = "" if block == "results" else f"--block {block} "
         assert written == expected, f"run: python -m bench.readme {flag}{source[1]} README.md"
         checked.append(block)
-    assert "results" in checked
+    assert "results" in checked and "overview" in checked
 
 
 def test_the_heldout_block_shows_each_seed_as_its_runs_give_it() -> None:
@@ -157,3 +173,85 @@ def test_a_run_trained_once_per_arm_shows_its_differences_without_an_error() -> 
     assert row.split(" | ")[4] == f"{lsm:+.1f}".replace("-", "−")  # no "±": one training has no spread
     with pytest.raises(ValueError, match="block"):
         readme.seed_block(results, "r.json", "results")
+
+
+def _run(seed: int, full: float, lsm: float, rand: float, corr: float, lsm_auc: float = 0.9) -> dict:
+    arms = {
+        "full": {"ap50": full, "cost_fraction": 0.27, "expert_fraction": 0.1, "decision_fraction": 0.27},
+        "full_expert": {"ap50": 0.85},
+        "finetune_lsm": {"ap50": lsm},
+        "finetune_random": {"ap50": rand},
+        "random_corrected": {"ap50": corr},
+    }
+    grades = {"after": [{"noise_type": "missed", "precision_at_recall": 0.7}]}
+    det = {"lsm": {"auroc": lsm_auc}, "cleanlab": {"auroc": 0.88}}
+    return {"seed": seed, "arms": arms, "grades": grades, "detection": det}
+
+
+def _results(seeds_figures: list[dict], noise: list[str] | None = None, purchase: str = "missed") -> dict:
+    meta = {
+        "seeds": [r["seed"] for r in seeds_figures],
+        "noise": noise or [],
+        "settings": {"purchase": purchase, "replicates": 1},
+        "seconds": 3600.0,
+    }
+    return {"meta": meta, "runs": seeds_figures}
+
+
+def test_the_overview_pools_only_unseen_seeds_of_the_reported_mix_and_purchase_each_once() -> None:
+    reported = _results([_run(0, 0.90, 0.87, 0.85, 0.89), _run(1, 0.90, 0.87, 0.85, 0.89)])
+    unseen = _results([_run(5, 0.88, 0.85, 0.84, 0.89), _run(6, 0.88, 0.87, 0.84, 0.87)])
+    again = _results(
+        [_run(6, 0.10, 0.10, 0.10, 0.10), _run(0, 0.10, 0.10, 0.10, 0.10), _run(7, 0.88, 0.85, 0.8, 0.87)]
+    )
+    other_mix = _results([_run(200, 0.5, 0.9, 0.9, 0.9)], noise=["missed_rate=0.35"])
+    other_purchase = _results([_run(9, 0.5, 0.9, 0.9, 0.9)], purchase="discrepancy")
+    text = readme.overview_block(
+        [
+            ("docs/results/quick/results.json", reported),
+            ("docs/results/a/results.json", unseen),
+            ("docs/results/b/results.json", again),
+            ("docs/results/c/results.json", other_mix),
+            ("docs/results/d/results.json", other_purchase),
+        ]
+    )
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| run ")]
+    assert len(rows) == 6  # five runs and the pooled row
+    pooled = rows[-1].strip("| ").split(" | ")
+    assert pooled[0].startswith("**pooled") and "(a, b)" in pooled[0]
+    assert pooled[2] == "5, 6, 7"  # seed 6 once (its first run), the reported seed 0 and other mixes left out
+    # full - finetune_lsm on 5, 6, 7: +3, +1, +3 -> +2.3, by >= 2 on 2 of 3
+    assert pooled[6] == "+2.3 (≥ 2 on 2 of 3)"
+    # full - random + correction: -1, +1, +1 -> better on 2 of 3
+    assert pooled[8] == "+0.3 (better on 2 of 3)"
+    assert pooled[10] == "missed 0.70"
+    first = rows[0].strip("| ").split(" | ")
+    assert first[0] == "[quick](docs/results/quick/results.md)" and first[3] == "default"
+    assert first[4] == f"{100 * 0.90 / 0.85:.1f} %" and first[9] == "+0.020 (≥ 0.05 on 0 of 2)"
+    assert rows[3].strip("| ").split(" | ")[3] == "`missed_rate=0.35`"
+
+
+def test_the_overview_cli_takes_several_runs_and_only_the_overview_does(tmp_path: Path) -> None:
+    begin, end = readme.markers("overview")
+    doc = tmp_path / "README.md"
+    doc.write_text(f"{begin}\n{end}\n")
+    second = REPO / "docs" / "results" / "session" / "results.json"
+    ok = subprocess.run(
+        [sys.executable, "-m", "bench.readme", "--block", "overview", str(REPORTED), str(second), str(doc)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "[quick]" in doc.read_text() and "[session]" in doc.read_text()
+    before = doc.read_text()
+    bad = subprocess.run(
+        [sys.executable, "-m", "bench.readme", "--block", "session", str(REPORTED), str(second), str(doc)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "expected one results.json" in bad.stderr
+    assert doc.read_text() == before
