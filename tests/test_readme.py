@@ -231,27 +231,21 @@ def test_the_overview_pools_only_unseen_seeds_of_the_reported_mix_and_purchase_e
     assert rows[3].strip("| ").split(" | ")[3] == "`missed_rate=0.35`"
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench.readme", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+
+
 def test_the_overview_cli_takes_several_runs_and_only_the_overview_does(tmp_path: Path) -> None:
     begin, end = readme.markers("overview")
     doc = tmp_path / "README.md"
     doc.write_text(f"{begin}\n{end}\n")
-    second = REPO / "docs" / "results" / "session" / "results.json"
-    ok = subprocess.run(
-        [sys.executable, "-m", "bench.readme", "--block", "overview", str(REPORTED), str(second), str(doc)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    second = str(REPO / "docs" / "results" / "session" / "results.json")
+    ok = _cli("--block", "overview", str(REPORTED), second, str(doc))
     assert ok.returncode == 0, ok.stderr
     assert "[quick]" in doc.read_text() and "[session]" in doc.read_text()
     before = doc.read_text()
-    bad = subprocess.run(
-        [sys.executable, "-m", "bench.readme", "--block", "session", str(REPORTED), str(second), str(doc)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = _cli("--block", "session", str(REPORTED), second, str(doc))
     assert bad.returncode == 2 and "expected one results.json" in bad.stderr
     assert doc.read_text() == before
