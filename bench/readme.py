@@ -309,7 +309,12 @@ def overview_block(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         hours = float(meta.get("seconds_all_invocations", meta.get("seconds", 0.0))) / 3600
         folder = Path(path).parent.name
         seeds = ", ".join(str(r["seed"]) for r in runs)
-        cells = [f"[{folder}]({Path(path).parent.as_posix()}/results.md)", str(_trainings(meta)), seeds]
+        # A check's folder also spells out its noise overrides, which the noise column shows: name it short.
+        shown = folder
+        if meta.get("noise") and folder.startswith("check-"):
+            shown = "check-" + "-".join(str(r["seed"]) for r in runs) + "-noise"
+            shown += "-session" if folder.endswith("-session") else ""
+        cells = [f"[{shown}]({Path(path).parent.as_posix()}/results.md)", str(_trainings(meta)), seeds]
         cells += [_noise(meta), *_row_figures(runs)]
         invocations = int(meta.get("invocations", 1))
         wall = f"{hours:.1f} h" + (f" over {invocations} invocations" if invocations > 1 else "")
