@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -31,6 +32,12 @@ def _options(args: list[str]) -> dict[str, list[str]]:
             value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else ""
             found.setdefault(word, []).append(value)
     return found
+
+
+def _commands(stdout: str) -> list[str]:
+    """``make -n``'s commands, without make's own messages (under an outer make, as in ``make test``, it
+    prints "make[1]: Entering directory ..." around them)."""
+    return [line for line in stdout.splitlines() if not re.match(r"make(\[\d+\])?: ", line)]
 
 
 def test_simulate_check_runs_the_reported_protocol_on_other_seeds() -> None:
@@ -108,7 +115,7 @@ def test_each_published_run_is_copied_from_the_folder_it_ran_in(target: str, nam
     assert len(block) == 1 and f"docs/results/{name}/results.json README.md" in block[0]
     if name != "quick":
         assert f"--block {name} " in block[0]
-    assert proc.stdout.splitlines()[-1].endswith("readme-overview")  # the overview table is rewritten last
+    assert _commands(proc.stdout)[-1].endswith("readme-overview")  # the overview table is rewritten last
 
 
 def test_publish_check_copies_the_check_it_names_and_lists_it_in_the_overview_only() -> None:
@@ -117,7 +124,7 @@ def test_publish_check_copies_the_check_it_names_and_lists_it_in_the_overview_on
     proc = subprocess.run(
         ["make", "-n", "publish-check", *args], cwd=REPO, capture_output=True, text=True, timeout=60
     )
-    lines = proc.stdout.splitlines()
+    lines = _commands(proc.stdout)
     copies = [shlex.split(line) for line in lines if line.startswith("cp ")]
     assert len(copies) == 1 and copies[0][1] == f"{out}/results.json"
     assert copies[0][-1] == f"docs/results/{Path(out).name}/"
