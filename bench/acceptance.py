@@ -113,7 +113,7 @@ def _cost(runs: Sequence[Mapping[str, Any]], limit: float) -> Criterion | None:
     )
 
 
-def _full_minus(runs: Sequence[Mapping[str, Any]], other: str) -> list[float] | None:
+def full_minus(runs: Sequence[Mapping[str, Any]], other: str) -> list[float] | None:
     """Per seed, the full method's AP50 minus ``other``'s (points); None when either arm is missing."""
     full, base = _arm_ap(runs, "full"), _arm_ap(runs, other)
     if full is None or base is None:
@@ -122,7 +122,7 @@ def _full_minus(runs: Sequence[Mapping[str, Any]], other: str) -> list[float] | 
 
 
 def _over(runs: Sequence[Mapping[str, Any]], other: str) -> Criterion | None:
-    diffs = _full_minus(runs, other)
+    diffs = full_minus(runs, other)
     if diffs is None:
         return None
     n, need = len(diffs), needed(len(diffs))
@@ -141,7 +141,7 @@ def _over(runs: Sequence[Mapping[str, Any]], other: str) -> Criterion | None:
 
 
 def _selection(runs: Sequence[Mapping[str, Any]]) -> Criterion | None:
-    diffs = _full_minus(runs, "random_corrected")
+    diffs = full_minus(runs, "random_corrected")
     if diffs is None:
         return None
     n, need = len(diffs), needed(len(diffs))
@@ -155,7 +155,9 @@ def _selection(runs: Sequence[Mapping[str, Any]]) -> Criterion | None:
     )
 
 
-def _grades(runs: Sequence[Mapping[str, Any]]) -> Criterion | None:
+def grade_precisions(runs: Sequence[Mapping[str, Any]]) -> dict[str, list[float]] | None:
+    """Per noise type, the calibrated grades' best precision at recall >= 0.5 on each seed; None when a seed
+    lacks grades or a type."""
     if not runs or any("grades" not in r for r in runs):
         return None
     by_type: dict[str, list[float]] = {}
@@ -163,6 +165,20 @@ def _grades(runs: Sequence[Mapping[str, Any]]) -> Criterion | None:
         for g in r["grades"].get("after", []):
             by_type.setdefault(g["noise_type"], []).append(float(g["precision_at_recall"]))
     if not by_type or any(len(v) != len(runs) for v in by_type.values()):
+        return None
+    return by_type
+
+
+def auroc_margins(runs: Sequence[Mapping[str, Any]], peer: str) -> list[float] | None:
+    """Per seed, the LSM's noisy-image AUROC minus ``peer``'s; None when a seed lacks either."""
+    if not runs or any(k not in r.get("detection", {}) for r in runs for k in ("lsm", peer)):
+        return None
+    return [float(r["detection"]["lsm"]["auroc"]) - float(r["detection"][peer]["auroc"]) for r in runs]
+
+
+def _grades(runs: Sequence[Mapping[str, Any]]) -> Criterion | None:
+    by_type = grade_precisions(runs)
+    if by_type is None:
         return None
     means = {t: _mean(v) for t, v in by_type.items()}
     per_seed_ok = {t: sum(p >= GRADE_PRECISION for p in v) for t, v in by_type.items()}
@@ -179,9 +195,9 @@ def _grades(runs: Sequence[Mapping[str, Any]]) -> Criterion | None:
 
 
 def _auroc(runs: Sequence[Mapping[str, Any]], peer: str) -> Criterion | None:
-    if not runs or any(k not in r.get("detection", {}) for r in runs for k in ("lsm", peer)):
+    diffs = auroc_margins(runs, peer)
+    if diffs is None:
         return None
-    diffs = [float(r["detection"]["lsm"]["auroc"]) - float(r["detection"][peer]["auroc"]) for r in runs]
     mean = _mean(diffs)
     lsm = _mean([float(r["detection"]["lsm"]["auroc"]) for r in runs])
     other = _mean([float(r["detection"][peer]["auroc"]) for r in runs])

@@ -227,8 +227,8 @@ def _row_figures(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     cost = [100 * float(r["arms"]["full"]["cost_fraction"]) for r in runs]
     cells = [f"{statistics.fmean(pct):.1f} %", f"{max(cost):.1f} %"]
     for arm, _ in _AGAINST:
-        diffs = [_difference(r["arms"]["full"], r["arms"][arm])[0] for r in runs if arm in r["arms"]]
-        if len(diffs) < n:
+        diffs = acceptance.full_minus(runs, arm)
+        if diffs is None:
             cells.append("n/a")
             continue
         if arm == "random_corrected":
@@ -236,24 +236,19 @@ def _row_figures(runs: Sequence[Mapping[str, Any]]) -> list[str]:
         else:
             held = f"≥ {acceptance.MARGIN:g} on {sum(d >= acceptance.MARGIN for d in diffs)} of {n}"
         cells.append(f"{_signed(statistics.fmean(diffs))} ({held})")
-    det = [r.get("detection", {}) for r in runs]
-    if all("lsm" in d and "cleanlab" in d for d in det):
-        diffs = [float(d["lsm"]["auroc"]) - float(d["cleanlab"]["auroc"]) for d in det]
-        reach = sum(x >= acceptance.AUROC_MARGIN for x in diffs)
-        cells.append(
-            f"{_signed(statistics.fmean(diffs), digits=3)} (≥ {acceptance.AUROC_MARGIN:g} on {reach} of {n})"
-        )
-    else:
+    margins = acceptance.auroc_margins(runs, "cleanlab")
+    if margins is None:
         cells.append("n/a")
-    by_type: dict[str, list[float]] = {}
-    for r in runs:
-        for g in (r.get("grades") or {}).get("after", []):
-            by_type.setdefault(g["noise_type"], []).append(float(g["precision_at_recall"]))
-    if by_type and all(len(v) == n for v in by_type.values()):
+    else:
+        k = sum(x >= acceptance.AUROC_MARGIN for x in margins)
+        reach = f"≥ {acceptance.AUROC_MARGIN:g} on {k} of {n}"
+        cells.append(f"{_signed(statistics.fmean(margins), digits=3)} ({reach})")
+    by_type = acceptance.grade_precisions(runs)
+    if by_type is None:
+        cells.append("n/a")
+    else:
         weakest = min(by_type, key=lambda t: statistics.fmean(by_type[t]))
         cells.append(f"{weakest} {statistics.fmean(by_type[weakest]):.2f}")
-    else:
-        cells.append("n/a")
     return cells
 
 
