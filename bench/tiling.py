@@ -1,7 +1,8 @@
 """Tiled against resized inference on large frames: AP50, time per megapixel, peak memory of prediction.
 
     python -m bench.tiling [--seed 0] [--n-train 4] [--n-val 1] [--n-test 6] [--tile 320] [--overlap 64]
-                           [--imgsz 160] [--epochs 30] [--batch 8] [--frame-epochs 0] [--memory 10,100]
+                           [--imgsz 160] [--epochs 30] [--batch 8] [--frame-epochs 0] [--frame-imgsz 0]
+                           [--frame-repeat 0] [--memory 10,100]
                            [--memory-model 10] [--chunk 16] [--threads N] [--out .work/bench-tiling]
 
 One run, side by side, on the ``large`` simulator preset (2048 px frames, deposits of 15-60 px):
@@ -13,8 +14,11 @@ One run, side by side, on the ``large`` simulator preset (2048 px frames, deposi
    cut-aware NMS and WBF (``model.tiling``), and plain NMS (IoU 0.5, no notion of cut boxes) to show what
    the cut-aware merge is worth. *Resized*: the same detector on the whole frame shrunk to its input size,
    i.e. what prediction without tiling does. With ``--frame-epochs N``, also a detector trained N epochs on
-   the whole frames shrunk to the input size (a pipeline with no tiling at all; off by default: on this CPU
-   an epoch of a few 2048 px frames costs as much as one of a hundred tiles).
+   the whole frames shrunk to ``--frame-imgsz`` (a pipeline with no tiling at all, the one a lab with a GPU
+   would try: e.g. 1024 px). Its frames repeat in each epoch (``--frame-repeat``; by default as often as
+   makes an epoch as long as the tile model's, ``model.dataset.epoch_repeats``), so with the same epochs and
+   batch both detectors take the same number of gradient steps. Off by default: on this CPU an epoch of a
+   few 2048 px frames at a large input costs far more than one of a hundred tiles.
 3. Time per megapixel of the tiled and the resized prediction: wall and process CPU seconds (the CPU may be
    shared with other work; CPU seconds are the steadier figure). Both predict at the AP confidence floor
    (0.001); the tiled figure includes the cross-tile merge (NMS) of those many low-score boxes, more than
@@ -42,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from metrics.ap import evaluate_ap
-from model.dataset import LabeledImage
+from model.dataset import LabeledImage, epoch_repeats
 from model.detector import get_family
 from model.tiling import Merge, TileConfig, TiledDetector, TilePrediction, tile_dataset
 from selection.boxes import pair_geometry
@@ -75,6 +79,11 @@ def plain_nms(tp: TilePrediction, *, iou: float = 0.5) -> Detections:
         if keep[i]:
             keep[i + 1 :] &= overlap[i, i + 1 :] < iou
     return every.subset(order[keep]).clip(tp.width, tp.height)
+
+
+def frame_arm(imgsz: int) -> str:
+    """The AP table's row of the whole-frame model trained and predicting at ``imgsz``."""
+    return f"whole frame at {imgsz} px, frame model"
 
 
 def _labelled(records: Sequence) -> list[LabeledImage]:
@@ -216,14 +225,19 @@ def run(args: argparse.Namespace) -> dict:
         }
     }
     frame_run = None
+    frame_imgsz = args.frame_imgsz or imgsz
     if args.frame_epochs:
+        repeat = args.frame_repeat or epoch_repeats(len(train), len(tiles_train))
+        frames = [image for image in _labelled(train) for _ in range(repeat)]
         frame_run = family.train(
-            train=_labelled(train), val=_labelled(val), names=["deposit"], out_dir=out / "frame-model",
-            epochs=args.frame_epochs, batch=args.batch, imgsz=imgsz, seed=args.seed, device=args.device,
+            train=frames, val=_labelled(val), names=["deposit"], out_dir=out / "frame-model",
+            epochs=args.frame_epochs, batch=args.batch, imgsz=frame_imgsz, seed=args.seed, device=args.device,
             validate=False, keep="last", threads=args.threads,
         )  # fmt: skip
         report["training"]["frame_model"] = {
             "frames": len(train),
+            "repeat": repeat,
+            "imgsz": frame_imgsz,
             "epochs": args.frame_epochs,
             "seconds": round(frame_run.seconds, 1),
         }
@@ -252,7 +266,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     if frame_run is not None:
         frame_model = family.load(frame_run.weights, device=args.device)
-        arms["resized frame, frame model"] = frame_model.predict(paths, conf=AP_CONF, batch=args.batch)
+        arms[frame_arm(frame_imgsz)] = frame_model.predict(paths, conf=AP_CONF, batch=args.batch)
     report["ap"] = {}
     for name, preds in arms.items():
         ap = evaluate_ap(gt, preds)
@@ -284,8 +298,8 @@ def _print(report: dict) -> None:
     frame = report["training"].get("frame_model")
     if frame:
         lines.append(
-            f"  frame model: {frame['frames']} whole frames at {report['imgsz']} px, "
-            f"{frame['epochs']} epochs, {frame['seconds']} s"
+            f"  frame model: {frame['frames']} whole frames at {frame['imgsz']} px, each {frame['repeat']} "
+            f"times per epoch, {frame['epochs']} epochs, {frame['seconds']} s"
         )
     lines.append(f"  {'AP on the test frames':<40} {'AP50':>6} {'AP50:95':>8}")
     for name, ap in report["ap"].items():
@@ -295,6 +309,11 @@ def _print(report: dict) -> None:
     lines.append(
         f"  tiled - resized: {best - ap50['resized frame, tile model']:+.2f} AP50 points (same model)"
     )
+    if frame:
+        lines.append(
+            f"  tiled - whole frame: {best - ap50[frame_arm(frame['imgsz'])]:+.2f} AP50 points (each its own "
+            f"model, same epochs, batch and gradient steps)"
+        )
     sp = report["speed"]
     tiled, resized = sp["tiled_s_per_mp"], sp["resized_s_per_mp"]
     lines.append(
@@ -335,6 +354,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=30, help="epochs of the tile model")
     parser.add_argument("--batch", type=int, default=8, help="training batch, and tiles per forward pass")
     parser.add_argument("--frame-epochs", type=int, default=0, help="epochs of a whole-frame model (0: none)")
+    parser.add_argument(
+        "--frame-imgsz", type=int, default=0, help="the whole-frame model's input size, pixels (0: --imgsz)"
+    )
+    parser.add_argument(
+        "--frame-repeat",
+        type=int,
+        default=0,
+        help="times each frame appears per epoch of the whole-frame model (0: as many as the tile model's "
+        "epoch holds images, so both take the same gradient steps)",
+    )
     parser.add_argument("--chunk", type=int, default=16, help="frames per prediction chunk (PREDICT_BATCH)")
     parser.add_argument("--memory", type=_counts, default=[10, 100], help="frame counts: stub and resized")
     parser.add_argument("--memory-model", type=_counts, default=[10], help="frame counts: tiled YOLO")
@@ -362,8 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.frame_epochs < 0:
         parser.error(f"--frame-epochs: expected >= 0, got {args.frame_epochs}")
-    if args.imgsz < 0:
-        parser.error(f"--imgsz: expected >= 0, got {args.imgsz}")
+    for name in ("imgsz", "frame_imgsz", "frame_repeat"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(args, name)}")
     for name in ("n_train", "n_val", "n_test", "epochs", "batch", "chunk"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}")

@@ -502,6 +502,8 @@ def test_bench_plain_nms_keeps_the_fragment_the_cut_aware_merge_absorbs():
         (["--epochs", "0"], "--epochs"),
         (["--memory", "10,x"], "comma-separated integers"),
         (["--frame-epochs", "-1"], "--frame-epochs"),
+        (["--frame-imgsz", "-1"], "--frame-imgsz"),
+        (["--frame-repeat", "-2"], "--frame-repeat"),
     ],
 )
 def test_bench_tiling_arguments(argv, message, capsys):
@@ -510,6 +512,26 @@ def test_bench_tiling_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_tiling_trains_a_whole_frame_model_with_the_tile_models_steps(tmp_path, capsys):
+    """One tiny run of the whole benchmark with a whole-frame model at its own input size: each frame repeats
+    as often as the tile model's epoch holds tiles, and its row and difference are reported."""
+    from bench.tiling import frame_arm, main
+
+    out = tmp_path / "bench"
+    argv = ["--n-train", "1", "--n-val", "1", "--n-test", "1", "--epochs", "1", "--imgsz", "64",
+            "--frame-epochs", "1", "--frame-imgsz", "96", "--memory", "1", "--memory-model", "1",
+            "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    tiles, frame = report["training"]["tile_model"]["tiles"], report["training"]["frame_model"]
+    assert tiles > 1 and frame == {**frame, "frames": 1, "repeat": tiles, "imgsz": 96, "epochs": 1}
+    assert set(report["ap"]) >= {"resized frame, tile model", frame_arm(96)}
+    printed = capsys.readouterr().out
+    assert f"1 whole frames at 96 px, each {tiles} times per epoch" in printed
+    assert "tiled - whole frame:" in printed
 
 
 @pytest.mark.slow
