@@ -531,7 +531,8 @@ def test_bench_tiling_trains_a_whole_frame_model_with_the_tile_models_steps(tmp_
     assert set(report["ap"]) >= {"resized frame, tile model", frame_arm(96)}
     printed = capsys.readouterr().out
     assert f"1 whole frames at 96 px, each {tiles} times per epoch" in printed
-    assert "tiled - whole frame:" in printed
+    assert "tiled - whole frame:" in printed and "; whole frame " in printed
+    assert set(report["speed"]["frame_s_per_mp"]) == {"wall", "cpu"}
 
 
 @pytest.mark.slow
