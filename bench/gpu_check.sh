@@ -11,6 +11,14 @@
 #
 # Each step writes its output to a file in $OUT and the script goes on when one fails or runs out of time; the
 # last line of each file is "rc=N" (124: out of time). Nothing is downloaded: YOLO trains from its yaml.
+#
+# On a machine with torch but no package registry, put the rest on PYTHONPATH from wheels downloaded elsewhere
+# for its Python (pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux...):
+# the pins of requirements.txt for ultralytics (with ultralytics-thop, ultralytics-platform and polars; a 1.x
+# polars wheel is a third the size of 2.x and does), fastapi, starlette, uvicorn, pydantic (pydantic-core,
+# annotated-types, typing-inspection), faster-coco-eval, cleanlab (termcolor), opentelemetry-api, and
+# label-studio-sdk with those of its dependencies the machine lacks (the backend's tests import it; without it
+# four tests of tests/test_backend_process.py fail with "No module named 'label_studio_sdk'").
 set -u
 OUT=${OUT:-.work/gpu-check}
 DEVICE=${DEVICE:-cuda}
