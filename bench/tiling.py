@@ -264,13 +264,14 @@ def run(args: argparse.Namespace) -> dict:
         "tiled, plain NMS (no cut handling)": [plain_nms(tp) for tp in raw],
         "resized frame, tile model": resized,
     }
-    frame_timing = None
+    frame_speed = None
     if frame_run is not None:
         frame_model = family.load(frame_run.weights, device=args.device)
         frame_model.predict(paths[:1], conf=AP_CONF, batch=args.batch)  # warm-up outside the timings
-        arms[frame_arm(frame_imgsz)], *frame_timing = _timed(
+        arms[frame_arm(frame_imgsz)], wall_frame, cpu_frame = _timed(
             lambda: frame_model.predict(paths, conf=AP_CONF, batch=args.batch)
         )
+        frame_speed = {"wall": round(wall_frame / mp, 3), "cpu": round(cpu_frame / mp, 3)}
     report["ap"] = {}
     for name, preds in arms.items():
         ap = evaluate_ap(gt, preds)
@@ -283,12 +284,8 @@ def run(args: argparse.Namespace) -> dict:
         "merge_cpu_s_per_mp": round(cpu_merge / mp, 3),
         "resized_s_per_mp": {"wall": round(wall_resized / mp, 3), "cpu": round(cpu_resized / mp, 3)},
     }
-    if frame_timing is not None:
-        wall_frame, cpu_frame = frame_timing
-        report["speed"]["frame_s_per_mp"] = {
-            "wall": round(wall_frame / mp, 3),
-            "cpu": round(cpu_frame / mp, 3),
-        }
+    if frame_speed is not None:
+        report["speed"]["frame_s_per_mp"] = frame_speed
     probes = [("tiled", n) for n in args.memory_model]
     probes += [(mode, n) for mode in ("tiled-stub", "resized") for n in args.memory]
     report["memory"] = [_probe_in_child(tile_run.weights, paths, m, n, args.chunk, config) for m, n in probes]
