@@ -233,7 +233,7 @@ class ProjectCalibration:
         version: the model version calibrated.
         project: the Label Studio project (None for a tasks file).
         calibration: the fitted rules (None when there were no usable tasks).
-        n_tasks: tasks with crowd labels and an expert annotation used as examples.
+        n_tasks: tasks the crowd labelled (boxes or none) with an expert annotation, used as examples.
         n_excluded: expert tasks left out because every version up to this one trained on them.
         types: ``type_table`` rows (precision/recall of the examples, in-sample after calibration).
         message: a sentence for a person (what was fitted, or why nothing was).
@@ -299,7 +299,9 @@ def calibrate_project(
 ) -> ProjectCalibration:
     """Fit ``version``'s calibration (default: the serving one) on the project's expert tasks and store it.
 
-    Examples come from tasks with crowd labels and an expert annotation (``settings.expert``), each scored
+    Examples come from tasks the crowd labelled and an expert annotated (``settings.expert``); a task the
+    crowd labelled without drawing a box counts (its findings are the model's boxes: missed objects, or
+    not), one nobody of the crowd labelled does not (``CrowdLabels.labelled``). Each is scored
     by the newest version up to ``version`` that did not train on it (:func:`example_versions`). With none,
     nothing is fitted and a stored calibration is removed (the LSM's grades apply again); the message says
     why.
@@ -323,8 +325,8 @@ def calibrate_project(
     for source in sorted(set(scorer.values())):
         chosen = [by_id[tid] for tid, v in scorer.items() if v == source]
         for view in task_views(service, chosen, schema, version=source):
-            if len(view.crowd.detections) == 0 or view.expert is None:
-                continue  # no crowd labels: nothing to grade on this task
+            if not view.crowd.labelled or view.expert is None:
+                continue  # the crowd never labelled this task: nothing of theirs to grade
             views.append(view)
             used[source] = used.get(source, 0) + 1
             parts.append(
@@ -339,7 +341,8 @@ def calibrate_project(
     if not views:
         calibration_path(mv).unlink(missing_ok=True)
         why = (
-            f"no task has both crowd labels and an expert annotation that {served} or an earlier version "
+            f"no task has both crowd labels (or an empty crowd annotation) and an expert annotation that "
+            f"{served} or an earlier version "
             f"did not train on ({len(expert_tasks)} expert tasks, {n_excluded} of them trained on by every "
             "version); the LSM's grades apply"
         )

@@ -36,11 +36,14 @@ class CrowdLabels:
         votes: int64 (M,) annotators agreeing on each box, or None when the source does not say who drew
             what.
         annotators: crowd annotators of the task (0 when unknown).
+        labelled: whether the crowd labelled the task at all: False without a ``crowd_labels`` field, or
+            without a crowd annotation; a labelled task may have no box (the crowd saw nothing on it).
     """
 
     detections: Detections
     votes: np.ndarray | None = None
     annotators: int = 0
+    labelled: bool = True
 
     @property
     def agreement(self) -> np.ndarray | None:
@@ -76,7 +79,7 @@ class CrowdReader:
             return self._fuse(per_user)
         records = (task.get("data") or {}).get(CROWD_FIELD)
         if records is None:
-            return CrowdLabels(Detections.empty())
+            return CrowdLabels(Detections.empty(), labelled=False)
         detections = crowd_labels_to_detections(
             records, width=width, height=height, label_to_id=schema.label_ids
         )
@@ -89,7 +92,7 @@ class CrowdReader:
 
     def _fuse(self, per_annotator: Sequence[Detections]) -> CrowdLabels:
         if not per_annotator:
-            return CrowdLabels(Detections.empty(), np.zeros(0, np.int64), 0)
+            return CrowdLabels(Detections.empty(), np.zeros(0, np.int64), 0, labelled=False)
         merged, votes = merge_annotators(
             per_annotator, iou=self.crowd.merge_iou, min_votes=self.crowd.min_votes
         )

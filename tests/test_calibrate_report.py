@@ -108,12 +108,13 @@ def app_for(tmp_path, monkeypatch):
     weights = tmp_path / "fake.pt"
     weights.write_bytes(b"not read: the detector is faked")
 
-    def build(*trained_on: list[int]) -> tuple[TestClient, Any]:
-        """Versions trained on these task ids, oldest first; the last one serves."""
+    def build(*trained_on: list[int], extra: list[dict[str, Any]] = ()) -> tuple[TestClient, Any]:
+        """Versions trained on these task ids, oldest first; the last one serves. ``extra``: tasks added to
+        the project."""
         settings = Settings.from_env({"MODEL_DIR": str(tmp_path / "models"), "DEVICE": "cpu"})
         for ids in trained_on:
             ModelRegistry(settings.model_dir).publish(weights, {"family": "yolo", "trained_on": ids})
-        app = create_app(settings, source=FakeSource(_project()))
+        app = create_app(settings, source=FakeSource(_project() + list(extra)))
         return TestClient(app), app
 
     return build
@@ -196,6 +197,22 @@ def test_priority_counts_the_likely_missed_objects_once_the_version_is_calibrate
     if DEFAULT_PRIORITY == "missed":
         assert after.fields.priority > after.fields.discrepancy
     assert after.fields.as_data()["priority"] == round(after.fields.priority, 4)
+
+
+def test_a_task_the_crowd_labelled_empty_teaches_the_calibration_and_an_unlabelled_one_does_not(app_for):
+    """Two more expert tasks: on one the crowd drew nothing (``crowd_labels: []``), and its one finding, the
+    model's box the crowd left out, is an example of ``missed`` that the expert confirms; the other has no
+    crowd labels at all (never sent to the crowd), and gives no example."""
+    empty = _task(60, SMALL, expert=True)
+    empty["data"]["crowd_labels"] = []
+    never = _task(61, SMALL, expert=True)
+    del never["data"]["crowd_labels"]
+    client, _ = app_for(list(range(1, 9)), extra=[empty, never])
+    answer = client.post("/calibrate?project=1").json()
+    assert answer["n_tasks"] == 41  # the 40 untrained expert tasks of the project, and the empty one
+    # Every other task's crowd drew the object the model sees: the one missed example is the empty task's.
+    missed = {r["noise_type"]: r for r in answer["types"]}["missed"]
+    assert missed["examples"] == 1 and missed["errors"] == 1
 
 
 def test_calibration_says_so_when_the_version_trained_on_every_expert_task(app_for):

@@ -161,7 +161,12 @@ def test_reader_fuses_the_crowd_annotations_and_ignores_the_expert(tmp_path: Any
     labels = reader.read(task, width=W, height=H, schema=SCHEMA)
     assert labels.votes.tolist() == [1, 2] and labels.annotators == 3
     nobody = reader.read({"id": 2, "data": {}, "annotations": []}, width=W, height=H, schema=SCHEMA)
-    assert len(nobody.detections) == 0 and nobody.annotators == 0
+    assert len(nobody.detections) == 0 and nobody.annotators == 0 and not nobody.labelled
+    # A crowd user who saw nothing on the image: labelled, no box.
+    saw_nothing = {"id": 3, "data": {}, "annotations": [_annotation(7, "c1@lab.org", [])]}
+    empty = reader.read(saw_nothing, width=W, height=H, schema=SCHEMA)
+    assert len(empty.detections) == 0 and empty.annotators == 1 and empty.labelled
+    assert labels.labelled
 
 
 def test_reader_field_source_fuses_only_when_every_record_names_its_annotator(tmp_path: Any) -> None:
@@ -174,6 +179,11 @@ def test_reader_field_source_fuses_only_when_every_record_names_its_annotator(tm
     mixed = [rec, {**rec, "x": 11.0, "annotator": "u2"}]
     labels = reader.read({"data": {"crowd_labels": mixed}}, width=W, height=H, schema=SCHEMA)
     assert len(labels.detections) == 2 and labels.votes is None and labels.agreement is None
+    # An empty list is the crowd's answer (nothing there); no field at all, no answer.
+    empty = reader.read({"data": {"crowd_labels": []}}, width=W, height=H, schema=SCHEMA)
+    assert len(empty.detections) == 0 and empty.labelled
+    absent = reader.read({"data": {}}, width=W, height=H, schema=SCHEMA)
+    assert len(absent.detections) == 0 and not absent.labelled
 
 
 class _Users:
