@@ -287,7 +287,7 @@ def overview_block(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         "run's seeds; in brackets, on how many seeds a comparison holds (by 2 points for the fine-tunes, at "
         "all for random + correction, by 0.05 for the AUROC); the grades' precision at recall 0.5 (target "
         "0.6); the last row pools every seed, other than the reported run's, that was run with its noise mix "
-        "and purchase, each seed once:",
+        "and purchase, each seed once (from the run that trained its arms most often, else the first):",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -295,9 +295,8 @@ def overview_block(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     first_meta = results[0][1]["meta"]
     reported = {int(s) for s in first_meta.get("seeds", [])}
     purchase = (first_meta.get("settings", {}) or {}).get("purchase")
-    pooled: dict[int, Mapping[str, Any]] = {}
-    pooled_from: list[str] = []
-    pooled_trainings: set[int] = set()
+    # seed -> (trainings per compared arm, folder, its run): the run that trained most, else the first
+    pooled: dict[int, tuple[int, str, Mapping[str, Any]]] = {}
     for path, res in results:
         meta, runs = res["meta"], res["runs"]
         verdict = acceptance.check(runs, meta)
@@ -317,16 +316,18 @@ def overview_block(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
         same = not meta.get("noise") and (meta.get("settings", {}) or {}).get("purchase") == purchase
         if same and path != results[0][0]:
-            fresh = [r for r in runs if int(r["seed"]) not in reported and int(r["seed"]) not in pooled]
-            pooled.update({int(r["seed"]): r for r in fresh})
-            if fresh:
-                pooled_from.append(folder)
-                pooled_trainings.add(_trainings(meta))
+            for r in runs:
+                seed = int(r["seed"])
+                if seed not in reported and (seed not in pooled or _trainings(meta) > pooled[seed][0]):
+                    pooled[seed] = (_trainings(meta), folder, r)
     if pooled:
-        runs = [pooled[s] for s in sorted(pooled)]
+        runs = [pooled[s][2] for s in sorted(pooled)]
+        pooled_from = list(dict.fromkeys(folder for _, folder, _ in (pooled[s] for s in sorted(pooled))))
+        order = [Path(path).parent.name for path, _ in results]
+        pooled_from.sort(key=order.index)  # in the order the runs were given
         cells = [
             f"**pooled: seeds nothing was tuned on, default mix** ({', '.join(pooled_from)})",
-            " or ".join(str(t) for t in sorted(pooled_trainings)),
+            " or ".join(str(t) for t in sorted({t for t, _, _ in pooled.values()})),
             ", ".join(str(s) for s in sorted(pooled)),
             "default",
             *_row_figures(runs),

@@ -190,11 +190,16 @@ def _run(seed: int, full: float, lsm: float, rand: float, corr: float, lsm_auc: 
     return {"seed": seed, "arms": arms, "grades": grades, "detection": det}
 
 
-def _results(seeds_figures: list[dict], noise: list[str] | None = None, purchase: str = "missed") -> dict:
+def _results(
+    seeds_figures: list[dict],
+    noise: list[str] | None = None,
+    purchase: str = "missed",
+    compared: int | None = None,
+) -> dict:
     meta = {
         "seeds": [r["seed"] for r in seeds_figures],
         "noise": noise or [],
-        "settings": {"purchase": purchase, "replicates": 1},
+        "settings": {"purchase": purchase, "replicates": 1, "compared_replicates": compared},
         "seconds": 3600.0,
     }
     return {"meta": meta, "runs": seeds_figures}
@@ -233,6 +238,24 @@ def test_the_overview_pools_only_unseen_seeds_of_the_reported_mix_and_purchase_e
     mix = rows[3].strip("| ").split(" | ")
     assert mix[3] == "`missed_rate=0.35`"  # the mix in its column, so the check's name leaves it out
     assert mix[0] == "[check-200-noise-session](docs/results/check-200-missed_rate-0.35-session/results.md)"
+
+
+def test_the_overview_pools_a_seed_from_its_run_with_the_most_trainings() -> None:
+    """Seed 5 run once per arm (listed first) and four times: the pooled row reads the four-training run,
+    whatever order the runs come in (a folder's name decides the order a wildcard lists them in)."""
+    reported = _results([_run(0, 0.90, 0.87, 0.85, 0.89)])
+    once = _results([_run(5, 0.10, 0.10, 0.10, 0.10)], compared=1)
+    four = _results([_run(5, 0.88, 0.85, 0.84, 0.89), _run(6, 0.88, 0.87, 0.84, 0.87)], compared=4)
+    for listed in ([once, four], [four, once]):
+        names = ["check-5-session" if r is once else "check-5" for r in listed]
+        text = readme.overview_block(
+            [("docs/results/quick/results.json", reported)]
+            + [(f"docs/results/{n}/results.json", r) for n, r in zip(names, listed, strict=True)]
+        )
+        pooled = text.splitlines()[-1].strip("| ").split(" | ")
+        assert pooled[2] == "5, 6" and pooled[1] == "4", pooled
+        assert "(check-5)" in pooled[0]  # the once-trained run gave the pooled row nothing
+        assert pooled[4] == f"{100 * 0.88 / 0.85:.1f} %"  # seed 5's full method from the four-training run
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
