@@ -322,9 +322,8 @@ def overview_block(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
                     pooled[seed] = (_trainings(meta), folder, r)
     if pooled:
         runs = [pooled[s][2] for s in sorted(pooled)]
-        pooled_from = list(dict.fromkeys(folder for _, folder, _ in (pooled[s] for s in sorted(pooled))))
-        order = [Path(path).parent.name for path, _ in results]
-        pooled_from.sort(key=order.index)  # in the order the runs were given
+        used = {folder for _, folder, _ in pooled.values()}
+        pooled_from = [f for f in (Path(path).parent.name for path, _ in results) if f in used]
         cells = [
             f"**pooled: seeds nothing was tuned on, default mix** ({', '.join(pooled_from)})",
             " or ".join(str(t) for t in sorted({t for t, _, _ in pooled.values()})),
