@@ -84,7 +84,12 @@ def to_coco(images: Sequence[CocoImage], *, categories: Sequence[str]) -> dict[s
 def from_coco(coco: Mapping[str, Any]) -> dict[int, CocoImage]:
     """Parse a COCO detection dict into images keyed by image id (every image, boxes or not).
 
+    Category ids must be ``class_id + 1`` (1 or more, as :func:`to_coco` writes them); a caller reading a file
+    with other ids (0, negative, gaps) maps them to that first.
     Extra annotation fields (anything but the standard ones) come back in ``CocoImage.extra``.
+
+    Raises:
+        ValueError: a missing list, an annotation of an unknown image or with a category id below 1.
     """
     for key in ("images", "annotations"):
         if key not in coco:
@@ -95,6 +100,11 @@ def from_coco(coco: Mapping[str, Any]) -> dict[int, CocoImage]:
         image_id = int(ann["image_id"])
         if image_id not in per_image:
             raise ValueError(f"annotation {ann.get('id')}: image_id {image_id} is not among the images")
+        if int(ann["category_id"]) < 1:  # class_id + 1: what to_coco writes
+            raise ValueError(
+                f"annotation {ann.get('id')}: category_id {ann['category_id']}: expected 1 or more "
+                "(category id = class_id + 1; COCO reserves 0)"
+            )
         per_image[image_id].append(ann)
     out: dict[int, CocoImage] = {}
     for im in coco["images"]:

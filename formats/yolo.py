@@ -8,6 +8,8 @@ import numpy as np
 
 from selection.detections import Detections
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # Detections hold float32 pixels
+
 
 def _check_size(width: float, height: float) -> None:
     if not (np.isfinite(width) and np.isfinite(height)) or width <= 0 or height <= 0:
@@ -37,9 +39,16 @@ def format_yolo_labels(dets: Detections, width: float, height: float) -> str:
 
 
 def parse_yolo_labels(text: str, width: float, height: float, *, source: str = "labels") -> Detections:
-    """Parse YOLO label text into pixel Detections; ``source`` names the file in errors."""
+    """Parse YOLO label text into pixel Detections; ``source`` names the file in errors.
+
+    Raises:
+        ValueError: ``source:line:`` of a bad line: the first with wrong columns, a number that is not
+            finite, a negative or fractional class, a negative size or a score outside [0, 1]; else the first
+            whose pixel coordinates no float32 holds.
+    """
     _check_size(width, height)
     rows: list[list[float]] = []
+    where: list[tuple[int, str]] = []  # per row: its line number and text
     n_cols = None
     for lineno, line in enumerate(text.splitlines(), 1):
         parts = line.split()
@@ -54,16 +63,26 @@ def parse_yolo_labels(text: str, width: float, height: float, *, source: str = "
             values = [float(p) for p in parts]
         except ValueError as exc:
             raise ValueError(f"{source}:{lineno}: expected numbers, got {line!r}") from exc
+        if not all(np.isfinite(values)):
+            raise ValueError(f"{source}:{lineno}: expected finite numbers, got {line!r}")
         if values[0] != int(values[0]) or values[0] < 0:
             raise ValueError(f"{source}:{lineno}: expected a non-negative integer class, got {parts[0]!r}")
         if values[3] < 0 or values[4] < 0:
             raise ValueError(f"{source}:{lineno}: expected non-negative width and height, got {line!r}")
+        if n_cols == 6 and not 0.0 <= values[5] <= 1.0:
+            raise ValueError(f"{source}:{lineno}: expected a score in [0, 1], got {parts[5]!r}")
         rows.append(values)
+        where.append((lineno, line))
     if not rows:
         return Detections.empty()
     arr = np.array(rows, np.float64)
-    cx, cy, w, h = arr[:, 1] * width, arr[:, 2] * height, arr[:, 3] * width, arr[:, 4] * height
-    xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below, by its line
+        cx, cy, w, h = arr[:, 1] * width, arr[:, 2] * height, arr[:, 3] * width, arr[:, 4] * height
+        xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+    beyond = np.flatnonzero(~np.all(np.abs(xyxy) < _FLOAT32_MAX, axis=1))
+    if len(beyond):  # finite here, inf as Detections' float32
+        lineno, line = where[int(beyond[0])]
+        raise ValueError(f"{source}:{lineno}: box coordinates beyond any image, got {line!r}")
     return Detections(
         xyxy=xyxy.astype(np.float32),
         class_id=arr[:, 0].astype(np.int64),

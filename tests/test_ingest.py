@@ -22,6 +22,8 @@ from backend.ingest.plan import label_mapping
 from backend.ingest.sources import ImageIndex, read_coco, read_label_studio, read_yolo, read_yolo_names
 from backend.labelconfig import parse_label_config
 from backend.lsproject import api_error_message, label_config_for
+from formats.coco import from_coco
+from formats.images import read_image
 from formats.labelstudio import crowd_labels_to_detections, regions_to_detections
 
 W, H = 80, 40  # every test image is 80 x 40 px
@@ -97,6 +99,47 @@ def test_image_index_empty_folder(tmp_path: Path) -> None:
         ImageIndex.scan(tmp_path / "missing")
 
 
+def test_image_index_reads_sizes_past_pils_bomb_limit(lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PIL refuses to open images over its bomb limit (~179 M px by default); the backend tiles them, so
+    the importer reads their size anyway, and leaves the limit as it found it."""
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # 80 x 40 = 3200 px: over twice the limit
+    index = _index(lab)
+    assert {(f.width, f.height) for f in index.files} == {(W, H)}
+    assert PILImage.MAX_IMAGE_PIXELS == 100
+
+
+def _rotated(path: Path) -> Path:
+    """An 80 x 40 px image whose EXIF orientation (6: rotate 90 clockwise) makes it 40 x 80 on screen."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (W, H), (200, 50, 50)).save(path, exif=exif.tobytes())
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif"])
+def test_image_index_applies_exif_orientation(lab: Path, suffix: str) -> None:
+    """Browsers, the backend's decoder and ultralytics turn the image: its size is the turned one."""
+    path = _rotated(lab / "images" / f"turned{suffix}")
+    turned = _index(lab).by_key["turned"]
+    assert (turned.width, turned.height) == (H, W)
+    assert read_image(path).shape[:2] == (turned.height, turned.width)  # what the backend decodes
+
+
+def test_read_coco_boxes_on_an_exif_rotated_image(lab: Path) -> None:
+    _rotated(lab / "images" / "turned.jpg")
+    coco = _coco()
+    coco["images"].append({"id": 7, "file_name": "turned.jpg", "width": H, "height": W})
+    coco["annotations"].append({"id": 13, "image_id": 7, "category_id": 3, "bbox": [4, 50, 30, 20]})
+    labels = read_coco(_write(lab / "crowd.json", coco), _index(lab))
+    np.testing.assert_allclose(labels.images["turned"].boxes.xyxy, [[4, 50, 34, 70]])  # inside 40 x 80
+    assert labels.n_clipped == 1  # sub/c's box only
+    coco["images"][-1].update(width=W, height=H)  # the stored, unturned size: boxes drawn on another frame
+    with pytest.raises(IngestError, match=r"width 80 but .* has width 40 \(as shown, turned by its EXIF"):
+        read_coco(_write(lab / "crowd.json", coco), _index(lab))
+
+
 # ------------------------------------------------------------------------------------------------- COCO
 
 
@@ -155,6 +198,11 @@ _DELETE = object()
             [90, 20, 5, 5],
             r"annotations\[1\] \(id 11\): box .* lies outside the 80 x 40",
         ),
+        (
+            "annotations.1.bbox",
+            [1e39, 20, 5, 5],  # finite as JSON, infinite as the float32 of a box
+            r"annotations\[1\] \(id 11\): bbox: .* beyond",
+        ),
         ("annotations.2.image_id", 77, r"annotations\[2\] \(id 12\): image_id 77 is not among the images"),
         ("annotations.0.category_id", 4, r"annotations\[0\] \(id 10\): category_id 4 is not among"),
         ("images.1.file_name", "missing.png", r"images\[1\] \(id 2\): image 'missing.png' not found"),
@@ -171,6 +219,37 @@ def test_read_coco_errors_name_the_place(lab: Path, path: str, value: Any, expec
     _set(coco, path, value)
     with pytest.raises(IngestError, match=expected):
         read_coco(_write(lab / "crowd.json", coco), _index(lab))
+
+
+@pytest.mark.parametrize("ids", [(0, 1), (0, -7), (-1, 5)])
+def test_read_coco_any_integer_category_ids(lab: Path, ids: tuple[int, int]) -> None:
+    """Category id 0 (and negative ids) are ids like any other: names in listed order, class = position."""
+    coco = _coco()
+    coco["categories"] = [{"id": ids[0], "name": "cat"}, {"id": ids[1], "name": "dog"}]
+    for ann, category in zip(coco["annotations"], (ids[0], ids[1], ids[0]), strict=True):
+        ann["category_id"] = category
+    labels = read_coco(_write(lab / "crowd.json", coco), _index(lab))
+    assert labels.names == ("cat", "dog")
+    assert labels.images["a"].boxes.class_id.tolist() == [0, 1]
+    assert labels.images["sub/c"].boxes.class_id.tolist() == [0]
+
+
+def test_cli_coco_category_id_zero(lab: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    coco = _coco()
+    coco["categories"][0]["id"] = 0
+    coco["annotations"][0]["category_id"] = 0
+    crowd = _write(lab / "crowd.json", coco)
+    status = main([*_cli(lab, "--crowd", str(crowd), "--crowd-format", "coco"), "--dry-run", "--no-progress"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert "3 boxes on 2 images" in out and "labels: cat, dog" in out
+
+
+def test_from_coco_names_the_annotation_of_a_reserved_category_id() -> None:
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}], "categories": []}
+    coco["annotations"] = [{"id": 4, "image_id": 1, "category_id": 0, "bbox": [1, 1, 2, 2]}]
+    with pytest.raises(ValueError, match=r"annotation 4: category_id 0: expected 1 or more"):
+        from_coco(coco)
 
 
 def test_read_coco_syntax_error_gives_line_and_column(lab: Path) -> None:
@@ -213,6 +292,12 @@ def test_read_yolo_names_from_yaml(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("names:\n  0: cat\n  2: dog\n")
     with pytest.raises(IngestError, match=r"bad.yaml: names: expected keys 0..1"):
         read_yolo_names(tmp_path / "bad.yaml")
+    (tmp_path / "mixed.yaml").write_text("names:\n  0: cat\n  x: dog\n")  # keys that do not sort together
+    with pytest.raises(IngestError, match=r"mixed.yaml: names: expected keys 0..1, got \[0, 'x'\]"):
+        read_yolo_names(tmp_path / "mixed.yaml")
+    (tmp_path / "latin1.txt").write_bytes("chat\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(IngestError, match=r"latin1.txt: not UTF-8 text"):
+        read_yolo_names(tmp_path / "latin1.txt")
 
 
 @pytest.mark.parametrize(
@@ -238,6 +323,13 @@ def test_read_yolo_names_from_yaml(tmp_path: Path) -> None:
         ),
         ({"a.txt": "0 0.5 0.5 0.2 0.2\nnan 0.5 0.5 0.2 0.2\n"}, "cat\n", r"labels/a.txt:2: expected finite"),
         ({"a.txt": "0 0.5 inf 0.2 0.2\n"}, "cat\n", r"labels/a.txt:1: expected finite numbers"),
+        (
+            {"a.txt": "0 0.5 0.5 0.2 0.2 0.9\n0 0.5 0.5 0.2 0.2 1.5\n"},
+            "cat\n",
+            r"labels/a.txt:2: expected a score in \[0, 1\], got '1.5'",
+        ),
+        ({"a.txt": "0 0.5 0.5 0.2 0.2 -0.1\n"}, "cat\n", r"labels/a.txt:1: expected a score in \[0, 1\]"),
+        ({"a.txt": "0 0.5 0.5 0.2 0.2\n0 1e38 0.5 0.2 0.2\n"}, "cat\n", r"labels/a.txt:2: .* beyond"),
         ({"a.txt": ""}, None, r"labels: YOLO labels need class names"),
         ({"a.txt": ""}, "cat\n\ndog\n", r"classes.txt:2: empty class name"),
     ],

@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # Detections hold float32 pixels
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio prefixes uploaded file names with 8 hex chars
 
 
@@ -79,7 +80,8 @@ class ImageFile:
             ``image_id``, the key that makes a re-run skip images already imported.
         rel: path relative to the images folder, POSIX, with extension.
         path: absolute path (the folder resolved, the file name kept, so symlinks stay under the folder).
-        width, height: image size in pixels.
+        width, height: image size in pixels as shown, after its EXIF orientation (as browsers, the backend's
+            decoder and ultralytics turn it).
     """
 
     key: str
@@ -89,17 +91,53 @@ class ImageFile:
     height: int
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
+_EXIF_ORIENTATION = 0x0112
+_TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height (transpose, rotate 90/270)
 
+
+def _orientation(image: Any) -> int:
+    """The EXIF orientation tag of an open PIL image (1, upright, when it has none or it is unreadable)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        # PNG's getexif() decodes the whole image to look past IDAT for an eXIf chunk; one before IDAT
+        # (where PNG 1.5+ puts it) is already in info.
+        return 1
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except (SyntaxError, ValueError, TypeError, KeyError, OSError):  # a corrupt EXIF block: shown upright
+        return 1
+    return value if _is_int(value) else 1
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """Width and height as shown: after EXIF orientation, read from the header (no pixels decoded).
+
+    Browsers (Label Studio), ``formats.images.decode_image`` (OpenCV) and ultralytics turn an image by its
+    EXIF orientation, so boxes are drawn on, and percents taken of, the turned image.
+    """
+    from PIL import Image, UnidentifiedImageError
+    from PIL.TiffImagePlugin import IMAGELENGTH, IMAGEWIDTH, TiffImageFile
+
+    # PIL's decompression-bomb limit (~179 M px) guards decoding; this reads a size only, and the backend
+    # decodes with OpenCV (its own limit, 2**30 px by default) and tiles large frames. Single-threaded CLI:
+    # the process-wide limit is lifted for this open only.
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as image:  # reads the header only
             width, height = image.size
-    except (OSError, UnidentifiedImageError, ImportError) as exc:
+            if isinstance(image, TiffImageFile):  # newer PIL already reports TIFF's turned size
+                width, height = image.tag_v2.get(IMAGEWIDTH, width), image.tag_v2.get(IMAGELENGTH, height)
+            orientation = _orientation(image)
+    except (OSError, UnidentifiedImageError, ImportError, ValueError) as exc:
         # ImportError: once ultralytics is imported (same process), its patched Image.open answers an
-        # unidentified file by importing the HEIF plugin, which is not installed.
+        # unidentified file by importing the HEIF plugin, which is not installed. ValueError: what some PIL
+        # plugins raise on a malformed header (a TIFF's "Invalid dimensions").
         raise IngestError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
-    if width <= 0 or height <= 0:
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if orientation in _TURNED:
+        width, height = height, width
+    if not (_is_int(width) and _is_int(height)) or width <= 0 or height <= 0:
         raise IngestError(f"{path}: image has no pixels ({width} x {height})")
     return int(width), int(height)
 
@@ -270,15 +308,24 @@ def _checked_boxes(
     return boxes, n_clipped
 
 
+def _read_text(path: Path) -> str:
+    """A UTF-8 text file's contents; IngestError naming the file when it cannot be read as such."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise IngestError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
 def _load_json(path: Path) -> Any:
     if not path.is_file():
         raise IngestError(f"{path}: no such file")
+    text = _read_text(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise IngestError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
-    except UnicodeDecodeError as exc:
-        raise IngestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def _is_int(value: Any) -> bool:
@@ -306,8 +353,9 @@ def _check_names(names: Sequence[str], where: str) -> tuple[str, ...]:
 def read_coco(path: str | Path, index: ImageIndex) -> LabelSet:
     """Read a COCO detection JSON file: its images (matched to ``index``), categories and boxes.
 
-    Category ids may be any integers (real COCO skips some): names are listed in category order, and class
-    ids index that list. ``width``/``height`` of an image, when given, must equal the image file's size.
+    Category ids may be any integers (real COCO skips some; some files start at 0): names are listed in
+    category order, and class ids index that list. ``width``/``height`` of an image, when given, must equal
+    the image file's size as shown (after its EXIF orientation).
 
     Raises:
         IngestError: naming the JSON path and id of the first problem found.
@@ -347,7 +395,11 @@ def read_coco(path: str | Path, index: ImageIndex) -> LabelSet:
         image = index.resolve(im["file_name"], where=where)
         for key, actual in (("width", image.width), ("height", image.height)):
             if key in im and im[key] != actual:
-                raise IngestError(f"{where}: {key} {im[key]!r} but the image {image.rel} has {key} {actual}")
+                turned = (im.get("width"), im.get("height")) == (image.height, image.width)
+                raise IngestError(
+                    f"{where}: {key} {im[key]!r} but the image {image.rel} has {key} {actual}"
+                    + (" (as shown, turned by its EXIF orientation)" if turned else "")
+                )
         if image.key in by_key:
             raise IngestError(f"{where}: the same image as image id {by_key[image.key]} ({image.rel})")
         by_key[image.key] = int(im["id"])
@@ -374,25 +426,38 @@ def read_coco(path: str | Path, index: ImageIndex) -> LabelSet:
             raise IngestError(f"{where}: bbox: expected finite numbers, got {bbox!r}")
         if bbox[2] <= 0 or bbox[3] <= 0:  # checked before formats.coco builds (and rejects) the boxes
             raise IngestError(f"{where}: empty box ({bbox[2]} x {bbox[3]} px); width and height must be > 0")
+        corners = (bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3])
+        if not all(abs(v) < _FLOAT32_MAX for v in corners):  # boxes are float32: these would be inf
+            raise IngestError(f"{where}: bbox: coordinates {bbox!r} are beyond any image")
         locations[int(ann["image_id"])].append(where)
 
-    # Structure checked: formats.coco converts (class_id = category_id - 1, boxes to pixel xyxy).
-    # Sizes from the files (COCO's are optional here), and no scores: crowd labels are not predictions.
+    # Structure checked: formats.coco converts boxes to pixel xyxy. It reads category ids as class_id + 1
+    # (its own files' convention), so the file's ids, which may be any integers, 0 and negative included,
+    # are handed to it as that: listed position + 1. Sizes from the files (COCO's are optional here), and no
+    # scores: crowd labels are not predictions.
     standard = {
         "images": [
             {**im, "width": images[im["id"]].width, "height": images[im["id"]].height}
             for im in coco["images"]
         ],
-        "annotations": [{k: v for k, v in ann.items() if k != "score"} for ann in coco["annotations"]],
+        "annotations": [
+            {
+                **{k: v for k, v in ann.items() if k != "score"},
+                "category_id": category_index[ann["category_id"]] + 1,
+            }
+            for ann in coco["annotations"]
+        ],
     }
-    parsed = from_coco(standard)
+    try:
+        parsed = from_coco(standard)
+    except ValueError as exc:  # checked above, so not expected: still the user's file, named
+        raise IngestError(f"{path}: {exc}") from None
     out: dict[str, ImageLabels] = {}
     n_clipped = 0
     for image_id, image in images.items():
         coco_image = parsed[image_id]
         dets = coco_image.detections
-        class_id = np.array([category_index[int(c) + 1] for c in dets.class_id], np.int64)
-        boxes, clipped = _checked_boxes(dets.xyxy, class_id, image, locations[image_id])
+        boxes, clipped = _checked_boxes(dets.xyxy, dets.class_id, image, locations[image_id])
         n_clipped += clipped
         annotators = None
         if coco_image.extra is not None and all("annotator" in e for e in coco_image.extra):
@@ -413,20 +478,20 @@ def read_yolo_names(path: str | Path) -> tuple[str, ...]:
         import yaml
 
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = yaml.safe_load(_read_text(path))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
             raise IngestError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
         raw = data.get("names") if isinstance(data, Mapping) else None
         if isinstance(raw, Mapping):
-            if sorted(raw) != list(range(len(raw))):
-                raise IngestError(f"{path}: names: expected keys 0..{len(raw) - 1}, got {sorted(raw)}")
+            if not all(_is_int(k) for k in raw) or set(raw) != set(range(len(raw))):
+                raise IngestError(f"{path}: names: expected keys 0..{len(raw) - 1}, got {list(raw)}")
             raw = [raw[i] for i in range(len(raw))]
         if not isinstance(raw, list) or not raw:
             raise IngestError(f"{path}: expected a non-empty 'names:' list or mapping")
         return _check_names([str(n) for n in raw], f"{path}: names")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [line.strip() for line in _read_text(path).splitlines()]
     while names and not names[-1]:
         names.pop()
     for lineno, name in enumerate(names, 1):
@@ -504,10 +569,7 @@ def read_yolo(
             if missing_means_empty:
                 out[image.key] = ImageLabels(image=image, boxes=Detections.empty())
             continue
-        try:
-            text = label_file.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise IngestError(f"{label_file}: not UTF-8 text ({exc.reason})") from None
+        text = _read_text(label_file)
         _check_yolo_numbers(text, label_file)
         try:
             dets = parse_yolo_labels(text, image.width, image.height, source=str(label_file))
