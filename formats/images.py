@@ -52,6 +52,7 @@ __all__ = [
     "ImageNormalization",
     "Normalize",
     "decode_image",
+    "image_size",
     "load_image",
     "normalize_image",
     "read_image",
@@ -163,6 +164,59 @@ def read_image(path: Path | str) -> np.ndarray:
         return decode_image(path.read_bytes())
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+
+
+_EXIF_ORIENTATION = 0x0112
+_TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height (transpose, rotate 90/270)
+
+
+def _orientation(image: Any) -> int:
+    """The EXIF orientation tag of an open PIL image (1, upright, when it has none or it is unreadable)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        # PNG's getexif() decodes the whole image to look past IDAT for an eXIf chunk; one before IDAT
+        # (where PNG 1.5+ puts it) is already in info.
+        return 1
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except (SyntaxError, ValueError, TypeError, KeyError, OSError):  # a corrupt EXIF block: shown upright
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """(width, height) of an image file as shown, after its EXIF orientation, from the header alone.
+
+    The size :func:`read_image` decodes to (OpenCV applies the orientation, as browsers, hence Label Studio,
+    and ultralytics do), so boxes are drawn on, and percents taken of, the turned image. No pixels are
+    decoded, at any pixel count (PIL's decompression-bomb limit guards decoding, not this).
+
+    Raises:
+        ValueError: no such file, not a readable image, or an image without pixels (the message names it).
+    """
+    from PIL import Image, UnidentifiedImageError
+    from PIL.TiffImagePlugin import IMAGELENGTH, IMAGEWIDTH, TiffImageFile
+
+    path = Path(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # process-wide: lifted for this header read only
+    try:
+        with Image.open(path) as image:  # reads the header only
+            width, height = image.size
+            if isinstance(image, TiffImageFile):  # newer PIL already reports TIFF's turned size
+                width, height = image.tag_v2.get(IMAGEWIDTH, width), image.tag_v2.get(IMAGELENGTH, height)
+            orientation = _orientation(image)
+    except (OSError, UnidentifiedImageError, ImportError, ValueError) as exc:
+        # ImportError: once ultralytics is imported (same process), its patched Image.open answers an
+        # unidentified file by importing the HEIF plugin, which is not installed. ValueError: what some PIL
+        # plugins raise on a malformed header (a TIFF's "Invalid dimensions").
+        raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    if orientation in _TURNED:
+        width, height = height, width
+    if not (isinstance(width, int) and isinstance(height, int)) or width <= 0 or height <= 0:
+        raise ValueError(f"{path}: image has no pixels ({width} x {height})")
+    return width, height
 
 
 def write_image(stem: Path | str, pixels: np.ndarray) -> Path:

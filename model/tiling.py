@@ -62,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
-from formats.images import ImageNormalization, normalize_image, read_image, write_image
+from formats.images import ImageNormalization, image_size, normalize_image, read_image, write_image
 from model.dataset import LabeledImage
 from model.detector import PREDICT_CONF, Detector, ImageInput
 from selection.boxes import pair_geometry
@@ -375,13 +375,10 @@ def _image_size(image: ImageInput, index: int) -> tuple[int, int]:
             raise ValueError(f"images[{index}]: expected an HxW or HxWx3 array, got shape {image.shape}")
         return int(image.shape[1]), int(image.shape[0])
     if isinstance(image, str | Path):
-        from PIL import Image
-
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"images[{index}]: no image file at {path}")
-        with Image.open(path) as img:
-            return int(img.width), int(img.height)
+        return image_size(path)  # as shown: after EXIF orientation, as read_image decodes it
     raise TypeError(f"images[{index}]: expected a path or a numpy array, got {type(image).__name__}")
 
 
@@ -535,7 +532,7 @@ def tile_dataset(
         ValueError: ``min_visible`` or ``negatives`` out of range.
         FileNotFoundError: an image file is missing.
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if not 0.0 < min_visible <= 1.0:
         raise ValueError(f"min_visible: expected a share in (0, 1], got {min_visible}")
@@ -587,7 +584,8 @@ def tile_dataset(
                 n_tiled += 1
             continue
         suffix = ".tif" if item.path.suffix.lower() in (".tif", ".tiff") else ".png"
-        with Image.open(item.path) as img:
+        with Image.open(item.path) as raw:
+            img = ImageOps.exif_transpose(raw)  # the image as shown, as the labels and read_image see it
             if (img.width, img.height) != (item.width, item.height):
                 raise ValueError(
                     f"images[{index}]: {item.path} is {img.width}x{img.height}, labelled as "

@@ -12,12 +12,14 @@ from conftest import make_detections
 from PIL import Image
 from scipy import ndimage
 
+from formats.images import read_image
 from model.dataset import LabeledImage
 from model.detector import PREDICT_CONF, TrainResult, register_family
 from model.tiling import (
     Merge,
     TileConfig,
     TiledDetector,
+    _image_size,
     merge_tile_detections,
     tile_dataset,
     tile_windows,
@@ -325,6 +327,24 @@ def test_tile_dataset_clips_boxes_and_drops_slivers(tmp_path):
         assert np.array_equal(np.asarray(Image.open(tile.path)), pixels[:, x0 : x0 + 300])
     small = _labelled_png(tmp_path / "small.png", pixels[:100, :100], [[1, 1, 5, 5]])
     assert tile_dataset([small], tmp_path / "tiles", config=TileConfig(size=300, overlap=100)) == [small]
+
+
+def test_tiles_of_an_exif_rotated_image_are_cut_from_the_image_as_shown(tmp_path):
+    # Stored 300 wide x 600 high with EXIF orientation 6 (turn 90 degrees clockwise to show): shown 600 x 300,
+    # as Label Studio, read_image and ultralytics see it, and as its labels are drawn.
+    shown = np.random.default_rng(1).integers(0, 255, (300, 600), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "turned.png"
+    Image.fromarray(np.rot90(shown)).save(path, exif=exif)
+    assert np.array_equal(read_image(path), shown)  # the decoder turns it
+    assert _image_size(path, 0) == (600, 300)  # what the tiled detector plans its windows on
+    item = LabeledImage(path, make_detections([[280, 100, 320, 140]]), 600, 300)
+    tiles = tile_dataset([item], tmp_path / "tiles", config=TileConfig(size=300, overlap=100))
+    assert [(t.width, t.height) for t in tiles] == [(300, 300)] * 3
+    for tile in tiles:
+        x0 = int(tile.path.stem.split("_x")[1].split("_")[0])
+        assert np.array_equal(np.asarray(Image.open(tile.path)), shown[:, x0 : x0 + 300])
 
 
 def test_tile_dataset_keeps_few_empty_tiles_and_16_bit_pixels(tmp_path):

@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import numpy as np
 
 from formats.coco import from_coco
+from formats.images import image_size
 from formats.labelstudio import CROWD_FIELD, percent_to_xyxy
 from formats.yolo import parse_yolo_labels
 from selection.detections import Detections
@@ -91,55 +92,12 @@ class ImageFile:
     height: int
 
 
-_EXIF_ORIENTATION = 0x0112
-_TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height (transpose, rotate 90/270)
-
-
-def _orientation(image: Any) -> int:
-    """The EXIF orientation tag of an open PIL image (1, upright, when it has none or it is unreadable)."""
-    if image.format == "PNG" and "exif" not in image.info:
-        # PNG's getexif() decodes the whole image to look past IDAT for an eXIf chunk; one before IDAT
-        # (where PNG 1.5+ puts it) is already in info.
-        return 1
-    try:
-        value = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except (SyntaxError, ValueError, TypeError, KeyError, OSError):  # a corrupt EXIF block: shown upright
-        return 1
-    return value if _is_int(value) else 1
-
-
 def _image_size(path: Path) -> tuple[int, int]:
-    """Width and height as shown: after EXIF orientation, read from the header (no pixels decoded).
-
-    Browsers (Label Studio), ``formats.images.decode_image`` (OpenCV) and ultralytics turn an image by its
-    EXIF orientation, so boxes are drawn on, and percents taken of, the turned image.
-    """
-    from PIL import Image, UnidentifiedImageError
-    from PIL.TiffImagePlugin import IMAGELENGTH, IMAGEWIDTH, TiffImageFile
-
-    # PIL's decompression-bomb limit (~179 M px) guards decoding; this reads a size only, and the backend
-    # decodes with OpenCV (its own limit, 2**30 px by default) and tiles large frames. Single-threaded CLI:
-    # the process-wide limit is lifted for this open only.
-    limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
+    """Width and height as shown (after EXIF orientation): :func:`formats.images.image_size`."""
     try:
-        with Image.open(path) as image:  # reads the header only
-            width, height = image.size
-            if isinstance(image, TiffImageFile):  # newer PIL already reports TIFF's turned size
-                width, height = image.tag_v2.get(IMAGEWIDTH, width), image.tag_v2.get(IMAGELENGTH, height)
-            orientation = _orientation(image)
-    except (OSError, UnidentifiedImageError, ImportError, ValueError) as exc:
-        # ImportError: once ultralytics is imported (same process), its patched Image.open answers an
-        # unidentified file by importing the HEIF plugin, which is not installed. ValueError: what some PIL
-        # plugins raise on a malformed header (a TIFF's "Invalid dimensions").
-        raise IngestError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
-    if orientation in _TURNED:
-        width, height = height, width
-    if not (_is_int(width) and _is_int(height)) or width <= 0 or height <= 0:
-        raise IngestError(f"{path}: image has no pixels ({width} x {height})")
-    return int(width), int(height)
+        return image_size(path)
+    except ValueError as exc:
+        raise IngestError(str(exc)) from None
 
 
 class ImageIndex:
