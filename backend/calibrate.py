@@ -19,7 +19,12 @@ from typing import Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m backend.calibrate --project N [--version V]``: fit, store, print the per-type table."""
+    """``python -m backend.calibrate --project N [--version V]``: fit, store, print the per-type table.
+
+    Returns:
+        0 done; 2 bad input, one ``error: ...`` line on stderr (settings, an unknown ``--version``, no
+        published model, a bad labelling config or tasks file), as the other backend commands.
+    """
     parser = argparse.ArgumentParser(prog="python -m backend.calibrate", description=__doc__.splitlines()[0])
     parser.add_argument("--project", type=int, help="Label Studio project id (not needed with TASKS_FILE)")
     parser.add_argument("--version", help="model version to calibrate (default: the serving one)")
@@ -28,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     from backend.app import create_app
+    from backend.service import NoModelError
     from backend.settings import Settings, SettingsError
 
     try:
@@ -38,7 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.project is None and settings.tasks_file is None:
         parser.error("--project: required unless TASKS_FILE is set")
-    result = create_app(settings).state.calibrator.calibrate(args.project, version=args.version)
+    app = create_app(settings)
+    if args.version is not None:
+        try:  # an unknown name (404 from POST /calibrate)
+            app.state.service.registry.get(args.version)
+        except KeyError as exc:
+            print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+            return 2
+    try:
+        result = app.state.calibrator.calibrate(args.project, version=args.version)
+    except (NoModelError, ValueError) as exc:  # nothing published (503), a bad config or tasks file (400)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
     else:

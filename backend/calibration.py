@@ -67,6 +67,7 @@ __all__ = [
     "example_versions",
     "expert_boxes",
     "save_calibration",
+    "skipped_summary",
     "task_views",
     "trained_on",
     "type_table",
@@ -135,10 +136,12 @@ def task_views(
     *,
     version: str | None = None,
     policy: ExpertPolicy | None = None,
+    skipped: dict[int, str] | None = None,
 ) -> Iterator[TaskView]:
     """Score ``tasks`` with ``version`` (default: the serving one), ``PREDICT_BATCH`` images at a time.
 
-    Tasks that cannot be read (no image, image missing, malformed crowd labels) are skipped with a warning.
+    Tasks that cannot be read (no image, image missing, malformed crowd labels or expert regions) are skipped
+    with a warning; ``skipped``, when given, receives each one's task id -> why.
     """
     from backend.protocol import task_image_url
 
@@ -159,6 +162,8 @@ def task_views(
                 )
             except Exception as exc:  # one unreadable task must not stop the others
                 logger.warning("task %s skipped: %s", tid, exc)
+                if skipped is not None:
+                    skipped[tid] = str(exc).removeprefix(f"task {tid}: ")
                 continue
             loaded.append((tid, image.pixels, crowd, expert))
         if not loaded:
@@ -238,6 +243,8 @@ class ProjectCalibration:
         types: ``type_table`` rows (precision/recall of the examples, in-sample after calibration).
         message: a sentence for a person (what was fitted, or why nothing was).
         sources: version -> tasks whose findings it gave (the newest version not trained on each task).
+        skipped: expert tasks left out because they could not be read (image missing or unreachable,
+            malformed crowd labels or expert regions): task id -> why.
     """
 
     version: str
@@ -248,6 +255,7 @@ class ProjectCalibration:
     types: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
     sources: dict[str, int] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (the stored ``calibration.json`` and the ``/calibrate`` answer)."""
@@ -257,6 +265,7 @@ class ProjectCalibration:
             "n_tasks": self.n_tasks,
             "n_excluded": self.n_excluded,
             "sources": self.sources,
+            "skipped": {str(tid): why for tid, why in self.skipped.items()},
             "fitted_types": [] if self.calibration is None else self.calibration.fitted_types,
             "types": self.types,
             "message": self.message,
@@ -303,8 +312,10 @@ def calibrate_project(
     crowd labelled without drawing a box counts (its findings are the model's boxes: missed objects, or
     not), one nobody of the crowd labelled does not (``CrowdLabels.labelled``). Each is scored
     by the newest version up to ``version`` that did not train on it (:func:`example_versions`). With none,
-    nothing is fitted and a stored calibration is removed (the LSM's grades apply again); the message says
-    why.
+    nothing is fitted; the message says why. A stored calibration is then removed (the LSM's grades apply
+    again) when the tasks say there is nothing to learn from (every expert task trained on by every version,
+    or none labelled by the crowd), and kept when bad input may be why: expert tasks that could not be read
+    (an unreachable image: ``skipped``), or no expert task at all (an empty or wrong project).
 
     Raises:
         NoModelError: nothing published.
@@ -322,9 +333,10 @@ def calibrate_project(
     parts: list[LabelledFindings] = []
     views: list[TaskView] = []
     used: dict[str, int] = {}
+    skipped: dict[int, str] = {}
     for source in sorted(set(scorer.values())):
         chosen = [by_id[tid] for tid, v in scorer.items() if v == source]
-        for view in task_views(service, chosen, schema, version=source):
+        for view in task_views(service, chosen, schema, version=source, skipped=skipped):
             if not view.crowd.labelled or view.expert is None:
                 continue  # the crowd never labelled this task: nothing of theirs to grade
             views.append(view)
@@ -338,16 +350,13 @@ def calibrate_project(
                     agreement=view.crowd.agreement,
                 )
             )
+    skipped = dict(sorted(skipped.items()))
     if not views:
-        calibration_path(mv).unlink(missing_ok=True)
-        why = (
-            f"no task has both crowd labels (or an empty crowd annotation) and an expert annotation that "
-            f"{served} or an earlier version "
-            f"did not train on ({len(expert_tasks)} expert tasks, {n_excluded} of them trained on by every "
-            "version); the LSM's grades apply"
+        why = _nothing_fitted(mv, served, len(expert_tasks), n_excluded, skipped, policy)
+        result = ProjectCalibration(
+            served, project, None, 0, n_excluded, type_table({}, {}), why, skipped=skipped
         )
-        result = ProjectCalibration(served, project, None, 0, n_excluded, type_table({}, {}), why)
-        logger.info("calibration of %s: %s", served, why)
+        (logger.warning if skipped else logger.info)("calibration of %s: %s", served, why)
         return result
     examples = LabelledFindings.concat(parts)
     calibration = fit_calibration(examples)
@@ -368,14 +377,72 @@ def calibrate_project(
     table = type_table(calibration.to_dict()["rules"], merged, weight_prior=calibration.config.weight_prior)
     fitted = calibration.fitted_types
     sources = ", ".join(f"{n} by {v}" for v, n in sorted(used.items()))
+    unread = f", {len(skipped)} left out: could not be read ({skipped_summary(skipped)})" if skipped else ""
     message = (
-        f"{served}: {len(views)} expert tasks ({sources}; {n_excluded} left out: trained on), "
+        f"{served}: {len(views)} expert tasks ({sources}; {n_excluded} left out: trained on{unread}), "
         f"{len(examples)} findings; fitted {', '.join(fitted) if fitted else 'no type'}"
     )
     result = ProjectCalibration(
-        served, project, calibration, len(views), n_excluded, table, message, dict(sorted(used.items()))
+        served,
+        project,
+        calibration,
+        len(views),
+        n_excluded,
+        table,
+        message,
+        dict(sorted(used.items())),
+        skipped=skipped,
     )
     if save:
         save_calibration(mv, result)
     logger.info("calibration %s", message)
     return result
+
+
+def skipped_summary(skipped: Mapping[Any, str], *, limit: int = 3) -> str:
+    """``"task 3: <why>; task 7: <why>"``, the first ``limit`` of them, then how many more (the log names
+    every one)."""
+    named = [f"task {tid}: {why}" for tid, why in list(skipped.items())[:limit]]
+    more = len(skipped) - len(named)
+    return "; ".join(named) + (f"; and {more} more (see the log)" if more > 0 else "")
+
+
+def _nothing_fitted(
+    mv: ModelVersion,
+    served: str,
+    n_expert: int,
+    n_excluded: int,
+    skipped: Mapping[int, str],
+    policy: ExpertPolicy,
+) -> str:
+    """Why no task gave examples (a sentence); removes the stored calibration or keeps it (see
+    ``calibrate_project``).
+
+    The stored calibration is removed only when the tasks themselves leave nothing to learn from; when some
+    could not be read (they may be readable again soon) or there is no expert task at all (an empty or wrong
+    project), it stays, so that bad input never discards a calibration fitted on good input.
+    """
+    path = calibration_path(mv)
+    if skipped or n_expert == 0:
+        stored = (
+            f"the calibration of {served} stored before is kept"
+            if path.is_file()
+            else "the LSM's grades apply"
+        )
+        if n_expert == 0:
+            cause = f"no expert-annotated task in the project (EXPERT_MODE={policy.describe()})"
+        else:
+            cause = (
+                f"{len(skipped)} of the {n_expert} expert tasks could not be read "
+                f"({skipped_summary(skipped)}), {n_excluded} trained on by every version, and no other "
+                "has both crowd labels and an expert annotation"
+            )
+        return f"nothing refitted: {cause}; {stored}"
+    path.unlink(missing_ok=True)
+    why = (
+        f"no task has both crowd labels (or an empty crowd annotation) and an expert annotation that "
+        f"{served} or an earlier version "
+        f"did not train on ({n_expert} expert tasks, {n_excluded} of them trained on by every "
+        "version); the LSM's grades apply"
+    )
+    return why

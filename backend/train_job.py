@@ -144,6 +144,8 @@ def run_job(job: dict[str, Any]) -> str:
         "image_normalization": normalization.as_dict(),
         "trained_on": [int(t) for t in job.get("task_ids") or []],
     }
+    if job.get("skipped"):  # expert tasks the training left out: task id -> why
+        meta["skipped"] = {str(t): str(why) for t, why in job["skipped"].items()}
     if job.get("project") is not None:
         meta["project"] = job["project"]
     version = ModelRegistry(Path(job["model_dir"])).publish(result.weights, meta)

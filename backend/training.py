@@ -22,11 +22,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from backend.calibration import ProjectCalibration, calibrate_project
-from backend.images import ImageLoader
+from backend.calibration import ProjectCalibration, calibrate_project, skipped_summary
+from backend.images import ImageLoader, LoadedImage
 from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema, parse_label_config
 from backend.lsclient import merge_task_data
 from backend.metrics import TrainingCounts
@@ -36,10 +37,18 @@ from backend.settings import ExpertMode, ExpertPolicy, Settings
 from backend.train_job import PROGRESS_NAME, TrainItem, job_settings
 from formats.images import write_image
 from formats.labelstudio import regions_to_detections
+from selection.detections import Detections
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LabelStudioSource", "TaskSource", "TrainingManager", "expert_annotation", "training_items"]
+__all__ = [
+    "ExpertTrainingSet",
+    "LabelStudioSource",
+    "TaskSource",
+    "TrainingManager",
+    "expert_annotation",
+    "training_items",
+]
 
 _TRAIN_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 
@@ -165,6 +174,25 @@ class LabelStudioSource:
                 self._client.predictions.delete(id=old.id)
 
 
+@dataclass(frozen=True)
+class ExpertTrainingSet:
+    """What :func:`training_items` made of a project's expert annotations.
+
+    Attributes:
+        items: one training item per usable expert-annotated task, in task order.
+        task_ids: those tasks' ids (the job's ``task_ids``, kept as the version's ``meta["trained_on"]``).
+        skipped: task id -> why it was left out (no image field, an image that cannot be loaded, a region
+            that cannot be read, such as a rotated rectangle), for each expert-annotated task left out.
+    """
+
+    items: list[TrainItem]
+    task_ids: list[int]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+_MAX_NAMED = 5  # skipped tasks named in an error message (the log names every one)
+
+
 def training_items(
     tasks: Sequence[Mapping[str, Any]],
     *,
@@ -173,7 +201,7 @@ def training_items(
     policy: ExpertPolicy,
     loader: ImageLoader,
     image_dir: Path,
-) -> list[TrainItem]:
+) -> ExpertTrainingSet:
     """Expert-annotated tasks -> training items (image on disk, boxes as model class ids).
 
     Labels map to ``names`` through ``schema.label_map`` read backwards (the same mapping ``/predict`` uses);
@@ -182,8 +210,13 @@ def training_items(
     stays 16-bit), so that the dataset writer normalises them exactly as it normalises local files and as
     ``/predict`` does.
 
+    An expert task that cannot be read (no image field, an image that cannot be loaded, a malformed or
+    rotated rectangle of a label that maps to a class) is left out with a warning naming it and why (as
+    calibration leaves it out), and listed in ``skipped``; the other tasks still train.
+
     Raises:
-        ValueError: no label of the config maps to a model class (training would see no boxes at all).
+        ValueError: no label of the config maps to a model class (training would see no boxes at all), or
+            there are expert-annotated tasks and none of them can be read (the message names them and why).
     """
     label_to_class = schema.label_map(names).label_to_class
     if not label_to_class:
@@ -191,22 +224,56 @@ def training_items(
             f"no label of the labelling config {list(schema.labels)} maps to a model class {list(names)}: "
             'name the classes in a <Label predicted_values="..."> attribute or rename the labels'
         )
-    items = []
+    items: list[TrainItem] = []
+    task_ids: list[int] = []
+    skipped: dict[str, str] = {}
     image_dir.mkdir(parents=True, exist_ok=True)
     for task in tasks:
         ann = expert_annotation(task, policy)
         if ann is None:
             continue
         tid = task.get("id", "?")
-        data = task.get("data") or {}
-        url = data.get(schema.image_key)
-        if not isinstance(url, str):
-            logger.warning("task %s: no data.%s; skipped for training", tid, schema.image_key)
+        try:
+            image, det = _expert_example(task, ann, schema, label_to_class, loader)
+        except (ValueError, TypeError, AttributeError) as exc:  # one bad task must not stop the others
+            why = str(exc).removeprefix(f"task {tid}: ")
+            logger.warning("task %s: skipped for training (%s)", tid, why)
+            skipped[str(tid)] = why
             continue
-        image = loader.decode(url, task=str(tid))
         path = image.path
         if path is None:
             path = write_image(image_dir / f"task{tid}", image.pixels)
+        items.append(
+            TrainItem(path=path, xyxy=det.xyxy, class_id=det.class_id, width=image.width, height=image.height)
+        )
+        if isinstance(tid, int) or (isinstance(tid, str) and tid.isdigit()):
+            task_ids.append(int(tid))
+    if skipped and not items:
+        raise ValueError(
+            f"none of the {len(skipped)} expert-annotated tasks can be trained on: "
+            f"{skipped_summary(skipped, limit=_MAX_NAMED)}"
+        )
+    return ExpertTrainingSet(items, sorted(task_ids), skipped)
+
+
+def _expert_example(
+    task: Mapping[str, Any],
+    ann: Mapping[str, Any],
+    schema: LabelSchema,
+    label_to_class: Mapping[str, int],
+    loader: ImageLoader,
+) -> tuple[LoadedImage, Detections]:
+    """One expert task's image (at its own depth) and boxes (model class ids).
+
+    Raises:
+        ValueError: no image field, the image cannot be loaded (``ImageLoadError``), or a region of a label
+            that maps to a class cannot be read (``annotation <id>: region <i>: ...``).
+    """
+    url = (task.get("data") or {}).get(schema.image_key)
+    if not isinstance(url, str):
+        raise ValueError(f"no data.{schema.image_key} (the image URL)")
+    image = loader.decode(url, task=str(task.get("id", "?")))
+    try:
         regions = [
             r
             for r in ann.get("result") or []
@@ -220,10 +287,9 @@ def training_items(
             height=image.height,
             from_name=schema.from_name,
         )
-        items.append(
-            TrainItem(path=path, xyxy=det.xyxy, class_id=det.class_id, width=image.width, height=image.height)
-        )
-    return items
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"annotation {ann.get('id', '?')}: {exc}") from None
+    return image, det
 
 
 def count_expert_tasks(tasks: Sequence[Mapping[str, Any]], policy: ExpertPolicy) -> int:
@@ -468,7 +534,7 @@ class TrainingManager:
             names = [lab for lab in schema.labels if lab.lower() not in DROP_LABEL_NAMES]
         job_dir = self.settings.scratch_dir / f"job-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         job_dir.mkdir(parents=True, exist_ok=True)
-        items = training_items(
+        expert_set = training_items(
             tasks,
             schema=schema,
             names=names,
@@ -476,7 +542,14 @@ class TrainingManager:
             loader=self.service.loader,
             image_dir=job_dir / "images",
         )
-        items.sort(key=lambda it: str(it.path))
+        if expert_set.skipped:
+            logger.warning(
+                "%d of %d expert tasks left out of this training: %s",
+                len(expert_set.skipped),
+                n_expert,
+                skipped_summary(expert_set.skipped, limit=_MAX_NAMED),
+            )
+        items = sorted(expert_set.items, key=lambda it: str(it.path))
         n_val = len(items) // 10 if len(items) >= 10 else 0
         train, val = (items[n_val:], items[:n_val]) if n_val else (items, items)
         family = self.settings.detector_family
@@ -490,9 +563,10 @@ class TrainingManager:
             "train": [it.as_json() for it in train],
             "val": [it.as_json() for it in val],
             "init": init,
-            "task_ids": sorted(
-                int(t["id"]) for t in tasks if "id" in t and expert_annotation(t, self.settings.expert)
-            ),
+            # The tasks it trains on (the version's meta["trained_on"]): a skipped task stays one that
+            # calibration may learn from and a later training may train on once it is fixed.
+            "task_ids": expert_set.task_ids,
+            "skipped": expert_set.skipped,
         }
         logger.info(
             "training a %s detector on %d expert tasks (%d val) from %s, %d epochs",

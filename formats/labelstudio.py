@@ -220,6 +220,31 @@ def detections_to_regions(
     )
 
 
+def _crowd_box(rec: Mapping[str, Any], where: str) -> list[float]:
+    """One crowd record's ``[x, y, width, height]`` in percent, checked (``crowd_labels_to_detections``)."""
+    try:
+        x, y, w, h = (float(rec[k]) for k in ("x", "y", "width", "height"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: needs numeric x, y, width, height ({exc})") from exc
+    rotation = rec.get("rotation", 0) or 0
+    try:
+        rotated = float(rotation) != 0
+    except (TypeError, ValueError):
+        rotated = True
+    if rotated:
+        raise ValueError(f"{where}: rotated rectangles (rotation {rotation!r}) are not supported")
+    if not all(np.isfinite(v) for v in (x, y, w, h)):
+        raise ValueError(f"{where}: x, y, width, height must be finite numbers, got {[x, y, w, h]}")
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{where}: empty box (width {w:g}, height {h:g} percent); both must be > 0")
+    if x >= 100 or y >= 100 or x + w <= 0 or y + h <= 0:
+        raise ValueError(
+            f"{where}: box x={x:g}, y={y:g}, width={w:g}, height={h:g} (percent of the image) lies outside "
+            "the image (0-100)"
+        )
+    return [x, y, w, h]
+
+
 def crowd_labels_to_detections(
     records: Sequence[Mapping[str, Any]],
     *,
@@ -227,7 +252,16 @@ def crowd_labels_to_detections(
     height: float,
     label_to_id: Mapping[str, int],
 ) -> Detections:
-    """``task.data.crowd_labels`` records (percent units) -> pixel Detections of one image."""
+    """``task.data.crowd_labels`` records (percent units) -> pixel Detections of one image.
+
+    Like Label Studio rectangles (``regions_to_detections``), boxes are clipped to the image; a record that
+    cannot be one of its boxes is an error naming the record: a rotation other than 0, a coordinate that is
+    not a finite number, a width or height <= 0, or a box wholly outside the image (``x`` >= 100, ``x +
+    width`` <= 0, the same for ``y``), which clipping would turn into an empty box at the image's edge.
+
+    Raises:
+        ValueError: ``crowd_labels[i]: <the problem>`` for the first malformed record ``i``.
+    """
     if not isinstance(records, Sequence) or isinstance(records, (str, bytes)):
         raise ValueError(f"{CROWD_FIELD}: expected a list of boxes, got {type(records).__name__}")
     if not records:
@@ -237,10 +271,7 @@ def crowd_labels_to_detections(
     for i, rec in enumerate(records):
         if not isinstance(rec, Mapping):
             raise ValueError(f"{CROWD_FIELD}[{i}]: expected an object, got {type(rec).__name__}")
-        try:
-            pct.append([float(rec[k]) for k in ("x", "y", "width", "height")])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{CROWD_FIELD}[{i}]: needs numeric x, y, width, height ({exc})") from exc
+        pct.append(_crowd_box(rec, f"{CROWD_FIELD}[{i}]"))
         label = rec.get("label")
         if label is None:
             if len(label_to_id) != 1:

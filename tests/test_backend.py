@@ -470,6 +470,16 @@ def test_predict_with_model(model_client):
             "task_input",
             "task 3: label 'cat'",
         ),
+        (
+            make_task(3, "PIXELS", [{"x": 1, "y": 1, "width": 2, "height": 2, "rotation": 45}]),
+            "task_input",
+            "task 3: crowd_labels[0]: rotated rectangles (rotation 45) are not supported",
+        ),
+        (
+            make_task(3, "PIXELS", [{"x": 150, "y": 1, "width": 2, "height": 2}]),
+            "task_input",
+            "task 3: crowd_labels[0]: box x=150, y=1, width=2, height=2 (percent of the image) lies outside",
+        ),
         (make_task(4, "data:image/png;base64,AAAA"), "image_undecodable", "task 4: image 'data:image/png"),
         (make_task(4, "data:image/png;base64,@@"), "image_undecodable", "invalid base64"),
         (make_task(5, "/data/local-files/?d=imgs/missing.png"), "image_missing", "task 5: image"),
@@ -741,7 +751,9 @@ def test_training_items_use_the_label_map_backwards(tmp_path):
         {"id": 5, "data": {"image": data_uri(disc_image(50, []))}, "annotations": []},  # not expert-annotated
     ]
     common = {"schema": schema, "policy": ExpertPolicy(), "loader": ImageLoader(), "image_dir": tmp_path}
-    items = training_items(tasks, names=["rock", "deposit"], **common)
+    expert_set = training_items(tasks, names=["rock", "deposit"], **common)
+    items = expert_set.items
+    assert expert_set.task_ids == [4] and expert_set.skipped == {}
     assert len(items) == 1 and items[0].path == tmp_path / "task4.png" and items[0].path.is_file()
     # EDD -> "deposit" (predicted_values) = class 1; Rock -> "rock" = class 0; background is no class.
     assert items[0].class_id.tolist() == [1, 0]

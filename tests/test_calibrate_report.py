@@ -9,6 +9,7 @@ error), on the other half a large real object the expert also drew (the model mi
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,64 @@ def test_calibration_says_so_when_the_version_trained_on_every_expert_task(app_f
     assert not (Path(app.state.settings.model_dir) / "versions" / version / CALIBRATION_FILE).exists()
 
 
+UNREADABLE = "data:image/png;base64,AAAA"  # not an image: the task cannot be read (as an unreachable one)
+
+
+def test_unreadable_expert_tasks_never_discard_the_stored_calibration(app_for):
+    client, app = app_for(list(range(1, 9)))
+    assert client.post("/calibrate?project=1").json()["fitted_types"] == ["background"]
+    version = app.state.service.latest_version()
+    stored = Path(app.state.settings.model_dir) / "versions" / version / CALIBRATION_FILE
+    fitted = stored.read_bytes()
+
+    tasks = app.state.calibrator.source().tasks(1)
+    for task in tasks:  # e.g. the image storage is down: no expert task can be read
+        task["data"]["image"] = UNREADABLE
+    answer = client.post("/calibrate?project=1").json()
+    assert stored.read_bytes() == fitted
+    assert answer["calibration"] is None and answer["n_tasks"] == 0
+    assert answer["message"].startswith(
+        "nothing refitted: 40 of the 48 expert tasks could not be read (task 9: image 'data:image/png"
+    )
+    assert "8 trained on by every version" in answer["message"]
+    assert answer["message"].endswith(f"the calibration of {version} stored before is kept")
+    assert len(answer["skipped"]) == 40
+
+    tasks.clear()  # an empty (or wrong) project
+    answer = client.post("/calibrate?project=1").json()
+    assert stored.read_bytes() == fitted
+    assert answer["calibration"] is None and answer["skipped"] == {}
+    assert answer["message"] == (
+        "nothing refitted: no expert-annotated task in the project (EXPERT_MODE=all); "
+        f"the calibration of {version} stored before is kept"
+    )
+
+
+def test_calibration_names_the_expert_tasks_it_could_not_read(app_for):
+    client, app = app_for(list(range(1, 9)))
+    tasks = app.state.calibrator.source().tasks(1)
+    for task in tasks[8:10]:  # tasks 9 and 10: two of the 40 the serving version did not train on
+        task["data"]["image"] = UNREADABLE
+    answer = client.post("/calibrate?project=1").json()
+    assert answer["n_tasks"] == 38 and answer["fitted_types"] == ["background"]
+    assert "2 left out: could not be read (task 9: image 'data:image/png" in answer["message"]
+    assert list(answer["skipped"]) == ["9", "10"] and "data:image/png" in answer["skipped"]["9"]
+
+
+def test_a_stored_calibration_goes_when_the_version_trained_on_every_readable_expert_task(app_for):
+    extra = [_task(t, SMALL if t % 2 else LARGE, expert=True) for t in range(60, 64)]
+    client, app = app_for(list(range(1, 49)), extra=extra)
+    assert client.post("/calibrate?project=1").json()["n_tasks"] == 4  # the 4 tasks added since
+    version = app.state.service.latest_version()
+    stored = Path(app.state.settings.model_dir) / "versions" / version / CALIBRATION_FILE
+    assert stored.is_file()
+    tasks = app.state.calibrator.source().tasks(1)
+    del tasks[-4:]  # the experts' newest annotations are gone: nothing left to learn from
+    answer = client.post("/calibrate?project=1").json()
+    assert answer["calibration"] is None and "did not train on" in answer["message"]
+    assert not stored.exists()
+
+
 def test_calibration_takes_examples_from_the_newest_version_not_trained_on_each_task(app_for):
     client, app = app_for([], list(range(1, 9)), list(range(1, 49)))  # v3 trained on every expert task
     first, second, third = app.state.service.versions()
@@ -288,3 +347,54 @@ def test_format_table_shows_each_types_weight_in_the_discrepancy():
     assert head.split()[-2:] == ["weight", "fitted"]
     assert "0.42" in background.split()  # (3 + 2) / (10 + 2)
     assert localization.split()[:3] == ["localization", "0", "0"] and "1.00" in localization.split()
+
+
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    """``python -m backend.calibrate``'s environment: a tasks file (no Label Studio) and an empty registry."""
+    import model.detector
+
+    monkeypatch.setattr(model.detector, "load_detector", lambda mv, device=None: FakeDetector())
+    tasks_file = tmp_path / "tasks.json"
+    tasks_file.write_text(json.dumps({"label_config": LABEL_CONFIG, "tasks": _project()}))
+    for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "MODEL_WEIGHTS", "REDIS_URL", "BOOTSTRAP"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("TASKS_FILE", str(tasks_file))
+    monkeypatch.setenv("DEVICE", "cpu")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("argv", "publish", "error"),
+    [
+        ([], False, "error: no model version published yet"),
+        (["--version", "v9999-20260101T000000"], True, "error: version: no complete model version 'v9999"),
+        (["--version", "v9999-20260101T000000"], False, "error: version: no complete model version 'v9999"),
+    ],
+)
+def test_calibrate_command_bad_input_is_one_error_line_and_status_2(cli_env, capsys, argv, publish, error):
+    """As ``POST /calibrate`` answers 404 (unknown version) or 503 (no model), the command says so in one
+    line on stderr and exits 2 (bad input, as the other backend commands), without a traceback."""
+    from backend.calibrate import main
+    from model.registry import ModelRegistry
+
+    if publish:
+        weights = cli_env / "fake.pt"
+        weights.write_bytes(b"not read: the detector is faked")
+        ModelRegistry(cli_env / "models").publish(weights, {"family": "yolo", "trained_on": []})
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(error) and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+def test_calibrate_command_fits_from_a_tasks_file(cli_env, capsys):
+    from backend.calibrate import main
+    from model.registry import ModelRegistry
+
+    weights = cli_env / "fake.pt"
+    weights.write_bytes(b"not read: the detector is faked")
+    version = ModelRegistry(cli_env / "models").publish(weights, {"family": "yolo", "trained_on": []}).version
+    assert main(["--json", "--version", version]) == 0
+    assert json.loads(capsys.readouterr().out)["fitted_types"] == ["background"]

@@ -150,3 +150,47 @@ def test_rectangle_regions_one_builder():
     dets = make_detections([[10, 20, 30, 60]], classes=[1], scores=[0.98761])
     (r,) = detections_to_regions(dets, width=100, height=200, labels=["a", "b"], from_name="l", to_name="i")
     assert (r["id"], r["score"], r["value"]["rectanglelabels"]) == ("r0", 0.9876, ["b"])
+
+
+def _record(**over: object) -> dict:
+    return {"x": 10.0, "y": 20.0, "width": 30.0, "height": 40.0, "label": "deposit", **over}
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        ({"rotation": 45}, r"crowd_labels\[1\]: rotated rectangles \(rotation 45\) are not supported"),
+        ({"rotation": "a bit"}, r"crowd_labels\[1\]: rotated rectangles \(rotation 'a bit'\)"),
+        ({"x": 150}, r"crowd_labels\[1\]: box x=150, .* lies outside the image \(0-100\)"),
+        ({"x": -30, "width": 20}, r"crowd_labels\[1\]: box x=-30, .* lies outside the image"),
+        ({"y": 100}, r"crowd_labels\[1\]: box .*y=100, .* lies outside the image"),
+        ({"width": 0}, r"crowd_labels\[1\]: empty box \(width 0, height 40 percent\)"),
+        ({"height": -5}, r"crowd_labels\[1\]: empty box \(width 30, height -5 percent\)"),
+        ({"x": float("nan")}, r"crowd_labels\[1\]: x, y, width, height must be finite numbers"),
+        ({"x": "ten"}, r"crowd_labels\[1\]: needs numeric x, y, width, height"),
+        ({"label": "cat"}, r"label 'cat': not in the labelling config's labels"),
+    ],
+)
+def test_crowd_record_errors_name_the_record(bad, error):
+    """A record that cannot be a box of the image is an error naming it, never a box at the image's edge."""
+    with pytest.raises(ValueError, match=error):
+        crowd_labels_to_detections(
+            [_record(), _record(**bad)], width=200, height=100, label_to_id={"deposit": 0}
+        )
+
+
+def test_crowd_records_partly_outside_are_clipped_as_label_studio_regions_are():
+    """A box reaching past the edge (or a float overshoot of 100) is clipped, as ``regions_to_detections``
+    clips a Label Studio rectangle; ``rotation: 0`` (what Label Studio exports) is a plain box."""
+    records = [
+        _record(x=-30, width=50, rotation=0),
+        _record(x=90, width=10.00004, y=60, height=40.00001),
+        _record(rotation=None),
+    ]
+    dets = crowd_labels_to_detections(records, width=200, height=100, label_to_id={"deposit": 0})
+    np.testing.assert_allclose(dets.xyxy, [[0, 20, 40, 60], [180, 60, 200, 100], [20, 20, 80, 60]])
+    regions = [
+        {"type": "rectanglelabels", "value": {"rectanglelabels": ["deposit"], **rec}} for rec in records
+    ]
+    shown = regions_to_detections(regions, label_to_id={"deposit": 0}, width=200, height=100)
+    np.testing.assert_array_equal(shown.xyxy, dets.xyxy)

@@ -483,6 +483,8 @@ def test_training_job_trains_on_tiles_and_records_them(tmp_path, blob_family):
         "batch": 2,
         "family": "tilefake",
         "tiling": TileConfig(size=300, overlap=100).as_dict(),
+        "task_ids": [4, 9],
+        "skipped": {"12": "annotation 30: region 0: rotated rectangles are not supported"},
     }
     version = run_job(json.loads(json.dumps(job)))
     (trained,) = blob_family.trained
@@ -493,6 +495,8 @@ def test_training_job_trains_on_tiles_and_records_them(tmp_path, blob_family):
     assert trained["val"][0].path == small.path
     meta = ModelRegistry(tmp_path / "models").get(version).meta
     assert meta["train_options"]["tiling"]["size"] == 300 and meta["n_train"] == 2
+    # What the training used and what it left out (training_items' skipped tasks) stay with the version.
+    assert meta["trained_on"] == [4, 9] and meta["skipped"] == job["skipped"]
 
 
 # ------------------------------------------------------------------------------------------- bench
