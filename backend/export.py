@@ -33,7 +33,8 @@ longer find them, so the serving version stays the one trained on expert labels 
 
 Categories are the labelling config's labels without deletion labels (``background``, ``drop``...): boxes an
 expert labelled with one of those are left out. ``<name>`` is the task's ``image_id`` (or the image URL's file
-name) with the image's suffix, prefixed ``task<id>_`` when two tasks would share it.
+name) with the image's suffix, prefixed ``task<id>_`` when two tasks would share it without its suffix or
+case (``a.png``, ``a.jpg`` and ``A.png`` would share a YOLO label file or, on macOS and Windows, an image).
 
 Settings come from the backend's environment variables (``Settings.from_env``); flags override them.
 Exit status: 0 done, 2 bad options or settings, 1 Label Studio, model or image failures.
@@ -312,7 +313,9 @@ class CleanedTask:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._/-]+")
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# Suffixes an exported image keeps (all among ultralytics' image formats, so a YOLO export trains on every
+# image); any other image (.gif, .pgm, none ...) is written as a PNG.
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _url_path(url: str) -> str:
@@ -320,7 +323,9 @@ def _url_path(url: str) -> str:
     if parsed.scheme == "data":
         return ""
     if parsed.path.startswith("/data/local-files"):
-        return unquote(parse_qs(parsed.query).get("d", [""])[0])
+        # parse_qs percent-decodes once, as Label Studio serves ?d= (a second unquote would turn a file
+        # named scan%20a.png into scan a.png).
+        return parse_qs(parsed.query).get("d", [""])[0]
     return unquote(parsed.path)
 
 
@@ -340,6 +345,28 @@ def image_name(task: Mapping[str, Any], url: str) -> str:
     stem = str(data.get("image_id") or "") or (path.stem if path.name else "") or f"task{task.get('id')}"
     parts = [p for p in _UNSAFE.sub("_", stem).split("/") if p not in ("", ".", "..")]
     return "/".join(parts or [f"task{task.get('id')}"]) + suffix
+
+
+def _unique_name(name: str, task_id: object, taken: set[str]) -> str:
+    """``name``, or ``task<id>_<name>`` when an earlier image has it without its suffix (``a.png`` and
+    ``a.jpg`` would share the YOLO label file ``labels/a.txt``) or in another case (``A.png`` and ``a.png``
+    are one file on macOS and Windows); ``taken`` holds those keys and gains this name's.
+
+    >>> taken = set()
+    >>> [_unique_name(n, i, taken) for i, n in enumerate(["s/a.png", "s/a.jpg", "s/A.png", "b.png"])]
+    ['s/a.png', 's/task1_a.jpg', 's/task2_A.png', 'b.png']
+    """
+
+    def key(candidate: PurePosixPath) -> str:
+        return str(candidate.with_suffix("")).casefold()
+
+    path = PurePosixPath(name)
+    candidate, n = path, 1
+    while key(candidate) in taken:
+        prefix = f"task{task_id}_" if n == 1 else f"task{task_id}_{n}_"
+        candidate, n = path.with_name(prefix + path.name), n + 1
+    taken.add(key(candidate))
+    return str(candidate)
 
 
 def _task_regions(ann: Mapping[str, Any], schema: LabelSchema) -> list[Mapping[str, Any]]:
@@ -398,7 +425,7 @@ def clean_tasks(
             list(label_map.unmapped),
             list(schema.labels),
         )
-    names: set[str] = set()
+    taken: set[str] = set()  # image names without suffix, casefolded (see _unique_name)
     out: list[CleanedTask] = []
     bar = tqdm(total=len(tasks), desc="exporting", unit="task", disable=not progress)
     try:
@@ -416,11 +443,7 @@ def clean_tasks(
                 except ImageLoadError as exc:
                     raise ExportError(str(exc)) from None
                 crowd, expert = _task_labels(task, schema, policy, reader, image)
-                name = image_name(task, url)
-                if name in names:
-                    parent, _, base = name.rpartition("/")
-                    name = f"{parent}/task{tid}_{base}" if parent else f"task{tid}_{base}"
-                names.add(name)
+                name = _unique_name(image_name(task, url), tid, taken)
                 if image_dir is not None:
                     _write_image(image, image_dir / name)
                 loaded.append((task, image, name, crowd, expert))

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import requests
@@ -52,9 +52,9 @@ _MAX_BYTES = 200 * 1024 * 1024
 ImageFailure = Literal["reference", "missing", "unreachable", "http_status", "too_large", "undecodable"]
 """Why an image failed to load (the ``cause`` label of the image-load-failure metric):
 
-``reference`` (not a URL this loader understands, or one outside the document root), ``missing`` (no such
-local file), ``unreachable`` (network error or timeout), ``http_status`` (a non-200 answer), ``too_large``,
-``undecodable`` (bytes that are not an image, or a bad data URI payload).
+``reference`` (a malformed reference, not a URL this loader understands, or one outside the document
+root), ``missing`` (no such local file), ``unreachable`` (network error or timeout), ``http_status`` (a
+non-200 answer), ``too_large``, ``undecodable`` (bytes that are not an image, or a bad data URI payload).
 """
 
 
@@ -129,17 +129,32 @@ class ImageLoader:
             else None
         )
 
-    def local_path(self, url: str) -> Path | None:
-        """The file a ``/data/local-files/?d=...`` URL names under the document root, if configured."""
-        parsed = urlparse(url)
-        if self.document_root is None or not parsed.path.startswith("/data/local-files"):
-            return None
-        rel = parse_qs(parsed.query).get("d", [""])[0]
-        if not rel:
-            return None
-        path = (self.document_root / unquote(rel).lstrip("/")).resolve()
+    def local_path(self, url: str, *, where: str | None = None) -> Path | None:
+        """The file a ``/data/local-files/?d=...`` URL names under the document root, if configured.
+
+        ``d`` is percent-decoded once, as Label Studio serves it (``request.GET["d"]``): the file
+        ``scan%20a.png`` is ``?d=scan%2520a.png``.
+
+        Args:
+            url: the image reference.
+            where: how errors name the image (default: the URL).
+
+        Raises:
+            ImageLoadError: (cause ``reference``) a malformed URL or path, or one outside the document root.
+        """
+        where = where if where is not None else _short(url)
+        try:
+            parsed = urlparse(url)
+            if self.document_root is None or not parsed.path.startswith("/data/local-files"):
+                return None
+            rel = parse_qs(parsed.query).get("d", [""])[0]  # percent-decoded here, and only here
+            if not rel:
+                return None
+            path = (self.document_root / rel.lstrip("/")).resolve()
+        except ValueError as exc:  # "Invalid IPv6 URL", "embedded null byte" ...
+            raise ImageLoadError(f"{where}: not a valid Local Files reference ({exc})") from None
         if not path.is_relative_to(self.document_root):
-            raise ImageLoadError(f"{_short(url)}: resolves outside LOCAL_FILES_DOCUMENT_ROOT")
+            raise ImageLoadError(f"{where}: resolves outside LOCAL_FILES_DOCUMENT_ROOT")
         return path
 
     @classmethod
@@ -169,7 +184,8 @@ class ImageLoader:
                 the one its model version was trained with.
 
         Raises:
-            ImageLoadError: unknown scheme, file or HTTP error, or undecodable bytes.
+            ImageLoadError: a malformed reference, an unknown scheme, a file or HTTP error, or undecodable
+                bytes.
         """
         decoded = self.decode(url, task=task)
         pixels = normalize_image(decoded.pixels, normalization or self.normalization)
@@ -183,10 +199,15 @@ class ImageLoader:
             task: the task's id, for error messages.
 
         Raises:
-            ImageLoadError: unknown scheme, file or HTTP error, or undecodable bytes.
+            ImageLoadError: a malformed reference, an unknown scheme, a file or HTTP error, or undecodable
+                bytes.
         """
         where = f"task {task}: image {_short(url)!r}"
-        resolver = RESOLVERS.get(urlparse(url).scheme.lower())
+        try:
+            scheme = urlparse(url).scheme.lower()
+        except ValueError as exc:  # e.g. "Invalid IPv6 URL" for http://[host/a.png
+            raise ImageLoadError(f"{where}: not a valid URL ({exc})") from None
+        resolver = RESOLVERS.get(scheme)
         if resolver is None:
             raise ImageLoadError(
                 f"{where}: expected an http(s) URL, a Label Studio path, a cloud storage URI "
@@ -198,6 +219,8 @@ class ImageLoader:
             raise
         except StorageError as exc:
             raise ImageLoadError(str(exc), cause=exc.cause) from None
+        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema) as exc:
+            raise ImageLoadError(f"{where}: not a valid URL ({_short(str(exc))})") from None
         except requests.RequestException as exc:
             raise ImageLoadError(
                 f"{where}: cannot be fetched ({type(exc).__name__})", cause="unreachable"
@@ -206,6 +229,8 @@ class ImageLoader:
             raise ImageLoadError(
                 f"{where}: cannot be read ({exc.strerror or type(exc).__name__})", cause="missing"
             ) from None
+        except ValueError as exc:  # a malformed part of the reference (a bad port, a NUL in a path ...)
+            raise ImageLoadError(f"{where}: not a valid image reference ({exc})") from None
 
     def get(self, url: str, where: str) -> bytes:
         """GET ``url``; the API key is sent only to ``LABEL_STUDIO_URL``'s host. Raises on non-200."""
@@ -225,8 +250,9 @@ class ImageLoader:
 
 Resolver = Callable[[ImageLoader, str, str, str], LoadedImage]
 """``resolver(loader, url, where, task) -> LoadedImage`` (``task``: the task's id, for sources that resolve
-per task); failures raise :class:`ImageLoadError` starting with ``where`` (``requests``, ``OSError`` and
-:class:`~backend.storage.StorageError` failures are turned into one by :meth:`ImageLoader.load`)."""
+per task); failures raise :class:`ImageLoadError` starting with ``where`` (``requests``, ``OSError``,
+:class:`~backend.storage.StorageError` and other ``ValueError`` failures are turned into one by
+:meth:`ImageLoader.decode`)."""
 
 
 def _data_uri(loader: ImageLoader, url: str, where: str, task: str) -> LoadedImage:
@@ -241,7 +267,7 @@ def _data_uri(loader: ImageLoader, url: str, where: str, task: str) -> LoadedIma
 
 def _local_file(loader: ImageLoader, url: str, where: str) -> LoadedImage | None:
     """A ``/data/local-files/?d=...`` reference read from the document root, when one is configured."""
-    path = loader.local_path(url)
+    path = loader.local_path(url, where=where)
     if path is None:
         return None
     if not path.is_file():

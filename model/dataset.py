@@ -1,10 +1,12 @@
 """Write labelled images as an ultralytics (YOLO) dataset folder with a data yaml.
 
 ultralytics reads the dataset's image files itself, with its own conversion (a 16-bit image keeps its high
-byte: 12-bit data becomes nearly black). So that training sees exactly the pixels prediction sees, an image is
-linked only when ``formats.images`` decodes it to 8-bit pixels the normalisation leaves unchanged (what
-ultralytics reads from it too); any other image (16-bit, float, every TIFF, every image under the
-``percentile`` mode) is written as an 8-bit PNG of ``formats.images.normalize_image``.
+byte: 12-bit data becomes nearly black), and silently skips a file whose suffix is not one of its image
+formats (``.pgm``, ``.gif``, ``.jfif``, no suffix). So that training sees exactly the pixels prediction sees,
+an image is linked only when it is a PNG, JPEG, BMP or WebP by name and ``formats.images`` decodes it to 8-bit
+pixels the normalisation leaves unchanged (what ultralytics reads from it too); any other image (16-bit,
+float, every TIFF, any other suffix, every image under the ``percentile`` mode) is written as an 8-bit PNG of
+``formats.images.normalize_image``.
 """
 
 from __future__ import annotations
@@ -85,8 +87,11 @@ def _trainable(labels: Detections, width: int, height: int) -> Detections:
     return Detections(xyxy=clipped.xyxy[keep], class_id=clipped.class_id[keep])
 
 
-# ultralytics reads multi-page, multi-band and oriented TIFFs by its own rules: always give it a PNG.
-_ALWAYS_CONVERTED = (".tif", ".tiff")
+# Suffixes an image may be linked under: among ultralytics' image formats (ultralytics.data.utils.IMG_FORMATS)
+# and read by it with OpenCV as formats.images decodes them. Every other file is written as a PNG: ultralytics
+# skips unknown suffixes without a word (.pgm, .gif, .jfif, none), reads multi-page, multi-band and oriented
+# TIFFs by its own rules, and HEIF/AVIF through Pillow.
+_LINKED_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 
 
 def _place_image(item: LabeledImage, dst_stem: Path, normalization: ImageNormalization) -> bool:
@@ -106,7 +111,7 @@ def _place_image(item: LabeledImage, dst_stem: Path, normalization: ImageNormali
             f"{item.width}x{item.height} (the labels would be scaled wrongly)"
         )
     suffix = src.suffix.lower()
-    if suffix not in _ALWAYS_CONVERTED and pixels.dtype == np.uint8 and not normalization.stretches(np.uint8):
+    if suffix in _LINKED_SUFFIXES and pixels.dtype == np.uint8 and not normalization.stretches(np.uint8):
         dst = dst_stem.with_name(dst_stem.name + suffix)
         _link_or_copy(src, dst)
         return False
@@ -176,11 +181,11 @@ def write_yolo_dataset(
 ) -> Path:
     """Write an ultralytics dataset: ``images/<split>/`` symlinks, ``labels/<split>/*.txt``, ``data.yaml``.
 
-    Plain 8-bit images are relative symlinks to the originals (copies where symlinks fail); other images are
-    8-bit PNGs normalised with ``normalization`` (see the module docstring). Files are named
-    ``<index>_<stem><suffix>`` so that equal file names from different folders do not collide. Images without
-    boxes get an empty label file (background images). Re-writing a root replaces its splits and removes
-    ultralytics' stale ``labels/*.cache``.
+    Plain 8-bit PNG, JPEG, BMP and WebP images are relative symlinks to the originals (copies where symlinks
+    fail); other images are 8-bit PNGs normalised with ``normalization`` (see the module docstring). Files
+    are named ``<index>_<stem><suffix>`` so that equal file names from different folders do not collide.
+    Images without boxes get an empty label file (background images). Re-writing a root replaces its splits
+    and removes ultralytics' stale ``labels/*.cache``.
 
     Args:
         root: the dataset folder (created if missing).

@@ -221,6 +221,59 @@ def test_image_names_stay_unique_and_inside_the_export():
     assert image_name({"id": 5, "data": {"image_id": "../../etc/passwd"}}, "x.png") == "etc/passwd.png"
 
 
+def test_images_that_differ_only_by_suffix_get_their_own_yolo_label_files(tmp_path):
+    # site1/img001.png and site2/img001.jpg: one labels/img001.txt would hold one image's boxes for both.
+    from PIL import Image
+
+    root = tmp_path / "files"
+    tasks = [_task(1, 150, CLEAN), _task(2, 160, NOISY, expert=EXPERT_BOXES), _task(3, 170, CLEAN)]
+    files = ["site1/img001.png", "site2/img001.jpg", "site3/IMG001.png"]
+    for task, rel, width in zip(tasks, files, (150, 160, 170), strict=True):
+        (root / rel).parent.mkdir(parents=True)
+        Image.fromarray(np.full((100, width), 128, np.uint8)).save(root / rel)
+        task["data"]["image"] = f"/data/local-files/?d={rel}"
+        del task["data"]["image_id"]
+    out = tmp_path / "yolo"
+    cleaned = clean_tasks(
+        tasks,
+        schema=SCHEMA,
+        detector=_detector(),
+        loader=ImageLoader(document_root=root),
+        policy=POLICY,
+        config=LSMConfig(),
+        predict_conf=0.01,
+        image_dir=out / "images",
+    )
+    # A case-only difference is one file on macOS and Windows: renamed too.
+    assert [c.name for c in cleaned] == ["img001.png", "task2_img001.jpg", "task3_IMG001.png"]
+    write_export(out, cleaned, fmt=ExportFormat.YOLO, categories=["deposit"], schema=SCHEMA, manifest={})
+    from model.device import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.data.utils import img2label_paths
+
+    # Each image's label file, found as ultralytics finds it, holds that image's boxes.
+    images = [str(out / "images" / c.name) for c in cleaned]
+    read = {
+        c.task_id: read_yolo_labels(label, c.width, c.height)
+        for c, label in zip(cleaned, img2label_paths(images), strict=True)
+    }
+    _assert_same(read, _expected(cleaned))
+    assert len(set(img2label_paths(images))) == 3
+
+
+def test_local_files_names_are_percent_decoded_once_as_label_studio_serves_them():
+    from urllib.parse import quote
+
+    def name(rel: str) -> str:
+        return image_name({"id": 1, "data": {}}, f"/data/local-files/?d={quote(rel)}")
+
+    assert name("imgs/scan%20a.png") == "scan_20a.png"  # the file is named scan%20a.png, not scan a.png
+    assert name("imgs/scan a+b.jpg") == "scan_a_b.jpg"
+    assert name("imgs/näme.png") == "n_me.png"
+    assert image_name({"id": 1, "data": {}}, "/data/upload/1/scan%20a.gif") == "scan_a.png"  # a .gif trains
+
+
 # --- files: manifest, review, round trips through formats/ --------------------------------------------------
 
 

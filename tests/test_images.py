@@ -19,7 +19,7 @@ from backend_helpers import LABEL_CONFIG, data_uri, disc_image, make_task
 from conftest import REPO, make_detections
 
 from backend.app import create_app
-from backend.images import ImageLoader
+from backend.images import ImageLoader, ImageLoadError
 from backend.settings import Settings, SettingsError
 from formats.images import (
     DEFAULT_PERCENTILES,
@@ -369,6 +369,56 @@ def test_dataset_writer_checks_the_image_size(tmp_path):
         )
 
 
+def test_dataset_writer_gives_ultralytics_every_image_under_a_suffix_it_reads(tmp_path):
+    # ultralytics skips a file whose suffix is not one of its image formats, without a word: its task would
+    # not train. Such images are written as PNGs, with the pixels prediction sees.
+    from ultralytics.data.utils import IMG_FORMATS, img2label_paths
+    from ultralytics.utils.patches import imread
+
+    eight = disc_image(32, [(16, 16, 5)])
+    rgb = np.dstack([eight, eight[::-1], eight[:, ::-1]])
+    files = {
+        "gray.pgm": encode(eight, ".pgm"),
+        "rgb.ppm": encode(rgb, ".ppm"),
+        "deep.pgm": encode(eight.astype(np.uint16) * 16, ".pgm"),  # 12-bit: normalised as a 16-bit PNG is
+        "anim.gif": _pil_bytes(Image.fromarray(eight), "GIF"),
+        "photo.jfif": _pil_bytes(Image.fromarray(rgb), "JPEG"),
+        "scan": encode(eight, ".png"),
+        "plain.png": encode(eight, ".png"),
+    }
+    items = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        items.append(LabeledImage(tmp_path / name, make_detections([[2, 2, 10, 10]]), 32, 32))
+    root = tmp_path / "ds"
+    write_yolo_dataset(root, train=items, val=items[:1], names=["deposit"])
+    written = sorted((root / "images" / "train").iterdir())
+    assert [f.name for f in written] == [
+        "000000_gray.png",
+        "000001_rgb.png",
+        "000002_deep.png",
+        "000003_anim.png",
+        "000004_photo.png",
+        "000005_scan.png",
+        "000006_plain.png",
+    ]
+    assert [f.is_symlink() for f in written] == [False] * 6 + [True]
+    for item, file, label in zip(items, written, img2label_paths([str(f) for f in written]), strict=True):
+        assert file.suffix[1:] in IMG_FORMATS
+        np.testing.assert_array_equal(
+            imread(str(file))[:, :, ::-1], normalize_image(read_image(item.path), AUTO)
+        )
+        assert Path(label).read_text().split()[0] == "0"  # its box, where ultralytics looks for it
+
+
+def test_images_are_linked_only_under_suffixes_ultralytics_reads():
+    from ultralytics.data.utils import IMG_FORMATS
+
+    from model.dataset import _LINKED_SUFFIXES
+
+    assert {suffix[1:] for suffix in _LINKED_SUFFIXES} <= IMG_FORMATS
+
+
 def test_training_items_keep_the_depth_of_downloaded_images(tmp_path):
     from backend.labelconfig import LabelSchema
     from backend.settings import ExpertPolicy
@@ -391,7 +441,7 @@ def test_training_items_keep_the_depth_of_downloaded_images(tmp_path):
         policy=ExpertPolicy(),
         loader=ImageLoader(),
         image_dir=tmp_path,
-    )
+    ).items
     assert items[0].path == tmp_path / "task3.png" and (items[0].width, items[0].height) == (30, 20)
     np.testing.assert_array_equal(read_image(items[0].path), raw)  # the writer normalises it, once
 
@@ -716,3 +766,84 @@ def test_training_job_repeats_the_images_to_the_epoch_size(
     assert all(seen[0].count(it["path"]) == repeats for it in items)
     meta = ModelRegistry(tmp_path / "models").get(version).meta
     assert meta["epoch_repeats"] == repeats and meta["n_train"] == 3
+
+
+# ------------------------------------------------------------------------------------ image references
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://[host/a.png", "not a valid URL (Invalid IPv6 URL)"),
+        ("https://[::1/a.png", "not a valid URL (Invalid IPv6 URL)"),
+        ("http://[x]:99/a.png", "not a valid URL ("),  # the reason's wording varies by Python version
+        ("http://", "not a valid URL (Invalid URL 'http://': No host supplied"),
+        ("/data/local-files/?d=a%00.png", "not a valid Local Files reference (embedded null byte)"),
+        ("http://ls:8080/data/local-files/?d=a%00.png", "not a valid Local Files reference (embedded null"),
+    ],
+)
+def test_malformed_references_raise_image_load_errors_naming_task_and_reference(tmp_path, url, message):
+    with pytest.raises(ImageLoadError) as info:
+        ImageLoader(document_root=tmp_path).load(url, task="7")
+    assert str(info.value).startswith(f"task 7: image {url!r}: {message}")
+    assert info.value.cause == "reference"
+
+
+def test_a_malformed_reference_fails_its_task_alone(tmp_path, monkeypatch):
+    # Through ModelService.score_tasks, which /predict and bulk scoring call: the bad tasks fail with their
+    # cause, the good one between them is scored.
+    import model.detector as detector_module
+    from backend.labelconfig import LabelSchema
+    from backend.service import ModelService
+
+    class Empty:
+        def __init__(self) -> None:
+            self.names = ["deposit"]
+            self.version = ""
+
+        def predict(self, images, *, conf, batch):
+            return [Detections.empty(with_score=True) for _ in images]
+
+    class Family:
+        name = "empty"
+        default_init = ""
+
+        def check_init(self, init):
+            pass
+
+        def load(self, weights, *, device="auto", version=""):
+            return Empty()
+
+    monkeypatch.setitem(detector_module._CACHE, "empty", Family())
+    (tmp_path / "w.pt").write_bytes(b"w")
+    service = ModelService(
+        Settings.from_env({"MODEL_DIR": str(tmp_path / "models")}), loader=ImageLoader(document_root=tmp_path)
+    )
+    service.registry.publish(tmp_path / "w.pt", {"family": "empty"})
+    tasks = [
+        make_task(1, "http://[host/a.png"),
+        make_task(2, data_uri(disc_image(32, []))),
+        make_task(3, "/data/local-files/?d=a%00.png"),
+    ]
+    scored = service.score_tasks(tasks, LabelSchema("label", "image", "image", ("deposit",), ((),)))
+    assert [s.ok for s in scored] == [False, True, False]
+    assert [s.error_cause for s in scored] == ["image_reference", None, "image_reference"]
+    assert scored[0].error is not None and scored[0].error.startswith("task 1: image 'http://[host/a.png'")
+    assert scored[2].error is not None and "task 3: image '/data/local-files/?d=a%00.png'" in scored[2].error
+
+
+def test_local_files_paths_are_percent_decoded_once_as_label_studio_serves_them(tmp_path):
+    # Label Studio writes ?d={quote(relative path)} and serves request.GET["d"]: decoded once, "+" a space.
+    from urllib.parse import quote
+
+    (tmp_path / "imgs").mkdir()
+    names = ["scan%20a.png", "scan%2Bb.png", "scan a.png", "scan+c.png", "ünï código.png"]
+    for k, name in enumerate(names):
+        Image.fromarray(disc_image(16 + k, [])).save(tmp_path / "imgs" / name)
+    loader = ImageLoader(document_root=tmp_path)
+    for k, name in enumerate(names):
+        url = f"/data/local-files/?d={quote(f'imgs/{name}')}"
+        assert loader.local_path(url) == tmp_path / "imgs" / name, url
+        assert loader.load(url, task="1").width == 16 + k
+    # A query written with "+" for a space (HTML form encoding) names the file with the space, as in Django.
+    assert loader.local_path("/data/local-files/?d=imgs/scan+a.png") == tmp_path / "imgs" / "scan a.png"
