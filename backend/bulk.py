@@ -21,6 +21,11 @@ its annotations last changed (:func:`current_prediction`: a crowd annotation add
 a restarted backend or a re-queued worker job therefore continues where the last one stopped; a task
 whose prediction was stored but whose fields were not gets its fields without a second prediction.
 
+Superseded: a run scores with the version that served when it started. Before each write batch it reads the
+registry's ``LATEST``; once that names another version (a training published one, or one was activated), the
+run writes nothing more and ends ``superseded``, so it neither overwrites nor duplicates the predictions and
+fields of the newer version's run, which does the work.
+
 Progress (:class:`BulkProgress`): ``done/total`` (tasks looked at / tasks in the project), tasks scored,
 skipped, expert, failed, scored tasks per second and an ETA; ``/health`` shows it under ``bulk_scoring``.
 """
@@ -29,8 +34,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -167,7 +174,8 @@ class BulkProgress:
     Attributes:
         project: the Label Studio project (None: the task source's only project).
         version: the serving version it scores with.
-        state: ``running``, ``done``, ``stopped`` (asked to stop; the next run resumes) or ``failed``.
+        state: ``running``, ``done``, ``stopped`` (asked to stop; the next run resumes), ``superseded``
+            (another version serves now: that version's run scores the tasks) or ``failed``.
         total: tasks in the project (known after the first page).
         done: tasks looked at so far (scored, skipped, expert or failed).
         scored: tasks scored and written back by this run.
@@ -177,6 +185,7 @@ class BulkProgress:
         started: Unix time the run started.
         updated: Unix time of the last change.
         error: why the run failed.
+        reason: why the run ended early (``superseded``: the version that serves now).
     """
 
     project: int | None
@@ -191,6 +200,7 @@ class BulkProgress:
     started: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     error: str | None = None
+    reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON for ``/health``, with ``tasks_per_s`` (scored and failed tasks per second of this run)
@@ -349,12 +359,20 @@ class ProgressFile:
         return self.folder / f"project-{'none' if project is None else int(project)}.json"
 
     def save(self, progress: BulkProgress) -> None:
-        """Write atomically (a crash mid-write leaves the previous file)."""
+        """Write atomically (a crash mid-write leaves the previous file).
+
+        The temporary file's name is unique (process, thread, random part): two runs of one project (a
+        re-scoring after a training beside a ``/rescore``, two replicas) never rename each other's file.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.path(progress.project)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(progress.as_dict()))
-        tmp.replace(target)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_text(json.dumps(progress.as_dict()))
+            tmp.replace(target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def load_all(self) -> list[BulkProgress]:
         """Every project's last saved progress (unreadable files are skipped with a warning)."""
@@ -419,8 +437,14 @@ def run_bulk_scoring(
         on_progress: called after every chunk and page with the current progress.
         stop: set it to stop after the chunk in hand (the next run resumes).
 
+    Before each write batch the registry's ``LATEST`` is read (a small file): once it names another version
+    than the one this run scores with (a training published a newer one, or an older one was activated), the
+    run writes nothing more and ends ``superseded`` (``reason`` names that version): the serving version's own
+    run scores the tasks, and this one would overwrite or duplicate its predictions and fields.
+
     Returns:
-        The final progress (``state`` ``done``, or ``failed`` with ``error``).
+        The final progress (``state`` ``done``, ``stopped``, ``superseded`` with ``reason``, or ``failed``
+        with ``error``).
 
     Raises:
         ValueError: ``chunk`` < 1.
@@ -428,8 +452,11 @@ def run_bulk_scoring(
     if chunk < 1:
         raise ValueError(f"chunk: expected >= 1, got {chunk}")
     _, version = service.current()  # fails fast (NoModelError) before reading any task
+    # When the latest version could not be loaded, an older one serves: only a later change of LATEST counts.
+    latest_at_start = service.latest_version()
     progress = BulkProgress(project=project, version=version)
     lock = threading.Lock()
+    superseded_by: list[str] = []  # set by the chunk thread, read by this one
 
     def report() -> None:
         progress.updated = time.time()
@@ -443,6 +470,12 @@ def run_bulk_scoring(
     in_flight: deque[Future[None]] = deque()
 
     def write(pairs: list[tuple[ScoredTask, Mapping[str, Any]]]) -> None:
+        if not superseded_by:
+            latest = service.latest_version()
+            if latest is not None and latest not in (version, latest_at_start):
+                superseded_by.append(latest)
+        if superseded_by:
+            raise _SupersededError(superseded_by[0])
         failed_ids = writer.write(pairs)
         with lock:
             for scored, _ in pairs:
@@ -455,6 +488,14 @@ def run_bulk_scoring(
     def drain(limit: int) -> None:
         while len(in_flight) > limit:
             in_flight.popleft().result()
+
+    def settle() -> None:
+        """Wait for the pending write-backs (those after a version change write nothing)."""
+        while in_flight:
+            try:
+                in_flight.popleft().result()
+            except _SupersededError:
+                continue
 
     todo: list[Mapping[str, Any]] = []
     unwritten: list[tuple[ScoredTask, Mapping[str, Any]]] = []
@@ -469,6 +510,8 @@ def run_bulk_scoring(
     def flush(*, final: bool) -> None:
         nonlocal todo
         while len(todo) >= chunk or (final and todo):
+            if superseded_by:  # predicting more is wasted: nothing more is written
+                raise _SupersededError(superseded_by[0])
             part, todo = todo[:chunk], todo[chunk:]
             started = time.perf_counter()
             scored = service.score_tasks(part, schema, version=version)
@@ -502,10 +545,18 @@ def run_bulk_scoring(
             progress.state = "done"
             progress.total = max(progress.total, progress.done)
             report()
-    except _StopRequestedError:
-        drain(0)
+    except (_StopRequestedError, _SupersededError):
+        settle()
         with lock:
-            progress.state = "stopped"
+            if superseded_by:
+                progress.state = "superseded"
+                progress.reason = (
+                    f"{superseded_by[0]} serves now; a run with it (a training's re-scoring, POST /rescore) "
+                    "scores the tasks"
+                )
+                logger.warning("bulk scoring of project %s with %s: %s", project, version, progress.reason)
+            else:
+                progress.state = "stopped"
             report()
     except Exception as exc:
         with lock:
@@ -517,9 +568,10 @@ def run_bulk_scoring(
         chunk_pool.shutdown(wait=True)
         close()
     logger.info(
-        "bulk scoring of project %s with %s: %d scored, %d already scored, %d expert, %d failed in %.1f s",
+        "bulk scoring of project %s with %s %s: %d scored, %d already scored, %d expert, %d failed in %.1f s",
         project,
         version,
+        progress.state,
         progress.scored,
         progress.skipped,
         progress.expert,
@@ -531,3 +583,7 @@ def run_bulk_scoring(
 
 class _StopRequestedError(Exception):
     """Raised inside :func:`run_bulk_scoring` when its ``stop`` event is set."""
+
+
+class _SupersededError(Exception):
+    """Raised inside :func:`run_bulk_scoring` once the registry serves another version than the run's."""

@@ -20,7 +20,10 @@ Failures: an ordinary failure (no expert tasks, Label Studio unreachable) is rec
 ``/health`` and not retried. A worker killed mid-job (``kill -9``, a lost machine) stops refreshing the job's
 heartbeat; after ``job_monitoring_interval + grace`` seconds RQ's registry cleanup (run by any other worker,
 and by every replica that reads the queue depth) re-queues it, up to ``RETRIES`` times. With Redis'
-append-only file on (``appendonly yes``, ``appendfsync everysec``), a Redis restart loses no queued job.
+append-only file on (``appendonly yes``, ``appendfsync everysec``), a Redis restart loses no queued job. A job
+whose lock could not be refreshed for ``LOCK_TTL_S`` (Redis unreachable) finds it gone or taken by the
+project's next job at its next refresh: it terminates its training process before that publishes, and is
+recorded as failed (without overwriting the state of the job now running).
 
 Keys (prefix ``alc:``): ``train:<p>:queued`` (id of the queued job), ``train:<p>:lock`` (id of the running
 job, expiring unless refreshed), ``rescore:<p>:queued``, ``rescore:jobs`` (project -> latest started
@@ -34,11 +37,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from backend.metrics import TrainingCounts
@@ -82,6 +88,22 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# A queued training takes the project's counted annotations (KEYS[1]) into its own set (KEYS[2]).
+_TAKE_SEEN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[1]))
+end
+return 1
+"""
+# A failed training gives them back (KEYS[2] into KEYS[1]); a finished one drops them.
+_GIVE_BACK_SEEN = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SUNIONSTORE', KEYS[1], KEYS[1], KEYS[2])
+  redis.call('DEL', KEYS[2])
+end
+return 1
+"""
 
 
 def connect(url: str) -> Any:
@@ -109,6 +131,16 @@ _BULK_JOBS = f"{_PREFIX}rescore:jobs"
 
 def _lock_key(project: int | None) -> str:
     return f"{_PREFIX}train:{_project_key(project)}:lock"
+
+
+def _seen_key(project: int | None) -> str:
+    """Set: the project's expert-annotated task ids counted towards its next training."""
+    return f"{_PREFIX}seen:{_project_key(project)}"
+
+
+def _taken_key(project: int | None, job_id: str) -> str:
+    """Set: the counted ids a queued or running training job took (given back if it fails)."""
+    return f"{_seen_key(project)}:job:{job_id}"
 
 
 class _RedisSet:
@@ -150,18 +182,29 @@ class RedisTrainer(TrainingManager):
             connection = connect(settings.redis_url)
         self.redis = connection
         self.queue = Queue(QUEUE_NAME, connection=connection)
-        self._seen = _RedisSet(connection, f"{_PREFIX}seen")  # type: ignore[assignment]
         self._last_project: int | None = None
+
+    def _expert_tasks_seen(self, project: int | None) -> Any:
+        """The project's counted expert-annotated task ids, shared by every replica in Redis."""
+        return _RedisSet(self.redis, _seen_key(project))
 
     def request(self, project: int | None, *, kind: str = "expert") -> str:
         """Queue a training job for ``project`` unless one is already queued (then ``"pending"``).
 
         ``kind="bootstrap"`` trains the first version on the crowd labels (``backend.bootstrap``); it shares
-        the project's queued mark and lock with expert trainings.
+        the project's queued mark and lock with expert trainings. A queued expert training takes the
+        project's counted annotations (in the same transaction); it gives them back if it fails, so the next
+        expert annotation retries it. Counts are per project.
         """
-        self._seen.clear()
         self._last_project = project
-        job_id = self._enqueue(_queued_key(project), run_training, project, kind="train", extra=(kind,))
+
+        def take_seen(pipe: Any, job_id: str) -> None:
+            if kind == "expert":
+                pipe.eval(_TAKE_SEEN, 2, _seen_key(project), _taken_key(project, job_id), JOB_TIMEOUT_S * 4)
+
+        job_id = self._enqueue(
+            _queued_key(project), run_training, project, kind="train", extra=(kind,), on_queued=take_seen
+        )
         if job_id is None:
             return "pending"
         running = self.redis.get(_lock_key(project)) is not None
@@ -181,9 +224,10 @@ class RedisTrainer(TrainingManager):
         *,
         kind: str,
         extra: tuple[Any, ...] = (),
+        on_queued: Callable[[Any, str], None] | None = None,
     ) -> str | None:
         """Enqueue ``func(project, *extra)`` and mark it in ``queued``, atomically; None if a live job is
-        marked."""
+        marked. ``on_queued(pipe, job_id)`` adds commands to the same transaction."""
         from redis.exceptions import WatchError
         from rq import Retry
 
@@ -209,6 +253,8 @@ class RedisTrainer(TrainingManager):
                         description=f"{kind} project {_project_key(project)}",
                         pipeline=pipe,
                     )
+                    if on_queued is not None:
+                        on_queued(pipe, job_id)
                     pipe.execute()
                     return job_id
                 except WatchError:
@@ -244,7 +290,7 @@ class RedisTrainer(TrainingManager):
             "last_version": raw.get("last_version") or None,
             "last_seconds": float(seconds) if seconds else None,
             "pending": self.redis.get(_queued_key(self._last_project)) is not None,
-            "new_expert_tasks": len(self._seen),
+            "new_expert_tasks": len(self._expert_tasks_seen(self._last_project)),
             "min_annotations": self.settings.train_min_annotations,
             "kind": raw.get("kind") or None,
             "progress": json.loads(raw.get("progress") or "{}") if raw.get("state") == "running" else {},
@@ -331,14 +377,28 @@ def set_context(context: WorkerContext) -> None:
 
 
 class _ProjectLock:
-    """One training per project: a Redis key holding the running job's id, refreshed while it runs."""
+    """One training per project: a Redis key holding the running job's id, refreshed while it runs.
 
-    def __init__(self, connection: Any, project: int | None, job_id: str) -> None:
+    A refresh that finds the key gone or held by another job (Redis was unreachable for longer than
+    ``LOCK_TTL_S``, the key expired, the project's follow-up job took it) sets :attr:`lost`, logs an error and
+    calls ``on_lost``; the lock is not refreshed again.
+    """
+
+    def __init__(
+        self,
+        connection: Any,
+        project: int | None,
+        job_id: str,
+        *,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         self._redis = connection
         self._project = project
         self._job_id = job_id
+        self._on_lost = on_lost
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lost = threading.Event()
 
     def acquire(self, *, poll_s: float = 1.0) -> None:
         """Wait for the lock (another job of the project may be running), then keep it fresh."""
@@ -363,20 +423,81 @@ class _ProjectLock:
     def _refresh(self) -> None:
         while not self._stop.wait(LOCK_TTL_S / 3):
             try:
-                self._redis.eval(_REFRESH, 1, _lock_key(self._project), self._job_id, LOCK_TTL_S)
+                held = self._redis.eval(_REFRESH, 1, _lock_key(self._project), self._job_id, LOCK_TTL_S)
             except Exception as exc:  # Redis briefly away: the next refresh tries again
                 logger.warning("refreshing the training lock failed: %s", type(exc).__name__)
+                continue
+            if not held and not self._stop.is_set():
+                self._lose()
+                return
+
+    def _lose(self) -> None:
+        try:
+            holder = self._redis.get(_lock_key(self._project))
+        except Exception:  # only for the message
+            holder = None
+        logger.error(
+            "job %s lost the training lock of project %s (%s); stopping its training, another job of the "
+            "project may be running",
+            self._job_id,
+            _project_key(self._project),
+            f"now held by {holder.decode()}" if holder else "it expired",
+        )
+        self.lost.set()
+        if self._on_lost is not None:
+            self._on_lost()
 
     def release(self) -> None:
+        """Stop refreshing and delete the key if it is still ours (a Redis error is logged: it expires)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        self._redis.eval(_RELEASE, 1, _lock_key(self._project), self._job_id)
+        try:
+            self._redis.eval(_RELEASE, 1, _lock_key(self._project), self._job_id)
+        except Exception as exc:
+            logger.warning("releasing the training lock failed (it expires): %s", type(exc).__name__)
+
+
+class _LockLostError(RuntimeError):
+    """The job's project lock expired or was taken by another job: its training is stopped."""
+
+
+def _train_job_children() -> list[int]:
+    """Ids of this process's ``python -m backend.train_job`` children (Linux ``/proc``; elsewhere none)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    me, found = os.getpid(), []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0") if ppid == me else []
+        except (OSError, ValueError, IndexError):  # the process ended meanwhile
+            continue
+        if b"backend.train_job" in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def _stop_train_jobs() -> None:
+    """Terminate the training child processes of this job (before they publish)."""
+    for pid in _train_job_children():
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            continue
+        logger.error("stopped training process %d", pid)
 
 
 def run_training(project: int | None, kind: str = "expert") -> dict[str, Any]:
     """The RQ job: one training of ``project`` under its lock (``kind``: ``expert`` or ``bootstrap``, see
     ``TrainingManager.train_once``); failures are recorded, not raised.
+
+    A job that loses its lock (see :class:`_ProjectLock`) terminates its training process, so that it
+    publishes nothing, and is recorded as failed. The ``alc:training`` state is written in a ``finally``:
+    whatever stops the job, ``/health`` does not show it running.
 
     Returns:
         ``{"version": ...}`` or ``{"error": ...}`` (also kept in the job's result).
@@ -385,40 +506,71 @@ def run_training(project: int | None, kind: str = "expert") -> dict[str, Any]:
 
     if _context is None:
         raise RuntimeError("run_training runs in `python -m backend.worker` (no worker context installed)")
-    settings = _context.settings
+    context = _context
+    settings = context.settings
     job = get_current_job()
     job_id = job.id if job is not None else f"local-{uuid.uuid4().hex[:8]}"
     redis = job.connection if job is not None else connect(str(settings.redis_url))
-    lock = _ProjectLock(redis, project, job_id)
+    lock = _ProjectLock(redis, project, job_id, on_lost=_stop_train_jobs)
     lock.acquire()
     start = time.monotonic()
-    redis.hset(
-        f"{_PREFIX}training",
-        mapping={
-            "state": "running",
-            "project": _project_key(project),
-            "job": job_id,
-            "kind": kind,
-            "progress": "{}",
-        },
-    )
-    trainer = _worker_trainer(_context)
-
-    def report(state: dict[str, Any]) -> None:
-        # Epochs for /health on every replica (the job folder is on this worker's machine).
-        redis.hset(f"{_PREFIX}training", "progress", json.dumps(state))
-
-    trainer.on_progress = report
+    version = ""
+    error = "interrupted"  # until the training returns or fails
     try:
+        redis.hset(
+            f"{_PREFIX}training",
+            mapping={
+                "state": "running",
+                "project": _project_key(project),
+                "job": job_id,
+                "kind": kind,
+                "progress": "{}",
+            },
+        )
+        trainer = _worker_trainer(context)
+
+        def report(state: dict[str, Any]) -> None:
+            if lock.lost.is_set():  # a training process started after the loss: stop it too
+                _stop_train_jobs()
+                raise _LockLostError("lost the project's training lock")
+            # Epochs for /health on every replica (the job folder is on this worker's machine).
+            redis.hset(f"{_PREFIX}training", "progress", json.dumps(state))
+
+        trainer.on_progress = report
         version = trainer.train_once(project, kind=kind)
+        error = ""
     except Exception as exc:
-        seconds = time.monotonic() - start
-        logger.error("training job %s failed: %s", job_id, exc)
-        _record(redis, state="failed", seconds=seconds, error=str(exc)[:2000])
-        return {"error": str(exc)[:2000]}
+        error = str(exc)[:2000]
+        if lock.lost.is_set():
+            error = f"stopped: the project's training lock expired or was taken by another job ({error})"
+        error = error[:2000]
+        logger.error("training job %s failed: %s", job_id, error)
+    except BaseException as exc:  # e.g. the worker stops the job: still not "running"
+        error = f"interrupted ({type(exc).__name__})"
+        raise
     finally:
         lock.release()
-    _record(redis, state="idle", seconds=time.monotonic() - start, version=version)
+        seconds = time.monotonic() - start
+        try:
+            _record(
+                redis,
+                state="failed" if error else "idle",
+                seconds=seconds,
+                version=version,
+                error=error,
+                # Another job of the project may be running and showing its state: count, do not overwrite.
+                only_if_job=job_id if lock.lost.is_set() else None,
+            )
+            # The annotations this job took at request time: consumed by a success, given back by a
+            # failure (the next expert annotation of the project retries).
+            if error:
+                redis.eval(_GIVE_BACK_SEEN, 2, _seen_key(project), _taken_key(project, job_id))
+            else:
+                redis.delete(_taken_key(project, job_id))
+        except Exception as exc:  # Redis away: the job's own result still says what happened
+            logger.error("recording training job %s failed: %s", job_id, type(exc).__name__)
+    if error:
+        return {"error": error}
     logger.info("training job %s published %s", job_id, version)
     return {"version": version}
 
@@ -482,12 +634,35 @@ def _worker_trainer(context: WorkerContext) -> TrainingManager:
     return TrainingManager(settings, ModelService(settings, loader=loader), source=source)
 
 
-def _record(redis: Any, *, state: str, seconds: float, version: str = "", error: str = "") -> None:
+_RECORD_IF_JOB = """
+if redis.call('HGET', KEYS[1], 'job') == ARGV[1] then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
+return 0
+"""
+
+
+def _record(
+    redis: Any,
+    *,
+    state: str,
+    seconds: float,
+    version: str = "",
+    error: str = "",
+    only_if_job: str | None = None,
+) -> None:
+    """Write the finished job's state into ``alc:training`` and count it in ``alc:stats``.
+
+    Args:
+        only_if_job: write the state only while the hash still names this job (the counts always).
+    """
     fields: dict[str, Any] = {"state": state, "last_error": error, "last_seconds": round(seconds, 1)}
     if version:
         fields["last_version"] = version
     with redis.pipeline() as pipe:
-        pipe.hset(f"{_PREFIX}training", mapping=fields)
+        if only_if_job is None:
+            pipe.hset(f"{_PREFIX}training", mapping=fields)
+        else:
+            flat = [str(item) for pair in fields.items() for item in pair]
+            pipe.eval(_RECORD_IF_JOB, 1, f"{_PREFIX}training", only_if_job, *flat)
         pipe.hincrby(f"{_PREFIX}stats", "runs", 1)
         pipe.hincrby(f"{_PREFIX}stats", "failures", int(bool(error)))
         pipe.hincrbyfloat(f"{_PREFIX}stats", "seconds", seconds)

@@ -38,6 +38,9 @@ def progress_line(project: int, progress: Mapping[str, Any]) -> str:
     >>> progress_line(3, {"state": "running", "done": 10, "total": 40, "scored": 8, "skipped": 0,
     ...                   "expert": 2, "failed": 0, "tasks_per_s": 4.0, "eta_s": 7.5})
     'project 3: 10/40 tasks (scored 8, already scored 0, expert 2, failed 0) 4.0 tasks/s, ETA 8 s'
+    >>> progress_line(3, {"state": "superseded", "done": 4, "total": 40, "scored": 4, "skipped": 0,
+    ...                   "expert": 0, "failed": 0, "reason": "v0007 serves now"})
+    'project 3: superseded, 4/40 tasks (scored 4, already scored 0, expert 0, failed 0) (v0007 serves now)'
     """
     counts = (
         f"{progress.get('done', 0)}/{progress.get('total', 0)} tasks (scored {progress.get('scored', 0)}, "
@@ -53,7 +56,8 @@ def progress_line(project: int, progress: Mapping[str, Any]) -> str:
         return f"project {project}: {counts}{speed}"
     tail = f" in {progress['seconds']} s" if progress.get("seconds") is not None else ""
     error = f": {progress['error']}" if progress.get("error") else ""
-    return f"project {project}: {state}, {counts}{tail}{error}"
+    reason = f" ({progress['reason']})" if progress.get("reason") else ""  # e.g. why a run was superseded
+    return f"project {project}: {state}, {counts}{tail}{error}{reason}"
 
 
 def _auth() -> tuple[str, str] | None:

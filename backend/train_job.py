@@ -148,6 +148,8 @@ def run_job(job: dict[str, Any]) -> str:
         meta["skipped"] = {str(t): str(why) for t, why in job["skipped"].items()}
     if job.get("project") is not None:
         meta["project"] = job["project"]
+    if job.get("job_id"):  # lets the server recognise its version when this process dies after publishing
+        meta["job_id"] = str(job["job_id"])
     version = ModelRegistry(Path(job["model_dir"])).publish(result.weights, meta)
     return version.version
 

@@ -5,9 +5,15 @@ Flow: a webhook event (``ANNOTATION_CREATED``/``ANNOTATION_UPDATED`` from an exp
 (:class:`TaskSource`), writes the job, runs ``python -m backend.train_job`` as a child process, and on success
 switches the server to the newly published version and re-scores the remaining (non-expert) tasks.
 
-* Bursts coalesce: events during a running job set ``pending``; one more job runs after it.
-* Annotation events train only when the number of distinct expert-annotated tasks seen since the last
-  training reached ``TRAIN_MIN_ANNOTATIONS``; ``START_TRAINING`` trains whenever there is >= 1 expert task.
+* Bursts coalesce: requests during a running job queue one pending entry per project (its kinds merged,
+  see :meth:`TrainingManager.request`); the entries run after it, in the order their projects were first
+  requested.
+* Annotation events train only when the number of distinct expert-annotated tasks of the project seen since
+  its last successful training reached ``TRAIN_MIN_ANNOTATIONS``; ``START_TRAINING`` trains whenever there is
+  >= 1 expert task. A failed training gives its count back, so the next expert annotation retries it.
+* After a training the project's tasks are listed again (annotations, data and predictions made during the
+  training) for the calibration and the re-scoring.
+* A job whose child process published its version and then died before reporting it counts as succeeded.
 * The previous model keeps serving during training and after a failure; the failure shows in the logs and in
   ``/health`` (``training.state == "failed"``, ``training.last_error``).
 """
@@ -21,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +58,9 @@ __all__ = [
 ]
 
 _TRAIN_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+_KINDS = ("bootstrap", "expert")
+"""Training kinds, in the order one project's pending kinds run (an expert training warm-starts from the
+bootstrapped version)."""
 
 
 class TaskSource(Protocol):
@@ -367,17 +377,22 @@ class TrainingManager:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._rescore_thread: threading.Thread | None = None
-        self._pending = False
-        self._pending_project: int | None = None
+        # Whether a worker thread owns the queue: set by request() when it starts one, cleared by the worker
+        # in the same critical section in which it finds the queue empty, so no request is left behind.
+        self._running = False
+        # Project -> the kinds requested for it (run order), projects in the order they were first requested.
+        self._queue: dict[int | None, list[str]] = {}
+        self._last_project: int | None = None  # the project last named by a request or an expert annotation
         self._state = "idle"
         self._last_error: str | None = None
         self._last_version: str | None = None
         self._last_seconds: float | None = None
-        self._seen: set[int] = set()  # expert-annotated task ids seen by webhooks since the last training
+        # Project -> expert-annotated task ids seen by webhooks since its last successful training (a running
+        # expert job holds its project's ids and gives them back if it fails).
+        self._seen: dict[int | None, set[int]] = {}
         self._bulk: dict[int | None, Any] = {}  # project -> its last bulk-scoring progress
         self.counts = TrainingCounts()  # finished jobs, for /metrics
-        self._pending_kind = "expert"  # "bootstrap": train the first version on crowd labels
-        self._kind: str | None = None
+        self._kind: str | None = None  # the current or last job's kind
         self._job_dir: Path | None = None
         self.on_progress: Callable[[dict[str, Any]], None] | None = None  # e.g. a queue worker's reporter
         self.last_schema_xml: str | None = None
@@ -395,8 +410,10 @@ class TrainingManager:
                 "last_error": self._last_error,
                 "last_version": self._last_version,
                 "last_seconds": self._last_seconds,
-                "pending": self._pending,
-                "new_expert_tasks": len(self._seen),
+                "pending": bool(self._queue),
+                # Counted towards the next training of the project last named (min_annotations applies to
+                # each project alone).
+                "new_expert_tasks": len(self._seen.get(self._last_project, ())),
                 "min_annotations": self.settings.train_min_annotations,
                 "kind": self._kind,
                 "progress": read_job_progress(self._job_dir)
@@ -424,9 +441,11 @@ class TrainingManager:
         if task_id is None and task is not None:
             task_id = task.get("id")
         with self._lock:
+            seen = self._expert_tasks_seen(project)
             if task_id is not None:
-                self._seen.add(int(task_id))
-            n = len(self._seen)
+                seen.add(int(task_id))
+            n = len(seen)
+            self._last_project = project
         if n < self.settings.train_min_annotations:
             return f"not enough annotations ({n}/{self.settings.train_min_annotations})"
         return self.request(project)
@@ -443,20 +462,34 @@ class TrainingManager:
             self._users = UserDirectory(lambda: make_sdk_client(url, key))
         return self._users.author_email(annotation) if self._users is not None else None
 
+    def _expert_tasks_seen(self, project: int | None) -> Any:
+        """The set of ``project``'s expert-annotated task ids counted towards its next training (call with
+        the lock held; ``backend.jobs.RedisTrainer`` keeps them in Redis, shared by its replicas)."""
+        return self._seen.setdefault(project, set())
+
     def request(self, project: int | None, *, kind: str = "expert") -> str:
-        """Queue a training job; ``"pending"`` when one is running (it will run once more after it).
+        """Queue a training job; ``"pending"`` when one is running (the queued ones run after it).
+
+        Each project has at most one pending entry, run in the order the projects were first requested;
+        asking again for a pending project adds nothing but a kind it does not have yet. Its kinds run
+        bootstrap first: an expert training then warm-starts from the bootstrapped version.
 
         ``kind="bootstrap"`` trains the first version on the project's crowd labels (``backend.bootstrap``).
+
+        Raises:
+            ValueError: ``kind`` is neither ``"expert"`` nor ``"bootstrap"``.
         """
+        if kind not in _KINDS:
+            raise ValueError(f"kind: expected one of {list(_KINDS)}, got {kind!r}")
         with self._lock:
-            self._seen.clear()
-            self._pending_kind = kind
-            if project is not None:
-                self._pending_project = project
-            if self._thread is not None and self._thread.is_alive():
-                self._pending = True
+            kinds = self._queue.setdefault(project, [])
+            if kind not in kinds:
+                kinds.append(kind)
+                kinds.sort(key=_KINDS.index)
+            self._last_project = project
+            if self._running:
                 return "pending"
-            self._pending = True
+            self._running = True
             self._thread = threading.Thread(target=self._worker, name="training", daemon=True)
             self._thread.start()
             return "training queued"
@@ -487,35 +520,58 @@ class TrainingManager:
         return not thread.is_alive()
 
     def _worker(self) -> None:
-        while True:
-            with self._lock:
-                if not self._pending:
-                    if self._state == "running":
-                        self._state = "idle"
-                    return
-                self._pending = False
-                project = self._pending_project
-                self._kind, self._pending_kind = self._pending_kind, "expert"
-                self._job_dir = None
-                self._state = "running"
-            start = time.monotonic()
-            try:
-                version = self.train_once(project, kind=self._kind)
-            except Exception as exc:
-                logger.error("training failed: %s", exc)
-                logger.debug("training failed", exc_info=True)
+        """Run the queued jobs one after the other; exit (clearing ``_running``) once the queue is empty."""
+        exited = False
+        try:
+            while True:
                 with self._lock:
-                    self._state = "failed"
-                    self._last_error = str(exc)[:2000]
-                    self._last_seconds = round(time.monotonic() - start, 1)
-                    self.counts = _add_run(self.counts, time.monotonic() - start, failed=True)
-                continue
+                    if not self._queue:
+                        # Decided under the lock request() takes: a later request starts a new worker.
+                        self._running = False
+                        exited = True
+                        if self._state == "running":
+                            self._state = "idle"
+                        return
+                    project, kinds = next(iter(self._queue.items()))
+                    kind = kinds.pop(0)
+                    if not kinds:
+                        del self._queue[project]
+                    counted: set[int] = set()
+                    if kind == "expert":  # the ids this training consumes; given back if it fails
+                        seen = self._expert_tasks_seen(project)
+                        counted = set(seen)
+                        seen.clear()
+                    self._kind = kind
+                    self._job_dir = None
+                    self._state = "running"
+                self._run_job(project, kind, counted)
+        finally:
+            if not exited:  # an error escaped the loop: let the next request start a worker
+                with self._lock:
+                    self._running = False
+
+    def _run_job(self, project: int | None, kind: str, counted: set[int]) -> None:
+        start = time.monotonic()
+        try:
+            version = self.train_once(project, kind=kind)
+        except Exception as exc:
+            logger.error("training failed: %s", exc)
+            logger.debug("training failed", exc_info=True)
             with self._lock:
-                self._state = "idle"
-                self._last_error = None
-                self._last_version = version
+                seen = self._expert_tasks_seen(project)
+                for task_id in counted:  # they still count towards the next training of the project
+                    seen.add(task_id)
+                self._state = "failed"
+                self._last_error = str(exc)[:2000]
                 self._last_seconds = round(time.monotonic() - start, 1)
-                self.counts = _add_run(self.counts, time.monotonic() - start, failed=False)
+                self.counts = _add_run(self.counts, time.monotonic() - start, failed=True)
+            return
+        with self._lock:
+            self._state = "idle"
+            self._last_error = None
+            self._last_version = version
+            self._last_seconds = round(time.monotonic() - start, 1)
+            self.counts = _add_run(self.counts, time.monotonic() - start, failed=False)
 
     def _train_once(self, project: int | None) -> str:
         source = self.source()
@@ -576,12 +632,14 @@ class TrainingManager:
             Path(init).name or "the family's default",
             self.settings.train_epochs,
         )
-        self._job_dir = job_dir
-        version = run_train_job(job_dir, job, on_progress=self.on_progress)
+        version = self._publish(job_dir, job)
         self.service.switch(version)
-        self._calibrate_quietly(schema, tasks, version, project)
+        # The training may have taken hours: calibrate and re-score on what the project holds now (new
+        # expert annotations, task data written meanwhile, predictions made meanwhile).
+        self._calibrate_quietly(source, schema, version, project)
         logger.info("now serving %s; re-scoring the non-expert tasks", version)
-        self._rescore(source, schema, tasks, project)
+        # A tasks file names no project: its tasks may (the bulk progress is kept by project).
+        self._rescore(source, schema, project if project is not None else _project_of(tasks))
         return version
 
     def _bootstrap_once(self, project: int | None) -> str:
@@ -591,12 +649,34 @@ class TrainingManager:
         source = self.source()
         job_dir = new_job_dir(self.settings)
         job = prepare_bootstrap(self.settings, source, project, loader=self.service.loader, job_dir=job_dir)
-        self._job_dir = job_dir
-        version = run_train_job(job_dir, job.job, on_progress=self.on_progress)
+        version = self._publish(job_dir, job.job)
         self.service.switch(version)
         logger.info("now serving %s (bootstrapped from crowd labels); scoring the tasks", version)
-        self._rescore(source, job.schema, job.tasks, project)
+        self._rescore(source, job.schema, project if project is not None else _project_of(job.tasks))
         return version
+
+    def _publish(self, job_dir: Path, job: Mapping[str, Any]) -> str:
+        """Run the job (:func:`run_train_job`) under a fresh ``job_id``; the version it published.
+
+        A child that published its version and then died (killed, out of memory) before writing its result
+        still moved the registry's ``LATEST``, which every process now serves: when ``LATEST`` is the
+        version whose meta carries this job's id, the job counts as succeeded (with a warning).
+        """
+        job_id = uuid.uuid4().hex
+        self._job_dir = job_dir
+        try:
+            return run_train_job(job_dir, {**job, "job_id": job_id}, on_progress=self.on_progress)
+        except Exception as exc:
+            latest = self.service.registry.latest()
+            if latest is None or latest.meta.get("job_id") != job_id:
+                raise
+            logger.warning(
+                "training job %s published %s but then failed (%s); using that version",
+                job_dir.name,
+                latest.version,
+                exc,
+            )
+            return latest.version
 
     def calibrate(self, project: int | None, *, version: str | None = None) -> ProjectCalibration:
         """Fit and store the grade calibration of ``version`` (default: the serving one) on the project's
@@ -607,10 +687,12 @@ class TrainingManager:
         return calibrate_project(self.service, tasks, schema, version=version, project=project)
 
     def _calibrate_quietly(
-        self, schema: LabelSchema, tasks: Sequence[Mapping[str, Any]], version: str, project: int | None
+        self, source: TaskSource, schema: LabelSchema, version: str, project: int | None
     ) -> None:
-        """Calibrate a new version before it re-scores; a failure leaves the LSM's grades (logged)."""
+        """Calibrate a new version on the project's tasks listed now, before it re-scores; a failure leaves
+        the LSM's grades (logged)."""
         try:
+            tasks = source.tasks(project)
             calibrate_project(self.service, tasks, schema, version=version, project=project)
         except Exception as exc:
             logger.warning("calibration of %s failed (the LSM's grades apply): %s", version, exc)
@@ -712,21 +794,19 @@ class TrainingManager:
             on_progress=keep,
         )
 
-    def _rescore(
-        self,
-        source: TaskSource,
-        schema: LabelSchema,
-        tasks: Sequence[Mapping[str, Any]],
-        project: int | None = None,
-    ) -> int:
-        """Score the non-expert tasks with the new model and publish them (see :meth:`rescore`)."""
-        if project is None:
-            project = next((int(t["project"]) for t in tasks if isinstance(t.get("project"), int)), None)
+    def _rescore(self, source: TaskSource, schema: LabelSchema, project: int | None) -> int:
+        """Score the non-expert tasks with the new model and publish them (see :meth:`rescore`), listing the
+        project's tasks afresh (never a listing from before the training: its data would be written back)."""
         try:
-            return int(self._bulk_score(source, schema, project, tasks).scored)
+            return int(self._bulk_score(source, schema, project, None).scored)
         except Exception as exc:  # the new version serves anyway; POST /rescore finishes the job later
             logger.warning("re-scoring project %s after the training failed: %s", project, exc)
             return 0
+
+
+def _project_of(tasks: Sequence[Mapping[str, Any]]) -> int | None:
+    """The project the tasks name (``task["project"]``), if any."""
+    return next((int(t["project"]) for t in tasks if isinstance(t.get("project"), int)), None)
 
 
 def _add_run(counts: TrainingCounts, seconds: float, *, failed: bool) -> TrainingCounts:

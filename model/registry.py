@@ -4,20 +4,28 @@ Layout::
 
     model_dir/
       LATEST                          # one line: the current version name
+      LOCK                            # flock'ed while a version is claimed and LATEST is written
       versions/v0003-20261128T021500/
         weights.pt
         meta.json
+
+Several processes may publish into one registry (workers training different projects): claiming the next
+number, renaming the version into place and updating ``LATEST`` happen under an exclusive ``flock`` of
+``LOCK`` (POSIX; on NFS, Linux maps it to a POSIX lock), and a publish never moves ``LATEST`` back
+to an older version than the one it names. Only :meth:`ModelRegistry.activate` (a rollback) does.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +36,8 @@ logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "weights.pt"
 META_NAME = "meta.json"
 LATEST_NAME = "LATEST"
+LOCK_NAME = "LOCK"
+"""Locked (``flock``) by every process while it claims a version and writes ``LATEST``."""
 LEGACY_FAMILY = "yolo"
 """The detector family of versions whose meta names none (published before families were recorded)."""
 _VERSION = re.compile(r"^v(\d{4,})-(\d{8}T\d{6})$")
@@ -160,7 +170,9 @@ class ModelRegistry:
 
         The version folder is assembled in a temporary folder and renamed into place; ``LATEST`` is
         written to a temporary file, fsynced and renamed over the old one.
-        A crash leaves either the old or the new state.
+        A crash leaves either the old or the new state. The number is claimed and ``LATEST`` written under
+        the registry's lock, so concurrent publishers (other processes too) take turns, and ``LATEST`` is not
+        moved back to an older version than the one it names.
 
         Args:
             weights: the checkpoint file to copy.
@@ -177,7 +189,6 @@ class ModelRegistry:
         if not source.is_file():
             raise FileNotFoundError(f"weights: no checkpoint file at {source}")
         self.versions_dir.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         record = {**dict(meta or {}), "published_at": datetime.now(UTC).isoformat(timespec="seconds")}
         if not isinstance(record.get("family", LEGACY_FAMILY), str):
             raise TypeError(f"meta.family: expected a detector family name, got {record['family']!r}")
@@ -190,27 +201,60 @@ class ModelRegistry:
             shutil.copyfile(source, staging / WEIGHTS_NAME)
             with open(staging / WEIGHTS_NAME, "rb+") as handle:
                 os.fsync(handle.fileno())
-            for _attempt in range(100):
-                existing = [v.number for v in self.versions()]
-                existing += [
-                    _version_number(p.name) for p in self.versions_dir.iterdir() if _VERSION.match(p.name)
-                ]
-                name = f"v{max(existing, default=0) + 1:04d}-{stamp}"
-                _write_synced(staging / META_NAME, json.dumps({**record, "version": name}, indent=2))
-                try:
-                    os.rename(staging, self.versions_dir / name)  # fails if another writer took the name
-                except OSError:
-                    continue
-                break
-            else:
-                raise RuntimeError(f"could not claim a version name in {self.versions_dir}")
+            # Claim, rename and LATEST as one step across processes: otherwise a publisher that claimed v6
+            # could write LATEST after one that claimed v7 did, and v7 would never serve.
+            with self._locked():
+                name = self._claim(staging, record)
+                _fsync_dir(self.versions_dir)
+                self._advance_latest(name)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _fsync_dir(self.versions_dir)
-        self._write_latest(name)
         logger.info("published model version %s", name)
         return self.get(name)
+
+    def _claim(self, staging: Path, record: Mapping[str, Any]) -> str:
+        """Rename ``staging`` to the next free version name (with its meta written); the name."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        for _attempt in range(100):
+            existing = [v.number for v in self.versions()]
+            existing += [
+                _version_number(p.name) for p in self.versions_dir.iterdir() if _VERSION.match(p.name)
+            ]
+            name = f"v{max(existing, default=0) + 1:04d}-{stamp}"
+            _write_synced(staging / META_NAME, json.dumps({**record, "version": name}, indent=2))
+            try:
+                os.rename(staging, self.versions_dir / name)  # fails if a writer without the lock took it
+            except OSError:
+                continue
+            return name
+        raise RuntimeError(f"could not claim a version name in {self.versions_dir}")
+
+    def _advance_latest(self, name: str) -> None:
+        """Point ``LATEST`` at ``name`` unless it names a newer complete version already (the caller holds
+        the lock; this guards against a writer that does not take it, e.g. an older backend)."""
+        try:
+            current = (self.model_dir / LATEST_NAME).read_text(encoding="utf-8").strip()
+        except OSError:
+            current = ""
+        found = self._load(current) if current else None
+        if found is not None and (found.number, found.version) > (_version_number(name), name):
+            logger.warning(
+                "LATEST names the newer %s; %s published without becoming the latest", current, name
+            )
+            return
+        self._write_latest(name)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the registry's exclusive lock (``LOCK_NAME``, ``flock``: released if the process dies)."""
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.model_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def activate(self, version: str) -> ModelVersion:
         """Make a published version the latest again (a rollback), atomically.
@@ -221,8 +265,9 @@ class ModelRegistry:
         Raises:
             KeyError: no complete version of that name.
         """
-        found = self.get(version)
-        self._write_latest(found.version)
+        with self._locked():
+            found = self.get(version)
+            self._write_latest(found.version)
         logger.info("activated model version %s", found.version)
         return found
 
