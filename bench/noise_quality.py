@@ -197,11 +197,14 @@ def fiftyone_scores(
     return score, rows
 
 
-def cleanlab_scores(crowds: Sequence[Detections], preds: Sequence[Detections]) -> np.ndarray:
+def cleanlab_scores(
+    crowds: Sequence[Detections], preds: Sequence[Detections], *, num_classes: int = 1
+) -> np.ndarray:
     """cleanlab ObjectLab's per-image label *issue* score (1 - label quality), from the same predictions.
 
     Single-class data: ObjectLab's "swap" subscore compares classes and carries no signal here, so its
-    aggregation weight is set to 0 and the "overlooked" and "badloc" weights split the rest.
+    aggregation weight is set to 0 and the "overlooked" and "badloc" weights split the rest. With
+    ``num_classes`` > 1 the predictions are handed over per class and ObjectLab's own weights apply.
     """
     from cleanlab.object_detection.rank import get_label_quality_scores
 
@@ -209,13 +212,10 @@ def cleanlab_scores(crowds: Sequence[Detections], preds: Sequence[Detections]) -
     predictions = []
     for p in preds:
         score = p.score if p.score is not None else np.ones(len(p), np.float32)
-        predictions.append([np.concatenate([p.xyxy, score[:, None]], axis=1).astype(np.float32)])
-    quality = get_label_quality_scores(
-        labels,
-        predictions,
-        aggregation_weights={"overlooked": 0.5, "badloc": 0.5, "swap": 0.0},
-        verbose=False,
-    )
+        rows = np.concatenate([p.xyxy, score[:, None]], axis=1).astype(np.float32)
+        predictions.append([rows[p.class_id == k] for k in range(num_classes)])
+    weights = {"overlooked": 0.5, "badloc": 0.5, "swap": 0.0} if num_classes == 1 else None
+    quality = get_label_quality_scores(labels, predictions, aggregation_weights=weights, verbose=False)
     return 1.0 - np.asarray(quality, np.float64)
 
 

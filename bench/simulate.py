@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from bench.loop import (
     UNANSWERED,
     LoopConfig,
     LoopResult,
+    _budget_counts,
     boxes_touched,
     corrected_labels,
     expert_decisions,
@@ -117,6 +119,7 @@ DETECTION_SCORERS = (
     "random",
 )
 CURVE_POINTS = 40
+IMGSZ_STRIDE = 32  # YOLO's largest stride (model.yolo.STRIDE): ultralytics rounds other sizes up to it
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,8 @@ class BenchSettings:
             )
         if self.expert_repeat < 1:
             raise ValueError(f"expert_repeat: expected >= 1, got {self.expert_repeat}")
+        if self.rounds < 0:
+            raise ValueError(f"rounds: expected >= 0, got {self.rounds}")
         if not 0 < self.seed_fraction <= self.budget <= 1:
             raise ValueError("seed_fraction, budget: expected 0 < seed_fraction <= budget <= 1")
         if self.strategies[:2] != (Strategy.DISCREPANCY, Strategy.RANDOM):
@@ -551,7 +556,7 @@ def run_seed(
         scorers.append(("lsm_priority", priority))
     crowds = [records_by_id[i].crowd for i in ids]
     preds = [lsm_loop.preds[i] for i in ids]
-    peer = cleanlab_scores(crowds, preds)
+    peer = cleanlab_scores(crowds, preds, num_classes=len(names))
     chance = np.random.default_rng(seed + 1).random(len(ids))
     scorers += [("cleanlab", peer), ("random", chance)]
     if settings.fiftyone:
@@ -1105,6 +1110,15 @@ def parse_noise(items: Sequence[str], base: Any) -> Any:
         raise ValueError(f"--noise: {exc}") from None
 
 
+def unbought_images(n_train: int, settings: BenchSettings) -> int:
+    """Training images the loops leave unbought (``bench.loop``'s budget split), to score and clean."""
+    cfg = LoopConfig(
+        Strategy.RANDOM, budget=settings.budget, seed_fraction=settings.seed_fraction, rounds=settings.rounds
+    )
+    first, per_round = _budget_counts(n_train, cfg)
+    return n_train - first - sum(per_round)
+
+
 def _one_seed(
     seed: int,
     *,
@@ -1229,6 +1243,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated; discrepancy and random are always run (also: uncertainty, hybrid)",
     )
     parser.add_argument("--epochs", type=int, help="override the final detectors' epochs")
+    parser.add_argument(
+        "--imgsz",
+        type=int,
+        help=f"training and inference image size in pixels, a multiple of {IMGSZ_STRIDE} (default: the "
+        f"preset's: {', '.join(f'{name} {train.imgsz}' for name, train in TRAIN_SPECS.items())}); images "
+        "are resized to it, so with --data pick one that keeps your objects visible",
+    )
     parser.add_argument(
         "--cleaning-init",
         choices=("noisy", "scratch"),
@@ -1437,17 +1458,70 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--jobs: expected at least 1")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads: expected at least 1, got {args.threads}")
-    if args.data is not None and not args.data.is_dir():
-        parser.error(f"--data: no folder at {args.data}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs: expected at least 1, got {args.epochs}")
     spec = replace(TRAIN_SPECS[args.preset], device=args.device)
-    if args.epochs:
+    if args.imgsz is not None:
+        if args.imgsz < IMGSZ_STRIDE or args.imgsz % IMGSZ_STRIDE:
+            parser.error(f"--imgsz: expected a multiple of {IMGSZ_STRIDE} pixels, got {args.imgsz}")
+        if spec.tile and args.imgsz != spec.tile:
+            parser.error(
+                f"--imgsz: preset {args.preset} trains on {spec.tile} px tiles; the size must equal the "
+                f"tile's, got {args.imgsz}"
+            )
+        # Only when given: without --imgsz the spec, hence every training's cache key, is the preset's.
+        spec = replace(spec, imgsz=args.imgsz)
+    if args.epochs is not None:
         spec = replace(spec, epochs=args.epochs, cleaning_epochs=args.epochs)
     if args.cleaning_init:
         spec = replace(spec, cleaning_init=args.cleaning_init)
+    if args.fiftyone is not None and shutil.which(args.fiftyone) is None:
+        parser.error(
+            f"--fiftyone: {args.fiftyone} is not an executable file (the python of a FiftyOne environment: "
+            "make setup-fiftyone, then --fiftyone .venv-fo/bin/python)"
+        )
+    if args.data is not None and not args.data.is_dir():
+        parser.error(f"--data: no folder at {args.data}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # The dataset is read and checked here, before anything is written: a bad file is one line, not a
+    # traceback from the first seed (or its worker process).
+    if args.data is not None:
+        from bench.userdata import load_user_dataset
+
+        try:
+            records, names = load_user_dataset(args.data, seed=seed_list[0])
+        except (OSError, ValueError) as exc:
+            parser.error(f"--data: {exc}")
+        n_split = {split: sum(r.split == split for r in records) for split in ("train", "val", "test")}
+        n_train = n_split["train"]
+        where = f"the {n_train} training images of --data {args.data}"
+    else:
+        import synth
+
+        n_train = synth.get_preset(args.preset).n_train
+        where = f"the {n_train} training images of preset {args.preset}"
+    if unbought_images(n_train, settings) < 1:
+        parser.error(
+            f"--budget {args.budget}: the experts would re-annotate every one of {where}, leaving none to "
+            "score and clean; give a smaller --budget"
+            + (" or more training images" if args.data is not None else "")
+        )
+    from model.device import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(f"--device: {str(exc).removeprefix('device: ')}")
+    if args.data is not None:
+        size = "--imgsz" if args.imgsz is not None else f"preset {args.preset}; --imgsz N to change it"
+        print(
+            f"--data {args.data}: {len(records)} images ({n_split['train']} train, {n_split['val']} val, "
+            f"{n_split['test']} test), classes {names}; detectors train and predict at {spec.imgsz} px "
+            f"({size})",
+            flush=True,
+        )
     lsm = LSMConfig()
     args.out.mkdir(parents=True, exist_ok=True)
-    from model.device import resolve_device
 
     command = "python -m bench.simulate " + shlex.join(sys.argv[1:] if argv is None else argv)
     clock = WallClock(args.out, command)
@@ -1467,8 +1541,10 @@ def main(argv: list[str] | None = None) -> int:
         "seed_fraction": args.seed_fraction,
         "settings": {**asdict(settings), "strategies": [s.value for s in settings.strategies]},
         "train_spec": asdict(spec),
+        # Only when given, so that the results of runs without it keep their fields.
+        **({"imgsz": args.imgsz} if args.imgsz is not None else {}),
         "lsm": asdict(lsm),
-        "device": resolve_device(args.device),
+        "device": device,
         "seconds": clock.seconds,
         # Every invocation of this command on this folder: a resumed run's cost, not only its last part.
         "seconds_all_invocations": wall.seconds,

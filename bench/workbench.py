@@ -235,5 +235,10 @@ class Workbench:
         return dict(zip(ids, preds, strict=True))
 
     def test_ap(self, weights: Path) -> APResult:
+        """AP of a model on the test split, against its expert boxes, over every class of ``names``."""
         preds = self.predict(weights, self.test_ids, conf=AP_CONF)
-        return evaluate_ap([self.records[i].expert for i in self.test_ids], [preds[i] for i in self.test_ids])
+        return evaluate_ap(
+            [self.records[i].expert for i in self.test_ids],
+            [preds[i] for i in self.test_ids],
+            num_classes=len(self.names),
+        )

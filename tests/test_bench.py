@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, make_detections
+from PIL import Image
 
 from bench.cost import instance_decisions, review
 from bench.loop import LoopConfig, _budget_counts, boxes_touched
@@ -254,7 +255,7 @@ def _write_user_dataset(root: Path, *, splits: bool) -> None:
     (root / "img").mkdir()
     images = []
     for k in range(10):
-        (root / "img" / f"{k}.png").write_bytes(b"png")
+        Image.new("RGB", (64, 48)).save(root / "img" / f"{k}.png")
         entry = {"id": k + 1, "file_name": f"img/{k}.png", "width": 64, "height": 48}
         if splits:
             entry["split"] = "train" if k < 6 else "val" if k < 8 else "test"
