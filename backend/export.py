@@ -9,8 +9,15 @@ Per task, one of three sources gives the exported boxes:
   thresholds, predictions at the same ``PREDICT_CONF``), applied by ``correct_labels``;
 * ``crowd``: the crowd labels as they are, when the plan changes nothing.
 
-Where the model version has a grade calibration (``backend.calibration``), the findings are regraded with it
-first, as ``/predict`` regrades them, so the export applies the fixes the annotators were shown.
+The model version is loaded and fed as ``/predict`` does (``backend.service.ModelService``): tiled under
+``TILE_SIZE``, images normalised with the version's recorded ``image_normalization``, and, where the version
+has a grade calibration (``backend.calibration``), the findings regraded with it first; so the export applies
+the fixes the annotators were shown.
+
+Tasks nobody labelled (no crowd labels under ``CROWD_SOURCE``, no expert annotation) are left out and listed
+in ``manifest.json``'s ``unlabelled``. Crowd boxes of a label the model cannot predict (added to the labelling
+config after it was trained) are exported as the crowd drew them, unscored, with one warning naming the
+labels (``counts.unscored_crowd_boxes``, ``model.unpredicted_labels``).
 
 Instances the plan leaves for an expert (grade ``uncertain``, edit ``review``) stay as the crowd drew them
 (a prediction under review is not added) and are listed in ``review.json`` / ``review.csv``. ``manifest.json``
@@ -37,7 +44,9 @@ name) with the image's suffix, prefixed ``task<id>_`` when two tasks would share
 case (``a.png``, ``a.jpg`` and ``A.png`` would share a YOLO label file or, on macOS and Windows, an image).
 
 Settings come from the backend's environment variables (``Settings.from_env``); flags override them.
-Exit status: 0 done, 2 bad options or settings, 1 Label Studio, model or image failures.
+Exit status: 0 done, 2 bad options or settings (checked before anything is loaded: an ``--out`` that is
+not a new or empty folder in a writable one), 1 Label Studio, model, image or disk failures (one ``error:``
+line; nothing is left half-written).
 """
 
 from __future__ import annotations
@@ -62,13 +71,14 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
-from backend.bootstrap import WEAK_MAP50, validation_map50
+from backend.bootstrap import WEAK_MAP50, has_crowd_labels, validation_map50
 from backend.crowd import CrowdLabels, CrowdReader
 from backend.images import ImageLoader, ImageLoadError, LoadedImage
-from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema
+from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema, predictable_labels
 from backend.protocol import task_image_url
 from backend.roles import CrowdPolicy, expert_annotation
 from backend.settings import ExpertPolicy, Settings, SettingsError, lsm_as_dict, settings_with_overrides
+from formats.images import ImageNormalization
 from formats.labelstudio import regions_to_detections
 from selection.calibration import Calibration, calibrated_verdict
 from selection.correction import CorrectionPlan, Edit, correct_labels, plan_corrections
@@ -93,6 +103,7 @@ __all__ = [
     "export_categories",
     "main",
     "review_items",
+    "unlabelled_tasks",
     "write_export",
 ]
 
@@ -133,6 +144,8 @@ class Decision:
             expert images.
         discrepancy: the image's LSM discrepancy (None for expert images).
         grade: the image's worst grade (None for expert images).
+        unscored: crowd boxes of labels the model has no class for, exported as the crowd drew them (not in
+            ``counts``, which count the boxes the plan acted on).
     """
 
     source: ImageSource
@@ -141,6 +154,7 @@ class Decision:
     counts: Mapping[str, int] = field(default_factory=dict)
     discrepancy: float | None = None
     grade: str | None = None
+    unscored: int = 0
 
 
 def decide(
@@ -151,8 +165,13 @@ def decide(
     config: LSMConfig,
     calibration: Calibration | None = None,
     agreement: np.ndarray | None = None,
+    predictable: np.ndarray | None = None,
 ) -> Decision:
     """Decide one image's exported boxes: the expert's, else the crowd's with the plan's fixes applied.
+
+    A crowd box of a label the model cannot predict (a label added to the config after training) would be
+    graded background and dropped: the model is blind to it, not the crowd wrong. Such boxes (``predictable``
+    False for their label) are left out of the scoring and exported as the crowd drew them.
 
     Args:
         crowd: the crowd boxes (pixels; class ids = label indices).
@@ -163,6 +182,8 @@ def decide(
         calibration: the model version's grade calibration (``backend.calibration``), applied as ``/predict``
             applies it; None: the LSM's own grades.
         agreement: float (M,) annotator agreement per crowd box, for the calibration (None: unknown).
+        predictable: bool (n_labels,) per label index, whether the model predicts that label
+            (:func:`predictable_labels`); None: every label.
 
     Returns:
         The decision (see :class:`Decision`).
@@ -178,11 +199,21 @@ def decide(
         ('auto-corrected', [[105.0, 100.0, 125.0, 120.0]], 1)
         >>> str(decide(crowd, None, crowd, config=LSMConfig()).source)
         'expert'
+        >>> blind = decide(crowd, Detections.empty(with_score=True), None, config=LSMConfig(),
+        ...                predictable=np.array([False]))  # the model has no class for label 0
+        >>> str(blind.source), blind.labels.xyxy.tolist(), blind.unscored
+        ('crowd', [[100.0, 100.0, 120.0, 120.0]], 1)
     """
     if expert is not None:
         return Decision(ImageSource.EXPERT, Detections(expert.xyxy, expert.class_id))
     if pred is None:
         raise ValueError("pred: predictions are needed for an image without an expert annotation")
+    as_drawn = Detections.empty()
+    if predictable is not None and len(crowd):
+        scored = predictable[crowd.class_id]
+        as_drawn = crowd.subset(~scored)
+        crowd = crowd.subset(scored)
+        agreement = agreement[scored] if agreement is not None else None
     score = score_image(crowd, pred, config=config)
     if calibration is not None:
         score = calibrated_verdict(crowd, pred, score, calibration, agreement=agreement, config=config)
@@ -191,11 +222,12 @@ def decide(
     changed = any(correction.counts[k] for k in _APPLIED)
     return Decision(
         source=ImageSource.AUTO_CORRECTED if changed else ImageSource.CROWD,
-        labels=correction.labels,
+        labels=Detections.concat([correction.labels, as_drawn]) if len(as_drawn) else correction.labels,
         plan=plan,
         counts=dict(correction.counts),
         discrepancy=float(score.discrepancy),
         grade=str(score.grade),
+        unscored=len(as_drawn),
     )
 
 
@@ -329,7 +361,7 @@ def _url_path(url: str) -> str:
     return unquote(parsed.path)
 
 
-def image_name(task: Mapping[str, Any], url: str) -> str:
+def image_name(task: Mapping[str, Any], url: str, *, default_suffix: str = ".png") -> str:
     """The image's name in the export: ``data.image_id`` (else the URL's file name) plus the image's suffix.
 
     >>> image_name({"id": 3, "data": {"image_id": "train/000012"}}, "/data/local-files/?d=d/000012.png")
@@ -341,7 +373,7 @@ def image_name(task: Mapping[str, Any], url: str) -> str:
     """
     data = task.get("data") or {}
     path = PurePosixPath(_url_path(url))
-    suffix = path.suffix.lower() if path.suffix.lower() in _IMAGE_SUFFIXES else ".png"
+    suffix = path.suffix.lower() if path.suffix.lower() in _IMAGE_SUFFIXES else default_suffix
     stem = str(data.get("image_id") or "") or (path.stem if path.name else "") or f"task{task.get('id')}"
     parts = [p for p in _UNSAFE.sub("_", stem).split("/") if p not in ("", ".", "..")]
     return "/".join(parts or [f"task{task.get('id')}"]) + suffix
@@ -387,8 +419,13 @@ def clean_tasks(
     progress: bool = False,
     crowd_reader: CrowdReader | None = None,
     calibration: Calibration | None = None,
+    normalization: ImageNormalization | None = None,
 ) -> list[CleanedTask]:
     """Decide every task's exported boxes (images loaded and predicted in chunks of ``batch``).
+
+    Tasks nobody labelled (:func:`unlabelled_tasks`: no crowd labels, no expert annotation) are left out:
+    their image is neither loaded nor exported. Crowd boxes of labels the model has no class for are exported
+    as drawn (see :func:`decide`), with one warning naming those labels.
 
     Args:
         tasks: Label Studio tasks with ``data`` and ``annotations`` (as ``LabelStudioSource.tasks`` gives
@@ -406,9 +443,11 @@ def clean_tasks(
             ``crowd_labels`` field or crowd users' annotations, fused per annotator); default: the field.
         calibration: the model version's grade calibration (None: the LSM's own grades), as ``/predict``
             regrades with it.
+        normalization: how images become the detector's uint8 pixels: the model version's recorded one, as
+            ``/predict`` loads them (``ModelService.image_normalization``); None: the loader's.
 
     Returns:
-        One :class:`CleanedTask` per task, in order.
+        One :class:`CleanedTask` per labelled task, in order.
 
     Raises:
         ExportError: a task's image cannot be loaded, its crowd labels or expert regions are malformed, or a
@@ -425,6 +464,9 @@ def clean_tasks(
             list(label_map.unmapped),
             list(schema.labels),
         )
+    predictable = predictable_labels(schema, label_map) if label_map is not None else None
+    unscored: Counter[str] = Counter()  # label -> crowd boxes exported as drawn (the model has no class)
+    tasks = [t for t in tasks if not _unlabelled(t, policy, reader)]
     taken: set[str] = set()  # image names without suffix, casefolded (see _unique_name)
     out: list[CleanedTask] = []
     bar = tqdm(total=len(tasks), desc="exporting", unit="task", disable=not progress)
@@ -439,11 +481,11 @@ def clean_tasks(
                 except ValueError as exc:
                     raise ExportError(str(exc)) from None
                 try:
-                    image = loader.load(url, task=str(tid))
+                    image = loader.load(url, task=str(tid), normalization=normalization)
                 except ImageLoadError as exc:
                     raise ExportError(str(exc)) from None
                 crowd, expert = _task_labels(task, schema, policy, reader, image)
-                name = _unique_name(image_name(task, url), tid, taken)
+                name = _unique_name(image_name(task, url, default_suffix=_suffix(image)), tid, taken)
                 if image_dir is not None:
                     _write_image(image, image_dir / name)
                 loaded.append((task, image, name, crowd, expert))
@@ -464,7 +506,11 @@ def clean_tasks(
                     config=config,
                     calibration=calibration,
                     agreement=crowd.agreement,
+                    predictable=predictable,
                 )
+                if decision.unscored and predictable is not None:
+                    blind = crowd.detections.class_id[~predictable[crowd.detections.class_id]]
+                    unscored.update(schema.labels[int(c)] for c in blind)
                 tid = int(task["id"])
                 review = (
                     review_items(decision.plan, task_id=tid, image=name, labels=schema.labels)
@@ -486,7 +532,35 @@ def clean_tasks(
             bar.update(len(chunk))
     finally:
         bar.close()
+    if unscored and detector is not None:
+        logger.warning(
+            "the model (classes %s) cannot predict the label(s) %s: their %d crowd boxes are exported as the "
+            "crowd drew them, unchecked; train a version that knows them to check them",
+            list(detector.names),
+            sorted(unscored),
+            sum(unscored.values()),
+        )
     return out
+
+
+def _unlabelled(task: Mapping[str, Any], policy: ExpertPolicy, reader: CrowdReader) -> bool:
+    return expert_annotation(task, policy) is None and not has_crowd_labels(task, reader)
+
+
+def unlabelled_tasks(
+    tasks: Iterable[Mapping[str, Any]], *, policy: ExpertPolicy, crowd_reader: CrowdReader
+) -> list[int]:
+    """Ids of the tasks nobody labelled, which the export leaves out: no expert annotation (``policy``) and no
+    crowd labels under the reader's ``CROWD_SOURCE`` (no ``crowd_labels`` field, or no crowd annotation;
+    ``backend.bootstrap.has_crowd_labels``, the bootstrap's rule). An empty ``crowd_labels`` list is a label:
+    the crowd saw nothing there.
+
+    >>> reader = CrowdReader(CrowdPolicy(), ExpertPolicy(), users=None)
+    >>> tasks = [{"id": 1, "data": {"crowd_labels": []}}, {"id": 2, "data": {}}]
+    >>> unlabelled_tasks(tasks, policy=ExpertPolicy.parse("ground_truth"), crowd_reader=reader)
+    [2]
+    """
+    return [int(t.get("id") or 0) for t in tasks if _unlabelled(t, policy, crowd_reader)]
 
 
 def _task_labels(
@@ -519,16 +593,45 @@ def _task_labels(
 
 
 def _write_image(image: LoadedImage, target: Path) -> None:
+    """The image file unchanged (copied, or the fetched bytes written) when its format is the name's suffix;
+    else re-encoded from the pixels the model saw (a .gif as PNG)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if image.path is not None and image.path.suffix.lower() == target.suffix:
         shutil.copyfile(image.path, target)
         return
     from PIL import Image
 
+    if image.data is not None and _file_format(image.data) == Image.registered_extensions().get(
+        target.suffix
+    ):
+        target.write_bytes(image.data)
+        return
     Image.fromarray(image.pixels).save(target)
 
 
-def _counts(cleaned: Sequence[CleanedTask]) -> dict[str, Any]:
+_FORMAT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+
+
+def _suffix(image: LoadedImage) -> str:
+    """The suffix of a fetched image's own format when the URL has none (a data URI, a storage proxy URL)."""
+    fmt = _file_format(image.data) if image.data is not None else None
+    return _FORMAT_SUFFIX.get(fmt or "", ".png")
+
+
+def _file_format(data: bytes) -> str | None:
+    """PIL's name of the format of an image file's bytes (``PNG``, ``JPEG``...), None if unknown."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return str(im.format) if im.format else None
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def _counts(cleaned: Sequence[CleanedTask], unlabelled: Sequence[int]) -> dict[str, Any]:
     sources = Counter(str(c.decision.source) for c in cleaned)
     edits: Counter[str] = Counter()
     for c in cleaned:
@@ -539,6 +642,9 @@ def _counts(cleaned: Sequence[CleanedTask]) -> dict[str, Any]:
         "boxes": int(sum(len(c.labels) for c in cleaned)),
         # crowd boxes on the images without an expert annotation (what the corrections act on)
         "crowd_boxes": int(sum(edits.get(k, 0) for k in ("kept", "moved", "dropped", "split"))),
+        # crowd boxes of labels the model cannot predict, exported as drawn (not among crowd_boxes)
+        "unscored_crowd_boxes": int(sum(c.decision.unscored for c in cleaned)),
+        "unlabelled": len(unlabelled),
         "review_instances": int(sum(len(c.review) for c in cleaned)),
         "review_images": int(sum(bool(c.review) for c in cleaned)),
         "edits": {k: edits.get(k, 0) for k in ("kept", "moved", "dropped", "split", "added", "flagged")},
@@ -553,6 +659,7 @@ def build_manifest(
     categories: Sequence[str],
     model: Mapping[str, Any] | None,
     settings: Settings,
+    unlabelled: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The export's ``manifest.json``: sources, model version, thresholds, counts, one row per image.
 
@@ -563,6 +670,7 @@ def build_manifest(
         categories: the exported category names (index = class id in the files).
         model: ``{"version", "family", "source"}`` of the model version used, or None when none was needed.
         settings: the settings in force (expert policy, ``PREDICT_CONF``, ``LSM_*``).
+        unlabelled: ids of the tasks left out because nobody labelled them (:func:`unlabelled_tasks`).
     """
     return {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -575,7 +683,8 @@ def build_manifest(
         "crowd": settings.crowd.describe(),
         "predict_conf": settings.predict_conf,
         "lsm": lsm_as_dict(settings.lsm),
-        "counts": _counts(cleaned),
+        "counts": _counts(cleaned, unlabelled),
+        "unlabelled": [int(t) for t in unlabelled],
         "images": [
             {
                 "task_id": c.task_id,
@@ -586,6 +695,7 @@ def build_manifest(
                 "discrepancy": None if c.decision.discrepancy is None else round(c.decision.discrepancy, 4),
                 "grade": c.decision.grade,
                 "edits": {k: int(v) for k, v in c.decision.counts.items() if v},
+                "unscored": c.decision.unscored,
             }
             for c in cleaned
         ],
@@ -873,24 +983,37 @@ def train_final(
     }
 
 
-def _version_calibration(version: ModelVersion) -> Calibration | None:
-    """The version's stored grade calibration, as ``/predict`` reads it (unreadable: a warning, and None)."""
-    from backend.calibration import calibration_path
-    from backend.service import read_calibration
-
-    path = calibration_path(version)
-    if not path.is_file():
-        return None
-    try:
-        return read_calibration(path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        logger.warning("calibration %s unreadable (%s); the LSM's grades are used", path, exc)
-        return None
-
-
 def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"--out: {out} exists and is not an empty folder; choose a new one")
+    """Refuse an ``--out`` the export could not be renamed into, before anything is loaded.
+
+    Raises:
+        ExportError: ``out`` names no folder of its own (``.``, ``..``, ``/``: the export is written beside it
+            and renamed), exists and is not an empty folder, or its parent cannot be written.
+    """
+    if out.name in ("", ".."):
+        raise ExportError(
+            f"--out: {str(out)!r} names no new folder (the export is written beside it, then renamed into "
+            "it); give a folder name, e.g. --out ./export"
+        )
+    try:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ExportError(f"--out: {out} exists and is not an empty folder; choose a new one")
+        parent = out.parent  # created by the export when missing: its nearest existing folder is written
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        writable = parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+    except OSError as exc:
+        raise ExportError(f"--out: {out}: {exc.strerror or exc}") from None
+    if not writable:
+        what = "is not a folder" if not parent.is_dir() else "is not writable"
+        raise ExportError(f"--out: {parent} {what}: the export cannot be written under it")
+
+
+def _check_final(fmt: ExportFormat, *, images: bool, final: bool) -> None:
+    if final and (fmt is ExportFormat.LS or not images):
+        raise ExportError(
+            "--train-final trains on the exported images: use --format coco or yolo, without --no-images"
+        )
 
 
 def run_export(
@@ -907,6 +1030,11 @@ def run_export(
 ) -> dict[str, Any]:
     """Export a project (what the CLI does); returns the manifest.
 
+    The model version is loaded and its images normalised as ``/predict`` does (``ModelService``: tiled when
+    ``TILE_SIZE`` is set; the version's recorded ``image_normalization``; its stored calibration), so the
+    export applies the fixes the annotators were shown. Tasks nobody labelled are left out and listed in the
+    manifest's ``unlabelled``.
+
     Args:
         settings: the backend settings (Label Studio connection, registry, policies, thresholds).
         project: the project id.
@@ -920,20 +1048,20 @@ def run_export(
             it to the manifest as ``final_model``.
 
     Raises:
-        ExportError: no such project, no model version when one is needed, unloadable images, bad tasks, a
-            final training without images, or a failed final training (the export stays written).
+        ExportError: a bad ``out``, no such project, Label Studio failing, no labelled task, no model version
+            when one is needed or one that cannot be loaded, unloadable images, bad tasks, a final training
+            without images, or a failed final training (the export stays written).
+        OSError: the export cannot be written (disk full...); nothing is left half-written.
     """
     from backend.labelconfig import LabelConfigError, parse_label_config
     from backend.lsclient import LabelStudioAuth
     from backend.lsproject import api_error_message
+    from backend.service import ModelService
     from backend.training import LabelStudioSource, count_expert_tasks
     from model.registry import ModelRegistry
 
     _check_out(out)
-    if final and (fmt is ExportFormat.LS or not images):
-        raise ExportError(
-            "--train-final trains on the exported images: use --format coco or yolo, without --no-images"
-        )
+    _check_final(fmt, images=images, final=final)
     if source is None:
         if not settings.label_studio_enabled:
             raise ExportError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or --url and --api-key) are needed")
@@ -950,45 +1078,79 @@ def run_export(
         schema = parse_label_config(config_xml)
     except LabelConfigError as exc:
         raise ExportError(f"project {project}: {exc}") from None
-    tasks = source.tasks(project)
+    try:
+        tasks = source.tasks(project)
+    except Exception as exc:  # the SDK's ApiError, requests' errors: Label Studio failed, not the options
+        raise ExportError(
+            f"project {project}: its tasks cannot be listed: {api_error_message(exc)}"
+        ) from None
     if not tasks:
         raise ExportError(f"project {project}: has no tasks")
+    reader = CrowdReader(settings.crowd, settings.expert, users=None)  # tasks carry completed_by_email
+    unlabelled = unlabelled_tasks(tasks, policy=settings.expert, crowd_reader=reader)
+    if len(unlabelled) == len(tasks):
+        raise ExportError(
+            f"project {project}: none of its {len(tasks)} tasks has crowd labels "
+            f"(CROWD_SOURCE={settings.crowd.describe()}) or an expert annotation "
+            f"(EXPERT_MODE={settings.expert.describe()}): nothing to export; import crowd labels with "
+            "python -m backend.ingest"
+        )
+    if unlabelled:
+        logger.info(
+            "%d of %d tasks have neither crowd labels nor an expert annotation: left out of the export "
+            "(manifest.json: unlabelled)",
+            len(unlabelled),
+            len(tasks),
+        )
 
-    registry = ModelRegistry(settings.model_dir)
-    detector = None
-    serving: ModelVersion | None = None
-    calibration: Calibration | None = None
-    model_info: dict[str, Any] | None = None
-    if count_expert_tasks(tasks, settings.expert) < len(tasks):
-        try:
-            mv = registry.get(version) if version else registry.latest()
-        except KeyError as exc:
-            raise ExportError(str(exc.args[0])) from None
-        if mv is None:
-            raise ExportError(
-                f"no model version in {settings.model_dir} (MODEL_DIR), and "
-                f"{len(tasks) - count_expert_tasks(tasks, settings.expert)} tasks have no expert annotation: "
-                f"train one first (python -m backend.bootstrap --project {project})"
-            )
-        from model.detector import load_detector
-
-        detector = load_detector(mv, device=settings.device)
-        serving = mv
-        calibration = _version_calibration(mv)
-        model_info = {
-            "version": mv.version,
-            "family": mv.family,
-            "source": mv.meta.get("source"),
-            "validation_map50": validation_map50(mv.meta),
-            "calibrated_types": None if calibration is None else calibration.fitted_types,
-        }
-        logger.info("predicting with %s", mv.version)
     auth = (
         LabelStudioAuth(str(settings.label_studio_url), str(settings.label_studio_api_key))
         if settings.label_studio_enabled
         else None
     )
     loader = ImageLoader.from_settings(settings, auth=auth)
+    registry = ModelRegistry(settings.model_dir)
+    detector = None
+    serving: ModelVersion | None = None
+    calibration: Calibration | None = None
+    normalization: ImageNormalization | None = None
+    model_info: dict[str, Any] | None = None
+    n_need = len(tasks) - count_expert_tasks(tasks, settings.expert) - len(unlabelled)
+    if n_need > 0:
+        try:
+            mv = registry.get(version) if version else registry.latest()
+        except KeyError as exc:
+            raise ExportError(str(exc.args[0])) from None
+        if mv is None:
+            raise ExportError(
+                f"no model version in {settings.model_dir} (MODEL_DIR), and {n_need} tasks have no expert "
+                f"annotation: train one first (python -m backend.bootstrap --project {project})"
+            )
+        # The service /predict serves from: the same loading (tiled under TILE_SIZE), normalisation and
+        # calibration, so the export applies exactly the fixes the annotators were shown.
+        service = ModelService(settings, loader=loader)
+        try:
+            service.switch(mv.version)
+            detector, _ = service.current(mv.version)
+            normalization = service.image_normalization(mv.version)
+        except Exception as exc:  # unknown family, weights gone or unreadable, a bad recorded normalisation
+            raise ExportError(
+                f"model version {mv.version}: cannot be loaded ({type(exc).__name__}: {exc})"
+            ) from None
+        serving = mv
+        calibration = service.calibration(mv.version)
+        blind = ~predictable_labels(schema, schema.label_map(detector.names))
+        model_info = {
+            "version": mv.version,
+            "family": mv.family,
+            "source": mv.meta.get("source"),
+            "validation_map50": validation_map50(mv.meta),
+            "calibrated_types": None if calibration is None else calibration.fitted_types,
+            "image_normalization": normalization.as_dict(),
+            "tiling": None if settings.tiling is None else settings.tiling.size,
+            "unpredicted_labels": [schema.labels[i] for i in np.flatnonzero(blind)],
+        }
+        logger.info("predicting with %s", mv.version)
     categories, _ = export_categories(schema)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -1005,11 +1167,18 @@ def run_export(
             batch=settings.predict_batch,
             image_dir=staging / "images" if with_images else None,
             progress=progress,
-            crowd_reader=CrowdReader(settings.crowd, settings.expert, users=None),
+            crowd_reader=reader,
             calibration=calibration,
+            normalization=normalization,
         )
         manifest = build_manifest(
-            cleaned, fmt=fmt, project=project, categories=categories, model=model_info, settings=settings
+            cleaned,
+            fmt=fmt,
+            project=project,
+            categories=categories,
+            model=model_info,
+            settings=settings,
+            unlabelled=unlabelled,
         )
         write_export(staging, cleaned, fmt=fmt, categories=categories, schema=schema, manifest=manifest)
         if out.exists():
@@ -1042,8 +1211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     os.environ.setdefault("YOLO_CONFIG_DIR", str(settings.scratch_dir / "yolo-config"))
     out = Path(args.out).expanduser()
-    try:
+    fmt = ExportFormat(args.format)
+    try:  # bad options: refused before Label Studio or the model is touched
         _check_out(out)
+        _check_final(fmt, images=not args.no_images, final=args.train_final)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -1051,7 +1222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest = run_export(
             settings,
             project=args.project,
-            fmt=ExportFormat(args.format),
+            fmt=fmt,
             out=out,
             version=args.version,
             images=not args.no_images,
@@ -1060,6 +1231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # disk full, a folder removed under the export: nothing is left half-written
+        print(f"error: the export to {out} failed ({exc})", file=sys.stderr)
         return 1
     counts = manifest["counts"]
     by = counts["by_source"]
@@ -1091,6 +1265,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"review: {counts['review_instances']} uncertain instances on {counts['review_images']} images "
         f"-> {out / 'review.csv'}"
     )
+    if manifest["unlabelled"]:
+        shown = ", ".join(str(t) for t in manifest["unlabelled"][:10])
+        more = f" and {len(manifest['unlabelled']) - 10} more" if len(manifest["unlabelled"]) > 10 else ""
+        print(
+            f"left out: {counts['unlabelled']} tasks nobody labelled (no crowd labels, no expert "
+            f"annotation): {shown}{more} (manifest.json: unlabelled)"
+        )
     final = manifest.get("final_model")
     if final is not None:
         quality = final["validation_map50"]

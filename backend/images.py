@@ -78,10 +78,13 @@ class LoadedImage:
         pixels: uint8 (H, W, 3) RGB from :meth:`ImageLoader.load`; from a resolver, the decoded pixels at
             their own depth (see ``formats.images.decode_image``), normalised by ``load``.
         path: the file on disk when the image came from one (training links it instead of copying).
+        data: the image file's bytes as fetched (HTTP, Label Studio, cloud storage, data URI), so the export
+            can write them unchanged; None when the image came from ``path``.
     """
 
     pixels: np.ndarray
     path: Path | None = None
+    data: bytes | None = None
 
     @property
     def width(self) -> int:
@@ -189,7 +192,7 @@ class ImageLoader:
         """
         decoded = self.decode(url, task=task)
         pixels = normalize_image(decoded.pixels, normalization or self.normalization)
-        return LoadedImage(pixels, path=decoded.path)
+        return LoadedImage(pixels, path=decoded.path, data=decoded.data)
 
     def decode(self, url: str, *, task: str = "?") -> LoadedImage:
         """Load one image with the resolver of its URL scheme, at the file's own depth (not normalised).
@@ -260,9 +263,10 @@ def _data_uri(loader: ImageLoader, url: str, where: str, task: str) -> LoadedIma
     if ";base64" not in header:
         raise ImageLoadError(f"{where}: only base64 data URIs are supported")
     try:
-        return LoadedImage(_decode(base64.b64decode(payload, validate=True), where))
+        data = base64.b64decode(payload, validate=True)
     except binascii.Error:
         raise ImageLoadError(f"{where}: invalid base64 payload", cause="undecodable") from None
+    return _fetched(data, where)
 
 
 def _local_file(loader: ImageLoader, url: str, where: str) -> LoadedImage | None:
@@ -283,9 +287,9 @@ def _http(loader: ImageLoader, url: str, where: str, task: str) -> LoadedImage:
         and loader.storage.on_label_studio(url)
         and is_label_studio_proxy(urlparse(url).path)
     ):
-        return LoadedImage(_decode(loader.storage.fetch_proxied(url, where=where), where))
+        return _fetched(loader.storage.fetch_proxied(url, where=where), where)
     local = _local_file(loader, url, where)
-    return local if local is not None else LoadedImage(_decode(loader.get(url, where), where))
+    return local if local is not None else _fetched(loader.get(url, where), where)
 
 
 def _label_studio_path(loader: ImageLoader, url: str, where: str, task: str) -> LoadedImage:
@@ -301,8 +305,8 @@ def _label_studio_path(loader: ImageLoader, url: str, where: str, task: str) -> 
             + (" (or set LOCAL_FILES_DOCUMENT_ROOT)" if url.startswith("/data/local-files") else "")
         )
     if loader.storage is not None and is_label_studio_proxy(urlparse(url).path):
-        return LoadedImage(_decode(loader.storage.fetch_proxied(url, where=where), where))
-    return LoadedImage(_decode(loader.get(loader.label_studio_url + url, where), where))
+        return _fetched(loader.storage.fetch_proxied(url, where=where), where)
+    return _fetched(loader.get(loader.label_studio_url + url, where), where)
 
 
 def _cloud_uri(loader: ImageLoader, url: str, where: str, task: str) -> LoadedImage:
@@ -312,7 +316,7 @@ def _cloud_uri(loader: ImageLoader, url: str, where: str, task: str) -> LoadedIm
             f"{where}: a cloud storage URI is fetched through Label Studio: set LABEL_STUDIO_URL and "
             "LABEL_STUDIO_API_KEY (the backend holds no cloud credentials)"
         )
-    return LoadedImage(_decode(loader.storage.fetch_cloud(url, task=task, where=where), where))
+    return _fetched(loader.storage.fetch_cloud(url, task=task, where=where), where)
 
 
 RESOLVERS: dict[str, Resolver] = {
@@ -323,6 +327,11 @@ RESOLVERS: dict[str, Resolver] = {
     **dict.fromkeys(sorted(CLOUD_SCHEMES), _cloud_uri),
 }
 """URL scheme (lower case; ``""`` for a path) -> the resolver that loads it."""
+
+
+def _fetched(data: bytes, where: str) -> LoadedImage:
+    """Fetched bytes -> the image, decoded at its own depth, keeping the bytes."""
+    return LoadedImage(_decode(data, where), data=data)
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:

@@ -33,6 +33,7 @@ __all__ = [
     "LabelNames",
     "LabelSchema",
     "parse_label_config",
+    "predictable_labels",
 ]
 
 DROP_LABEL_NAMES = ("background", "drop", "delete", "noise")
@@ -160,6 +161,21 @@ class LabelSchema:
             label_to_class.setdefault(self.labels[label_index], c)
         unmapped = tuple(str(n) for c, n in enumerate(model_names) if c not in class_to_label)
         return LabelMap(class_to_label, LabelNames(label_to_class), unmapped)
+
+
+def predictable_labels(schema: LabelSchema, label_map: LabelMap) -> np.ndarray:
+    """bool (n_labels,): per label of the config, whether the model's findings on crowd boxes of it mean
+    anything: True for the labels a model class maps to, and for deletion labels (``background``...); False
+    for the others, which the model was trained without (a label added later): scored, their boxes would all
+    look like background. ``/predict`` and the export leave such boxes unscored, as the crowd drew them.
+
+    >>> schema = LabelSchema("label", "image", "image", ("deposit", "rock", "background"))
+    >>> predictable_labels(schema, schema.label_map(["deposit"])).tolist()
+    [True, False, True]
+    """
+    mapped = np.zeros(len(schema.labels), bool)
+    mapped[list(label_map.class_to_label.values())] = True
+    return mapped | np.array([lab.casefold() in DROP_LABEL_NAMES for lab in schema.labels], bool)
 
 
 def parse_label_config(xml: str | None) -> LabelSchema:

@@ -23,14 +23,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from backend.crowd import CrowdLabels, CrowdReader
 from backend.images import ImageLoader, ImageLoadError, LoadedImage
-from backend.labelconfig import LabelSchema
+from backend.labelconfig import LabelSchema, predictable_labels
 from backend.protocol import (
     TaskFields,
     build_prediction,
@@ -351,6 +351,7 @@ class ModelService:
         names = list(detector.names)
         normalization = self.image_normalization(served)
         label_map = schema.label_map(names)
+        predictable = predictable_labels(schema, label_map)
         if label_map.unmapped:
             key = f"{names}->{schema.labels}"
             if key not in self._warned_unmapped:
@@ -395,7 +396,9 @@ class ModelService:
                     continue
                 try:
                     mapped = label_map.to_labels(pred)
-                    out[i] = self._score_one(tasks[i], image, crowd, mapped, schema, served)
+                    out[i] = self._score_one(
+                        tasks[i], image, _scorable(crowd, predictable), mapped, schema, served
+                    )
                 except Exception as exc:  # a bug or odd input in one task must not fail the batch
                     logger.debug("scoring task %s failed", name, exc_info=True)
                     reason = f"task {name}: scoring failed ({type(exc).__name__}: {exc})"
@@ -506,3 +509,15 @@ def _predict_one(detector: Detector, pixels: np.ndarray, conf: float) -> Detecti
         return detector.predict([pixels], conf=conf, batch=1)[0]
     except Exception as exc:
         return exc
+
+
+def _scorable(labels: CrowdLabels, predictable: np.ndarray) -> CrowdLabels:
+    """The crowd boxes the model can judge: those of a label it was trained without (``predictable_labels``
+    False: a label added to the config later) are left out of the scoring, so no finding proposes deleting
+    them; annotators still see them as the crowd drew them."""
+    dets = labels.detections
+    if len(dets) == 0 or bool(predictable[dets.class_id].all()):
+        return labels
+    keep = predictable[dets.class_id]
+    votes = labels.votes[keep] if labels.votes is not None else None
+    return replace(labels, detections=dets.subset(keep), votes=votes)

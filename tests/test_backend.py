@@ -460,6 +460,26 @@ def test_predict_with_model(model_client):
     assert client.get("/health").json()["model_version"] == version
 
 
+def test_predict_leaves_crowd_boxes_of_a_label_the_model_lacks_unscored(model_client):
+    # The model knows "deposit" only; "rock" was added to the config later. Scored, the rock box (nothing
+    # predicted there) would be a confident background finding proposed for deletion.
+    client, _, _ = model_client
+    config = LABEL_CONFIG.replace("</RectangleLabels>", '<Label value="rock"/></RectangleLabels>')
+    pixels = disc_image(96, [(30, 30, 10)], seed=3)
+    crowd = [
+        {"x": 20.0, "y": 20.0, "width": 20.0, "height": 20.0, "label": "deposit"},
+        {"x": 70.0, "y": 70.0, "width": 15.0, "height": 15.0, "label": "rock"},
+    ]
+    resp = client.post(
+        "/predict", json={"tasks": [make_task(7, data_uri(pixels), crowd)], "label_config": config}
+    )
+    assert resp.status_code == 200, resp.text
+    regions = resp.json()["results"][0]["result"]
+    assert [r["id"] for r in regions if r["id"].startswith(("crowd", "drop-crowd"))]  # the deposit box
+    assert not [r for r in regions if "crowd1" in r["id"]]  # the rock box: neither kept nor dropped
+    assert not [r for r in regions if r["value"]["rectanglelabels"] == ["rock"]]
+
+
 @pytest.mark.parametrize(
     ("task", "cause", "message"),
     [

@@ -107,13 +107,93 @@ def test_crowd_items_map_labels_to_classes_and_keep_negatives(tmp_path):
 def test_a_project_without_crowd_labels_is_refused(tmp_path):
     tasks = _tasks(2)
     for t in tasks:
-        t["data"]["crowd_labels"] = []
+        del t["data"]["crowd_labels"]
     with pytest.raises(
-        BootstrapError, match=r"project 3: none of its 2 tasks has crowd labels .*backend.ingest"
+        BootstrapError, match=r"project 3: none of its 2 tasks has crowd labels .*backend\.ingest"
     ):
         prepare_bootstrap(
             _settings(tmp_path), FakeSource(tasks), 3, loader=ImageLoader(), job_dir=tmp_path / "job"
         )
+
+
+@pytest.mark.parametrize("boxes", ["none", "background only"])
+def test_crowd_labels_without_a_box_to_train_are_refused_as_such(tmp_path, boxes):
+    """Every task has crowd labels, but no box survives: importing them again would not help."""
+    tasks = _tasks(2)
+    for t in tasks:
+        crowd = t["data"]["crowd_labels"]
+        t["data"]["crowd_labels"] = [] if boxes == "none" else [{**b, "label": "background"} for b in crowd]
+    with pytest.raises(BootstrapError) as caught:
+        prepare_bootstrap(
+            _settings(tmp_path), FakeSource(tasks), 3, loader=ImageLoader(), job_dir=tmp_path / "job"
+        )
+    message = str(caught.value)
+    assert message.startswith(
+        "project 3: the crowd labels (data.crowd_labels) of its 2 labelled tasks hold no box of a class to "
+        "train (Deposit): no box at all, or only boxes of deletion labels such as background"
+    )
+    assert "none of its" not in message and "backend.ingest" not in message
+
+
+def test_a_config_of_deletion_labels_only_is_refused(tmp_path):
+    class OnlyBackground(FakeSource):
+        def label_config(self, project: int | None) -> str:
+            return CONFIG_XML.replace('<Label value="Deposit"/>', "")
+
+    tasks = _tasks(1)
+    tasks[0]["data"]["crowd_labels"] = []
+    with pytest.raises(BootstrapError, match=r"labels \['background'\] are all deletion labels"):
+        prepare_bootstrap(
+            _settings(tmp_path), OnlyBackground(tasks), 3, loader=ImageLoader(), job_dir=tmp_path / "j"
+        )
+
+
+class Unreachable(FakeSource):
+    """Label Studio failing while the tasks are listed."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__([])
+        self.error = error
+
+    def tasks(self, project: int | None) -> list[dict[str, Any]]:
+        raise self.error
+
+
+def _api_error() -> Exception:
+    from label_studio_sdk.core.api_error import ApiError
+
+    return ApiError(status_code=500, body={"detail": "database is locked"})
+
+
+def test_label_studio_failing_to_list_the_tasks_is_a_source_error(tmp_path):
+    import requests
+
+    from backend.bootstrap import BootstrapSourceError
+
+    cases = [
+        (_api_error(), "HTTP 500: database is locked"),
+        (requests.ConnectionError("connection refused"), "ConnectionError: connection refused"),
+    ]
+    for error, why in cases:
+        with pytest.raises(BootstrapSourceError) as caught:
+            prepare_bootstrap(
+                _settings(tmp_path), Unreachable(error), 3, loader=ImageLoader(), job_dir=tmp_path / "j"
+            )
+        assert str(caught.value) == f"project 3: its tasks cannot be listed: {why}"
+
+
+def test_cli_label_studio_failures_exit_1_with_one_line(tmp_path, monkeypatch, capsys):
+    for var in ("MODEL_WEIGHTS", "CROWD_SOURCE", "EXPERT_MODE", "WORK_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("backend.training.LabelStudioSource", lambda settings: Unreachable(_api_error()))
+    argv = ["--project", "3", "--no-progress", "--model-dir", str(tmp_path / "m")]
+    assert main([*argv, "--url", LS["LABEL_STUDIO_URL"], "--api-key", LS["LABEL_STUDIO_API_KEY"]]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (
+        err.strip().splitlines()[-1]
+        == "error: project 3: its tasks cannot be listed: HTTP 500: database is locked"
+    )
 
 
 def test_bootstrap_errors_name_what_to_fix(tmp_path):
@@ -204,7 +284,10 @@ def test_setup_on_an_empty_backend_starts_the_bootstrap_and_health_reports_it(tm
     assert app.state.trainer.wait(30)
     training = client.get("/health").json()["training"]
     assert training["state"] == "failed" and training["kind"] == "bootstrap"
-    assert "project 7: none of its 2 tasks has crowd labels" in training["last_error"]
+    assert (
+        "project 7: the crowd labels (data.crowd_labels) of its 2 labelled tasks hold no box"
+        in training["last_error"]
+    )
     resp = client.post("/predict", json={"tasks": [tasks[0]], "label_config": CONFIG_XML, "project": "7.1"})
     assert resp.status_code == 503 and "trained on the crowd labels" in resp.json()["detail"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -534,3 +535,291 @@ def test_final_training_job_holds_out_a_tenth_of_the_expert_images(tmp_path):
         model_dir=tmp_path / "model",
     )
     assert not few["val_held_out"] and len(few["val"]) == 5 and len(few["train"]) == 15
+
+
+# --- the export predicts as /predict does -------------------------------------------------------------------
+
+
+def _publish(settings: Settings, tmp_path: Path, meta: dict[str, Any] | None = None) -> Any:
+    from model.registry import ModelRegistry
+
+    weights = tmp_path / "fake.pt"
+    weights.write_bytes(b"not read: the detector is faked")
+    return ModelRegistry(settings.model_dir).publish(weights, {"family": "yolo", **(meta or {})})
+
+
+def _fake_model(monkeypatch: pytest.MonkeyPatch, detector: Any) -> None:
+    import model.detector
+
+    monkeypatch.setattr(model.detector, "load_detector", lambda version, device=None: detector)
+
+
+def test_run_export_predicts_tile_by_tile_under_tile_size_as_predict_does(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from model.tiling import TileConfig
+
+    settings = replace(_settings(tmp_path), tiling=TileConfig(size=64, overlap=16))
+    _publish(settings, tmp_path)
+    detector = _detector()
+    _fake_model(monkeypatch, detector)
+    manifest = run_export(
+        settings, project=4, fmt=ExportFormat.COCO, out=tmp_path / "out", source=FakeSource(_tasks())
+    )
+    # The 160 and 170 px wide images reach the model as tiles of at most 64 px, as /predict tiles them.
+    assert detector.calls and max(detector.calls) <= 64
+    assert manifest["model"]["tiling"] == 64
+
+
+class PixelRecorder(WidthKeyedDetector):
+    """The fake detector, recording the pixel range of each image it sees."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.ranges: list[tuple[int, int]] = []
+
+    def predict(self, images: Any, *, conf: float = 0.01, batch: int = 16) -> list[Detections]:
+        self.ranges += [(int(np.min(im)), int(np.max(im))) for im in images]
+        return super().predict(images, conf=conf, batch=batch)
+
+
+def test_run_export_normalises_images_as_the_version_was_trained(tmp_path, monkeypatch):
+    from backend_helpers import data_uri
+
+    settings = _settings(tmp_path)  # IMAGE_NORMALIZE=auto: an 8-bit image would pass unchanged
+    _publish(settings, tmp_path, {"image_normalization": {"mode": "percentile", "percentiles": [0, 100]}})
+    detector = PixelRecorder()
+    _fake_model(monkeypatch, detector)
+    task = _task(2, 160, NOISY)
+    task["data"]["image"] = data_uri(np.tile(np.linspace(100, 150, 160).astype(np.uint8), (100, 1)))
+    manifest = run_export(
+        settings, project=4, fmt=ExportFormat.LS, out=tmp_path / "out", source=FakeSource([task])
+    )
+    assert detector.ranges == [(0, 255)]  # stretched by the version's percentile normalisation
+    assert manifest["model"]["image_normalization"]["mode"] == "percentile"
+
+
+# --- tasks nobody labelled, labels the model cannot predict -------------------------------------------------
+
+
+def _unlabelled_task(tid: int, width: int) -> dict[str, Any]:
+    task = _task(tid, width, CLEAN)
+    del task["data"]["crowd_labels"]  # under CROWD_SOURCE=field the crowd's annotation does not count
+    return task
+
+
+def test_tasks_nobody_labelled_are_left_out_and_listed(tmp_path, monkeypatch):
+    from backend.crowd import CrowdReader
+    from backend.export import unlabelled_tasks
+    from backend.roles import CrowdPolicy
+
+    tasks = [*_tasks(), _unlabelled_task(4, 180)]
+    assert [c.task_id for c in _clean(tasks, _detector())] == [1, 2, 3]
+    # Under CROWD_SOURCE=annotations, a task without a crowd annotation is the unlabelled one.
+    reader = CrowdReader(CrowdPolicy.parse("annotations", "all_but_experts"), POLICY, users=None)
+    no_crowd = _task(5, 190, CLEAN)
+    no_crowd["annotations"] = []
+    assert unlabelled_tasks([*tasks, no_crowd], policy=POLICY, crowd_reader=reader) == [5]
+    assert [c.task_id for c in _clean([*tasks, no_crowd], _detector(), crowd_reader=reader)] == [1, 2, 3, 4]
+
+    settings = _settings(tmp_path)
+    _publish(settings, tmp_path)
+    _fake_model(monkeypatch, _detector())
+    out = tmp_path / "out"
+    manifest = run_export(settings, project=4, fmt=ExportFormat.YOLO, out=out, source=FakeSource(tasks))
+    assert manifest["unlabelled"] == [4] and manifest["counts"]["unlabelled"] == 1
+    assert manifest["counts"]["images"] == 3 and [r["task_id"] for r in manifest["images"]] == [1, 2, 3]
+    assert sorted(p.name for p in (out / "images" / "img").iterdir()) == ["001.png", "002.png", "003.png"]
+
+
+def test_unlabelled_tasks_need_no_model_and_an_unlabelled_project_is_refused(tmp_path):
+    settings = _settings(tmp_path)  # an empty registry
+    tasks = [_task(1, 150, NOISY, expert=EXPERT_BOXES), _unlabelled_task(4, 180)]
+    kw: dict[str, Any] = {"project": 4, "fmt": ExportFormat.COCO, "progress": False}
+    manifest = run_export(settings, out=tmp_path / "a", source=FakeSource(tasks), **kw)
+    assert manifest["model"] is None and manifest["unlabelled"] == [4]
+    with pytest.raises(
+        ExportError, match=r"project 4: none of its 1 tasks has crowd labels .*backend.ingest"
+    ):
+        run_export(settings, out=tmp_path / "b", source=FakeSource(tasks[1:]), **kw)
+    assert not (tmp_path / "b").exists()
+
+
+ROCK_XML = CONFIG_XML.replace('"deposit"/>', '"deposit"/><Label value="rock"/>')  # added after training
+ROCK = parse_label_config(ROCK_XML)
+
+
+def test_decide_keeps_crowd_boxes_of_labels_the_model_cannot_predict():
+    crowd = make_detections([[10, 10, 30, 30], [60, 60, 80, 80]], classes=[0, 1])  # deposit, rock
+    plain = decide(crowd, CLEAN_PRED, None, config=LSMConfig())
+    assert plain.counts["dropped"] == 1 and len(plain.labels) == 1  # the rock box, graded background
+    blind = decide(crowd, CLEAN_PRED, None, config=LSMConfig(), predictable=np.array([True, False, True]))
+    assert str(blind.source) == "crowd" and blind.unscored == 1 and blind.counts["dropped"] == 0
+    np.testing.assert_allclose(blind.labels.xyxy, crowd.xyxy)
+    assert blind.labels.class_id.tolist() == [0, 1]
+
+
+def test_crowd_boxes_of_a_label_added_after_training_are_exported_as_drawn(tmp_path, monkeypatch, caplog):
+    crowd = make_detections([[10, 10, 30, 30], [60, 60, 80, 80]], classes=[0, 1])  # deposit, rock
+    tasks = [
+        {
+            "id": tid,
+            "data": {
+                "image": _uri(width),
+                "crowd_labels": detections_to_crowd_labels(
+                    crowd, width=width, height=100, labels=ROCK.labels
+                ),
+            },
+        }
+        for tid, width in ((1, 170), (2, 175))
+    ]
+    detector = WidthKeyedDetector({170: CLEAN_PRED, 175: CLEAN_PRED})  # the model knows "deposit" only
+
+    class RockSource(FakeSource):
+        def label_config(self, project: int | None) -> str:
+            return ROCK_XML
+
+    settings = _settings(tmp_path)
+    _publish(settings, tmp_path)
+    _fake_model(monkeypatch, detector)
+    out = tmp_path / "out"
+    manifest = run_export(settings, project=4, fmt=ExportFormat.COCO, out=out, source=RockSource(tasks))
+    images = from_coco(json.loads((out / "annotations.json").read_text()))
+    for tid in (1, 2):
+        np.testing.assert_allclose(images[tid].detections.xyxy, crowd.xyxy, atol=0.01)
+        assert images[tid].detections.class_id.tolist() == [0, 1]  # categories deposit, rock
+    assert manifest["counts"]["unscored_crowd_boxes"] == 2 and manifest["counts"]["edits"]["dropped"] == 0
+    assert manifest["model"]["unpredicted_labels"] == ["rock"]
+    assert [r["source"] for r in manifest["images"]] == ["crowd", "crowd"]
+    warnings = [r.getMessage() for r in caplog.records if "cannot predict the label" in r.getMessage()]
+    assert len(warnings) == 1 and "['rock']" in warnings[0]
+
+
+# --- the command line: one error line, the documented exit status -------------------------------------------
+
+
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    """The environment and Label Studio of ``python -m backend.export`` (the source faked); the tasks."""
+    for var in ("MODEL_WEIGHTS", "EXPERT_MODE", "CROWD_SOURCE", "TILE_SIZE", "LOCAL_FILES_DOCUMENT_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "k" * 40)
+    monkeypatch.setenv("EXPERT_MODE", f"emails:{EXPERT}")
+    tasks = [*_tasks(), _unlabelled_task(4, 180)]
+    monkeypatch.setattr("backend.training.LabelStudioSource", lambda settings: FakeSource(tasks))
+    return tasks
+
+
+def _main(*args: str) -> int:
+    from backend.export import main
+
+    return main(["--project", "4", "--format", "coco", "--no-progress", *args])
+
+
+def _one_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_cli_summary_lists_the_tasks_left_out(tmp_path, monkeypatch, capsys, cli_env):
+    _publish(_settings(tmp_path), tmp_path)
+    _fake_model(monkeypatch, _detector())
+    assert _main("--out", str(tmp_path / "out")) == 0
+    printed = capsys.readouterr().out
+    assert "3 images exported as coco" in printed
+    assert "left out: 1 tasks nobody labelled (no crowd labels, no expert annotation): 4" in printed
+
+
+def test_cli_refuses_bad_out_folders_before_loading_anything(tmp_path, monkeypatch, capsys, cli_env):
+    monkeypatch.chdir(tmp_path)
+    assert _main("--out", ".") == 2
+    assert _one_error(capsys).startswith("error: --out: '.' names no new folder")
+    (tmp_path / "file.txt").write_text("x")
+    assert _main("--out", "file.txt/export") == 2
+    assert (
+        _one_error(capsys) == "error: --out: file.txt is not a folder: the export cannot be written under it"
+    )
+    assert _main("--out", "x", "--format", "ls", "--train-final") == 2
+    assert "--train-final trains on the exported images" in _one_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # nothing written, no model dir read
+
+
+def test_cli_refuses_an_unwritable_parent(tmp_path, monkeypatch, capsys, cli_env):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() == 0:  # root writes anywhere: the permission is what os.access says for others
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real(path, mode))
+    assert _main("--out", str(locked / "new" / "export")) == 2
+    assert (
+        _one_error(capsys) == f"error: --out: {locked} is not writable: the export cannot be written under it"
+    )
+    assert not any(locked.iterdir())
+
+
+def test_cli_label_studio_and_model_failures_exit_1_with_one_line(tmp_path, monkeypatch, capsys, cli_env):
+    import errno
+
+    import requests
+
+    import backend.export
+
+    class Unreachable(FakeSource):
+        def tasks(self, project: int | None) -> list[dict[str, Any]]:
+            raise requests.ConnectionError("connection refused")
+
+    out = str(tmp_path / "out")
+    with monkeypatch.context() as m:
+        m.setattr("backend.training.LabelStudioSource", lambda settings: Unreachable(cli_env))
+        assert _main("--out", out) == 1
+    assert (
+        _one_error(capsys)
+        == "error: project 4: its tasks cannot be listed: ConnectionError: connection refused"
+    )
+
+    mv = _publish(_settings(tmp_path), tmp_path, {"family": "no-such-family"})
+    assert _main("--out", out) == 1
+    assert _one_error(capsys).startswith(
+        f"error: model version {mv.version}: cannot be loaded (ValueError: family: expected one of"
+    )
+
+    def gone(version: Any, device: Any = None) -> Any:
+        raise FileNotFoundError(2, "No such file or directory", str(version.weights))
+
+    monkeypatch.setattr("model.detector.load_detector", gone)
+    assert _main("--out", out) == 1
+    assert "cannot be loaded (FileNotFoundError: [Errno 2] No such file or directory" in _one_error(capsys)
+
+    _fake_model(monkeypatch, _detector())
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(backend.export, "write_export", disk_full)
+    assert _main("--out", out) == 1
+    assert _one_error(capsys) == f"error: the export to {out} failed ([Errno 28] No space left on device)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.pt", "models"]  # nothing half-written
+
+
+def test_fetched_images_are_written_byte_for_byte(tmp_path):
+    """A JPEG upload or a 16-bit PNG is exported as its file, not re-encoded from the model's 8-bit pixels."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    jpeg = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (100, 150, 3), np.uint8)).save(jpeg, "JPEG")
+    deep = io.BytesIO()
+    Image.fromarray(np.tile(np.arange(160, dtype=np.uint16) * 300, (100, 1))).save(deep, "PNG")
+    tasks = [_task(1, 150, CLEAN), _task(2, 160, CLEAN), _task(3, 170, CLEAN)]  # task 3: a PNG, as before
+    tasks[0]["data"]["image"] = "data:image/jpeg;base64," + base64.b64encode(jpeg.getvalue()).decode()
+    tasks[1]["data"]["image"] = "data:image/png;base64," + base64.b64encode(deep.getvalue()).decode()
+    cleaned = _clean(tasks, _detector(), image_dir=tmp_path)
+    assert [c.name for c in cleaned] == ["img/001.jpg", "img/002.png", "img/003.png"]  # the data's own format
+    assert (tmp_path / "img/001.jpg").read_bytes() == jpeg.getvalue()
+    assert (tmp_path / "img/002.png").read_bytes() == deep.getvalue()  # 16-bit, as fetched

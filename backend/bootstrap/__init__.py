@@ -48,6 +48,7 @@ __all__ = [
     "WEAK_MAP50",
     "BootstrapError",
     "BootstrapJob",
+    "BootstrapSourceError",
     "CrowdSource",
     "bootstrap_names",
     "crowd_training_items",
@@ -64,6 +65,10 @@ BOOTSTRAP_SOURCE = "crowd bootstrap"
 
 class BootstrapError(RuntimeError):
     """Nothing to train on, or a setting that stops the bootstrap; the message says what to do."""
+
+
+class BootstrapSourceError(BootstrapError):
+    """Label Studio could not be read (an HTTP error, a network failure): not the options' fault (exit 1)."""
 
 
 class CrowdSource(Protocol):
@@ -195,17 +200,33 @@ def prepare_bootstrap(
         progress: show a progress bar while reading images.
 
     Raises:
-        BootstrapError: no project given, no crowd labels, a bad ``init``, a malformed task.
+        BootstrapError: no project given, no crowd labels, crowd labels without a box of a class to train, a
+            bad ``init``, a malformed task.
+        BootstrapSourceError: Label Studio failed to give the config or the tasks (naming the HTTP status).
     """
+    from backend.lsproject import api_error_message
     from model.detector import get_family
 
     if project is None:
         raise BootstrapError("project: the bootstrap needs a project id")
     try:
-        schema = parse_label_config(source.label_config(project))
+        config_xml = source.label_config(project)
+    except Exception as exc:  # the SDK's ApiError, requests' errors
+        if getattr(exc, "status_code", None) == 404:
+            raise BootstrapError(f"project {project}: not found in Label Studio") from None
+        raise BootstrapSourceError(
+            f"project {project}: its labelling config cannot be read: {api_error_message(exc)}"
+        ) from None
+    try:
+        schema = parse_label_config(config_xml)
     except LabelConfigError as exc:
         raise BootstrapError(f"project {project}: {exc}") from None
-    tasks = source.tasks(project)
+    try:
+        tasks = source.tasks(project)
+    except Exception as exc:  # the SDK's ApiError, requests' errors
+        raise BootstrapSourceError(
+            f"project {project}: its tasks cannot be listed: {api_error_message(exc)}"
+        ) from None
     reader = CrowdReader(settings.crowd, settings.expert, users=None)  # tasks carry completed_by_email
     where = (
         f"data.{CROWD_FIELD}"
@@ -225,6 +246,11 @@ def prepare_bootstrap(
     except ValueError as exc:
         raise BootstrapError(f"--init: {str(exc).removeprefix('init: ')}") from None
     names = bootstrap_names(schema)
+    if not names:
+        raise BootstrapError(
+            f"project {project}: the labelling config's labels {list(schema.labels)} are all deletion "
+            "labels: add a label for the objects to detect"
+        )
     items = crowd_training_items(
         tasks,
         schema=schema,
@@ -235,8 +261,12 @@ def prepare_bootstrap(
         reader=reader,
     )
     n_boxes = sum(len(it.class_id) for it in items)
-    if n_boxes == 0:
-        raise no_crowd
+    if n_boxes == 0:  # labelled, but only empty lists or deletion labels: importing again would not help
+        raise BootstrapError(
+            f"project {project}: the crowd labels ({where}) of its {len(items)} labelled tasks hold no box "
+            f"of a class to train ({', '.join(names)}): no box at all, or only boxes of deletion labels such "
+            "as background; have the crowd draw the objects, or set MODEL_WEIGHTS to your own weights"
+        )
     items.sort(key=lambda it: str(it.path))
     # The same split as expert trainings: a tenth for validation from 10 images on, else validate on train.
     n_val = len(items) // 10 if len(items) >= 10 else 0

@@ -19,6 +19,7 @@ from typing import Any
 from backend.bootstrap import (
     WEAK_MAP50,
     BootstrapError,
+    BootstrapSourceError,
     CrowdSource,
     new_job_dir,
     prepare_bootstrap,
@@ -45,6 +46,7 @@ def run_bootstrap(
     Raises:
         BootstrapError: the registry already has a version (without ``force``), no such project, no crowd
             labels, a bad ``init``.
+        BootstrapSourceError: Label Studio failed (an HTTP error other than 404, a network failure).
         RuntimeError: the training job failed (its log named in the message).
     """
     from tqdm import tqdm
@@ -74,7 +76,7 @@ def run_bootstrap(
                 raise BootstrapError(
                     f"project {project}: not found in Label Studio at {settings.label_studio_url}"
                 ) from None
-            raise BootstrapError(f"project {project}: {api_error_message(exc)}") from None
+            raise BootstrapSourceError(f"project {project}: {api_error_message(exc)}") from None
     auth = (
         LabelStudioAuth(str(settings.label_studio_url), str(settings.label_studio_api_key))
         if settings.label_studio_enabled
@@ -159,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force,
             progress=not args.no_progress,
         )
+    except BootstrapSourceError as exc:  # Label Studio failed: the documented exit 1, not a bad option
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except BootstrapError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
