@@ -411,7 +411,9 @@ class ModelService:
         self, tasks: Sequence[Mapping[str, Any]], i: int, url: str, normalization: ImageNormalization
     ) -> LoadedImage | ImageLoadError:
         try:
-            return self.loader.load(url, task=_task_name(tasks[i], i), normalization=normalization)
+            image = self.loader.load(url, task=_task_name(tasks[i], i), normalization=normalization)
+            # Scoring needs the pixels only: the fetched file's bytes (kept for the export) go at once.
+            return replace(image, data=None) if image.data is not None else image
         except ImageLoadError as exc:
             return exc
 
