@@ -57,7 +57,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -269,8 +269,9 @@ def instance_features(
     drop = np.isnan(proposed).any(axis=1)
     prop_iou = np.zeros(n)
     if (~drop).any():
-        pi, _ = pair_geometry(own[~drop], np.nan_to_num(proposed[~drop]))
-        prop_iou[~drop] = np.diag(pi) if pi.size else 0.0
+        # Each box with its own proposal only (N pairs, not an N x N matrix for its diagonal).
+        pi, _ = pair_geometry(own[~drop][:, None, :], np.nan_to_num(proposed[~drop])[:, None, :])
+        prop_iou[~drop] = pi[:, 0, 0]
     crowd_overlap = np.zeros(n)
     if m > 1:
         ci, _ = pair_geometry(own, crowd.xyxy)
@@ -545,12 +546,20 @@ class TypeRule:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TypeRule:
-        """Inverse of ``to_dict``."""
+        """Inverse of ``to_dict``.
+
+        Raises:
+            ValueError: a rule that could not score (arrays of the wrong length, severities not sorted or not
+                paired with their outcomes, ``fitted`` not a boolean): a stored calibration fails when it is
+                read, not on every prediction after.
+        """
 
         def num(v: float | None) -> float:
             return float("inf") if v is None else float(v)
 
-        return cls(
+        if not isinstance(data.get("fitted"), bool):
+            raise ValueError(f"rule {data.get('noise_type')!r}: fitted: expected true or false")
+        rule = cls(
             noise_type=str(data["noise_type"]),
             fitted=bool(data["fitted"]),
             reason=str(data["reason"]),
@@ -566,6 +575,22 @@ class TypeRule:
             severities=np.array(data.get("severities") or [], np.float64),
             errors=np.array(data.get("errors") or [], bool),
         )
+        f = len(FEATURES)
+        for name, value, size in (
+            ("used", rule.used, f),
+            ("mean", rule.mean, f),
+            ("scale", rule.scale, f),
+            ("coef", rule.coef, f + 1),
+        ):
+            if value.shape != (size,):
+                raise ValueError(
+                    f"rule {rule.noise_type!r}: {name}: expected {size} values, got {value.size}"
+                )
+        if rule.severities.shape != rule.errors.shape:
+            raise ValueError(f"rule {rule.noise_type!r}: severities and errors: expected one outcome each")
+        if np.any(np.diff(rule.severities) < 0):
+            raise ValueError(f"rule {rule.noise_type!r}: severities: expected them sorted")
+        return rule
 
 
 def fitted_label(fitted: bool, reason: str) -> str:
@@ -630,11 +655,20 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
-        """Inverse of ``to_dict``."""
-        return cls(
-            rules={t: TypeRule.from_dict(r) for t, r in data["rules"].items()},
-            config=CalibrationConfig(**data.get("config", {})),
-        )
+        """Inverse of ``to_dict``. Config keys this version does not know (written by a newer one) are
+        ignored.
+
+        Raises:
+            ValueError: a rule keyed by another noise type than its own, or one that could not score
+                (:meth:`TypeRule.from_dict`).
+        """
+        rules = {t: TypeRule.from_dict(r) for t, r in data["rules"].items()}
+        for key, rule in rules.items():
+            if key != rule.noise_type or key not in {t.value for t in NoiseType}:
+                raise ValueError(f"rules: {key!r} holds a rule for {rule.noise_type!r}")
+        known = {f.name for f in fields(CalibrationConfig)}
+        config = {k: v for k, v in (data.get("config") or {}).items() if k in known}
+        return cls(rules=rules, config=CalibrationConfig(**config))
 
 
 def _rate_rule(

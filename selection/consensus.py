@@ -71,6 +71,10 @@ def merge_annotators(
         if not isinstance(dets, Detections):
             raise TypeError(f"dets_per_annotator[{k}]: expected Detections, got {type(dets).__name__}")
     scored = bool(dets_per_annotator) and all(d.score is not None for d in dets_per_annotator)
+    if len(dets_per_annotator) == 1:  # nothing to fuse: the boxes as drawn, in their order, one vote each
+        (only,) = dets_per_annotator
+        kept = np.full(len(only), int(min_votes) <= 1)
+        return only.subset(kept), np.ones(int(kept.sum()), np.int64)
     n_total = sum(len(d) for d in dets_per_annotator)
     if n_total == 0:
         return Detections.empty(with_score=scored), np.zeros(0, np.int64)

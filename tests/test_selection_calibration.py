@@ -259,6 +259,46 @@ def test_to_dict_round_trip(rng):
     assert again.rules["missed"].fix_threshold == float("inf")
 
 
+def _broken(stored: dict, change) -> dict:
+    stored = json.loads(json.dumps(stored))
+    change(stored)
+    return stored
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["rules"]["background"].update(coef=[0.0] * len(FEATURES)), "coef: expected 9 values"),
+        (lambda d: d["rules"]["background"].update(mean=[0.0] * 3), "mean: expected 8 values"),
+        (lambda d: d["rules"]["background"].update(errors=[True]), "one outcome each"),
+        (
+            lambda d: d["rules"]["background"].update(
+                severities=d["rules"]["background"]["severities"][::-1],
+                errors=d["rules"]["background"]["errors"][::-1],
+            ),
+            "expected them sorted",
+        ),
+        (lambda d: d["rules"]["background"].update(fitted="false"), "fitted: expected true or false"),
+        (
+            lambda d: d["rules"].update(missed=d["rules"]["background"]),
+            "'missed' holds a rule for 'background'",
+        ),
+    ],
+)
+def test_a_stored_calibration_that_could_not_score_fails_when_read(rng, change, message):
+    # Read through backend.service.read_calibration, a ValueError leaves the LSM's grades with a warning.
+    # Accepted, such a file failed every prediction after (a broadcast error, an index error in the weights).
+    cal = fit_calibration(LabelledFindings.concat([_synthetic(200, rng), _synthetic(4, rng, "missed")]))
+    with pytest.raises(ValueError, match=message):
+        Calibration.from_dict(_broken(cal.to_dict(), change))
+
+
+def test_config_keys_of_a_newer_version_are_ignored(rng):
+    cal = fit_calibration(_synthetic(200, rng))
+    stored = _broken(cal.to_dict(), lambda d: d["config"].update(a_later_setting=3))
+    assert Calibration.from_dict(stored).config == cal.config
+
+
 def _image():
     """One image: a clean box, a box on nothing, a badly placed box, and a deposit nobody boxed."""
     crowd = make_detections([[0, 0, 20, 20], [100, 100, 120, 120], [40, 40, 60, 60]])

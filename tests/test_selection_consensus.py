@@ -56,6 +56,12 @@ def test_a_single_annotator_is_returned_unchanged_with_one_vote_each() -> None:
     np.testing.assert_array_equal(merged.xyxy, one.xyxy)
     np.testing.assert_array_equal(merged.class_id, one.class_id)
     assert votes.tolist() == [1] * 12
+    # Scored boxes too come back in their own order (fusing goes best first, but there is nothing to fuse).
+    scored = make_detections(boxes, classes=one.class_id, scores=rng.random(12))
+    merged, _ = merge_annotators([scored])
+    np.testing.assert_array_equal(merged.xyxy, scored.xyxy)
+    np.testing.assert_array_equal(merged.score, scored.score)
+    assert len(merge_annotators([one], min_votes=2)[0]) == 0
 
 
 def test_scored_boxes_are_weighted_by_score_and_taken_best_first() -> None:
