@@ -36,6 +36,7 @@ RUN useradd --create-home --uid 1000 app \
 USER app
 
 EXPOSE 9090
+# With BASIC_AUTH_USER set, /health needs the credentials too.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD curl -fsS http://127.0.0.1:9090/health || exit 1
+    CMD curl -fsS ${BASIC_AUTH_USER:+-u "$BASIC_AUTH_USER:$BASIC_AUTH_PASS"} http://127.0.0.1:9090/health || exit 1
 CMD ["python", "-m", "backend", "--host", "0.0.0.0", "--port", "9090"]

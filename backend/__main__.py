@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from backend.settings import Settings, SettingsError
+from backend.settings import Settings, SettingsError, startup_problem
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+    problem = startup_problem(settings)
+    if problem is not None:
+        print(f"configuration error: {problem}", file=sys.stderr)
+        return 2
     logger = logging.getLogger("backend")
     settings.log_summary(logger)
     os.environ.setdefault("YOLO_CONFIG_DIR", str(settings.scratch_dir / "yolo-config"))

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from backend.roles import CrowdPolicy, annotation_email, check_roles, parse_emails
 from formats.images import DEFAULT_PERCENTILES, ImageNormalization, Normalize
@@ -35,8 +36,11 @@ __all__ = [
     "lsm_as_dict",
     "lsm_from_env",
     "lsm_variables",
+    "startup_problem",
     "tiling_from_env",
 ]
+
+logger = logging.getLogger(__name__)
 
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
@@ -137,10 +141,25 @@ def _bounded_int(environ: Mapping[str, str], name: str, default: int, *, low: in
 
 
 def _redis_url(text: str) -> str | None:
+    """``redis://host[:port][/db]`` (or ``rediss://``, ``unix://path``), checked as redis-py would read it, so
+    that a bad value stops the start with its name instead of failing at the first connection."""
     if not text:
         return None
+    expected = f"REDIS_URL: expected redis://host:port/db (or rediss://, unix://), got {text!r}"
     if not text.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError(f"REDIS_URL: expected redis://host:port/db (or rediss://, unix://), got {text!r}")
+        raise SettingsError(expected)
+    parsed = urlparse(text)
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise SettingsError(f"{expected} ({exc})") from None
+    if parsed.scheme == "unix":
+        if not parsed.path:
+            raise SettingsError(f"{expected}: no socket path")
+    elif not parsed.hostname:
+        raise SettingsError(f"{expected}: no host")
+    elif parsed.path.strip("/") and not parsed.path.strip("/").isdigit():
+        raise SettingsError(f"{expected}: the database is a number, got {parsed.path.strip('/')!r}")
     return text
 
 
@@ -575,3 +594,25 @@ def settings_with_overrides(
     for var in without:
         env.pop(var, None)
     return Settings.from_env(env)
+
+
+def startup_problem(settings: Settings) -> str | None:
+    """What would stop this process later although the variables parsed, checked once at start (backend and
+    worker; None when nothing): a ``DEVICE`` the machine cannot give (``cuda`` without a visible GPU, an index
+    past the visible ones), or a ``MODEL_DIR`` / ``WORK_DIR`` that cannot be created or written."""
+    from model.device import resolve_device
+
+    try:
+        resolved = resolve_device(settings.device)
+    except ValueError as exc:
+        return f"DEVICE: {exc}"
+    if settings.device == "auto" and resolved == "cpu":
+        logger.warning("DEVICE=auto: no CUDA device visible, running on the CPU")
+    for name, path in (("MODEL_DIR", settings.model_dir), ("WORK_DIR", settings.scratch_dir)):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return f"{name}: {path} cannot be created ({exc.strerror or exc})"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{name}: {path} is not writable"
+    return None

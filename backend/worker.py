@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from backend.settings import Settings, SettingsError
+from backend.settings import Settings, SettingsError, startup_problem
 
 
 def _worker_class() -> Any:
@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+    problem = startup_problem(settings)
+    if problem is not None:
+        print(f"configuration error: {problem}", file=sys.stderr)
+        return 2
     settings.log_summary(logging.getLogger("backend.worker"))
     os.environ.setdefault("YOLO_CONFIG_DIR", str(settings.scratch_dir / "yolo-config"))
     os.environ.setdefault("MPLCONFIGDIR", str(settings.scratch_dir / "mpl"))

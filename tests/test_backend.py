@@ -79,12 +79,32 @@ def test_settings_defaults_and_secrets_hidden(tmp_path):
         ({"MODEL_WEIGHTS": "/nonexistent/w.pt"}, "MODEL_WEIGHTS: no such file"),
         ({"LOCAL_FILES_DOCUMENT_ROOT": "/nonexistent/root"}, "LOCAL_FILES_DOCUMENT_ROOT: no such folder"),
         ({"TRAIN_INIT": "resnet"}, "TRAIN_INIT"),
+        ({"REDIS_URL": "redis://redis:notaport/0"}, "REDIS_URL: .*Port could not be cast"),
+        ({"REDIS_URL": "redis://"}, "REDIS_URL: .*no host"),
+        ({"REDIS_URL": "redis://redis:6379/zero"}, "REDIS_URL: .*the database is a number"),
+        ({"REDIS_URL": "unix://"}, "REDIS_URL: .*no socket path"),
     ],
 )
 def test_settings_errors_name_the_variable(tmp_path, env, message):
     full = {"MODEL_DIR": str(tmp_path), **env} if env else {}
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(full)
+
+
+def test_startup_problems_the_variables_cannot_show(tmp_path, monkeypatch):
+    from backend.settings import startup_problem
+
+    ok = Settings.from_env({"MODEL_DIR": str(tmp_path / "models"), "DEVICE": "cpu"})
+    assert startup_problem(ok) is None and (tmp_path / "models").is_dir()
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    no_gpu = Settings.from_env({"MODEL_DIR": str(tmp_path / "models"), "DEVICE": "cuda"})
+    assert (startup_problem(no_gpu) or "").startswith("DEVICE: ")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    under_a_file = Settings.from_env({"MODEL_DIR": str(blocker / "models"), "DEVICE": "cpu"})
+    assert (startup_problem(under_a_file) or "").startswith("MODEL_DIR: ")
+    for url in ("redis://redis:6379/0", "redis://localhost", "rediss://h:1/2", "unix:///tmp/r.sock"):
+        assert Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": url}).redis_url == url
 
 
 def test_settings_lsm_every_field_from_env(tmp_path):

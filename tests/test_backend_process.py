@@ -241,6 +241,14 @@ def test_backend_refuses_bad_settings(tmp_path):
         [sys.executable, "-m", "backend"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2 and "DEVICE: expected auto" in proc.stderr
+    # A value that parses but this machine cannot give stops the start too, not the first request.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = {**os.environ, "MODEL_DIR": str(blocker / "models"), "DEVICE": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "backend"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "configuration error: MODEL_DIR: " in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize(("nice", "idle"), [(0, False), (10, False), (19, True)])
