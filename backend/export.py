@@ -485,9 +485,10 @@ def clean_tasks(
                 except ImageLoadError as exc:
                     raise ExportError(str(exc)) from None
                 crowd, expert = _task_labels(task, schema, policy, reader, image)
-                name = _unique_name(image_name(task, url, default_suffix=_suffix(image)), tid, taken)
+                fmt = _file_format(image.data) if image.data is not None else None  # read once, used twice
+                name = _unique_name(image_name(task, url, default_suffix=_suffix(fmt)), tid, taken)
                 if image_dir is not None:
-                    _write_image(image, image_dir / name)
+                    _write_image(image, image_dir / name, fmt)
                 loaded.append((task, image, name, crowd, expert))
             need = [i for i, item in enumerate(loaded) if item[4] is None]
             preds: dict[int, Detections] = {}
@@ -592,18 +593,17 @@ def _task_labels(
     return crowd, expert
 
 
-def _write_image(image: LoadedImage, target: Path) -> None:
-    """The image file unchanged (copied, or the fetched bytes written) when its format is the name's suffix;
-    else re-encoded from the pixels the model saw (a .gif as PNG)."""
+def _write_image(image: LoadedImage, target: Path, fmt: str | None) -> None:
+    """The image file unchanged (copied, or the fetched bytes written) when its format (``fmt``, the fetched
+    bytes' :func:`_file_format`) is the name's suffix; else re-encoded from the pixels the model saw (a .gif
+    as PNG)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if image.path is not None and image.path.suffix.lower() == target.suffix:
         shutil.copyfile(image.path, target)
         return
     from PIL import Image
 
-    if image.data is not None and _file_format(image.data) == Image.registered_extensions().get(
-        target.suffix
-    ):
+    if image.data is not None and fmt == Image.registered_extensions().get(target.suffix):
         target.write_bytes(image.data)
         return
     Image.fromarray(image.pixels).save(target)
@@ -612,9 +612,9 @@ def _write_image(image: LoadedImage, target: Path) -> None:
 _FORMAT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
 
 
-def _suffix(image: LoadedImage) -> str:
-    """The suffix of a fetched image's own format when the URL has none (a data URI, a storage proxy URL)."""
-    fmt = _file_format(image.data) if image.data is not None else None
+def _suffix(fmt: str | None) -> str:
+    """The suffix of a fetched image's own format (``fmt``), for a URL without one (a data URI, a storage
+    proxy URL); ``.png`` when unknown."""
     return _FORMAT_SUFFIX.get(fmt or "", ".png")
 
 
