@@ -256,6 +256,19 @@ def _rows(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return seg, np.arange(total) - starts[seg]
 
 
+def _several_classes(preds: Sequence[Detections], p_img: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Images whose kept predictions (``keep``, rows of the concatenated predictions) hold two classes."""
+    if keep.sum() < 2:
+        return np.zeros(0, np.int64)
+    cls = np.concatenate([p.class_id for p in preds])[keep]
+    img = p_img[keep]
+    lo = np.full(len(preds), np.iinfo(np.int64).max)
+    hi = np.full(len(preds), np.iinfo(np.int64).min)
+    np.minimum.at(lo, img, cls)
+    np.maximum.at(hi, img, cls)
+    return np.flatnonzero(hi > lo)
+
+
 def score_batch(
     crowds: Sequence[Detections], preds: Sequence[Detections], *, config: LSMConfig | None = None
 ) -> BatchScores:
@@ -307,9 +320,16 @@ def score_batch(
     if cfg.class_aware:
         c_cls = np.concatenate([c.class_id for c in crowds])
         p_cls = np.concatenate([p.class_id for p in preds])
-    # Score floor, compared in float32 as score_image does (unscored predictions are never dropped).
-    keep = p_score32 >= cfg.score_floor
+    # The predictions the rules see (``rules.usable_predictions``): the score floor, compared in float32 as
+    # score_image does (unscored predictions are never dropped), and a positive area, vectorised; an image
+    # whose used predictions hold several classes is redone alone for its cross-class duplicates.
+    keep = (p_score32 >= cfg.score_floor) & (p_xyxy[:, 2] > p_xyxy[:, 0]) & (p_xyxy[:, 3] > p_xyxy[:, 1])
     p_img, p_pos = _rows(k_raw)
+    if not cfg.class_aware:
+        for i in _several_classes(preds, p_img, keep):
+            lo = int(k_raw[:i].sum())
+            hi = lo + int(k_raw[i])
+            keep[lo:hi] = rules.usable_predictions(preds[i].xyxy, preds[i].score, preds[i].class_id, cfg)
     kept = np.flatnonzero(keep)
     k_img = np.bincount(p_img[kept], minlength=n).astype(np.int64)
 

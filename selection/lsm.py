@@ -4,7 +4,9 @@ This module holds the result types and the per-image driver (``score_image``); t
 written once in ``selection.rules`` and shared with the batched driver ``selection.batch.score_batch``.
 
 For one image, crowd boxes ``C`` (M) are compared with the cleaning model's predictions ``P`` (K, scored).
-Predictions below ``LSMConfig.score_floor`` are ignored throughout. The rules, in order:
+Predictions below ``LSMConfig.score_floor`` are ignored throughout, as are boxes of zero area and, without
+``class_aware``, a prediction that repeats a more confident one of another class at IoU >=
+``duplicate_iou`` (``selection.rules.usable_predictions``). The rules, in order:
 
 1. **Match** ``C`` to ``P`` one-to-one (Hungarian on IoU, pairs with IoU >= ``match_iou``).
    A matched pair with IoU >= ``high_iou`` is *clean* (severity 0). Below it, it is *localization* with
@@ -155,12 +157,8 @@ def _score(crowd: Detections, pred: Detections, cfg: LSMConfig) -> ImageScore:
     """The per-image driver of ``selection.rules``; inputs are trusted ``Detections``."""
     m = crowd.xyxy.shape[0]
     n_pred = pred.xyxy.shape[0]
-    if pred.score is None:
-        keep_pred = np.arange(n_pred)
-        score = np.ones(n_pred)
-    else:
-        keep_pred = np.flatnonzero(pred.score >= cfg.score_floor)
-        score = pred.score[keep_pred].astype(np.float64)
+    keep_pred = np.flatnonzero(rules.usable_predictions(pred.xyxy, pred.score, pred.class_id, cfg))
+    score = np.ones(keep_pred.shape[0]) if pred.score is None else pred.score[keep_pred].astype(np.float64)
     k = keep_pred.shape[0]
     if m == 0 and k == 0:
         return ImageScore(0.0, Grade.CLEAN, _EMPTY_FINDINGS, 0, n_pred)

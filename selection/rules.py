@@ -22,6 +22,8 @@ either path.
 
 Rules, in the order the drivers apply them (thresholds are ``LSMConfig`` fields):
 
+0. ``usable_predictions``: the predictions the rules see (score floor, a positive area, cross-class
+   duplicates without ``class_aware``).
 1. ``match_candidates``: crowd box and prediction are the same object at IoU >= ``match_iou``.
 2. ``box_in_box_parts`` / ``box_in_box``: an unmatched crowd box holding >= 2 confident predictions.
 3. ``second_chance_candidates``: an unmatched crowd box and a confident unmatched prediction at IoU >=
@@ -40,6 +42,8 @@ import enum
 from dataclasses import dataclass
 
 import numpy as np
+
+from selection.boxes import pair_geometry
 
 
 class NoiseType(enum.StrEnum):
@@ -106,6 +110,10 @@ class LSMConfig:
         background_confidence: ``1 - support`` at or above which a background box is dropped automatically.
         clean_severity: severities below this are graded clean.
         class_aware: only boxes of the same class can match, contain or support each other.
+        duplicate_iou: without ``class_aware``, a prediction overlapping a more confident prediction of
+            another class at this IoU or more is the same object seen twice (a detector's per-class NMS keeps
+            both) and is ignored, like a prediction below ``score_floor``; same-class overlaps are left as
+            the detector's NMS left them. Unused with ``class_aware``.
         aggregation: how instance severities become the image discrepancy.
         temperature: softmax temperature for ``Aggregation.SOFTMAX`` (> 0; smaller is closer to max).
         sum_scale: for ``Aggregation.SUM``, discrepancy = ``1 - exp(-sum(severity) / sum_scale)``: about
@@ -125,6 +133,7 @@ class LSMConfig:
     background_confidence: float = 0.9
     clean_severity: float = 0.25
     class_aware: bool = False
+    duplicate_iou: float = 0.7
     aggregation: Aggregation = Aggregation.SUM
     temperature: float = 0.1
     sum_scale: float = 3.0
@@ -143,6 +152,8 @@ class LSMConfig:
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"{name}: expected a value in [0, 1], got {value}")
+        if not 0.0 < float(self.duplicate_iou) <= 1.0:
+            raise ValueError(f"duplicate_iou: expected a value in (0, 1], got {self.duplicate_iou}")
         if not 0.0 < self.loc_min_iou <= self.match_iou < self.high_iou:
             raise ValueError(
                 "loc_min_iou, match_iou, high_iou: expected 0 < loc_min_iou <= match_iou < high_iou, got "
@@ -167,6 +178,49 @@ class LSMConfig:
 
 # ------------------------------------------------------------------------------------------- the rules
 # Shapes: ``...`` is no axis (one image) or the batch axis; M crowd boxes, K (kept) predictions.
+
+
+def usable_predictions(
+    xyxy: np.ndarray, score: np.ndarray | None, class_id: np.ndarray, cfg: LSMConfig
+) -> np.ndarray:
+    """The predictions of one image that the rules see: bool (K,).
+
+    A prediction is used when its score is at least ``score_floor`` (compared in the score's own dtype; an
+    unscored prediction counts as 1.0), its box has a positive width and height (a zero-area box is no
+    object and cannot be drawn), and, without ``class_aware``, it is not the same object as a more
+    confident used prediction of another class (IoU >= ``duplicate_iou``, greedy in descending score, ties
+    by index). Predictions of one class only are never compared with each other, so a one-class detector's
+    predictions lose only the floor's and the empty boxes.
+
+    Args:
+        xyxy: float (K, 4) boxes in pixels.
+        score: float (K,) scores, or None (every prediction counts as 1.0).
+        class_id: int (K,) class ids.
+        cfg: thresholds.
+
+    Returns:
+        bool (K,), True for a prediction the rules see.
+    """
+    xyxy = np.asarray(xyxy)
+    k = xyxy.shape[0]
+    usable = np.ones(k, bool) if score is None else score >= cfg.score_floor
+    usable &= (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+    if cfg.class_aware or k < 2:
+        return usable
+    idx = np.flatnonzero(usable)
+    cls = class_id[idx]
+    if idx.size < 2 or cls.min() == cls.max():
+        return usable
+    order = idx if score is None else idx[np.argsort(-score[idx], kind="stable")]
+    iou, _ = pair_geometry(xyxy[order], xyxy[order])
+    other = class_id[order][:, None] != class_id[order][None, :]
+    duplicate = (iou >= cfg.duplicate_iou) & other
+    dropped = np.zeros(order.size, bool)
+    for i in range(order.size):  # greedy: a dropped prediction suppresses nothing
+        if not dropped[i]:
+            dropped[i + 1 :] |= duplicate[i, i + 1 :]
+    usable[order[dropped]] = False
+    return usable
 
 
 def same_class_only(

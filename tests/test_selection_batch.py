@@ -66,6 +66,12 @@ def random_image(rng: np.random.Generator, kind: str, n_classes: int) -> tuple[D
         drawn = parts[rng.random(len(parts)) < 0.4]
         crowd = np.concatenate([big, drawn, crowd[:3]])
         pred = np.concatenate([jitter(parts, rng, 0.5), random_boxes(int(rng.integers(0, 3)), rng)])
+    elif kind == "duplicates":  # each object predicted twice (another class, when there are several), empties
+        pred = jitter(crowd, rng, 1.0)
+        twice = pred[rng.random(m) < 0.6]
+        flat = random_boxes(int(rng.integers(0, 3)), rng)
+        flat[:, 2] = flat[:, 0]  # zero width: no object
+        pred = np.concatenate([pred, jitter(twice, rng, 0.5), flat])
     else:  # "mixed": jittered, shifted, dropped and extra predictions
         pred = jitter(crowd, rng, float(rng.choice([0.5, 3.0, 8.0])))
         shift = rng.random(m) < 0.3
@@ -81,7 +87,7 @@ def random_image(rng: np.random.Generator, kind: str, n_classes: int) -> tuple[D
     )
 
 
-KINDS = ["empty", "crowd_only", "pred_only", "cluster", "bib", "mixed", "mixed", "mixed"]
+KINDS = ["empty", "crowd_only", "pred_only", "cluster", "bib", "duplicates", "mixed", "mixed", "mixed"]
 
 
 def random_images(rng: np.random.Generator, n: int, n_classes: int = 1) -> tuple[list, list]:
@@ -102,10 +108,11 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.aggregation}-{c.class_aware}-{c.match_iou}")
+@pytest.mark.parametrize("n_classes", [1, 2])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_batch_equals_per_image(config, seed):
+def test_batch_equals_per_image(config, seed, n_classes):
     rng = np.random.default_rng(seed)
-    crowds, preds = random_images(rng, 300, n_classes=2 if config.class_aware else 1)
+    crowds, preds = random_images(rng, 300, n_classes=n_classes)
     batch = score_batch(crowds, preds, config=config)
     listed = score_images(crowds, preds, config=config)
     assert len(batch) == len(listed) == 300

@@ -159,6 +159,42 @@ def test_class_aware_option():
     assert s.instances.counts()[NoiseType.MISSED] == 1
 
 
+def test_one_object_predicted_for_two_classes_is_one_object():
+    # A multi-class detector's per-class NMS keeps one object as a box per class; class-agnostic, the less
+    # confident repeat is no second (missed) object.
+    crowd = make_detections([BOX], classes=[0])
+    near = [BOX[0] + 1, BOX[1], BOX[2] + 1, BOX[3]]  # IoU 0.9 with BOX
+    pred = make_detections([BOX, near, [10, 10, 30, 30]], classes=[1, 0, 0], scores=[0.6, 0.9, 0.8])
+    s = score_image(crowd, pred)
+    assert crowd_types(s) == [NoiseType.CLEAN]
+    model = s.instances.source == 1
+    assert s.instances.noise_type[model].tolist() == ["missed"] and s.instances.index[model].tolist() == [2]
+    # Class-aware, the repeat is another class's object: the crowd box matches its own class only.
+    aware = score_image(crowd, pred, config=LSMConfig(class_aware=True))
+    assert aware.instances.index[aware.instances.source == 1].tolist() == [0, 2]
+    # Below duplicate_iou the two stay two objects: the crowd box takes the exact one, the other is missed.
+    loose = score_image(crowd, pred, config=LSMConfig(duplicate_iou=0.95))
+    assert loose.instances.index[loose.instances.source == 1].tolist() == [1, 2]
+
+
+def test_same_class_overlaps_are_left_to_the_detector():
+    # Two boxes of one class at IoU 0.9 survived the detector's own NMS: both stay, the second is missed.
+    crowd = make_detections([BOX])
+    near = [BOX[0] + 1, BOX[1], BOX[2] + 1, BOX[3]]
+    s = score_image(crowd, make_detections([BOX, near], scores=[0.9, 0.6]))
+    assert s.instances.index[s.instances.source == 1].tolist() == [1]
+
+
+def test_zero_area_prediction_is_ignored():
+    crowd = make_detections([BOX])
+    flat = [50, 50, 50, 70]  # zero width: nothing a correction could draw
+    pred = make_detections([flat, [50, 50, 50, 50], BOX, [10, 10, 30, 30]], scores=[0.95, 0.9, 0.9, 0.8])
+    s = score_image(crowd, pred)
+    assert crowd_types(s) == [NoiseType.CLEAN] and s.n_pred == 4
+    assert s.instances.index[s.instances.source == 1].tolist() == [3]  # indices into the given predictions
+    assert score_image(make_detections([]), make_detections([flat], scores=[0.9])).discrepancy == 0.0
+
+
 @pytest.mark.parametrize(("n_crowd", "n_pred"), [(0, 0), (0, 4), (3, 0), (3, 4)])
 def test_shapes_including_empty(rng, n_crowd, n_pred):
     crowd = make_detections(random_boxes(n_crowd, rng))
@@ -250,6 +286,7 @@ def test_config_aggregation_changes_discrepancy():
         ({"loc_min_iou": 0.6}, "loc_min_iou, match_iou, high_iou"),
         ({"score_floor": 0.7}, "score_floor"),
         ({"temperature": 0.0}, "temperature"),
+        ({"duplicate_iou": 0.0}, "duplicate_iou"),
         ({"aggregation": "median"}, "aggregation"),
     ],
 )
