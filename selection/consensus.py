@@ -17,6 +17,18 @@ clusters them first, a greedy box fusion:
 A single annotator's boxes come back unchanged, each with one vote. Two near-identical boxes of one
 annotator stay two boxes (a duplicate is a label error for the LSM to see, not a second opinion).
 
+The rule reads box by box, but it is computed annotator by annotator: while one annotator's boxes are placed,
+the clusters it may join are those opened before its turn that it has not joined yet, and their boxes do not
+move until its turn ends (only its own joins move a box, and a joined cluster is closed to it). So each turn
+compares its boxes with the clusters' boxes as they stood when it began, in one vectorised IoU call (the same
+``pair_geometry`` floats as box by box), then assigns them in order. Only nearby clusters are compared: a
+uniform grid (cells the median box size) holds each cluster's current box, and an IoU >= ``iou`` > 0 needs a
+positive intersection, so a common cell; a box spanning more than 64 cells is compared with every cluster of
+its class. For N boxes spread over the image this is O(N) grid work and O(N k) IoUs (k: clusters near a box),
+plus a fixed cost per annotator, instead of O(N^2): three annotators of 5,000 boxes on a 20,000 px image
+merge in 0.1 to 0.3 s, against 14 to 15 s box by box (``python -m bench.merge``, a shared 2-core machine).
+Boxes piled on one spot, or very large boxes, still cost up to O(N^2).
+
 Example:
     >>> import numpy as np
     >>> from selection.consensus import merge_annotators
@@ -40,6 +52,76 @@ from selection.boxes import pair_geometry
 from selection.detections import Detections
 
 __all__ = ["merge_annotators"]
+
+_MAX_CELLS = 64
+"""A box spanning more grid cells than this is compared with every cluster of its class (and a cluster whose
+box does is a candidate for every box of its class), rather than registered cell by cell."""
+
+_Cells = tuple[int, int, int, int] | None  # (first column, last column, first row, last row); None: large
+
+
+def _cell_size(xyxy: np.ndarray) -> float:
+    """The grid's cell side in pixels: the median box extent (``max(width, height)``) of the positive ones."""
+    extent = np.maximum(xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1])
+    extent = extent[extent > 0]
+    return float(np.median(extent)) if len(extent) else 1.0
+
+
+def _cell_spans(xyxy: np.ndarray, size: float) -> list[_Cells]:
+    """The grid cells each float64 (N, 4) box covers, ``None`` where it spans more than ``_MAX_CELLS``.
+
+    Two boxes whose intersection is positive share a cell: the larger of their left edges lies in both
+    x-ranges, and ``floor(x / size)`` is monotonic in ``x`` (one correctly rounded division, then a floor);
+    likewise in y.
+    """
+    cells = np.floor(xyxy / size)
+    count = (cells[:, 2] - cells[:, 0] + 1) * (cells[:, 3] - cells[:, 1] + 1)
+    # Far-out coordinates would not fit an exact integer; a box there is simply compared with everything.
+    large = (count > _MAX_CELLS) | (np.abs(cells) > 2.0**50).any(axis=1)
+    spans: list[_Cells] = []
+    for (x0, y0, x1, y1), is_large in zip(cells.tolist(), large.tolist(), strict=True):
+        spans.append(None if is_large else (int(x0), int(x1), int(y0), int(y1)))
+    return spans
+
+
+class _Grid:
+    """Which clusters of each class have their current box in which grid cell (large ones: a set a class)."""
+
+    def __init__(self) -> None:
+        self.cells: dict[tuple[int, int, int], set[int]] = {}
+        self.large: dict[int, set[int]] = {}
+        self.where: dict[int, tuple[int, _Cells]] = {}
+
+    @staticmethod
+    def _keys(c: int, span: tuple[int, int, int, int]) -> list[tuple[int, int, int]]:
+        x0, x1, y0, y1 = span
+        return [(c, x, y) for x in range(x0, x1 + 1) for y in range(y0, y1 + 1)]
+
+    def place(self, cluster: int, c: int, span: _Cells) -> None:
+        """Register ``cluster`` (class ``c``) where its current box is, dropping where it was."""
+        old = self.where.get(cluster)
+        if old == (c, span):
+            return
+        if old is not None:
+            old_c, old_span = old
+            if old_span is None:
+                self.large[old_c].discard(cluster)
+            else:
+                for key in self._keys(old_c, old_span):
+                    self.cells[key].discard(cluster)
+        self.where[cluster] = (c, span)
+        if span is None:
+            self.large.setdefault(c, set()).add(cluster)
+        else:
+            for key in self._keys(c, span):
+                self.cells.setdefault(key, set()).add(cluster)
+
+    def near(self, c: int, span: tuple[int, int, int, int]) -> set[int]:
+        """Every cluster of class ``c`` whose current box could intersect a box covering ``span``."""
+        found = set(self.large.get(c, ()))
+        for key in self._keys(c, span):
+            found.update(self.cells.get(key, ()))
+        return found
 
 
 def merge_annotators(
@@ -81,39 +163,67 @@ def merge_annotators(
 
     sums = np.zeros((n_total, 4), np.float64)  # weighted coordinate sums per cluster
     weights = np.zeros(n_total, np.float64)
+    current = np.zeros((n_total, 4), np.float64)  # sums / weights: the cluster's box
     score_sums = np.zeros(n_total, np.float64)
     members = np.zeros(n_total, np.int64)
     cls = np.zeros(n_total, np.int64)
-    owners: list[set[int]] = []
-    for annotator, dets in enumerate(dets_per_annotator):
+    size = _cell_size(np.concatenate([d.xyxy for d in dets_per_annotator]).astype(np.float64))
+    grid = _Grid()
+    n_open = 0
+    for dets in dets_per_annotator:
+        if not len(dets):
+            continue
         order: np.ndarray = np.arange(len(dets))
         if dets.score is not None:
             order = np.argsort(-dets.score, kind="stable")
-        for j in order:
-            box = dets.xyxy[j].astype(np.float64)
-            c = int(dets.class_id[j])
-            w = float(dets.score[j]) if scored and dets.score is not None else 1.0
-            w = max(w, 1e-6)  # a zero-score box still counts as a member
-            n_open = len(owners)
-            best = -1
-            if n_open:
-                current = sums[:n_open] / weights[:n_open, None]
-                overlap, _ = pair_geometry(box[None, :], current)
-                ok = (cls[:n_open] == c) & (overlap[0] >= iou)
-                ok &= np.array([annotator not in owner for owner in owners])
-                if ok.any():
-                    best = int(np.flatnonzero(ok)[np.argmax(overlap[0][ok])])
-            if best < 0:
-                best = n_open
-                owners.append(set())
-                cls[best] = c
-            owners[best].add(annotator)
-            sums[best] += w * box
-            weights[best] += w
-            score_sums[best] += float(dets.score[j]) if dets.score is not None else 0.0
-            members[best] += 1
-    n = len(owners)
-    votes = np.array([len(o) for o in owners], np.int64)
+        boxes = dets.xyxy[order].astype(np.float64)
+        classes = dets.class_id[order]
+        w = dets.score[order].astype(np.float64) if scored and dets.score is not None else np.ones(len(dets))
+        w = np.maximum(w, 1e-6)  # a zero-score box still counts as a member
+        added = dets.score[order].astype(np.float64) if dets.score is not None else np.zeros(len(dets))
+
+        # The clusters open at this turn's start, near each box: (box, cluster) pairs of one class.
+        pair_box: list[int] = []
+        pair_cluster: list[int] = []
+        if n_open:
+            for j, (c, span) in enumerate(zip(classes.tolist(), _cell_spans(boxes, size), strict=True)):
+                near = np.flatnonzero(cls[:n_open] == c).tolist() if span is None else grid.near(c, span)
+                pair_box.extend([j] * len(near))
+                pair_cluster.extend(near)
+        pb = np.array(pair_box, np.int64)
+        pk = np.array(pair_cluster, np.int64)
+        overlap = pair_geometry(boxes[pb][:, None, :], current[pk][:, None, :])[0][:, 0, 0]
+        hit = overlap >= iou
+        pb, pk, overlap = pb[hit], pk[hit], overlap[hit]
+        # Per box, its clusters by IoU descending, then by index: the first one still free is the box's pick
+        # (the highest IoU, the first cluster among equals).
+        rank = np.lexsort((pk, -overlap, pb))
+        pb, pk = pb[rank], pk[rank]
+        starts = np.searchsorted(pb, np.arange(len(dets) + 1)).tolist()
+        clusters = pk.tolist()
+        best = np.full(len(dets), -1, np.int64)
+        taken: set[int] = set()  # joined this turn: an annotator votes once per cluster
+        for j in np.unique(pb).tolist():
+            for k in clusters[starts[j] : starts[j + 1]]:
+                if k not in taken:
+                    taken.add(k)
+                    best[j] = k
+                    break
+        opened = best < 0
+        n_new = int(opened.sum())
+        best[opened] = np.arange(n_open, n_open + n_new)
+        cls[best[opened]] = classes[opened]
+        n_open += n_new
+        # Each cluster takes at most one box per turn, so these indexed updates add one member each.
+        sums[best] += w[:, None] * boxes
+        weights[best] += w
+        score_sums[best] += added
+        members[best] += 1
+        current[best] = sums[best] / weights[best, None]
+        for k, span in zip(best.tolist(), _cell_spans(current[best], size), strict=True):
+            grid.place(k, int(cls[k]), span)
+    n = n_open
+    votes = members[:n]  # one box per annotator per cluster: members are annotators
     keep = votes >= int(min_votes)
     xyxy = (sums[:n] / weights[:n, None])[keep]
     score = (score_sums[:n] / members[:n])[keep] if scored else None
