@@ -196,6 +196,75 @@ def test_cli_label_studio_failures_exit_1_with_one_line(tmp_path, monkeypatch, c
     )
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("image", "status", "why"),
+    [
+        ("/data/local-files/?d=nope/a.png", 2, "no such file under LOCAL_FILES_DOCUMENT_ROOT"),
+        ("data:image/png;base64,aGVsbG8=", 2, "not a readable image"),
+        ("ftp://host/a.png", 2, "expected an http(s) URL"),
+        ("http://127.0.0.1:{port}/a.png", 1, "cannot be fetched (ConnectionError)"),
+    ],
+)
+def test_cli_image_load_failures_exit_2_for_the_users_input_1_for_a_failing_host(
+    tmp_path, monkeypatch, capsys, image, status, why
+):
+    """An image that is not there or not an image is the user's to fix (2); a host that does not answer may
+    answer next time (1). Either way one line naming the task and the image, nothing published."""
+    for var in ("MODEL_WEIGHTS", "CROWD_SOURCE", "EXPERT_MODE", "WORK_DIR", "LOCAL_FILES_DOCUMENT_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    tasks = _tasks(2)
+    url = image.format(port=_closed_port())
+    tasks[1]["data"]["image"] = url
+    monkeypatch.setattr("backend.training.LabelStudioSource", lambda settings: FakeSource(tasks))
+    argv = [
+        "--project",
+        "3",
+        "--no-progress",
+        "--model-dir",
+        str(tmp_path / "m"),
+        "--document-root",
+        str(tmp_path),
+    ]
+    assert main([*argv, "--url", LS["LABEL_STUDIO_URL"], "--api-key", LS["LABEL_STUDIO_API_KEY"]]) == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"error: task 2: image {url!r}: ") and why in line, line
+    assert ModelRegistry(tmp_path / "m").latest() is None
+
+
+@pytest.mark.parametrize(
+    ("cause", "error"),
+    [
+        ("http_status", "BootstrapSourceError"),
+        ("unreachable", "BootstrapSourceError"),
+        ("too_large", "BootstrapError"),
+    ],
+)
+def test_image_failures_of_a_host_are_source_errors(tmp_path, cause, error):
+    from backend.bootstrap import BootstrapSourceError
+    from backend.images import ImageLoadError
+
+    class Failing(ImageLoader):
+        def decode(self, url: str, *, task: str = "?") -> Any:
+            raise ImageLoadError(f"task {task}: image 'http://host/a.png': HTTP 503", cause=cause)
+
+    with pytest.raises(BootstrapError) as caught:
+        crowd_training_items(
+            _tasks(1), schema=SCHEMA, names=["Deposit"], loader=Failing(), image_dir=tmp_path
+        )
+    assert isinstance(caught.value, BootstrapSourceError) == (error == "BootstrapSourceError")
+    assert str(caught.value) == "task 1: image 'http://host/a.png': HTTP 503"
+
+
 def test_bootstrap_errors_name_what_to_fix(tmp_path):
     bad = _tasks(1)
     bad[0]["data"]["crowd_labels"][0]["label"] = "cat"

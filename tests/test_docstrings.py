@@ -18,6 +18,8 @@ MODULES = [
     "backend.storage",
     "bench.acceptance",
     "bench.wallclock",
+    "formats.boxes",
+    "formats.coco",
     "formats.images",
     "formats.labelstudio",
     "metrics.f1",

@@ -64,11 +64,19 @@ BOOTSTRAP_SOURCE = "crowd bootstrap"
 
 
 class BootstrapError(RuntimeError):
-    """Nothing to train on, or a setting that stops the bootstrap; the message says what to do."""
+    """Nothing to train on, a setting or an input that stops the bootstrap (exit 2); the message says what to
+    do."""
 
 
 class BootstrapSourceError(BootstrapError):
-    """Label Studio could not be read (an HTTP error, a network failure): not the options' fault (exit 1)."""
+    """Label Studio, or the host of a task's image, could not be read (an HTTP error, a network failure): not
+    the options' or the data's fault, running again may help (exit 1)."""
+
+
+# Image load failures (backend.images.ImageFailure) of a service that failed, not of the task's reference or
+# file: the bootstrap's exit 1 (running again may help), where a missing, malformed or undecodable image is
+# the user's to fix (exit 2).
+_SOURCE_FAILURES = frozenset({"unreachable", "http_status"})
 
 
 class CrowdSource(Protocol):
@@ -105,7 +113,9 @@ def crowd_training_items(
     dataset writer normalises them like local files and like ``/predict``.
 
     Raises:
-        BootstrapError: a task's crowd labels are malformed or its image cannot be loaded (naming the task).
+        BootstrapError: a task's crowd labels are malformed, or its image reference is malformed, names a
+            missing local file, or is not an image (naming the task).
+        BootstrapSourceError: a task's image cannot be fetched (a network failure, an HTTP error).
     """
     import numpy as np
     from tqdm import tqdm
@@ -127,6 +137,8 @@ def crowd_training_items(
         try:
             image = loader.decode(url, task=str(tid))
         except ImageLoadError as exc:
+            if exc.cause in _SOURCE_FAILURES:
+                raise BootstrapSourceError(str(exc)) from None
             raise BootstrapError(str(exc)) from None
         try:
             crowd = reader.read(task, width=image.width, height=image.height, schema=schema).detections
@@ -201,8 +213,9 @@ def prepare_bootstrap(
 
     Raises:
         BootstrapError: no project given, no crowd labels, crowd labels without a box of a class to train, a
-            bad ``init``, a malformed task.
-        BootstrapSourceError: Label Studio failed to give the config or the tasks (naming the HTTP status).
+            bad ``init``, a malformed task or task image (:func:`crowd_training_items`).
+        BootstrapSourceError: Label Studio failed to give the config or the tasks (naming the HTTP status), or
+            a task's image could not be fetched.
     """
     from backend.lsproject import api_error_message
     from model.detector import get_family

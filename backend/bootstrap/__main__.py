@@ -2,8 +2,10 @@
 crowd labels and publish it into ``MODEL_DIR``'s registry (see the ``backend.bootstrap`` docstring).
 
 Settings come from the backend's environment variables (``Settings.from_env``); flags override them.
-Exit status: 0 published, 2 bad options or settings or nothing to train on, 1 Label Studio or training
-failures.
+Exit status: 0 published; 2 what the user must fix: bad options or settings, nothing to train on, a malformed
+task, a task image that is malformed, missing (no such local file) or not an image (``BootstrapError``);
+1 what may pass on a retry: Label Studio or an image host failing (an HTTP error, a network failure:
+``BootstrapSourceError``), or the training job failing.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ def run_bootstrap(
 
     Raises:
         BootstrapError: the registry already has a version (without ``force``), no such project, no crowd
-            labels, a bad ``init``.
-        BootstrapSourceError: Label Studio failed (an HTTP error other than 404, a network failure).
+            labels, a bad ``init``, a malformed task or task image.
+        BootstrapSourceError: Label Studio failed (an HTTP error other than 404, a network failure), or a
+            task's image could not be fetched.
         RuntimeError: the training job failed (its log named in the message).
     """
     from tqdm import tqdm
@@ -161,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force,
             progress=not args.no_progress,
         )
-    except BootstrapSourceError as exc:  # Label Studio failed: the documented exit 1, not a bad option
+    except BootstrapSourceError as exc:  # Label Studio or an image host failed: exit 1, not a bad input
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except BootstrapError as exc:

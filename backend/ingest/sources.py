@@ -11,7 +11,8 @@ Layouts (see docs/CONTRACTS.md, "Import layouts"):
   image's key (the task's ``image_id``) is its path relative to that folder without the extension.
 * COCO: one JSON file; ``images[].file_name`` is a path relative to the images folder (or a file name found
   once under it); ``categories`` give the label names; every listed image is labelled (no annotation = no
-  boxes); ``bbox`` is ``[x, y, w, h]`` in pixels.
+  boxes); ``bbox`` is ``[x, y, w, h]`` in pixels; ``iscrowd`` regions are refused. The checks are
+  :mod:`formats.coco`'s, those of ``bench.simulate --data``.
 * YOLO: a folder of ``.txt`` files mirroring the images folder (``a/b.png`` -> ``a/b.txt``), lines ``class cx
   cy w h`` normalised to [0, 1]; names from ``classes.txt`` (one per line) or a ``data.yaml`` (``names:``)
   in that folder or its parent, or an explicit file.
@@ -34,7 +35,16 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 
-from formats.coco import from_coco
+from formats.boxes import clip_to_image
+from formats.coco import (
+    CocoError,
+    ImageFrame,
+    check_coco_lists,
+    check_image_size,
+    image_entries,
+    read_boxes,
+    read_categories,
+)
 from formats.images import image_size
 from formats.labelstudio import CROWD_FIELD, percent_to_xyxy
 from formats.yolo import parse_yolo_labels
@@ -56,7 +66,6 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-_FLOAT32_MAX = float(np.finfo(np.float32).max)  # Detections hold float32 pixels
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")  # Label Studio prefixes uploaded file names with 8 hex chars
 
 
@@ -237,7 +246,8 @@ class LabelSet:
 def _checked_boxes(
     xyxy: np.ndarray, class_id: np.ndarray, image: ImageFile, where: Sequence[str]
 ) -> tuple[Detections, int]:
-    """Check pixel boxes of one image and clip them to it; returns (boxes, how many were clipped).
+    """Check pixel boxes of one image and clip them to it (:func:`formats.boxes.clip_to_image`); returns
+    (boxes, how many were clipped).
 
     Args:
         xyxy: float (N, 4) pixel boxes as read, unclipped.
@@ -245,25 +255,12 @@ def _checked_boxes(
         image: the image (its size bounds the boxes).
         where: per box, the location to name in an error (``file:line``).
     """
-    xyxy = np.asarray(xyxy, np.float64).reshape(-1, 4)
-    w, h = image.width, image.height
-    for i, (x1, y1, x2, y2) in enumerate(xyxy.tolist()):
-        if not all(np.isfinite(v) for v in (x1, y1, x2, y2)):
-            raise IngestError(f"{where[i]}: box coordinates must be finite numbers, got {[x1, y1, x2, y2]}")
-        if x2 <= x1 or y2 <= y1:
-            raise IngestError(
-                f"{where[i]}: empty box ({x2 - x1:.4g} x {y2 - y1:.4g} px); width and height must be > 0"
-            )
-        if x1 >= w or y1 >= h or x2 <= 0 or y2 <= 0:
-            raise IngestError(
-                f"{where[i]}: box [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}] (xyxy px) lies outside the "
-                f"{w} x {h} image {image.rel}"
-            )
-    bounds = np.array([w, h, w, h], np.float64)
-    clipped = np.clip(xyxy, 0, bounds)
-    n_clipped = int(np.sum(np.any(clipped != xyxy, axis=1)))
-    boxes = Detections(xyxy=clipped.astype(np.float32), class_id=np.asarray(class_id, np.int64).reshape(-1))
-    return boxes, n_clipped
+    try:
+        return clip_to_image(
+            xyxy, class_id, width=image.width, height=image.height, where=where, image=image.rel
+        )
+    except ValueError as exc:
+        raise IngestError(str(exc)) from None
 
 
 def _read_text(path: Path) -> str:
@@ -311,117 +308,41 @@ def _check_names(names: Sequence[str], where: str) -> tuple[str, ...]:
 def read_coco(path: str | Path, index: ImageIndex) -> LabelSet:
     """Read a COCO detection JSON file: its images (matched to ``index``), categories and boxes.
 
-    Category ids may be any integers (real COCO skips some; some files start at 0): names are listed in
-    category order, and class ids index that list. ``width``/``height`` of an image, when given, must equal
-    the image file's size as shown (after its EXIF orientation).
+    The checks are :mod:`formats.coco`'s, as ``bench.simulate --data`` reads a lab's COCO files. Category
+    ids may be any integers (real COCO skips some; some files start at 0): names are listed in category
+    order, and class ids index that list. ``width``/``height`` of an image, when given, must equal the image
+    file's size as shown (after its EXIF orientation). ``iscrowd`` regions are refused.
 
     Raises:
         IngestError: naming the JSON path and id of the first problem found.
     """
     path = Path(path)
-    coco = _load_json(path)
-    if not isinstance(coco, Mapping):
-        raise IngestError(f"{path}: expected a COCO object with images, annotations, categories")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(coco.get(key), list):
-            raise IngestError(f"{path}: {key}: expected a list, got {type(coco.get(key)).__name__}")
-
-    category_index: dict[int, int] = {}
-    names: list[str] = []
-    for i, cat in enumerate(coco["categories"]):
-        where = f"{path}: categories[{i}]"
-        if not isinstance(cat, Mapping) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
-            raise IngestError(f"{where}: expected {{'id': int, 'name': str}}, got {cat!r}")
-        if cat["id"] in category_index:
-            raise IngestError(f"{where}: category id {cat['id']} is listed twice")
-        category_index[int(cat["id"])] = len(names)
-        names.append(str(cat["name"]))
-    if not names:
-        raise IngestError(f"{path}: categories: empty; the label names come from it")
-    _check_names(names, f"{path}: categories")
-
-    images: dict[int, ImageFile] = {}
-    by_key: dict[str, int] = {}
-    for i, im in enumerate(coco["images"]):
-        if not isinstance(im, Mapping) or not _is_int(im.get("id")):
-            raise IngestError(f"{path}: images[{i}]: expected an object with an integer 'id', got {im!r}")
-        where = f"{path}: images[{i}] (id {im['id']})"
-        if im["id"] in images:
-            raise IngestError(f"{where}: image id {im['id']} is listed twice")
-        if not isinstance(im.get("file_name"), str):
-            raise IngestError(f"{where}: expected a 'file_name' string")
-        image = index.resolve(im["file_name"], where=where)
-        for key, actual in (("width", image.width), ("height", image.height)):
-            if key in im and im[key] != actual:
-                turned = (im.get("width"), im.get("height")) == (image.height, image.width)
-                raise IngestError(
-                    f"{where}: {key} {im[key]!r} but the image {image.rel} has {key} {actual}"
-                    + (" (as shown, turned by its EXIF orientation)" if turned else "")
-                )
-        if image.key in by_key:
-            raise IngestError(f"{where}: the same image as image id {by_key[image.key]} ({image.rel})")
-        by_key[image.key] = int(im["id"])
-        images[int(im["id"])] = image
-
-    # Where each image's boxes come from, in file order (from_coco keeps that order per image).
-    locations: dict[int, list[str]] = {image_id: [] for image_id in images}
-    for j, ann in enumerate(coco["annotations"]):
-        ann_id = ann.get("id") if isinstance(ann, Mapping) else None
-        where = f"{path}: annotations[{j}]" + (f" (id {ann_id})" if ann_id is not None else "")
-        if not isinstance(ann, Mapping):
-            raise IngestError(f"{where}: expected an object, got {type(ann).__name__}")
-        if ann.get("image_id") not in images:
-            raise IngestError(f"{where}: image_id {ann.get('image_id')!r} is not among the images")
-        if ann.get("category_id") not in category_index:
-            raise IngestError(
-                f"{where}: category_id {ann.get('category_id')!r} is not among the categories "
-                f"{sorted(category_index)}"
-            )
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-            raise IngestError(f"{where}: bbox: expected [x, y, width, height] numbers, got {bbox!r}")
-        if not all(np.isfinite(v) for v in bbox):
-            raise IngestError(f"{where}: bbox: expected finite numbers, got {bbox!r}")
-        if bbox[2] <= 0 or bbox[3] <= 0:  # checked before formats.coco builds (and rejects) the boxes
-            raise IngestError(f"{where}: empty box ({bbox[2]} x {bbox[3]} px); width and height must be > 0")
-        corners = (bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3])
-        if not all(abs(v) < _FLOAT32_MAX for v in corners):  # boxes are float32: these would be inf
-            raise IngestError(f"{where}: bbox: coordinates {bbox!r} are beyond any image")
-        locations[int(ann["image_id"])].append(where)
-
-    # Structure checked: formats.coco converts boxes to pixel xyxy. It reads category ids as class_id + 1
-    # (its own files' convention), so the file's ids, which may be any integers, 0 and negative included,
-    # are handed to it as that: listed position + 1. Sizes from the files (COCO's are optional here), and no
-    # scores: crowd labels are not predictions.
-    standard = {
-        "images": [
-            {**im, "width": images[im["id"]].width, "height": images[im["id"]].height}
-            for im in coco["images"]
-        ],
-        "annotations": [
-            {
-                **{k: v for k, v in ann.items() if k != "score"},
-                "category_id": category_index[ann["category_id"]] + 1,
-            }
-            for ann in coco["annotations"]
-        ],
-    }
+    raw = _load_json(path)
     try:
-        parsed = from_coco(standard)
-    except ValueError as exc:  # checked above, so not expected: still the user's file, named
-        raise IngestError(f"{path}: {exc}") from None
-    out: dict[str, ImageLabels] = {}
-    n_clipped = 0
-    for image_id, image in images.items():
-        coco_image = parsed[image_id]
-        dets = coco_image.detections
-        boxes, clipped = _checked_boxes(dets.xyxy, dets.class_id, image, locations[image_id])
-        n_clipped += clipped
-        annotators = None
-        if coco_image.extra is not None and all("annotator" in e for e in coco_image.extra):
-            annotators = tuple(str(e["annotator"]) for e in coco_image.extra)
-        out[image.key] = ImageLabels(image=image, boxes=boxes, annotators=annotators)
-    return LabelSet(path, InputFormat.COCO, tuple(names), out, n_clipped)
+        coco = check_coco_lists(raw, path)
+        categories = read_categories(coco, path)
+        images: dict[int, ImageFile] = {}
+        by_key: dict[str, int] = {}
+        for entry in image_entries(coco, path):
+            image = index.resolve(entry.file_name, where=entry.where)
+            check_image_size(entry, image.width, image.height, image=image.rel)
+            if image.key in by_key:
+                raise IngestError(
+                    f"{entry.where}: the same image as image id {by_key[image.key]} ({image.rel})"
+                )
+            by_key[image.key] = entry.id
+            images[entry.id] = image
+        frames = {image_id: ImageFrame(im.width, im.height, im.rel) for image_id, im in images.items()}
+        found = read_boxes(coco, path, images=frames, categories=categories)
+    except CocoError as exc:
+        raise IngestError(str(exc)) from None
+    out = {
+        image.key: ImageLabels(
+            image=image, boxes=found.boxes[image_id], annotators=found.annotators[image_id]
+        )
+        for image_id, image in images.items()
+    }
+    return LabelSet(path, InputFormat.COCO, categories.names, out, found.n_clipped)
 
 
 # ------------------------------------------------------------------------------------------------- YOLO
