@@ -38,6 +38,16 @@ cleaned labels of every image, warm-started from the version that proposed the f
 published to the export's own registry, never to ``MODEL_DIR``: a model trained on its own fixes would no
 longer find them, so the serving version stays the one trained on expert labels only.
 
+Images are written as they were fetched (byte for byte), except in the YOLO layout, which ultralytics trains
+on as it stands: there an image ultralytics would not read as the model sees it (16-bit, which it reads by its
+high byte, so 12-bit data comes out nearly black; float or int16; any TIFF; every image under the
+``percentile`` normalisation) is written as the 8-bit PNG of the pixels the model saw, normalised with the
+version's ``image_normalization`` -- the file ``--train-final``'s own dataset holds too
+(``model.dataset.links_unchanged``, ``write_normalized_png``) -- and its ``<name>`` takes the suffix ``.png``.
+``manifest.json`` records the normalisation (``image_conversion``) and, per image, ``converted``.
+``--original-images`` keeps every YOLO image as fetched; COCO always does (its readers decode images their own
+way).
+
 Categories are the labelling config's labels without deletion labels (``background``, ``drop``...): boxes an
 expert labelled with one of those are left out. ``<name>`` is the task's ``image_id`` (or the image URL's file
 name) with the image's suffix, prefixed ``task<id>_`` when two tasks would share it without its suffix or
@@ -78,7 +88,7 @@ from backend.labelconfig import DROP_LABEL_NAMES, LabelSchema, predictable_label
 from backend.protocol import task_image_url
 from backend.roles import CrowdPolicy, expert_annotation
 from backend.settings import ExpertPolicy, Settings, SettingsError, lsm_as_dict, settings_with_overrides
-from formats.images import ImageNormalization
+from formats.images import ImageNormalization, normalize_image
 from formats.labelstudio import regions_to_detections
 from selection.calibration import Calibration, calibrated_verdict
 from selection.correction import CorrectionPlan, Edit, correct_labels, plan_corrections
@@ -332,6 +342,8 @@ class CleanedTask:
         decision: what is exported and why.
         labels: the exported boxes, class ids = category indices.
         review: the instances left for an expert.
+        converted: the image was written as the 8-bit PNG of its normalised pixels, not as fetched (see the
+            module docstring).
     """
 
     task_id: int
@@ -342,6 +354,7 @@ class CleanedTask:
     decision: Decision
     labels: Detections
     review: tuple[ReviewItem, ...]
+    converted: bool = False
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._/-]+")
@@ -420,6 +433,7 @@ def clean_tasks(
     crowd_reader: CrowdReader | None = None,
     calibration: Calibration | None = None,
     normalization: ImageNormalization | None = None,
+    convert_images: bool = False,
 ) -> list[CleanedTask]:
     """Decide every task's exported boxes (images loaded and predicted in chunks of ``batch``).
 
@@ -445,6 +459,9 @@ def clean_tasks(
             regrades with it.
         normalization: how images become the detector's uint8 pixels: the model version's recorded one, as
             ``/predict`` loads them (``ModelService.image_normalization``); None: the loader's.
+        convert_images: with ``image_dir``, write each image ultralytics would not read as the model sees it
+            as the 8-bit PNG of those pixels (``model.dataset.links_unchanged``; the YOLO layout), renamed
+            ``.png`` (``CleanedTask.converted``); False: every image as fetched.
 
     Returns:
         One :class:`CleanedTask` per labelled task, in order.
@@ -456,6 +473,7 @@ def clean_tasks(
     from tqdm import tqdm
 
     _, to_category = export_categories(schema)
+    norm = normalization if normalization is not None else loader.normalization
     reader = crowd_reader or CrowdReader(CrowdPolicy(), policy, users=None)
     label_map = schema.label_map(detector.names) if detector is not None else None
     if label_map is not None and label_map.unmapped:
@@ -473,24 +491,34 @@ def clean_tasks(
     try:
         for start in range(0, len(tasks), max(1, batch)):
             chunk = tasks[start : start + max(1, batch)]
-            loaded: list[tuple[Mapping[str, Any], LoadedImage, str, CrowdLabels, Detections | None]] = []
+            loaded: list[
+                tuple[Mapping[str, Any], LoadedImage, str, bool, CrowdLabels, Detections | None]
+            ] = []
             for task in chunk:
                 tid = task.get("id", "?")
                 try:
                     url = task_image_url(task, schema)
                 except ValueError as exc:
                     raise ExportError(str(exc)) from None
-                try:
-                    image = loader.load(url, task=str(tid), normalization=normalization)
+                try:  # ImageLoader.load, keeping the decoded pixels to tell how to write the image
+                    decoded = loader.decode(url, task=str(tid))
                 except ImageLoadError as exc:
                     raise ExportError(str(exc)) from None
+                pixels = normalize_image(decoded.pixels, norm)
+                image = LoadedImage(pixels, path=decoded.path, data=decoded.data)
                 crowd, expert = _task_labels(task, schema, policy, reader, image)
                 fmt = _file_format(image.data) if image.data is not None else None  # read once, used twice
                 name = _unique_name(image_name(task, url, default_suffix=_suffix(fmt)), tid, taken)
+                converted = False
                 if image_dir is not None:
-                    _write_image(image, image_dir / name, fmt)
-                loaded.append((task, image, name, crowd, expert))
-            need = [i for i, item in enumerate(loaded) if item[4] is None]
+                    if convert_images and not _reads_unchanged(image, decoded.pixels, name, fmt, norm):
+                        name, converted = str(PurePosixPath(name).with_suffix(".png")), True
+                        _write_converted(image, decoded.pixels, image_dir / name)
+                    else:
+                        _write_image(image, image_dir / name, fmt)
+                del decoded
+                loaded.append((task, image, name, converted, crowd, expert))
+            need = [i for i, item in enumerate(loaded) if item[5] is None]
             preds: dict[int, Detections] = {}
             if need:
                 if detector is None or label_map is None:
@@ -499,7 +527,7 @@ def clean_tasks(
                     [loaded[i][1].pixels for i in need], conf=predict_conf, batch=max(1, batch)
                 )
                 preds = {i: label_map.to_labels(p) for i, p in zip(need, found, strict=True)}
-            for i, (task, image, name, crowd, expert) in enumerate(loaded):
+            for i, (task, image, name, converted, crowd, expert) in enumerate(loaded):
                 decision = decide(
                     crowd.detections,
                     preds.get(i),
@@ -528,6 +556,7 @@ def clean_tasks(
                         decision=decision,
                         labels=_to_categories(decision.labels, to_category),
                         review=tuple(review),
+                        converted=converted,
                     )
                 )
             bar.update(len(chunk))
@@ -593,6 +622,16 @@ def _task_labels(
     return crowd, expert
 
 
+def _in_own_format(image: LoadedImage, suffix: str, fmt: str | None) -> bool:
+    """Whether the image's file (or its fetched bytes, of PIL format ``fmt``) is in the format ``suffix``
+    names, so that it can be written unchanged under that suffix."""
+    if image.path is not None and image.path.suffix.lower() == suffix:
+        return True
+    from PIL import Image
+
+    return image.data is not None and fmt == Image.registered_extensions().get(suffix)
+
+
 def _write_image(image: LoadedImage, target: Path, fmt: str | None) -> None:
     """The image file unchanged (copied, or the fetched bytes written) when its format (``fmt``, the fetched
     bytes' :func:`_file_format`) is the name's suffix; else re-encoded from the pixels the model saw (a .gif
@@ -607,6 +646,27 @@ def _write_image(image: LoadedImage, target: Path, fmt: str | None) -> None:
         target.write_bytes(image.data)
         return
     Image.fromarray(image.pixels).save(target)
+
+
+def _reads_unchanged(
+    image: LoadedImage, decoded: np.ndarray, name: str, fmt: str | None, normalization: ImageNormalization
+) -> bool:
+    """Whether ultralytics, reading the image written unchanged as ``name``, gets the pixels the model saw:
+    the file is in the format of the name's suffix and ``model.dataset.links_unchanged`` holds for it (the
+    rule ``--train-final``'s training data follows)."""
+    from model.dataset import links_unchanged
+
+    suffix = PurePosixPath(name).suffix.lower()
+    return _in_own_format(image, suffix, fmt) and links_unchanged(suffix, decoded.dtype, normalization)
+
+
+def _write_converted(image: LoadedImage, decoded: np.ndarray, target: Path) -> None:
+    """The pixels the model saw (``image.pixels``) as the 8-bit PNG ``target`` (gray when the file was gray),
+    as the training dataset writes them (``model.dataset.write_normalized_png``)."""
+    from model.dataset import write_normalized_png
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_normalized_png(image.pixels, target.with_suffix(""), gray=decoded.ndim == 2)
 
 
 _FORMAT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
@@ -660,6 +720,7 @@ def build_manifest(
     model: Mapping[str, Any] | None,
     settings: Settings,
     unlabelled: Sequence[int] = (),
+    conversion: ImageNormalization | None = None,
 ) -> dict[str, Any]:
     """The export's ``manifest.json``: sources, model version, thresholds, counts, one row per image.
 
@@ -671,6 +732,8 @@ def build_manifest(
         model: ``{"version", "family", "source"}`` of the model version used, or None when none was needed.
         settings: the settings in force (expert policy, ``PREDICT_CONF``, ``LSM_*``).
         unlabelled: ids of the tasks left out because nobody labelled them (:func:`unlabelled_tasks`).
+        conversion: the normalisation the images ``CleanedTask.converted`` were written with (the YOLO
+            layout: ``image_conversion``, with how many); None when every image is written as fetched.
     """
     return {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -684,6 +747,12 @@ def build_manifest(
         "predict_conf": settings.predict_conf,
         "lsm": lsm_as_dict(settings.lsm),
         "counts": _counts(cleaned, unlabelled),
+        "image_conversion": None
+        if conversion is None
+        else {
+            "normalization": conversion.as_dict(),
+            "converted": int(sum(c.converted for c in cleaned)),
+        },
         "unlabelled": [int(t) for t in unlabelled],
         "images": [
             {
@@ -696,6 +765,7 @@ def build_manifest(
                 "grade": c.decision.grade,
                 "edits": {k: int(v) for k, v in c.decision.counts.items() if v},
                 "unscored": c.decision.unscored,
+                "converted": c.converted,
             }
             for c in cleaned
         ],
@@ -836,6 +906,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="output folder (must not exist, or be empty)")
     parser.add_argument("--version", help="model version to use (default: the registry's latest)")
     parser.add_argument("--no-images", action="store_true", help="do not copy the images (coco, yolo)")
+    parser.add_argument(
+        "--original-images",
+        action="store_true",
+        help="yolo: write every image as fetched, 16-bit included (default: an image ultralytics would "
+        "misread, e.g. 16-bit, becomes the 8-bit PNG the model saw; coco always writes them as fetched)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--train-final",
@@ -871,6 +947,7 @@ def final_training_job(
     job_dir: Path,
     model_dir: Path,
     project: int | None = None,
+    normalization: ImageNormalization | None = None,
 ) -> dict[str, Any]:
     """The training job of the final detector on the exported labels (``backend.train_job``'s format).
 
@@ -890,6 +967,10 @@ def final_training_job(
         job_dir: the job's scratch folder.
         model_dir: the registry the final detector is published to (not the serving one).
         project: recorded in the meta.
+        normalization: the normalisation the export converted images with (the YOLO layout), which the job
+            then trains with and records: those images hold already normalised pixels, and the final
+            detector must see the same ones when it predicts on the originals. None: ``IMAGE_NORMALIZE``
+            / ``IMAGE_PERCENTILES``, as every training.
     """
     from backend.train_job import TrainItem, job_settings
 
@@ -910,8 +991,11 @@ def final_training_job(
     val = [items[t] for t in sorted(held_out or expert)] or train
     family = settings.detector_family
     warm = init if init is not None and init.family == family else None
+    job = job_settings(settings)
+    if normalization is not None:
+        job["image_normalization"] = normalization.as_dict()
     return {
-        **job_settings(settings),
+        **job,
         "model_dir": str(model_dir),
         "work_dir": str(job_dir),
         "names": list(categories),
@@ -933,9 +1017,11 @@ def train_final(
     categories: Sequence[str],
     init: ModelVersion | None,
     project: int | None = None,
+    normalization: ImageNormalization | None = None,
 ) -> dict[str, Any]:
     """Train the final detector on an export in ``out`` (images in ``out/images``) and publish it to the
-    registry ``out/model``; returns the manifest's ``final_model`` entry.
+    registry ``out/model``; returns the manifest's ``final_model`` entry. ``normalization``: as
+    :func:`final_training_job`'s.
 
     Raises:
         ExportError: the training failed (the export itself stays as written).
@@ -956,6 +1042,7 @@ def train_final(
         job_dir=job_dir,
         model_dir=out / "model",
         project=project,
+        normalization=normalization,
     )
     logger.info(
         "training the final detector on %d exported images (%d validation) from %s, %d epochs",
@@ -1027,6 +1114,7 @@ def run_export(
     progress: bool = True,
     source: Any = None,
     final: bool = False,
+    original_images: bool = False,
 ) -> dict[str, Any]:
     """Export a project (what the CLI does); returns the manifest.
 
@@ -1046,6 +1134,9 @@ def run_export(
         source: the task source (default: ``backend.training.LabelStudioSource(settings)``).
         final: then train the final detector on the export (:func:`train_final`; needs the images) and add
             it to the manifest as ``final_model``.
+        original_images: write the YOLO layout's images as fetched, 16-bit included (``--original-images``);
+            by default those ultralytics would not read as the model sees them are written as 8-bit PNGs
+            (module docstring). The other layouts always write them as fetched.
 
     Raises:
         ExportError: a bad ``out``, no such project, Label Studio failing, no labelled task, no model version
@@ -1148,14 +1239,21 @@ def run_export(
             "calibrated_types": None if calibration is None else calibration.fitted_types,
             "image_normalization": normalization.as_dict(),
             "tiling": None if settings.tiling is None else settings.tiling.size,
+            "max_det": settings.max_det,
             "unpredicted_labels": [schema.labels[i] for i in np.flatnonzero(blind)],
         }
         logger.info("predicting with %s", mv.version)
     categories, _ = export_categories(schema)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    with_images = images and fmt is not ExportFormat.LS
+    # The YOLO layout is trained on as it is: its images must read as the model saw them.
+    conversion = (
+        (normalization or loader.normalization)
+        if with_images and fmt is ExportFormat.YOLO and not original_images
+        else None
+    )
     try:
-        with_images = images and fmt is not ExportFormat.LS
         cleaned = clean_tasks(
             tasks,
             schema=schema,
@@ -1170,6 +1268,7 @@ def run_export(
             crowd_reader=reader,
             calibration=calibration,
             normalization=normalization,
+            convert_images=conversion is not None,
         )
         manifest = build_manifest(
             cleaned,
@@ -1179,6 +1278,7 @@ def run_export(
             model=model_info,
             settings=settings,
             unlabelled=unlabelled,
+            conversion=conversion,
         )
         write_export(staging, cleaned, fmt=fmt, categories=categories, schema=schema, manifest=manifest)
         if out.exists():
@@ -1191,7 +1291,13 @@ def run_export(
         if serving is None:  # every task expert-annotated: start from the latest version, if any
             serving = registry.latest()
         manifest["final_model"] = train_final(
-            settings, cleaned, out=out, categories=categories, init=serving, project=project
+            settings,
+            cleaned,
+            out=out,
+            categories=categories,
+            init=serving,
+            project=project,
+            normalization=conversion,
         )
         (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -1228,6 +1334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             images=not args.no_images,
             progress=not args.no_progress,
             final=args.train_final,
+            original_images=args.original_images,
         )
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -1243,6 +1350,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({by['expert']} expert, {by['auto-corrected']} auto-corrected, {by['crowd']} crowd); "
         f"{counts['boxes']} boxes"
     )
+    conversion = manifest["image_conversion"]
+    if conversion is not None and conversion["converted"]:
+        norm = conversion["normalization"]
+        print(
+            f"images: {conversion['converted']} written as 8-bit PNG, normalised as the model sees them "
+            f"({norm['mode']}, percentiles {norm['percentiles'][0]:g}-{norm['percentiles'][1]:g}), so that "
+            "ultralytics reads them right (manifest.json: converted; --original-images keeps them as fetched)"
+        )
     edits = ", ".join(f"{v} {k}" for k, v in counts["edits"].items() if v and k != "kept") or "none"
     n_crowd = counts["crowd_boxes"]
     if model is None:

@@ -314,10 +314,11 @@ class ModelService:
             return detector
 
     def _load_version(self, mv: ModelVersion) -> Detector:
-        """Load a version with its family, tiled when ``TILE_SIZE`` is set."""
+        """Load a version with its family (at most ``MAX_DET`` boxes per image), tiled when ``TILE_SIZE`` is
+        set: the cap is then per tile, and the merged image is not cut back to it."""
         from model.detector import load_detector
 
-        detector = load_detector(mv, device=self.settings.device)
+        detector = load_detector(mv, device=self.settings.device, max_det=self.settings.max_det)
         _check_tiling(mv, self.settings)
         if self.settings.tiling is None:
             return detector

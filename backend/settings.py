@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from backend.roles import CrowdPolicy, annotation_email, check_roles, parse_emails
 from formats.images import DEFAULT_PERCENTILES, ImageNormalization, Normalize
-from model.detector import DEFAULT_FAMILY, PREDICT_CONF, family_names, get_family
+from model.detector import DEFAULT_FAMILY, MAX_DET, PREDICT_CONF, family_names, get_family
 from model.tiling import MIN_TILE, Merge, TileConfig
 from selection.lsm import LSMConfig
 
@@ -374,6 +374,8 @@ class Settings:
             (``IMAGE_CACHE_MB``, under ``<scratch_dir>/image-cache``; 0 disables it).
         predict_conf: the prediction confidence floor (``PREDICT_CONF``): detections below it never reach
             the scorer.
+        max_det: the most boxes the detector returns per image, per tile under tiling (``MAX_DET``, default
+            ultralytics' 300); the tile merge does not cut an image back to it.
         lsm: the LSM thresholds (``LSM_<FIELD>``), used for every scoring and recorded in version meta.
         tiling: tiled prediction and training of images larger than ``TILE_SIZE`` (``None``: off).
         train_threads: torch CPU threads of the training process (0: all cores but one, at least 1), so
@@ -414,6 +416,7 @@ class Settings:
     image_cache_mb: int = 2048
     detector_family: str = DEFAULT_FAMILY
     predict_conf: float = PREDICT_CONF
+    max_det: int = MAX_DET
     lsm: LSMConfig = field(default_factory=LSMConfig)
     tiling: TileConfig | None = None
     train_threads: int = 0
@@ -536,6 +539,7 @@ class Settings:
             image_cache_mb=_int(environ, "IMAGE_CACHE_MB", 2048, minimum=0),
             detector_family=family_name,
             predict_conf=predict_conf,
+            max_det=_int(environ, "MAX_DET", MAX_DET, minimum=1),
             lsm=lsm,
             tiling=tiling_from_env(environ),
             train_threads=_int(environ, "TRAIN_THREADS", 0, minimum=0),
@@ -550,8 +554,8 @@ class Settings:
         """Log the configuration without secrets."""
         logger.info(
             "settings: model_dir=%s device=%s family=%s label_studio=%s api_key=%s expert=%s crowd=%s "
-            "train_min=%d epochs=%d basic_auth=%s local_files_root=%s predict_conf=%s lsm=%s images=%s "
-            "tiling=%s",
+            "train_min=%d epochs=%d basic_auth=%s local_files_root=%s predict_conf=%s max_det=%d lsm=%s "
+            "images=%s tiling=%s",
             self.model_dir,
             self.device,
             self.detector_family,
@@ -564,6 +568,7 @@ class Settings:
             "on" if self.basic_auth_enabled else "off",
             self.local_files_document_root or "-",
             self.predict_conf,
+            self.max_det,
             lsm_as_dict(self.lsm),
             self.image_normalization.as_dict(),
             self.tiling.as_dict() if self.tiling is not None else "off",

@@ -6,7 +6,8 @@ formats (``.pgm``, ``.gif``, ``.jfif``, no suffix). So that training sees exactl
 an image is linked only when it is a PNG, JPEG, BMP or WebP by name and ``formats.images`` decodes it to 8-bit
 pixels the normalisation leaves unchanged (what ultralytics reads from it too); any other image (16-bit,
 float, every TIFF, any other suffix, every image under the ``percentile`` mode) is written as an 8-bit PNG of
-``formats.images.normalize_image``.
+``formats.images.normalize_image``. :func:`links_unchanged` is that rule and :func:`write_normalized_png` that
+file, shared with ``python -m backend.export``'s YOLO layout.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +96,57 @@ def _trainable(labels: Detections, width: int, height: int) -> Detections:
 _LINKED_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 
 
+def links_unchanged(suffix: str, dtype: np.dtype[Any] | type, normalization: ImageNormalization) -> bool:
+    """Whether ultralytics, reading an image file as it is, gets the pixels prediction gets from it.
+
+    True for a PNG, JPEG, BMP or WebP (by ``suffix``) that ``formats.images`` decodes to uint8 when
+    ``normalization`` leaves 8-bit pixels unchanged; such a file may be linked or copied. Any other image must
+    be written as :func:`write_normalized_png` of its normalised pixels.
+
+    >>> from formats.images import Normalize
+    >>> auto = ImageNormalization()
+    >>> links_unchanged(".PNG", np.uint8, auto), links_unchanged(".png", np.uint16, auto)
+    (True, False)
+    >>> links_unchanged(".tif", np.uint8, auto)  # ultralytics reads TIFF by its own rules
+    False
+    >>> links_unchanged(".jpg", np.uint8, ImageNormalization(Normalize.PERCENTILE))  # 8-bit stretched too
+    False
+
+    Args:
+        suffix: the file's suffix (any case).
+        dtype: the sample type the file decodes to (``formats.images.decode_image``).
+        normalization: the normalisation prediction uses.
+    """
+    return (
+        suffix.lower() in _LINKED_SUFFIXES
+        and np.dtype(dtype) == np.uint8
+        and not normalization.stretches(np.uint8)
+    )
+
+
+def write_normalized_png(rgb: np.ndarray, stem: Path, *, gray: bool) -> Path:
+    """Write normalised pixels as the 8-bit PNG ``<stem>.png``, which ultralytics reads back exactly.
+
+    Args:
+        rgb: uint8 (H, W, 3) RGB, as ``formats.images.normalize_image`` returns it.
+        stem: the file path without its suffix.
+        gray: the image decoded to one channel: written as a gray PNG (ultralytics replicates it to three).
+
+    Returns:
+        The file written.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    import cv2
+
+    out = rgb[:, :, 0] if gray else rgb[:, :, ::-1]  # cv2 writes BGR
+    dst = stem.with_name(stem.name + ".png")
+    if not cv2.imwrite(str(dst), out):
+        raise OSError(f"cannot write {dst}")
+    return dst
+
+
 def _place_image(item: LabeledImage, dst_stem: Path, normalization: ImageNormalization) -> bool:
     """Link the image as ``dst_stem + suffix`` when ultralytics would read the pixels we would give it, else
     write the normalised 8-bit PNG ``dst_stem.png``; True when converted.
@@ -101,8 +154,6 @@ def _place_image(item: LabeledImage, dst_stem: Path, normalization: ImageNormali
     Raises:
         ValueError: the file does not decode, or its size is not the item's ``width`` x ``height``.
     """
-    import cv2
-
     src = item.path
     pixels = read_image(src)
     if pixels.shape[:2] != (item.height, item.width):
@@ -111,15 +162,11 @@ def _place_image(item: LabeledImage, dst_stem: Path, normalization: ImageNormali
             f"{item.width}x{item.height} (the labels would be scaled wrongly)"
         )
     suffix = src.suffix.lower()
-    if suffix in _LINKED_SUFFIXES and pixels.dtype == np.uint8 and not normalization.stretches(np.uint8):
+    if links_unchanged(suffix, pixels.dtype, normalization):
         dst = dst_stem.with_name(dst_stem.name + suffix)
         _link_or_copy(src, dst)
         return False
-    rgb = normalize_image(pixels, normalization)
-    out = rgb[:, :, 0] if pixels.ndim == 2 else rgb[:, :, ::-1]  # gray stays one channel; cv2 writes BGR
-    dst = dst_stem.with_name(dst_stem.name + ".png")
-    if not cv2.imwrite(str(dst), out):
-        raise OSError(f"cannot write {dst}")
+    write_normalized_png(normalize_image(pixels, normalization), dst_stem, gray=pixels.ndim == 2)
     return True
 
 

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_FAMILY",
+    "MAX_DET",
     "PREDICT_CONF",
     "Detector",
     "DetectorFamily",
@@ -84,6 +85,12 @@ PREDICT_CONF = 0.01
 Low on purpose: the LSM thresholds predictions itself (``LSMConfig.score_floor``) and the backend hides
 model boxes below ``SCORE_THRESHOLD``; the floor only keeps NMS output small. One place for backend,
 training job and benchmark (the backend's ``PREDICT_CONF`` setting defaults to it)."""
+
+MAX_DET = 300
+"""The most boxes a detector returns per image (per tile under tiling, see ``model.tiling``): ultralytics' own
+``max_det`` default, so that the backend's ``MAX_DET`` setting left unset changes nothing. Raise it for images
+that hold more objects than that: NMS otherwise keeps only the best-scored ones, and a crowd box on an object
+past the cap finds no prediction, as a box drawn on background does."""
 
 DEFAULT_FAMILY = LEGACY_FAMILY
 """The family used when none is named (``DETECTOR_FAMILY`` unset, old versions without ``"family"``)."""
@@ -153,8 +160,14 @@ class DetectorFamily(Protocol):
         """Raise ``ValueError`` (naming ``init``) when training could not start from ``init``."""
         ...
 
-    def load(self, weights: Path | str, *, device: str = "auto", version: str = "") -> Detector:
-        """Load a checkpoint written by :meth:`train`; ``FileNotFoundError`` when missing."""
+    def load(
+        self, weights: Path | str, *, device: str = "auto", version: str = "", max_det: int = MAX_DET
+    ) -> Detector:
+        """Load a checkpoint written by :meth:`train`; ``FileNotFoundError`` when missing.
+
+        ``max_det`` caps the boxes the detector returns per image (``MAX_DET``). A family without such a cap
+        may leave the parameter out: :func:`load_detector` then loads it under the default only.
+        """
         ...
 
     def train(
@@ -245,16 +258,43 @@ def get_family(name: str) -> DetectorFamily:
     return _CACHE[name]
 
 
-def load_detector(version: ModelVersion, *, device: str = "auto") -> Detector:
+def load_detector(version: ModelVersion, *, device: str = "auto", max_det: int = MAX_DET) -> Detector:
     """Load a published model version with the family recorded in its meta.
 
     Args:
         version: from ``ModelRegistry.latest()``/``.get(name)``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        max_det: the most boxes returned per image (the backend's ``MAX_DET``; per tile when tiled).
 
     Raises:
-        ValueError: the version names an unknown family.
+        ValueError: the version names an unknown family, ``max_det`` is not an integer >= 1, or it is not the
+            default and the family's ``load`` takes no ``max_det``.
         FileNotFoundError: its weights are gone.
     """
+    if isinstance(max_det, bool) or not isinstance(max_det, int) or max_det < 1:
+        raise ValueError(f"max_det: expected an integer >= 1, got {max_det!r}")
     family = get_family(version.family)
-    return family.load(version.weights, device=device, version=version.version)
+    if max_det == MAX_DET:
+        # The default is every family's own: a family written before max_det existed loads as it always did.
+        return family.load(version.weights, device=device, version=version.version)
+    if not _takes_keyword(family.load, "max_det"):
+        raise ValueError(
+            f"max_det: the {family.name!r} detector family has no cap on its boxes (its load takes no "
+            f"max_det); leave MAX_DET at {MAX_DET}, got {max_det}"
+        )
+    return family.load(version.weights, device=device, version=version.version, max_det=max_det)
+
+
+def _takes_keyword(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function`` accepts the keyword argument ``name`` (by name or through ``**kwargs``)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): let the call decide
+        return True
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == name and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        for p in parameters
+    )

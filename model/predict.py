@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from formats.images import ImageNormalization, normalize_image, read_image
-from model.detector import PREDICT_CONF, ImageInput
+from model.detector import MAX_DET, PREDICT_CONF, ImageInput
 from model.device import configure_threads, import_ultralytics, resolve_device
 from selection.detections import Detections
 
@@ -53,6 +53,12 @@ def _pixels(source: str | np.ndarray, index: int) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
+def _check_max_det(max_det: int) -> int:
+    if isinstance(max_det, bool) or not isinstance(max_det, int) or max_det < 1:
+        raise ValueError(f"max_det: expected an integer >= 1, got {max_det!r}")
+    return max_det
+
+
 def _to_detections(result: Any) -> Detections:
     boxes = result.boxes
     if boxes is None or len(boxes) == 0:
@@ -74,21 +80,38 @@ class YoloDetector:
         device: torch device string (``"cpu"`` or ``"cuda:N"``).
         names: class names, index = class id.
         version: model version label, set by the caller (e.g. from ``ModelRegistry``); ``""`` if unknown.
+        max_det: the most boxes :meth:`predict` returns per image (ultralytics' ``max_det``), the best first.
     """
 
-    def __init__(self, model: Any, *, weights: Path, device: str, threads: int | None, version: str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        weights: Path,
+        device: str,
+        threads: int | None,
+        version: str,
+        max_det: int = MAX_DET,
+    ) -> None:
         self._model = model
         self._lock = threading.Lock()
         self._threads = threads
         self.weights = weights
         self.device = device
         self.version = version
+        self.max_det = _check_max_det(max_det)
         raw = model.names
         self.names: list[str] = [str(raw[i]) for i in sorted(raw)] if isinstance(raw, dict) else list(raw)
 
     @classmethod
     def load(
-        cls, weights: Path | str, device: str = "auto", *, threads: int | None = None, version: str = ""
+        cls,
+        weights: Path | str,
+        device: str = "auto",
+        *,
+        threads: int | None = None,
+        version: str = "",
+        max_det: int = MAX_DET,
     ) -> YoloDetector:
         """Load a checkpoint.
 
@@ -99,10 +122,14 @@ class YoloDetector:
                 ultralytics itself does: threads spinning at barriers while a core serves another process,
                 e.g. Label Studio on the same machine, made batched inference 14x slower on 2 cores).
             version: label stored as ``.version``.
+            max_det: the most boxes returned per image (default :data:`~model.detector.MAX_DET`, ultralytics'
+                own 300).
 
         Raises:
             FileNotFoundError: no file at ``weights`` (nothing is downloaded).
+            ValueError: ``max_det`` is not an integer >= 1.
         """
+        _check_max_det(max_det)
         if threads is None:
             threads = max(1, (os.cpu_count() or 1) - 1)
         path = Path(weights)
@@ -120,7 +147,9 @@ class YoloDetector:
 
         model.add_callback("on_predict_start", _threads)
         logger.info("loaded detector %s on %s", path, torch_device)
-        return cls(model, weights=path, device=torch_device, threads=threads, version=version)
+        return cls(
+            model, weights=path, device=torch_device, threads=threads, version=version, max_det=max_det
+        )
 
     def predict(
         self,
@@ -130,6 +159,7 @@ class YoloDetector:
         iou: float = 0.6,
         imgsz: int | None = None,
         batch: int = 16,
+        max_det: int | None = None,
     ) -> list[Detections]:
         """Detect boxes in images.
 
@@ -140,6 +170,7 @@ class YoloDetector:
             iou: NMS IoU threshold in [0, 1].
             imgsz: inference size in pixels; ``None`` uses the size the model was trained at.
             batch: images per forward pass.
+            max_det: the most boxes kept per image after NMS (``None``: :attr:`max_det`).
 
         Returns:
             One scored ``Detections`` per image, in pixels of that image (boxes clipped to it), scores float32
@@ -154,7 +185,14 @@ class YoloDetector:
         if isinstance(images, str | Path | np.ndarray):
             raise TypeError("images: expected a sequence of images; wrap a single image in a list")
         sources = [_as_source(image, i) for i, image in enumerate(images)]
-        options: dict[str, Any] = {"conf": conf, "iou": iou, "device": self.device, "verbose": False}
+        cap = self.max_det if max_det is None else _check_max_det(max_det)
+        options: dict[str, Any] = {
+            "conf": conf,
+            "iou": iou,
+            "max_det": cap,
+            "device": self.device,
+            "verbose": False,
+        }
         if imgsz is not None:
             options["imgsz"] = imgsz
         out: list[Detections] = []

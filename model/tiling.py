@@ -13,7 +13,9 @@ deposits at the scale it will meet them.
 * :class:`TiledDetector`: a :class:`~model.detector.Detector` wrapping any other. Tiles stream through the
   inner detector in chunks of ``batch`` tiles; an image is decoded when its first tile is queued and released
   when its last tile is predicted, so at most the images of one chunk are held, whatever their number or size.
-  Images no larger than a tile go through whole, as before.
+  Images no larger than a tile go through whole, as before. The inner detector's cap on boxes per image
+  (``max_det``, the backend's ``MAX_DET``) applies per tile; the merge only joins the boxes of one object
+  found in several tiles and cuts nothing back to the cap, so a tiled image may hold more boxes than the cap.
 * :func:`merge_tile_detections`: the cross-tile merge. A box that touches a tile edge lying inside the image
   is *cut* (the object may continue in the neighbour tile). Boxes of different tiles are grouped greedily,
   whole boxes first, by score: two boxes match at IoU >= ``merge_iou``, or, when either is cut, at

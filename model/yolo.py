@@ -13,7 +13,7 @@ from typing import Literal
 
 from formats.images import ImageNormalization
 from model.dataset import LabeledImage, write_yolo_dataset
-from model.detector import EpochCallback, TrainResult
+from model.detector import MAX_DET, EpochCallback, TrainResult
 from model.predict import YoloDetector
 
 __all__ = ["STRIDE", "YoloFamily", "yolo_imgsz"]
@@ -48,9 +48,11 @@ class YoloFamily:
             return
         raise ValueError(f"init: expected a model yaml (e.g. yolov8n.yaml) or a weights file, got {text!r}")
 
-    def load(self, weights: Path | str, *, device: str = "auto", version: str = "") -> YoloDetector:
-        """Load a ``.pt`` checkpoint (see :meth:`YoloDetector.load`)."""
-        return YoloDetector.load(weights, device, version=version)
+    def load(
+        self, weights: Path | str, *, device: str = "auto", version: str = "", max_det: int = MAX_DET
+    ) -> YoloDetector:
+        """Load a ``.pt`` checkpoint (``max_det``: most boxes per image; see :meth:`YoloDetector.load`)."""
+        return YoloDetector.load(weights, device, version=version, max_det=max_det)
 
     def train(
         self,

@@ -10,7 +10,7 @@ import importlib
 
 import pytest
 
-MODULES = ["model.detector", "model.yolo", "model.tiling", "backend.labelconfig"]
+MODULES = ["model.dataset", "model.detector", "model.yolo", "model.tiling", "backend.labelconfig"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -463,7 +463,7 @@ def test_run_export_reads_the_stored_calibration(tmp_path, monkeypatch):
     weights = tmp_path / "fake.pt"
     weights.write_bytes(b"not read: the detector is faked")
     mv = ModelRegistry(settings.model_dir).publish(weights, {"family": "yolo"})
-    monkeypatch.setattr(model.detector, "load_detector", lambda version, device=None: _detector())
+    monkeypatch.setattr(model.detector, "load_detector", lambda version, **_: _detector())
     n = 20
     never = fit_calibration(
         LabelledFindings(
@@ -551,7 +551,7 @@ def _publish(settings: Settings, tmp_path: Path, meta: dict[str, Any] | None = N
 def _fake_model(monkeypatch: pytest.MonkeyPatch, detector: Any) -> None:
     import model.detector
 
-    monkeypatch.setattr(model.detector, "load_detector", lambda version, device=None: detector)
+    monkeypatch.setattr(model.detector, "load_detector", lambda version, **_: detector)
 
 
 def test_run_export_predicts_tile_by_tile_under_tile_size_as_predict_does(tmp_path, monkeypatch):
@@ -787,7 +787,7 @@ def test_cli_label_studio_and_model_failures_exit_1_with_one_line(tmp_path, monk
         f"error: model version {mv.version}: cannot be loaded (ValueError: family: expected one of"
     )
 
-    def gone(version: Any, device: Any = None) -> Any:
+    def gone(version: Any, **_: Any) -> Any:
         raise FileNotFoundError(2, "No such file or directory", str(version.weights))
 
     monkeypatch.setattr("model.detector.load_detector", gone)
@@ -823,3 +823,130 @@ def test_fetched_images_are_written_byte_for_byte(tmp_path):
     assert [c.name for c in cleaned] == ["img/001.jpg", "img/002.png", "img/003.png"]  # the data's own format
     assert (tmp_path / "img/001.jpg").read_bytes() == jpeg.getvalue()
     assert (tmp_path / "img/002.png").read_bytes() == deep.getvalue()  # 16-bit, as fetched
+
+
+# --- the YOLO layout is trained on as it is: images ultralytics would misread are converted ----------------
+
+
+def _encoded(pixels: np.ndarray, suffix: str) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(suffix, pixels)
+    assert ok
+    return buf.tobytes()
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    import base64
+
+    return f"data:image/{mime};base64," + base64.b64encode(data).decode()
+
+
+def test_yolo_export_writes_16_bit_images_as_the_8_bit_pixels_the_model_saw(tmp_path, monkeypatch):
+    """A 16-bit PNG of 12-bit data (ultralytics would read its high byte: 0-15) and a float TIFF are written
+    as the 8-bit PNG ``--train-final``'s dataset writer makes of them under the version's normalisation; an
+    8-bit PNG stays byte for byte. COCO and ``--original-images`` keep every image as fetched."""
+    from formats.images import ImageNormalization, Normalize, normalize_image
+    from model.dataset import LabeledImage, write_yolo_dataset
+    from model.device import import_ultralytics
+
+    rng = np.random.default_rng(0)
+    twelve = rng.integers(0, 4096, (100, 160), dtype=np.uint16)
+    deep_png = _encoded(twelve, ".png")
+    flat_png = _encoded(rng.integers(0, 256, (100, 170, 3), dtype=np.uint8), ".png")
+    float_tiff = _encoded(rng.random((100, 150), dtype=np.float32), ".tiff")
+    tasks = [_task(1, 150, NOISY, expert=EXPERT_BOXES), _task(2, 160, NOISY), _task(3, 170, CLEAN)]
+    for task, data, mime in zip(tasks, (float_tiff, deep_png, flat_png), ("tiff", "png", "png"), strict=True):
+        task["data"]["image"] = _data_uri(data, mime)
+    settings = _settings(tmp_path)  # IMAGE_NORMALIZE=auto, IMAGE_PERCENTILES=0.1,99.9
+    trained = ImageNormalization(Normalize.AUTO, (1.0, 99.0))  # the version's own: it wins
+    _publish(settings, tmp_path, {"image_normalization": trained.as_dict()})
+    _fake_model(monkeypatch, _detector())
+
+    def export(fmt: ExportFormat, out: str, **kw: Any) -> dict[str, Any]:
+        return run_export(
+            settings, project=4, fmt=fmt, out=tmp_path / out, source=FakeSource(tasks), progress=False, **kw
+        )
+
+    manifest = export(ExportFormat.YOLO, "yolo")
+    out = tmp_path / "yolo"
+    assert manifest["image_conversion"] == {"normalization": trained.as_dict(), "converted": 2}
+    assert [(r["image"], r["converted"]) for r in manifest["images"]] == [
+        ("img/001.png", True),  # a .tif by its format: renamed
+        ("img/002.png", True),
+        ("img/003.png", False),
+    ]
+    assert sorted(p.name for p in (out / "images" / "img").iterdir()) == ["001.png", "002.png", "003.png"]
+    assert (out / "labels" / "img" / "001.txt").is_file()
+    assert (out / "images" / "img" / "003.png").read_bytes() == flat_png  # 8-bit: byte for byte
+
+    # The 16-bit image: exactly the file model/dataset.py writes for training under that normalisation.
+    exported = out / "images" / "img" / "002.png"
+    source = tmp_path / "src" / "002.png"
+    source.parent.mkdir()
+    source.write_bytes(deep_png)
+    item = LabeledImage(source, Detections.empty(), 160, 100)
+    data_yaml = write_yolo_dataset(tmp_path / "ds", [item], [item], ["deposit"], normalization=trained)
+    assert exported.read_bytes() == (data_yaml.parent / "images" / "train" / "000000_002.png").read_bytes()
+    # ... and ultralytics reads from it the 8-bit pixels the model saw (not twelve's high byte).
+    import_ultralytics()
+    from ultralytics.utils.patches import imread
+
+    read = imread(str(exported))
+    assert read is not None and read.dtype == np.uint8
+    np.testing.assert_array_equal(read[:, :, ::-1], normalize_image(twelve, trained))
+    assert int(read.max()) == 255
+
+    original = export(ExportFormat.YOLO, "original", original_images=True)
+    assert original["image_conversion"] is None and not any(r["converted"] for r in original["images"])
+    assert (tmp_path / "original" / "images" / "img" / "002.png").read_bytes() == deep_png
+    assert (tmp_path / "original" / "images" / "img" / "001.tif").read_bytes() == float_tiff
+    coco = export(ExportFormat.COCO, "coco")
+    assert coco["image_conversion"] is None
+    assert (tmp_path / "coco" / "images" / "img" / "002.png").read_bytes() == deep_png
+
+    from backend.export import parse_args
+
+    flags = ["--project", "4", "--format", "yolo", "--out", "x"]
+    assert parse_args([*flags, "--original-images"]).original_images and not parse_args(flags).original_images
+
+
+def test_final_training_on_converted_images_trains_with_their_normalisation(tmp_path):
+    """The converted images hold normalised pixels: the final detector trains with (and records) the
+    normalisation that made them, so that it sees the same pixels when it predicts on the originals."""
+    from backend.export import final_training_job
+    from formats.images import ImageNormalization, Normalize
+
+    cleaned = _clean(_tasks(), _detector())
+    kw: dict[str, Any] = {
+        "image_dir": tmp_path / "images",
+        "categories": ["deposit"],
+        "init": None,
+        "job_dir": tmp_path / "job",
+        "model_dir": tmp_path / "model",
+    }
+    settings = _settings(tmp_path)
+    trained = ImageNormalization(Normalize.AUTO, (1.0, 99.0))
+    assert final_training_job(settings, cleaned, **kw)["image_normalization"] == (
+        settings.image_normalization.as_dict()
+    )
+    assert final_training_job(settings, cleaned, normalization=trained, **kw)["image_normalization"] == (
+        trained.as_dict()
+    )
+
+
+def test_cli_says_how_many_images_it_converted(tmp_path, monkeypatch, capsys, cli_env):
+    cli_env[1]["data"]["image"] = _data_uri(_encoded(np.full((100, 160), 3000, np.uint16), ".png"), "png")
+    _publish(_settings(tmp_path), tmp_path)
+    _fake_model(monkeypatch, _detector())
+    from backend.export import main
+
+    base = ["--project", "4", "--format", "yolo", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "yolo")]) == 0
+    assert (
+        "images: 1 written as 8-bit PNG, normalised as the model sees them (auto, percentiles 0.1-99.9), "
+        "so that ultralytics reads them right (manifest.json: converted; --original-images keeps them as "
+        "fetched)"
+    ) in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "original"), "--original-images"]) == 0
+    assert "8-bit PNG" not in capsys.readouterr().out

@@ -401,6 +401,96 @@ def test_image_sources_are_converted_for_ultralytics(tmp_path):
         _as_source(tmp_path / "missing.png", 1)
 
 
+# ---------------------------------------------------------------- the cap on boxes per image (MAX_DET)
+
+
+class _RecordingUltralytics:
+    """Stands in for ``ultralytics.YOLO`` behind ``YoloDetector``: records each predict call's options."""
+
+    def __init__(self) -> None:
+        self.names = {0: "deposit"}
+        self.options: list[dict] = []
+
+    def predict(self, chunk, *, stream, batch, **options):
+        from types import SimpleNamespace
+
+        self.options.append(options)
+        return [SimpleNamespace(boxes=None, orig_shape=np.asarray(im).shape[:2]) for im in chunk]
+
+
+def test_max_det_default_is_ultralytics_own():
+    from model.detector import MAX_DET
+    from model.device import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics.cfg import DEFAULT_CFG
+
+    assert MAX_DET == DEFAULT_CFG.max_det == 300  # MAX_DET unset predicts exactly as before
+
+
+def test_yolo_detector_passes_max_det_to_ultralytics():
+    from model.predict import YoloDetector
+
+    def detector(**kw):
+        model = _RecordingUltralytics()
+        return YoloDetector(model, weights=Path("w.pt"), device="cpu", threads=1, version="v", **kw), model
+
+    image = [np.zeros((8, 8), np.uint8)]
+    plain, model = detector()
+    plain.predict(image)
+    assert plain.max_det == 300 and model.options[-1]["max_det"] == 300
+    raised, model = detector(max_det=1000)
+    raised.predict(image)
+    raised.predict(image, max_det=5)
+    assert [o["max_det"] for o in model.options] == [1000, 5]
+    for bad in (0, -1, 2.5, True, "300"):
+        with pytest.raises(ValueError, match="max_det: expected an integer >= 1"):
+            detector(max_det=bad)
+        with pytest.raises(ValueError, match="max_det: expected an integer >= 1"):
+            plain.predict(image, max_det=bad)
+
+
+def test_load_detector_passes_max_det_to_the_family(tmp_path, fake_family):
+    from model.detector import MAX_DET
+
+    loaded: list[int] = []
+
+    class _CappedFamily(_FakeFamily):
+        def load(self, weights, *, device="auto", version="", max_det=MAX_DET):
+            loaded.append(max_det)
+            return super().load(weights, device=device, version=version)
+
+    registry = ModelRegistry(tmp_path / "models")
+    fake = registry.get(registry.publish(_fake_weights(tmp_path / "a.pt", b"a"), {"family": "fake"}).version)
+    # A family whose load takes no max_det (written before it existed) loads under the default ...
+    assert load_detector(fake, device="cpu").version == fake.version
+    # ... and is refused another cap, by name, rather than silently keeping its own.
+    with pytest.raises(ValueError, match=r"max_det: the 'fake' detector family has no cap .*MAX_DET at 300"):
+        load_detector(fake, device="cpu", max_det=1000)
+    with pytest.raises(ValueError, match="max_det: expected an integer >= 1, got 0"):
+        load_detector(fake, device="cpu", max_det=0)
+    register_family("fake", _CappedFamily)
+    load_detector(fake, device="cpu", max_det=1000)
+    assert loaded == [1000]
+
+
+def test_a_real_yolo_returns_up_to_max_det_boxes_past_ultralytics_300(tmp_path):
+    """An untrained network at conf 0 (and an NMS that keeps nearly everything) fills any cap it is given."""
+    from model.device import import_ultralytics
+
+    import_ultralytics()
+    from ultralytics import YOLO
+
+    weights = tmp_path / "untrained.pt"
+    YOLO("yolov8n.yaml").save(str(weights))
+    image = [np.random.default_rng(0).integers(0, 256, (320, 320, 3), np.uint8)]
+    counts = {}
+    for cap in (3, 300, 1000):
+        detector = get_family("yolo").load(weights, device=TEST_DEVICE, max_det=cap)
+        counts[cap] = len(detector.predict(image, conf=0.0, iou=0.99, imgsz=320)[0])
+    assert counts == {3: 3, 300: 300, 1000: 1000}
+
+
 # ---------------------------------------------------------------- one tiny real YOLO run
 
 

@@ -456,6 +456,62 @@ def test_service_predicts_tiled_when_tile_size_is_set(tmp_path, blob_family, cap
     assert [len(c) for c in inner.calls] == [5, 5, 3]  # 12 tiles + 1 small image, PREDICT_BATCH chunks
 
 
+class _CappedBlobs(_Blobs):
+    """:class:`_Blobs` with a detector's cap on boxes per image (per tile here), the darkest first."""
+
+    def __init__(self, max_det: int) -> None:
+        super().__init__()
+        self.max_det = max_det
+        self.found: list[int] = []
+
+    def predict(self, images, *, conf=PREDICT_CONF, batch=16):
+        out = [d.subset(np.arange(len(d)) < self.max_det) for d in super().predict(images, conf=conf)]
+        self.found += [len(d) for d in out]
+        return out
+
+
+class _CappedFamily(_BlobFamily):
+    name = "cappedfake"
+
+    def load(self, weights, *, device="auto", version="", max_det=300):
+        return _CappedBlobs(max_det)
+
+
+def test_max_det_caps_each_tile_and_the_merge_keeps_more(tmp_path):
+    """``MAX_DET`` reaches the family's load; under ``TILE_SIZE`` it caps each tile, and the merge does not
+    cut the image back to the cap."""
+    import model.detector as detector_module
+    from backend.images import ImageLoader
+    from backend.service import ModelService
+    from backend.settings import Settings
+    from model.registry import ModelRegistry
+
+    register_family("cappedfake", _CappedFamily)
+    try:
+        weights = tmp_path / "w.pt"
+        weights.write_bytes(b"fake")
+        meta = {"family": "cappedfake", "train_options": {"tiling": {"size": 256}}}
+        ModelRegistry(tmp_path / "models").publish(weights, meta)
+        # 20 deposits, 10 px, spread over a 700 x 500 frame: 12 tiles of 256 px, each holding at most 9.
+        squares = [(40 + 130 * i, 40 + 110 * j, 10) for i in range(5) for j in range(4)]
+        frame = _frame(700, 500, squares)
+        found = {}
+        for cap in (4, 1000):
+            settings = Settings.from_env(
+                {"MODEL_DIR": str(tmp_path / "models"), "TILE_SIZE": "256", "MAX_DET": str(cap)}
+            )
+            service = ModelService(settings, loader=ImageLoader())
+            preds, _, _ = service.detect([frame])
+            inner = service.current()[0].inner
+            assert inner.max_det == cap and max(inner.found) <= cap
+            found[cap] = len(preds[0])
+        assert max(inner.found) > 4  # uncapped, a tile holds more than 4 deposits; capped at 4 per tile, the
+        assert found == {4: 20, 1000: 20}  # overlapping tiles still find all 20, and the image keeps them
+    finally:
+        detector_module._FACTORIES.pop("cappedfake", None)
+        detector_module._CACHE.pop("cappedfake", None)
+
+
 def test_training_job_trains_on_tiles_and_records_them(tmp_path, blob_family):
     from backend.train_job import run_job
     from model.registry import ModelRegistry
