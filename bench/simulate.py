@@ -5,8 +5,11 @@
     python -m bench.simulate --data MYDATA --seeds 3 --out DIR           # a lab's own data (bench.userdata)
 
 Writes ``DIR/results.json``, ``DIR/results.md`` and three PNG plots (``ap50_vs_budget.png``,
-``noisy_found.png``, ``grade_pr.png``). Re-running with the same ``--out`` reuses finished trainings; a
-training identical to one already done under another name is reused too.
+``noisy_found.png``, ``grade_pr.png``) once every seed is done (``write_results``; ``python -m bench.report``
+renders them again from a finished ``results.json`` with the current code, without training); with ``--jobs
+1`` the seeds finished so far are kept in ``DIR/results.partial.json`` meanwhile. Re-running with the same
+``--out`` reuses finished trainings; a training identical to one already done under another name is reused
+too.
 
 Expert cost is counted in two units for every arm (``bench.cost``): images re-annotated, and instance
 decisions (every crowd box confirmed, moved or deleted and every box drawn in a re-annotated image, plus every
@@ -107,6 +110,9 @@ FINETUNE_STEPS = ("matched", "epochs")
 IMAGE_SCORES = ("weighted", "type", "raw")
 # Purchases by an ``image_priority`` other than the image score: it is scored as a noisy-image detector too.
 PRIORITY_SCORES = tuple(rule for rule in PRIORITIES if rule != "discrepancy")
+# The seeds finished so far, while a ``--jobs 1`` run is under way (nothing reads it back: a resumed run
+# reuses its finished trainings instead).
+PARTIAL = "results.partial.json"
 # The noisy-image scorers of ``results.json`` (``detection``), in the order of the table.
 DETECTION_SCORERS = (
     "lsm",
@@ -607,11 +613,19 @@ def run_seed(
     }
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, ...]:
+    """Mean and standard deviation (ddof 1; 0 for one value) over the seeds that have a figure.
+
+    Returns:
+        ``(mean, std)`` when every seed has one; else ``(mean, std, k, n)``: over ``k`` of the ``n`` seeds
+        (``nan`` for both when ``k`` is 0), so that a table can say so (``_fmt``).
+    """
     arr = np.array([v for v in values if not math.isnan(v)], np.float64)
     if arr.size == 0:
-        return float("nan"), float("nan")
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+        mean_std = (float("nan"), float("nan"))
+    else:
+        mean_std = (float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0)
+    return mean_std if arr.size == len(values) else (*mean_std, int(arr.size), len(values))
 
 
 def _paired(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
@@ -660,7 +674,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for k in DETECTION_SCORERS
         if all(k in r["detection"] for r in runs)
     }
-    types: dict[str, dict[str, tuple[float, float]]] = {}
+    types: dict[str, dict[str, tuple[float, ...]]] = {}
     for t in runs[0]["instance_types"]:
         name = t["noise_type"]
         rows = [next(x for x in r["instance_types"] if x["noise_type"] == name) for r in runs]
@@ -703,11 +717,15 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 1) -> str:
-    m, s = ms
+def _fmt(ms: Sequence[float], scale: float = 1.0, digits: int = 1) -> str:
+    """A ``_mean_std`` figure as "mean ± std", "(k of n seeds)" added where only k of the n seeds had one."""
+    m, s = ms[0], ms[1]
     if math.isnan(m):
         return "n/a"
-    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+    if len(ms) > 2 and int(ms[2]) == 1:  # one seed: no spread to show
+        return f"{m * scale:.{digits}f} (1 of {int(ms[3])} seeds)"
+    text = f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+    return text if len(ms) <= 2 else f"{text} ({int(ms[2])} of {int(ms[3])} seeds)"
 
 
 def _wall_note(meta: dict[str, Any]) -> str:
@@ -955,10 +973,12 @@ def write_plots(out: Path, runs: list[dict[str, Any]], summary: dict[str, Any]) 
     for s in strategies:
         xs = np.array([[r["expert_fraction"] for r in run["rounds"][s]] for run in runs]).mean(0)
         ys = np.array([[r["cleaning_ap50"] for r in run["rounds"][s]] for run in runs])
+        # The tables' standard deviation (ddof 1, ``_mean_std``); none over one seed.
+        spread = ys.std(0, ddof=1) if len(runs) > 1 else np.zeros(ys.shape[1])
         ax.errorbar(
             xs * 100,
             ys.mean(0) * 100,
-            yerr=ys.std(0) * 100,
+            yerr=spread * 100,
             marker="o",
             capsize=3,
             label=f"cleaning model, {s}",
@@ -1528,7 +1548,6 @@ def main(argv: list[str] | None = None) -> int:
     with clock:
         runs = _run_seeds(args, seed_list, spec=spec, lsm=lsm, settings=settings)
     wall = clock.total()
-    summary = summarize(runs)
     meta = {
         "dataset": f"data {args.data}" if args.data else f"simulated, preset {args.preset}",
         "preset": args.preset,
@@ -1554,14 +1573,27 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": args.jobs,
         "command": command,
     }
-    summary["acceptance"] = [asdict(c) for c in acceptance.check(runs, meta)]
-    (args.out / "results.json").write_text(
-        json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1, default=str)
-    )
-    write_markdown(args.out / "results.md", summary, meta)
-    write_plots(args.out, runs, summary)
+    write_results(args.out, meta, runs)
     print((args.out / "results.md").read_text())
     return 0
+
+
+def write_results(out: Path, meta: dict[str, Any], runs: list[dict[str, Any]], *, plots: bool = True) -> None:
+    """A finished run's ``results.json`` (meta, summary with the verdict, runs), ``results.md`` and plots.
+
+    The summary and the verdict are computed here from ``runs`` with the current code, so ``bench.simulate``
+    at the end of a run and ``python -m bench.report`` on a stored ``results.json`` write the same files.
+    The seeds' partial record (``results.partial.json``) is removed.
+    """
+    summary = summarize(runs)
+    summary["acceptance"] = [asdict(c) for c in acceptance.check(runs, meta)]
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "runs": runs}, indent=1, default=str)
+    )
+    write_markdown(out / "results.md", summary, meta)
+    if plots:
+        write_plots(out, runs, summary)
+    (out / PARTIAL).unlink(missing_ok=True)
 
 
 def _thread_counts(runs: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -1597,7 +1629,8 @@ def _run_seeds(
     if args.jobs == 1:
         for seed in seed_list:
             runs.append(_one_seed(seed, threads=args.threads, **common))  # type: ignore[arg-type]
-            (args.out / "results.json").write_text(json.dumps({"runs": runs}, indent=1, default=str))
+            # Not results.json: an interrupted run must not leave one that looks finished (or replace one).
+            (args.out / PARTIAL).write_text(json.dumps({"runs": runs}, indent=1, default=str))
     else:
         import multiprocessing
         import os

@@ -91,6 +91,25 @@ class TrainedModel:
     threads: int | None = None
 
 
+# Why a cached training whose key matches is trained again, per record field that no longer matches.
+_STALE_REASON = {
+    "init_sha256": "the weights it started from have changed since",
+    "evaluated_on": "the test split it was scored on has changed since",
+}
+
+
+def _file_sha256(init: str | Path | None) -> str | None:
+    """The sha256 of the file a training starts from; None where ``init`` names no file (from scratch, or a
+    model definition the family resolves itself)."""
+    if init is None or not Path(init).is_file():
+        return None
+    digest = hashlib.sha256()
+    with Path(init).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class Workbench:
     """One dataset, one seed: trains named models (cached on disk) and evaluates them on the test split.
 
@@ -126,6 +145,7 @@ class Workbench:
         self.spec = spec
         self.seed = seed
         self._detectors: dict[Path, Detector] = {}
+        self._evaluated_on: str | None = None
 
     def _labeled(
         self, ids: Sequence[str], labels: Mapping[str, Detections], repeats: Mapping[str, int] | None = None
@@ -158,7 +178,12 @@ class Workbench:
         ``repeats`` (image id -> k >= 1) puts an image k times in each epoch (oversampling).
 
         A finished training is reused when nothing that shaped it changed, under this name or any other
-        (e.g. every strategy's first cleaning model trains on the same seed set).
+        (e.g. every strategy's first cleaning model trains on the same seed set). Its cache key names a
+        warm start by path, so each record also holds the sha256 of the file it started from and a
+        fingerprint of the test split it was scored on (``evaluated_on``): a reuse whose start file has since
+        been rewritten (an upstream model retrained into the same folder, e.g. by another ``--noise`` mix
+        under the same ``--out``) or whose test split changed is trained again, and the log says why.
+        Records written before these two fields existed carry neither and are reused on their key alone.
         """
         ids = sorted(labels)
         digest = hashlib.sha256()
@@ -174,11 +199,27 @@ class Workbench:
         done = self.work_dir / name / "result.json"
         index = self.work_dir / "trainings.json"
         known = json.loads(index.read_text()) if index.exists() else {}
+        # Not in the key, which must stay what earlier runs wrote: checked against the record instead.
+        provenance = {"init_sha256": _file_sha256(init or self.spec.init), "evaluated_on": self.evaluated_on}
         for candidate in (done, self.work_dir / known.get(key, name) / "result.json"):
             if candidate.exists():
                 cached = json.loads(candidate.read_text())
-                if cached.pop("key", None) == key:
-                    return TrainedModel(**{**cached, "name": name, "weights": Path(cached["weights"])})
+                if cached.pop("key", None) != key:
+                    continue
+                stale = [
+                    field
+                    for field, now in provenance.items()
+                    if field in cached and cached.pop(field) != now  # absent: a record from before
+                ]
+                if stale:
+                    log.info(
+                        "%s: not reusing %s, trained on the same labels but %s; training again",
+                        name,
+                        candidate.parent,
+                        " and ".join(_STALE_REASON[field] for field in stale),
+                    )
+                    continue
+                return TrainedModel(**{**cached, "name": name, "weights": Path(cached["weights"])})
         expert = {i: self.records[i].expert for i in self.val_ids}
         train_set = self._labeled(ids, labels, repeats)
         val_set = self._labeled(self.val_ids, expert)
@@ -212,10 +253,26 @@ class Workbench:
             ap50_95=ap.ap50_95,
             threads=threads if threads is not None else os.cpu_count(),
         )
-        done.write_text(json.dumps({**asdict(trained), "weights": str(trained.weights), "key": key}))
+        record = {**asdict(trained), "weights": str(trained.weights), "key": key, **provenance}
+        done.write_text(json.dumps(record))
         index.write_text(json.dumps({**known, key: name}))
         log.info("%s: AP50 %.3f in %.0f s", name, trained.ap50, trained.seconds)
         return trained
+
+    @property
+    def evaluated_on(self) -> str:
+        """A fingerprint of what ``test_ap`` scores against: the test split's image ids, their expert
+        boxes and classes, and the class names (sha256 hex digest; computed once)."""
+        if self._evaluated_on is None:
+            digest = hashlib.sha256(json.dumps(self.names).encode())
+            for i in self.test_ids:
+                expert = self.records[i].expert
+                digest.update(i.encode())
+                digest.update(np.ascontiguousarray(expert.xyxy, np.float32).tobytes())
+                digest.update(np.ascontiguousarray(expert.class_id, np.int64).tobytes())
+                digest.update(b"|")
+            self._evaluated_on = digest.hexdigest()
+        return self._evaluated_on
 
     def detector(self, weights: Path) -> Detector:
         if weights not in self._detectors:

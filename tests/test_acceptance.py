@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,6 +128,22 @@ def test_markdown_lists_every_verdict() -> None:
     text = acceptance.to_markdown([c.__dict__ for c in criteria])  # as results.json stores them
     assert text.startswith(f"{len(criteria)} of {len(criteria)} targets met.")
     assert text.count("**met**") == len(criteria) and "not met" not in text
+    # A failing set: quality, cost, grades and the AUROC against cleanlab not met (as in the test above).
+    runs = [_run(s, full=0.74) for s in range(5)]
+    runs[3]["arms"]["full"]["decision_fraction"] = 0.2712
+    runs[0]["grades"]["after"][1]["precision_at_recall"] = 0.1
+    for r in runs:
+        r["detection"]["cleanlab"]["auroc"] = 0.92
+    criteria = acceptance.check(runs, {"seconds": 10.0})
+    failed = [c for c in criteria if c.met is False]
+    assert {c.key for c in failed} >= {"quality", "cost", "grades", "auroc_cleanlab"}
+    text = acceptance.to_markdown([c.__dict__ for c in criteria])
+    met = sum(c.met is True for c in criteria)
+    assert met < len(criteria) and text.startswith(f"{met} of {len(criteria)} targets met.")
+    assert text.count("**not met**") == len(failed)
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in text.splitlines()[4:]}
+    for c in criteria:
+        assert ("**not met**" in rows[c.target]) is (c.met is False), c.target
 
 
 def test_cli_prints_the_verdict_and_rejects_bad_input(tmp_path: Path) -> None:
@@ -167,7 +184,7 @@ def test_one_training_judges_each_arm_by_that_training_alone(tmp_path: Path) -> 
     assert runs[0]["arms"]["full"]["ap50"] == 0.79  # the input is left as it was
     assert _by_key(acceptance.check(first, {}))["finetune_lsm"].met
     assert not _by_key(acceptance.check(second, {}))["finetune_lsm"].met
-    with pytest.raises(ValueError, match="seed 0's arm full was trained 2 time"):
+    with pytest.raises(ValueError, match=r"no training 2 .* of any arm; .*full: 2"):
         acceptance.one_training(runs, 2)
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"meta": {"seconds": 5.0}, "summary": {}, "runs": runs}))
@@ -180,3 +197,94 @@ def test_one_training_judges_each_arm_by_that_training_alone(tmp_path: Path) -> 
         )
         assert proc.returncode == code and text in (proc.stdout + proc.stderr)
     assert "fits one working session" not in proc.stdout
+
+
+def test_the_cost_target_is_the_issues_limit_whatever_the_runs_own() -> None:
+    runs = [_run(s, full=0.79) for s in range(5)]
+    runs[0]["arms"]["full"]["decision_fraction"] = 0.29  # within the run's own 30 %, over the target's 27 %
+    for run_limit, note in ((0.3, "`--cost-limit 0.3`"), (None, "no cost limit of its own")):
+        cost = _by_key(acceptance.check(runs, {"settings": {"cost_limit": run_limit}}))["cost"]
+        assert cost.met is False and "≤ 27 %" in cost.target and note in cost.note
+    same = _by_key(acceptance.check(runs, {"settings": {"cost_limit": 0.27}}))["cost"]
+    assert same.note == "per seed: the larger of the two shares"
+
+
+@pytest.mark.parametrize(
+    ("share", "met", "shown"),
+    [
+        (0.2699, True, "0: 27.0"),
+        (0.27, True, "0: 27.0"),
+        (0.2704, False, "0: 27.04"),
+        (0.27001, False, "0: 27.001"),
+    ],
+)
+def test_a_cost_over_the_limit_is_not_rounded_into_it(share: float, met: bool, shown: str) -> None:
+    runs = [_run(s, full=0.79) for s in range(5)]
+    runs[0]["arms"]["full"]["decision_fraction"] = share
+    cost = _by_key(acceptance.check(runs, {}))["cost"]
+    assert cost.met is met and cost.per_seed.startswith(shown + ",")
+
+
+@pytest.mark.parametrize(
+    ("margins", "met", "lenient"),
+    [
+        ((0.10, 0.10, 0.02, 0.05, 0.04), False, "met"),  # +0.062 on average, >= 0.05 on 3 of 5
+        ((0.10, 0.06, 0.05, 0.05, 0.00), True, "met"),  # 4 of 5
+        ((0.06, 0.06, 0.06, 0.06, -0.2), False, "not met"),  # 4 of 5, but the mean is below
+    ],
+)
+def test_the_auroc_margin_is_needed_on_average_and_seed_by_seed(
+    margins: tuple[float, ...], met: bool, lenient: str
+) -> None:
+    runs = [_run(s, full=0.79) for s in range(5)]
+    for run, margin in zip(runs, margins, strict=True):
+        run["detection"]["lsm"]["auroc"] = 0.88 + margin
+    c = _by_key(acceptance.check(runs, {}))["auroc_cleanlab"]
+    assert c.met is met and "on average and on ≥ 4 of 5 seeds" in c.target
+    assert c.note.endswith(f"(the lenient reading, the mean alone: {lenient})")
+
+
+def test_a_training_only_the_compared_arms_have_judges_them_alone(tmp_path: Path) -> None:
+    """--compared-replicates 4, --replicates 2: training 2 exists for the compared arms only."""
+    runs = [_run(s, full=0.79) for s in range(5)]
+    for run in runs:
+        for name, arm in run["arms"].items():
+            k = 4 if name in ("full", "finetune_random", "finetune_lsm", "random_corrected") else 2
+            arm["ap50_replicates"] = [arm["ap50"]] * k
+    assert acceptance.trainings_per_arm(runs) == {
+        "full": 4, "full_expert": 2, "finetune_random": 4, "finetune_lsm": 4, "random_corrected": 4
+    }  # fmt: skip
+    third = acceptance.one_training(runs, 2)
+    assert set(third[0]["arms"]) == {"full", "finetune_random", "finetune_lsm", "random_corrected"}
+    keys = [c.key for c in acceptance.check(third, {})]
+    assert "quality" not in keys and {"finetune_random", "finetune_lsm", "selection", "cost"} <= set(keys)
+    counts = "full: 4, full_expert: 2, finetune_random: 4, finetune_lsm: 4, random_corrected: 4"
+    with pytest.raises(
+        ValueError, match=re.escape(f"no training 4 (0 is the first) of any arm; trainings per arm: {counts}")
+    ):
+        acceptance.one_training(runs, 4)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"meta": {"seconds": 5.0}, "summary": {}, "runs": runs}))
+    for k, code, text in ((2, 0, "so are the arms with no training 2"), (4, 2, "trainings per arm: full: 4")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.acceptance", str(results), "--training", str(k)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == code and text in (proc.stdout + proc.stderr), proc.stdout + proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(
+        "python -m bench.acceptance: error: training: no training 4"
+    )
+
+
+def test_grades_need_the_target_seed_by_seed_as_well_as_on_average() -> None:
+    # missed: 0.9, 0.9, 0.9, 0.55, 0.55 -> mean 0.76 >= 0.6, but >= 0.6 on 3 of 5 seeds (4 needed).
+    runs = [_run(s, full=0.79) for s in range(5)]
+    for r, p in zip(runs, [0.9, 0.9, 0.9, 0.55, 0.55], strict=True):
+        r["grades"]["after"][1]["precision_at_recall"] = p
+    got = _by_key(acceptance.check(runs, {}))["grades"]
+    assert got.met is False and "missed 0.76" in got.measured and "missed ≥ 0.6 on 3 of 5" in got.per_seed
+    assert "the mean alone: met" in got.note
+    runs[3]["grades"]["after"][1]["precision_at_recall"] = 0.6  # 4 of 5
+    assert _by_key(acceptance.check(runs, {}))["grades"].met is True

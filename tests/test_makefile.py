@@ -141,3 +141,45 @@ def test_the_overview_lists_the_reported_run_first_and_every_published_run() -> 
     assert paths[0] == "docs/results/quick/results.json"
     published = sorted(str(p.relative_to(REPO)) for p in (REPO / "docs" / "results").glob("*/results.json"))
     assert sorted(paths) == published
+
+
+@pytest.mark.parametrize(
+    "make_args",
+    [["simulate"], ["simulate-heldout-session"], ["publish-check", "SEEDS=300,301,302", "SESSION=1"]],
+    ids=lambda a: a[0],
+)
+def test_publishing_checks_the_run_before_replacing_anything_and_renders_it_with_the_current_code(
+    make_args: list[str],
+) -> None:
+    proc = subprocess.run(["make", "-n", *make_args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    lines = _commands(proc.stdout)
+    check = next(i for i, line in enumerate(lines) if "-m bench.report --check " in line)
+    removal = next(i for i, line in enumerate(lines) if line.startswith("mkdir -p docs/results/"))
+    copy = next(i for i, line in enumerate(lines) if line.startswith("cp "))
+    render = [i for i, line in enumerate(lines) if "-m bench.report docs/results/" in line]
+    assert check < removal < copy < render[0] and len(render) == 1
+    source = shlex.split(lines[copy])[1]
+    assert shlex.split(lines[check])[-1] == source  # the run it copies is the run it checked
+    published = shlex.split(lines[copy])[-1]
+    assert shlex.split(lines[render[0]])[-1] == f"{published}results.json"  # rendered where published
+
+
+def test_republish_renders_every_published_run_and_rewrites_each_block() -> None:
+    proc = subprocess.run(["make", "-n", "republish"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    lines = _commands(proc.stdout)
+    assert any(
+        "for f in docs/results/*/results.json" in line and "-m bench.report $f" in line for line in lines
+    )
+    published = {p.parent.name for p in (REPO / "docs" / "results").glob("*/results.json")}
+    blocks = {
+        "quick": "results",
+        **{n: n for n in ("session", "heldout", "heldout-session", "noise-session")},
+    }
+    written = " ".join(
+        line for line in lines if "-m bench.readme " in line and "--block overview" not in line
+    )
+    for name, block in blocks.items():
+        if name in published:
+            flag = "" if block == "results" else f"--block {block} "
+            assert f"-m bench.readme {flag}docs/results/{name}/results.json README.md" in written
+    assert "--block overview" in lines[-1] or lines[-1].endswith("readme-overview")  # the table last

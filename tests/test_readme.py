@@ -276,3 +276,49 @@ def test_the_overview_cli_takes_several_runs_and_only_the_overview_does(tmp_path
     bad = _cli("--block", "session", str(REPORTED), second, str(doc))
     assert bad.returncode == 2 and "expected one results.json" in bad.stderr
     assert doc.read_text() == before
+
+
+def test_the_weakest_grade_type_is_one_without_a_figure() -> None:
+    """A type whose precision is nan on a seed has no mean: it is the weakest (the verdict fails it), n/a."""
+    runs = [_run(0, 0.90, 0.87, 0.85, 0.89), _run(1, 0.90, 0.87, 0.85, 0.89)]
+    for run, localization in zip(runs, (0.9, float("nan")), strict=True):
+        run["grades"]["after"].append({"noise_type": "localization", "precision_at_recall": localization})
+    for order in (runs, runs[::-1]):
+        row = readme.overview_block([("docs/results/quick/results.json", _results(order))]).splitlines()[-1]
+        assert row.strip("| ").split(" | ")[10] == "localization n/a"
+
+
+def test_the_overview_pools_only_runs_with_every_setting_of_the_reported_run() -> None:
+    """Another budget, cost limit, final recipe or preset is another experiment; the trainings per arm,
+    --verdict-only, the FiftyOne peer and the threads are not."""
+    reported = _results([_run(0, 0.90, 0.87, 0.85, 0.89)])
+    reported["meta"].update(preset="quick", budget=0.1, threads=None, jobs=2)
+    reported["meta"]["settings"].update(cost_limit=0.27, final_recipe="warm_cleaning", fiftyone="fo/python")
+
+    def like(seed: int, **changes: object) -> dict:
+        res = _results([_run(seed, 0.88, 0.85, 0.84, 0.89)], compared=1)
+        res["meta"].update({k: v for k, v in reported["meta"].items() if k not in ("seeds", "settings")})
+        res["meta"]["settings"] = {
+            **reported["meta"]["settings"],
+            "replicates": 1,
+            "compared_replicates": None,
+        }
+        for key, value in changes.items():
+            where = res["meta"] if key in ("preset", "budget", "threads", "jobs") else res["meta"]["settings"]
+            where[key] = value
+        return res
+
+    runs = {
+        "same": like(5, threads=1, jobs=3, fiftyone=None, verdict_only=True),
+        "budget": like(6, budget=0.25),
+        "limit": like(7, cost_limit=0.3),
+        "recipe": like(8, final_recipe="scratch"),
+        "preset": like(9, preset="small"),
+    }
+    text = readme.overview_block(
+        [("docs/results/quick/results.json", reported)]
+        + [(f"docs/results/{name}/results.json", res) for name, res in runs.items()]
+    )
+    pooled = text.splitlines()[-1].strip("| ").split(" | ")
+    assert pooled[2] == "5" and "(same)" in pooled[0]
+    assert "the reported run's settings" in pooled[0] and "every setting alike but `replicates`" in pooled[0]
