@@ -188,12 +188,15 @@ def test_review_orders_spend_the_same_budget_on_different_instances(loop_and_ben
     _, full = corrected_labels(bench_, loop, lsm=LSM, calibration=cal, reviews=True)
     budget = max(1, full["review_decisions"] // 3)
     seen: dict[str, dict] = {}
+    answered: dict[str, dict] = {}
     within = bench.loop._reviews_within
     for order in REVIEW_ORDERS:
 
         def spy(fixes, priority, records, limit, order=order):
             seen[order] = {i: p.copy() for i, p in priority.items()}
-            return within(fixes, priority, records, limit)
+            # corrected_labels may ask again with a smaller limit: the last answer is the one it keeps
+            answered[order] = within(fixes, priority, records, limit)
+            return answered[order]
 
         monkeypatch.setattr(bench.loop, "_reviews_within", spy)
         _, counts = corrected_labels(
@@ -207,6 +210,15 @@ def test_review_orders_spend_the_same_budget_on_different_instances(loop_and_ben
     np.testing.assert_allclose(uncertain, -np.abs(likely - 0.5))
     randomly = np.concatenate(list(seen["random"].values()))
     assert randomly.shape == likely.shape and not np.allclose(randomly, likely)
+    # Which instances each order answers (the same images and findings, in the same order, for every order).
+    masks = {order: np.concatenate([answered[order][i] for i in seen["likely"]]) for order in REVIEW_ORDERS}
+    assert all(m.shape == likely.shape and 0 < m.sum() < m.size for m in masks.values())
+    assert not np.array_equal(masks["likely"], masks["uncertain"])
+    assert not np.array_equal(masks["likely"], masks["random"])
+    # ``likely`` answers the most likely errors: none left unanswered is likelier than one answered.
+    assert likely[masks["likely"]].min() >= likely[~masks["likely"]].max()
+    # ``uncertain`` answers those nearest 0.5 first.
+    assert np.abs(likely[masks["uncertain"]] - 0.5).max() <= np.abs(likely[~masks["uncertain"]] - 0.5).min()
     with pytest.raises(ValueError, match="review_order"):
         corrected_labels(bench_, loop, lsm=LSM, review_order="loudest")
     with pytest.raises(ValueError, match="review_order"):

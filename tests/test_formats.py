@@ -115,23 +115,28 @@ def test_from_coco_rejects_annotation_of_unknown_image():
 
 def test_round_trip_yolo_coco_label_studio(tmp_path, rng):
     width, height = 192.0, 144.0
-    original = make_detections(np.clip(random_boxes(12, rng, size=140), 0, 140))
+    labels = ["a", "b", "c"]
+    label_to_id = {name: k for k, name in enumerate(labels)}
+    classes = rng.permutation(np.arange(12) % 3)  # every class, four times, in no order
+    original = make_detections(np.clip(random_boxes(12, rng, size=140), 0, 140), classes=classes)
     # YOLO file -> Detections
     write_yolo_labels(tmp_path / "l.txt", original, width, height)
     from_yolo = read_yolo_labels(tmp_path / "l.txt", width, height)
     # -> COCO JSON -> Detections
-    coco = to_coco([CocoImage(1, "i.png", int(width), int(height), from_yolo)], categories=["deposit"])
+    coco = to_coco([CocoImage(1, "i.png", int(width), int(height), from_yolo)], categories=labels)
     from_coco_dets = from_coco(json.loads(json.dumps(coco)))[1].detections
     # -> Label Studio regions (percent) -> Detections
     regions = detections_to_regions(
-        from_coco_dets, width=width, height=height, labels=["deposit"], from_name="label", to_name="image"
+        from_coco_dets, width=width, height=height, labels=labels, from_name="label", to_name="image"
     )
-    from_ls = regions_to_detections(json.loads(json.dumps(regions)), label_to_id={"deposit": 0})
+    assert [r["value"]["rectanglelabels"] for r in regions] == [[labels[k]] for k in classes]
+    from_ls = regions_to_detections(json.loads(json.dumps(regions)), label_to_id=label_to_id)
     # -> crowd_labels records -> Detections
-    records = detections_to_crowd_labels(from_ls, width=width, height=height, labels=["deposit"])
-    final = crowd_labels_to_detections(records, width=width, height=height, label_to_id={"deposit": 0})
+    records = detections_to_crowd_labels(from_ls, width=width, height=height, labels=labels)
+    assert [r["label"] for r in records] == [labels[k] for k in classes]
+    final = crowd_labels_to_detections(records, width=width, height=height, label_to_id=label_to_id)
     np.testing.assert_allclose(final.xyxy, original.xyxy, atol=0.02)
-    assert final.class_id.tolist() == original.class_id.tolist()
+    assert final.class_id.tolist() == original.class_id.tolist() == classes.tolist()
 
 
 def test_rectangle_regions_one_builder():

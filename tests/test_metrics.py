@@ -79,24 +79,31 @@ def test_ap_averages_over_classes_with_gt():
 
 
 @pytest.mark.parametrize(
-    ("gt", "pred", "kwargs", "error"),
+    ("gt", "pred", "kwargs", "error", "match"),
     [
-        ([make_detections([BOX])], [], {}, ValueError),  # length mismatch
-        ([make_detections([BOX])], [make_detections([BOX])], {}, ValueError),  # unscored prediction
+        ([make_detections([BOX])], [], {}, ValueError, "pred: expected one Detections per gt image"),
+        ([make_detections([BOX])], [make_detections([BOX])], {}, ValueError, "expected scored detections"),
         (
             [make_detections([BOX], classes=[1])],
             [scored([BOX], [0.5])],
             {},
             ValueError,
-        ),  # class >= num_classes
-        ([make_detections([BOX])], [scored([BOX], [0.5])], {"num_classes": 0}, ValueError),
-        (["not detections"], [scored([BOX], [0.5])], {}, TypeError),
+            r"gt\[0\]: class id 1",
+        ),
+        (
+            [make_detections([BOX])],
+            [scored([BOX], [0.5])],
+            {"num_classes": 0},
+            ValueError,
+            "num_classes: expected",
+        ),
+        (["not detections"], [scored([BOX], [0.5])], {}, TypeError, "expected Detections, got str"),
     ],
 )
-def test_ap_rejects_bad_input(gt, pred, kwargs, error):
-    with pytest.raises(error):
+def test_ap_rejects_bad_input(gt, pred, kwargs, error, match):
+    with pytest.raises(error, match=match):
         evaluate_ap(gt, pred, **kwargs)
-    with pytest.raises(error):
+    with pytest.raises(error, match=match):
         ap_reference(gt, pred, **kwargs)
 
 
@@ -249,17 +256,17 @@ def test_per_image_f1():
 
 
 @pytest.mark.parametrize(
-    ("reference", "labels", "iou", "error"),
+    ("reference", "labels", "iou", "error", "match"),
     [
-        ([make_detections([BOX])], [], 0.5, ValueError),
-        ([make_detections([BOX])], [make_detections([BOX])], 0.0, ValueError),
-        ([make_detections([BOX])], [make_detections([BOX])], 1.5, ValueError),
+        ([make_detections([BOX])], [], 0.5, ValueError, "labels: expected one Detections per reference"),
+        ([make_detections([BOX])], [make_detections([BOX])], 0.0, ValueError, r"iou: .* got 0\.0"),
+        ([make_detections([BOX])], [make_detections([BOX])], 1.5, ValueError, r"iou: .* got 1\.5"),
     ],
 )
-def test_f1_rejects_bad_input(reference, labels, iou, error):
-    with pytest.raises(error):
+def test_f1_rejects_bad_input(reference, labels, iou, error, match):
+    with pytest.raises(error, match=match):
         label_f1(reference, labels, iou=iou)
-    with pytest.raises(error):
+    with pytest.raises(error, match=match):
         per_image_f1(reference, labels, iou=iou)
 
 

@@ -449,11 +449,27 @@ def test_weigh_without_examples_keeps_the_discrepancy_and_commutes_with_regrade(
     crowd, pred, _ = _image()
     score = score_image(crowd, pred)
     assert weigh(score, Calibration(rules={})).discrepancy == pytest.approx(score.discrepancy)
-    cal = fit_calibration(label_findings(crowd, pred, score, _image()[2]))
-    a = weigh(regrade(crowd, pred, score, cal), cal)
-    b = regrade(crowd, pred, weigh(score, cal), cal)
-    assert a.discrepancy == pytest.approx(b.discrepancy)
+    # A calibration that does both: it keeps the box on background the LSM would drop (the rule's
+    # probability 0.9 is below its fix and review cut-offs) and weighs background and localization findings
+    # down (20 and 10 of their 100 examples were true errors).
+    rules = {
+        "background": {**_rule_always("background", "keep"), "n_examples": 100, "n_errors": 20},
+        "localization": {**_rule_always("localization", "keep"), "fitted": False, "n_errors": 10},
+    }
+    cal = Calibration.from_dict({"rules": rules})
+    assert cal.type_weight("background") < 1.0 and cal.type_weight("localization") < 1.0
+    weighed, regraded = weigh(score, cal), regrade(crowd, pred, score, cal)
+    assert weighed.discrepancy < score.discrepancy - 0.05  # weigh changes the discrepancy
+    bg = score.instances.noise_type == "background"
+    assert score.instances.action[bg].tolist() == ["auto_fix"]
+    assert regraded.instances.action[bg].tolist() == ["keep"]  # regrade changes an action
+    a = weigh(regraded, cal)
+    b = regrade(crowd, pred, weighed, cal)
+    assert a.discrepancy == pytest.approx(b.discrepancy) == pytest.approx(weighed.discrepancy)
     np.testing.assert_array_equal(a.instances.action, b.instances.action)
+    np.testing.assert_array_equal(a.instances.action, regraded.instances.action)
+    np.testing.assert_array_equal(a.instances.grade, b.instances.grade)
+    assert a.grade == b.grade == regraded.grade
 
 
 def _severity_rule(noise_type: str, severities, errors) -> TypeRule:
@@ -486,18 +502,25 @@ def test_severity_weight_is_the_share_of_true_errors_among_the_examples_at_least
 
 
 def test_fit_calibration_keeps_each_types_example_severities_in_order():
-    crowd, pred, expert = _image()
-    score = score_image(crowd, pred)
-    examples = label_findings(crowd, pred, score, expert)
-    cal = fit_calibration(LabelledFindings.concat([examples, examples]))
-    for t, rule in cal.rules.items():
-        sel = examples.noise_type == t
-        assert rule.severities.size == rule.errors.size == rule.n_examples == 2 * sel.sum()
-        assert np.all(np.diff(rule.severities) >= 0)
-        assert int(rule.errors.sum()) == rule.n_errors
-        np.testing.assert_allclose(
-            np.sort(rule.severities), np.sort(np.tile(examples.features[sel, FEATURES.index("severity")], 2))
-        )
+    # Two types' examples interleaved, neither in severity order; each severity keeps its own outcome.
+    noise_type = ["localization", "background", "localization", "background", "localization"]
+    features = np.zeros((5, len(FEATURES)))
+    features[:, FEATURES.index("severity")] = [0.7, 0.5, 0.2, 0.3, 0.9]
+    target = [True, True, False, False, True]
+    cal = fit_calibration(LabelledFindings(np.array(noise_type), features, np.array(target)))
+    loc, bg = cal.rules["localization"], cal.rules["background"]
+    assert loc.severities.tolist() == [0.2, 0.7, 0.9] and loc.errors.tolist() == [False, True, True]
+    assert bg.severities.tolist() == [0.3, 0.5] and bg.errors.tolist() == [False, True]
+    assert (loc.n_examples, loc.n_errors, bg.n_examples, bg.n_errors) == (3, 2, 2, 1)
+    for t in ("box_in_box", "missed"):  # no examples: nothing kept, and the type weighs 1
+        assert cal.rules[t].severities.size == cal.rules[t].errors.size == 0
+        assert cal.type_weight(t) == 1.0
+    # The kept tables are what the weights read: at severity 0.5 or more, localization's examples (0.7 and
+    # 0.9) were all real errors; from 0.1, two of three.
+    prior = cal.config.weight_prior
+    np.testing.assert_allclose(
+        cal.severity_weight("localization", np.array([0.5, 0.1])), [1.0, (2 + prior) / (3 + prior)]
+    )
 
 
 def test_weigh_ranks_a_severe_finding_of_a_rarely_confirmed_type_above_a_mild_one():

@@ -126,18 +126,56 @@ def test_score_from_other_image_is_rejected():
         correct_labels(crowd, Detections.empty(with_score=True), score)
 
 
+def _ordered(xyxy: np.ndarray) -> np.ndarray:
+    """Jittered boxes with their corners put back in order (x1 <= x2, y1 <= y2)."""
+    return np.sort(np.reshape(xyxy, (-1, 2, 2)), axis=1).reshape(-1, 4)
+
+
+def _random_image(rng: np.random.Generator) -> tuple[Detections, Detections, Detections]:
+    """Crowd boxes, predictions and a consensus model's boxes on one random image: each crowd box has a
+    prediction on it, a little or far off it, two parts inside it, or none; plus a few stray predictions.
+    The consensus sees each prediction, a little off, or misses it."""
+    crowd = random_boxes(int(rng.integers(0, 7)), rng, size=400)
+    preds = []
+    for box in crowd:
+        x1, y1, x2, y2 = box
+        layout = rng.choice(["same", "shifted", "far", "parts", "none"])
+        if layout == "same":
+            preds.append(box + rng.normal(0, 0.5, 4))
+        elif layout == "shifted":
+            preds.append(box + rng.uniform(0.1, 0.3) * (x2 - x1) * rng.choice([-1, 1], 4))
+        elif layout == "far":
+            preds.append(box + rng.uniform(0.4, 0.7) * (x2 - x1) * rng.choice([-1, 1]))
+        elif layout == "parts":  # a crowd box drawn around two objects: the model sees both
+            mid = (x1 + x2) / 2
+            w = x2 - x1
+            preds += [[x1 + 0.03 * w, y1, mid - 0.03 * w, y2], [mid + 0.03 * w, y1, x2 - 0.03 * w, y2]]
+    xyxy = _ordered(
+        np.concatenate([np.reshape(preds, (-1, 4)), random_boxes(int(rng.integers(0, 3)), rng, size=400)])
+    )
+    n = len(xyxy)
+    pred = make_detections(xyxy, scores=rng.uniform(0.2, 1.0, n))
+    seen = rng.uniform(size=n) < 0.7
+    consensus = _ordered(xyxy[seen] + rng.normal(0, 1.0, (int(seen.sum()), 4)))
+    return make_detections(crowd), pred, make_detections(consensus, scores=np.ones(len(consensus)))
+
+
 def test_random_images_give_valid_labels(rng):
     cfg = LSMConfig()
-    for _ in range(30):
-        crowd = make_detections(random_boxes(int(rng.integers(0, 8)), rng))
-        n = int(rng.integers(0, 8))
-        pred = make_detections(random_boxes(n, rng), scores=rng.uniform(0, 1, n))
+    totals = dict.fromkeys(("kept", "moved", "dropped", "split", "added", "flagged", "vetoed"), 0)
+    for k in range(200):
+        crowd, pred, consensus = _random_image(rng)
         score = score_image(crowd, pred, config=cfg)
-        out = correct_labels(crowd, pred, score, config=cfg)
+        out = correct_labels(crowd, pred, score, consensus=consensus if k % 2 else None, config=cfg)
         c = out.counts
         assert len(out.labels) == c["kept"] + c["moved"] + c["added"]
         assert len(crowd) == c["kept"] + c["moved"] + c["dropped"] + c["split"]
         assert len(out.flagged) == c["flagged"] and out.labels.score is None
+        assert c["vetoed"] <= c["flagged"]  # a vetoed fix is left for review
+        for key in totals:
+            totals[key] += c[key]
+    # Every kind of edit happened, so the conservation checks above ran on each of them.
+    assert all(totals[key] >= 10 for key in totals), totals
 
 
 def test_plan_names_one_edit_per_instance():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from conftest import make_detections, random_boxes
@@ -30,17 +32,27 @@ def test_unit_boxes_offset_by_half_have_iou_one_third():
     assert m.iou[0] == pytest.approx(1 / 3)
 
 
-def _greedy(iou: np.ndarray, thr: float) -> int:
-    """Reference greedy matching (highest IoU first): number of matches."""
-    used_r, used_c, n = set(), set(), 0
-    for flat in np.argsort(-iou, axis=None):
+def _greedy_pairs(iou: np.ndarray, thr: float) -> list[tuple[int, int]]:
+    """Reference greedy matching (highest IoU first): the matched (row, column) pairs."""
+    used_r, used_c, pairs = set(), set(), []
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
         r, c = np.unravel_index(flat, iou.shape)
         if iou[r, c] < thr:
             break
         if r not in used_r and c not in used_c:
             used_r.add(r), used_c.add(c)
-            n += 1
-    return n
+            pairs.append((int(r), int(c)))
+    return pairs
+
+
+def _greedy(iou: np.ndarray, thr: float) -> int:
+    """Reference greedy matching (highest IoU first): number of matches."""
+    return len(_greedy_pairs(iou, thr))
+
+
+def _greedy_total_iou(iou: np.ndarray, thr: float) -> float:
+    """Reference greedy matching (highest IoU first): total IoU of the matched pairs."""
+    return float(sum(iou[r, c] for r, c in _greedy_pairs(iou, thr)))
 
 
 def test_hungarian_beats_greedy():
@@ -77,10 +89,35 @@ def test_class_aware_only_matches_same_class():
     assert m.unmatched_pred.tolist() == [0]
 
 
+def _best_total_iou(iou: np.ndarray, thr: float) -> float:
+    """Brute force over every one-to-one assignment: the largest total IoU of pairs at or above ``thr``."""
+    n = max(iou.shape)
+    if min(iou.shape) == 0:
+        return 0.0
+    weight = np.zeros((n, n))
+    weight[: iou.shape[0], : iou.shape[1]] = np.where(iou >= thr, iou, 0.0)  # padding and invalid pairs: 0
+    perms = np.array(list(itertools.permutations(range(n))), np.int64).reshape(-1, n)
+    return float(weight[np.arange(n), perms].sum(axis=1).max())
+
+
+def _clustered_boxes(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Crowd boxes and predictions, 1 to 6 of each, around 1-2 centres, jittered so that several boxes
+    compete for the same partners."""
+    centres = rng.uniform(40, 140, (int(rng.integers(1, 3)), 2))
+
+    def around(n: int) -> np.ndarray:
+        c = centres[rng.integers(0, len(centres), n)] + rng.normal(0, 4, (n, 2))
+        half = rng.uniform(8, 16, (n, 2))
+        return np.concatenate([c - half, c + half], axis=1).astype(np.float32)
+
+    return around(int(rng.integers(1, 7))), around(int(rng.integers(1, 7)))
+
+
 def test_matching_properties_on_random_sets(rng):
-    for _ in range(30):
-        crowd = make_detections(random_boxes(int(rng.integers(0, 12)), rng))
-        pred_boxes = random_boxes(int(rng.integers(0, 12)), rng)
+    several = suboptimal_greedy = 0
+    for _ in range(200):
+        crowd_boxes, pred_boxes = _clustered_boxes(rng)
+        crowd = make_detections(crowd_boxes)
         pred = make_detections(pred_boxes, scores=rng.uniform(0, 1, len(pred_boxes)))
         m = match_boxes(crowd, pred, iou_threshold=0.3)
         # One-to-one, above threshold, and the index sets partition each side.
@@ -88,9 +125,17 @@ def test_matching_properties_on_random_sets(rng):
         assert np.all(m.iou >= 0.3)
         assert sorted([*m.crowd_idx.tolist(), *m.unmatched_crowd.tolist()]) == list(range(len(crowd)))
         assert sorted([*m.pred_idx.tolist(), *m.unmatched_pred.tolist()]) == list(range(len(pred)))
-        np.testing.assert_allclose(m.iou, box_iou(crowd.xyxy, pred.xyxy)[m.crowd_idx, m.pred_idx])
-        # Never fewer matches than greedy.
-        assert len(m) >= _greedy(box_iou(crowd.xyxy, pred.xyxy), 0.3)
+        iou = box_iou(crowd.xyxy, pred.xyxy)
+        np.testing.assert_allclose(m.iou, iou[m.crowd_idx, m.pred_idx])
+        # Exact: the largest total IoU of any one-to-one matching; and never fewer matches than greedy.
+        best = _best_total_iou(iou, 0.3)
+        assert m.iou.sum() == pytest.approx(best, abs=1e-6)
+        assert len(m) >= _greedy(iou, 0.3)
+        several += len(m) >= 2
+        suboptimal_greedy += _greedy_total_iou(iou, 0.3) < best - 1e-6
+    # The clusters make the property bite: most images match several pairs, and on some of them the
+    # highest-IoU-first matching is not the best one.
+    assert several >= 100 and suboptimal_greedy >= 5
 
 
 @pytest.mark.parametrize("threshold", [0.0, -0.1, 1.5])
