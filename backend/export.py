@@ -54,9 +54,13 @@ name) with the image's suffix, prefixed ``task<id>_`` when two tasks would share
 case (``a.png``, ``a.jpg`` and ``A.png`` would share a YOLO label file or, on macOS and Windows, an image).
 
 Settings come from the backend's environment variables (``Settings.from_env``); flags override them.
-Exit status: 0 done, 2 bad options or settings (checked before anything is loaded: an ``--out`` that is
-not a new or empty folder in a writable one), 1 Label Studio, model, image or disk failures (one ``error:``
-line; nothing is left half-written).
+Exit status (one ``error:`` line; nothing is left half-written): 0 done; 2 what the user must fix: bad options
+or settings (checked before anything is loaded: an ``--out`` that is not a new or empty folder in a writable
+one), a task image that is malformed (or no image reference), missing (no such local file), too large or not
+an image (:class:`ExportInputError`; classified as ``backend.bootstrap`` does, by
+``backend.images.SOURCE_FAILURES``); 1 the rest: a task image that cannot be fetched (a network failure, an
+HTTP error: running again may help), Label Studio, model or disk failures, malformed crowd labels or expert
+regions.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ __all__ = [
     "Decision",
     "ExportError",
     "ExportFormat",
+    "ExportInputError",
     "ImageSource",
     "ReviewItem",
     "clean_tasks",
@@ -119,7 +124,14 @@ __all__ = [
 
 
 class ExportError(RuntimeError):
-    """The export cannot proceed (no such project, no model version, a bad task); the message says why."""
+    """The export cannot proceed (no such project, no model version, a bad task, an image that cannot be
+    fetched); the message says why. The command exits 1 on it, 2 on the options it refuses before starting."""
+
+
+class ExportInputError(ExportError):
+    """A task's image is the user's to fix: no or a malformed reference, no such local file, too large, not an
+    image (exit 2: running again fails the same way). An image whose host or network failed is a plain
+    :class:`ExportError` (``backend.images.ImageLoadError.source_failed``)."""
 
 
 class ExportFormat(enum.StrEnum):
@@ -467,8 +479,10 @@ def clean_tasks(
         One :class:`CleanedTask` per labelled task, in order.
 
     Raises:
-        ExportError: a task's image cannot be loaded, its crowd labels or expert regions are malformed, or a
-            task needs the model and there is none.
+        ExportInputError: a task's image reference is missing or malformed, names a missing local file, or is
+            too large or not an image (naming the task).
+        ExportError: a task's image cannot be fetched (a network failure, an HTTP error), its crowd labels or
+            expert regions are malformed, or a task needs the model and there is none.
     """
     from tqdm import tqdm
 
@@ -499,11 +513,13 @@ def clean_tasks(
                 try:
                     url = task_image_url(task, schema)
                 except ValueError as exc:
-                    raise ExportError(str(exc)) from None
+                    raise ExportInputError(str(exc)) from None
                 try:  # ImageLoader.load, keeping the decoded pixels to tell how to write the image
                     decoded = loader.decode(url, task=str(tid))
                 except ImageLoadError as exc:
-                    raise ExportError(str(exc)) from None
+                    if exc.source_failed:  # backend.images.SOURCE_FAILURES: a retry may help (exit 1)
+                        raise ExportError(str(exc)) from None
+                    raise ExportInputError(str(exc)) from None
                 pixels = normalize_image(decoded.pixels, norm)
                 image = LoadedImage(pixels, path=decoded.path, data=decoded.data)
                 crowd, expert = _task_labels(task, schema, policy, reader, image)
@@ -1139,9 +1155,10 @@ def run_export(
             (module docstring). The other layouts always write them as fetched.
 
     Raises:
+        ExportInputError: a task's image is the user's to fix (as :func:`clean_tasks`).
         ExportError: a bad ``out``, no such project, Label Studio failing, no labelled task, no model version
-            when one is needed or one that cannot be loaded, unloadable images, bad tasks, a final training
-            without images, or a failed final training (the export stays written).
+            when one is needed or one that cannot be loaded, an image that cannot be fetched, bad tasks, a
+            final training without images, or a failed final training (the export stays written).
         OSError: the export cannot be written (disk full...); nothing is left half-written.
     """
     from backend.labelconfig import LabelConfigError, parse_label_config
@@ -1336,6 +1353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             final=args.train_final,
             original_images=args.original_images,
         )
+    except ExportInputError as exc:  # a task image the user must fix: running again fails the same way
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -44,7 +44,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RESOLVERS", "ImageFailure", "ImageLoadError", "ImageLoader", "LoadedImage", "Resolver"]
+__all__ = [
+    "RESOLVERS",
+    "SOURCE_FAILURES",
+    "ImageFailure",
+    "ImageLoadError",
+    "ImageLoader",
+    "LoadedImage",
+    "Resolver",
+]
 
 _MAX_BYTES = 200 * 1024 * 1024
 
@@ -57,6 +65,11 @@ root), ``missing`` (no such local file), ``unreachable`` (network error or timeo
 non-200 answer), ``too_large``, ``undecodable`` (bytes that are not an image, or a bad data URI payload).
 """
 
+SOURCE_FAILURES: frozenset[ImageFailure] = frozenset({"unreachable", "http_status"})
+"""The failures of a service (the network, the image's host), not of the task's reference or file: running
+again may help. The commands that load task images (``backend.bootstrap``, ``backend.export``) exit 1 on these
+and 2 on the others, which are the user's to fix (see :attr:`ImageLoadError.source_failed`)."""
+
 
 class ImageLoadError(ValueError):
     """A task's image could not be loaded; the message names the task and the URL.
@@ -68,6 +81,12 @@ class ImageLoadError(ValueError):
     def __init__(self, message: str, *, cause: ImageFailure = "reference") -> None:
         super().__init__(message)
         self.cause: ImageFailure = cause
+
+    @property
+    def source_failed(self) -> bool:
+        """Whether a service failed (``cause`` in :data:`SOURCE_FAILURES`: a network failure, an HTTP error),
+        so that a retry may help; False when the reference or the file is the user's to fix."""
+        return self.cause in SOURCE_FAILURES
 
 
 @dataclass(frozen=True)

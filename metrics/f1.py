@@ -16,7 +16,16 @@ from pathlib import Path, PurePath
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from formats.coco import from_coco
+from formats.coco import (
+    CocoCategories,
+    CocoError,
+    CocoImageEntry,
+    ImageFrame,
+    check_coco_lists,
+    image_entries,
+    read_boxes,
+    read_categories,
+)
 from selection.boxes import box_iou
 from selection.detections import Detections
 
@@ -118,48 +127,89 @@ def per_image_f1(
 # ---------------------------------------------------------------- CLI: COCO files against a COCO truth
 
 
+def _frame(entry: CocoImageEntry) -> ImageFrame:
+    """An image entry's size, from its own ``width`` and ``height`` (the file is not read)."""
+    size = []
+    for key in ("width", "height"):
+        value = entry.fields.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or value % 1:
+            raise CocoError(  # 640.0 is 640, as some tools write it
+                f"{entry.where}: expected a positive integer {key!r} (boxes are checked against their "
+                f"image), got {value!r}"
+            )
+        size.append(int(value))
+    return ImageFrame(size[0], size[1], entry.file_name)
+
+
 def read_coco_labels(
     path: Path, *, names: Sequence[str] | None = None
 ) -> tuple[dict[str, Detections], list[str]]:
     """A COCO detection file's boxes per image, keyed by file name stem (``images/a/0001.png`` -> ``0001``).
 
+    The file may be anyone's (a lab's true boxes, its crowd labels, a ``backend.export``): it is read with
+    :mod:`formats.coco`'s checks of a lab's file, as ``python -m backend.ingest`` and ``bench.simulate
+    --data`` read one. Category ids may be any integers (gaps, 0, negative): classes follow the categories'
+    listed order, or ``names``. Each image entry needs its ``width`` and ``height``; boxes that reach past
+    their image are clipped to it, ``iscrowd`` regions are refused, and ``score`` fields are not read.
+
     Args:
         path: the COCO JSON file.
-        names: category names whose index the class ids must follow (matched case-insensitively); None keeps
-            the file's own order (category id - 1).
+        names: category names whose index the class ids must follow (matched case-insensitively; the file
+            may have fewer); None keeps the file's own order (its ``categories`` as listed).
 
     Returns:
-        The boxes per image stem (class ids index ``names``, else the file's categories), and the names.
+        The boxes per image stem (float32 pixel xyxy, unscored; class ids index ``names``, else the file's
+        categories), and the names.
 
     Raises:
-        ValueError: the file is not COCO, two images share a stem, or a category is not among ``names``.
+        CocoError: starting with the file (and the entry, ``annotations[4] (id 17)``): the file is not
+            readable COCO JSON, a malformed category, image or annotation entry, two images share a stem, or a
+            category is not among ``names``.
+
+    Example:
+        >>> import tempfile
+        >>> coco = {"images": [{"id": 1, "file_name": "img/a.png", "width": 20, "height": 20}],
+        ...         "categories": [{"id": 0, "name": "cell"}, {"id": 7, "name": "deposit"}],
+        ...         "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [2, 2, 4, 4]}]}
+        >>> path = Path(tempfile.mkdtemp()) / "truth.json"
+        >>> _ = path.write_text(json.dumps(coco))
+        >>> boxes, names = read_coco_labels(path)
+        >>> names, boxes["a"].xyxy.tolist(), boxes["a"].class_id.tolist()
+        (['cell', 'deposit'], [[2.0, 2.0, 6.0, 6.0]], [1])
     """
     try:
-        coco = json.loads(Path(path).read_text())
-        images = from_coco(coco)
-    except (OSError, json.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a readable COCO detection file: {exc}") from None
-    by_id = {int(c["id"]): str(c["name"]) for c in coco.get("categories", [])}
-    own = [by_id.get(i, str(i)) for i in range(1, max(by_id, default=0) + 1)]
+        raw = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CocoError(f"{path}: not a readable COCO detection file: {exc}") from None
+    # The lists' errors read "<file>: not a readable COCO detection file: annotations: expected a list, ...".
+    coco = check_coco_lists(raw, f"{path}: not a readable COCO detection file")
+    categories = read_categories(coco, path)
     if names is None:
-        remap: np.ndarray = np.arange(len(own), dtype=np.int64)
-        names = own
+        names = list(categories.names)
     else:
         index = {n.lower(): i for i, n in enumerate(names)}
-        unknown = [n for n in own if n.lower() not in index]
+        unknown = [n for n in categories.names if n.lower() not in index]
         if unknown:
-            raise ValueError(f"{path}: categories {unknown} are not among the truth's {list(names)}")
-        remap = np.array([index[n.lower()] for n in own], np.int64)
-    out: dict[str, Detections] = {}
-    for image in images.values():
-        stem = PurePath(image.file_name).stem
-        if stem in out:
-            raise ValueError(f"{path}: two images are named {stem!r} (images are matched by file name)")
-        dets = image.detections
-        if len(dets) and int(dets.class_id.max()) >= len(remap):
-            raise ValueError(f"{path}: image {image.file_name!r} has a category id without a category")
-        out[stem] = Detections(xyxy=dets.xyxy, class_id=remap[dets.class_id], score=dets.score)
-    return out, list(names)
+            raise CocoError(f"{path}: categories {unknown} are not among the truth's {list(names)}")
+        categories = CocoCategories(
+            tuple(names),
+            {cid: index[categories.names[k].lower()] for cid, k in categories.class_of.items()},
+        )
+    stem_of: dict[int, str] = {}
+    frames: dict[int, ImageFrame] = {}
+    taken: set[str] = set()
+    for entry in image_entries(coco, path):
+        stem = PurePath(entry.file_name).stem
+        if stem in taken:
+            raise CocoError(
+                f"{entry.where}: two images are named {stem!r} (images are matched by file name without "
+                "folder and suffix)"
+            )
+        frames[entry.id] = _frame(entry)
+        stem_of[entry.id] = stem
+        taken.add(stem)
+    found = read_boxes(coco, path, images=frames, categories=categories)
+    return {stem_of[image_id]: boxes for image_id, boxes in found.boxes.items()}, list(names)
 
 
 def expert_images(manifest: Path) -> set[str]:

@@ -16,6 +16,7 @@ from conftest import make_detections
 from backend.export import (
     ExportError,
     ExportFormat,
+    ExportInputError,
     ImageSource,
     build_manifest,
     clean_tasks,
@@ -208,7 +209,7 @@ def test_clean_tasks_errors_name_the_task():
         _clean([_task(2, 160, NOISY)], None)
     missing = _task(4, 150, CLEAN)
     del missing["data"]["image"]
-    with pytest.raises(ExportError, match=r"task 4: data\.image is missing"):
+    with pytest.raises(ExportInputError, match=r"task 4: data\.image is missing"):
         _clean([missing], _detector())
     # Every task expert-annotated: no model needed.
     assert len(_clean([_task(1, 150, NOISY, expert=EXPERT_BOXES)], None)) == 1
@@ -803,6 +804,72 @@ def test_cli_label_studio_and_model_failures_exit_1_with_one_line(tmp_path, monk
     assert _main("--out", out) == 1
     assert _one_error(capsys) == f"error: the export to {out} failed ([Errno 28] No space left on device)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.pt", "models"]  # nothing half-written
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("image", "status", "why"),
+    [
+        ("/data/local-files/?d=nope/a.png", 2, "no such file under LOCAL_FILES_DOCUMENT_ROOT"),
+        ("data:image/png;base64,aGVsbG8=", 2, "not a readable image"),
+        ("ftp://host/a.png", 2, "expected an http(s) URL"),
+        ("http://127.0.0.1:{port}/a.png", 1, "cannot be fetched (ConnectionError)"),
+    ],
+)
+def test_cli_image_load_failures_exit_2_for_the_users_input_1_for_a_failing_host(
+    tmp_path, monkeypatch, capsys, cli_env, image, status, why
+):
+    """As the bootstrap: an image that is not there or not an image is the user's to fix (2); a host that
+    does not answer may answer next time (1). Either way one line naming the task and the image, nothing
+    written."""
+    _publish(_settings(tmp_path), tmp_path)
+    _fake_model(monkeypatch, _detector())
+    url = image.format(port=_closed_port())
+    cli_env[1]["data"]["image"] = url
+    out = tmp_path / "out"
+    assert _main("--out", str(out), "--document-root", str(tmp_path)) == status
+    line = _one_error(capsys)
+    assert line.startswith(f"error: task 2: image {url!r}: ") and why in line, line
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["fake.pt", "models"]
+
+
+@pytest.mark.parametrize(
+    ("cause", "retry"),
+    [
+        ("unreachable", True),
+        ("http_status", True),
+        ("reference", False),
+        ("missing", False),
+        ("too_large", False),
+        ("undecodable", False),
+    ],
+)
+def test_image_failures_of_a_host_are_plain_export_errors_the_rest_input_errors(cause, retry):
+    from backend.images import ImageLoadError
+
+    class Failing(ImageLoader):
+        def decode(self, url: str, *, task: str = "?") -> Any:
+            raise ImageLoadError(f"task {task}: image 'http://host/a.png': failed", cause=cause)
+
+    with pytest.raises(ExportError) as caught:
+        clean_tasks(
+            _tasks(),
+            schema=SCHEMA,
+            detector=_detector(),
+            loader=Failing(),
+            policy=POLICY,
+            config=LSMConfig(),
+            predict_conf=0.01,
+        )
+    assert isinstance(caught.value, ExportInputError) is not retry
+    assert str(caught.value) == "task 1: image 'http://host/a.png': failed"
 
 
 def test_fetched_images_are_written_byte_for_byte(tmp_path):

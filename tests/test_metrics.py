@@ -357,3 +357,86 @@ def test_f1_cli_rejects_files_that_are_not_coco(tmp_path, capsys):
     empty = _coco_file(tmp_path / "empty.json", {})
     assert main(["--truth", str(truth), str(empty)]) == 2
     assert "no image is in the truth and in every labels file" in capsys.readouterr().err
+
+
+def _raw_coco(path, categories, annotations, *, image=None):
+    """Write a COCO file of one 100 x 100 image ``a.png`` (id 1), as a lab's tool may: any category ids."""
+    image = image if image is not None else {"id": 1, "file_name": "a.png", "width": 100, "height": 100}
+    coco = {
+        "images": [image],
+        "categories": [{"id": cid, "name": name} for cid, name in categories],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, **ann} if isinstance(ann, dict) else ann
+            for i, ann in enumerate(annotations)
+        ],
+    }
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_coco_labels_read_any_category_ids_by_listed_position_and_name(tmp_path, capsys):
+    """Category id 0 and gaps (real COCO skips ids): classes follow the listed order; another file's
+    categories are matched to the truth's by name, whatever their ids."""
+    from metrics.f1 import read_coco_labels
+
+    truth = _raw_coco(
+        tmp_path / "truth.json",
+        [(0, "cell"), (5, "deposit")],
+        [
+            {"category_id": 5, "bbox": [0, 0, 10, 10]},
+            {"category_id": 0, "bbox": [50, 50, 10, 10]},
+        ],
+    )
+    boxes, names = read_coco_labels(truth)
+    assert names == ["cell", "deposit"]
+    assert boxes["a"].class_id.tolist() == [1, 0]
+    assert boxes["a"].xyxy.tolist() == [[0, 0, 10, 10], [50, 50, 60, 60]]
+
+    labels = _raw_coco(
+        tmp_path / "labels.json",
+        [(9, "Deposit"), (3, "cell")],  # other ids, order and case
+        [
+            {"category_id": 9, "bbox": [0, 0, 10, 10]},  # right
+            {"category_id": 9, "bbox": [50, 50, 10, 10]},  # the cell, called a deposit
+        ],
+    )
+    matched, same = read_coco_labels(labels, names=names)
+    assert same == names and matched["a"].class_id.tolist() == [1, 1]
+    assert main(["--truth", str(truth), str(labels)]) == 0
+    assert capsys.readouterr().out.splitlines()[2].split() == ["labels.json", "2", "0.500", "0.500", "0.500"]
+
+
+ANN = {"category_id": 1, "bbox": [0, 0, 10, 10]}
+
+
+@pytest.mark.parametrize(
+    ("annotations", "image", "error"),
+    [
+        (
+            [{"category_id": 1, "bbox": [0, 0, 10]}],
+            None,
+            "annotations[0] (id 1): bbox: expected [x, y, width",
+        ),
+        ([{"category_id": 2, "bbox": [0, 0, 10, 10]}], None, "annotations[0] (id 1): category_id 2 is not"),
+        ([{"category_id": "1", "bbox": [0, 0, 10, 10]}], None, "annotations[0] (id 1): category_id '1' is"),
+        ([ANN, {**ANN, "bbox": [0, 0, 0, 10]}], None, "annotations[1] (id 2): empty box"),
+        ([{**ANN, "image_id": 7}], None, "annotations[0] (id 1): image_id 7 is not among the images"),
+        ([{**ANN, "iscrowd": 1}], None, "annotations[0] (id 1): iscrowd 1: a COCO crowd region"),
+        (["not an object"], None, "annotations[0]: expected an object, got str"),
+        ([{**ANN, "bbox": [200, 0, 10, 10]}], None, "annotations[0] (id 1): box [200.0, 0.0, 210.0, 10.0]"),
+        ([ANN], {"id": 1, "file_name": "a.png", "height": 100}, "images[0] (id 1): expected a positive "),
+    ],
+)
+def test_malformed_coco_entries_are_refused_naming_the_file_and_entry(
+    tmp_path, capsys, annotations, image, error
+):
+    from formats.coco import CocoError
+    from metrics.f1 import read_coco_labels
+
+    path = _raw_coco(tmp_path / "labels.json", [(1, "deposit")], annotations, image=image)
+    with pytest.raises(CocoError) as caught:
+        read_coco_labels(path)
+    assert str(caught.value).startswith(f"{path}: {error}"), caught.value
+    truth = _raw_coco(tmp_path / "truth.json", [(1, "deposit")], [ANN])
+    assert main(["--truth", str(truth), str(path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {caught.value}"

@@ -73,12 +73,6 @@ class BootstrapSourceError(BootstrapError):
     the options' or the data's fault, running again may help (exit 1)."""
 
 
-# Image load failures (backend.images.ImageFailure) of a service that failed, not of the task's reference or
-# file: the bootstrap's exit 1 (running again may help), where a missing, malformed or undecodable image is
-# the user's to fix (exit 2).
-_SOURCE_FAILURES = frozenset({"unreachable", "http_status"})
-
-
 class CrowdSource(Protocol):
     """Where the project's tasks come from (``backend.training.LabelStudioSource`` in production)."""
 
@@ -137,7 +131,7 @@ def crowd_training_items(
         try:
             image = loader.decode(url, task=str(tid))
         except ImageLoadError as exc:
-            if exc.cause in _SOURCE_FAILURES:
+            if exc.source_failed:  # backend.images.SOURCE_FAILURES: a retry may help (exit 1)
                 raise BootstrapSourceError(str(exc)) from None
             raise BootstrapError(str(exc)) from None
         try:
