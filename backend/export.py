@@ -57,10 +57,9 @@ Settings come from the backend's environment variables (``Settings.from_env``); 
 Exit status (one ``error:`` line; nothing is left half-written): 0 done; 2 what the user must fix: bad options
 or settings (checked before anything is loaded: an ``--out`` that is not a new or empty folder in a writable
 one), a task image that is malformed (or no image reference), missing (no such local file), too large or not
-an image (:class:`ExportInputError`; classified as ``backend.bootstrap`` does, by
-``backend.images.SOURCE_FAILURES``); 1 the rest: a task image that cannot be fetched (a network failure, an
-HTTP error: running again may help), Label Studio, model or disk failures, malformed crowd labels or expert
-regions.
+an image, malformed crowd labels or expert regions (:class:`ExportInputError`; images classified as
+``backend.bootstrap`` does, by ``backend.images.SOURCE_FAILURES``); 1 the rest: a task image that cannot be
+fetched (a network failure, an HTTP error: running again may help), Label Studio, model or disk failures.
 """
 
 from __future__ import annotations
@@ -129,9 +128,10 @@ class ExportError(RuntimeError):
 
 
 class ExportInputError(ExportError):
-    """A task's image is the user's to fix: no or a malformed reference, no such local file, too large, not an
-    image (exit 2: running again fails the same way). An image whose host or network failed is a plain
-    :class:`ExportError` (``backend.images.ImageLoadError.source_failed``)."""
+    """A task is the user's to fix: its image has no or a malformed reference, no such local file, is too
+    large or not an image, or its crowd labels or expert regions are malformed (exit 2: running again fails
+    the same way). An image whose host or network failed is a plain :class:`ExportError`
+    (``backend.images.ImageLoadError.source_failed``)."""
 
 
 class ExportFormat(enum.StrEnum):
@@ -620,8 +620,8 @@ def _task_labels(
     tid = task.get("id", "?")
     try:
         crowd = reader.read(task, width=image.width, height=image.height, schema=schema)
-    except ValueError as exc:
-        raise ExportError(f"task {tid}: {exc}") from None
+    except ValueError as exc:  # the task's data: running again fails the same way (exit 2)
+        raise ExportInputError(f"task {tid}: {exc}") from None
     ann = expert_annotation(task, policy)
     if ann is None:
         return crowd, None
@@ -634,7 +634,7 @@ def _task_labels(
             from_name=schema.from_name,
         )
     except ValueError as exc:
-        raise ExportError(f"task {tid}: expert annotation {ann.get('id', '?')}: {exc}") from None
+        raise ExportInputError(f"task {tid}: expert annotation {ann.get('id', '?')}: {exc}") from None
     return crowd, expert
 
 

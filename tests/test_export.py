@@ -203,8 +203,8 @@ def test_clean_tasks_decides_each_task_and_lists_review_items():
 def test_clean_tasks_errors_name_the_task():
     bad = _task(9, 150, CLEAN)
     bad["data"]["crowd_labels"] = [{"x": 1, "y": 2, "label": "deposit"}]
-    with pytest.raises(ExportError, match=r"task 9: crowd_labels\[0\]: needs numeric"):
-        _clean([bad], _detector())
+    with pytest.raises(ExportInputError, match=r"task 9: crowd_labels\[0\]: needs numeric"):
+        _clean([bad], _detector())  # the task's data: exit 2, as a malformed image reference
     with pytest.raises(ExportError, match="no model version"):
         _clean([_task(2, 160, NOISY)], None)
     missing = _task(4, 150, CLEAN)
