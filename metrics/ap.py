@@ -157,10 +157,12 @@ def _class_ap(
         hit = np.zeros(len(boxes), bool)
         for d in range(len(boxes)):
             # Like COCO: the unmatched ground truth with the highest IoU, if that IoU reaches the threshold.
+            # COCO walks the ground truth in order and takes each one whose IoU is >= the best so far, so of
+            # several tied at the highest IoU it keeps the last; np.argmax would keep the first.
             candidates = np.where(taken, -1.0, iou[d])
             if candidates.size == 0:
                 continue
-            g = int(np.argmax(candidates))
+            g = len(candidates) - 1 - int(np.argmax(candidates[::-1]))
             if candidates[g] >= min(iou_threshold, 1 - 1e-10):
                 taken[g] = True
                 hit[d] = True
@@ -191,10 +193,14 @@ def ap_reference(
 ) -> float:
     """COCO-style AP at one IoU threshold in plain numpy, independent of ``evaluate_ap``.
 
-    Per image and class, predictions (top ``maxDets = 100`` by score) are matched greedily in score order
-    to the unmatched ground truth of highest IoU, if that IoU is at least ``iou_threshold``; then all images'
-    predictions are ranked by score and precision is sampled at 101 recall points from its monotone
-    envelope. AP is averaged over classes that have ground truth.
+    Per image and class, predictions (top ``maxDets = 100`` by score, ties in input order) are matched
+    greedily in score order to the unmatched ground truth of highest IoU, if that IoU is at least
+    ``iou_threshold``; of ground-truth boxes tied at that IoU the one listed last wins, as in COCOeval
+    (pycocotools and faster-coco-eval), whose loop keeps every box at ``>=`` the best IoU so far. There are
+    no crowd or ignored ground-truth boxes (``evaluate_ap`` marks none), so every match uses up its ground
+    truth and every prediction counts. Then all images' predictions are ranked by score (stable, image
+    order) and precision is sampled at 101 recall points from its monotone envelope. AP is averaged over
+    classes that have ground truth.
 
     Args:
         gt: per image, ground-truth boxes in pixels.

@@ -13,6 +13,22 @@ from synth.config import PRESETS, get_preset
 from synth.dataset import SPLITS, generate, with_overrides
 
 
+def _out_problem(out: Path, document_root: Path | None) -> str | None:
+    """Why the dataset cannot go to ``out`` with Label Studio URLs under ``document_root``; None if it can."""
+    for folder in (out, *out.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                where = "" if folder == out else f", so the folder {out} cannot be made"
+                return f"--out: {folder} exists and is not a folder{where}"
+            break
+    if document_root is not None and not out.resolve().is_relative_to(document_root.resolve()):
+        return (
+            f"--ls-document-root: {document_root.resolve()} does not contain --out {out.resolve()}; pass the "
+            "LOCAL_FILES_DOCUMENT_ROOT Label Studio serves, a folder at or above --out"
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, generate, write, print a summary; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m synth", description=__doc__)
@@ -39,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         config = with_overrides(preset, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test)
     except ValueError as exc:
         parser.error(str(exc))
+    # Checked before generating: the writer would otherwise fail half-way, after some files are written.
+    if sum(config.splits.values()) == 0:
+        parser.error("--n-train, --n-val, --n-test: expected at least one image in all, got 0")
+    if config.n_train == 0 and not args.no_contact_sheet:
+        parser.error("--n-train 0: the contact sheet draws train images; add --no-contact-sheet")
+    problem = _out_problem(args.out, args.ls_document_root)
+    if problem:
+        parser.error(problem)
     start = time.perf_counter()
     dataset = generate(config, args.seed, render=False)
     dataset = dataset.write(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from selection.detections import Detections
 from synth import writers
 from synth.config import SimConfig, get_preset
 from synth.contact_sheet import render_contact_sheet
-from synth.noise import NoiseRates, annotator_skills, corrupt, measure_rates
+from synth.noise import NoiseRates, annotator_skills, capped_rates, corrupt, measure_rates
 from synth.records import FORMAT, MANIFEST, NAMES, SPLITS, ImageRecord
 from synth.render import Scene, make_scene, render_scene
 
@@ -150,12 +151,17 @@ def generate(preset: str | SimConfig, seed: int, *, render: bool = True) -> Synt
 
     Returns:
         The dataset; image paths are relative to the folder it will be written to.
+
+    Warns:
+        UserWarning: a missed or localization rate too high to be reached (``synth.noise.capped_rates``).
     """
     config = get_preset(preset) if isinstance(preset, str) else preset
     if not isinstance(config, SimConfig):
         raise TypeError(f"preset: expected a preset name or SimConfig, got {type(preset).__name__}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    for message in capped_rates(config.noise):  # a warning only: the data are what they always were
+        warnings.warn(message, UserWarning, stacklevel=2)
     master = np.random.default_rng(int(seed))
     skills = annotator_skills(config.noise, master)
     total = sum(config.splits.values())

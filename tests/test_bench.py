@@ -216,6 +216,10 @@ def test_parse_noise_overrides_and_validation():
         (["localization_iou=0.3"], "2 comma-separated"),
         (["missed_rate=1.5"], "missed_rate: expected in"),
         (["n_annotators=2.5"], "n_annotators"),
+        (["clean_jitter=-0.1"], "clean_jitter: expected"),
+        (["clean_jitter=nan"], "clean_jitter: expected"),
+        (["localization_iou=0.3,0.84"], "localization_iou: expected high"),
+        (["bib_margin=0.03,inf"], "bib_margin: expected"),
     ):
         with pytest.raises(ValueError, match=match):
             parse_noise(items, base)
@@ -228,6 +232,8 @@ def test_parse_noise_overrides_and_validation():
         (["--seed-list", "1,a"], "not an integer"),
         (["--noise", "bogus=1"], "unknown key"),
         (["--noise", "missed_rate=2"], "missed_rate"),
+        (["--noise", "clean_jitter=nan"], "clean_jitter"),
+        (["--noise", "localization_iou=0.2,0.85"], "localization_iou"),
         (["--final-recipe", "magic"], "invalid choice"),
         (["--expert-repeat", "0"], "expert_repeat"),
         (["--replicates", "0"], "replicates"),
@@ -506,7 +512,8 @@ def test_noise_overrides_reach_the_simulated_dataset(tmp_path):
     from bench.simulate import _synth_records
 
     base = _synth_records("tiny", 0, tmp_path, [])
-    noisier = _synth_records("tiny", 0, tmp_path, ["missed_rate=0.9", "background_rate=0.5"])
+    with pytest.warns(UserWarning, match="missed_rate=0.9: above"):  # the cap keeps 0.9 out of reach
+        noisier = _synth_records("tiny", 0, tmp_path, ["missed_rate=0.9", "background_rate=0.5"])
     again = _synth_records("tiny", 0, tmp_path, ["missed_rate=0.9", "background_rate=0.5"])
     dirs = sorted(p.name for p in (tmp_path / "seed0").iterdir())
     assert dirs[0] == "data" and dirs[1].startswith("data-noise-") and len(dirs) == 2

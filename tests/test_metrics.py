@@ -15,6 +15,8 @@ from selection.detections import Detections
 
 BOX = [0, 0, 10, 10]
 FAR = [50, 50, 60, 60]
+TIE_A, TIE_B = [0, 0, 10, 10], [4, 0, 14, 10]
+TIE_PRED = [[2, 0, 12, 10], [-2, 0, 8, 10]]
 
 
 def scored(boxes, scores, classes=None) -> Detections:
@@ -36,6 +38,11 @@ AP_CASES = [
     ("FP above TP, missed GT", [[BOX, [20, 20, 30, 30]]], [[FAR, BOX]], [[0.9, 0.8]], 0.5 * 51 / 101),
     # Second image: one GT, no prediction -> recall 1/2.
     ("image without predictions", [[BOX], [BOX]], [[BOX], []], [[0.7], []], 51 / 101),
+    # The first prediction ties (IoU 2/3) with both GT; COCO gives it the GT listed last. Listed A, B it takes
+    # B and the second prediction (IoU 2/3 with A, 1/4 with B) finds A free: AP 1. Listed B, A it takes A,
+    # and the second prediction is an FP above nothing: recall 1/2 at precision 1.
+    ("IoU tie goes to the last GT (A, B)", [[TIE_A, TIE_B]], [TIE_PRED], [[0.9, 0.8]], 1.0),
+    ("IoU tie goes to the last GT (B, A)", [[TIE_B, TIE_A]], [TIE_PRED], [[0.9, 0.8]], 51 / 101),
 ]
 
 
@@ -134,6 +141,29 @@ def test_evaluate_ap_matches_numpy_reference(seed, num_classes):
         [ap_reference(gt, pred, iou_threshold=t, num_classes=num_classes) for t in np.linspace(0.5, 0.95, 10)]
     )
     assert result.ap50_95 == pytest.approx(mean_over_thresholds, abs=1e-3)
+
+
+def _grid_predictions(rng: np.random.Generator, n_images: int):
+    """Boxes on a 2 px grid: many predictions tie in IoU between ground-truth boxes, and scores tie too."""
+    gt, pred = [], []
+    for _ in range(n_images):
+        corners = rng.integers(0, 8, (int(rng.integers(1, 6)), 2)) * 2.0
+        boxes = np.concatenate([corners, corners + 8], 1)
+        shift = rng.integers(-2, 3, (len(boxes) + 2, 2)) * 2.0
+        guesses = boxes[rng.integers(0, len(boxes), len(shift))] + np.concatenate([shift, shift], 1)
+        gt.append(make_detections(boxes))
+        pred.append(scored(guesses, rng.integers(1, 4, len(guesses)) / 4))
+    return gt, pred
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_evaluate_ap_matches_numpy_reference_on_ties(seed):
+    gt, pred = _grid_predictions(np.random.default_rng(seed), 30)
+    result = evaluate_ap(gt, pred)
+    assert 0.0 < result.ap50 < 1.0
+    assert result.ap50 == pytest.approx(ap_reference(gt, pred), abs=1e-9)
+    per_threshold = [ap_reference(gt, pred, iou_threshold=t) for t in np.linspace(0.5, 0.95, 10)]
+    assert result.ap50_95 == pytest.approx(np.mean(per_threshold), abs=1e-9)
 
 
 def test_evaluate_ap_matches_pycocotools():

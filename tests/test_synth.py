@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,9 @@ from formats.labelstudio import crowd_labels_to_detections
 from formats.yolo import read_yolo_labels
 from selection.boxes import box_ioa, box_iou
 from synth import NoiseConfig, SceneConfig, SimConfig, SynthDataset, generate, get_preset
+from synth.__main__ import main as synth_main
 from synth.contact_sheet import render_contact_sheet
+from synth.noise import capped_rates
 from synth.writers import LABEL_CONFIG_XML
 
 REPO = Path(__file__).resolve().parents[1]
@@ -283,6 +288,18 @@ def test_contact_sheet(tiny_dir, tmp_path):
         (lambda: NoiseConfig(background_rate=1.0), "background_rate"),
         (lambda: NoiseConfig(localization_iou=(0.7, 0.2)), "localization_iou"),
         (lambda: NoiseConfig(n_annotators=0), "n_annotators"),
+        (lambda: NoiseConfig(n_annotators=2.0), "n_annotators"),
+        (lambda: NoiseConfig(clean_jitter=-0.01), "clean_jitter"),
+        (lambda: NoiseConfig(clean_jitter=math.nan), "clean_jitter"),
+        (lambda: NoiseConfig(clean_jitter=math.inf), "clean_jitter"),
+        # Localization boxes (accepted up to high + 0.03) would reach clean ones (IoU >= clean_min_iou).
+        (lambda: NoiseConfig(localization_iou=(0.2, 0.85)), "localization_iou: expected high"),
+        (lambda: NoiseConfig(localization_iou=(0.2, 0.83)), "localization_iou: expected high"),
+        (lambda: NoiseConfig(clean_min_iou=0.7), "localization_iou: expected high"),
+        (lambda: NoiseConfig(localization_iou=(0.2, 0.5, 0.7)), "localization_iou"),
+        (lambda: NoiseConfig(localization_modes=(math.nan, 1, 1)), "localization_modes"),
+        (lambda: NoiseConfig(bib_margin=(0.03, math.inf)), "bib_margin"),
+        (lambda: NoiseConfig(bib_margin=(math.nan, 0.1)), "bib_margin"),
         (lambda: SceneConfig(cluster_size=(1, 3)), "cluster_size"),
         (lambda: SimConfig(image_size=8), "image_size"),
         (lambda: SimConfig(n_train=-1), "n_train"),
@@ -293,6 +310,60 @@ def test_contact_sheet(tiny_dir, tmp_path):
 def test_config_errors(build, error):
     with pytest.raises(ValueError, match=error):
         build()
+
+
+def test_noise_config_keeps_the_values_it_accepted():
+    # Edges of what was valid before the stricter checks, and the benchmark's noise mixes: unchanged.
+    for changes in (
+        {},
+        {"clean_jitter": 0.0, "bib_margin": (0.0, 5.0), "localization_iou": (0.3, 0.81)},
+        {"n_annotators": np.int64(3), "localization_modes": (0.0, 0.0, 1.0)},
+        {"missed_rate": 0.35, "localization_iou": (0.3, 0.6)},
+        {"missed_rate": 0.15, "background_rate": 0.3, "localization_rate": 0.3},
+    ):
+        cfg = NoiseConfig(**changes)
+        assert {k: getattr(cfg, k) for k in changes} == changes
+
+
+def test_capped_rates_names_rates_the_caps_keep_out_of_reach():
+    assert capped_rates(NoiseConfig()) == []
+    assert capped_rates(NoiseConfig(missed_rate=0.35, localization_iou=(0.3, 0.6))) == []
+    # Missed: 0.98 / ((1 + skill_spread) (1 + skew)) = 0.98 / (1.5 * 1.8) = 0.363 with the defaults.
+    assert capped_rates(NoiseConfig(missed_rate=0.36)) == []
+    (message,) = capped_rates(NoiseConfig(missed_rate=0.37))
+    assert message.startswith("missed_rate=0.37: above 0.363 ")
+    # One annotator has skill 1: no skill spread to push it over.
+    assert capped_rates(NoiseConfig(missed_rate=0.5, n_annotators=1)) == []
+    # Localization: 1 / (1.5 * 0.75 / (1 - 0.25 * 1.5)) = 0.556 with the defaults.
+    assert capped_rates(NoiseConfig(localization_rate=0.55)) == []
+    (message,) = capped_rates(NoiseConfig(localization_rate=0.7))
+    assert message.startswith("localization_rate=0.7: above 0.556 ")
+
+
+def test_generate_warns_when_a_rate_cannot_be_reached_and_data_fall_short():
+    noise = NoiseConfig(missed_rate=0.9, localization_rate=0.1)
+    config = dataclasses.replace(RATES_CONFIG, noise=noise, n_train=100)
+    with pytest.warns(UserWarning) as record:
+        rates = generate(config, 3, render=False).noise_rates()
+    assert [str(w.message).split(":")[0] for w in record] == ["missed_rate=0.9"]
+    assert record[0].filename == __file__  # points at the caller of generate
+    assert rates.missed < 0.85
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(dataclasses.replace(RATES_CONFIG, n_train=5), 3, render=False)
+
+
+def test_only_n_annotators_changes_the_images():
+    base = dataclasses.replace(get_preset("tiny"), n_train=6, n_val=0, n_test=0)
+
+    def images(**changes):
+        config = dataclasses.replace(base, noise=dataclasses.replace(base.noise, **changes))
+        return [(im.seed, im.expert.xyxy.tobytes()) for im in generate(config, 0, render=False).images]
+
+    reference = images()
+    labels_only = {"missed_rate": 0.4, "skill_spread": 0.2, "localization_iou": (0.3, 0.6), "bib_rate": 0.1}
+    assert images(**labels_only) == reference
+    assert all(a != b for a, b in zip(images(n_annotators=3), reference, strict=True))
 
 
 def test_config_dict_round_trip():
@@ -312,3 +383,32 @@ def test_cli_smoke(tmp_path):
     assert (out / "contact_sheet.png").is_file()
     bad = subprocess.run([*cmd[:4], "nope", *cmd[5:]], cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--preset" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        (["--n-train", "0", "--n-val", "0", "--n-test", "0"], "--n-test: expected at least one image"),
+        (["--n-train", "0"], "--n-train 0: .* add --no-contact-sheet"),
+        (["--ls-document-root", "{tmp}/elsewhere"], "--ls-document-root: .*elsewhere does not contain --out"),
+        (["--out", "{tmp}/a_file/ds"], "--out: .*a_file exists and is not a folder, so the folder"),
+        (["--out", "{tmp}/a_file"], "--out: .*a_file exists and is not a folder$"),
+    ],
+)
+def test_cli_refuses_before_writing_anything(tmp_path, capsys, extra, error):
+    (tmp_path / "a_file").write_text("")
+    argv = ["--preset", "tiny", "--seed", "0", "--out", str(tmp_path / "root" / "ds")]
+    with pytest.raises(SystemExit) as exc:
+        synth_main([*argv, *(a.format(tmp=tmp_path) for a in extra)])
+    assert exc.value.code == 2
+    assert re.search(error, capsys.readouterr().err.strip().splitlines()[-1])
+    assert [p.name for p in tmp_path.iterdir()] == ["a_file"]
+
+
+def test_cli_writes_val_only_under_a_document_root_above_out(tmp_path, capsys):
+    out = tmp_path / "root" / "sub" / "ds"
+    argv = ["--preset", "tiny", "--seed", "0", "--out", str(out), "--ls-document-root", str(out.parents[1])]
+    argv += ["--n-train", "0", "--n-val", "1", "--n-test", "0", "--no-contact-sheet", "--ls-all-splits"]
+    assert synth_main(argv) == 0
+    tasks = json.loads((out / "label_studio" / "tasks.json").read_text())
+    assert [t["data"]["image"] for t in tasks] == ["/data/local-files/?d=sub/ds/images/val/000000.png"]
