@@ -14,6 +14,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     YOLO_CONFIG_DIR=/app/.config/ultralytics \
+    YOLO_OFFLINE=1 \
     MPLCONFIGDIR=/app/.config/matplotlib \
     MODEL_DIR=/models \
     DEVICE=auto \

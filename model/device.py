@@ -79,7 +79,12 @@ def import_ultralytics() -> ModuleType:
 
     ultralytics reads ``YOLO_CONFIG_DIR`` at import: the entry point (or tests/conftest.py) must set it to a
     writable folder inside the work dir, otherwise ultralytics writes its settings under the home folder.
+
+    ``YOLO_OFFLINE`` defaults to ``1`` here (a value already set is kept): on a machine with internet,
+    ultralytics would otherwise send usage events (its settings' ``sync``) and ask PyPI for a newer version on
+    every training. Nothing in this project may reach the network at run time.
     """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
     if "YOLO_CONFIG_DIR" not in os.environ:
         logger.warning(
             "YOLO_CONFIG_DIR is not set: ultralytics will write its settings under the home folder"

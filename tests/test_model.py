@@ -638,3 +638,35 @@ def test_cpu_training_is_repeatable_at_a_fixed_thread_count(tiny_run):
     assert weights[0].keys() == weights[1].keys()
     for key, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][key]), key
+
+
+_ONLINE_PROBE = """
+import os, socket
+socket.getaddrinfo = lambda *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, '', ('1.1.1.1', 0))]
+from model.device import import_ultralytics
+import_ultralytics()
+from ultralytics.utils import ONLINE
+print(os.environ['YOLO_OFFLINE'], ONLINE)
+"""
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "1 False"), ("0", "0 True")])
+def test_ultralytics_is_imported_offline_unless_told_otherwise(tmp_path, preset, expected):
+    # DNS is made to answer, as on a machine with internet: ultralytics would then count itself online and
+    # send usage events and PyPI queries. import_ultralytics sets YOLO_OFFLINE=1 unless the user set it.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "YOLO_OFFLINE"}
+    env["YOLO_CONFIG_DIR"] = str(tmp_path)
+    if preset is not None:
+        env["YOLO_OFFLINE"] = preset
+    out = subprocess.run(
+        [sys.executable, "-c", _ONLINE_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.split("\n")[-2] == expected
