@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / ".work" / "yolo-config"))
     os.environ.setdefault("MPLCONFIGDIR", str(REPO / ".work" / "mpl"))
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing fetched at run time (see model.device)
 
     import requests
 
