@@ -1,11 +1,13 @@
-"""The Makefile's benchmark targets: the checks on other seeds run the protocol they name."""
+"""The Makefile: setup makes working venvs; the checks on other seeds run the protocol they name."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,109 @@ def test_republish_renders_every_published_run_and_rewrites_each_block() -> None
             flag = "" if block == "results" else f"--block {block} "
             assert f"-m bench.readme {flag}docs/results/{name}/results.json README.md" in written
     assert "--block overview" in lines[-1] or lines[-1].endswith("readme-overview")  # the table last
+
+
+FAKE_PYTHON = """#!/bin/bash
+# A stand-in for $(PYTHON): answers --version with $FAKE_VERSION and makes a venv whose python answers
+# `-m pip --version` for Python 3.11 and does nothing else; every call is logged.
+echo "python $*" >> "$FAKE_LOG"
+case "$1" in
+  --version) echo "Python $FAKE_VERSION" ;;
+  -m)
+    [ "$2" = venv ] || exit 1
+    dir="${!#}"
+    [ "$3" = --clear ] && rm -rf "$dir"
+    mkdir -p "$dir/bin"
+    printf '%s\\n' '#!/bin/bash' 'echo "venv $*" >> "$FAKE_LOG"' \\
+      '[ "$*" = "-m pip --version" ] && echo "pip 26.3 from /x/pip (python 3.11)"' 'exit 0' \\
+      > "$dir/bin/python"
+    chmod +x "$dir/bin/python" ;;
+esac
+"""
+
+
+def _scratch_setup(tmp_path: Path, version: str) -> tuple[Path, dict[str, str]]:
+    """A folder holding the Makefile, empty requirements and a fake interpreter reporting ``version``.
+
+    Returns:
+        The folder to run make in, and the environment that makes the fake log its calls to ``log.txt``.
+    """
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        (tmp_path / name).write_text("")
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    # an outer make (make test) must not pass its flags on to this one
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env.update(FAKE_LOG=str(tmp_path / "log.txt"), FAKE_VERSION=version)
+    return tmp_path, env
+
+
+def test_setup_makes_the_venv_again_when_its_python_has_no_pip(tmp_path: Path) -> None:
+    """An interrupted ``python -m venv`` (Ctrl-C in ensurepip, Debian without python3-venv) leaves a python
+    without pip; setup must not take it for a venv, or every later ``make`` fails in pip install."""
+    folder, env = _scratch_setup(tmp_path, "3.11.9")
+    broken = folder / ".venv" / "bin" / "python"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('#!/bin/bash\necho "No module named pip" >&2\nexit 1\n')
+    broken.chmod(0o755)
+    make = ["make", "setup", f"PYTHON={folder / 'fake-python'}"]
+    proc = subprocess.run(make, cwd=folder, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = (folder / "log.txt").read_text().splitlines()
+    assert "python -m venv --clear .venv" in log
+    installs = [line for line in log if line.startswith("venv -m pip install")]
+    assert installs[-1] == "venv -m pip install -q -r requirements.txt -r requirements-dev.txt"
+    assert (folder / ".venv" / ".installed").exists()
+    assert "installing" in proc.stdout  # a line before the minutes pip -q is silent
+
+    (folder / "log.txt").unlink()  # a requirements change reinstalls into the venv, which is kept
+    os.utime(folder / "requirements.txt", (time.time() + 5, time.time() + 5))
+    proc = subprocess.run(make, cwd=folder, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = (folder / "log.txt").read_text().splitlines()
+    assert not [line for line in log if line.startswith("python ")]
+    assert "venv -m pip install -q -r requirements.txt -r requirements-dev.txt" in log
+
+
+@pytest.mark.parametrize("version", ["3.12.1", "3.10.14"])
+def test_setup_refuses_a_python_other_than_3_11_in_one_line_before_making_a_venv(
+    tmp_path: Path, version: str
+) -> None:
+    folder, env = _scratch_setup(tmp_path, version)
+    fake = folder / "fake-python"
+    proc = subprocess.run(
+        ["make", "setup", f"PYTHON={fake}"], cwd=folder, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    message = [line for line in proc.stderr.splitlines() if not line.startswith("make")]
+    assert message == [
+        f"setup: .venv needs Python 3.11, but PYTHON={fake} is Python {version}: "
+        "run make again with PYTHON=python3.11 (or its path)"
+    ]
+    assert not (folder / ".venv").exists()
+
+
+def test_demo_passes_demo_args_to_python_m_demo() -> None:
+    proc = subprocess.run(
+        ["make", "-n", "demo", "DEMO_ARGS=--threads 1 --no-wait"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    demo = [shlex.split(line) for line in _commands(proc.stdout) if "-m demo" in line]
+    assert len(demo) == 1 and demo[0][demo[0].index("demo") + 1 :] == ["--threads", "1", "--no-wait"]
+
+
+def test_every_recipe_runs_with_ultralytics_offline() -> None:
+    """ultralytics otherwise sends usage events and asks PyPI for a newer version on every training."""
+    proc = subprocess.run(
+        ["make", "-s", "--eval", '_offline: ; @echo "$$YOLO_OFFLINE"', "_offline"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.stdout.strip() == "1", proc.stderr
