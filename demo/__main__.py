@@ -10,7 +10,11 @@ Steps (each reuses what an earlier run left in ``.work/demo``):
 4. create the project (labelling config, Local Files storage, tasks with crowd labels), import the seed set's
    expert labels as annotations, connect the backend, bulk-score every task not yet expert-annotated (the
    backend's ``POST /rescore`` job) and add a Data Manager tab sorted "most suspicious first";
-5. print the URL, the login and what to click, and run until Ctrl-C, which stops both servers.
+5. print the URL, the login and what to click, and run until Ctrl-C (or SIGTERM, SIGHUP), which stops both
+   servers.
+
+One demo runs per work folder: ``<work>/demo.pid`` is locked while it runs and lists its servers' process
+groups, so a next run refuses to start beside a running one and ends what a killed one left behind.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 import requests
 
 from demo import labelstudio as lsh
+from demo.runlock import DemoAlreadyRunningError, DemoLock
 
 logger = logging.getLogger("demo")
 
@@ -67,9 +72,26 @@ def _step(n: int, total: int, text: str) -> None:
     logger.info("[%d/%d] %s", n, total, text)
 
 
+class OptionsChangedError(ValueError):
+    """The work folder holds data made with other options than this run's."""
+
+
 def generate_dataset(data_dir: Path, document_root: Path, *, preset: str, seed: int) -> None:
-    """Run the simulator unless ``data_dir`` already holds a dataset."""
-    if (data_dir / "label_studio" / "tasks.json").exists() and (data_dir / "manifest.json").exists():
+    """Run the simulator unless ``data_dir`` already holds a dataset (of this ``preset`` and ``seed``).
+
+    Raises:
+        OptionsChangedError: the dataset there was made with another preset or seed (its ``manifest.json``
+            records both); the message says how to start afresh.
+    """
+    manifest = data_dir / "manifest.json"
+    if (data_dir / "label_studio" / "tasks.json").exists() and manifest.exists():
+        made = json.loads(manifest.read_text())
+        if (made.get("preset"), made.get("seed")) != (preset, seed):
+            raise OptionsChangedError(
+                f"--preset {preset} --seed {seed}: the demo folder {data_dir.parent} holds a dataset made "
+                f"with --preset {made.get('preset')} --seed {made.get('seed')} (and a project built on it); "
+                "run with those options, or start afresh: `make clean` (removes .work), or another --work"
+            )
         logger.info("dataset: reusing %s", data_dir)
         return
     cmd = [
@@ -287,8 +309,7 @@ def backend_env(
     document_root: Path,
     args: argparse.Namespace,
 ) -> dict[str, str]:
-    """Environment of the backend process (see backend/settings.py)."""
-    work = REPO / ".work"
+    """Settings of the backend process (see backend/settings.py; ``BackendProcess`` drops inherited ones)."""
     return {
         "LABEL_STUDIO_URL": ls.url,
         "LABEL_STUDIO_API_KEY": ls.token,
@@ -299,8 +320,6 @@ def backend_env(
         "TRAIN_MIN_ANNOTATIONS": str(args.train_min_annotations),
         "TRAIN_EPOCHS": str(args.train_epochs),
         "LOG_LEVEL": "INFO",
-        "YOLO_CONFIG_DIR": os.environ.get("YOLO_CONFIG_DIR", str(work / "yolo-config")),
-        "MPLCONFIGDIR": os.environ.get("MPLCONFIGDIR", str(work / "mpl")),
     }
 
 
@@ -365,12 +384,20 @@ def setup_project(
             label_config,
             description="Synthetic deposits with crowd labels; sort by priority to re-annotate the noisiest.",
         )
-        lsh.add_local_storage(client, project, data_dir)
-        tasks = json.loads((data_dir / "label_studio" / "tasks.json").read_text())
-        ids = lsh.import_tasks(client, project, tasks)
-        logger.info("project %d: created, %d tasks imported", project, len(ids))
+        logger.info("project %d: created", project)
     else:
         logger.info("project %d: reusing it", project)
+    # Also on reuse: a first run interrupted between creating the project and importing its tasks left it
+    # without storage or tasks (the storage is reused when there; one import request is all or nothing).
+    lsh.add_local_storage(client, project, data_dir)
+    tasks = json.loads((data_dir / "label_studio" / "tasks.json").read_text())
+    present = {
+        str(t["data"].get("image_id", "")) for t in lsh.list_tasks(ls, project, ordering=("tasks:id",))
+    }
+    missing = [t for t in tasks if str(t["data"].get("image_id", "")) not in present]
+    if missing:
+        ids = lsh.import_tasks(client, project, missing)
+        logger.info("project %d: %d tasks imported (%d there already)", project, len(ids), len(present))
     # Disconnect every backend (an earlier run's may sit on another port) and its webhook before importing
     # the seed annotations, so no backend hears of them; then connect this run's backend.
     for ml in client.ml.list(project=project):
@@ -473,7 +500,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--imgsz", type=int, default=160, help="training image size of the initial model")
     p.add_argument("--batch", type=int, default=8, help="batch size of the initial model")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    p.add_argument(
+        "--device",
+        default=os.environ.get("DEVICE") or "auto",
+        help="auto|cpu|cuda|cuda:N, initial model and backend (default: $DEVICE if set, else auto)",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -484,8 +515,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend-port", type=int, default=9090, help="backend port (or the next free one)")
     p.add_argument("--train-min-annotations", type=int, default=5)
     p.add_argument("--train-epochs", type=int, default=10)
-    p.add_argument("--no-wait", action="store_true", help="stop after setting up (for scripted runs)")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="stop both servers and exit after scoring and the summary (scripted runs, tests)",
+    )
     return p.parse_args(argv)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Ctrl-C, ``kill``, and the terminal closing: each stops both servers before the demo exits."""
+
+
+def set_environment_defaults(work: Path) -> None:
+    """Defaults for this process and its children, set before ultralytics or matplotlib is imported.
+
+    ``make demo`` sets ``YOLO_CONFIG_DIR``/``MPLCONFIGDIR``; ``python -m demo`` alone would let them write
+    under the home folder, so they default to folders in ``work``. ``YOLO_OFFLINE=1`` keeps ultralytics from
+    sending analytics or asking PyPI for updates. 127.0.0.1 bypasses any HTTP proxy (health checks).
+    """
+    for name, sub in (("YOLO_CONFIG_DIR", "yolo-config"), ("MPLCONFIGDIR", "mpl")):
+        os.environ.setdefault(name, str(work / sub))
+        Path(os.environ[name]).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    lsh.bypass_proxies_for_localhost()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,7 +549,15 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.resolve()
     data_dir, initial_dir = work / "data", work / "initial"
     work.mkdir(parents=True, exist_ok=True)
+    set_environment_defaults(work)
     total = 6
+
+    lock = DemoLock(work / "demo.pid")
+    try:
+        lock.acquire()
+    except DemoAlreadyRunningError as exc:
+        logger.error("%s", exc)
+        return 1
 
     stop = threading.Event()
 
@@ -505,8 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
 
     ls: lsh.LabelStudioServer | None = None
     backend: lsh.BackendProcess | None = None
@@ -532,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         ls = lsh.LabelStudioServer(
             work / "labelstudio", port=lsh.free_port(args.ls_port), document_root=work, startup_timeout=240
         )
+        ls.on_spawn = lock.add_group
         ls.start()
         logger.info("Label Studio: %s (log %s)", ls.url, ls.log_path)
 
@@ -540,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = work / "models" / initial.key
         env = backend_env(ls, model_dir=model_dir, weights=initial.weights, document_root=work, args=args)
         backend = lsh.BackendProcess(lsh.free_port(args.backend_port), env, log_path=work / "backend.log")
+        backend.on_spawn = lock.add_group
         backend.start()
         logger.info("backend: %s (log %s)", backend.url, backend.log_path)
 
@@ -560,14 +622,24 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
             stop.wait(2)
         return 0
+    except OptionsChangedError as exc:
+        logger.error("%s", exc)
+        return 2
     except KeyboardInterrupt:
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if backend is not None:
-            backend.stop()
-        if ls is not None:
-            ls.stop()
+        # A second Ctrl-C (or the terminal's SIGHUP) must not cut the cleanup short.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        try:
+            if backend is not None:
+                backend.stop()
+            if ls is not None:
+                ls.stop()
+            lock.release()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,23 @@ Label Studio facts these helpers rely on (checked against 1.23.2):
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import ctypes
+import functools
+import inspect
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -56,6 +62,48 @@ NOT_ANNOTATED_FILTER = {
     "value": 0,
 }
 """Data Manager filter: tasks without an annotation (Label Studio's *Annotations* column = 0)."""
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+"""Hosts the demo and the tests talk to directly, never through an HTTP proxy."""
+
+
+def bypass_proxies_for_localhost(environ: dict[str, str] | None = None) -> None:
+    """Append ``127.0.0.1,localhost`` to ``NO_PROXY`` and ``no_proxy`` (``os.environ`` by default).
+
+    requests and httpx send every request, 127.0.0.1 included, to ``http_proxy``/``HTTP_PROXY`` unless
+    ``no_proxy`` names the host; a proxy that cannot reach this machine's loopback makes every health check
+    fail. Children inherit the variables, so Label Studio's calls to the backend bypass the proxy too.
+    """
+    env = os.environ if environ is None else environ
+    for name in ("NO_PROXY", "no_proxy"):
+        current = [h.strip() for h in env.get(name, "").split(",") if h.strip()]
+        missing = [h for h in LOCAL_HOSTS if h not in current]
+        if missing:
+            env[name] = ",".join([*current, *missing])
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Children run in their own sessions, so a demo killed without cleanup (SIGKILL, a crash) would otherwise
+    leave Label Studio and the backend running. None where ``prctl`` is not available.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody would send the signal
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 class ProcessStartError(RuntimeError):
@@ -116,6 +164,10 @@ class ManagedProcess:
         startup_timeout: seconds to wait for health.
         grace: seconds between SIGTERM and SIGKILL when stopping.
         cwd: working directory of the child.
+
+    Attributes:
+        on_spawn: called with the child's process group id right after it is spawned (before it is
+            healthy), e.g. to record it in the demo's pid file; None does nothing.
     """
 
     def __init__(
@@ -141,6 +193,7 @@ class ManagedProcess:
         self.grace = grace
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
+        self.on_spawn: Callable[[int], None] | None = None
 
     def start(self) -> None:
         """Start the child and wait until its health URL answers UP."""
@@ -156,8 +209,11 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
             )
         logger.info("%s: started pid %d, log %s", self.name, self.proc.pid, self.log_path)
+        if self.on_spawn is not None:
+            self.on_spawn(self.proc.pid)  # its own session: the pid is the process group id
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -215,6 +271,35 @@ class ManagedProcess:
         self.stop()
 
 
+LS_PREFIXES = ("LABEL_STUDIO_", "HEARTEX_")
+"""Label Studio's ``get_env(name)`` reads ``LABEL_STUDIO_<name>``, then ``HEARTEX_<name>``, then ``name``."""
+LS_BARE_NAMES = ("BASE_DATA_DIR", "DATABASE_NAME", "DJANGO_DB", "HOST")
+"""Bare names Label Studio reads that would move its data or its URLs elsewhere; dropped from its
+environment (the prefixed forms it prefers are dropped with every other inherited ``LABEL_STUDIO_*``)."""
+
+
+def label_studio_environ(inherited: Mapping[str, str], settings: Mapping[str, str]) -> dict[str, str]:
+    """Label Studio's environment: ``inherited`` without its Label Studio settings, plus ``settings``.
+
+    Each ``settings`` name (``LOCAL_FILES_DOCUMENT_ROOT``) is set as ``LABEL_STUDIO_<name>``, the spelling
+    Label Studio reads first, so a user's exported ``LABEL_STUDIO_<name>`` or ``HEARTEX_<name>`` cannot win
+    over it: every inherited ``LABEL_STUDIO_*``/``HEARTEX_*`` variable is dropped, and so are the bare
+    spellings of the names set and of ``LS_BARE_NAMES``.
+
+    Args:
+        inherited: the parent's environment (``os.environ``).
+        settings: Label Studio setting name (without prefix) -> value.
+    """
+    dropped = {*settings, *LS_BARE_NAMES}
+    env = {
+        key: value
+        for key, value in inherited.items()
+        if not key.startswith(LS_PREFIXES) and key not in dropped
+    }
+    env.update({LS_PREFIXES[0] + name: value for name, value in settings.items()})
+    return env
+
+
 class LabelStudioServer(ManagedProcess):
     """Label Studio 1.23 (SQLite, bound to 127.0.0.1) with its data in ``data_dir``.
 
@@ -256,22 +341,25 @@ class LabelStudioServer(ManagedProcess):
         self.username, self.password, self.token = creds["username"], creds["password"], creds["token"]
         self.port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
-            "XDG_CONFIG_HOME": str(self.data_dir / "xdg-config"),
-            "XDG_CACHE_HOME": str(self.data_dir / "xdg-cache"),
-            "LABEL_STUDIO_USERNAME": self.username,
-            "LABEL_STUDIO_PASSWORD": self.password,
-            "LABEL_STUDIO_USER_TOKEN": self.token,
-            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        settings = {
+            "BASE_DATA_DIR": str(self.data_dir),
+            "DATABASE_NAME": str(self.data_dir / "label_studio.sqlite3"),
+            "USERNAME": self.username,
+            "PASSWORD": self.password,
+            "USER_TOKEN": self.token,
+            "ENABLE_LEGACY_API_TOKEN": "true",
             "SSRF_PROTECTION_ENABLED": "false",
             "ML_BLOCK_LOCAL_IP": "false",
             "LOCAL_FILES_SERVING_ENABLED": "true",
             "LOCAL_FILES_DOCUMENT_ROOT": str(self.document_root),
             "DJANGO_DB": "sqlite",
-            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+            "DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "COLLECT_ANALYTICS": "false",
+        }
+        env = {
+            **label_studio_environ(os.environ, settings),
+            "XDG_CONFIG_HOME": str(self.data_dir / "xdg-config"),
+            "XDG_CACHE_HOME": str(self.data_dir / "xdg-cache"),
             "PYTHONUNBUFFERED": "1",
         }
         super().__init__(
@@ -315,12 +403,52 @@ class LabelStudioServer(ManagedProcess):
         return self
 
 
+@functools.cache
+def backend_variables() -> frozenset[str]:
+    """Every environment variable ``backend.settings`` reads (``MODEL_DIR``, ``REDIS_URL``, ``LSM_*``, ...).
+
+    Read off the module's source: the string arguments of each call that is handed the ``environ`` mapping
+    (``_get(environ, "WORK_DIR", "")``, ``environ.get("BASIC_AUTH_PASS")``: the first string argument, the
+    name; a default comes after it), plus ``lsm_variables()``. So
+    the list follows the settings as they grow; tests check it against what ``Settings.from_env`` reads.
+    """
+    from backend import settings as settings_module
+
+    def is_environ(node: ast.AST) -> bool:
+        return isinstance(node, ast.Name) and node.id == "environ"
+
+    names: set[str] = set(settings_module.lsm_variables().values())
+    for node in ast.walk(ast.parse(inspect.getsource(settings_module))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            on_environ = any(is_environ(a) for a in node.args) or (
+                isinstance(func, ast.Attribute) and is_environ(func.value)
+            )
+            texts = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            # The name comes before any default; a name held in a variable (``var``) is no constant.
+            if on_environ and texts and re.fullmatch(r"[A-Z][A-Z0-9_]*", texts[0]):
+                names.add(texts[0])
+        elif isinstance(node, ast.Subscript) and is_environ(node.value):
+            key = node.slice
+            if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                names.add(key.value)
+    return frozenset(names)
+
+
+def backend_environ(inherited: Mapping[str, str]) -> dict[str, str]:
+    """``inherited`` without the variables the backend's settings read (PATH, HOME, locale etc. stay)."""
+    dropped = backend_variables()
+    return {key: value for key, value in inherited.items() if key not in dropped}
+
+
 class BackendProcess(ManagedProcess):
     """The ML backend (``python -m backend``) on 127.0.0.1.
 
     Args:
         port: TCP port; None picks a free one.
-        env: extra environment (``LABEL_STUDIO_URL``, ``MODEL_DIR``, ...), on top of this process's own.
+        env: the backend's settings (``LABEL_STUDIO_URL``, ``MODEL_DIR``, ...), on top of this process's
+            environment less every variable the backend's settings read (``backend_variables``): a
+            user's exported ``REDIS_URL`` or ``BASIC_AUTH_USER`` does not reach a backend started here.
         log_path: where its output goes.
         python: interpreter that has the backend's dependencies.
         startup_timeout: seconds.
@@ -339,7 +467,7 @@ class BackendProcess(ManagedProcess):
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             [str(python), "-m", "backend", "--host", "127.0.0.1", "--port", str(self.port)],
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            env={**backend_environ(os.environ), "PYTHONUNBUFFERED": "1", **env},
             health_url=f"{self.url}/health",
             log_path=log_path,
             name=f"backend :{self.port}",

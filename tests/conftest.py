@@ -16,6 +16,14 @@ for _var, _sub in (("YOLO_CONFIG_DIR", "yolo-config"), ("MPLCONFIGDIR", "mpl")):
 
 from selection.detections import Detections  # noqa: E402
 
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Tests talk to their servers on 127.0.0.1 directly, whatever HTTP proxy the shell exports."""
+    from demo.labelstudio import bypass_proxies_for_localhost
+
+    bypass_proxies_for_localhost()
+
+
 TEST_DEVICE = os.environ.get("TEST_DEVICE", "cpu")
 """Where the model and backend tests that train and predict run: the CPU, or ``TEST_DEVICE=cuda`` on a machine
 with a GPU (the same tests then exercise the CUDA paths: bf16 training, prediction, the served backend)."""
