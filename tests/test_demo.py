@@ -147,6 +147,11 @@ def test_lock_ends_the_groups_a_killed_demo_left(tmp_path: Path) -> None:
     # An orphan in its own session, as a killed demo's server would be (its parent, sh, exits at once).
     spawn = "setsid sleep 60 >/dev/null 2>&1 & echo $!"
     orphan = int(subprocess.run(["sh", "-c", spawn], capture_output=True, text=True, check=True).stdout)
+    # `echo $!` can run before the child has called setsid(): wait until it leads its own group, as a server
+    # started by ManagedProcess does before Popen returns (start_new_session, then exec).
+    deadline = time.monotonic() + 10
+    while os.getpgid(orphan) != orphan and time.monotonic() < deadline:
+        time.sleep(0.01)
     try:
         crashed = DemoLock(tmp_path / "demo.pid")
         crashed.acquire()
