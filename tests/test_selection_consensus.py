@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import make_detections, random_boxes
 
-from selection.boxes import pair_geometry
+from bench.merge import merge_quadratic
 from selection.consensus import _cell_size, _cell_spans, merge_annotators
 from selection.detections import Detections
 
@@ -116,58 +116,9 @@ def test_a_non_detections_input_is_named() -> None:
 
 
 # The oracle: the first, quadratic implementation of the rule, box by box against every open cluster, kept
-# verbatim so that the grid-and-turns implementation can be held to it bit for bit.
-def _merge_reference(
-    dets_per_annotator: list[Detections], *, iou: float = 0.5, min_votes: int = 1
-) -> tuple[Detections, np.ndarray]:
-    scored = bool(dets_per_annotator) and all(d.score is not None for d in dets_per_annotator)
-    if len(dets_per_annotator) == 1:
-        (only,) = dets_per_annotator
-        kept = np.full(len(only), int(min_votes) <= 1)
-        return only.subset(kept), np.ones(int(kept.sum()), np.int64)
-    n_total = sum(len(d) for d in dets_per_annotator)
-    if n_total == 0:
-        return Detections.empty(with_score=scored), np.zeros(0, np.int64)
-    sums = np.zeros((n_total, 4), np.float64)
-    weights = np.zeros(n_total, np.float64)
-    score_sums = np.zeros(n_total, np.float64)
-    members = np.zeros(n_total, np.int64)
-    cls = np.zeros(n_total, np.int64)
-    owners: list[set[int]] = []
-    for annotator, dets in enumerate(dets_per_annotator):
-        order: np.ndarray = np.arange(len(dets))
-        if dets.score is not None:
-            order = np.argsort(-dets.score, kind="stable")
-        for j in order:
-            box = dets.xyxy[j].astype(np.float64)
-            c = int(dets.class_id[j])
-            w = float(dets.score[j]) if scored and dets.score is not None else 1.0
-            w = max(w, 1e-6)
-            n_open = len(owners)
-            best = -1
-            if n_open:
-                current = sums[:n_open] / weights[:n_open, None]
-                overlap, _ = pair_geometry(box[None, :], current)
-                ok = (cls[:n_open] == c) & (overlap[0] >= iou)
-                ok &= np.array([annotator not in owner for owner in owners])
-                if ok.any():
-                    best = int(np.flatnonzero(ok)[np.argmax(overlap[0][ok])])
-            if best < 0:
-                best = n_open
-                owners.append(set())
-                cls[best] = c
-            owners[best].add(annotator)
-            sums[best] += w * box
-            weights[best] += w
-            score_sums[best] += float(dets.score[j]) if dets.score is not None else 0.0
-            members[best] += 1
-    n = len(owners)
-    votes = np.array([len(o) for o in owners], np.int64)
-    keep = votes >= int(min_votes)
-    xyxy = (sums[:n] / weights[:n, None])[keep]
-    score = (score_sums[:n] / members[:n])[keep] if scored else None
-    merged = Detections(xyxy=xyxy.astype(np.float32), class_id=cls[:n][keep], score=score)
-    return merged, votes[keep]
+# verbatim in bench.merge (which times the two side by side), so that the grid-and-turns implementation can be
+# held to it bit for bit.
+_merge_reference = merge_quadratic
 
 
 def _assert_same_merge(got: tuple[Detections, np.ndarray], want: tuple[Detections, np.ndarray]) -> None:
