@@ -295,12 +295,13 @@ def test_writer_leaves_tasks_unmarked_when_the_import_fails():
     client = RecordingClient(fail_import=True)
     writer = LabelStudioWriter(client, 7)
     pairs = [
-        (_scored(1), {"id": 1, "data": {}, "predictions": []}),
+        (_scored(1), {"id": 1, "data": {}, "predictions": [{"id": 9, "model_version": OLD}]}),
         (_scored(2, ok=False), {"id": 2, "data": {}}),
     ]
     assert writer.write(pairs) == {1}
     writer.close()
     assert [args[0] for name, args in client.calls if name == "update"] == [2]  # 1 keeps its old fields
+    assert [name for name, _ in client.calls if name == "delete"] == []  # and its older prediction
 
 
 def test_progress_file_round_trip(tmp_path):

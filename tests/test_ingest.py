@@ -568,12 +568,23 @@ def test_cli_malformed_input_exits_2_naming_file_and_line(
     assert f"error: {folder / 'sub' / 'c.txt'}:2: expected numbers" in err and "nothing was imported" in err
 
 
-def test_cli_needs_connection_unless_dry_run(lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("given", [(), ("--url", "http://ls:8080"), ("--api-key", "k")])
+def test_cli_needs_connection_unless_dry_run(
+    lab: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], given: tuple[str, ...]
+) -> None:
+    """Without both the URL and the key: exit 2 saying what to set (not some other usage error); a dry
+    run needs neither."""
     monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    crowd = _write(lab / "crowd.json", _coco())
+    argv = [*_cli(lab, "--crowd", str(crowd), "--crowd-format", "coco"), "--no-progress", *given]
     with pytest.raises(SystemExit) as exc:
-        main(_cli(lab, "--crowd", "x.json", "--crowd-format", "coco"))
+        main(argv)
     assert exc.value.code == 2
+    assert "--url and --api-key (or LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY) are required" in (
+        capsys.readouterr().err
+    )
+    assert main([*argv, "--dry-run"]) == 0
 
 
 # --------------------------------------------------------------------------------------------- helpers
