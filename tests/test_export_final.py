@@ -69,7 +69,12 @@ def test_train_final_trains_on_the_export_from_the_serving_version(tmp_path, cap
     crowd_1 = crowd_labels_to_detections(
         tasks[0]["data"]["crowd_labels"], width=64, height=64, label_to_id=SCHEMA.label_ids
     )
-    assert len(crowd_1) >= 1 and len(first["xyxy"]) == len(crowd_1) - 1
+    assert len(crowd_1) >= 2 and len(first["xyxy"]) == len(crowd_1) - 1
+    # The very boxes the expert kept (every crowd box but the first), not merely as many (rows sorted: the
+    # YOLO label file's order is the export's).
+    got = np.asarray(first["xyxy"], np.float64).reshape(-1, 4)
+    want = crowd_1.xyxy[1:].astype(np.float64)
+    np.testing.assert_allclose(got[np.lexsort(got.T[::-1])], want[np.lexsort(want.T[::-1])], atol=0.05)
 
 
 def test_train_final_command_line(tmp_path, capsys, monkeypatch):
