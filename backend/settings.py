@@ -10,6 +10,7 @@ basic-auth password) are kept out of ``repr`` so they never reach a log line or 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import logging
 import math
@@ -29,6 +30,7 @@ from selection.lsm import LSMConfig
 
 __all__ = [
     "LSM_PREFIX",
+    "VARIABLES",
     "ExpertMode",
     "ExpertPolicy",
     "Settings",
@@ -117,8 +119,15 @@ class ExpertPolicy:
         return self.mode.value
 
 
+def _raw(environ: Mapping[str, str], name: str) -> str | None:
+    """``environ[name]`` or None. Every read goes through here, so a name missing from ``VARIABLES`` fails."""
+    if name not in VARIABLES:
+        raise LookupError(f"{name} is read by backend.settings but not declared in VARIABLES")
+    return environ.get(name)
+
+
 def _get(environ: Mapping[str, str], name: str, default: str) -> str:
-    value = environ.get(name)
+    value = _raw(environ, name)
     return default if value is None or value.strip() == "" else value.strip()
 
 
@@ -243,6 +252,53 @@ _FALSE = ("0", "false", "no", "off")
 def lsm_variables() -> dict[str, str]:
     """``LSMConfig`` field name -> environment variable (``match_iou`` -> ``LSM_MATCH_IOU``)."""
     return {f.name: LSM_PREFIX + f.name.upper() for f in dataclasses.fields(LSMConfig)}
+
+
+#: Every environment variable the backend's settings read, ``LSM_*`` included. Reads go through ``_raw``,
+#: which refuses a name not listed here, so the set cannot fall behind the code. ``settings_with_overrides``
+#: refuses ``--set`` names outside it, and the demo drops these from the environment it hands its backend.
+VARIABLES: frozenset[str] = frozenset(
+    {
+        "BASIC_AUTH_PASS",
+        "BASIC_AUTH_USER",
+        "BOOTSTRAP",
+        "CROWD_MERGE_IOU",
+        "CROWD_MIN_VOTES",
+        "CROWD_SOURCE",
+        "CROWD_USERS",
+        "DETECTOR_FAMILY",
+        "DEVICE",
+        "EXPERT_MODE",
+        "IMAGE_CACHE_MB",
+        "IMAGE_NORMALIZE",
+        "IMAGE_PERCENTILES",
+        "LABEL_STUDIO_API_KEY",
+        "LABEL_STUDIO_URL",
+        "LOCAL_FILES_DOCUMENT_ROOT",
+        "LOG_LEVEL",
+        "MAX_DET",
+        "MODEL_DIR",
+        "MODEL_WEIGHTS",
+        "PREDICT_BATCH",
+        "PREDICT_CONF",
+        "REDIS_URL",
+        "SCORE_THRESHOLD",
+        "TASKS_FILE",
+        "TILE_MERGE",
+        "TILE_OVERLAP",
+        "TILE_SIZE",
+        "TRAIN_BATCH",
+        "TRAIN_EPOCHS",
+        "TRAIN_EPOCH_IMAGES",
+        "TRAIN_IMGSZ",
+        "TRAIN_INIT",
+        "TRAIN_MIN_ANNOTATIONS",
+        "TRAIN_NICE",
+        "TRAIN_THREADS",
+        "WORK_DIR",
+    }
+    | set(lsm_variables().values())
+)
 
 
 def _parse_field(name: str, kind: Any, text: str) -> Any:
@@ -482,7 +538,7 @@ class Settings:
             raise SettingsError(f"LOCAL_FILES_DOCUMENT_ROOT: no such folder {root}")
 
         user = _get(environ, "BASIC_AUTH_USER", "") or None
-        password = environ.get("BASIC_AUTH_PASS") or None
+        password = _raw(environ, "BASIC_AUTH_PASS") or None
         if (user is None) != (password is None):
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS: set both or neither")
 
@@ -587,14 +643,23 @@ def settings_with_overrides(
     variables removed (tools that never publish initial weights must not fail on a missing file).
 
     Raises:
-        SettingsError: a malformed assignment, or as ``Settings.from_env`` (naming the variable).
+        SettingsError: a malformed assignment or one naming no backend setting (``VARIABLES``; the closest
+            name is suggested), or as ``Settings.from_env`` (naming the variable).
     """
+    unknown = sorted(set(flags) - VARIABLES)
+    if unknown:
+        raise LookupError(f"flags name no backend setting: {', '.join(unknown)}")
     env = dict(environ)
     for item in assignments:
         name, sep, value = item.partition("=")
-        if not sep or not name.strip():
+        name = name.strip()
+        if not sep or not name:
             raise SettingsError(f"--set: expected VAR=VALUE, got {item!r}")
-        env[name.strip()] = value
+        if name not in VARIABLES:
+            close = difflib.get_close_matches(name.upper(), sorted(VARIABLES), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SettingsError(f"--set: {name} is not a backend setting{hint} (docs/CONTRACTS.md, Backend)")
+        env[name] = value
     env.update({var: str(value) for var, value in flags.items() if value is not None})
     for var in without:
         env.pop(var, None)

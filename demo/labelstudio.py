@@ -18,15 +18,12 @@ Label Studio facts these helpers rely on (checked against 1.23.2):
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import ctypes
 import functools
-import inspect
 import json
 import logging
 import os
-import re
 import secrets
 import signal
 import socket
@@ -405,34 +402,11 @@ class LabelStudioServer(ManagedProcess):
 
 @functools.cache
 def backend_variables() -> frozenset[str]:
-    """Every environment variable ``backend.settings`` reads (``MODEL_DIR``, ``REDIS_URL``, ``LSM_*``, ...).
+    """Every environment variable the backend's settings read (``MODEL_DIR``, ``REDIS_URL``, ``LSM_*``, ...):
+    ``backend.settings.VARIABLES``, which its readers are held to."""
+    from backend.settings import VARIABLES
 
-    Read off the module's source: the string arguments of each call that is handed the ``environ`` mapping
-    (``_get(environ, "WORK_DIR", "")``, ``environ.get("BASIC_AUTH_PASS")``: the first string argument, the
-    name; a default comes after it), plus ``lsm_variables()``. So
-    the list follows the settings as they grow; tests check it against what ``Settings.from_env`` reads.
-    """
-    from backend import settings as settings_module
-
-    def is_environ(node: ast.AST) -> bool:
-        return isinstance(node, ast.Name) and node.id == "environ"
-
-    names: set[str] = set(settings_module.lsm_variables().values())
-    for node in ast.walk(ast.parse(inspect.getsource(settings_module))):
-        if isinstance(node, ast.Call):
-            func = node.func
-            on_environ = any(is_environ(a) for a in node.args) or (
-                isinstance(func, ast.Attribute) and is_environ(func.value)
-            )
-            texts = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-            # The name comes before any default; a name held in a variable (``var``) is no constant.
-            if on_environ and texts and re.fullmatch(r"[A-Z][A-Z0-9_]*", texts[0]):
-                names.add(texts[0])
-        elif isinstance(node, ast.Subscript) and is_environ(node.value):
-            key = node.slice
-            if isinstance(key, ast.Constant) and isinstance(key.value, str):
-                names.add(key.value)
-    return frozenset(names)
+    return VARIABLES
 
 
 def backend_environ(inherited: Mapping[str, str]) -> dict[str, str]:

@@ -146,6 +146,29 @@ def test_settings_max_det(tmp_path):
     assert Settings.from_env({"MODEL_DIR": str(tmp_path), "MAX_DET": " 1000 "}).max_det == 1000
 
 
+def test_set_assignments_override_and_unknown_names_are_refused(tmp_path):
+    from backend.settings import VARIABLES, settings_with_overrides
+
+    env = {"MODEL_DIR": str(tmp_path), "TRAIN_EPOCHS": "20"}
+    s = settings_with_overrides(
+        env, {"TRAIN_BATCH": 4}, assignments=[" TRAIN_EPOCHS =7", "LSM_MATCH_IOU=0.4"]
+    )
+    assert (s.train_epochs, s.train_batch, s.lsm.match_iou) == (7, 4, 0.4)
+    assert env["TRAIN_EPOCHS"] == "20"  # the caller's mapping is left as it was
+    # A misspelt name used to be ignored silently, training with the default.
+    with pytest.raises(
+        SettingsError, match=r"--set: TRAIN_EPOHCS is not a backend setting \(did you mean TRAIN_EPOCHS\?\)"
+    ):
+        settings_with_overrides(env, {}, assignments=["TRAIN_EPOHCS=7"])
+    with pytest.raises(SettingsError, match="--set: NOT_A_THING is not a backend setting"):
+        settings_with_overrides(env, {}, assignments=["NOT_A_THING=1"])
+    with pytest.raises(SettingsError, match="expected VAR=VALUE"):
+        settings_with_overrides(env, {}, assignments=["TRAIN_EPOCHS"])
+    with pytest.raises(LookupError, match="TRAIN_EPOHCS"):  # a tool's own flag table is held to the same set
+        settings_with_overrides(env, {"TRAIN_EPOHCS": 7})
+    assert {"TRAIN_EPOCHS", "BASIC_AUTH_PASS", "LSM_MATCH_IOU", "REDIS_URL"} <= VARIABLES
+
+
 def test_settings_family_and_train_init(tmp_path):
     from model.detector import PREDICT_CONF
 
