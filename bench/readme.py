@@ -54,7 +54,9 @@ _SEED_BLOCKS = {
 # The held-out table's comparisons: (arm, column heading), each as the full method minus the arm.
 _AGAINST = (
     ("finetune_lsm", "− `finetune_lsm`"),
+    ("staged_lsm", "− `staged_lsm`"),
     ("finetune_random", "− `finetune_random`"),
+    ("staged_random", "− `staged_random`"),
     ("random_corrected", "− random + correction"),
 )
 _PEERS = (("cleanlab", "AUROC − ObjectLab"), ("fiftyone", "AUROC − FiftyOne"))
@@ -141,7 +143,7 @@ def seed_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     sums: dict[str, list[float]] = {}
     for run in runs:
-        arms, det = run["arms"], run.get("detection", {})
+        arms, det = acceptance.arms_of(run), run.get("detection", {})
         full = arms["full"]
         pct = 100 * float(full["ap50"]) / float(arms["full_expert"]["ap50"])
         cells = [str(run["seed"]), f"{float(full['ap50']) * 100:.1f}", f"{pct:.1f} %"]

@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 ARMS: dict[str, str] = {
     "noisy": "Noisy (crowd labels)",
     "full_expert": "Full expert labels",
-    "expert_budget": "Expert-only, budget images",
+    "expert_budget": "Expert-only, budget images (from scratch, unrepeated)",
     "finetune_random": "Crowd model fine-tuned on the random images",
     "finetune_lsm": "Crowd model fine-tuned on the LSM images",
     "random_corrected": "Random selection + correction",
@@ -91,14 +91,26 @@ ARMS: dict[str, str] = {
     "full": "LSM + correction (full method)",
     "full_consensus": "LSM + correction + consensus",
 }
+# The equal-cost recipes read off the cleaning loops, trained by no arm (``bench.acceptance.STAGED``).
+STAGED_ARMS: dict[str, str] = {
+    "staged_random": "Crowd model fine-tuned in stages on the random images (last cleaning model)",
+    "staged_lsm": "Crowd model fine-tuned in stages on the LSM images (last cleaning model)",
+}
+# Every arm the tables show, in their order: each staged recipe after its one-go twin.
+TABLE_ARMS: dict[str, str] = {}
+for _name, _label in ARMS.items():
+    TABLE_ARMS[_name] = _label
+    TABLE_ARMS.update({s: STAGED_ARMS[s] for s, (_, twin) in acceptance.STAGED.items() if twin == _name})
 # (a, b): per seed, AP50 of a minus AP50 of b.
 PAIRS: tuple[tuple[str, str], ...] = (
     ("full", "finetune_random"),
+    ("full", "staged_random"),
     ("full", "finetune_lsm"),
+    ("full", "staged_lsm"),
     ("full", "random_corrected"),
 )
-# The arms the paired comparisons read (``BenchSettings.compared_replicates``).
-COMPARED_ARMS: tuple[str, ...] = tuple(dict.fromkeys(name for pair in PAIRS for name in pair))
+# The trained arms the paired comparisons read (``BenchSettings.compared_replicates``).
+COMPARED_ARMS: tuple[str, ...] = tuple(dict.fromkeys(name for pair in PAIRS for name in pair if name in ARMS))
 # The arms the method's targets read (``bench.acceptance``): the compared arms, the full-expert reference
 # and the crowd-trained detector the fine-tunes and the reference start from. `--verdict-only` trains these.
 VERDICT_ARMS: tuple[str, ...] = tuple(
@@ -628,8 +640,11 @@ def _mean_std(values: list[float]) -> tuple[float, ...]:
     return mean_std if arr.size == len(values) else (*mean_std, int(arr.size), len(values))
 
 
-def _paired(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
-    diffs = [(r["arms"][a]["ap50"] - r["arms"][b]["ap50"]) * 100 for r in runs]
+def _paired(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any] | None:
+    records = [acceptance.arms_of(r) for r in runs]
+    if any(a not in arms or b not in arms for arms in records):
+        return None
+    diffs = [(arms[a]["ap50"] - arms[b]["ap50"]) * 100 for arms in records]
     return {
         "a": a,
         "b": b,
@@ -647,27 +662,27 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """
     full = [r["arms"]["full_expert"]["ap50"] for r in runs]
     noisy = [r["arms"]["noisy"]["ap50"] for r in runs]
+    records = [acceptance.arms_of(r) for r in runs]  # the staged recipes too
     arms = {}
-    for name in (a for a in ARMS if all(a in r["arms"] for r in runs)):
-        ap = [r["arms"][name]["ap50"] for r in runs]
+    for name in (a for a in TABLE_ARMS if all(a in rec for rec in records)):
+        of = [rec[name] for rec in records]
+        ap = [a["ap50"] for a in of]
         arms[name] = {
             "ap50": _mean_std(ap),
-            "ap50_95": _mean_std([r["arms"][name]["ap50_95"] for r in runs]),
+            "ap50_95": _mean_std([a["ap50_95"] for a in of]),
             "pct_of_full": _mean_std(
                 [a / f * 100 if f > 0 else float("nan") for a, f in zip(ap, full, strict=True)]
             ),
             "delta_vs_noisy": _mean_std([(a - n) * 100 for a, n in zip(ap, noisy, strict=True)]),
-            "expert_fraction": _mean_std([r["arms"][name]["expert_fraction"] for r in runs]),
-            "decision_fraction": _mean_std([r["arms"][name]["decision_fraction"] for r in runs]),
-            "cost_fraction": _mean_std([r["arms"][name]["cost_fraction"] for r in runs]),
+            "expert_fraction": _mean_std([a["expert_fraction"] for a in of]),
+            "decision_fraction": _mean_std([a["decision_fraction"] for a in of]),
+            "cost_fraction": _mean_std([a["cost_fraction"] for a in of]),
             "boxes_touched_fraction": _mean_std(
-                [r["arms"][name]["boxes_touched"] / max(r["all_boxes_touched"], 1) for r in runs]
+                [a["boxes_touched"] / max(r["all_boxes_touched"], 1) for a, r in zip(of, runs, strict=True)]
             ),
-            "reviewed": _mean_std([float(r["arms"][name]["corrections"].get("reviewed", 0)) for r in runs]),
-            "review_skipped": _mean_std(
-                [float(r["arms"][name]["corrections"].get("review_skipped", 0)) for r in runs]
-            ),
-            "label_f1": _mean_std([r["arms"][name]["label_f1"] for r in runs]),
+            "reviewed": _mean_std([float(a["corrections"].get("reviewed", 0)) for a in of]),
+            "review_skipped": _mean_std([float(a["corrections"].get("review_skipped", 0)) for a in of]),
+            "label_f1": _mean_std([a["label_f1"] for a in of]),
         }
     detection = {
         k: {m: _mean_std([r["detection"][k][m] for r in runs]) for m in ("auroc", "ap")}
@@ -710,7 +725,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         )
     return {
         "arms": arms,
-        "paired": [_paired(runs, a, b) for a, b in PAIRS],
+        "paired": [p for p in (_paired(runs, a, b) for a, b in PAIRS) if p is not None],
         "detection": detection,
         "instance_types": types,
         "grades": grades,
@@ -774,7 +789,7 @@ def _arms_table(summary: Mapping[str, Any]) -> list[str]:
         "cost (larger) | reviews | left unreviewed | label F1 of training labels |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, label in ARMS.items():
+    for name, label in TABLE_ARMS.items():
         if name not in summary["arms"]:
             continue  # not trained (--verdict-only)
         a = summary["arms"][name]
@@ -799,7 +814,7 @@ def _paired_table(summary: Mapping[str, Any]) -> list[str]:
     for p in summary["paired"]:
         per_seed = ", ".join(f"{seed}: {d:+.1f}" for seed, d in p["per_seed"].items())
         lines.append(
-            f"| {ARMS[p['a']]} − {ARMS[p['b']]} | {_fmt(tuple(p['mean_std']))} "
+            f"| {TABLE_ARMS[p['a']]} − {TABLE_ARMS[p['b']]} | {_fmt(tuple(p['mean_std']))} "
             f"| {p['wins']} of {p['seeds']} seeds | {per_seed} |"
         )
     return lines

@@ -860,11 +860,26 @@ def test_verdict_only_trains_the_arms_the_targets_read_and_changes_none_of_them(
     assert some["detection"] == every["detection"]
     assert json.dumps(some["grades"], sort_keys=True) == json.dumps(every["grades"], sort_keys=True)  # nan
     summary = sim.summarize([some])
-    assert tuple(summary["arms"]) == sim.VERDICT_ARMS
+    # The trained arms, and the staged fine-tunes read off the loops each after its one-go twin.
+    assert tuple(summary["arms"]) == (
+        "noisy",
+        "full_expert",
+        "finetune_random",
+        "staged_random",
+        "finetune_lsm",
+        "staged_lsm",
+        "random_corrected",
+        "full",
+    )
+    staged = summary["arms"]["staged_lsm"]
+    assert staged["ap50"][0] == some["rounds"]["discrepancy"][-1]["cleaning_ap50"]
+    assert staged["cost_fraction"] == summary["arms"]["finetune_lsm"]["cost_fraction"]
+    assert [(p["a"], p["b"]) for p in summary["paired"]] == list(sim.PAIRS)
     meta = _fake_meta([5], settings)
     text = _write_tables(tmp_path, [some], summary, meta)
     assert "only the arms the targets read (`--verdict-only`; left out: `expert_budget`" in text
     assert "| LSM + correction (full method) |" in text and "LSM selection, no correction |" not in text
+    assert "| Crowd model fine-tuned in stages on the LSM images (last cleaning model) |" in text
     assert (tmp_path / "ap50_vs_budget.png").stat().st_size > 1000
     keys = {c.key for c in acceptance.check([some], meta)}
     assert {"quality", "cost", "finetune_random", "finetune_lsm", "selection", "grades"} <= keys

@@ -131,8 +131,11 @@ def test_the_heldout_block_shows_each_seed_as_its_runs_give_it() -> None:
     assert cells[2] == f"{100 * first['full']['ap50'] / first['full_expert']['ap50']:.1f} %"
     lsm = (first["full"]["ap50"] - first["finetune_lsm"]["ap50"]) * 100
     assert cells[4].startswith(f"{lsm:+.1f}".replace("-", "−") + " ± ")
+    # The LSM loop's last cleaning model (the staged fine-tune), trained once: no standard error.
+    staged = (first["full"]["ap50"] - runs[0]["rounds"]["discrepancy"][-1]["cleaning_ap50"]) * 100
+    assert cells[5] == f"{staged:+.1f}".replace("-", "−")
     det = runs[0]["detection"]
-    assert cells[7] == f"{det['lsm']['auroc'] - det['cleanlab']['auroc']:+.3f}".replace("-", "−")
+    assert cells[9] == f"{det['lsm']['auroc'] - det['cleanlab']['auroc']:+.3f}".replace("-", "−")
     pct = results["summary"]["arms"]["full"]["pct_of_full"][0]
     assert rows[-1].strip("| ").split(" | ")[2] == f"{pct:.1f} %"
     assert "targets met." in text and results["meta"]["command"] in text
@@ -230,11 +233,11 @@ def test_the_overview_pools_only_unseen_seeds_of_the_reported_mix_and_purchase_e
     # full - finetune_lsm on 5, 6, 7: +3, +1, +3 -> +2.3, by >= 2 on 2 of 3
     assert pooled[6] == "+2.3 (≥ 2 on 2 of 3)"
     # full - random + correction: -1, +1, +1 -> better on 2 of 3
-    assert pooled[8] == "+0.3 (better on 2 of 3)"
-    assert pooled[10] == "missed 0.70"
+    assert pooled[10] == "+0.3 (better on 2 of 3)"
+    assert pooled[12] == "missed 0.70"
     first = rows[0].strip("| ").split(" | ")
     assert first[0] == "[quick](docs/results/quick/results.md)" and first[3] == "default"
-    assert first[4] == f"{100 * 0.90 / 0.85:.1f} %" and first[9] == "+0.020 (≥ 0.05 on 0 of 2)"
+    assert first[4] == f"{100 * 0.90 / 0.85:.1f} %" and first[11] == "+0.020 (≥ 0.05 on 0 of 2)"
     mix = rows[3].strip("| ").split(" | ")
     assert mix[3] == "`missed_rate=0.35`"  # the mix in its column, so the check's name leaves it out
     assert mix[0] == "[check-200-noise-session](docs/results/check-200-missed_rate-0.35-session/results.md)"
@@ -285,7 +288,7 @@ def test_the_weakest_grade_type_is_one_without_a_figure() -> None:
         run["grades"]["after"].append({"noise_type": "localization", "precision_at_recall": localization})
     for order in (runs, runs[::-1]):
         row = readme.overview_block([("docs/results/quick/results.json", _results(order))]).splitlines()[-1]
-        assert row.strip("| ").split(" | ")[10] == "localization n/a"
+        assert row.strip("| ").split(" | ")[12] == "localization n/a"
 
 
 def test_the_overview_pools_only_runs_with_every_setting_of_the_reported_run() -> None:
