@@ -348,6 +348,7 @@ def calibrate_project(
                     view.score,
                     view.expert,
                     agreement=view.crowd.agreement,
+                    class_aware=service.settings.lsm.class_aware,
                 )
             )
     skipped = dict(sorted(skipped.items()))

@@ -246,7 +246,14 @@ def run_loop(
         expert.extend(picked)
         # Bought now: their expert boxes label the findings that the model had on them.
         examples.extend(
-            label_findings(records[i].crowd, preds[i], s, records[i].expert, config=calibration)
+            label_findings(
+                records[i].crowd,
+                preds[i],
+                s,
+                records[i].expert,
+                config=calibration,
+                class_aware=lsm.class_aware,
+            )
             for i, s in zip(picked, picked_scores, strict=True)
         )
         fitted = fit_calibration(LabelledFindings.concat(examples), config=calibration)
@@ -322,7 +329,14 @@ def _crossfit_examples(
         preds = bench.predict(model.weights, half)
         scores = score_images([records[i].crowd for i in half], [preds[i] for i in half], config=lsm)
         parts.extend(
-            label_findings(records[i].crowd, preds[i], s, records[i].expert, config=calibration)
+            label_findings(
+                records[i].crowd,
+                preds[i],
+                s,
+                records[i].expert,
+                config=calibration,
+                class_aware=lsm.class_aware,
+            )
             for i, s in zip(half, scores, strict=True)
         )
     return LabelledFindings.concat(parts)

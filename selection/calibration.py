@@ -39,8 +39,10 @@ and applies it to new findings:
    (``discrepancy``).
 
 The whole calibration is a JSON-ready dict (``Calibration.to_dict`` / ``from_dict``), so a backend can store
-it with a model version. Truth from expert boxes (``expert_truth``) ignores classes (a crowd box with the
-wrong class is not one of these noise types).
+it with a model version. Truth from expert boxes (``expert_truth``) ignores classes by default (a crowd box
+with the wrong class is not one of these noise types); with ``class_aware=True`` (pass the LSM's
+``LSMConfig.class_aware``) it keeps them apart as the class-aware LSM does, so a crowd box of the wrong class
+is background and the expert's box missed: what the class-aware LSM reports, and its fix.
 
 Example:
     >>> import numpy as np
@@ -171,12 +173,17 @@ class ExpertTruth:
 
 
 def expert_truth(
-    crowd: Detections, expert: Detections, *, config: CalibrationConfig | None = None
+    crowd: Detections,
+    expert: Detections,
+    *,
+    config: CalibrationConfig | None = None,
+    class_aware: bool = False,
 ) -> ExpertTruth:
     """Classify each crowd box of one image against the expert's boxes, and find the deposits it missed.
 
-    Rules (classes ignored): crowd and expert boxes are matched one-to-one at IoU >= ``match_iou``; a match
-    at IoU >= ``clean_iou`` is clean, below it localization. An unmatched crowd box enclosing two or more
+    Rules (classes ignored unless ``class_aware``: then every pairing below is of boxes of one class): crowd
+    and expert boxes are matched one-to-one at IoU >= ``match_iou``; a match at IoU >= ``clean_iou`` is
+    clean, below it localization. An unmatched crowd box enclosing two or more
     expert boxes (IoA >= ``bib_ioa``) is box-in-box. The other unmatched crowd boxes are matched again to the
     unmatched expert boxes at IoU >= ``near_iou`` (localization); what is left is background. An expert box
     is missed when no crowd box stands for it and no box-in-box box encloses it.
@@ -185,6 +192,7 @@ def expert_truth(
         crowd: M crowd boxes, pixels.
         expert: E expert boxes of the same image, pixels.
         config: the thresholds; ``CalibrationConfig()`` when None.
+        class_aware: pair only boxes of the same class (as the LSM with ``LSMConfig.class_aware``).
 
     Returns:
         The per-box truth.
@@ -196,13 +204,16 @@ def expert_truth(
     taken = np.zeros(e, bool)
     enclosed = np.zeros(e, bool)
     if m and e:
-        first = match_boxes(crowd, expert, iou_threshold=cfg.match_iou)
+        first = match_boxes(crowd, expert, iou_threshold=cfg.match_iou, class_aware=class_aware)
         ctype[first.crowd_idx] = np.where(
             first.iou >= cfg.clean_iou, NoiseType.CLEAN.value, NoiseType.LOCALIZATION.value
         )
         cexp[first.crowd_idx] = first.pred_idx
         taken[first.pred_idx] = True
         iou, ioa = pair_geometry(crowd.xyxy, expert.xyxy)
+        if class_aware:  # a box of another class is no pairing at all
+            other = crowd.class_id[:, None] != expert.class_id[None, :]
+            iou, ioa = np.where(other, 0.0, iou), np.where(other, 0.0, ioa)
         free = np.ones(m, bool)
         free[first.crowd_idx] = False
         bib = free & (((ioa >= cfg.bib_ioa) & (iou < cfg.match_iou)).sum(axis=1) >= 2)
@@ -357,6 +368,7 @@ def finding_targets(
     expert: Detections,
     *,
     config: CalibrationConfig | None = None,
+    class_aware: bool = False,
 ) -> np.ndarray:
     """Per instance, whether the LSM's finding is a true error of the type it named (expert boxes as truth).
 
@@ -368,12 +380,14 @@ def finding_targets(
         crowd: M crowd boxes; pred: K predictions; findings: the LSM's findings on them.
         expert: the expert's boxes of the same image.
         config: the thresholds; ``CalibrationConfig()`` when None.
+        class_aware: truth by class (``expert_truth``), and a missed prediction stands only for an expert box
+            of its class; pass the ``LSMConfig.class_aware`` the findings were scored with.
 
     Returns:
         bool (N,).
     """
     cfg = config or CalibrationConfig()
-    truth = expert_truth(crowd, expert, config=cfg)
+    truth = expert_truth(crowd, expert, config=cfg, class_aware=class_aware)
     n = len(findings)
     target = np.zeros(n, bool)
     if n == 0:
@@ -388,7 +402,12 @@ def finding_targets(
     missed_expert = np.flatnonzero(truth.missed)
     if missed_rows.size and missed_expert.size:
         iou, _ = pair_geometry(pred.xyxy[findings.index[missed_rows]], expert.xyxy[missed_expert])
-        r, _ = assign(iou, iou >= cfg.match_iou)
+        ok = iou >= cfg.match_iou
+        if class_aware:
+            ok &= (
+                pred.class_id[findings.index[missed_rows]][:, None] == expert.class_id[missed_expert][None, :]
+            )
+        r, _ = assign(iou, ok)
         target[missed_rows[r]] = True
     return target
 
@@ -405,6 +424,7 @@ def label_findings(
     *,
     agreement: np.ndarray | None = None,
     config: CalibrationConfig | None = None,
+    class_aware: bool = False,
 ) -> LabelledFindings:
     """The labelled examples one re-annotated image gives: its findings of calibrated types, with targets.
 
@@ -416,6 +436,8 @@ def label_findings(
         expert: the expert's boxes of this image.
         agreement: optional float (M,) annotator agreement per crowd box.
         config: the truth thresholds; ``CalibrationConfig()`` when None.
+        class_aware: the ``LSMConfig.class_aware`` ``score`` was computed with: truth is then read by class
+            (``expert_truth``), else a correct class fix would be labelled "not an error".
 
     Returns:
         One example per primary instance the LSM named background, localization, box-in-box or missed.
@@ -423,7 +445,7 @@ def label_findings(
     f = score.instances
     rows = _calibrated_rows(f)
     feats = instance_features(crowd, pred, f, agreement=agreement)
-    target = finding_targets(crowd, pred, f, expert, config=config)
+    target = finding_targets(crowd, pred, f, expert, config=config, class_aware=class_aware)
     return LabelledFindings(
         f.noise_type.astype(str)[rows], feats[rows], target[rows], f.action.astype(str)[rows]
     )

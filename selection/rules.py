@@ -466,10 +466,11 @@ def aggregate(
     severity: np.ndarray,
     aggregation: Aggregation | str,
     *,
-    temperature: float = 0.1,
-    sum_scale: float = 1.0,
+    temperature: float = LSMConfig.temperature,
+    sum_scale: float = LSMConfig.sum_scale,
 ) -> float:
-    """Combine instance severities into one image discrepancy.
+    """Combine instance severities into one image discrepancy (the defaults are ``LSMConfig``'s, so that
+    ``aggregate(severities, config.aggregation)`` is what ``score_image`` gives under a default config).
 
     Args:
         severity: float (N,) instance severities in [0, 1].

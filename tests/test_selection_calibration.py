@@ -88,6 +88,36 @@ def test_finding_targets_follow_the_expert_boxes():
     )
 
 
+def test_class_aware_truth_calls_a_correct_class_fix_an_error():
+    """With ``LSMConfig.class_aware`` a crowd box of the wrong class is reported as background plus a missed
+    box of the right class; the expert's box of that class makes both findings true errors. Read without
+    classes (the default), the expert box stands for the crowd box, and both would be labelled "not an
+    error": the calibration would learn to keep wrongly classed boxes."""
+    crowd = make_detections([[0, 0, 10, 10], [40, 40, 50, 50]], classes=[0, 1])
+    pred = make_detections([[0, 0, 10, 10], [40, 40, 50, 50]], classes=[1, 1], scores=[0.95, 0.9])
+    expert = make_detections([[0, 0, 10, 10], [40, 40, 50, 50]], classes=[1, 1])
+    score = score_image(crowd, pred, config=LSMConfig(class_aware=True))
+    named = score.instances.noise_type.tolist()
+    assert sorted(named) == ["background", "clean", "missed"]
+    found = label_findings(crowd, pred, score, expert, class_aware=True)
+    assert dict(zip(found.noise_type.tolist(), found.target.tolist(), strict=True)) == {
+        "background": True,
+        "missed": True,
+    }
+    blind = label_findings(crowd, pred, score, expert)  # what it learned before: both "not an error"
+    assert blind.target.tolist() == [False, False]
+    truth = expert_truth(crowd, expert, class_aware=True)
+    assert truth.crowd_type.tolist() == ["background", "clean"] and truth.missed.tolist() == [True, False]
+    assert expert_truth(crowd, expert).crowd_type.tolist() == ["clean", "clean"]
+    # Class-aware box-in-box: the enclosed boxes must be of the crowd box's class.
+    big = make_detections([[-1, -1, 23, 11]], classes=[0])
+    two = make_detections([[0, 0, 10, 10], [12, 0, 22, 10]], classes=[0, 0])
+    assert expert_truth(big, two, class_aware=True).crowd_type.tolist() == ["box_in_box"]
+    other = make_detections([[0, 0, 10, 10], [12, 0, 22, 10]], classes=[1, 1])
+    assert expert_truth(big, other, class_aware=True).crowd_type.tolist() == ["background"]
+    assert expert_truth(big, other).crowd_type.tolist() == ["box_in_box"]
+
+
 def test_instance_features_shape_and_values():
     crowd = make_detections([[0, 0, 10, 10], [0, 0, 10, 10]])  # a duplicate pair
     pred = make_detections([[0, 0, 10, 10]], scores=[0.8])

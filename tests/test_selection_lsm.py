@@ -260,7 +260,9 @@ def test_aggregations_hand_values():
     assert aggregate(s, "noisy_or") == pytest.approx(0.75)
     assert aggregate(s, Aggregation.MEAN) == pytest.approx(0.5)
     assert aggregate(s, Aggregation.MAX) == pytest.approx(0.5)
-    assert aggregate(s, Aggregation.SUM) == pytest.approx(1 - np.exp(-1.0))
+    assert aggregate(s, Aggregation.SUM, sum_scale=1.0) == pytest.approx(1 - np.exp(-1.0))
+    # The defaults are the scorer's: re-aggregating its severities gives its discrepancy (was sum_scale 1.0).
+    assert aggregate(s, Aggregation.SUM) == pytest.approx(1 - np.exp(-1.0 / LSMConfig().sum_scale))
     assert aggregate(np.array([0.2, 0.8]), Aggregation.SOFTMAX, temperature=0.1) == pytest.approx(
         (0.2 * np.exp(-6) + 0.8) / (np.exp(-6) + 1)
     )
