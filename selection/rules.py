@@ -212,15 +212,37 @@ def usable_predictions(
     if idx.size < 2 or cls.min() == cls.max():
         return usable
     order = idx if score is None else idx[np.argsort(-score[idx], kind="stable")]
-    iou, _ = pair_geometry(xyxy[order], xyxy[order])
-    other = class_id[order][:, None] != class_id[order][None, :]
-    duplicate = (iou >= cfg.duplicate_iou) & other
+    first, second = _duplicate_pairs(xyxy[order], class_id[order], cfg.duplicate_iou)
     dropped = np.zeros(order.size, bool)
-    for i in range(order.size):  # greedy: a dropped prediction suppresses nothing
+    for i, j in zip(first.tolist(), second.tolist(), strict=True):  # greedy: a dropped one suppresses nothing
         if not dropped[i]:
-            dropped[i + 1 :] |= duplicate[i, i + 1 :]
+            dropped[j] = True
     usable[order[dropped]] = False
     return usable
+
+
+def _duplicate_pairs(
+    xyxy: np.ndarray, class_id: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(i, j)``, ``i < j``, of boxes of different classes with IoU >= ``threshold`` (> 0), sorted by
+    ``i`` then ``j``: only boxes whose x-ranges overlap are compared (a sweep over the left edges), so
+    thousands of spread-out boxes (a tiled image) cost about linear time and memory, not K x K."""
+    n = xyxy.shape[0]
+    by_x = np.argsort(xyxy[:, 0], kind="stable")
+    left = xyxy[by_x, 0]
+    # For the p-th box by left edge: the later ones (by left edge) that start before it ends.
+    start = np.arange(1, n + 1)
+    count = np.maximum(np.searchsorted(left, xyxy[by_x, 2], side="left") - start, 0)
+    p = np.repeat(np.arange(n), count)
+    q = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count) + np.repeat(start, count)
+    a, b = by_x[p], by_x[q]
+    keep = class_id[a] != class_id[b]
+    a, b = a[keep], b[keep]
+    iou, _ = pair_geometry(xyxy[a][:, None, :], xyxy[b][:, None, :])
+    hit = iou[:, 0, 0] >= threshold
+    i, j = np.minimum(a[hit], b[hit]), np.maximum(a[hit], b[hit])
+    key = np.lexsort((j, i))
+    return i[key], j[key]
 
 
 def same_class_only(

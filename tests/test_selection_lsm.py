@@ -177,6 +177,49 @@ def test_one_object_predicted_for_two_classes_is_one_object():
     assert loose.instances.index[loose.instances.source == 1].tolist() == [1, 2]
 
 
+def _usable_dense(xyxy, score, class_id, cfg):
+    """The K x K greedy rule ``usable_predictions`` replaced by a sweep over left edges (the reference)."""
+    from selection.boxes import pair_geometry
+
+    usable = np.ones(len(xyxy), bool) if score is None else score >= cfg.score_floor
+    usable &= (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+    idx = np.flatnonzero(usable)
+    if cfg.class_aware or idx.size < 2:
+        return usable
+    order = idx if score is None else idx[np.argsort(-score[idx], kind="stable")]
+    iou, _ = pair_geometry(xyxy[order], xyxy[order])
+    duplicate = (iou >= cfg.duplicate_iou) & (class_id[order][:, None] != class_id[order][None, :])
+    dropped = np.zeros(order.size, bool)
+    for i in range(order.size):
+        if not dropped[i]:
+            dropped[i + 1 :] |= duplicate[i, i + 1 :]
+    usable[order[dropped]] = False
+    return usable
+
+
+def test_usable_predictions_is_the_dense_greedy_rule(rng):
+    from selection.rules import usable_predictions
+
+    for _ in range(1500):
+        k = int(rng.integers(0, 40))
+        on_grid = bool(rng.integers(0, 2))  # integer boxes: exact ties of edges, IoUs and scores
+        if on_grid:
+            xy, wh = rng.integers(0, 30, (k, 2)), rng.integers(0, 12, (k, 2))
+            score = rng.choice([0.05, 0.3, 0.5, 0.9, 0.9], k).astype(np.float32)
+        else:
+            xy, wh = rng.uniform(0, 50, (k, 2)), rng.uniform(0, 15, (k, 2))
+            score = rng.random(k).astype(np.float32)
+        xyxy = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+        if k > 3:
+            xyxy[1], xyxy[3] = xyxy[0], xyxy[2]  # exact repeats
+        score = None if rng.random() < 0.2 else score
+        class_id = rng.integers(0, int(rng.integers(1, 4)), k)
+        cfg = LSMConfig(duplicate_iou=float(rng.choice([0.25, 0.5, 0.7, 1.0])))
+        np.testing.assert_array_equal(
+            usable_predictions(xyxy, score, class_id, cfg), _usable_dense(xyxy, score, class_id, cfg)
+        )
+
+
 def test_same_class_overlaps_are_left_to_the_detector():
     # Two boxes of one class at IoU 0.9 survived the detector's own NMS: both stay, the second is missed.
     crowd = make_detections([BOX])
