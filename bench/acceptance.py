@@ -182,8 +182,11 @@ def _over(runs: Sequence[Mapping[str, Any]], other: str, staged: str) -> Criteri
     """The margin over an equal-cost fine-tune ``other`` and over the staged recipe of the same images
     (``STAGED``): both must hold, each on average and seed by seed; a run without the staged recipe is read
     on ``other`` alone."""
-    readings = [(other, full_minus(runs, other)), (staged, full_minus(runs, staged))]
-    readings = [(name, d) for name, d in readings if d is not None]
+    readings: list[tuple[str, list[float]]] = []
+    for name in (other, staged):
+        diffs = full_minus(runs, name)
+        if diffs is not None:
+            readings.append((name, diffs))
     if not readings or readings[0][0] != other:
         return None
     n, need = len(runs), needed(len(runs))
