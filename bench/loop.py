@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -164,6 +165,23 @@ def _budget_counts(n: int, cfg: LoopConfig) -> tuple[int, list[int]]:
     return first, [p for p in per if p > 0]
 
 
+def _labelled(
+    records: Mapping[str, Any],
+    ids: Sequence[str],
+    preds: Mapping[str, Detections],
+    scores: Sequence[ImageScore],
+    calibration: CalibrationConfig | None,
+    lsm: LSMConfig,
+) -> list[LabelledFindings]:
+    """The labelled findings of images just bought: their expert boxes label what ``preds`` found there."""
+    return [
+        label_findings(
+            records[i].crowd, preds[i], s, records[i].expert, config=calibration, class_aware=lsm.class_aware
+        )
+        for i, s in zip(ids, scores, strict=True)
+    ]
+
+
 def run_loop(
     bench: Workbench,
     cfg: LoopConfig,
@@ -245,17 +263,7 @@ def run_loop(
         )
         expert.extend(picked)
         # Bought now: their expert boxes label the findings that the model had on them.
-        examples.extend(
-            label_findings(
-                records[i].crowd,
-                preds[i],
-                s,
-                records[i].expert,
-                config=calibration,
-                class_aware=lsm.class_aware,
-            )
-            for i, s in zip(picked, picked_scores, strict=True)
-        )
+        examples.extend(_labelled(records, picked, preds, picked_scores, calibration, lsm))
         fitted = fit_calibration(LabelledFindings.concat(examples), config=calibration)
         model = bench.train(
             f"{name}-r{round_no}",
@@ -328,17 +336,7 @@ def _crossfit_examples(
         )
         preds = bench.predict(model.weights, half)
         scores = score_images([records[i].crowd for i in half], [preds[i] for i in half], config=lsm)
-        parts.extend(
-            label_findings(
-                records[i].crowd,
-                preds[i],
-                s,
-                records[i].expert,
-                config=calibration,
-                class_aware=lsm.class_aware,
-            )
-            for i, s in zip(half, scores, strict=True)
-        )
+        parts.extend(_labelled(records, half, preds, scores, calibration, lsm))
     return LabelledFindings.concat(parts)
 
 
