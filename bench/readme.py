@@ -69,6 +69,10 @@ POOLED_ANYWAY = {
     "settings": ("replicates", "compared_replicates", "verdict_only", "fiftyone"),
     "meta": ("threads", "jobs", "device"),
 }
+# LSM fields that only act between predictions or boxes of different classes: on the simulator's data (one
+# class, ``meta["data"]`` None) they cannot change a figure, so a run recorded before one existed, or with
+# another value, pools with the reported run there. On a user's data (``--data``) they must be equal.
+ONE_CLASS_MOOT = ("class_aware", "duplicate_iou")
 # Fields of ``meta`` that describe the invocation, not its settings.
 _NOT_SETTINGS: tuple[str, ...] = ("dataset", "seeds", "n_seeds", "seconds", "seconds_all_invocations")
 _NOT_SETTINGS += ("invocations", "train_threads", "command")
@@ -271,12 +275,15 @@ def _row_figures(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def protocol(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The settings of a run the overview's pooled row requires to equal the reported run's: every setting
-    ``meta`` records but those of ``POOLED_ANYWAY`` (a setting a run does not record is ``None``)."""
+    ``meta`` records but those of ``POOLED_ANYWAY``, and on simulated data the LSM's ``ONE_CLASS_MOOT``
+    fields (a setting a run does not record is ``None``)."""
     settings = {
         k: v for k, v in (meta.get("settings", {}) or {}).items() if k not in POOLED_ANYWAY["settings"]
     }
     other = {k: v for k, v in meta.items() if k not in (*_NOT_SETTINGS, *POOLED_ANYWAY["meta"], "settings")}
     other["noise"] = list(meta.get("noise") or [])
+    if meta.get("data") is None and isinstance(other.get("lsm"), Mapping):
+        other["lsm"] = {k: v for k, v in other["lsm"].items() if k not in ONE_CLASS_MOOT}
     return {**other, "settings": settings}
 
 
@@ -355,7 +362,14 @@ def overview_block(results: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
         folders = ", ".join(pooled_from)
         cells = [
             f"**pooled: seeds nothing was tuned on, the reported run's settings** ({folders}); "
-            f"every setting alike but {anyway}",
+            f"every setting alike but {anyway}"
+            + (
+                " (and, on the simulator's one class, the LSM's "
+                + ", ".join(f"`{k}`" for k in ONE_CLASS_MOOT)
+                + ")"
+                if first_meta.get("data") is None
+                else ""
+            ),
             " or ".join(str(t) for t in sorted({t for t, _, _ in pooled.values()})),
             ", ".join(str(s) for s in sorted(pooled)),
             _noise(first_meta),

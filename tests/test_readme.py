@@ -325,3 +325,15 @@ def test_the_overview_pools_only_runs_with_every_setting_of_the_reported_run() -
     pooled = text.splitlines()[-1].strip("| ").split(" | ")
     assert pooled[2] == "5" and "(same)" in pooled[0]
     assert "the reported run's settings" in pooled[0] and "every setting alike but `replicates`" in pooled[0]
+
+
+def test_class_only_lsm_fields_pool_on_simulated_data_only() -> None:
+    """``duplicate_iou`` (added after the reported run) cannot change a one-class simulated run: such runs
+    pool; on a user's data (``data`` set) the field must be equal like every other."""
+    old = {"data": None, "lsm": {"match_iou": 0.5}, "settings": {}}
+    new = {"data": None, "lsm": {"match_iou": 0.5, "duplicate_iou": 0.7}, "settings": {}}
+    assert readme.protocol(old) == readme.protocol(new)
+    other = {"data": None, "lsm": {"match_iou": 0.4, "duplicate_iou": 0.7}, "settings": {}}
+    assert readme.protocol(other) != readme.protocol(new)
+    users = [{**m, "data": "/lab/data"} for m in (old, new)]
+    assert readme.protocol(users[0]) != readme.protocol(users[1])
