@@ -105,7 +105,8 @@ class CalibrationConfig:
             development seeds they never raised the corrected labels' F1 and once lowered it (a rate from 12
             examples demoted fixes that were right; ``docs/results/dev-notes-issue7.txt`` section 7).
         l2: L2 penalty on the standardised logistic coefficients (the intercept is not penalised).
-        folds: folds of the out-of-fold probabilities the cut-offs are chosen on.
+        folds: folds of the out-of-fold probabilities the cut-offs are chosen on (stratified: each fold holds
+            its share of the true errors, dealt in the order of the features, not of the examples).
         weight_prior: pseudo-examples, all true errors, added to each type's examples when its share of true
             errors weighs the image discrepancy (``weigh``); a type with no examples weighs 1, the LSM's own.
         weight_by_severity: a finding weighs the share of true errors among its type's examples that were at
@@ -241,8 +242,9 @@ def instance_features(
     Columns (``FEATURES``): the LSM's ``severity`` and ``confidence``; ``log_size`` = log(1 + sqrt(area)) of
     the instance's own box (the crowd box, or the prediction for model instances); ``proposal_iou`` = IoU of
     the own box with its proposed box (0 when the proposal is a drop); ``crowd_overlap`` = highest IoU with
-    another crowd box (duplicates); ``support`` = highest score of a prediction overlapping the own box at
-    IoU >= 0.1 (other than the instance itself); ``confident_inside`` = number of predictions with score
+    another crowd box (for a crowd box, its duplicates; for a model instance, a crowd box already standing
+    there); ``support`` = highest score of a prediction overlapping the own box at IoU >= 0.1 (other than
+    the instance itself); ``confident_inside`` = number of predictions with score
     >= 0.5 lying mostly (IoA >= 0.7) inside the own box; ``agreement`` = the caller's per-crowd-box
     annotator agreement in [0, 1] (NaN for model instances and when not given).
 
@@ -284,7 +286,7 @@ def instance_features(
         pi, _ = pair_geometry(own[~drop][:, None, :], np.nan_to_num(proposed[~drop])[:, None, :])
         prop_iou[~drop] = pi[:, 0, 0]
     crowd_overlap = np.zeros(n)
-    if m > 1:
+    if m:
         ci, _ = pair_geometry(own, crowd.xyxy)
         ci[np.flatnonzero(from_crowd), idx[from_crowd]] = 0.0  # not with itself
         crowd_overlap = ci.max(axis=1)
@@ -723,6 +725,27 @@ def _rate_rule(
     )
 
 
+def _stratified_folds(x: np.ndarray, y: np.ndarray, folds: int) -> np.ndarray:
+    """int64 (N,) the cross-validation fold of each example.
+
+    The true errors, then the other examples, are each dealt round-robin in the order of their features, so
+    that every fold holds its share of both kinds and the folds (hence the cut-offs) depend on the examples,
+    not on the order they came in. Dealt in the order given, a handful of true errors could all land in one
+    fold: the model fitted without that fold has no error to learn from, its out-of-fold probabilities say
+    nothing, and the type's cut-offs could come out unreachable (no automatic fix at all) for one order of
+    the same examples and not for another.
+    """
+    fold = np.empty(len(y), np.int64)
+    dealt = 0
+    for kind in (True, False):
+        idx = np.flatnonzero(y == kind)
+        keys = np.nan_to_num(x[idx], nan=-np.inf)
+        ordered = idx[np.lexsort(keys.T[::-1])] if idx.size else idx
+        fold[ordered] = (np.arange(ordered.size) + dealt) % folds
+        dealt += ordered.size
+    return fold
+
+
 def _fit_type(
     noise_type: str, x: np.ndarray, y: np.ndarray, action: np.ndarray, cfg: CalibrationConfig
 ) -> TypeRule:
@@ -742,7 +765,7 @@ def _fit_type(
     scale = np.where(~used | (scale < 1e-12), 1.0, scale)
     z = ((np.where(used, x, 0.0) - mean) / scale)[:, used]
     # Out-of-fold probabilities choose the cut-offs; the final model uses every example.
-    fold = np.arange(n) % cfg.folds
+    fold = _stratified_folds(x, y, cfg.folds)
     oof = np.empty(n)
     for k in range(cfg.folds):
         test = fold == k

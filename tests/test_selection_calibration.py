@@ -665,3 +665,45 @@ def test_residual_errors_ranks_the_image_the_correction_cannot_clean_first():
     empty = make_detections(np.zeros((0, 4)))
     none = make_detections(np.zeros((0, 4)), scores=np.zeros(0))
     assert residual_errors(empty, none, score_image(empty, none), cal) == 0.0
+
+
+def test_cutoffs_do_not_depend_on_the_order_of_the_examples():
+    # 25 examples with 5 true errors (the severest): given with every error at a multiple of the fold count,
+    # folds dealt in the given order put all five in one fold, whose out-of-fold model never saw an error.
+    n, errors = 25, 5
+    sev = np.linspace(0.05, 0.95, n)
+    feats = np.zeros((n, len(FEATURES)))
+    feats[:, FEATURES.index("severity")] = sev
+    feats[:, FEATURES.index("agreement")] = np.nan
+    target = sev >= sev[-errors]
+    rest = [i for i in range(n) if not target[i]]
+    bad = np.empty(n, np.int64)  # errors at 0, 5, 10, 15, 20; the others between them
+    bad[np.arange(0, n, 5)] = np.flatnonzero(target)
+    bad[[i for i in range(n) if i % 5]] = rest
+    good = np.random.default_rng(3).permutation(n)
+    rules = [
+        fit_calibration(LabelledFindings(np.full(n, "background"), feats[o], target[o])).rules["background"]
+        for o in (bad, good, np.arange(n))
+    ]
+    assert all(r.fitted for r in rules)
+    assert np.isfinite(rules[0].fix_threshold)
+    for r in rules[1:]:
+        assert r.fix_threshold == pytest.approx(rules[0].fix_threshold)
+        assert r.review_threshold == pytest.approx(rules[0].review_threshold)
+        np.testing.assert_allclose(r.coef, rules[0].coef, rtol=1e-6, atol=1e-9)
+
+
+def test_crowd_overlap_of_a_model_instance_beside_the_only_crowd_box():
+    # A deposit the crowd missed, half under the one box it drew: the overlap with that box is a feature of
+    # the missed finding with one crowd box in the image as with several.
+    box = [20, 20, 60, 60]
+    near = [36, 20, 76, 60]  # IoU 0.43: another object, half under the crowd box
+    pred = make_detections([box, near], scores=[0.9, 0.6])
+    for crowd_boxes in ([box], [box, [100, 100, 120, 120]]):
+        crowd = make_detections(crowd_boxes)
+        s = score_image(crowd, pred)
+        feats = instance_features(crowd, pred, s.instances)
+        model = np.flatnonzero(s.instances.source == 1)
+        assert model.size == 1
+        assert feats[model[0], FEATURES.index("crowd_overlap")] == pytest.approx(24 * 40 / (56 * 40))
+        assert feats[0, FEATURES.index("crowd_overlap")] == 0.0  # a crowd box is not its own duplicate
