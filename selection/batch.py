@@ -201,8 +201,8 @@ def _score_block(
     # 4. Crowd boxes (padded predictions have score 0 and IoU 0: they support nothing).
     c = rules.crowd_findings(iou, score, a, b, crowd_pred, pred_taken, None, cfg)
 
-    # 5. Missed predictions.
-    missed = ~pred_taken & p_ok
+    # 5. Missed predictions (a second box on a matched crowd box is a conflict above: never here).
+    missed = ~pred_taken & p_ok & ~rules.second_boxes(iou, pred_taken, cfg)
     mgrade = rules.missed_grade(score, cfg)
 
     keep = ~fallback[:, None]

@@ -24,7 +24,9 @@ Predictions below ``LSMConfig.score_floor`` are ignored throughout, as are boxes
    ``max score * clip(IoU / loc_min_iou, 0, 1)`` over predictions not explained by another crowd box;
    severity = confidence = ``1 - support``. (A box whose only overlapping prediction already matches another
    crowd box, a duplicate, is therefore background.)
-5. **Missed.** Every remaining prediction (score >= ``score_floor``): severity = confidence = its score.
+5. **Missed.** Every remaining prediction (score >= ``score_floor``): severity = confidence = its score; but
+   not one overlapping a crowd box at IoU >= ``match_iou`` (that box is matched to another prediction): it
+   is the detector's second box on an object the crowd labelled, and is not reported.
 
 Grades: ``clean`` if severity < ``clean_severity``; otherwise localization is ``minor`` when its prediction is
 confident, background ``major`` when ``1 - support >= background_confidence``, missed and box-in-box ``major``
@@ -193,7 +195,7 @@ def _score(crowd: Detections, pred: Detections, cfg: LSMConfig) -> ImageScore:
     c = rules.crowd_findings(iou, score, crowd.xyxy, pxyxy, crowd_pred, pred_taken, bib, cfg)
 
     # 5. Model instances: missed predictions and box-in-box parts nobody drew.
-    model_mask = ~pred_taken
+    model_mask = ~pred_taken & ~rules.second_boxes(iou, pred_taken, cfg)
     if bib is not None:
         free_part = bib.is_part & ~pred_taken
         model_mask = (model_mask & ~bib.covered) | free_part

@@ -403,6 +403,23 @@ def grade_crowd_instances(
     return np.where((severity < cfg.clean_severity) | (noise_type == T_CLEAN), G_CLEAN, grade)
 
 
+def second_boxes(iou: np.ndarray, pred_taken: np.ndarray, cfg: LSMConfig) -> np.ndarray:
+    """Rule 5's exception: bool (..., K) unmatched predictions on an object a crowd box already stands for.
+
+    A prediction left unmatched though it overlaps a crowd box at IoU >= ``match_iou`` lost that box to
+    another prediction (a one-to-one match takes every pair it can): it is the detector's second box on an
+    object the crowd labelled (a detector's NMS at IoU 0.7 keeps two boxes at 0.5-0.7), not an object the
+    crowd missed, and is not reported. Adding it would put a duplicate label on the object.
+
+    Args:
+        iou: float64 (..., M, K) crowd boxes against predictions (between classes zeroed with
+            ``class_aware``: a box of another class is then still missed).
+        pred_taken: bool (..., K) predictions matched to a crowd box.
+        cfg: the thresholds (``match_iou``).
+    """
+    return ~pred_taken & (iou >= cfg.match_iou).any(axis=-2)
+
+
 def missed_grade(score: np.ndarray, cfg: LSMConfig) -> np.ndarray:
     """Rule 5: grade codes of missed objects (severity = confidence = the prediction's score), any shape."""
     grade = np.where(score >= cfg.confident_score, G_MAJOR, G_UNCERTAIN)
