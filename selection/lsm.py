@@ -195,9 +195,10 @@ def _score(crowd: Detections, pred: Detections, cfg: LSMConfig) -> ImageScore:
     c = rules.crowd_findings(iou, score, crowd.xyxy, pxyxy, crowd_pred, pred_taken, bib, cfg)
 
     # 5. Model instances: missed predictions and box-in-box parts nobody drew.
-    model_mask = ~pred_taken & ~rules.second_boxes(iou, pred_taken, cfg)
+    second = rules.second_boxes(iou, pred_taken, cfg)
+    model_mask = ~pred_taken & ~second
     if bib is not None:
-        free_part = bib.is_part & ~pred_taken
+        free_part = bib.is_part & ~pred_taken & ~second  # a second box on a drawn part is no part to add
         model_mask = (model_mask & ~bib.covered) | free_part
     midx = np.flatnonzero(model_mask)
     msev = score[midx]

@@ -30,7 +30,8 @@ Rules, in the order the drivers apply them (thresholds are ``LSMConfig`` fields)
    ``loc_min_iou``.
 4. ``crowd_findings``: per crowd box its type (clean, localization, background, box-in-box), severity,
    confidence, grade and proposal, using ``localization`` and ``background``.
-5. ``missed_grade``: every prediction left over is a missed object, graded by its score.
+5. ``second_boxes`` / ``missed_grade``: every prediction left over is a missed object, graded by its score,
+   except an unmatched one at IoU >= ``match_iou`` with a crowd box (a second box on a labelled object).
 
 Grades come from ``grade_crowd_instances`` / ``missed_grade``; ``aggregate`` (and its padded form
 ``aggregate_rows``) pools instance severities into the image discrepancy.
@@ -113,7 +114,8 @@ class LSMConfig:
         duplicate_iou: without ``class_aware``, a prediction overlapping a more confident prediction of
             another class at this IoU or more is the same object seen twice (a detector's per-class NMS keeps
             both) and is ignored, like a prediction below ``score_floor``; same-class overlaps are left as
-            the detector's NMS left them. Unused with ``class_aware``.
+            the detector's NMS left them (but where a crowd box stands, ``second_boxes`` leaves out an
+            unmatched prediction of any class at IoU >= ``match_iou`` with it). Unused with ``class_aware``.
         aggregation: how instance severities become the image discrepancy.
         temperature: softmax temperature for ``Aggregation.SOFTMAX`` (> 0; smaller is closer to max).
         sum_scale: for ``Aggregation.SUM``, discrepancy = ``1 - exp(-sum(severity) / sum_scale)``: about

@@ -172,6 +172,10 @@ def test_one_object_predicted_for_two_classes_is_one_object():
     # Class-aware, the repeat is another class's object: the crowd box matches its own class only.
     aware = score_image(crowd, pred, config=LSMConfig(class_aware=True))
     assert aware.instances.index[aware.instances.source == 1].tolist() == [0, 2]
+    # Below duplicate_iou the two stay two objects: the crowd box takes the exact one, and the other, a second
+    # box on that object, is not reported either.
+    loose = score_image(crowd, pred, config=LSMConfig(duplicate_iou=0.95))
+    assert loose.instances.index[loose.instances.source == 1].tolist() == [2]
     # Where the crowd drew nothing, the repeat is no second missed object either; below duplicate_iou the two
     # stay two objects, both missed.
     nothing = make_detections([])
@@ -368,3 +372,13 @@ def test_score_images_rejects_bad_input():
         score_images([Detections.empty()], [])
     with pytest.raises(TypeError, match=r"crowds\[0\]"):
         score_images([np.zeros((1, 4))], [Detections.empty()])  # type: ignore[list-item]
+
+
+def test_a_second_box_on_a_drawn_part_is_no_part_to_add():
+    # A crowd box around a part the crowd also drew, and the detector's two boxes on that part (IoU 0.6):
+    # whatever the enclosing box is graded, the second box is not proposed as a part to add.
+    crowd = make_detections([[0, 0, 100, 100], [10, 10, 30, 30]])
+    pred = make_detections([[10, 10, 30, 30], [15, 10, 35, 30]], scores=[0.9, 0.8])
+    s = score_image(crowd, pred)
+    assert s.instances.index[s.instances.source == 1].tolist() == []
+    assert score_images([crowd], [pred])[0].instances.index.tolist() == s.instances.index.tolist()
