@@ -64,7 +64,7 @@ from bench.wallclock import WallClock
 from bench.workbench import TRAIN_SPECS, TrainSpec, Workbench
 from metrics.f1 import label_f1
 from model.dataset import epoch_repeats
-from selection import LSMConfig, Strategy
+from selection import RULES_REVISION, LSMConfig, Strategy
 from selection.calibration import (
     DEFAULT_PRIORITY,
     PRIORITIES,
@@ -857,6 +857,20 @@ def readme_block(results: Mapping[str, Any], source: str) -> str:
     )
 
 
+# The first revision of the LSM's rules a run records: a run without ``meta["rules"]`` is older.
+FIRST_RULES_REVISION = "2026-12-01"
+
+
+def _rules_note(meta: Mapping[str, Any]) -> str:
+    """Which revision of the LSM's rules and calibration produced the run (``selection.RULES_REVISION``)."""
+    if meta.get("rules"):
+        return f"LSM rules and calibration: revision `{meta['rules']}` (`selection.RULES_REVISION`)"
+    return (
+        f"LSM rules and calibration: older than revision `{FIRST_RULES_REVISION}`, the first a run records "
+        "(this one records none)"
+    )
+
+
 def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) -> None:
     """The tables of ``results.md``."""
     rates = bool(meta["settings"].get("min_rate_examples"))
@@ -881,6 +895,8 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
         f"`{meta['settings'].get('purchase', 'discrepancy')}`{_purchase_note(meta['settings'])}"
         f"{_calibrate_on_note(meta['settings'])}"
         f"{replicates}{_verdict_only_note(meta['settings'])}",
+        "",
+        _rules_note(meta),
         "",
         _headline(summary),
         "",
@@ -1578,6 +1594,7 @@ def main(argv: list[str] | None = None) -> int:
         # Only when given, so that the results of runs without it keep their fields.
         **({"imgsz": args.imgsz} if args.imgsz is not None else {}),
         "lsm": asdict(lsm),
+        "rules": RULES_REVISION,
         "device": device,
         "seconds": clock.seconds,
         # Every invocation of this command on this folder: a resumed run's cost, not only its last part.

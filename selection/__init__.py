@@ -18,7 +18,15 @@ from selection.lsm import (
 from selection.matching import Match, match_boxes
 from selection.strategies import Strategy, image_features, model_uncertainty, select
 
+RULES_REVISION = "2026-12-01"
+"""The revision of the LSM's rules and of the calibration: changed with every change that can move a finding,
+a grade, a calibrated probability or a correction, so that the benchmark's ``results.json`` says which rules
+produced it (``meta["rules"]``) and its pooled figures pool runs of one revision only. Runs recording none
+predate 2026-12-01, which brought stratified calibration folds, ``crowd_overlap`` on images with one crowd
+box, and no ``missed`` finding for a second box on an object a crowd box stands for."""
+
 __all__ = [
+    "RULES_REVISION",
     "Action",
     "Aggregation",
     "BatchScores",

@@ -108,6 +108,11 @@ def test_simulate_tiny_runs_every_arm(tmp_path: Path):
     # two worker processes: the runs come back in the order the seeds were given, the core-sharing markers go
     assert [run["seed"] for run in results["runs"]] == [7, 3]
     assert results["meta"]["jobs"] == 2
+    # which revision of the LSM's rules produced the figures, in results.json and in results.md
+    from selection import RULES_REVISION
+
+    assert results["meta"]["rules"] == RULES_REVISION
+    assert f"LSM rules and calibration: revision `{RULES_REVISION}`" in (out / "results.md").read_text()
     # this invocation's wall time is on record for a resumed run to add to
     assert results["meta"]["invocations"] == 1
     assert results["meta"]["seconds_all_invocations"] == pytest.approx(results["meta"]["seconds"])
@@ -419,6 +424,7 @@ def test_every_arm_runs_on_a_fake_detector(tmp_path):
     text = _write_tables(tmp_path, runs, summary, meta)
     assert "Crowd model fine-tuned on the LSM images" in text and "cost: decisions" in text
     assert "Wall time: 0.0 min on cpu  " in text  # one invocation: nothing about earlier ones
+    assert "LSM rules and calibration: older than revision `2026-12-01`" in text  # meta records none
     resumed = {
         **meta,
         "seconds": 600.0,

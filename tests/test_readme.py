@@ -337,3 +337,13 @@ def test_class_only_lsm_fields_pool_on_simulated_data_only() -> None:
     assert readme.protocol(other) != readme.protocol(new)
     users = [{**m, "data": "/lab/data"} for m in (old, new)]
     assert readme.protocol(users[0]) != readme.protocol(users[1])
+
+
+def test_runs_of_another_revision_of_the_lsm_rules_do_not_pool() -> None:
+    """A run recording the rules' revision (``selection.RULES_REVISION``) pools with runs of that revision
+    only: one recording none predates the first, and its figures came from other rules."""
+    base = {"data": None, "lsm": {"match_iou": 0.5}, "settings": {}}
+    now = {**base, "rules": "2026-12-01"}
+    assert readme.protocol(base) != readme.protocol(now)
+    assert readme.protocol(now) == readme.protocol({**now})
+    assert readme.protocol(now) != readme.protocol({**now, "rules": "2027-01-01"})
