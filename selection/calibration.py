@@ -740,7 +740,7 @@ def _stratified_folds(x: np.ndarray, y: np.ndarray, folds: int) -> np.ndarray:
     for kind in (True, False):
         idx = np.flatnonzero(y == kind)
         keys = np.nan_to_num(x[idx], nan=-np.inf)
-        ordered = idx[np.lexsort(keys.T[::-1])] if idx.size else idx
+        ordered = idx[np.lexsort(keys.T[::-1])]
         fold[ordered] = (np.arange(ordered.size) + dealt) % folds
         dealt += ordered.size
     return fold
