@@ -139,7 +139,7 @@ simulate: setup setup-fiftyone
 	$(call publish,$(WORK)/simulate/quick,quick,results)
 
 # The session-sized protocol: the reported seeds, one training of each arm the targets read, one torch thread per
-# training, three seeds at a time (2.2 h on 2 cores from nothing, measured; resumable); regenerates
+# training, three seeds at a time (1.2 to 2.2 h on 2 cores from nothing, measured on two machines; resumable); regenerates
 # docs/results/session/ and the README's generated session block from its output.
 SESSION_PROTOCOL := --budget 0.1 --seed-fraction 0.04 --verdict-only --jobs 3 --threads 1
 simulate-session: setup setup-fiftyone
