@@ -18,12 +18,14 @@ from selection.lsm import (
 from selection.matching import Match, match_boxes
 from selection.strategies import Strategy, image_features, model_uncertainty, select
 
-RULES_REVISION = "2026-12-01"
+RULES_REVISION = "2026-12-02"
 """The revision of the LSM's rules and of the calibration: changed with every change that can move a finding,
 a grade, a calibrated probability or a correction, so that the benchmark's ``results.json`` says which rules
 produced it (``meta["rules"]``) and its pooled figures pool runs of one revision only. Runs recording none
 predate 2026-12-01, which brought stratified calibration folds, ``crowd_overlap`` on images with one crowd
-box, and no ``missed`` finding for a second box on an object a crowd box stands for."""
+box, and no ``missed`` finding for a second box on an object a crowd box stands for. 2026-12-02: the second
+matching pass reads a crowd box as badly placed from IoU 0.2 with a confident unmatched prediction
+(``LSMConfig.loc_min_iou``, 0.3 before)."""
 
 __all__ = [
     "RULES_REVISION",

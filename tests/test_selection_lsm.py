@@ -67,6 +67,21 @@ def test_badly_placed_box_gets_second_chance_match():
     assert f.severity[0] == pytest.approx(0.8)
 
 
+def test_box_displaced_to_iou_quarter_is_localization_not_background_plus_missed():
+    # IoU 0.25 with a confident prediction nothing else explains: one badly placed box (moved), not a box on
+    # background plus a missed object (deleted and added); at the old loc_min_iou 0.3 it was the latter.
+    crowd = make_detections([[100, 100, 120, 120]])
+    pred = make_detections([[112, 100, 132, 120]], scores=[0.8])  # overlap 8x20 = 160, union 640
+    f = score_image(crowd, pred).instances
+    assert f.noise_type.tolist() == ["localization"] and f.source.tolist() == [0]
+    np.testing.assert_allclose(f.proposed_xyxy[0], [112, 100, 132, 120])
+    old = score_image(crowd, pred, config=LSMConfig(loc_min_iou=0.3)).instances
+    assert sorted(old.noise_type.tolist()) == ["background", "missed"]
+    # Below the threshold, still two findings.
+    far = score_image(crowd, make_detections([[115, 100, 135, 120]], scores=[0.8])).instances  # IoU 1/7
+    assert sorted(far.noise_type.tolist()) == ["background", "missed"]
+
+
 def test_background_box_with_nothing_there():
     s = score_image(make_detections([BOX]), Detections.empty(with_score=True), config=NOISY_OR)
     f = s.instances
