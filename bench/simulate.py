@@ -134,6 +134,7 @@ DETECTION_SCORERS = (
     "lsm_priority",
     "cleanlab",
     "fiftyone",
+    "crowd_count",
     "random",
 )
 CURVE_POINTS = 40
@@ -576,7 +577,9 @@ def run_seed(
     preds = [lsm_loop.preds[i] for i in ids]
     peer = cleanlab_scores(crowds, preds, num_classes=len(names))
     chance = np.random.default_rng(seed + 1).random(len(ids))
-    scorers += [("cleanlab", peer), ("random", chance)]
+    # A reference without a model: an image with more crowd boxes has more chances to hold an error.
+    count = np.array([len(c) for c in crowds], np.float64)
+    scorers += [("cleanlab", peer), ("crowd_count", count), ("random", chance)]
     if settings.fiftyone:
         sizes = [(records_by_id[i].width, records_by_id[i].height) for i in ids]
         fiftyone, _ = fiftyone_scores(
@@ -923,6 +926,7 @@ def write_markdown(path: Path, summary: dict[str, Any], meta: dict[str, Any]) ->
     names["lsm_priority"] = f"LSM image priority, rule `{purchase}` (what the LSM loop bought by)"
     names["cleanlab"] = "cleanlab ObjectLab (same predictions)"
     names["fiftyone"] = "FiftyOne Brain `compute_mistakenness` (same predictions)"
+    names["crowd_count"] = "crowd boxes per image (no model: a reference)"
     names["random"] = "random"
     for k, label in names.items():
         if k not in summary["detection"]:

@@ -499,17 +499,39 @@ def test_a_priority_purchase_is_scored_as_a_noisy_image_detector_too(tmp_path, m
         rules.append(kwargs["rule"])
         return -real(*args, **kwargs)
 
+    # The reference scorer without a model ranks the same images by their crowd box counts.
+    seen: dict[str, list] = {"crowds": [], "scores": []}
+    real_peer, real_auroc = sim.cleanlab_scores, sim.auroc
+
+    def peer(crowds, *args, **kwargs):
+        seen["crowds"] = list(crowds)
+        return real_peer(crowds, *args, **kwargs)
+
+    def recording_auroc(score, positive):
+        seen["scores"].append(np.asarray(score).copy())
+        return real_auroc(score, positive)
+
+    monkeypatch.setattr(sim, "cleanlab_scores", peer)
+    monkeypatch.setattr(sim, "auroc", recording_auroc)
+    counted = run(tmp_path / "c")["detection"]
+    monkeypatch.setattr(sim, "cleanlab_scores", real_peer)
+    monkeypatch.setattr(sim, "auroc", real_auroc)
+    assert counted == plain
+    counts = [len(c) for c in seen["crowds"]]
+    assert max(counts) > min(counts) and any(s.tolist() == counts for s in seen["scores"])
+
     monkeypatch.setattr(sim, "image_priority", negated)
     flipped = run(tmp_path / "b")["detection"]
     assert rules and set(rules) == {"missed"}
     assert flipped["lsm_priority"]["auroc"] == pytest.approx(1 - plain["lsm_priority"]["auroc"])
-    for k in ("lsm", "lsm_weighted", "lsm_type", "lsm_raw", "cleanlab"):
+    for k in ("lsm", "lsm_weighted", "lsm_type", "lsm_raw", "cleanlab", "crowd_count"):
         assert flipped[k] == plain[k]
     meta = {"dataset": "fake", "seeds": [11], "n_seeds": 1, "budget": 0.25, "command": "x", "seconds": 1.0}
     meta |= {"device": "cpu", "settings": dataclasses.asdict(settings)}
     sim.write_markdown(tmp_path / "results.md", sim.summarize([first]), meta)
     text = (tmp_path / "results.md").read_text()
     assert "| LSM image priority, rule `missed` (what the LSM loop bought by) |" in text
+    assert "| crowd boxes per image (no model: a reference) |" in text
     assert "LSM discrepancy, weighted by type and severity (the method's image score)" in text
 
 
