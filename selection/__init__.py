@@ -25,7 +25,9 @@ produced it (``meta["rules"]``) and its pooled figures pool runs of one revision
 predate 2026-12-01, which brought stratified calibration folds, ``crowd_overlap`` on images with one crowd
 box, and no ``missed`` finding for a second box on an object a crowd box stands for. 2026-12-02: the second
 matching pass reads a crowd box as badly placed from IoU 0.2 with a confident unmatched prediction
-(``LSMConfig.loc_min_iou``, 0.3 before)."""
+(``LSMConfig.loc_min_iou``, 0.3 before). Kept at 2026-12-02: the score floor compared in float64 like every
+other score threshold (it was float32), which moves nothing but a score exactly at a threshold float32 rounds
+down (0.7, not the defaults 0.1 and 0.5)."""
 
 __all__ = [
     "RULES_REVISION",

@@ -190,8 +190,10 @@ def usable_predictions(
 ) -> np.ndarray:
     """The predictions of one image that the rules see: bool (K,).
 
-    A prediction is used when its score is at least ``score_floor`` (compared in the score's own dtype; an
-    unscored prediction counts as 1.0), its box has a positive width and height (a zero-area box is no
+    A prediction is used when its score is at least ``score_floor`` (compared in float64, as every other
+    score threshold is: a float32 score exactly at a threshold float32 rounds down, 0.7 say, is then below
+    the floor as it is below ``confident_score``, never used yet unconfident; an unscored prediction counts
+    as 1.0), its box has a positive width and height (a zero-area box is no
     object and cannot be drawn), and, without ``class_aware``, it is not the same object as a more
     confident used prediction of another class (IoU >= ``duplicate_iou``, greedy in descending score, ties
     by index). Predictions of one class only are never compared with each other, so a one-class detector's
@@ -208,7 +210,7 @@ def usable_predictions(
     """
     xyxy = np.asarray(xyxy)
     k = xyxy.shape[0]
-    usable = np.ones(k, bool) if score is None else score >= cfg.score_floor
+    usable = np.ones(k, bool) if score is None else np.asarray(score, np.float64) >= cfg.score_floor
     usable &= (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
     if cfg.class_aware or k < 2:
         return usable

@@ -175,6 +175,27 @@ def test_hand_values_through_the_batch():
     assert batch.image(-1).grade is Grade.CLEAN and len(batch.image(1).instances) == 0
 
 
+def test_a_score_at_a_threshold_float32_rounds_down_is_below_the_floor_as_it_is_below_confident():
+    """Scores are float32; thresholds are compared in float64 everywhere. float32(0.7) is 0.69999999, so a
+    prediction scored "0.7" with the floor and ``confident_score`` both at 0.7 is below both: not used at
+    all. (The floor used to be compared in float32, so it passed the floor, yet was not confident: an
+    uncertain missed finding the thresholds said could not exist.) One just above is used and confident,
+    in the per-image and the batched drivers alike."""
+    cfg = LSMConfig(score_floor=0.7, confident_score=0.7, background_confidence=0.7)
+    at = np.float32(0.7)
+    assert float(at) < 0.7  # the case: float32 rounds this threshold down
+    above = np.nextafter(at, np.float32(1.0))
+    crowd = Detections.empty()
+    for s, named in ((at, []), (above, ["missed"])):
+        pred = make_detections([[10, 10, 30, 30]], scores=[s])
+        one = score_image(crowd, pred, config=cfg)
+        assert one.instances.noise_type.tolist() == named
+        assert one.instances.grade.tolist() == (["major"] if named else [])
+        batch = score_batch([crowd, crowd], [pred, pred], config=cfg)
+        for i in range(2):
+            assert_same(one, batch.image(i), f"score {float(s)!r}, image {i}")
+
+
 def test_empty_batch():
     batch = score_batch([], [])
     assert isinstance(batch, BatchScores) and len(batch) == 0 and batch.images() == []
