@@ -191,9 +191,9 @@ def usable_predictions(
     """The predictions of one image that the rules see: bool (K,).
 
     A prediction is used when its score is at least ``score_floor`` (compared in float64, as every other
-    score threshold is: a float32 score exactly at a threshold float32 rounds down, 0.7 say, is then below
-    the floor as it is below ``confident_score``, never used yet unconfident; an unscored prediction counts
-    as 1.0), its box has a positive width and height (a zero-area box is no
+    score threshold is: a float32 score exactly at a threshold float32 rounds down, 0.7 say, is below the
+    floor as it is below ``confident_score``, where it used to pass the floor yet not be confident; an
+    unscored prediction counts as 1.0), its box has a positive width and height (a zero-area box is no
     object and cannot be drawn), and, without ``class_aware``, it is not the same object as a more
     confident used prediction of another class (IoU >= ``duplicate_iou``, greedy in descending score, ties
     by index). Predictions of one class only are never compared with each other, so a one-class detector's
