@@ -323,8 +323,7 @@ def score_batch(
     # The predictions the rules see (``rules.usable_predictions``): the score floor, compared in float64 as
     # score_image does (unscored predictions are never dropped), and a positive area, vectorised; an image
     # whose used predictions hold several classes is redone alone for its cross-class duplicates.
-    floor_ok = p_score32.astype(np.float64) >= cfg.score_floor
-    keep = floor_ok & (p_xyxy[:, 2] > p_xyxy[:, 0]) & (p_xyxy[:, 3] > p_xyxy[:, 1])
+    keep = rules.above_floor(p_score32, cfg) & (p_xyxy[:, 2] > p_xyxy[:, 0]) & (p_xyxy[:, 3] > p_xyxy[:, 1])
     p_img, p_pos = _rows(k_raw)
     if not cfg.class_aware:
         for i in _several_classes(preds, p_img, keep):

@@ -185,6 +185,11 @@ class LSMConfig:
 # Shapes: ``...`` is no axis (one image) or the batch axis; M crowd boxes, K (kept) predictions.
 
 
+def above_floor(score: np.ndarray, cfg: LSMConfig) -> np.ndarray:
+    """bool (K,): scores at least ``score_floor``, compared in float64 as every other score threshold is."""
+    return np.asarray(score, np.float64) >= cfg.score_floor
+
+
 def usable_predictions(
     xyxy: np.ndarray, score: np.ndarray | None, class_id: np.ndarray, cfg: LSMConfig
 ) -> np.ndarray:
@@ -210,7 +215,7 @@ def usable_predictions(
     """
     xyxy = np.asarray(xyxy)
     k = xyxy.shape[0]
-    usable = np.ones(k, bool) if score is None else np.asarray(score, np.float64) >= cfg.score_floor
+    usable = np.ones(k, bool) if score is None else above_floor(score, cfg)
     usable &= (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
     if cfg.class_aware or k < 2:
         return usable
