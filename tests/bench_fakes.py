@@ -44,7 +44,16 @@ class FakeWorkbench(Workbench):
             digest.update(str((repeats or {}).get(i, 1)).encode())
         digest.update(str(epochs).encode())
         fp = digest.hexdigest()[:16]
-        self.calls.append({"name": name, "labels": dict(labels), "init": init, "repeats": repeats})
+        self.calls.append(
+            {
+                "name": name,
+                "labels": dict(labels),
+                "init": init,
+                "repeats": repeats,
+                "epochs": epochs,
+                "weights": Path("fake") / fp,
+            }
+        )
         quality = int(fp[:4], 16) / 0xFFFF
         return TrainedModel(name, Path("fake") / fp, seconds=0.0, ap50=quality, ap50_95=quality / 2)
 

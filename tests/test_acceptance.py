@@ -326,3 +326,18 @@ def test_grades_need_the_target_seed_by_seed_as_well_as_on_average() -> None:
     assert "the mean alone: met" in got.note
     runs[3]["grades"]["after"][1]["precision_at_recall"] = 0.6  # 4 of 5
     assert _by_key(acceptance.check(runs, {}))["grades"].met is True
+
+
+def test_quality_reads_the_reference_trained_as_long_where_every_seed_has_it() -> None:
+    """The full method at 101 % of the 30-epoch reference but 94 % of one trained as long fails target 1;
+    a run where one seed lacks the longer reference is read against the 30-epoch one on every seed."""
+    runs = [_run(s, full=0.808, expert=0.80, full_expert_long=0.86) for s in range(5)]
+    quality = _by_key(acceptance.check(runs, {"settings": {}}))["quality"]
+    assert acceptance.reference_arm(runs) == acceptance.LONG_REFERENCE
+    assert quality.met is False and quality.measured == "94.0 %"
+    assert "101.0 % of the 30-epoch one" in quality.note
+    del runs[2]["arms"][acceptance.LONG_REFERENCE]
+    quality = _by_key(acceptance.check(runs, {"settings": {}}))["quality"]
+    assert acceptance.reference_arm(runs) == "full_expert"
+    assert quality.met is True and quality.measured == "101.0 %"
+    assert "against the 30-epoch reference" in quality.note

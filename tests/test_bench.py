@@ -873,6 +873,7 @@ def test_verdict_only_trains_the_arms_the_targets_read_and_changes_none_of_them(
     assert sim.VERDICT_ARMS == (
         "noisy",
         "full_expert",
+        "full_expert_long",
         "finetune_random",
         "finetune_lsm",
         "random_corrected",
@@ -892,6 +893,7 @@ def test_verdict_only_trains_the_arms_the_targets_read_and_changes_none_of_them(
     assert tuple(summary["arms"]) == (
         "noisy",
         "full_expert",
+        "full_expert_long",
         "finetune_random",
         "staged_random",
         "finetune_lsm",
@@ -911,3 +913,41 @@ def test_verdict_only_trains_the_arms_the_targets_read_and_changes_none_of_them(
     assert (tmp_path / "ap50_vs_budget.png").stat().st_size > 1000
     keys = {c.key for c in acceptance.check([some], meta)}
     assert {"quality", "cost", "finetune_random", "finetune_lsm", "selection", "grades"} <= keys
+
+
+def test_the_reference_trained_as_long_continues_the_30_epoch_one_on_the_expert_labels(tmp_path, monkeypatch):
+    """The full method's detector trains after the crowd detector for the cleaning models' epochs and then its
+    own; the reference target 1 reads continues the 30-epoch full-expert detector for the cleaning models'
+    epochs, on the same expert labels. Where the final detector does not start from the cleaning model
+    (``scratch``, ``warm_crowd``) the method trains no longer than the 30-epoch reference: there is none."""
+    import bench.simulate as sim
+    from bench import acceptance
+    from bench.workbench import TRAIN_SPECS
+    from selection import LSMConfig
+
+    benches = _recording_workbench(monkeypatch)
+    records = _tiny_records()
+    spec = TRAIN_SPECS["tiny"]
+    settings = sim.BenchSettings(cost_limit=None, verdict_only=True, rounds=2)
+    run = sim.run_seed(records, 5, work=tmp_path / "warm", spec=spec, lsm=LSMConfig(), settings=settings)
+    calls = {c["name"]: c for c in benches[-1].calls}
+    long, short = calls["full_expert_long"], calls["full_expert"]
+    assert long["epochs"] == spec.cleaning_epochs + 2 * spec.warm_epochs
+    assert short["epochs"] is None  # the preset's final-training epochs
+    assert long["labels"] == short["labels"]
+    assert set(long["labels"]) == {r.id for r in records if r.split == "train"}
+    assert all(long["labels"][r.id] is r.expert for r in records if r.split == "train")
+    # the continuation starts from the 30-epoch reference's weights, not from the crowd detector
+    assert long["init"] == short["weights"] and short["init"] == calls["noisy"]["weights"]
+    assert run["arms"]["full_expert_long"]["expert_fraction"] == 1.0
+    # target 1 reads it, and says so; the 30-epoch share stays in the note
+    quality = next(c for c in acceptance.check([run], {"settings": {}}) if c.key == "quality")
+    long_ap, short_ap, full_ap = (run["arms"][a]["ap50"] for a in ("full_expert_long", "full_expert", "full"))
+    assert quality.measured == f"{full_ap / long_ap * 100:.1f} %"
+    assert f"{full_ap / short_ap * 100:.1f} % of the 30-epoch one" in quality.note
+    for recipe in ("scratch", "warm_crowd"):
+        other = sim.BenchSettings(cost_limit=None, verdict_only=True, final_recipe=recipe)
+        assert not other.runs_arm("full_expert_long")
+        no_long = sim.run_seed(records, 5, work=tmp_path / recipe, spec=spec, lsm=LSMConfig(), settings=other)
+        assert "full_expert_long" not in no_long["arms"]
+        assert "full_expert_long" not in {c["name"] for c in benches[-1].calls}

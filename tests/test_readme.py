@@ -347,3 +347,25 @@ def test_runs_of_another_revision_of_the_lsm_rules_do_not_pool() -> None:
     assert readme.protocol(base) != readme.protocol(now)
     assert readme.protocol(now) == readme.protocol({**now})
     assert readme.protocol(now) != readme.protocol({**now, "rules": "2027-01-01"})
+
+
+def test_the_seed_table_and_overview_read_the_reference_trained_as_long_where_a_run_has_it() -> None:
+    """The full method's share of full expert, seed by seed and in the overview, is taken of the reference
+    target 1 reads; with the reference trained as long, the 30-epoch share follows it."""
+    from bench import readme
+
+    def run(seed: int, long: float | None) -> dict:
+        arms = {
+            "full": {"ap50": 0.81, "cost_fraction": 0.27},
+            "full_expert": {"ap50": 0.80},
+        }
+        if long is not None:
+            arms["full_expert_long"] = {"ap50": long}
+        return {"seed": seed, "arms": arms, "detection": {}}
+
+    table = "\n".join(readme.seed_table([run(0, 0.90), run(1, 0.90)]))
+    assert "| 0 | 81.0 | 90.0 % of the reference trained as long (101.2 % of the 30-epoch one) |" in table
+    assert "| mean | 81.0 | 90.0 % of the reference trained as long (101.2 % of the 30-epoch one) |" in table
+    table = "\n".join(readme.seed_table([run(0, None)]))
+    assert "| 0 | 81.0 | 101.2 % |" in table
+    assert readme._row_figures([run(0, 0.90), run(1, None)])[0] == "101.2 %"
