@@ -945,6 +945,12 @@ def test_the_reference_trained_as_long_continues_the_30_epoch_one_on_the_expert_
     long_ap, short_ap, full_ap = (run["arms"][a]["ap50"] for a in ("full_expert_long", "full_expert", "full"))
     assert quality.measured == f"{full_ap / long_ap * 100:.1f} %"
     assert f"{full_ap / short_ap * 100:.1f} % of the 30-epoch one" in quality.note
+    headline = sim._headline(sim.summarize([run]))
+    assert (
+        f"reaches {full_ap / long_ap * 100:.1f} ± 0.0 % of the AP50 of a full-expert detector trained"
+        in headline
+    )
+    assert f"{full_ap / short_ap * 100:.1f} ± 0.0 % of the 30-epoch full-expert detector" in headline
     for recipe in ("scratch", "warm_crowd"):
         other = sim.BenchSettings(cost_limit=None, verdict_only=True, final_recipe=recipe)
         assert not other.runs_arm("full_expert_long")
