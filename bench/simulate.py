@@ -1450,9 +1450,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--verdict-only",
         action="store_true",
-        help="train only the arms the method's targets read (noisy, full expert, the two fine-tunes, "
-        "random + correction, the full method): no expert-only, no LSM without correction, no consensus "
-        "arm; about a quarter less training per seed",
+        help="train only the arms the method's targets read (noisy, the two full-expert references, the two "
+        "fine-tunes, random + correction, the full method): no expert-only, no LSM without correction, no "
+        "consensus arm; about a quarter less training per seed",
     )
     parser.add_argument(
         "--purchase",
