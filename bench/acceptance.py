@@ -132,9 +132,11 @@ def reference_arm(runs: Sequence[Mapping[str, Any]]) -> str:
     return "full_expert"
 
 
-def percent_of_reference(runs: Sequence[Mapping[str, Any]], arm: str = "full") -> list[float] | None:
-    """Per seed, ``arm``'s AP50 in % of the reference target 1 reads (``reference_arm``)."""
-    ap, expert = _arm_ap(runs, arm), _arm_ap(runs, reference_arm(runs))
+def percent_of_reference(
+    runs: Sequence[Mapping[str, Any]], arm: str = "full", reference: str | None = None
+) -> list[float] | None:
+    """Per seed, ``arm``'s AP50 in % of ``reference`` (default: the one target 1 reads, ``reference_arm``)."""
+    ap, expert = _arm_ap(runs, arm), _arm_ap(runs, reference or reference_arm(runs))
     if ap is None or expert is None:
         return None
     return [a / e * 100 if e > 0 else float("nan") for a, e in zip(ap, expert, strict=True)]
@@ -150,9 +152,7 @@ def _quality(runs: Sequence[Mapping[str, Any]]) -> Criterion | None:
         f"≥ {QUALITY:g} % on {sum(p >= QUALITY for p in pct)} of {len(pct)} seeds"
     )
     if reference_arm(runs) == LONG_REFERENCE:
-        full, short = _arm_ap(runs, "full"), _arm_ap(runs, "full_expert")
-        assert full is not None and short is not None
-        short_pct = _mean([f / e * 100 if e > 0 else float("nan") for f, e in zip(full, short, strict=True)])
+        short_pct = _mean(percent_of_reference(runs, reference="full_expert") or [])
         note += (
             f"; against the reference trained as long as the full method; {short_pct:.1f} % of the "
             "30-epoch one"

@@ -137,9 +137,7 @@ def _percent_cell(runs: Sequence[Mapping[str, Any]], pct: Sequence[float]) -> st
     text = f"{statistics.fmean(pct):.1f} %"
     if acceptance.reference_arm(runs) != acceptance.LONG_REFERENCE:
         return text
-    full = [float(r["arms"]["full"]["ap50"]) for r in runs]
-    short = [float(r["arms"]["full_expert"]["ap50"]) for r in runs]
-    ratio = statistics.fmean(100 * f / e for f, e in zip(full, short, strict=True))
+    ratio = statistics.fmean(acceptance.percent_of_reference(runs, reference="full_expert") or [math.nan])
     return f"{text} of the reference trained as long ({ratio:.1f} % of the 30-epoch one)"
 
 
